@@ -1,0 +1,67 @@
+"""Typed errors shared by every stage.
+
+Each error carries *where* the problem is (a file, a config key, a row, a host) and *what to do*,
+so the CLI can print one readable line and pick an exit code without a traceback. Stages raise
+the subclass that names them; nothing outside ``etl.cli`` formats them for people.
+"""
+
+from __future__ import annotations
+
+
+class AudienceSyncError(Exception):
+    """Base of every error a user can act on."""
+
+    #: process exit code the CLI uses when this error ends a command
+    exit_code = 1
+
+    def __init__(self, what: str, *, where: str = "", hint: str = "") -> None:
+        self.what = what
+        self.where = where
+        self.hint = hint
+        super().__init__(self.message())
+
+    def message(self) -> str:
+        text = f"{self.where}: {self.what}" if self.where else self.what
+        return f"{text} — {self.hint}" if self.hint else text
+
+
+class ConfigError(AudienceSyncError):
+    """The configuration cannot be used; ``problems`` lists every one found, not just the first."""
+
+    exit_code = 2
+
+    def __init__(self, problems: list[tuple[str, str]], *, source: str = "schedules.toml") -> None:
+        self.problems = problems
+        self.source = source
+        lines = "\n".join(f"  - {where}: {what}" for where, what in problems)
+        count = len(problems)
+        super().__init__(
+            f"{count} problem{'s' if count != 1 else ''} in the configuration:\n{lines}",
+            where=source,
+        )
+
+
+class ExtractError(AudienceSyncError):
+    """The warehouse refused or broke off the audience query."""
+
+
+class TransformError(AudienceSyncError):
+    """The audience rows cannot be turned into identifiers (e.g. no identifier column)."""
+
+
+class FileWriteError(AudienceSyncError):
+    """The audience file could not be written locally (disk full, permissions, bad name)."""
+
+
+class DeliveryError(AudienceSyncError):
+    """The file could not be put in place at the file transfer location."""
+
+
+class StateError(AudienceSyncError):
+    """The run ledger (state store) cannot be read or written."""
+
+
+class LockBusy(AudienceSyncError):
+    """Another process is running the same activation; this run did nothing."""
+
+    exit_code = 3
