@@ -1,0 +1,259 @@
+"""The ``audience-sync`` command.
+
+The one place where errors become words and exit codes: every AudienceSyncError is printed as one
+message (where, what, what to do) and mapped to its exit code; a traceback only appears with
+``--debug``. Exit codes: 0 all ok, 1 an activation failed, 2 configuration error, 3 an activation
+was skipped because another process holds its lock, 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from typing import Any, TextIO
+
+from etl import __version__
+from etl.config import Config, load_config
+from etl.errors import AudienceSyncError, ConfigError
+from etl.logs import configure_logging, redact
+from etl.runs import RunOutcome, execute, open_store
+from etl.state import RunRecord
+
+EXIT_OK, EXIT_FAILED, EXIT_CONFIG, EXIT_LOCKED, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+
+log = logging.getLogger("audience_sync")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="audience-sync",
+        description="Activations from your warehouse to Actito: audiences in SQL, cleaned and delivered.",
+        epilog="Exit codes: 0 ok, 1 an activation failed, 2 configuration error, 3 skipped (locked), 130 interrupted.",
+    )
+    parser.add_argument("--version", action="version", version=f"audience-sync {__version__}")
+    parser.add_argument("--config", "-c", help="configuration file (default: $AUDIENCE_SYNC_CONFIG or ./schedules.toml)")
+    parser.add_argument("--log-format", choices=("text", "json"), default="text", help="logs and results as JSON lines")
+    parser.add_argument("--verbose", "-v", action="store_true", help="log every step")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks of internal errors")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = commands.add_parser("run", help="run activations now")
+    run.add_argument("names", nargs="*", metavar="NAME")
+    run.add_argument("--all", action="store_true", help="every enabled activation")
+    run.add_argument("--dry-run", action="store_true", help="write the files locally, deliver nothing")
+
+    preview = commands.add_parser("preview", help="counts and first identifiers of an audience, nothing written")
+    preview.add_argument("name", metavar="NAME")
+    preview.add_argument("--limit", type=int, default=10, help="identifiers to show (default 10)")
+
+    commands.add_parser("validate", help="check the configuration and report every problem")
+
+    history = commands.add_parser("history", help="recent runs")
+    history.add_argument("name", nargs="?", metavar="NAME")
+    history.add_argument("--limit", type=int, default=20)
+    history.add_argument("--status", choices=("running", "succeeded", "failed", "interrupted"))
+
+    sheet = commands.add_parser("setup-sheet", help="what to configure on the Actito side for an activation")
+    sheet.add_argument("name", metavar="NAME")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    configure_logging(args.log_format, logging.INFO if args.verbose else logging.WARNING)
+    try:
+        return _dispatch(args)
+    except AudienceSyncError as exc:
+        print(f"audience-sync: {redact(exc.message())}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("audience-sync: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except Exception as exc:
+        if args.debug:
+            raise
+        print(
+            f"audience-sync: internal error ({type(exc).__name__}: {redact(str(exc))}); "
+            "rerun with --debug for the traceback and please report it",
+            file=sys.stderr,
+        )
+        return EXIT_FAILED
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    config = load_config(args.config)
+    if args.command == "validate":
+        print(f"{config.source}: ok — {len(config.activations)} activations, "
+              f"{len(config.destinations)} destinations, {len(config.warehouses)} warehouses")
+        return EXIT_OK
+    if args.command == "run":
+        return _run(config, args)
+    if args.command == "preview":
+        return _preview(config, args.name, args.limit, json_output=args.log_format == "json")
+    if args.command == "history":
+        return _history(config, args)
+    if args.command == "setup-sheet":
+        from etl.setup_sheet import setup_sheet
+
+        _require(config, [args.name])
+        print(setup_sheet(config, args.name))
+        return EXIT_OK
+    raise AssertionError(args.command)
+
+
+def _require(config: Config, names: Sequence[str]) -> None:
+    unknown = [name for name in names if name not in config.activations]
+    if unknown:
+        known = ", ".join(sorted(config.activations))
+        raise ConfigError([(f"activation {name!r}", f"not in the configuration (known: {known})") for name in unknown],
+                          source=config.source)
+
+
+def _run(config: Config, args: argparse.Namespace) -> int:
+    from jobs import audience
+
+    if args.all == bool(args.names):
+        raise ConfigError([("run", "name the activations to run, or pass --all (not both)")], source=config.source)
+    names = [n for n, a in config.activations.items() if a.enabled] if args.all else args.names
+    _require(config, names)
+    json_output = args.log_format == "json"
+    progress = _Progress(sys.stderr) if sys.stderr.isatty() and not json_output else None
+    store = open_store(config)
+    outcomes: list[RunOutcome] = []
+    try:
+        for name in names:
+            outcome = execute(
+                config, store, name, audience.KIND, audience.run,
+                dry_run=args.dry_run, progress=progress.update if progress else None,
+            )
+            if progress:
+                progress.clear()
+            outcomes.append(outcome)
+            if json_output:
+                print(json.dumps(_outcome_json(outcome), default=str), flush=True)
+    finally:
+        store.close()
+    if not json_output:
+        print(_summary(outcomes))
+    if any(o.status in ("failed", "interrupted") for o in outcomes):
+        return EXIT_FAILED
+    return EXIT_LOCKED if any(o.status == "locked" for o in outcomes) else EXIT_OK
+
+
+class _Progress:
+    """A one-line counter on the terminal while a long extract runs."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self.stream = stream
+        self.width = 0
+
+    def update(self, activation: str, counts: dict[str, int]) -> None:
+        line = (f"{activation}: {counts['extracted']:,} rows read · {counts['kept']:,} kept · "
+                f"{counts['rejected']:,} rejected · {counts['duplicates']:,} duplicates")
+        self.width = max(self.width, len(line))
+        self.stream.write("\r" + line.ljust(self.width))
+        self.stream.flush()
+
+    def clear(self) -> None:
+        if self.width:
+            self.stream.write("\r" + " " * self.width + "\r")
+            self.stream.flush()
+            self.width = 0
+
+
+def _outcome_json(outcome: RunOutcome) -> dict[str, Any]:
+    return {
+        "event": "run_finished", "activation": outcome.activation, "run_id": outcome.run_id,
+        "status": outcome.status, "dry_run": outcome.dry_run, "duration_s": outcome.duration_s,
+        **outcome.results, "error": outcome.error,
+        "files": outcome.details.get("files", []), "rejects_file": outcome.details.get("rejects_file"),
+    }
+
+
+def _table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
+    cells = [[str(h) for h in headers]] + [[("" if c is None else str(c)) for c in row] for row in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
+    numeric = [all(_is_number(row[i]) for row in cells[1:] if row[i]) for i in range(len(headers))]
+    lines = []
+    for row in cells:
+        lines.append("  ".join(c.rjust(w) if num and row is not cells[0] else c.ljust(w)
+                               for c, w, num in zip(row, widths, numeric)).rstrip())
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def _is_number(text: str) -> bool:
+    return text.replace(",", "").replace(".", "").replace("s", "").isdigit()
+
+
+def _summary(outcomes: Sequence[RunOutcome]) -> str:
+    rows = []
+    for o in outcomes:
+        r = o.results
+        rows.append([
+            o.activation, o.status + (" (dry run)" if o.dry_run else ""),
+            _n(r.get("rows_extracted")), _n(r.get("rows_rejected")), _n(r.get("rows_duplicate")),
+            _n(r.get("rows_delivered")), r.get("file_name"), f"{o.duration_s:.1f}s",
+        ])
+    text = _table(["activation", "status", "read", "rejected", "duplicates", "delivered", "file", "time"], rows)
+    notes = []
+    for o in outcomes:
+        if o.error:
+            notes.append(f"✗ {o.activation}: {o.error}")
+        elif o.ok:
+            where = ", ".join(d["location"] for d in o.details.get("delivered", [])[:1]) or o.details.get("local_dir")
+            notes.append(f"✓ {o.activation}: {where}  (rejects: {o.details.get('rejects_file')})")
+    return text + ("\n\n" + "\n".join(notes) if notes else "")
+
+
+def _n(value: object) -> str:
+    return f"{value:,}" if isinstance(value, int) else ""
+
+
+def _preview(config: Config, name: str, limit: int, *, json_output: bool) -> int:
+    from jobs import audience
+
+    _require(config, [name])
+    result = audience.preview(config, name, sample_size=limit)
+    counts = vars(result.counts)
+    if json_output:
+        print(json.dumps({"activation": name, **counts, "sample": result.sample}))
+        return EXIT_OK
+    print(f"{name}: {counts['kept']:,} {result.columns_used} values "
+          f"({counts['extracted']:,} rows read, {counts['rejected']:,} rejected, {counts['duplicates']:,} duplicates)")
+    for value in result.sample:
+        print(f"  {value}")
+    return EXIT_OK
+
+
+def _history(config: Config, args: argparse.Namespace) -> int:
+    if args.name:
+        _require(config, [args.name])
+    store = open_store(config)
+    try:
+        records = store.runs(args.name, status=args.status, limit=args.limit)
+    finally:
+        store.close()
+    if args.log_format == "json":
+        for record in records:
+            print(json.dumps(vars(record), default=str))
+        return EXIT_OK
+    if not records:
+        print("no runs recorded yet")
+        return EXIT_OK
+    print(_table(
+        ["run id", "activation", "status", "started (UTC)", "read", "rejected", "delivered", "time", "error"],
+        [_history_row(r) for r in records],
+    ))
+    return EXIT_OK
+
+
+def _history_row(r: RunRecord) -> list[object]:
+    return [
+        r.run_id, r.activation, r.status + (" (dry)" if r.dry_run else ""),
+        f"{r.started_at:%Y-%m-%d %H:%M:%S}", _n(r.rows_extracted), _n(r.rows_rejected), _n(r.rows_delivered),
+        f"{r.duration_s:.1f}s" if r.duration_s is not None else "", (r.error or "")[:80],
+    ]

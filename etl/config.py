@@ -1,0 +1,467 @@
+"""Loading and validating ``schedules.toml``.
+
+The file is read in three passes so that a user sees *every* problem at once, each with its
+location: TOML syntax, then ``${VAR}`` interpolation and secret rules over the raw tree, then the
+typed models (pydantic, unknown keys forbidden) and the cross-references between tables (SQL files,
+warehouses, destinations, schedules, file names). Secrets never come from literals in the file:
+they come from ``${ENV_VAR}`` (or ``ENV_VAR_FILE``, a mounted secret file) or from a ``*_file`` key.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from collections.abc import Iterator, Mapping
+from datetime import date, datetime
+from pathlib import Path
+from typing import Annotated, Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
+
+from etl.errors import ConfigError
+from etl.logs import register_secret
+
+DEFAULT_CONFIG = "schedules.toml"
+CONFIG_ENV = "AUDIENCE_SYNC_CONFIG"
+
+ACTITO_ENVIRONMENTS: dict[str, str] = {
+    "ENV-0": "https://api.actito.com",
+    "ENV-1": "https://api1.actito.com",
+    "ENV-3": "https://api3.actito.com",
+    "PREPROD": "https://api-pre1.actito.com",
+    "TEST": "https://apitest.actito.com",
+    "sandbox": "",  # the project's own emulator; its URL is known only once it runs
+}
+
+#: keys whose values are secrets: they must be interpolated, never literal
+SECRET_KEYS = frozenset({"api_key", "password", "key_passphrase"})
+_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# --------------------------------------------------------------------------- schedules
+
+
+class Schedule(_Model):
+    """When an activation runs: a cron expression or a fixed interval, in an IANA time zone."""
+
+    cron: str | None = None
+    every: str | None = None
+    timezone: str = "UTC"
+
+    @field_validator("every")
+    @classmethod
+    def _every(cls, value: str | None) -> str | None:
+        if value is not None:
+            parse_interval(value)
+        return value
+
+    @field_validator("timezone")
+    @classmethod
+    def _zone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"unknown time zone {value!r}: use an IANA name such as 'Europe/Brussels'") from None
+        return value
+
+
+_INTERVAL = re.compile(r"^\s*(\d+)\s*([smhd])\s*$")
+_INTERVAL_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_interval(text: str) -> int:
+    """Seconds in an interval such as ``90s``, ``15m``, ``6h`` or ``1d``."""
+    match = _INTERVAL.match(text)
+    if not match or int(match.group(1)) == 0:
+        raise ValueError(f"interval {text!r} is not a positive number followed by s, m, h or d (e.g. '6h')")
+    return int(match.group(1)) * _INTERVAL_SECONDS[match.group(2)]
+
+
+# --------------------------------------------------------------------------- file delivery
+
+
+class _FileLocation(_Model):
+    retention_days: int | None = Field(default=None, ge=1)
+
+
+class LocalLocation(_FileLocation):
+    type: Literal["local"]
+    path: Path
+
+
+class SftpLocation(_FileLocation):
+    type: Literal["sftp"]
+    host: str
+    port: int = Field(default=22, ge=1, le=65535)
+    username: str
+    password: SecretStr | None = None
+    key_file: Path | None = None
+    key_passphrase: SecretStr | None = None
+    known_hosts: Path | None = None
+    verify_host_key: bool = True
+    remote_dir: str = "."
+    timeout: float = Field(default=30.0, gt=0)
+
+
+class FtpsLocation(_FileLocation):
+    type: Literal["ftps"]
+    host: str
+    port: int = Field(default=21, ge=1, le=65535)
+    username: str
+    password: SecretStr
+    remote_dir: str = "."
+    ca_file: Path | None = None
+    verify_tls: bool = True
+    timeout: float = Field(default=30.0, gt=0)
+
+
+FileLocation = Annotated[LocalLocation | SftpLocation | FtpsLocation, Field(discriminator="type")]
+
+
+# --------------------------------------------------------------------------- top-level tables
+
+
+class Settings(_Model):
+    state_dir: Path = Path("var/state")
+    state_url: SecretStr | None = None
+    chunk_size: int = Field(default=50_000, ge=100, le=5_000_000)
+    lock_ttl_minutes: int = Field(default=360, ge=1)
+
+
+class Warehouse(_Model):
+    url: SecretStr
+    demo: bool = False
+    chunk_size: int | None = Field(default=None, ge=100, le=5_000_000)
+
+
+class Destination(_Model):
+    """An Actito licence and the file transfer location its file synchronisation polls."""
+
+    environment: str | None = None
+    base_url: str | None = None
+    entity: str
+    api_key: SecretStr | None = None
+    technical_email: str | None = None
+    files: FileLocation | None = None
+
+    @field_validator("environment")
+    @classmethod
+    def _environment(cls, value: str | None) -> str | None:
+        if value is not None and value not in ACTITO_ENVIRONMENTS:
+            raise ValueError(f"unknown environment {value!r}: use one of {', '.join(ACTITO_ENVIRONMENTS)}")
+        return value
+
+
+class FileOptions(_Model):
+    name: str | None = None
+    separator: Literal[",", ";", "\t"] = ","
+    compression: Literal["none", "gzip", "zip"] = "none"
+    max_bytes: int = Field(default=100_000_000, ge=10_000, le=100_000_000)
+
+
+ParamValue = str | int | float | bool | date | datetime
+
+
+class Activation(_Model):
+    description: str = ""
+    sql: Path
+    warehouse: str | None = None
+    destination: str
+    identifier: Literal["email", "profileId"]
+    identifier_column: str | None = None
+    params: dict[str, ParamValue] = Field(default_factory=dict)
+    schedule: Schedule | None = None
+    file: FileOptions = FileOptions()
+    enabled: bool = True
+
+
+class Config(_Model):
+    settings: Settings = Settings()
+    warehouses: dict[str, Warehouse]
+    destinations: dict[str, Destination]
+    activations: dict[str, Activation]
+    #: directory of the configuration file; relative paths in it are relative to this
+    base_dir: Path = Path(".")
+    source: str = DEFAULT_CONFIG
+
+    def path(self, value: Path) -> Path:
+        return value if value.is_absolute() else self.base_dir / value
+
+    @property
+    def state_dir(self) -> Path:
+        return self.path(self.settings.state_dir)
+
+    def warehouse_for(self, activation_name: str) -> tuple[str, Warehouse]:
+        chosen = self.activations[activation_name].warehouse or next(iter(self.warehouses))
+        return chosen, self.warehouses[chosen]
+
+    def sql_text(self, activation_name: str) -> str:
+        return self.path(self.activations[activation_name].sql).read_text(encoding="utf-8")
+
+    def file_name_pattern(self, activation_name: str) -> str:
+        return self.activations[activation_name].file.name or f"{activation_name}.csv"
+
+    def chunk_size_for(self, activation_name: str) -> int:
+        return self.warehouse_for(activation_name)[1].chunk_size or self.settings.chunk_size
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def config_path(explicit: str | Path | None = None) -> Path:
+    """The file to read: ``--config``, else ``$AUDIENCE_SYNC_CONFIG``, else ``./schedules.toml``."""
+    return Path(explicit or os.environ.get(CONFIG_ENV) or DEFAULT_CONFIG)
+
+
+def load_config(path: str | Path | None = None, environ: Mapping[str, str] | None = None) -> Config:
+    """Read, interpolate and validate a configuration, raising one ConfigError that lists every problem."""
+    file = config_path(path)
+    environ = os.environ if environ is None else environ
+    try:
+        raw = tomllib.loads(file.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(
+            [(str(file), "file not found: pass --config PATH or set AUDIENCE_SYNC_CONFIG")], source=str(file)
+        ) from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError([(str(file), f"not UTF-8 text ({exc.reason} at byte {exc.start})")], source=str(file)) from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError([(str(file), f"not valid TOML: {exc}")], source=str(file)) from None
+
+    problems: list[tuple[str, str]] = []
+    resolved = _interpolate(raw, (), environ, problems)
+    _check_sections(resolved, problems)
+    config: Config | None = None
+    try:
+        config = Config.model_validate({**resolved, "base_dir": file.parent, "source": str(file)})
+    except ValidationError as exc:
+        problems.extend(_pydantic_problems(exc))
+    if config is not None:
+        problems.extend(_cross_check(config))
+        _register_secrets(config)
+    if problems:
+        raise ConfigError(problems, source=str(file))
+    assert config is not None
+    return config
+
+
+def _check_sections(raw: dict[str, Any], problems: list[tuple[str, str]]) -> None:
+    for table in ("warehouses", "destinations", "activations"):
+        if not raw.get(table):
+            problems.append((f"[{table}]", f"no {table} declared: add at least one [{table}.NAME] table"))
+    for table in ("warehouses", "destinations", "activations"):
+        for name in raw.get(table) or {}:
+            if not _NAME.match(name):
+                problems.append(
+                    (f"[{table}.{name}]", "names use letters, digits, '_', '.', '-' only, at most 100 characters")
+                )
+
+
+def _interpolate(
+    node: Any, where: tuple[str, ...], environ: Mapping[str, str], problems: list[tuple[str, str]]
+) -> Any:
+    """Replace ``${VAR}`` everywhere, read ``*_file`` secrets, and refuse literal secrets."""
+    if isinstance(node, dict):
+        out: dict[str, Any] = {}
+        for key, value in node.items():
+            path = (*where, str(key))
+            if key.endswith("_file") and key[: -len("_file")] in SECRET_KEYS:
+                secret = _read_secret_file(_interpolate(value, path, environ, problems), path, problems)
+                if secret is not None:
+                    out[key[: -len("_file")]] = secret
+                continue
+            if key in SECRET_KEYS and isinstance(value, str) and not _VAR.search(value):
+                problems.append(
+                    (_dotted(path), f"a secret cannot be written in the file: use \"${{ENV_VAR}}\" or {key}_file")
+                )
+                continue
+            if key in ("url", "state_url") and isinstance(value, str) and _has_literal_password(value):
+                problems.append(
+                    (_dotted(path), "the URL holds a literal password: write it as ${ENV_VAR} inside the URL")
+                )
+                continue
+            out[key] = _interpolate(value, path, environ, problems)
+        return out
+    if isinstance(node, list):
+        return [_interpolate(item, (*where, str(i)), environ, problems) for i, item in enumerate(node)]
+    if isinstance(node, str) and "${" in node:
+        return _substitute(node, where, environ, problems)
+    return node
+
+
+def _substitute(text: str, where: tuple[str, ...], environ: Mapping[str, str], problems: list[tuple[str, str]]) -> str:
+    def value_of(match: re.Match[str]) -> str:
+        name = match.group(1)
+        if name in environ:
+            return environ[name]
+        secret_file = environ.get(f"{name}_FILE")
+        if secret_file:
+            try:
+                return Path(secret_file).read_text(encoding="utf-8").strip()
+            except OSError as exc:
+                problems.append((_dotted(where), f"${name}_FILE points to {secret_file!r}: {exc.strerror}"))
+                return ""
+        problems.append((_dotted(where), f"environment variable {name} is not set (nor {name}_FILE)"))
+        return ""
+
+    return _VAR.sub(value_of, text)
+
+
+def _read_secret_file(value: Any, where: tuple[str, ...], problems: list[tuple[str, str]]) -> str | None:
+    if not isinstance(value, str):
+        problems.append((_dotted(where), "expected the path of a file holding the secret"))
+        return None
+    try:
+        return Path(value).expanduser().read_text(encoding="utf-8").strip()
+    except OSError as exc:
+        problems.append((_dotted(where), f"cannot read {value!r}: {exc.strerror}"))
+        return None
+
+
+def _has_literal_password(url: str) -> bool:
+    match = re.match(r"^[^:/]+://[^:/@]*:([^@]*)@", url)
+    return bool(match and match.group(1) and not _VAR.fullmatch(match.group(1)))
+
+
+def _dotted(path: Iterator[str] | tuple[str, ...]) -> str:
+    parts = list(path)
+    if len(parts) >= 2 and parts[0] in ("warehouses", "destinations", "activations"):
+        head = f"[{parts[0]}.{parts[1]}]"
+        return f"{head} {'.'.join(parts[2:])}" if len(parts) > 2 else head
+    return ".".join(parts)
+
+
+def _pydantic_problems(exc: ValidationError) -> list[tuple[str, str]]:
+    problems = []
+    for error in exc.errors():
+        loc = [str(part) for part in error["loc"]]
+        # discriminated unions add the chosen tag to the location: drop it, users never wrote it
+        loc = [part for part in loc if part not in ("local", "sftp", "ftps")]
+        message = error["msg"].removeprefix("Value error, ")
+        if error["type"] == "extra_forbidden":
+            message = "unknown key (check its spelling against the README's configuration reference)"
+        elif error["type"] == "missing":
+            message = "required key is missing"
+        elif error["type"] == "union_tag_invalid":
+            message = "type must be one of 'local', 'sftp', 'ftps'"
+        problems.append((_dotted(tuple(loc)), message))
+    return problems
+
+
+def _cross_check(config: Config) -> list[tuple[str, str]]:
+    from etl.extract import bind_parameter_names  # the one place that knows how SQL parameters are parsed
+    from etl.files import name_pattern_problem
+
+    problems: list[tuple[str, str]] = []
+    for name, warehouse in config.warehouses.items():
+        try:
+            make_url(warehouse.url.get_secret_value())
+        except ArgumentError:
+            problems.append((f"[warehouses.{name}] url", "not a SQLAlchemy URL (e.g. postgresql+psycopg://host/db)"))
+            continue
+        if warehouse.demo and not warehouse.url.get_secret_value().startswith("sqlite:///"):
+            problems.append((f"[warehouses.{name}] demo", "the demo warehouse is a SQLite file: use a sqlite:/// URL"))
+    for name, destination in config.destinations.items():
+        where = f"[destinations.{name}]"
+        if destination.environment is None and destination.base_url is None:
+            problems.append((where, "set environment (ENV-0, ENV-1, ENV-3, PREPROD, TEST, sandbox) or base_url"))
+        files = destination.files
+        if isinstance(files, SftpLocation) and files.password is None and files.key_file is None:
+            problems.append((f"{where} files", "SFTP needs password (from ${ENV_VAR}) or key_file"))
+        if isinstance(files, SftpLocation) and files.key_file and not config.path(files.key_file).is_file():
+            problems.append((f"{where} files.key_file", f"no such file: {config.path(files.key_file)}"))
+
+    seen_files: dict[tuple[str, str], str] = {}
+    lowered: dict[str, str] = {}
+    for name, activation in config.activations.items():
+        where = f"[activations.{name}]"
+        if name.lower() in lowered:
+            problems.append((where, f"same name as [activations.{lowered[name.lower()]}] apart from case"))
+        lowered[name.lower()] = name
+        if activation.warehouse is not None and activation.warehouse not in config.warehouses:
+            problems.append((f"{where} warehouse", f"no [warehouses.{activation.warehouse}] table"))
+        if activation.destination not in config.destinations:
+            problems.append((f"{where} destination", f"no [destinations.{activation.destination}] table"))
+        elif config.destinations[activation.destination].files is None:
+            problems.append(
+                (f"{where} destination", f"[destinations.{activation.destination}] has no files location")
+            )
+        pattern = config.file_name_pattern(name)
+        if (problem := name_pattern_problem(pattern)) is not None:
+            problems.append((f"{where} file.name", problem))
+        key = (activation.destination, pattern)
+        if key in seen_files:
+            problems.append((f"{where} file.name", f"same file name as [activations.{seen_files[key]}]"))
+        seen_files[key] = name
+        problems.extend(_schedule_problems(activation.schedule, f"{where} schedule"))
+        sql_file = config.path(activation.sql)
+        if not sql_file.is_file():
+            problems.append((f"{where} sql", f"no such file: {sql_file}"))
+            continue
+        try:
+            used = bind_parameter_names(sql_file.read_text(encoding="utf-8"))
+        except UnicodeDecodeError:
+            problems.append((f"{where} sql", f"{sql_file} is not UTF-8 text"))
+            continue
+        missing = used - set(activation.params) - BUILTIN_PARAMS
+        if missing:
+            problems.append(
+                (f"{where} params", f"{sql_file.name} uses :{', :'.join(sorted(missing))} which is not declared")
+            )
+        if unused := set(activation.params) - used:
+            problems.append((f"{where} params", f"declared but unused in {sql_file.name}: {', '.join(sorted(unused))}"))
+    return problems
+
+
+#: parameters every audience query may use without declaring them
+BUILTIN_PARAMS = frozenset({"run_date", "run_at"})
+
+
+def _schedule_problems(schedule: Schedule | None, where: str) -> list[tuple[str, str]]:
+    if schedule is None:
+        return []
+    if (schedule.cron is None) == (schedule.every is None):
+        return [(where, "give exactly one of cron = \"M H DoM Mon DoW\" or every = \"6h\"")]
+    if schedule.cron is not None:
+        from apscheduler.triggers.cron import CronTrigger
+
+        try:
+            CronTrigger.from_crontab(schedule.cron, timezone=ZoneInfo(schedule.timezone))
+        except ValueError as exc:
+            return [(f"{where}.cron", f"{schedule.cron!r} is not a valid cron expression ({exc})")]
+    return []
+
+
+def _register_secrets(config: Config) -> None:
+    """Hand every secret to the log redactor, including the password inside each URL."""
+    candidates: list[SecretStr | None] = [config.settings.state_url]
+    for warehouse in config.warehouses.values():
+        candidates.append(warehouse.url)
+    for destination in config.destinations.values():
+        candidates.append(destination.api_key)
+        files = destination.files
+        if isinstance(files, SftpLocation):
+            candidates += [files.password, files.key_passphrase]
+        elif isinstance(files, FtpsLocation):
+            candidates.append(files.password)
+    for secret in candidates:
+        if secret is None:
+            continue
+        value = secret.get_secret_value()
+        if "://" not in value:
+            register_secret(value)
+            continue
+        try:
+            password = make_url(value).password
+        except ArgumentError:
+            continue
+        register_secret(str(password) if password else None)

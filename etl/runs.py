@@ -1,0 +1,155 @@
+"""The life of one run, whatever the job kind: lock, record, time the steps, end in one status.
+
+Job kinds only describe their steps; this module guarantees the rest for all of them — that two
+processes never run one activation at once, that every run leaves exactly one ledger row with a
+final status, and that an unexpected exception is recorded as a failure with a readable message
+instead of escaping as a traceback.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from etl.config import Config
+from etl.errors import AudienceSyncError, LockBusy
+from etl.logs import redact
+from etl.state import StateStore
+
+log = logging.getLogger("audience_sync.run")
+
+
+def open_store(config: Config) -> StateStore:
+    """The configured shared ledger, else the SQLite file in the state directory."""
+    url = config.settings.state_url
+    return StateStore(url.get_secret_value()) if url else StateStore.in_directory(config.state_dir)
+
+
+def new_run_id(started_at: datetime) -> str:
+    """Sortable and readable: the UTC start second plus a random suffix for runs started together."""
+    return f"{started_at.astimezone(UTC):%Y%m%dT%H%M%SZ}-{secrets.token_hex(3)}"
+
+
+@dataclass
+class RunContext:
+    """What a job kind's body sees: its identity, its scratch directory, and where to put results."""
+
+    config: Config
+    activation: str
+    run_id: str
+    started_at: datetime
+    dry_run: bool
+    run_dir: Path
+    progress: Callable[[str, dict[str, int]], None] = lambda activation, counts: None
+    #: step name -> seconds
+    steps: dict[str, float] = field(default_factory=dict)
+    #: columns of the ledger row (rows_extracted, file_name, ...) set by the job
+    results: dict[str, Any] = field(default_factory=dict)
+    #: free-form facts kept in the ledger's details (files, locations, reject file ...)
+    details: dict[str, Any] = field(default_factory=dict)
+
+    @contextmanager
+    def step(self, name: str) -> Iterator[None]:
+        began = time.perf_counter()
+        log.info("step %s started", name, extra={"fields": {"activation": self.activation, "run_id": self.run_id}})
+        try:
+            yield
+        finally:
+            self.steps[name] = round(time.perf_counter() - began, 3)
+
+
+@dataclass(frozen=True)
+class RunOutcome:
+    activation: str
+    run_id: str | None
+    status: str  # succeeded | failed | interrupted | locked
+    dry_run: bool
+    duration_s: float
+    results: dict[str, Any]
+    details: dict[str, Any]
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "succeeded"
+
+
+JobBody = Callable[[RunContext], None]
+
+
+def execute(
+    config: Config,
+    store: StateStore,
+    activation: str,
+    kind: str,
+    body: JobBody,
+    *,
+    dry_run: bool = False,
+    progress: Callable[[str, dict[str, int]], None] | None = None,
+    now: datetime | None = None,
+) -> RunOutcome:
+    """Run ``body`` under the activation's lock and record it; never raises for a failed run."""
+    started_at = now or datetime.now(UTC)
+    run_id = new_run_id(started_at)
+    ttl = timedelta(minutes=config.settings.lock_ttl_minutes)
+    began = time.perf_counter()
+    try:
+        with store.lock(activation, ttl):
+            return _run_locked(config, store, activation, kind, body, run_id, started_at, dry_run, progress, began)
+    except LockBusy as busy:
+        log.warning(busy.message(), extra={"fields": {"activation": activation}})
+        return RunOutcome(activation, None, "locked", dry_run, 0.0, {}, {}, busy.message())
+
+
+def _run_locked(
+    config: Config,
+    store: StateStore,
+    activation: str,
+    kind: str,
+    body: JobBody,
+    run_id: str,
+    started_at: datetime,
+    dry_run: bool,
+    progress: Callable[[str, dict[str, int]], None] | None,
+    began: float,
+) -> RunOutcome:
+    run_dir = config.state_dir / "runs" / activation / run_id
+    context = RunContext(config, activation, run_id, started_at, dry_run, run_dir)
+    if progress is not None:
+        context.progress = progress
+    store.start_run(run_id, activation, kind, dry_run=dry_run, started_at=started_at.replace(tzinfo=None))
+    fields = {"activation": activation, "run_id": run_id}
+    status, error = "succeeded", None
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        body(context)
+    except AudienceSyncError as exc:
+        status, error = "failed", redact(exc.message())
+    except KeyboardInterrupt:
+        status, error = "interrupted", "interrupted by the user or a signal"
+    except Exception as exc:  # a bug of ours: record it, keep the traceback in the log, not on the user's screen
+        status, error = "failed", redact(f"internal error ({type(exc).__name__}: {exc}) — please report it")
+        log.debug("internal error", exc_info=True, extra={"fields": fields})
+    duration = round(time.perf_counter() - began, 3)
+    context.details["steps"] = context.steps
+    store.finish_run(
+        run_id,
+        status,
+        finished_at=datetime.now(UTC).replace(tzinfo=None),
+        duration_s=duration,
+        error=error,
+        details=context.details,
+        **context.results,
+    )
+    level = logging.INFO if status == "succeeded" else logging.ERROR
+    log.log(level, "run %s%s", status, f": {error}" if error else "", extra={"fields": {**fields, **context.results}})
+    if status == "interrupted":
+        raise KeyboardInterrupt
+    return RunOutcome(activation, run_id, status, dry_run, duration, context.results, context.details, error)

@@ -1,0 +1,225 @@
+"""The run ledger and activation locks, in any SQLAlchemy database.
+
+Default: a SQLite file in the state directory, so a single machine needs nothing else; a shared
+PostgreSQL URL lets several hosts (cron on two machines, scheduler replicas) see one history and
+one set of locks. Locks are expiring lease rows rather than OS file locks because they must hold
+across hosts and survive a crashed holder (the lease simply runs out).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+
+from etl.errors import LockBusy, StateError
+
+metadata = sa.MetaData()
+
+runs = sa.Table(
+    "runs",
+    metadata,
+    sa.Column("run_id", sa.String(64), primary_key=True),
+    sa.Column("activation", sa.String(100), nullable=False, index=True),
+    sa.Column("kind", sa.String(40), nullable=False),
+    sa.Column("status", sa.String(20), nullable=False),
+    sa.Column("dry_run", sa.Boolean, nullable=False, default=False),
+    sa.Column("started_at", sa.DateTime, nullable=False),
+    sa.Column("finished_at", sa.DateTime),
+    sa.Column("duration_s", sa.Float),
+    sa.Column("rows_extracted", sa.BigInteger),
+    sa.Column("rows_rejected", sa.BigInteger),
+    sa.Column("rows_duplicate", sa.BigInteger),
+    sa.Column("rows_delivered", sa.BigInteger),
+    sa.Column("file_name", sa.String(255)),
+    sa.Column("sha256", sa.String(64)),
+    sa.Column("error", sa.Text),
+    sa.Column("details", sa.JSON),
+)
+
+locks = sa.Table(
+    "locks",
+    metadata,
+    sa.Column("activation", sa.String(100), primary_key=True),
+    sa.Column("owner", sa.String(200), nullable=False),
+    sa.Column("acquired_at", sa.DateTime, nullable=False),
+    sa.Column("expires_at", sa.DateTime, nullable=False),
+)
+
+RUN_STATUSES = ("running", "succeeded", "failed", "interrupted")
+
+
+def utcnow() -> datetime:
+    """Naive UTC: the same value round-trips through SQLite, PostgreSQL and MariaDB."""
+    return datetime.now(UTC).replace(tzinfo=None)
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    run_id: str
+    activation: str
+    kind: str
+    status: str
+    dry_run: bool
+    started_at: datetime
+    finished_at: datetime | None
+    duration_s: float | None
+    rows_extracted: int | None
+    rows_rejected: int | None
+    rows_duplicate: int | None
+    rows_delivered: int | None
+    file_name: str | None
+    sha256: str | None
+    error: str | None
+    details: dict[str, Any]
+
+
+class StateStore:
+    """Run records and locks; one instance per process, safe to share between threads."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        try:
+            self.engine = sa.create_engine(url, pool_pre_ping=True)
+            metadata.create_all(self.engine)
+        except SQLAlchemyError as exc:
+            shown = sa.make_url(url).render_as_string(hide_password=True)
+            raise StateError(
+                f"cannot open the state store: {_first_line(exc)}",
+                where=shown,
+                hint="check settings.state_url / settings.state_dir",
+            ) from None
+
+    @classmethod
+    def in_directory(cls, state_dir: Path) -> StateStore:
+        try:
+            state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        except OSError as exc:
+            raise StateError(f"cannot create the state directory: {exc.strerror}", where=str(state_dir)) from None
+        return cls(f"sqlite:///{state_dir / 'state.db'}")
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    # ------------------------------------------------------------------ runs
+
+    def start_run(self, run_id: str, activation: str, kind: str, *, dry_run: bool, started_at: datetime) -> None:
+        self._write(
+            runs.insert().values(
+                run_id=run_id,
+                activation=activation,
+                kind=kind,
+                status="running",
+                dry_run=dry_run,
+                started_at=started_at,
+                details={},
+            )
+        )
+
+    def finish_run(self, run_id: str, status: str, **values: Any) -> None:
+        if status not in RUN_STATUSES:
+            raise ValueError(status)
+        self._write(runs.update().where(runs.c.run_id == run_id).values(status=status, **values))
+
+    def runs(
+        self,
+        activation: str | None = None,
+        *,
+        status: str | None = None,
+        limit: int = 20,
+        include_dry_runs: bool = True,
+    ) -> list[RunRecord]:
+        query = sa.select(runs).order_by(runs.c.started_at.desc(), runs.c.run_id.desc()).limit(limit)
+        if activation is not None:
+            query = query.where(runs.c.activation == activation)
+        if status is not None:
+            query = query.where(runs.c.status == status)
+        if not include_dry_runs:
+            query = query.where(runs.c.dry_run.is_(False))
+        with self._connect() as conn:
+            return [_record(row._mapping) for row in conn.execute(query)]
+
+    def get_run(self, run_id: str) -> RunRecord | None:
+        with self._connect() as conn:
+            row = conn.execute(sa.select(runs).where(runs.c.run_id == run_id)).first()
+        return _record(row._mapping) if row else None
+
+    def last_success(self, activation: str) -> RunRecord | None:
+        found = self.runs(activation, status="succeeded", limit=1, include_dry_runs=False)
+        return found[0] if found else None
+
+    # ------------------------------------------------------------------ locks
+
+    @contextmanager
+    def lock(self, activation: str, ttl: timedelta) -> Iterator[str]:
+        """Hold the activation's lease for the block; LockBusy if another live process holds it."""
+        owner = f"{socket.gethostname()}:{os.getpid()}:{id(self):x}"
+        self._acquire(activation, owner, ttl)
+        try:
+            yield owner
+        finally:
+            self._write(locks.delete().where(locks.c.activation == activation, locks.c.owner == owner))
+
+    def _acquire(self, activation: str, owner: str, ttl: timedelta) -> None:
+        now = utcnow()
+        try:
+            with self.engine.begin() as conn:
+                conn.execute(
+                    locks.insert().values(activation=activation, owner=owner, acquired_at=now, expires_at=now + ttl)
+                )
+            return
+        except IntegrityError:
+            pass
+        except SQLAlchemyError as exc:
+            raise StateError(f"cannot take the lock: {_first_line(exc)}", where=activation) from None
+        # a row exists: take it over only if its lease has run out (the holder crashed)
+        with self._connect() as conn, conn.begin():
+            taken = conn.execute(
+                locks.update()
+                .where(locks.c.activation == activation, locks.c.expires_at < now)
+                .values(owner=owner, acquired_at=now, expires_at=now + ttl)
+            ).rowcount
+            holder = conn.execute(sa.select(locks).where(locks.c.activation == activation)).first()
+        if taken != 1 and holder is not None:
+            raise LockBusy(
+                f"already running (lock held by {holder.owner} since {holder.acquired_at:%Y-%m-%d %H:%M:%S} UTC, "
+                f"until {holder.expires_at:%Y-%m-%d %H:%M:%S} UTC)",
+                where=activation,
+                hint="wait for that run to end; a crashed holder's lock expires by itself (settings.lock_ttl_minutes)",
+            )
+
+    # ------------------------------------------------------------------ plumbing
+
+    @contextmanager
+    def _connect(self) -> Iterator[sa.Connection]:
+        try:
+            with self.engine.connect() as conn:
+                yield conn
+        except SQLAlchemyError as exc:
+            raise StateError(f"state store failed: {_first_line(exc)}", where=self._shown()) from None
+
+    def _write(self, statement: sa.Executable) -> None:
+        with self._connect() as conn, conn.begin():
+            conn.execute(statement)
+
+    def _shown(self) -> str:
+        return sa.make_url(self.url).render_as_string(hide_password=True)
+
+
+def _record(row: Mapping[str, Any]) -> RunRecord:
+    values = dict(row)
+    values["details"] = values.get("details") or {}
+    return RunRecord(**values)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(getattr(exc, "orig", None) or exc)
+    return text.strip().splitlines()[0] if text.strip() else type(exc).__name__

@@ -1,0 +1,191 @@
+"""Audience activations: warehouse SQL -> clean identifier file -> file transfer location.
+
+The file is what an Actito External Target List (a saved targeting's File module, "Use reference")
+reads; it is written completely and checked locally before anything is delivered, and delivered
+atomically, so Actito only ever sees the previous complete audience or the new complete one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from etl.config import Activation, Config
+from etl.delivery.factory import open_deliverer
+from etl.demo import ensure_demo_warehouse
+from etl.extract import create_warehouse_engine, stream_batches
+from etl.files import AudienceFileWriter, RejectWriter, WrittenFile, final_file_name, name_matcher, write_manifest
+from etl.runs import RunContext
+from etl.transform import HEADER, AudienceCleaner, AudienceCounts, CleanBatch
+
+KIND = "audience"
+
+
+@dataclass(frozen=True)
+class Preview:
+    counts: AudienceCounts
+    sample: list[str]
+    columns_used: str
+
+
+def local_time(activation: Activation, when: datetime) -> datetime:
+    """The run's wall-clock time where the audience lives: drives :run_date and file-name dates."""
+    zone = ZoneInfo(activation.schedule.timezone) if activation.schedule else UTC
+    return when.astimezone(zone)
+
+
+def query_params(activation: Activation, when: datetime) -> dict[str, Any]:
+    local = local_time(activation, when)
+    return {"run_date": local.date(), "run_at": when.astimezone(UTC).replace(tzinfo=None), **activation.params}
+
+
+def cleaned_batches(config: Config, name: str, when: datetime) -> Iterator[tuple[AudienceCleaner, CleanBatch]]:
+    """Extract and clean the audience chunk by chunk; the cleaner carries counts and the dedupe memory."""
+    activation = config.activations[name]
+    warehouse_name, warehouse = config.warehouse_for(name)
+    url = _anchored(config, warehouse.url.get_secret_value())
+    if warehouse.demo:
+        ensure_demo_warehouse(url)
+    engine = create_warehouse_engine(url, where=f"[warehouses.{warehouse_name}] url")
+    sql_file = config.path(activation.sql)
+    cleaner = AudienceCleaner(activation.identifier, column=activation.identifier_column, where=str(sql_file))
+    try:
+        batches = stream_batches(
+            engine,
+            config.sql_text(name),
+            query_params(activation, when),
+            chunk_size=config.chunk_size_for(name),
+            where=str(sql_file),
+        )
+        for batch in batches:
+            yield cleaner, cleaner.clean(batch)
+    finally:
+        engine.dispose()
+
+
+def _anchored(config: Config, url: str) -> str:
+    """A relative SQLite/DuckDB file in a URL is relative to the configuration file, like every other path."""
+    for prefix in ("sqlite:///", "duckdb:///"):
+        if url.startswith(prefix) and not url[len(prefix) :].startswith(("/", ":memory:")) and url != prefix:
+            return prefix + str(config.path(Path(url[len(prefix) :])))
+    return url
+
+
+def preview(config: Config, name: str, *, sample_size: int = 10, when: datetime | None = None) -> Preview:
+    sample: list[str] = []
+    cleaner: AudienceCleaner | None = None
+    for cleaner, cleaned in cleaned_batches(config, name, when or datetime.now(UTC)):
+        if len(sample) < sample_size:
+            sample += cleaned.identifiers.slice(0, sample_size - len(sample)).to_pylist()
+    counts = cleaner.counts if cleaner else AudienceCounts()
+    return Preview(counts, sample, HEADER[config.activations[name].identifier])
+
+
+def run(context: RunContext) -> None:
+    """The body of an audience run: extract → clean → write → deliver → retention."""
+    config, name = context.config, context.activation
+    activation = config.activations[name]
+    pattern = config.file_name_pattern(name)
+    file_name = final_file_name(pattern, local_time(activation, context.started_at), activation.file.compression)
+    rejects_path = context.run_dir / f"{name}.rejects.csv"
+
+    with context.step("extract"):
+        written, counts = _write_audience(context, activation, file_name, rejects_path)
+    sql_sha256 = hashlib.sha256(config.path(activation.sql).read_bytes()).hexdigest()
+    manifest_path = context.run_dir / f"{_stem(file_name)}.manifest.json"
+    write_manifest(manifest_path, _manifest(context, activation, written, counts, sql_sha256))
+    context.results.update(
+        rows_extracted=counts.extracted,
+        rows_rejected=counts.rejected,
+        rows_duplicate=counts.duplicates,
+        rows_delivered=0,
+        file_name=written[0].path.name,
+        sha256=written[0].sha256,
+    )
+    context.details.update(
+        files=[{"name": f.path.name, "rows": f.rows, "bytes": f.size, "sha256": f.sha256} for f in written],
+        local_dir=str(context.run_dir),
+        rejects_file=str(rejects_path),
+        manifest=str(manifest_path),
+        sql_sha256=sql_sha256,
+    )
+    if context.dry_run:
+        return
+    _deliver(context, [f.path for f in written] + [manifest_path], pattern)
+    context.results["rows_delivered"] = sum(f.rows for f in written)
+
+
+def _write_audience(
+    context: RunContext, activation: Activation, file_name: str, rejects_path: Path
+) -> tuple[list[WrittenFile], AudienceCounts]:
+    counts = AudienceCounts()
+    report: Callable[[str, dict[str, int]], None] = context.progress
+    with (
+        AudienceFileWriter(
+            context.run_dir,
+            file_name,
+            header=HEADER[activation.identifier],
+            separator=activation.file.separator,
+            compression=activation.file.compression,
+            max_bytes=activation.file.max_bytes,
+        ) as writer,
+        RejectWriter(rejects_path) as rejects,
+    ):
+        for cleaner, cleaned in cleaned_batches(context.config, context.activation, context.started_at):
+            writer.write(cleaned.identifiers)
+            rejects.write(cleaned.rejects)
+            counts = cleaner.counts
+            report(context.activation, vars(counts))
+        written = writer.close()
+        rejects.close()
+    return written, counts
+
+
+def _deliver(context: RunContext, paths: list[Path], pattern: str) -> None:
+    destination = context.config.destinations[context.config.activations[context.activation].destination]
+    location = destination.files
+    assert location is not None  # validated: an audience destination has a files location
+    matches = name_matcher(pattern)
+    with context.step("deliver"), open_deliverer(context.config, location) as deliverer:
+        delivered = deliverer.deliver(paths, context.run_id)
+        context.details["delivered"] = [{"name": d.name, "bytes": d.size, "location": d.location} for d in delivered]
+        if location.retention_days:
+            cutoff = datetime.now(UTC) - timedelta(days=location.retention_days)
+            removed = deliverer.apply_retention(
+                lambda remote: matches(remote) or matches(remote.removesuffix(".manifest.json") + ".csv"), cutoff
+            )
+            context.details["retention_removed"] = removed
+
+
+def _stem(file_name: str) -> str:
+    for suffix in (".csv.gz", ".csv", ".zip"):
+        if file_name.endswith(suffix):
+            return file_name[: -len(suffix)]
+    return file_name
+
+
+def _manifest(
+    context: RunContext,
+    activation: Activation,
+    written: list[WrittenFile],
+    counts: AudienceCounts,
+    sql_sha256: str,
+) -> dict[str, Any]:
+    return {
+        "activation": context.activation,
+        "run_id": context.run_id,
+        "generated_at": context.started_at.astimezone(UTC).isoformat(timespec="seconds"),
+        "identifier": HEADER[activation.identifier],
+        "rows": sum(f.rows for f in written),
+        "rows_extracted": counts.extracted,
+        "rows_rejected": counts.rejected,
+        "rows_duplicate": counts.duplicates,
+        "sql_file": activation.sql.as_posix(),
+        "sql_sha256": sql_sha256,
+        "files": [{"name": f.path.name, "rows": f.rows, "bytes": f.size, "sha256": f.sha256} for f in written],
+    }

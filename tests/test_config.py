@@ -1,0 +1,159 @@
+"""Configuration: every problem reported at once, with its location; secrets only from env or files."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from etl.config import load_config
+from etl.errors import ConfigError
+
+VALID = """
+[warehouses.main]
+url = "sqlite:///wh.db"
+
+[destinations.d]
+environment = "ENV-0"
+entity = "acme"
+files = { type = "local", path = "out" }
+
+[activations.a]
+sql = "sql/newsletter_engaged.sql"
+destination = "d"
+identifier = "email"
+params = { min_orders = 2 }
+schedule = { cron = "30 6 * * *", timezone = "Europe/Brussels" }
+"""
+
+BROKEN = """
+[settings]
+chunk_sise = 1000
+
+[warehouses.main]
+url = "postgresql+psycopg://etl:${DWH_PASSWORD_UNSET_X}@localhost/dwh"
+
+[destinations.d]
+environment = "ENV-9"
+entity = "acme"
+api_key = "literal-key-123"
+files = { type = "sftp", host = "h", username = "u" }
+
+[activations.a]
+sql = "sql/missing.sql"
+destination = "nowhere"
+identifier = "email"
+schedule = { cron = "61 6 * * *", timezone = "Europe/Bruxelles" }
+
+[activations.b]
+sql = "sql/newsletter_engaged.sql"
+destination = "d"
+identifier = "phone"
+"""
+
+
+def test_the_shipped_configuration_is_valid(demo_project: Path) -> None:
+    config = load_config(demo_project)
+    assert set(config.activations) == {"newsletter_engaged", "vip_customers", "lapsed_buyers"}
+
+
+def test_a_valid_configuration_loads_with_paths_relative_to_the_file(project) -> None:
+    path = project(VALID)
+    config = load_config(path)
+    assert config.path(config.activations["a"].sql) == path.parent / "sql/newsletter_engaged.sql"
+    assert config.file_name_pattern("a") == "a.csv"
+
+
+def test_every_problem_is_listed_with_its_location(project) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_config(project(BROKEN), environ={})
+    message = caught.value.message()
+    expected = [
+        ("settings.chunk_sise", "unknown key"),
+        ("[warehouses.main] url", "DWH_PASSWORD_UNSET_X is not set"),
+        ("[destinations.d] environment", "ENV-9"),
+        ("[destinations.d] api_key", "a secret cannot be written in the file"),
+        ("[destinations.d] files", "SFTP needs password"),
+        ("[activations.a] sql", "no such file"),
+        ("[activations.a] destination", "no [destinations.nowhere]"),
+        ("[activations.a] schedule.timezone", "Europe/Bruxelles"),
+        ("[activations.b] identifier", "'email' or 'profileId'"),
+        ("[activations.b] params", ":min_orders which is not declared"),
+    ]
+    for where, what in expected:
+        assert any(where in line and what in line for line in message.splitlines()), (where, what, message)
+    assert caught.value.exit_code == 2
+
+
+def test_a_bad_cron_expression_is_named(project) -> None:
+    path = project(VALID.replace('"30 6 * * *"', '"61 6 * * *"'))
+    with pytest.raises(ConfigError, match=r"\[activations.a\] schedule.cron: '61 6 \* \* \*' is not a valid cron"):
+        load_config(path)
+
+
+def test_secrets_come_from_the_environment_or_a_file(project, tmp_path: Path) -> None:
+    secret_file = tmp_path / "sftp.secret"
+    secret_file.write_text("s3cr3t-from-file\n")
+    path = project(
+        VALID.replace(
+            'files = { type = "local", path = "out" }',
+            f'api_key = "${{ACTITO_KEY}}"\nfiles = {{ type = "sftp", host = "h", username = "u", '
+            f'password_file = "{secret_file}" }}',
+        )
+    )
+    config = load_config(path, environ={"ACTITO_KEY": "key-from-env"})
+    destination = config.destinations["d"]
+    assert destination.api_key is not None and destination.api_key.get_secret_value() == "key-from-env"
+    assert destination.files is not None and destination.files.password.get_secret_value() == "s3cr3t-from-file"
+    assert "key-from-env" not in repr(config)
+
+
+def test_env_var_file_convention_is_honoured(project, tmp_path: Path) -> None:
+    (tmp_path / "key").write_text("from-mounted-secret")
+    path = project(VALID.replace('entity = "acme"', 'entity = "acme"\napi_key = "${ACTITO_KEY}"'))
+    config = load_config(path, environ={"ACTITO_KEY_FILE": str(tmp_path / "key")})
+    assert config.destinations["d"].api_key.get_secret_value() == "from-mounted-secret"
+
+
+def test_literal_password_in_a_url_is_refused(project) -> None:
+    path = project(VALID.replace("sqlite:///wh.db", "postgresql+psycopg://etl:hunter2@db/dwh"))
+    with pytest.raises(ConfigError) as caught:
+        load_config(path)
+    assert "literal password" in caught.value.message()
+    assert "hunter2" not in caught.value.message()
+
+
+def test_two_activations_writing_the_same_file_are_refused(project) -> None:
+    second = VALID.split("[activations.a]")[1]
+    path = project(VALID + "\n[activations.b]" + second)
+    with pytest.raises(ConfigError, match=r"\[activations.b\] file.name: same file name as \[activations.a\]"):
+        load_config(path)
+
+
+def test_path_traversal_in_a_file_name_is_refused(project) -> None:
+    path = project(VALID + 'file = { name = "../../etc/cron.d/x.csv" }\n')
+    with pytest.raises(ConfigError, match=r"\[activations.a\] file.name"):
+        load_config(path)
+
+
+def test_malformed_toml_names_the_line(project) -> None:
+    path = project(VALID + "\n[activations.c\n")
+    with pytest.raises(ConfigError, match=r"not valid TOML: .*line \d+"):
+        load_config(path)
+
+
+def test_validate_command_prints_all_problems_without_traceback(project) -> None:
+    path = project(BROKEN)
+    env = {k: v for k, v in os.environ.items() if k != "DWH_PASSWORD_UNSET_X"}
+    done = subprocess.run(
+        [sys.executable, "-m", "etl", "--config", str(path), "validate"],
+        capture_output=True, text=True, env=env, timeout=60,
+    )
+    assert done.returncode == 2
+    assert "Traceback" not in done.stderr
+    assert "10 problems in the configuration" in done.stderr or "problems in the configuration" in done.stderr
+    assert "literal-key-123" not in done.stderr + done.stdout
+    assert done.stderr.count("\n  - ") >= 10
