@@ -13,12 +13,12 @@ import os
 import re
 import tomllib
 from collections.abc import Iterator, Mapping
-from datetime import date, datetime
+from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Annotated, Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
@@ -63,6 +63,24 @@ class Schedule(_Model):
         if value is not None:
             parse_interval(value)
         return value
+
+    @field_validator("cron")
+    @classmethod
+    def _cron(cls, value: str | None) -> str | None:
+        if value is not None:
+            from apscheduler.triggers.cron import CronTrigger
+
+            try:
+                CronTrigger.from_crontab(value, timezone=UTC)
+            except ValueError as exc:
+                raise ValueError(f"{value!r} is not a valid cron expression ({exc})") from None
+        return value
+
+    @model_validator(mode="after")
+    def _one_rule(self) -> Schedule:
+        if (self.cron is None) == (self.every is None):
+            raise ValueError('give exactly one of cron = "M H DoM Mon DoW" or every = "6h"')
+        return self
 
     @field_validator("timezone")
     @classmethod
@@ -110,6 +128,12 @@ class SftpLocation(_FileLocation):
     verify_host_key: bool = True
     remote_dir: str = "."
     timeout: float = Field(default=30.0, gt=0)
+
+    @model_validator(mode="after")
+    def _credentials(self) -> SftpLocation:
+        if self.password is None and self.key_file is None:
+            raise ValueError("SFTP needs password (from ${ENV_VAR}) or key_file")
+        return self
 
 
 class FtpsLocation(_FileLocation):
@@ -240,26 +264,61 @@ def load_config(path: str | Path | None = None, environ: Mapping[str, str] | Non
     problems: list[tuple[str, str]] = []
     resolved = _interpolate(raw, (), environ, problems)
     _check_sections(resolved, problems)
-    config: Config | None = None
-    try:
-        config = Config.model_validate({**resolved, "base_dir": file.parent, "source": str(file)})
-    except ValidationError as exc:
-        problems.extend(_pydantic_problems(exc))
-    if config is not None:
-        problems.extend(_cross_check(config))
-        _register_secrets(config)
+    settings = _validated(Settings, resolved.get("settings", {}), ("settings",), problems) or Settings()
+    tables: dict[str, dict[str, Any]] = {}
+    for table, model in _TABLES.items():
+        entries = resolved.get(table) or {}
+        tables[table] = {
+            name: entry
+            for name, value in (entries.items() if isinstance(entries, dict) else ())
+            if (entry := _validated(model, value, (table, name), problems)) is not None
+        }
+    # every entry is checked on its own, so one broken table does not hide the problems of the others
+    config = Config.model_construct(
+        settings=settings,
+        warehouses=tables["warehouses"],
+        destinations=tables["destinations"],
+        activations=tables["activations"],
+        base_dir=file.parent.resolve(),
+        source=str(file),
+    )
+    declared = {table: set(resolved.get(table) or {}) for table in _TABLES}
+    raw_activations = resolved.get("activations") if isinstance(resolved.get("activations"), dict) else {}
+    problems.extend(_cross_check(config, declared, raw_activations))
     if problems:
         raise ConfigError(problems, source=str(file))
-    assert config is not None
+    _register_secrets(config)
     return config
+
+
+_TABLES: dict[str, type[_Model]] = {"warehouses": Warehouse, "destinations": Destination, "activations": Activation}
+
+
+def _validated(model: type[_Model], value: Any, where: tuple[str, ...], problems: list[tuple[str, str]]) -> Any:
+    if not isinstance(value, dict):
+        problems.append((_dotted(where), "expected a table of keys"))
+        return None
+    try:
+        return model.model_validate(value)
+    except ValidationError as exc:
+        problems.extend(_pydantic_problems(exc, where))
+        return None
 
 
 def _check_sections(raw: dict[str, Any], problems: list[tuple[str, str]]) -> None:
     for table in ("warehouses", "destinations", "activations"):
         if not raw.get(table):
             problems.append((f"[{table}]", f"no {table} declared: add at least one [{table}.NAME] table"))
-    for table in ("warehouses", "destinations", "activations"):
-        for name in raw.get(table) or {}:
+    for key in raw:
+        if key not in ("settings", *_TABLES):
+            problems.append((key, "unknown table: the file holds [settings], [warehouses.*], [destinations.*], "
+                                  "[activations.*]"))
+    for table in _TABLES:
+        entries = raw.get(table) or {}
+        if not isinstance(entries, dict):
+            problems.append((table, f"expected [{table}.NAME] tables"))
+            continue
+        for name in entries:
             if not _NAME.match(name):
                 problems.append(
                     (f"[{table}.{name}]", "names use letters, digits, '_', '.', '-' only, at most 100 characters")
@@ -340,10 +399,10 @@ def _dotted(path: Iterator[str] | tuple[str, ...]) -> str:
     return ".".join(parts)
 
 
-def _pydantic_problems(exc: ValidationError) -> list[tuple[str, str]]:
+def _pydantic_problems(exc: ValidationError, where: tuple[str, ...]) -> list[tuple[str, str]]:
     problems = []
     for error in exc.errors():
-        loc = [str(part) for part in error["loc"]]
+        loc = [*where, *(str(part) for part in error["loc"])]
         # discriminated unions add the chosen tag to the location: drop it, users never wrote it
         loc = [part for part in loc if part not in ("local", "sftp", "ftps")]
         message = error["msg"].removeprefix("Value error, ")
@@ -357,8 +416,12 @@ def _pydantic_problems(exc: ValidationError) -> list[tuple[str, str]]:
     return problems
 
 
-def _cross_check(config: Config) -> list[tuple[str, str]]:
-    from etl.extract import bind_parameter_names  # the one place that knows how SQL parameters are parsed
+def _cross_check(
+    config: Config, declared: dict[str, set[str]], raw_activations: dict[str, Any]
+) -> list[tuple[str, str]]:
+    """References between tables and to files. Activations are read raw, so that an activation with a
+    typo in one key still has its SQL file, parameters and references checked; a reference to a
+    declared but invalid table was already reported."""
     from etl.files import name_pattern_problem
 
     problems: list[tuple[str, str]] = []
@@ -375,50 +438,38 @@ def _cross_check(config: Config) -> list[tuple[str, str]]:
         if destination.environment is None and destination.base_url is None:
             problems.append((where, "set environment (ENV-0, ENV-1, ENV-3, PREPROD, TEST, sandbox) or base_url"))
         files = destination.files
-        if isinstance(files, SftpLocation) and files.password is None and files.key_file is None:
-            problems.append((f"{where} files", "SFTP needs password (from ${ENV_VAR}) or key_file"))
         if isinstance(files, SftpLocation) and files.key_file and not config.path(files.key_file).is_file():
             problems.append((f"{where} files.key_file", f"no such file: {config.path(files.key_file)}"))
 
     seen_files: dict[tuple[str, str], str] = {}
     lowered: dict[str, str] = {}
-    for name, activation in config.activations.items():
+    for name, raw in raw_activations.items():
+        if not isinstance(raw, dict):
+            continue
         where = f"[activations.{name}]"
         if name.lower() in lowered:
             problems.append((where, f"same name as [activations.{lowered[name.lower()]}] apart from case"))
         lowered[name.lower()] = name
-        if activation.warehouse is not None and activation.warehouse not in config.warehouses:
-            problems.append((f"{where} warehouse", f"no [warehouses.{activation.warehouse}] table"))
-        if activation.destination not in config.destinations:
-            problems.append((f"{where} destination", f"no [destinations.{activation.destination}] table"))
-        elif config.destinations[activation.destination].files is None:
-            problems.append(
-                (f"{where} destination", f"[destinations.{activation.destination}] has no files location")
-            )
-        pattern = config.file_name_pattern(name)
-        if (problem := name_pattern_problem(pattern)) is not None:
-            problems.append((f"{where} file.name", problem))
-        key = (activation.destination, pattern)
-        if key in seen_files:
-            problems.append((f"{where} file.name", f"same file name as [activations.{seen_files[key]}]"))
-        seen_files[key] = name
-        problems.extend(_schedule_problems(activation.schedule, f"{where} schedule"))
-        sql_file = config.path(activation.sql)
-        if not sql_file.is_file():
-            problems.append((f"{where} sql", f"no such file: {sql_file}"))
-            continue
-        try:
-            used = bind_parameter_names(sql_file.read_text(encoding="utf-8"))
-        except UnicodeDecodeError:
-            problems.append((f"{where} sql", f"{sql_file} is not UTF-8 text"))
-            continue
-        missing = used - set(activation.params) - BUILTIN_PARAMS
-        if missing:
-            problems.append(
-                (f"{where} params", f"{sql_file.name} uses :{', :'.join(sorted(missing))} which is not declared")
-            )
-        if unused := set(activation.params) - used:
-            problems.append((f"{where} params", f"declared but unused in {sql_file.name}: {', '.join(sorted(unused))}"))
+        warehouse_ref, destination_ref = raw.get("warehouse"), raw.get("destination")
+        if isinstance(warehouse_ref, str) and warehouse_ref not in declared["warehouses"]:
+            problems.append((f"{where} warehouse", f"no [warehouses.{warehouse_ref}] table"))
+        if isinstance(destination_ref, str) and destination_ref not in declared["destinations"]:
+            problems.append((f"{where} destination", f"no [destinations.{destination_ref}] table"))
+        elif isinstance(destination_ref, str) and destination_ref in config.destinations:
+            if config.destinations[destination_ref].files is None:
+                problems.append((f"{where} destination", f"[destinations.{destination_ref}] has no files location"))
+        file_options: dict[str, Any] = raw["file"] if isinstance(raw.get("file"), dict) else {}
+        pattern = file_options.get("name") or f"{name}.csv"
+        if isinstance(pattern, str):
+            if (problem := name_pattern_problem(pattern)) is not None:
+                problems.append((f"{where} file.name", problem))
+            file_key = (str(destination_ref), pattern)
+            if file_key in seen_files:
+                problems.append((f"{where} file.name", f"same file name as [activations.{seen_files[file_key]}]"))
+            seen_files[file_key] = name
+        if isinstance(raw.get("sql"), str):
+            params: dict[str, Any] = raw["params"] if isinstance(raw.get("params"), dict) else {}
+            problems.extend(_sql_problems(config.path(Path(raw["sql"])), set(params), where))
     return problems
 
 
@@ -426,19 +477,23 @@ def _cross_check(config: Config) -> list[tuple[str, str]]:
 BUILTIN_PARAMS = frozenset({"run_date", "run_at"})
 
 
-def _schedule_problems(schedule: Schedule | None, where: str) -> list[tuple[str, str]]:
-    if schedule is None:
-        return []
-    if (schedule.cron is None) == (schedule.every is None):
-        return [(where, "give exactly one of cron = \"M H DoM Mon DoW\" or every = \"6h\"")]
-    if schedule.cron is not None:
-        from apscheduler.triggers.cron import CronTrigger
+def _sql_problems(sql_file: Path, declared_params: set[str], where: str) -> list[tuple[str, str]]:
+    from etl.extract import bind_parameter_names  # the one place that knows how SQL parameters are parsed
 
-        try:
-            CronTrigger.from_crontab(schedule.cron, timezone=ZoneInfo(schedule.timezone))
-        except ValueError as exc:
-            return [(f"{where}.cron", f"{schedule.cron!r} is not a valid cron expression ({exc})")]
-    return []
+    if not sql_file.is_file():
+        return [(f"{where} sql", f"no such file: {sql_file}")]
+    try:
+        used = bind_parameter_names(sql_file.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        return [(f"{where} sql", f"{sql_file} is not UTF-8 text")]
+    problems = []
+    if missing := used - declared_params - BUILTIN_PARAMS:
+        problems.append(
+            (f"{where} params", f"{sql_file.name} uses :{', :'.join(sorted(missing))} which is not declared")
+        )
+    if unused := declared_params - used:
+        problems.append((f"{where} params", f"declared but unused in {sql_file.name}: {', '.join(sorted(unused))}"))
+    return problems
 
 
 def _register_secrets(config: Config) -> None:

@@ -7,7 +7,10 @@ exact values that must match what it writes.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
+from zoneinfo import ZoneInfo
+
+from apscheduler.triggers.cron import CronTrigger
 
 from etl.config import Config, FtpsLocation, LocalLocation, SftpLocation, parse_interval
 from etl.files import final_file_name
@@ -86,9 +89,17 @@ def _validity(config: Config, name: str) -> str:
     if schedule is None:
         return "set one a little longer than the interval at which you run this activation"
     if schedule.every:
-        hours = max(1, 2 * parse_interval(schedule.every) // 3600)
-        return f"{hours} hours (twice the schedule interval {schedule.every})"
-    return f"2 days for a daily schedule ({schedule.cron} {schedule.timezone}); twice the interval otherwise"
+        seconds = parse_interval(schedule.every)
+    else:
+        trigger = CronTrigger.from_crontab(schedule.cron or "", timezone=ZoneInfo(schedule.timezone))
+        first = trigger.get_next_fire_time(None, datetime.now(ZoneInfo(schedule.timezone)))
+        second = trigger.get_next_fire_time(first, first + timedelta(seconds=1)) if first else None
+        if first is None or second is None:
+            return "set one a little longer than the interval between runs"
+        seconds = int((second - first).total_seconds())
+    hours = max(1, 2 * seconds // 3600)
+    shown = f"{hours // 24} days" if hours % 24 == 0 else f"{hours} hours"
+    return f"{shown} (twice the interval between runs, so one missed run does not stop the targeting)"
 
 
 def _last_delivered(config: Config, name: str) -> str:

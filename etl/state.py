@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import socket
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -214,7 +214,7 @@ class StateStore:
         return sa.make_url(self.url).render_as_string(hide_password=True)
 
 
-def _record(row: Mapping[str, Any]) -> RunRecord:
+def _record(row: sa.RowMapping) -> RunRecord:
     values = dict(row)
     values["details"] = values.get("details") or {}
     return RunRecord(**values)

@@ -8,6 +8,7 @@ atomically, so Actito only ever sees the previous complete audience or the new c
 from __future__ import annotations
 
 import hashlib
+from contextlib import closing
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -54,16 +55,17 @@ def cleaned_batches(config: Config, name: str, when: datetime) -> Iterator[tuple
     engine = create_warehouse_engine(url, where=f"[warehouses.{warehouse_name}] url")
     sql_file = config.path(activation.sql)
     cleaner = AudienceCleaner(activation.identifier, column=activation.identifier_column, where=str(sql_file))
+    batches = stream_batches(
+        engine,
+        config.sql_text(name),
+        query_params(activation, when),
+        chunk_size=config.chunk_size_for(name),
+        where=str(sql_file),
+    )
     try:
-        batches = stream_batches(
-            engine,
-            config.sql_text(name),
-            query_params(activation, when),
-            chunk_size=config.chunk_size_for(name),
-            where=str(sql_file),
-        )
-        for batch in batches:
-            yield cleaner, cleaner.clean(batch)
+        with closing(batches):  # release the warehouse connection at once, even when a later step fails
+            for batch in batches:
+                yield cleaner, cleaner.clean(batch)
     finally:
         engine.dispose()
 

@@ -51,7 +51,13 @@ schedule = { cron = "61 6 * * *", timezone = "Europe/Bruxelles" }
 [activations.b]
 sql = "sql/newsletter_engaged.sql"
 destination = "d"
+identifier = "email"
+
+[activations.c]
+sql = "sql/vip_customers.sql"
+destination = "d"
 identifier = "phone"
+params = { min_value = 1 }
 """
 
 
@@ -80,7 +86,7 @@ def test_every_problem_is_listed_with_its_location(project) -> None:
         ("[activations.a] sql", "no such file"),
         ("[activations.a] destination", "no [destinations.nowhere]"),
         ("[activations.a] schedule.timezone", "Europe/Bruxelles"),
-        ("[activations.b] identifier", "'email' or 'profileId'"),
+        ("[activations.c] identifier", "'email' or 'profileId'"),
         ("[activations.b] params", ":min_orders which is not declared"),
     ]
     for where, what in expected:
@@ -127,8 +133,8 @@ def test_literal_password_in_a_url_is_refused(project) -> None:
 
 
 def test_two_activations_writing_the_same_file_are_refused(project) -> None:
-    second = VALID.split("[activations.a]")[1]
-    path = project(VALID + "\n[activations.b]" + second)
+    named = VALID + 'file = { name = "audience.csv" }\n'
+    path = project(named + "\n[activations.b]" + named.split("[activations.a]")[1])
     with pytest.raises(ConfigError, match=r"\[activations.b\] file.name: same file name as \[activations.a\]"):
         load_config(path)
 
@@ -156,4 +162,4 @@ def test_validate_command_prints_all_problems_without_traceback(project) -> None
     assert "Traceback" not in done.stderr
     assert "10 problems in the configuration" in done.stderr or "problems in the configuration" in done.stderr
     assert "literal-key-123" not in done.stderr + done.stdout
-    assert done.stderr.count("\n  - ") >= 10
+    assert done.stderr.count("\n  - ") >= 10, done.stderr

@@ -1,0 +1,269 @@
+"""What every file transfer location must guarantee, whatever the protocol.
+
+Actito polls the location on its own schedule, so it may look at the directory at any moment of a
+delivery. The contract below makes sure it only ever sees complete files: each file is written
+under a temporary name that Actito ignores, checked, and only then renamed over the final name in
+one step. Protocol classes provide the few primitive operations (upload, size, rename, remove,
+list); the ordering, the checks and the clean-up on failure live here once, so the three
+protocols cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import abc
+import logging
+import re
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from types import TracebackType
+from typing import Self
+
+from etl.errors import DeliveryError
+
+log = logging.getLogger("audience_sync.delivery")
+
+#: Every temporary name starts with this, so leftovers of a crashed run can be recognised and
+#: removed by retention without ever touching a file someone else put in the directory. The dot
+#: keeps them out of most listings and out of Actito's file-name patterns.
+TEMP_PREFIX = ".audience-sync-"
+TEMP_SUFFIX = ".part"
+
+_UNSAFE_IN_NAME = re.compile(r"[^A-Za-z0-9._-]")
+
+
+def temp_name(run_id: str, name: str) -> str:
+    """Temporary name of ``name`` during run ``run_id``.
+
+    The run id is part of the name so that two runs delivering the same file never write into
+    each other's temporary file; it is reduced to safe characters because it reaches FTP command
+    lines and remote paths verbatim.
+    """
+    return f"{TEMP_PREFIX}{_UNSAFE_IN_NAME.sub('_', run_id)}-{name}{TEMP_SUFFIX}"
+
+
+def is_temp_name(name: str) -> bool:
+    return name.startswith(TEMP_PREFIX)
+
+
+@dataclass(frozen=True)
+class DeliveredFile:
+    """One file as it now exists at the location, for the run ledger and the run report."""
+
+    #: final remote file name
+    name: str
+    #: bytes, as verified on the remote side
+    size: int
+    #: URL-ish address for people; never contains credentials
+    location: str
+
+
+@dataclass(frozen=True)
+class _Planned:
+    local: Path
+    name: str
+    temp: str
+    size: int
+
+
+class Deliverer(abc.ABC):
+    """A connection to one file transfer location; use it as a context manager.
+
+    Connecting in ``__enter__`` (not in ``__init__``) lets a configuration be turned into a
+    deliverer and described without touching the network, and ``__exit__`` always releases the
+    connection, even when a delivery failed.
+    """
+
+    def __init__(self) -> None:
+        self._connected = False
+
+    # ------------------------------------------------------------------ context manager
+
+    def __enter__(self) -> Self:
+        self.connect()
+        self._connected = True
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self._connected = False
+        try:
+            self.close()
+        except Exception:  # closing must never hide the error that ended the block
+            log.debug("error while closing %s", self.describe(), exc_info=True)
+
+    # ------------------------------------------------------------------ what protocols provide
+
+    @abc.abstractmethod
+    def connect(self) -> None:
+        """Open the connection and check that the target directory is usable; raise DeliveryError if not."""
+
+    @abc.abstractmethod
+    def close(self) -> None:
+        """Release the connection; may be called after a failed or partial ``connect``."""
+
+    @abc.abstractmethod
+    def describe(self) -> str:
+        """One line for a setup sheet or a log: protocol, address, directory, how trust is checked. No secrets."""
+
+    @abc.abstractmethod
+    def _location(self, name: str) -> str:
+        """Address of ``name`` in the target directory, for people (no credentials)."""
+
+    @abc.abstractmethod
+    def _upload(self, local: Path, remote_name: str) -> None:
+        """Write the local file to ``remote_name`` in the target directory, replacing it if present."""
+
+    @abc.abstractmethod
+    def _remote_size(self, remote_name: str) -> int:
+        """Size in bytes of ``remote_name`` as the server reports it."""
+
+    @abc.abstractmethod
+    def _replace(self, temp: str, final: str) -> None:
+        """Rename ``temp`` to ``final``, replacing ``final``; atomically where the protocol allows."""
+
+    @abc.abstractmethod
+    def _remove(self, remote_name: str) -> None:
+        """Delete one file of the target directory."""
+
+    @abc.abstractmethod
+    def _modified_files(self, wanted: Callable[[str], bool]) -> Iterator[tuple[str, datetime]]:
+        """(name, aware modification time) of the regular files of the target directory whose name is wanted.
+
+        ``wanted`` is applied before any per-file request, so that protocols which need one round
+        trip per modification time (FTP's MDTM) only pay it for candidate files.
+        """
+
+    # ------------------------------------------------------------------ the contract
+
+    def deliver(self, files: Sequence[Path], run_id: str) -> list[DeliveredFile]:
+        """Put ``files`` in the target directory under their own names, all or nothing as far as possible.
+
+        Every file is uploaded under a temporary name and its remote size checked before *any*
+        final name is touched, so a failed transfer (network, disk full, permissions) leaves the
+        previous delivery fully in place and the temporary files are removed. Renames follow the
+        order of ``files``: a manifest listed last only appears once the files it describes are in
+        place. A failure during the renames themselves (rare: the uploads already succeeded) names
+        the files that were already replaced.
+        """
+        self._require_connected()
+        plan = self._plan(files, run_id)
+        uploaded: list[_Planned] = []
+        try:
+            for item in plan:
+                # recorded before the upload so that a partial temporary file is cleaned up too
+                uploaded.append(item)
+                self._upload(item.local, item.temp)
+                remote_size = self._remote_size(item.temp)
+                if remote_size != item.size:
+                    raise DeliveryError(
+                        f"the uploaded copy of {item.name} has {remote_size} bytes instead of {item.size}",
+                        where=self._location(item.temp),
+                        hint="the transfer was cut short (connection or server disk); "
+                        "the previous file was left in place, run again",
+                    )
+        except BaseException:
+            self._discard(item.temp for item in uploaded)
+            raise
+
+        delivered: list[DeliveredFile] = []
+        for index, item in enumerate(plan):
+            try:
+                self._replace(item.temp, item.name)
+            except BaseException as exc:
+                self._discard(later.temp for later in plan[index:])
+                if delivered and isinstance(exc, DeliveryError):
+                    done = ", ".join(d.name for d in delivered)
+                    raise DeliveryError(
+                        exc.what,
+                        where=exc.where,
+                        hint=f"{done} {'was' if len(delivered) == 1 else 'were'} already replaced; "
+                        f"the other files were not. {exc.hint}".strip(),
+                    ) from exc
+                raise
+            delivered.append(DeliveredFile(name=item.name, size=item.size, location=self._location(item.name)))
+            log.info("delivered %s (%d bytes) to %s", item.name, item.size, delivered[-1].location)
+        return delivered
+
+    def apply_retention(self, is_ours: Callable[[str], bool], older_than: datetime) -> list[str]:
+        """Delete our own old files so the location does not grow forever; return the names removed.
+
+        Only files for which ``is_ours`` is true, and leftovers of our own temporary names, are
+        candidates: the directory is usually shared with other senders and with Actito itself. A
+        file that cannot be removed is logged and skipped, because housekeeping must not turn a
+        delivery that succeeded into a failed run.
+        """
+        self._require_connected()
+        if older_than.tzinfo is None or older_than.utcoffset() is None:
+            raise ValueError("older_than must be timezone-aware")
+
+        def candidate(name: str) -> bool:
+            return is_temp_name(name) or is_ours(name)
+
+        removed: list[str] = []
+        for name, modified in list(self._modified_files(candidate)):
+            if modified >= older_than:
+                continue
+            try:
+                self._remove(name)
+            except DeliveryError as exc:
+                log.warning("retention could not remove %s: %s", name, exc)
+                continue
+            removed.append(name)
+            log.info("retention removed %s (modified %s)", name, modified.isoformat())
+        return removed
+
+    # ------------------------------------------------------------------ helpers
+
+    def _require_connected(self) -> None:
+        if not self._connected:
+            raise RuntimeError(f"{type(self).__name__} must be used inside a 'with' block")
+
+    def _plan(self, files: Sequence[Path], run_id: str) -> list[_Planned]:
+        """Check everything that can be checked locally before a single byte is sent."""
+        plan: list[_Planned] = []
+        seen: dict[str, Path] = {}
+        for path in files:
+            name = path.name
+            if not name or is_temp_name(name) or any(ord(c) < 32 or c == "\x7f" for c in name):
+                raise DeliveryError(
+                    f"cannot deliver a file named {name!r}",
+                    where=str(path),
+                    hint=f"names must not be empty, contain control characters or start with {TEMP_PREFIX!r}",
+                )
+            if name in seen:
+                raise DeliveryError(
+                    f"two files to deliver are both named {name}",
+                    where=f"{seen[name]} and {path}",
+                    hint="the remote directory is flat: give every file of a run its own name",
+                )
+            seen[name] = path
+            try:
+                if not path.is_file():
+                    raise FileNotFoundError(path)
+                size = path.stat().st_size
+            except OSError:
+                raise DeliveryError(
+                    "the file to deliver does not exist or is not a regular file",
+                    where=str(path),
+                    hint="it should have been written by this run just before; check the run directory",
+                ) from None
+            plan.append(_Planned(local=path, name=name, temp=temp_name(run_id, name), size=size))
+        return plan
+
+    def _discard(self, temps: Iterable[str]) -> None:
+        """Best effort: a leftover is only untidy (retention removes it later), never wrong."""
+        for name in temps:
+            try:
+                self._remove(name)
+            except Exception as exc:  # the original error matters more
+                log.debug("could not remove temporary file %s: %s", name, exc)
+
+
+def utc_from_timestamp(seconds: float) -> datetime:
+    return datetime.fromtimestamp(seconds, UTC)

@@ -1,0 +1,77 @@
+"""The PostgreSQL and MariaDB servers the tests use, or a skip (a failure under CI) when one is down.
+
+``postgres_url()`` and ``mariadb_url()`` return a SQLAlchemy URL for a server that answered a
+``SELECT 1``. When it does not answer (or its driver is missing) the calling test is skipped with
+the reason, so that the suite runs on a laptop without servers; with ``CI=true`` it fails instead,
+because a CI run that silently skipped its database tests would prove nothing.
+
+The defaults match the README; ``AUDIENCE_SYNC_TEST_POSTGRES_URL`` and
+``AUDIENCE_SYNC_TEST_MARIADB_URL`` point the tests elsewhere. Each test creates and drops its own
+uniquely named tables (``unique_name``), so tests may share a database and run in parallel.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import uuid
+
+import pytest
+import sqlalchemy as sa
+
+POSTGRES_URL = os.environ.get(
+    "AUDIENCE_SYNC_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+)
+MARIADB_URL = os.environ.get("AUDIENCE_SYNC_TEST_MARIADB_URL", "mysql+pymysql://root@127.0.0.1:3306/test")
+
+#: seconds to wait for a server before calling it unreachable
+CONNECT_TIMEOUT = 3
+
+
+def postgres_url() -> str:
+    """The PostgreSQL test server's URL; skips (fails under CI) when it cannot be reached."""
+    return _reachable("PostgreSQL", POSTGRES_URL)
+
+
+def mariadb_url() -> str:
+    """The MariaDB test server's URL; skips (fails under CI) when it cannot be reached."""
+    return _reachable("MariaDB", MARIADB_URL)
+
+
+def unique_name(prefix: str = "t") -> str:
+    """A table name no other test (or run) uses: lower case, so no dialect needs it quoted."""
+    return f"{prefix}_{uuid.uuid4().hex[:12]}"
+
+
+def in_ci() -> bool:
+    return os.environ.get("CI", "").strip().lower() in ("true", "1", "yes")
+
+
+def _reachable(label: str, url: str) -> str:
+    problem = _problem(url)
+    if problem is None:
+        return url
+    safe = sa.make_url(url).render_as_string(hide_password=True)
+    message = f"{label} test server not reachable at {safe}: {problem}"
+    if in_ci():
+        pytest.fail(f"{message} (CI=true: database tests must not be skipped)", pytrace=False)
+    pytest.skip(message)
+
+
+@functools.cache
+def _problem(url: str) -> str | None:
+    """Why the server cannot be used, or None; asked once per process, not once per test."""
+    try:
+        engine = sa.create_engine(url, connect_args={"connect_timeout": CONNECT_TIMEOUT})
+    except ImportError as exc:
+        return f"driver not installed ({exc})"
+    try:
+        with engine.connect() as connection:
+            connection.execute(sa.text("SELECT 1"))
+    except sa.exc.SQLAlchemyError as exc:
+        original = getattr(exc, "orig", None) or exc
+        lines = str(original).strip().splitlines()
+        return lines[0] if lines else type(original).__name__
+    finally:
+        engine.dispose()
+    return None

@@ -1,0 +1,539 @@
+"""Extraction against real databases: SQLite and DuckDB files, and the PostgreSQL and MariaDB servers."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import date
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pytest
+import sqlalchemy as sa
+
+import dbservers
+from etl.errors import ExtractError
+from etl.extract import bind_parameter_names, create_warehouse_engine, stream_batches
+
+KINDS = ["sqlite", "duckdb", "postgres", "mariadb"]
+SQL_FILE = "sql/high_value.sql"  # what `where` names in messages
+
+# (id, name, score, born): non-ASCII, quotes, colons and percent signs in values; a column that is
+# NULL through the whole first chunk of 7, and NULLs scattered after it
+ROWS: list[tuple[int, str | None, int | None, date | None]] = [
+    (1, "Émile Zoë", None, date(1980, 5, 17)),
+    (2, "Łukasz Żółć", None, None),
+    (3, "日本語の名前", None, date(2001, 2, 3)),
+    (4, "party 🎉", None, None),
+    (5, "O'Brien", None, date(1975, 12, 31)),
+    (6, None, None, None),
+    (7, "a:colon :id", None, date(1999, 1, 1)),
+    (8, "100%", 80, None),
+    (9, "Straße", 90, date(2001, 2, 3)),
+    (10, "", 0, None),
+    (11, "Ørsted", -5, date(1990, 7, 4)),
+    (12, "tab\there", None, None),
+    (13, "Αλέξανδρος", 13, date(1988, 8, 8)),
+    (14, "Dvořák", 14, None),
+    (15, None, 15, date(1970, 1, 1)),
+    (16, "mañana", 2147483647, None),
+    (17, "Çağrı", -2147483648, date(2020, 2, 29)),
+    (18, "naïve café", 18, None),
+    (19, "Владимир", None, date(2000, 1, 1)),
+    (20, "x' OR '1'='1", 20, None),
+    (21, "back\\slash", 21, None),
+    (22, "עברית", 22, date(1960, 6, 6)),
+    (23, "last", 23, date(2023, 12, 31)),
+]
+
+
+@dataclass
+class Warehouse:
+    kind: str
+    url: str
+    table: str
+    engine: sa.Engine
+
+
+def _url(kind: str, tmp_path: Path) -> str:
+    if kind == "sqlite":
+        return f"sqlite:///{tmp_path / 'warehouse.db'}"
+    if kind == "duckdb":
+        return f"duckdb:///{tmp_path / 'warehouse.duckdb'}"
+    return dbservers.postgres_url() if kind == "postgres" else dbservers.mariadb_url()
+
+
+def _people(name: str) -> sa.Table:
+    return sa.Table(
+        name,
+        sa.MetaData(),
+        sa.Column("id", sa.Integer, primary_key=True, autoincrement=False),
+        sa.Column("name", sa.String(100)),
+        sa.Column("score", sa.Integer),
+        sa.Column("born", sa.Date),
+        mysql_charset="utf8mb4",
+    )
+
+
+@pytest.fixture(params=KINDS)
+def warehouse(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Warehouse]:
+    """A table holding ROWS in one of the four databases, created by the test and dropped after it."""
+    kind: str = request.param
+    url = _url(kind, tmp_path)
+    table = _people(dbservers.unique_name("people"))
+    loader = sa.create_engine(url)
+    try:
+        with loader.begin() as connection:
+            table.create(connection)
+            connection.execute(
+                table.insert(), [dict(zip(("id", "name", "score", "born"), row)) for row in ROWS]
+            )
+    finally:
+        loader.dispose()
+    engine = create_warehouse_engine(url, where="[warehouses.wh] url")
+    try:
+        yield Warehouse(kind, url, table.name, engine)
+    finally:
+        engine.dispose()
+        loader = sa.create_engine(url)
+        try:
+            with loader.begin() as connection:
+                table.drop(connection, checkfirst=True)
+        finally:
+            loader.dispose()
+
+
+def _read(
+    engine: sa.Engine, sql: str, params: dict[str, Any] | None = None, chunk_size: int = 7
+) -> list[pa.RecordBatch]:
+    return list(stream_batches(engine, sql, params or {}, chunk_size=chunk_size, where=SQL_FILE))
+
+
+def _rows(batches: list[pa.RecordBatch]) -> list[tuple[Any, ...]]:
+    rows: list[tuple[Any, ...]] = []
+    for batch in batches:
+        columns = [column.to_pylist() for column in batch.columns]
+        rows += list(zip(*columns))
+    return rows
+
+
+# --------------------------------------------------------------------------- values and batches
+
+
+def test_same_values_from_every_database_in_bounded_batches(warehouse: Warehouse) -> None:
+    batches = _read(warehouse.engine, f"SELECT id, name, score FROM {warehouse.table} ORDER BY id", chunk_size=7)
+
+    assert all(batch.num_rows <= 7 for batch in batches)
+    assert sum(batch.num_rows for batch in batches) == len(ROWS)
+    assert all(batch.schema.names == ["id", "name", "score"] for batch in batches)
+    assert _rows(batches) == [(i, name, score) for i, name, score, _ in ROWS]
+    for batch in batches:  # a column NULL through a whole chunk may be null-typed; otherwise integers
+        assert pa.types.is_integer(batch.schema.field("score").type) or pa.types.is_null(
+            batch.schema.field("score").type
+        )
+
+
+def test_column_names_as_the_query_returns_them(warehouse: Warehouse) -> None:
+    sql = f"SELECT name AS full_name, id AS customer_id FROM {warehouse.table} WHERE id = 1"
+    batches = _read(warehouse.engine, sql)
+    assert batches[0].schema.names == ["full_name", "customer_id"]
+    assert _rows(batches) == [("Émile Zoë", 1)]
+
+
+def test_empty_result_gives_one_empty_batch_with_the_columns(warehouse: Warehouse) -> None:
+    batches = _read(warehouse.engine, f"SELECT id, name FROM {warehouse.table} WHERE id < 0")
+    assert [(batch.num_rows, batch.schema.names) for batch in batches] == [(0, ["id", "name"])]
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_decimals_and_dates_survive(kind: str, tmp_path: Path) -> None:
+    url = _url(kind, tmp_path)
+    name = dbservers.unique_name("typed")
+    loader = sa.create_engine(url)
+    with loader.begin() as connection:
+        connection.execute(sa.text(f"CREATE TABLE {name} (id INTEGER, amount DECIMAL(12, 2), born DATE)"))
+        connection.execute(
+            sa.text(
+                f"INSERT INTO {name} VALUES (1, 12.34, '2001-02-03'), (2, NULL, NULL), (3, 9999999999.99, '1999-12-31')"
+            )
+        )
+    engine = create_warehouse_engine(url, where="wh")
+    try:
+        batches = _read(engine, f"SELECT id, amount, born FROM {name} ORDER BY id", chunk_size=2)
+        rows = _rows(batches)
+        if kind == "sqlite":  # no decimal or date type: SQLite hands back what it stored
+            assert rows == [(1, 12.34, "2001-02-03"), (2, None, None), (3, 9999999999.99, "1999-12-31")]
+        else:
+            assert rows == [
+                (1, Decimal("12.34"), date(2001, 2, 3)),
+                (2, None, None),
+                (3, Decimal("9999999999.99"), date(1999, 12, 31)),
+            ]
+            assert pa.types.is_decimal(batches[0].schema.field("amount").type)
+            assert pa.types.is_date(batches[0].schema.field("born").type)
+    finally:
+        engine.dispose()
+        with loader.begin() as connection:
+            connection.execute(sa.text(f"DROP TABLE {name}"))
+        loader.dispose()
+
+
+def test_sqlite_mixed_type_column_comes_out_as_text(tmp_path: Path) -> None:
+    path = tmp_path / "mixed.db"
+    loader = sa.create_engine(f"sqlite:///{path}")
+    with loader.begin() as connection:
+        connection.execute(sa.text("CREATE TABLE t (id INTEGER, ref)"))
+        connection.execute(sa.text("INSERT INTO t VALUES (1, 42), (2, 'A-7'), (3, NULL)"))
+    loader.dispose()
+    engine = create_warehouse_engine(f"sqlite:///{path}", where="wh")
+    batches = _read(engine, "SELECT ref FROM t ORDER BY id")
+    assert batches[0].column(0).type == pa.string()
+    assert batches[0].column(0).to_pylist() == ["42", "A-7", None]
+
+
+# --------------------------------------------------------------------------- parameters
+
+
+def test_bound_parameters_and_harmless_injection(warehouse: Warehouse) -> None:
+    sql = f"SELECT id FROM {warehouse.table} WHERE name = :name OR id = :id OR born = :born ORDER BY id"
+    params = {"name": "O'Brien", "id": 8, "born": date(2001, 2, 3), "run_date": date(2026, 1, 15)}  # run_date unused
+    assert _rows(_read(warehouse.engine, sql, params)) == [(3,), (5,), (8,), (9,)]
+
+    # the value is compared, never run: it matches the one row holding that very text
+    injected = {"name": "x' OR '1'='1", "id": -1, "born": date(1900, 1, 1)}
+    assert _rows(_read(warehouse.engine, sql, injected)) == [(20,)]
+    dropping = {"name": f"'; DROP TABLE {warehouse.table}; --", "id": -1, "born": date(1900, 1, 1)}
+    assert _rows(_read(warehouse.engine, sql, dropping)) == []
+    # values with what looks like parameter markers and format codes are taken literally too
+    literal = {"name": "a:colon :id", "id": -1, "born": date(1900, 1, 1)}
+    assert _rows(_read(warehouse.engine, sql, literal)) == [(7,)]
+    assert _rows(_read(warehouse.engine, sql, {**literal, "name": "100%"})) == [(8,)]
+
+    assert _rows(_read(warehouse.engine, f"SELECT count(*) AS n FROM {warehouse.table}")) == [(len(ROWS),)]
+
+
+def test_bind_parameter_names_follow_sqlalchemy_text() -> None:
+    sql = """
+        SELECT id::text, created_at::date, '10:30' AS t, a\\:b
+        FROM customers
+        WHERE country = :country AND created_at >= :run_date AND tier IN (:tier, :tier)
+          AND amount > CAST(:min_amount AS numeric)
+    """
+    assert bind_parameter_names(sql) == {"country", "run_date", "tier", "min_amount"}
+    assert bind_parameter_names("SELECT 1") == set()
+    # text() does not see :x before a '::' cast; the query then fails in the database (tested below)
+    assert bind_parameter_names("SELECT :x::date") == set()
+
+
+def test_comments_and_quoted_text_hold_no_parameters() -> None:
+    sql = """-- customers above :min_value, as of :run_date
+        SELECT id, 'at :noon' AS "label:x" /* not :this
+        one :either */ FROM customers WHERE value >= :min_value -- nor :that
+    """
+    assert bind_parameter_names(sql) == {"min_value"}
+
+
+def test_parameters_named_in_comments_and_literals_run_everywhere(warehouse: Warehouse) -> None:
+    """text() alone would bind the comment's :id too: SQLite then counted fewer markers than values."""
+    sql = f"""-- the row whose id is :id (and :nothing else)
+        SELECT id, 'tag :id' AS tag /* :id again */
+        FROM {warehouse.table}
+        WHERE id = :id -- :id
+    """
+    assert _rows(_read(warehouse.engine, sql, {"id": 9})) == [(9, "tag :id")]
+
+
+# --------------------------------------------------------------------------- errors
+
+SYNTAX = {
+    "sqlite": 'near "SELEC": syntax error',
+    "duckdb": 'syntax error at or near "SELEC"',
+    "postgres": 'syntax error at or near "SELEC"',
+    "mariadb": "You have an error in your SQL syntax",
+}
+UNKNOWN_TABLE = {
+    "sqlite": "no such table: nope_{suffix}",
+    "duckdb": "Table with name nope_{suffix} does not exist",
+    "postgres": 'relation "nope_{suffix}" does not exist',
+    "mariadb": "nope_{suffix}' doesn't exist",
+}
+UNKNOWN_COLUMN = {
+    "sqlite": "no such column: nope",
+    "duckdb": 'column "nope" not found',
+    "postgres": 'column "nope" does not exist',
+    "mariadb": "Unknown column 'nope'",
+}
+
+
+def _assert_query_error(error: ExtractError, fragment: str) -> None:
+    assert error.where == SQL_FILE
+    assert fragment in error.what
+    assert "\n" not in error.what and "[SQL:" not in error.what and "LINE 1" not in error.what
+    assert "audience-sync preview" in error.hint
+
+
+@pytest.mark.parametrize("mistake", ["syntax", "unknown table", "unknown column"])
+def test_query_errors_carry_the_database_message_and_the_file(warehouse: Warehouse, mistake: str) -> None:
+    suffix = warehouse.table.rsplit("_", 1)[1]
+    sql, fragment = {
+        "syntax": (f"SELEC id FROM {warehouse.table}", SYNTAX[warehouse.kind]),
+        "unknown table": (f"SELECT id FROM nope_{suffix}", UNKNOWN_TABLE[warehouse.kind].format(suffix=suffix)),
+        "unknown column": (f"SELECT nope FROM {warehouse.table}", UNKNOWN_COLUMN[warehouse.kind]),
+    }[mistake]
+    with pytest.raises(ExtractError) as caught:
+        _read(warehouse.engine, sql)
+    _assert_query_error(caught.value, fragment)
+    assert warehouse.engine.pool.checkedout() == 0  # type: ignore[attr-defined]
+
+
+def test_unknown_parameter_names_the_parameter_and_the_file(warehouse: Warehouse) -> None:
+    sql = f"SELECT id FROM {warehouse.table} WHERE score > :min_score AND name <> :nmae"
+    with pytest.raises(ExtractError) as caught:
+        _read(warehouse.engine, sql, {"min_score": 1, "name": "x"})
+    assert caught.value.where == SQL_FILE
+    assert ":nmae" in caught.value.what and ":min_score" not in caught.value.what
+
+
+def test_cast_after_parameter_gets_a_hint(warehouse: Warehouse) -> None:
+    with pytest.raises(ExtractError) as caught:
+        _read(warehouse.engine, f"SELECT id FROM {warehouse.table} WHERE born = :day::date", {"day": date(2001, 2, 3)})
+    assert caught.value.where == SQL_FILE
+    assert "CAST(:day AS date)" in caught.value.hint
+
+
+def test_a_statement_without_rows_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "w.db"
+    sa.create_engine(f"sqlite:///{path}").dispose()
+    path.touch()
+    engine = create_warehouse_engine(f"sqlite:///{path}", where="wh")
+    with pytest.raises(ExtractError, match="returns no rows") as caught:
+        _read(engine, "CREATE TABLE t (id INTEGER)")
+    assert caught.value.where == SQL_FILE
+    assert engine.pool.checkedout() == 0  # type: ignore[attr-defined]
+
+
+def test_duckdb_leaves_the_warehouse_as_it_was(tmp_path: Path) -> None:
+    url = f"duckdb:///{tmp_path / 'w.duckdb'}"
+    loader = sa.create_engine(url)
+    with loader.begin() as connection:
+        connection.execute(sa.text("CREATE TABLE t AS SELECT 1 AS id"))
+    loader.dispose()
+    engine = create_warehouse_engine(url, where="wh")
+    _read(engine, "DELETE FROM t")
+    assert _rows(_read(engine, "SELECT id FROM t")) == [(1,)]
+    engine.dispose()
+
+
+# --------------------------------------------------------------------------- connections
+
+
+def test_early_close_and_consumer_errors_release_the_connection(warehouse: Warehouse) -> None:
+    sql = f"SELECT id, name FROM {warehouse.table} ORDER BY id"
+    batches = stream_batches(warehouse.engine, sql, {}, chunk_size=5, where=SQL_FILE)
+    assert next(batches).num_rows == 5
+    assert warehouse.engine.pool.checkedout() == 1  # type: ignore[attr-defined]
+    batches.close()
+    assert warehouse.engine.pool.checkedout() == 0  # type: ignore[attr-defined]
+
+    def consume() -> None:
+        for batch in stream_batches(warehouse.engine, sql, {}, chunk_size=5, where=SQL_FILE):
+            raise ValueError(f"the consumer failed on {batch.num_rows} rows")
+
+    with pytest.raises(ValueError):
+        consume()
+    assert warehouse.engine.pool.checkedout() == 0  # type: ignore[attr-defined]
+
+    # the engine is still good for the next query
+    assert len(_rows(_read(warehouse.engine, sql))) == len(ROWS)
+    assert warehouse.engine.pool.checkedout() == 0  # type: ignore[attr-defined]
+
+
+def test_postgres_streams_through_a_server_side_cursor() -> None:
+    engine = create_warehouse_engine(dbservers.postgres_url(), where="wh")
+    sessions: list[Any] = []
+    sa.event.listen(engine, "checkout", lambda dbapi_connection, record, proxy: sessions.append(dbapi_connection))
+    try:
+        batches = stream_batches(
+            engine, "SELECT i FROM generate_series(1, 100000) AS s(i)", {}, chunk_size=1000, where=SQL_FILE
+        )
+        assert next(batches).num_rows == 1000
+        # the same session holds an open cursor over the query: the rest is still on the server
+        with sessions[-1].cursor() as cursor:
+            cursor.execute("SELECT statement FROM pg_cursors")
+            statements = [row[0] for row in cursor.fetchall()]
+        assert any("generate_series(1, 100000)" in statement for statement in statements), statements
+        batches.close()
+    finally:
+        engine.dispose()
+
+
+def test_postgres_first_batch_arrives_before_the_rest_is_computed() -> None:
+    """Row 2000 divides by zero: a buffered read would fail before the first batch, a streamed one after."""
+    engine = create_warehouse_engine(dbservers.postgres_url(), where="wh")
+    try:
+        batches = stream_batches(
+            engine, "SELECT i, 10 / (2000 - i) AS q FROM generate_series(1, 5000) AS s(i)", {}, chunk_size=100,
+            where=SQL_FILE,
+        )
+        assert next(batches).column("i").to_pylist() == list(range(1, 101))
+        with pytest.raises(ExtractError) as caught:
+            list(batches)
+        _assert_query_error(caught.value, "division by zero")
+        assert engine.pool.checkedout() == 0  # type: ignore[attr-defined]
+    finally:
+        engine.dispose()
+
+
+def test_postgres_connection_lost_mid_stream() -> None:
+    url = dbservers.postgres_url()
+    engine = create_warehouse_engine(url, where="wh")
+    sessions: list[Any] = []
+    sa.event.listen(engine, "checkout", lambda dbapi_connection, record, proxy: sessions.append(dbapi_connection))
+    killer = sa.create_engine(url)
+    try:
+        batches = stream_batches(
+            engine, "SELECT i FROM generate_series(1, 100000) AS s(i)", {}, chunk_size=1000, where=SQL_FILE
+        )
+        next(batches)
+        with killer.connect() as connection:
+            connection.execute(sa.text("SELECT pg_terminate_backend(:pid)"), {"pid": sessions[-1].info.backend_pid})
+        with pytest.raises(ExtractError) as caught:
+            list(batches)
+        assert caught.value.where == SQL_FILE
+        assert "broke off" in caught.value.what and "terminating connection" in caught.value.what
+        assert "\n" not in caught.value.what
+        assert engine.pool.checkedout() == 0  # type: ignore[attr-defined]
+    finally:
+        killer.dispose()
+        engine.dispose()
+
+
+@pytest.mark.filterwarnings("error::pytest.PytestUnraisableExceptionWarning")
+def test_mariadb_streams_unbuffered_and_stops_without_draining() -> None:
+    import pymysql.cursors
+
+    url = dbservers.mariadb_url()
+    engine = create_warehouse_engine(url, where="wh")
+    cursors: list[Any] = []
+    sessions: list[Any] = []
+    sa.event.listen(engine, "before_cursor_execute", lambda conn, cursor, *args: cursors.append(cursor))
+    sa.event.listen(engine, "checkout", lambda dbapi_connection, record, proxy: sessions.append(dbapi_connection))
+    try:
+        # seq_1_to_N: MariaDB's sequence engine; far more rows than one chunk
+        batches = stream_batches(engine, "SELECT seq FROM seq_1_to_200000", {}, chunk_size=1000, where=SQL_FILE)
+        assert next(batches).num_rows == 1000
+        assert isinstance(cursors[-1], pymysql.cursors.SSCursor)
+        batches.close()
+        # the rest was not read: the socket was closed mid-result and the connection not reused
+        assert not sessions[-1].open
+        assert engine.pool.checkedout() == 0  # type: ignore[attr-defined]
+        assert _rows(_read(engine, "SELECT 1 AS one")) == [(1,)]
+    finally:
+        engine.dispose()
+
+
+@pytest.mark.filterwarnings("error::pytest.PytestUnraisableExceptionWarning")
+def test_mariadb_connection_lost_mid_stream() -> None:
+    url = dbservers.mariadb_url()
+    engine = create_warehouse_engine(url, where="wh")
+    sessions: list[Any] = []
+    sa.event.listen(engine, "checkout", lambda dbapi_connection, record, proxy: sessions.append(dbapi_connection))
+    killer = sa.create_engine(url)
+    try:
+        batches = stream_batches(engine, "SELECT seq FROM seq_1_to_2000000", {}, chunk_size=1000, where=SQL_FILE)
+        next(batches)
+        with killer.connect() as connection:
+            connection.execute(sa.text("KILL :id"), {"id": sessions[-1].thread_id()})
+        with pytest.raises(ExtractError) as caught:
+            list(batches)
+        assert caught.value.where == SQL_FILE
+        assert "broke off" in caught.value.what and "Lost connection" in caught.value.what
+        assert engine.pool.checkedout() == 0  # type: ignore[attr-defined]
+    finally:
+        killer.dispose()
+        engine.dispose()
+
+
+# --------------------------------------------------------------------------- engines and URLs
+
+PASSWORD = "Sup3r-S3cret"
+
+
+@pytest.mark.parametrize(
+    ("url", "hidden", "hint"),
+    [
+        (f"postgresql+psycopg://u:{PASSWORD}@db.example/test", "psycopg", "pip install 'audience-sync[postgres]'"),
+        (f"mysql+pymysql://u:{PASSWORD}@db.example/test", "pymysql", "pip install 'audience-sync[mysql]'"),
+        (f"postgresql+psycopg2://u:{PASSWORD}@db.example/test", None, "postgresql+psycopg://"),
+        (f"mysql://u:{PASSWORD}@db.example/test", None, "audience-sync[mysql]"),
+        (f"mssql+pyodbc://u:{PASSWORD}@db.example/test", None, "'pyodbc'"),
+        (f"snowflake://u:{PASSWORD}@account/db", None, "pip install snowflake-sqlalchemy"),
+    ],
+)
+def test_missing_driver_names_what_to_install(
+    url: str, hidden: str | None, hint: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if hidden is not None:
+        monkeypatch.setitem(sys.modules, hidden, None)  # as if the extra were not installed
+    with pytest.raises(ExtractError) as caught:
+        create_warehouse_engine(url, where="[warehouses.wh] url")
+    assert caught.value.where == "[warehouses.wh] url"
+    assert hint in caught.value.hint
+    assert PASSWORD not in str(caught.value)
+
+
+def test_missing_duckdb_extra(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "w.duckdb").touch()
+    monkeypatch.setitem(sys.modules, "duckdb_engine", None)
+    with pytest.raises(ExtractError) as caught:
+        create_warehouse_engine(f"duckdb:///{tmp_path / 'w.duckdb'}", where="wh")
+    assert "pip install 'audience-sync[duckdb]'" in caught.value.hint
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "not a url",
+        f"postgresql+psycopg://u:{PASSWORD}@db.example:port/test",
+        f"postgresql+psycopg://u:{PASSWORD}@x@db.example/test",
+    ],
+)
+def test_bad_urls_are_reported_without_the_password(url: str) -> None:
+    with pytest.raises(ExtractError) as caught:
+        create_warehouse_engine(url, where="[warehouses.wh] url")
+    assert caught.value.where == "[warehouses.wh] url"
+    for part in (PASSWORD, "x@db"):
+        assert part not in str(caught.value)
+
+
+def test_missing_database_file_is_not_created(tmp_path: Path) -> None:
+    for url in (f"sqlite:///{tmp_path / 'typo.db'}", f"duckdb:///{tmp_path / 'typo.duckdb'}"):
+        with pytest.raises(ExtractError, match="no database file"):
+            create_warehouse_engine(url, where="wh")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_unreachable_server_message_hides_the_password() -> None:
+    # port 1 on loopback: nothing listens there
+    engine = create_warehouse_engine(f"postgresql+psycopg://u:{PASSWORD}@127.0.0.1:1/test", where="wh")
+    with pytest.raises(ExtractError) as caught:
+        _read(engine, "SELECT 1")
+    assert "cannot connect to postgresql+psycopg://u:***@127.0.0.1:1/test" in caught.value.what
+    assert caught.value.where == SQL_FILE
+    assert PASSWORD not in str(caught.value)
+
+
+def test_database_message_quoting_the_password_is_masked() -> None:
+    # trust authentication ignores the password, so the URL can carry one; the message quotes the value
+    url = sa.make_url(dbservers.postgres_url()).set(password=PASSWORD)
+    engine = create_warehouse_engine(url.render_as_string(hide_password=False), where="wh")
+    try:
+        with pytest.raises(ExtractError) as caught:
+            _read(engine, "SELECT CAST(:value AS integer) AS n", {"value": PASSWORD})
+        assert "invalid input syntax for type integer" in caught.value.what
+        assert PASSWORD not in str(caught.value)
+    finally:
+        engine.dispose()
