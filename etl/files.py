@@ -46,7 +46,7 @@ import json
 import os
 import re
 import zipfile
-from collections.abc import Callable, Mapping
+from collections.abc import Sequence, Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -85,19 +85,33 @@ class WrittenFile:
 # --------------------------------------------------------------------------- CSV rendering
 
 
-def render_lines(values: pa.Array | pa.ChunkedArray, *, separator: str = ",", line_ending: str = "\n") -> pa.Array:
-    """Each value as one CSV line (RFC 4180 quoting where needed, then the line ending)."""
+def render_lines(
+    values: pa.Array | pa.ChunkedArray | pa.Table, *, separator: str = ",", line_ending: str = "\n"
+) -> pa.Array:
+    """Each value (or table row) as one CSV line: RFC 4180 quoting where needed, then the line ending.
+
+    A single column is an identifier list and must hold no null; in a table a null is an empty cell.
+    """
+    if isinstance(values, pa.Table):
+        cells = [_render_cells(column, separator) for column in values.columns]
+        joined = pc.binary_join_element_wise(*cells, separator) if cells else pa.array([], pa.string())
+        return pc.binary_join_element_wise(joined, line_ending, "")
+    if values.null_count:
+        raise ValueError("identifiers must not be null")
+    return pc.binary_join_element_wise(_render_cells(values, separator), line_ending, "")
+
+
+def _render_cells(values: pa.Array | pa.ChunkedArray, separator: str) -> pa.Array:
     if isinstance(values, pa.ChunkedArray):
         values = values.combine_chunks()
     if not (pa.types.is_string(values.type) or pa.types.is_large_string(values.type)):
         values = pc.cast(values, pa.string())
-    if values.null_count:
-        raise ValueError("identifiers must not be null")
+    values = pc.fill_null(values, "")
     special = pc.match_substring_regex(values, f'["\r\n{separator}]')
     if pc.any(special).as_py():
         quoted = pc.binary_join_element_wise('"', pc.replace_substring(values, '"', '""'), '"', "")
         values = pc.if_else(special, quoted, values)
-    return pc.binary_join_element_wise(values, line_ending, "")
+    return values
 
 
 def _offsets(lines: pa.Array) -> np.ndarray:
@@ -279,8 +293,9 @@ def _split_name(file_name: str) -> tuple[str, str]:
     return file_name, ""
 
 
-class AudienceFileWriter:
-    """Write one audience file (or its parts) from batches of identifiers.
+class CsvFileWriter:
+    """Write one CSV file in Actito's format (or its parts) from batches: an audience's identifiers or
+    the columns of an import.
 
     Peak memory is one rendered batch plus one block, whatever the number of rows.
     """
@@ -290,7 +305,7 @@ class AudienceFileWriter:
         directory: Path,
         file_name: str,
         *,
-        header: str,
+        header: str | Sequence[str],
         separator: str = ",",
         compression: Compression = "none",
         max_bytes: int = 100_000_000,
@@ -312,7 +327,9 @@ class AudienceFileWriter:
         self.line_ending = line_ending
         self.block_bytes = max(256, min(BLOCK_BYTES, max_bytes // 16))
         self._stem, self._ext = _split_name(file_name)
-        lines = render_lines(pa.array([header], pa.string()), separator=separator, line_ending=line_ending)
+        columns = [header] if isinstance(header, str) else list(header)
+        lines = render_lines(pa.table({f"c{i}": [name] for i, name in enumerate(columns)}),
+                             separator=separator, line_ending=line_ending)
         self._header = lines.buffers()[2].to_pybytes()[: _offsets(lines)[1]]
         self._finished: list[_Part] = []
         self._part: _Part | None = None
@@ -334,10 +351,11 @@ class AudienceFileWriter:
 
     # -- public
 
-    def write(self, identifiers: pa.Array | pa.ChunkedArray) -> None:
+    def write(self, rows: pa.Array | pa.ChunkedArray | pa.Table) -> None:
+        """An array of identifiers, or a table whose columns follow the header."""
         if self._closed:
-            raise ValueError("the audience file is already closed")
-        lines = render_lines(identifiers, separator=self.separator, line_ending=self.line_ending)
+            raise ValueError("the file is already closed")
+        lines = render_lines(rows, separator=self.separator, line_ending=self.line_ending)
         count = len(lines)
         if count == 0:
             return
@@ -390,7 +408,7 @@ class AudienceFileWriter:
         self._closed = True
         return self._written
 
-    def __enter__(self) -> AudienceFileWriter:
+    def __enter__(self) -> CsvFileWriter:
         return self
 
     def __exit__(

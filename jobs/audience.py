@@ -20,7 +20,7 @@ from etl.config import Activation, Config
 from etl.delivery.factory import open_deliverer
 from etl.demo import ensure_demo_warehouse
 from etl.extract import create_warehouse_engine, stream_batches
-from etl.files import AudienceFileWriter, RejectWriter, WrittenFile, final_file_name, name_matcher, write_manifest
+from etl.files import CsvFileWriter, RejectWriter, WrittenFile, final_file_name, name_matcher, write_manifest
 from etl.runs import RunContext
 from etl.transform import HEADER, AudienceCleaner, AudienceCounts, CleanBatch
 
@@ -128,7 +128,7 @@ def _write_audience(
     counts = AudienceCounts()
     report: Callable[[str, dict[str, int]], None] = context.progress
     with (
-        AudienceFileWriter(
+        CsvFileWriter(
             context.run_dir,
             file_name,
             header=HEADER[activation.identifier],

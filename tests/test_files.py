@@ -22,7 +22,7 @@ from etl.errors import FileWriteError
 from etl.files import (
     ZIP_DATE_TIME,
     Compression,
-    AudienceFileWriter,
+    CsvFileWriter,
     RejectWriter,
     WrittenFile,
     final_file_name,
@@ -48,7 +48,7 @@ def write(
 ) -> list[WrittenFile]:
     """Write ``values`` cut into batches at ``cuts``; return what the writer reports."""
     bounds = [0, *cuts, len(values)]
-    with AudienceFileWriter(
+    with CsvFileWriter(
         directory,
         NAMES[compression],
         header="emailAddress",
@@ -128,7 +128,7 @@ def test_zip_holds_one_csv_member_with_a_fixed_date(tmp_path: Path) -> None:
 
 
 def test_profile_id_header_and_separator(tmp_path: Path) -> None:
-    with AudienceFileWriter(tmp_path, "vip.csv", header="profileId", separator=";") as writer:
+    with CsvFileWriter(tmp_path, "vip.csv", header="profileId", separator=";") as writer:
         writer.write(pa.array(["1", "22"]))
     assert (tmp_path / "vip.csv").read_bytes() == b"profileId\n1\n22\n"
 
@@ -218,7 +218,7 @@ def test_max_bytes_too_small(tmp_path: Path) -> None:
 @pytest.mark.parametrize("compression", ["none", "gzip", "zip"])
 def test_a_failure_inside_with_removes_partial_files(tmp_path: Path, compression: Compression) -> None:
     with pytest.raises(RuntimeError):
-        with AudienceFileWriter(tmp_path, NAMES[compression], header="emailAddress", compression=compression,
+        with CsvFileWriter(tmp_path, NAMES[compression], header="emailAddress", compression=compression,
                                 max_bytes=10_000) as writer:  # fmt: skip
             writer.write(pa.array(EMAILS))
             raise RuntimeError("the warehouse went away")
@@ -239,7 +239,7 @@ def test_files_are_private(tmp_path: Path) -> None:
 
 
 def test_write_after_close_is_refused(tmp_path: Path) -> None:
-    writer = AudienceFileWriter(tmp_path, "a.csv", header="profileId")
+    writer = CsvFileWriter(tmp_path, "a.csv", header="profileId")
     assert writer.close() == writer.close()
     with pytest.raises(ValueError, match="closed"):
         writer.write(pa.array(["1"]))
@@ -357,3 +357,18 @@ def test_manifest_is_sorted_indented_and_replaced_atomically(tmp_path: Path) -> 
         {"activation": "vip", "generated_at": "2026-01-01 00:00:00", "rows": 2}, indent=2, sort_keys=True
     ) + "\n"
     assert [p.name for p in tmp_path.iterdir()] == ["audience.manifest.json"]
+
+
+def test_a_table_is_written_with_its_header_quoting_and_empty_cells(tmp_path: Path) -> None:
+    rows = pa.table({
+        "emailAddress": ["a@b.be", "c@d.be"],
+        "lastName": ['O"Brien, Jr', None],
+        "customerId": pa.array([7, None], pa.int64()),
+    })
+    with CsvFileWriter(tmp_path, "p.csv", header=["emailAddress", "lastName", "customerId"]) as writer:
+        writer.write(rows)
+        (written,) = writer.close()
+    assert written.path.read_bytes() == (
+        b'emailAddress,lastName,customerId\na@b.be,"O""Brien, Jr",7\nc@d.be,,\n'
+    )
+    assert written.rows == 2
