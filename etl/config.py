@@ -15,10 +15,21 @@ import tomllib
 from collections.abc import Iterator, Mapping
 from datetime import UTC, date, datetime
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    SecretStr,
+    Tag,
+    TypeAdapter,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
@@ -195,17 +206,86 @@ class FileOptions(_Model):
 ParamValue = str | int | float | bool | date | datetime
 
 
-class Activation(_Model):
+class ActivationBase(_Model):
     description: str = ""
     sql: Path
     warehouse: str | None = None
     destination: str
-    identifier: Literal["email", "profileId"]
-    identifier_column: str | None = None
     params: dict[str, ParamValue] = Field(default_factory=dict)
     schedule: Schedule | None = None
-    file: FileOptions = FileOptions()
     enabled: bool = True
+
+
+class AudienceActivation(ActivationBase):
+    """An audience: one identifier column delivered as a file Actito's saved targetings reference."""
+
+    kind: Literal["audience"] = "audience"
+    identifier: Literal["email", "profileId"]
+    identifier_column: str | None = None
+    file: FileOptions = FileOptions()
+
+
+ImportMode = Literal["CREATE_UPDATE", "UPDATE_ONLY", "CREATE_ONLY"]
+
+
+class _ImportActivation(ActivationBase):
+    """Rows imported into an Actito table by ETL executions; only rows that changed since the last
+    successful run are sent (``delta = false`` sends everything every time)."""
+
+    table: str
+    attributes: dict[str, str] = Field(default_factory=dict)  # source column -> Actito attribute
+    empty_values: Literal["keep", "clear"] = "keep"
+    etl_id: str | None = None
+    delta: bool = True
+    compression: Literal["none", "gzip", "zip"] = "gzip"
+    import_timeout_minutes: int = Field(default=60, ge=1)
+
+
+class ProfilesActivation(_ImportActivation):
+    kind: Literal["profiles"]
+    key: str = "emailAddress"
+    mode: ImportMode = "CREATE_UPDATE"
+    preset: Literal["qualifio"] | None = None
+    subscriptions: dict[str, str] = Field(default_factory=dict)  # source column -> subscription name
+
+
+class SubscriptionsActivation(_ImportActivation):
+    """Consents as Actito subscriptions, as Didomi's integration does (``upsert_mode = false``: a
+    consent for an unknown profile is not propagated and no profile is created)."""
+
+    kind: Literal["subscriptions"]
+    key: str = "emailAddress"
+    upsert_mode: bool = False
+    preset: Literal["didomi"] | None = None
+    subscriptions: dict[str, str] = Field(min_length=1)
+    metadata: list[str] = Field(default_factory=list)  # source columns also sent as profile attributes
+
+
+class InteractionsActivation(_ImportActivation):
+    kind: Literal["interactions"]
+    preset: Literal["qualifio"] | None = None
+
+
+def _activation_kind(value: Any) -> str:
+    return str(value.get("kind", "audience")) if isinstance(value, dict) else str(getattr(value, "kind", "audience"))
+
+
+Activation = Annotated[
+    Annotated[AudienceActivation, Tag("audience")]
+    | Annotated[ProfilesActivation, Tag("profiles")]
+    | Annotated[SubscriptionsActivation, Tag("subscriptions")]
+    | Annotated[InteractionsActivation, Tag("interactions")],
+    Discriminator(
+        _activation_kind,
+        custom_error_type="activation_kind",
+        custom_error_message="kind must be one of 'audience', 'profiles', 'subscriptions', 'interactions'",
+    ),
+]
+ImportActivation = ProfilesActivation | SubscriptionsActivation | InteractionsActivation
+
+
+_KindT = TypeVar("_KindT", AudienceActivation, ProfilesActivation, SubscriptionsActivation, InteractionsActivation,
+                  _ImportActivation)
 
 
 class Config(_Model):
@@ -231,8 +311,15 @@ class Config(_Model):
     def sql_text(self, activation_name: str) -> str:
         return self.path(self.activations[activation_name].sql).read_text(encoding="utf-8")
 
+    def activation_of(self, activation_name: str, kind: type[_KindT]) -> _KindT:
+        activation = self.activations[activation_name]
+        if not isinstance(activation, kind):
+            raise TypeError(f"{activation_name} is a {activation.kind} activation")
+        return activation
+
     def file_name_pattern(self, activation_name: str) -> str:
-        return self.activations[activation_name].file.name or f"{activation_name}.csv"
+        activation = self.activation_of(activation_name, AudienceActivation)
+        return activation.file.name or f"{activation_name}.csv"
 
     def chunk_size_for(self, activation_name: str) -> int:
         return self.warehouse_for(activation_name)[1].chunk_size or self.settings.chunk_size
@@ -264,7 +351,7 @@ def load_config(path: str | Path | None = None, environ: Mapping[str, str] | Non
     problems: list[tuple[str, str]] = []
     resolved = _interpolate(raw, (), environ, problems)
     _check_sections(resolved, problems)
-    settings = _validated(Settings, resolved.get("settings", {}), ("settings",), problems) or Settings()
+    settings = _validated(TypeAdapter(Settings), resolved.get("settings", {}), ("settings",), problems) or Settings()
     tables: dict[str, dict[str, Any]] = {}
     for table, model in _TABLES.items():
         entries = resolved.get(table) or {}
@@ -291,15 +378,19 @@ def load_config(path: str | Path | None = None, environ: Mapping[str, str] | Non
     return config
 
 
-_TABLES: dict[str, type[_Model]] = {"warehouses": Warehouse, "destinations": Destination, "activations": Activation}
+_TABLES: dict[str, TypeAdapter[Any]] = {
+    "warehouses": TypeAdapter(Warehouse),
+    "destinations": TypeAdapter(Destination),
+    "activations": TypeAdapter(Activation),
+}
 
 
-def _validated(model: type[_Model], value: Any, where: tuple[str, ...], problems: list[tuple[str, str]]) -> Any:
+def _validated(model: TypeAdapter[Any], value: Any, where: tuple[str, ...], problems: list[tuple[str, str]]) -> Any:
     if not isinstance(value, dict):
         problems.append((_dotted(where), "expected a table of keys"))
         return None
     try:
-        return model.model_validate(value)
+        return model.validate_python(value)
     except ValidationError as exc:
         problems.extend(_pydantic_problems(exc, where))
         return None
@@ -399,10 +490,16 @@ def _dotted(path: Iterator[str] | tuple[str, ...]) -> str:
     return ".".join(parts)
 
 
+_KINDS = ("audience", "profiles", "subscriptions", "interactions")
+
+
 def _pydantic_problems(exc: ValidationError, where: tuple[str, ...]) -> list[tuple[str, str]]:
     problems = []
     for error in exc.errors():
-        loc = [*where, *(str(part) for part in error["loc"])]
+        inner = [str(part) for part in error["loc"]]
+        if inner and inner[0] in _KINDS:  # the union's tag, which users never wrote
+            inner = inner[1:]
+        loc = [*where, *inner]
         # discriminated unions add the chosen tag to the location: drop it, users never wrote it
         loc = [part for part in loc if part not in ("local", "sftp", "ftps")]
         message = error["msg"].removeprefix("Value error, ")
@@ -456,8 +553,11 @@ def _cross_check(
         if isinstance(destination_ref, str) and destination_ref not in declared["destinations"]:
             problems.append((f"{where} destination", f"no [destinations.{destination_ref}] table"))
         elif isinstance(destination_ref, str) and destination_ref in config.destinations:
-            if config.destinations[destination_ref].files is None:
-                problems.append((f"{where} destination", f"[destinations.{destination_ref}] has no files location"))
+            problems.extend(_destination_problems(config.destinations[destination_ref], destination_ref, raw, where))
+        if raw.get("kind", "audience") != "audience":
+            if isinstance(raw.get("sql"), str):
+                problems.extend(_sql_problems(config.path(Path(raw["sql"])), set(raw.get("params") or {}), where))
+            continue
         file_options: dict[str, Any] = raw["file"] if isinstance(raw.get("file"), dict) else {}
         pattern = file_options.get("name") or f"{name}.csv"
         if isinstance(pattern, str):
@@ -471,6 +571,20 @@ def _cross_check(
             params: dict[str, Any] = raw["params"] if isinstance(raw.get("params"), dict) else {}
             problems.extend(_sql_problems(config.path(Path(raw["sql"])), set(params), where))
     return problems
+
+
+def _destination_problems(
+    destination: Destination, destination_name: str, raw: dict[str, Any], where: str
+) -> list[tuple[str, str]]:
+    """An audience needs a file transfer location; an import needs Actito's API."""
+    if raw.get("kind", "audience") == "audience":
+        if destination.files is None:
+            return [(f"{where} destination", f"[destinations.{destination_name}] has no files location")]
+        return []
+    if destination.api_key is None and destination.environment != "sandbox":
+        return [(f"{where} destination",
+                 f"[destinations.{destination_name}] needs api_key (\"${{ACTITO_API_KEY}}\") for {raw.get('kind')} imports")]
+    return []
 
 
 #: parameters every audience query may use without declaring them

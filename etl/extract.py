@@ -12,14 +12,19 @@ never a password and never the SQL echo that drivers append.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Generator, Mapping, Sequence
+from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
+from contextlib import closing
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import pyarrow as pa
 import sqlalchemy as sa
 from sqlalchemy.engine import URL
 
+from etl.config import ActivationBase, Config
+from etl.demo import ensure_demo_warehouse
 from etl.errors import ExtractError
 
 #: what to install for a missing driver module: the project's extra when we ship one
@@ -431,3 +436,49 @@ def _first_line(text: str, url: URL) -> str:
 
 
 __all__ = ["bind_parameter_names", "create_warehouse_engine", "stream_batches"]
+
+
+# --------------------------------------------------------------------------- activations
+
+
+def local_time(activation: ActivationBase, when: datetime) -> datetime:
+    """The run's wall-clock time where the audience lives: drives :run_date and file-name dates."""
+    zone = ZoneInfo(activation.schedule.timezone) if activation.schedule else UTC
+    return when.astimezone(zone)
+
+
+def query_params(activation: ActivationBase, when: datetime) -> dict[str, Any]:
+    """The bound parameters of a run: the built-in :run_date and :run_at, then the declared ones."""
+    local = local_time(activation, when)
+    return {"run_date": local.date(), "run_at": when.astimezone(UTC).replace(tzinfo=None), **activation.params}
+
+
+def activation_batches(config: Config, name: str, when: datetime) -> Iterator[pa.RecordBatch]:
+    """Stream an activation's query from its warehouse; the connection is released as soon as the
+    consumer stops, even when a later step fails."""
+    activation = config.activations[name]
+    warehouse_name, warehouse = config.warehouse_for(name)
+    url = _anchored(config, warehouse.url.get_secret_value())
+    if warehouse.demo:
+        ensure_demo_warehouse(url)
+    engine = create_warehouse_engine(url, where=f"[warehouses.{warehouse_name}] url")
+    batches = stream_batches(
+        engine,
+        config.sql_text(name),
+        query_params(activation, when),
+        chunk_size=config.chunk_size_for(name),
+        where=str(config.path(activation.sql)),
+    )
+    try:
+        with closing(batches):
+            yield from batches
+    finally:
+        engine.dispose()
+
+
+def _anchored(config: Config, url: str) -> str:
+    """A relative SQLite/DuckDB file in a URL is relative to the configuration file, like every other path."""
+    for prefix in ("sqlite:///", "duckdb:///"):
+        if url.startswith(prefix) and not url[len(prefix) :].startswith(("/", ":memory:")) and url != prefix:
+            return prefix + str(config.path(Path(url[len(prefix) :])))
+    return url

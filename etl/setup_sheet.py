@@ -12,7 +12,7 @@ from zoneinfo import ZoneInfo
 
 from apscheduler.triggers.cron import CronTrigger
 
-from etl.config import Config, FtpsLocation, LocalLocation, SftpLocation, parse_interval
+from etl.config import AudienceActivation, Config, FtpsLocation, LocalLocation, SftpLocation, parse_interval
 from etl.files import final_file_name
 from etl.runs import open_store
 from etl.transform import HEADER
@@ -21,7 +21,7 @@ _SEPARATORS = {",": "comma (,)", ";": "semicolon (;)", "\t": "tab"}
 
 
 def setup_sheet(config: Config, name: str) -> str:
-    activation = config.activations[name]
+    activation = config.activation_of(name, AudienceActivation)
     destination = config.destinations[activation.destination]
     key = HEADER[activation.identifier]
     pattern = config.file_name_pattern(name)

@@ -8,18 +8,15 @@ atomically, so Actito only ever sees the previous complete audience or the new c
 from __future__ import annotations
 
 import hashlib
-from contextlib import closing
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
-from zoneinfo import ZoneInfo
 
-from etl.config import Activation, Config
+from etl.config import AudienceActivation, Config
 from etl.delivery.factory import open_deliverer
-from etl.demo import ensure_demo_warehouse
-from etl.extract import create_warehouse_engine, stream_batches
+from etl.extract import activation_batches, local_time
 from etl.files import CsvFileWriter, RejectWriter, WrittenFile, final_file_name, name_matcher, write_manifest
 from etl.runs import RunContext
 from etl.transform import HEADER, AudienceCleaner, AudienceCounts, CleanBatch
@@ -34,48 +31,14 @@ class Preview:
     columns_used: str
 
 
-def local_time(activation: Activation, when: datetime) -> datetime:
-    """The run's wall-clock time where the audience lives: drives :run_date and file-name dates."""
-    zone = ZoneInfo(activation.schedule.timezone) if activation.schedule else UTC
-    return when.astimezone(zone)
-
-
-def query_params(activation: Activation, when: datetime) -> dict[str, Any]:
-    local = local_time(activation, when)
-    return {"run_date": local.date(), "run_at": when.astimezone(UTC).replace(tzinfo=None), **activation.params}
-
-
 def cleaned_batches(config: Config, name: str, when: datetime) -> Iterator[tuple[AudienceCleaner, CleanBatch]]:
     """Extract and clean the audience chunk by chunk; the cleaner carries counts and the dedupe memory."""
-    activation = config.activations[name]
-    warehouse_name, warehouse = config.warehouse_for(name)
-    url = _anchored(config, warehouse.url.get_secret_value())
-    if warehouse.demo:
-        ensure_demo_warehouse(url)
-    engine = create_warehouse_engine(url, where=f"[warehouses.{warehouse_name}] url")
-    sql_file = config.path(activation.sql)
-    cleaner = AudienceCleaner(activation.identifier, column=activation.identifier_column, where=str(sql_file))
-    batches = stream_batches(
-        engine,
-        config.sql_text(name),
-        query_params(activation, when),
-        chunk_size=config.chunk_size_for(name),
-        where=str(sql_file),
+    activation = config.activation_of(name, AudienceActivation)
+    cleaner = AudienceCleaner(
+        activation.identifier, column=activation.identifier_column, where=str(config.path(activation.sql))
     )
-    try:
-        with closing(batches):  # release the warehouse connection at once, even when a later step fails
-            for batch in batches:
-                yield cleaner, cleaner.clean(batch)
-    finally:
-        engine.dispose()
-
-
-def _anchored(config: Config, url: str) -> str:
-    """A relative SQLite/DuckDB file in a URL is relative to the configuration file, like every other path."""
-    for prefix in ("sqlite:///", "duckdb:///"):
-        if url.startswith(prefix) and not url[len(prefix) :].startswith(("/", ":memory:")) and url != prefix:
-            return prefix + str(config.path(Path(url[len(prefix) :])))
-    return url
+    for batch in activation_batches(config, name, when):
+        yield cleaner, cleaner.clean(batch)
 
 
 def preview(config: Config, name: str, *, sample_size: int = 10, when: datetime | None = None) -> Preview:
@@ -85,13 +48,13 @@ def preview(config: Config, name: str, *, sample_size: int = 10, when: datetime 
         if len(sample) < sample_size:
             sample += cleaned.identifiers.slice(0, sample_size - len(sample)).to_pylist()
     counts = cleaner.counts if cleaner else AudienceCounts()
-    return Preview(counts, sample, HEADER[config.activations[name].identifier])
+    return Preview(counts, sample, HEADER[config.activation_of(name, AudienceActivation).identifier])
 
 
 def run(context: RunContext) -> None:
     """The body of an audience run: extract → clean → write → deliver → retention."""
     config, name = context.config, context.activation
-    activation = config.activations[name]
+    activation = config.activation_of(name, AudienceActivation)
     pattern = config.file_name_pattern(name)
     file_name = final_file_name(pattern, local_time(activation, context.started_at), activation.file.compression)
     rejects_path = context.run_dir / f"{name}.rejects.csv"
@@ -123,7 +86,7 @@ def run(context: RunContext) -> None:
 
 
 def _write_audience(
-    context: RunContext, activation: Activation, file_name: str, rejects_path: Path
+    context: RunContext, activation: AudienceActivation, file_name: str, rejects_path: Path
 ) -> tuple[list[WrittenFile], AudienceCounts]:
     counts = AudienceCounts()
     report: Callable[[str, dict[str, int]], None] = context.progress
@@ -173,7 +136,7 @@ def _stem(file_name: str) -> str:
 
 def _manifest(
     context: RunContext,
-    activation: Activation,
+    activation: AudienceActivation,
     written: list[WrittenFile],
     counts: AudienceCounts,
     sql_sha256: str,
