@@ -1,4 +1,4 @@
-"""Real SFTP and FTPS servers on 127.0.0.1 for the delivery tests, usable without pytest.
+"""Real SFTP and FTPS servers on 127.0.0.1 for the delivery tests, and clients of them, usable without pytest.
 
 Each server serves a directory of this machine, so a test can look at what a client really wrote
 (and set modification times) straight on disk. Both run in a background thread of the test
@@ -16,12 +16,13 @@ import errno
 import ipaddress
 import logging
 import os
+import socket
 import sys
 import threading
 import time
 import warnings
-from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -42,7 +43,11 @@ with warnings.catch_warnings():
     from pyftpdlib.ioloop import IOLoop
     from pyftpdlib.servers import FTPServer
 
+from etl.delivery import Deliverer, FtpsDeliverer, SftpDeliverer
+
 HOST = "127.0.0.1"
+#: the password every test server accepts, so that a test can check it never shows
+PASSWORD = "correct horse battery"
 #: what the delivery code prefixes its temporary files with (kept literal: the tests check the contract)
 TEMP_PREFIX = ".audience-sync-"
 
@@ -218,7 +223,7 @@ class SftpServer:
         root: Path,
         *,
         username: str = "actito",
-        password: str | None = "correct horse battery",
+        password: str | None = PASSWORD,
         client_keys: Iterable[asyncssh.SSHKey] = (),
         host_key: asyncssh.SSHKey | None = None,
         behaviour: SftpBehaviour | None = None,
@@ -344,7 +349,7 @@ class FtpsServer:
         tls: TlsFiles,
         *,
         username: str = "actito",
-        password: str = "correct horse battery",
+        password: str = PASSWORD,
         behaviour: FtpsBehaviour | None = None,
     ) -> None:
         self.root = root
@@ -439,6 +444,61 @@ class FtpsServer:
         self.stop()
 
 
+# --------------------------------------------------------------------------- clients
+
+
+def sftp_deliverer(server: SftpServer, **overrides: Any) -> SftpDeliverer:
+    """A client of ``server`` logging in with its password into ``in``; unless ``known_hosts`` is
+    given, it trusts the server's host key through a known_hosts file written beside its root."""
+    if "known_hosts" not in overrides:
+        overrides["known_hosts"] = server.write_known_hosts(server.root.parent / f"known_hosts.{server.root.name}")
+    options: dict[str, Any] = dict(
+        host=HOST, port=server.port, username=server.username, password=server.password, remote_dir="in", timeout=5.0
+    )
+    return SftpDeliverer(**(options | overrides))
+
+
+def ftps_deliverer(server: FtpsServer, **overrides: Any) -> FtpsDeliverer:
+    """A client of ``server`` logging in with its password into ``in``, trusting its certificate."""
+    options: dict[str, Any] = dict(
+        host=HOST,
+        port=server.port,
+        username=server.username,
+        password=server.password,
+        remote_dir="in",
+        ca_file=server.tls.cert,
+        timeout=5.0,
+    )
+    return FtpsDeliverer(**(options | overrides))
+
+
+#: makes a deliverer for a location under test; it connects when its ``with`` block starts
+Connect = Callable[[], Deliverer]
+#: a location under test: how to reach it, and the directory it serves, as seen on this machine's disk
+Location = tuple[Connect, Path]
+#: ``with disk_full(after=n):`` writing more than n bytes to one file of the location fails
+DiskFull = Callable[..., AbstractContextManager[None]]
+
+
+# --------------------------------------------------------------------------- servers that are not there
+
+
+def unused_port() -> int:
+    """A port of 127.0.0.1 nobody listens on: connecting to it is refused."""
+    with socket.socket() as probe:
+        probe.bind((HOST, 0))
+        return int(probe.getsockname()[1])
+
+
+@contextmanager
+def silent_server() -> Iterator[int]:
+    """The port of a server that accepts connections and never says a word."""
+    with socket.socket() as silent:
+        silent.bind((HOST, 0))
+        silent.listen()
+        yield int(silent.getsockname()[1])
+
+
 # --------------------------------------------------------------------------- observing a served directory
 
 
@@ -460,6 +520,10 @@ class Sightings:
     final_sizes: set[int] = field(default_factory=set)
     temp_sizes: set[int] = field(default_factory=set)
     polls: int = 0
+
+    def saw_upload_in_progress(self, total: int) -> bool:
+        """Whether the temporary file was seen holding some, but not all, of its ``total`` bytes."""
+        return any(0 < size < total for size in set(self.temp_sizes))  # a copy: the watcher may still be adding
 
 
 @contextmanager

@@ -5,20 +5,24 @@ delivery. The contract below makes sure it only ever sees complete files: each f
 under a temporary name that Actito ignores, checked, and only then renamed over the final name in
 one step. Protocol classes provide the few primitive operations (upload, size, rename, remove,
 list); the ordering, the checks and the clean-up on failure live here once, so the three
-protocols cannot drift apart.
+protocols cannot drift apart. What the two network protocols share beyond that (a server
+address, a login name, a directory, a timeout, and how they say so) is ``RemoteDeliverer``.
 """
 
 from __future__ import annotations
 
 import abc
 import logging
+import posixpath
 import re
+import socket
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
-from typing import Self
+from typing import ClassVar, Self
+from urllib.parse import quote
 
 from etl.errors import DeliveryError
 
@@ -263,6 +267,75 @@ class Deliverer(abc.ABC):
                 self._remove(name)
             except Exception as exc:  # the original error matters more
                 log.debug("could not remove temporary file %s: %s", name, exc)
+
+
+class RemoteDeliverer(Deliverer):
+    """A directory on a server reached over the network (SFTP, FTPS).
+
+    Holds what both protocols are configured with, except the credentials, which differ; builds
+    the addresses shown to people, which name the user but never carry a secret; and makes sure a
+    failed ``connect`` releases whatever it had opened.
+    """
+
+    #: scheme of the addresses shown to people ("sftp", "ftps")
+    scheme: ClassVar[str]
+
+    def __init__(self, *, host: str, port: int, username: str, remote_dir: str, timeout: float) -> None:
+        super().__init__()
+        self._host = host
+        self._port = port
+        self._username = username
+        self._remote_dir = remote_dir or "."
+        self._timeout = timeout
+        #: absolute directory as the server resolved it; set on connect
+        self._dir: str | None = None
+
+    @property
+    def _server(self) -> str:
+        host = f"[{self._host}]" if ":" in self._host else self._host  # an IPv6 address in a URL
+        return f"{self.scheme}://{quote(self._username, safe='')}@{host}:{self._port}"
+
+    @property
+    def _directory(self) -> str:
+        """The target directory: as the server resolved it once connected, as configured before."""
+        return self._dir or self._remote_dir
+
+    def _path(self, name: str) -> str:
+        return posixpath.join(self._directory, name)
+
+    def _location(self, name: str) -> str:
+        path = self._path(name)
+        return f"{self._server}{path if path.startswith('/') else '/' + path}"
+
+    def connect(self) -> None:
+        try:
+            self._open()
+        except BaseException:
+            self.close()
+            raise
+        log.debug("connected to %s, directory %s", self._server, self._dir)
+
+    @abc.abstractmethod
+    def _open(self) -> None:
+        """Connect, log in, check the target directory and set ``_dir``; ``close`` cleans up if this raises."""
+
+    def _unreachable(self, exc: OSError) -> DeliveryError:
+        """The server could not be reached at all: a time-out or a host name that does not resolve."""
+        if isinstance(exc, socket.gaierror):
+            return DeliveryError(
+                f"cannot resolve the host name ({exc.strerror})", where=self._server, hint="check the host"
+            )
+        return DeliveryError(
+            f"no answer within {self._timeout:g} s",
+            where=self._server,
+            hint="check host and port, and that a firewall lets this machine through",
+        )
+
+    def _reason(self, exc: BaseException) -> str:
+        """Why a request failed, for a message: the server's own words, or the time-out."""
+        if isinstance(exc, TimeoutError):
+            return f"no answer within {self._timeout:g} s"
+        return str(exc).strip() or type(exc).__name__
 
 
 def utc_from_timestamp(seconds: float) -> datetime:

@@ -18,9 +18,8 @@ from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
 
-from etl.delivery.base import Deliverer
+from etl.delivery.base import RemoteDeliverer
 from etl.errors import DeliveryError
 
 log = logging.getLogger("audience_sync.delivery")
@@ -64,14 +63,6 @@ class _FtpTls(ftplib.FTP_TLS):
         return conn, size
 
 
-def _url_host(host: str) -> str:
-    return f"[{host}]" if ":" in host else host
-
-
-def _reply(exc: BaseException) -> str:
-    return str(exc).strip() or type(exc).__name__
-
-
 def _parse_mdtm(reply: str) -> datetime | None:
     """``213 YYYYMMDDHHMMSS[.fff]``, always UTC (RFC 3659)."""
     parts = reply.split()
@@ -84,10 +75,12 @@ def _parse_mdtm(reply: str) -> datetime | None:
         return None
 
 
-class FtpsDeliverer(Deliverer):
+class FtpsDeliverer(RemoteDeliverer):
     """Passive mode only, and the address the server announces for data connections is ignored in
     favour of the control connection's (ftplib's default): servers behind NAT often announce a
     private address that would be unreachable from here."""
+
+    scheme = "ftps"
 
     def __init__(
         self,
@@ -101,24 +94,13 @@ class FtpsDeliverer(Deliverer):
         verify_tls: bool = True,
         timeout: float = 30.0,
     ) -> None:
-        super().__init__()
-        self._host = host
-        self._port = port
-        self._username = username
+        super().__init__(host=host, port=port, username=username, remote_dir=remote_dir, timeout=timeout)
         self._password = password
-        self._remote_dir = remote_dir or "."
         self._ca_file = ca_file.expanduser() if ca_file is not None else None
         self._verify_tls = verify_tls
-        self._timeout = timeout
         self._ftp: _FtpTls | None = None
-        #: absolute directory as the server reports it (PWD); set on connect
-        self._dir: str | None = None
 
     # ------------------------------------------------------------------ descriptions
-
-    @property
-    def _server(self) -> str:
-        return f"ftps://{quote(self._username, safe='')}@{_url_host(self._host)}:{self._port}"
 
     def describe(self) -> str:
         if not self._verify_tls:
@@ -131,10 +113,6 @@ class FtpsDeliverer(Deliverer):
             f"FTPS (explicit TLS) to {self._username}@{self._host} port {self._port}, "
             f"directory {self._remote_dir}; login with password; {trust}"
         )
-
-    def _location(self, name: str) -> str:
-        path = posixpath.join(self._dir or self._remote_dir, name)
-        return f"{self._server}{path if path.startswith('/') else '/' + path}"
 
     # ------------------------------------------------------------------ connection
 
@@ -159,17 +137,9 @@ class FtpsDeliverer(Deliverer):
             context.verify_mode = ssl.CERT_NONE
         return context
 
-    def connect(self) -> None:
+    def _open(self) -> None:
         ftp = _FtpTls(context=self._context(), timeout=self._timeout)
         self._ftp = ftp
-        try:
-            self._open(ftp)
-        except BaseException:
-            self.close()
-            raise
-        log.debug("connected to %s, directory %s", self._server, self._dir)
-
-    def _open(self, ftp: _FtpTls) -> None:
         server = self._server
         try:
             ftp.connect(self._host, self._port)
@@ -179,19 +149,13 @@ class FtpsDeliverer(Deliverer):
                 where=server,
                 hint="check host and port (explicit FTPS usually listens on 21)",
             ) from None
-        except (TimeoutError, socket.timeout):
-            raise DeliveryError(
-                f"no answer within {self._timeout:g} s",
-                where=server,
-                hint="check host and port, and that a firewall lets this machine through",
-            ) from None
-        except socket.gaierror as exc:
-            raise DeliveryError(
-                f"cannot resolve the host name ({exc.strerror})", where=server, hint="check the host"
-            ) from None
+        except (TimeoutError, socket.gaierror) as exc:
+            raise self._unreachable(exc) from None
         except _FTP_ERRORS as exc:
             raise DeliveryError(
-                f"cannot connect ({_reply(exc)})", where=server, hint="check that host and port point to an FTP server"
+                f"cannot connect ({self._reason(exc)})",
+                where=server,
+                hint="check that host and port point to an FTP server",
             ) from None
 
         try:
@@ -217,24 +181,24 @@ class FtpsDeliverer(Deliverer):
             ) from None
         except ftplib.error_perm as exc:
             raise DeliveryError(
-                f"the server does not accept AUTH TLS ({_reply(exc)})",
+                f"the server does not accept AUTH TLS ({self._reason(exc)})",
                 where=server,
                 hint="the server must support explicit FTPS; plain FTP is not offered because it sends "
                 "the password in clear text",
             ) from None
         except _FTP_ERRORS as exc:
-            raise DeliveryError(f"cannot start TLS ({_reply(exc)})", where=server) from None
+            raise DeliveryError(f"cannot start TLS ({self._reason(exc)})", where=server) from None
 
         try:
             ftp.login(self._username, self._password)
         except ftplib.error_perm as exc:
             raise DeliveryError(
-                f"authentication failed for user {self._username!r} ({_reply(exc)})",
+                f"authentication failed for user {self._username!r} ({self._reason(exc)})",
                 where=server,
                 hint="check the username and the password",
             ) from None
         except _FTP_ERRORS as exc:
-            raise DeliveryError(f"cannot log in ({_reply(exc)})", where=server) from None
+            raise DeliveryError(f"cannot log in ({self._reason(exc)})", where=server) from None
 
         try:
             ftp.prot_p()
@@ -242,7 +206,7 @@ class FtpsDeliverer(Deliverer):
             ftp.voidcmd("TYPE I")  # SIZE must count bytes, not ASCII-converted lines
         except _FTP_ERRORS as exc:
             raise DeliveryError(
-                f"the server refused the encrypted binary data channel ({_reply(exc)})", where=server
+                f"the server refused the encrypted binary data channel ({self._reason(exc)})", where=server
             ) from None
 
         try:
@@ -250,13 +214,14 @@ class FtpsDeliverer(Deliverer):
             self._dir = ftp.pwd()
         except ftplib.error_perm as exc:
             raise DeliveryError(
-                f"cannot open the remote directory ({_reply(exc)})",
+                f"cannot open the remote directory ({self._reason(exc)})",
                 where=f"{server} directory {self._remote_dir}",
                 hint="create it on the server or fix remote_dir",
             ) from None
         except _FTP_ERRORS as exc:
             raise DeliveryError(
-                f"cannot open the remote directory ({_reply(exc)})", where=f"{server} directory {self._remote_dir}"
+                f"cannot open the remote directory ({self._reason(exc)})",
+                where=f"{server} directory {self._remote_dir}",
             ) from None
 
     def close(self) -> None:
@@ -281,14 +246,9 @@ class FtpsDeliverer(Deliverer):
         return self._ftp
 
     def _error(self, exc: BaseException, what: str, name: str, hint: str = "") -> DeliveryError:
-        reply = _reply(exc)
-        if isinstance(exc, (TimeoutError, socket.timeout)):
-            reply = f"no answer within {self._timeout:g} s"
-        elif isinstance(exc, ftplib.error_perm) and not hint:
-            hint = (
-                f"check that {self._username!r} may create, rename and delete files in {self._dir or self._remote_dir}"
-            )
-        return DeliveryError(f"{what} ({reply})", where=self._location(name), hint=hint)
+        if isinstance(exc, ftplib.error_perm) and not hint:
+            hint = f"check that {self._username!r} may create, rename and delete files in {self._directory}"
+        return DeliveryError(f"{what} ({self._reason(exc)})", where=self._location(name), hint=hint)
 
     def _upload(self, local: Path, remote_name: str) -> None:
         ftp = self._session
@@ -363,7 +323,7 @@ class FtpsDeliverer(Deliverer):
             raise self._error(refused, f"cannot rename {temp} to {final}", final) from None
         except _FTP_ERRORS as exc:
             raise self._error(exc, f"cannot remove the previous {final}", final) from None
-        log.debug("server refused to rename over %s (%s); deleted it first", final, _reply(refused))
+        log.debug("server refused to rename over %s (%s); deleted it first", final, self._reason(refused))
         try:
             ftp.rename(temp, final)
         except _FTP_ERRORS as exc:

@@ -11,18 +11,16 @@ from __future__ import annotations
 
 import errno
 import logging
-import posixpath
 import socket
 import stat
 from collections.abc import Callable, Iterator
 from datetime import datetime
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
 
 import paramiko
 
-from etl.delivery.base import Deliverer, utc_from_timestamp
+from etl.delivery.base import RemoteDeliverer, utc_from_timestamp
 from etl.errors import DeliveryError
 
 log = logging.getLogger("audience_sync.delivery")
@@ -62,13 +60,11 @@ def _fingerprint(key: paramiko.PKey) -> str:
     return str(key.fingerprint)  # "SHA256:…", the form ssh and ssh-keygen -l print
 
 
-def _url_host(host: str) -> str:
-    return f"[{host}]" if ":" in host else host
-
-
-class SftpDeliverer(Deliverer):
+class SftpDeliverer(RemoteDeliverer):
     """Only the credentials and known_hosts file given are used — never an SSH agent or the keys in
     ``~/.ssh`` — so that a run behaves the same on a laptop, a server and in a container."""
+
+    scheme = "sftp"
 
     def __init__(
         self,
@@ -84,30 +80,19 @@ class SftpDeliverer(Deliverer):
         remote_dir: str,
         timeout: float = 30.0,
     ) -> None:
-        super().__init__()
-        self._host = host
-        self._port = port
-        self._username = username
+        super().__init__(host=host, port=port, username=username, remote_dir=remote_dir, timeout=timeout)
         self._password = password
         self._key_file = key_file
         self._key_passphrase = key_passphrase
         self._known_hosts_given = known_hosts is not None
         self._known_hosts = (known_hosts or DEFAULT_KNOWN_HOSTS).expanduser()
         self._verify_host_key = verify_host_key
-        self._remote_dir = remote_dir or "."
-        self._timeout = timeout
         self._client: paramiko.SSHClient | None = None
         self._sftp: paramiko.SFTPClient | None = None
-        #: absolute directory as the server resolved it; set on connect
-        self._dir: str | None = None
         #: None until the first rename tells whether the server has posix-rename
         self._posix_rename: bool | None = None
 
     # ------------------------------------------------------------------ descriptions
-
-    @property
-    def _server(self) -> str:
-        return f"sftp://{quote(self._username, safe='')}@{_url_host(self._host)}:{self._port}"
 
     @property
     def _hostkey_name(self) -> str:
@@ -130,32 +115,19 @@ class SftpDeliverer(Deliverer):
             f"login with {' and '.join(auth) or 'no credentials'}; {trust}"
         )
 
-    def _location(self, name: str) -> str:
-        directory = self._dir or self._remote_dir
-        path = posixpath.join(directory, name)
-        return f"{self._server}{path if path.startswith('/') else '/' + path}"
-
-    def _path(self, name: str) -> str:
-        return posixpath.join(self._dir or self._remote_dir, name)
-
     # ------------------------------------------------------------------ connection
 
-    def connect(self) -> None:
+    def _open(self) -> None:
         client = paramiko.SSHClient()
         self._client = client
-        try:
-            self._trust(client)
-            self._login(client)
-            sftp = client.open_sftp()
-            channel = sftp.get_channel()
-            if channel is not None:
-                channel.settimeout(self._timeout)
-            self._sftp = sftp
-            self._dir = self._check_directory(sftp)
-        except BaseException:
-            self.close()
-            raise
-        log.debug("connected to %s, directory %s", self._server, self._dir)
+        self._trust(client)
+        self._login(client)
+        sftp = client.open_sftp()
+        channel = sftp.get_channel()
+        if channel is not None:
+            channel.settimeout(self._timeout)
+        self._sftp = sftp
+        self._dir = self._check_directory(sftp)
 
     def _trust(self, client: paramiko.SSHClient) -> None:
         if not self._verify_host_key:
@@ -273,20 +245,12 @@ class SftpDeliverer(Deliverer):
                 where=self._server,
                 hint="check host and port, and that the server accepts connections from this machine",
             ) from None
-        except (TimeoutError, socket.timeout):
-            raise DeliveryError(
-                f"no answer within {self._timeout:g} s",
-                where=self._server,
-                hint="check host and port, and that a firewall lets this machine through",
-            ) from None
-        except socket.gaierror as exc:
-            raise DeliveryError(
-                f"cannot resolve the host name ({exc.strerror})", where=self._server, hint="check the host"
-            ) from None
-        except paramiko.SSHException as exc:
+        except (TimeoutError, socket.gaierror) as exc:
+            raise self._unreachable(exc) from None
+        except (paramiko.SSHException, OSError, EOFError) as exc:
             # paramiko reports a silent or non-SSH peer as "Error reading SSH protocol banner", or
             # (when the transport thread gave up first) as the puzzling "No existing session"
-            if "banner" in str(exc) or "No existing session" in str(exc):
+            if isinstance(exc, paramiko.SSHException) and ("banner" in str(exc) or "No existing session" in str(exc)):
                 raise DeliveryError(
                     f"the server did not greet as an SSH server (silent for {self._timeout:g} s, or closed)",
                     where=self._server,
@@ -294,13 +258,7 @@ class SftpDeliverer(Deliverer):
                     "and that a firewall lets this machine through",
                 ) from None
             raise DeliveryError(
-                f"cannot open an SSH session ({exc or type(exc).__name__})",
-                where=self._server,
-                hint="check that host and port point to an SFTP server",
-            ) from None
-        except (OSError, EOFError) as exc:
-            raise DeliveryError(
-                f"cannot open an SSH session ({exc or type(exc).__name__})",
+                f"cannot open an SSH session ({self._reason(exc)})",
                 where=self._server,
                 hint="check that host and port point to an SFTP server",
             ) from None
@@ -349,10 +307,7 @@ class SftpDeliverer(Deliverer):
                 where=where,
                 hint=f"ask the server's administrator to let {self._username!r} create, rename and delete files there",
             )
-        reason = str(exc) or type(exc).__name__
-        if isinstance(exc, (socket.timeout, TimeoutError)):
-            reason = f"no answer within {self._timeout:g} s"
-        return DeliveryError(f"{what} ({reason})", where=where)
+        return DeliveryError(f"{what} ({self._reason(exc)})", where=where)
 
     def _upload(self, local: Path, remote_name: str) -> None:
         path = self._path(remote_name)
@@ -401,15 +356,13 @@ class SftpDeliverer(Deliverer):
     def _remove(self, remote_name: str) -> None:
         try:
             self._session.remove(self._path(remote_name))
-        except OSError as exc:
-            if exc.errno == errno.ENOENT:
-                return
-            raise self._io_error(exc, f"cannot remove {remote_name}", self._location(remote_name)) from None
-        except (EOFError, paramiko.SSHException) as exc:
+        except (OSError, EOFError, paramiko.SSHException) as exc:
+            if getattr(exc, "errno", None) == errno.ENOENT:
+                return  # already gone is what we wanted
             raise self._io_error(exc, f"cannot remove {remote_name}", self._location(remote_name)) from None
 
     def _modified_files(self, wanted: Callable[[str], bool]) -> Iterator[tuple[str, datetime]]:
-        directory = self._dir or self._remote_dir
+        directory = self._directory
         try:
             entries: list[Any] = self._session.listdir_attr(directory)
         except (OSError, EOFError, paramiko.SSHException) as exc:
