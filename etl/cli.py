@@ -58,6 +58,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     sheet = commands.add_parser("setup-sheet", help="what to configure on the Actito side for an activation")
     sheet.add_argument("name", metavar="NAME")
+
+    actito = commands.add_parser("actito", help="talk to Actito")
+    actito_commands = actito.add_subparsers(dest="actito_command", required=True, metavar="ACTITO_COMMAND")
+    check = actito_commands.add_parser(
+        "check", help="credentials, entity, tables and every mapped column of a destination, before any data is sent"
+    )
+    check.add_argument("destination", metavar="DESTINATION")
+
+    sandbox = commands.add_parser("sandbox", help="run the Actito sandbox (an emulator on loopback) in the foreground")
+    sandbox.add_argument("--port", type=int, default=8765)
+    sandbox.add_argument("--fixture", help="JSON fixture of entities, tables and API keys (default: the demo one)")
     return parser
 
 
@@ -84,6 +95,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _dispatch(args: argparse.Namespace) -> int:
+    if args.command == "sandbox":
+        from etl.actito import sandbox
+
+        return sandbox.main(["--port", str(args.port), *(["--fixture", args.fixture] if args.fixture else [])])
     config = load_config(args.config)
     if args.command == "validate":
         print(f"{config.source}: ok — {len(config.activations)} activations, "
@@ -98,22 +113,35 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "setup-sheet":
         from etl.setup_sheet import setup_sheet
 
-        _require(config, [args.name])
+        _require(config, [args.name], kind="audience")
         print(setup_sheet(config, args.name))
         return EXIT_OK
+    if args.command == "actito":
+        from etl.actito.check import check_destination
+
+        report = check_destination(config, args.destination)
+        print(report.text())
+        return EXIT_OK if report.ok else EXIT_FAILED
     raise AssertionError(args.command)
 
 
-def _require(config: Config, names: Sequence[str]) -> None:
+def _require(config: Config, names: Sequence[str], *, kind: str | None = None) -> None:
     unknown = [name for name in names if name not in config.activations]
     if unknown:
         known = ", ".join(sorted(config.activations))
         raise ConfigError([(f"activation {name!r}", f"not in the configuration (known: {known})") for name in unknown],
                           source=config.source)
+    wrong = [name for name in names if kind and config.activations[name].kind != kind]
+    if wrong:
+        raise ConfigError(
+            [(f"activation {name!r}", f"is a {config.activations[name].kind} activation; this command works on "
+              f"{kind} activations (try `run --dry-run {name}`)") for name in wrong],
+            source=config.source,
+        )
 
 
 def _run(config: Config, args: argparse.Namespace) -> int:
-    from jobs import audience
+    from jobs import job_for
 
     if args.all == bool(args.names):
         raise ConfigError([("run", "name the activations to run, or pass --all (not both)")], source=config.source)
@@ -125,8 +153,9 @@ def _run(config: Config, args: argparse.Namespace) -> int:
     outcomes: list[RunOutcome] = []
     try:
         for name in names:
+            kind = config.activations[name].kind
             outcome = execute(
-                config, store, name, audience.KIND, audience.run,
+                config, store, name, kind, job_for(kind),
                 dry_run=args.dry_run, progress=progress.update if progress else None,
             )
             if progress:
@@ -216,7 +245,7 @@ def _n(value: object) -> str:
 def _preview(config: Config, name: str, limit: int, *, json_output: bool) -> int:
     from jobs import audience
 
-    _require(config, [name])
+    _require(config, [name], kind="audience")
     result = audience.preview(config, name, sample_size=limit)
     counts = vars(result.counts)
     if json_output:

@@ -187,6 +187,8 @@ class Destination(_Model):
     api_key: SecretStr | None = None
     technical_email: str | None = None
     files: FileLocation | None = None
+    #: ETL executions allowed per table per day (Actito: 24; older licences 12)
+    daily_import_budget: int = Field(default=24, ge=1)
 
     @field_validator("environment")
     @classmethod
@@ -228,7 +230,7 @@ class AudienceActivation(ActivationBase):
 ImportMode = Literal["CREATE_UPDATE", "UPDATE_ONLY", "CREATE_ONLY"]
 
 
-class _ImportActivation(ActivationBase):
+class ImportActivationBase(ActivationBase):
     """Rows imported into an Actito table by ETL executions; only rows that changed since the last
     successful run are sent (``delta = false`` sends everything every time)."""
 
@@ -241,7 +243,7 @@ class _ImportActivation(ActivationBase):
     import_timeout_minutes: int = Field(default=60, ge=1)
 
 
-class ProfilesActivation(_ImportActivation):
+class ProfilesActivation(ImportActivationBase):
     kind: Literal["profiles"]
     key: str = "emailAddress"
     mode: ImportMode = "CREATE_UPDATE"
@@ -249,7 +251,7 @@ class ProfilesActivation(_ImportActivation):
     subscriptions: dict[str, str] = Field(default_factory=dict)  # source column -> subscription name
 
 
-class SubscriptionsActivation(_ImportActivation):
+class SubscriptionsActivation(ImportActivationBase):
     """Consents as Actito subscriptions, as Didomi's integration does (``upsert_mode = false``: a
     consent for an unknown profile is not propagated and no profile is created)."""
 
@@ -261,7 +263,7 @@ class SubscriptionsActivation(_ImportActivation):
     metadata: list[str] = Field(default_factory=list)  # source columns also sent as profile attributes
 
 
-class InteractionsActivation(_ImportActivation):
+class InteractionsActivation(ImportActivationBase):
     kind: Literal["interactions"]
     preset: Literal["qualifio"] | None = None
 
@@ -285,7 +287,7 @@ ImportActivation = ProfilesActivation | SubscriptionsActivation | InteractionsAc
 
 
 _KindT = TypeVar("_KindT", AudienceActivation, ProfilesActivation, SubscriptionsActivation, InteractionsActivation,
-                  _ImportActivation)
+                  ImportActivationBase)
 
 
 class Config(_Model):

@@ -12,7 +12,7 @@ import random
 import sqlite3
 import unicodedata
 from dataclasses import dataclass
-from datetime import date, timedelta
+from datetime import date, datetime, time, timedelta
 from pathlib import Path
 
 import sqlalchemy as sa
@@ -46,13 +46,17 @@ class DemoCustomer:
     loyalty_tier: str
 
 
+#: bumped when the demo's tables change, so an older demo file is rebuilt
+DEMO_VERSION = 2
+
+
 def ensure_demo_warehouse(url: str) -> bool:
-    """Create the demo database behind a ``sqlite:///`` URL if it does not exist yet; True if created."""
+    """Create the demo database behind a ``sqlite:///`` URL if it is missing or older; True if created."""
     database = sa.make_url(url).database
     if not database or database == ":memory:":
         return False
     path = Path(database)
-    if path.exists():
+    if path.exists() and _version(path) == DEMO_VERSION:
         return False
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(path.name + ".building")
@@ -68,9 +72,16 @@ def demo_customers(today: date, count: int = CUSTOMERS) -> list[DemoCustomer]:
     return [_customer(rng, customer_id, today) for customer_id in range(1, count + 1)]
 
 
+def _version(path: Path) -> int:
+    with sqlite3.connect(path) as db:
+        return int(db.execute("PRAGMA user_version").fetchone()[0])
+
+
 def _build(path: Path, today: date) -> None:
     rows = demo_customers(today)
     with sqlite3.connect(path) as db:
+        db.execute(f"PRAGMA user_version = {DEMO_VERSION}")
+        _build_participations(db, rows, today)
         db.execute(
             """CREATE TABLE customers (
                    customer_id INTEGER PRIMARY KEY,
@@ -149,3 +160,80 @@ def _dirty_email(rng: random.Random, first: str, last: str, customer_id: int) ->
 def _ascii(text: str) -> str:
     """How most shops store addresses of people with accented names: the accents dropped."""
     return unicodedata.normalize("NFKD", text).encode("ascii", "ignore").decode("ascii")
+
+
+# --------------------------------------------------------------------------- Qualifio and Didomi feeds
+
+_CAMPAIGNS = [(4101, "Summer quiz", 13), (4102, "Win a city trip", 2), (4103, "Football predictions", 7)]
+_DEVICES = ["desktop", "mobile", "mobile"]
+_TEAMS = ["Club Brugge", "Anderlecht", "Standard", "Genk", None]
+
+
+def _build_participations(db: sqlite3.Connection, customers: list[DemoCustomer], today: date) -> None:
+    """Qualifio participations (one row per participation, Qualifio's variable names) and Didomi
+    consent events, for a slice of the customers, with the mistakes forms let through."""
+    rng = random.Random(SEED + 1)
+    db.execute(
+        """CREATE TABLE qualifio_participations (
+               participation_id INTEGER PRIMARY KEY, campaign_id INTEGER, campaign_title TEXT,
+               campaign_type INTEGER, participated_at TEXT, language TEXT, device TEXT, user_agent TEXT,
+               firstname TEXT, lastname TEXT, email TEXT, address TEXT, number TEXT, box TEXT, zip TEXT,
+               locality TEXT, country TEXT, birthday TEXT, gender TEXT, function TEXT, phone TEXT,
+               company TEXT, actito_footballTeam TEXT, optin_newsletter INTEGER, optin_partners INTEGER)"""
+    )
+    db.execute(
+        """CREATE TABLE didomi_consents (
+               organization_user_id TEXT, consent_newsletter TEXT, consent_partners TEXT,
+               consent_promotions TEXT, preferred_language TEXT, updated_at TEXT)"""
+    )
+    participation_id = 900_000
+    for customer in customers[:2500]:
+        email = customer.email.strip().lower() if customer.email else None
+        if not email or "@" not in email or " " in email:
+            continue
+        for _ in range(1 + int(rng.random() < 0.2)):
+            participation_id += 1
+            campaign, title, kind = rng.choice(_CAMPAIGNS)
+            when = datetime.combine(today, time(9)) - timedelta(days=rng.randint(0, 60), seconds=rng.randint(0, 86_399))
+            db.execute(
+                "INSERT INTO qualifio_participations VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                (participation_id, campaign, title, kind, f"{when:%Y-%m-%d %H:%M:%S}",
+                 rng.choice(["fr", "nl", "en"]), rng.choice(_DEVICES), "Mozilla/5.0 (demo)",
+                 customer.first_name, customer.last_name, email, "Rue de la Loi", str(rng.randint(1, 200)),
+                 None, str(rng.randint(1000, 9999)), "Bruxelles", _dirty_country(rng, customer.country),
+                 _dirty_birthday(rng), _dirty_gender(rng), None, _dirty_phone(rng), None,
+                 rng.choice(_TEAMS), int(rng.random() < 0.7), int(rng.random() < 0.3)),
+            )
+        if rng.random() < 0.6:
+            db.execute(
+                "INSERT INTO didomi_consents VALUES (?,?,?,?,?,?)",
+                (email if rng.random() < 0.95 else f"unknown{customer.customer_id}@example.com",
+                 rng.choice(["true", "false", "true"]), rng.choice(["true", "false", None]),
+                 rng.choice(["1", "0"]), rng.choice(["fr", "nl", "en", "de"]), f"{today:%Y-%m-%d}"),
+            )
+
+
+def _dirty_birthday(rng: random.Random) -> str | None:
+    dice = rng.random()
+    if dice < 0.05:
+        return None
+    if dice < 0.08:
+        return rng.choice(["31/02/1990", "1990-13-01", "yesterday"])
+    return f"{rng.randint(1950, 2008)}-{rng.randint(1, 12):02d}-{rng.randint(1, 28):02d}"
+
+
+def _dirty_gender(rng: random.Random) -> str | None:
+    return rng.choice(["M", "F", "M", "F", "f", None, "X"])
+
+
+def _dirty_phone(rng: random.Random) -> str | None:
+    dice = rng.random()
+    if dice < 0.3:
+        return None
+    if dice < 0.35:
+        return "0470 12 34 56"  # no international prefix: cannot be sent as is
+    return f"+32 47{rng.randint(0, 9)} {rng.randint(10, 99)} {rng.randint(10, 99)} {rng.randint(10, 99)}"
+
+
+def _dirty_country(rng: random.Random, country: str) -> str:
+    return rng.choice([country] * 9 + ["Belgium"])

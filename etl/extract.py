@@ -476,6 +476,27 @@ def activation_batches(config: Config, name: str, when: datetime) -> Iterator[pa
         engine.dispose()
 
 
+def query_columns(config: Config, name: str) -> list[str]:
+    """The column names of an activation's query, without reading its rows (the query is wrapped in
+    a subquery that selects nothing, which every tested dialect plans without executing the scan)."""
+    activation = config.activations[name]
+    warehouse_name, warehouse = config.warehouse_for(name)
+    url = _anchored(config, warehouse.url.get_secret_value())
+    if warehouse.demo:
+        ensure_demo_warehouse(url)
+    engine = create_warehouse_engine(url, where=f"[warehouses.{warehouse_name}] url")
+    sql = config.sql_text(name).strip().rstrip(";")
+    probe = f"SELECT * FROM (\n{sql}\n) audience_sync_probe WHERE 1 = 0"
+    try:
+        batches = stream_batches(engine, probe, query_params(activation, datetime.now(UTC)), chunk_size=1,
+                                 where=str(config.path(activation.sql)))
+        with closing(batches):
+            first = next(batches, None)
+        return first.schema.names if first is not None else []
+    finally:
+        engine.dispose()
+
+
 def _anchored(config: Config, url: str) -> str:
     """A relative SQLite/DuckDB file in a URL is relative to the configuration file, like every other path."""
     for prefix in ("sqlite:///", "duckdb:///"):

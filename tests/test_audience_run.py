@@ -170,3 +170,32 @@ def test_json_log_format_prints_one_result_object_per_activation(demo_project: P
     result = json.loads(line)
     assert result["activation"] == "vip_customers" and result["status"] == "succeeded"
     assert result["rows_delivered"] > 0
+
+
+def test_an_audience_is_delivered_over_sftp_with_the_password_from_the_environment(
+    demo_project: Path, tmp_path: Path
+) -> None:
+    import os
+
+    from servers import PASSWORD, SftpServer
+
+    root = tmp_path / "sftp-root"
+    (root / "in").mkdir(parents=True)
+    with SftpServer(root) as server:
+        known_hosts = server.write_known_hosts(tmp_path / "known_hosts")
+        config = demo_project.read_text().replace(
+            '[destinations.actito_demo.files]\ntype = "local"\npath = "var/outbox"',
+            f'[destinations.actito_demo.files]\ntype = "sftp"\nhost = "127.0.0.1"\nport = {server.port}\n'
+            f'username = "actito"\npassword = "${{TEST_SFTP_PASSWORD}}"\nknown_hosts = "{known_hosts}"\n'
+            'remote_dir = "/in"',
+        )
+        demo_project.write_text(config)
+        done = subprocess.run(
+            [sys.executable, "-m", "etl", "--config", str(demo_project), "run", "vip_customers"],
+            capture_output=True, text=True, timeout=120, env={**os.environ, "TEST_SFTP_PASSWORD": PASSWORD},
+        )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert sorted(p.name for p in (root / "in").iterdir()) == ["vip_customers.csv", "vip_customers.manifest.json"]
+    assert (root / "in" / "vip_customers.csv").read_text().startswith("profileId\n")
+    assert f"sftp://actito@127.0.0.1:{server.port}/in/vip_customers.csv" in done.stdout
+    assert PASSWORD not in done.stdout + done.stderr
