@@ -233,9 +233,17 @@ def _summary(outcomes: Sequence[RunOutcome]) -> str:
         if o.error:
             notes.append(f"✗ {o.activation}: {o.error}")
         elif o.ok:
-            where = ", ".join(d["location"] for d in o.details.get("delivered", [])[:1]) or o.details.get("local_dir")
-            notes.append(f"✓ {o.activation}: {where}  (rejects: {o.details.get('rejects_file')})")
+            notes.append(f"✓ {o.activation}: {_where_it_went(o)}  (rejects: {o.details.get('rejects_file')})")
     return text + ("\n\n" + "\n".join(notes) if notes else "")
+
+
+def _where_it_went(outcome: RunOutcome) -> str:
+    details = outcome.details
+    if "table" in details:  # an import into an Actito table
+        sent = f"{details.get('to_send', 0):,} changed rows sent" if not outcome.dry_run else "dry run, nothing sent"
+        return f"Actito table '{details['table']}': {sent}, {details.get('unchanged', 0):,} unchanged"
+    delivered = details.get("delivered", [])
+    return str(delivered[0]["location"]) if delivered else f"written to {details.get('local_dir')} (dry run)"
 
 
 def _n(value: object) -> str:

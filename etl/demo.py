@@ -47,7 +47,7 @@ class DemoCustomer:
 
 
 #: bumped when the demo's tables change, so an older demo file is rebuilt
-DEMO_VERSION = 2
+DEMO_VERSION = 3
 
 
 def ensure_demo_warehouse(url: str) -> bool:
@@ -223,7 +223,7 @@ def _dirty_birthday(rng: random.Random) -> str | None:
 
 
 def _dirty_gender(rng: random.Random) -> str | None:
-    return rng.choice(["M", "F", "M", "F", "f", None, "X"])
+    return rng.choice(["M", "F"] * 8 + ["f", None, None, "X"])
 
 
 def _dirty_phone(rng: random.Random) -> str | None:
@@ -236,4 +236,4 @@ def _dirty_phone(rng: random.Random) -> str | None:
 
 
 def _dirty_country(rng: random.Random, country: str) -> str:
-    return rng.choice([country] * 9 + ["Belgium"])
+    return rng.choice([country] * 30 + ["Belgium"])

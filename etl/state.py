@@ -13,7 +13,7 @@ import socket
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +52,21 @@ locks = sa.Table(
     sa.Column("owner", sa.String(200), nullable=False),
     sa.Column("acquired_at", sa.DateTime, nullable=False),
     sa.Column("expires_at", sa.DateTime, nullable=False),
+)
+
+imports = sa.Table(
+    "imports",
+    metadata,
+    sa.Column("reference", sa.String(120), primary_key=True),  # ours, unique across licences and sandboxes
+    sa.Column("execution_id", sa.String(100), nullable=False),
+    sa.Column("run_id", sa.String(64), nullable=False, index=True),
+    sa.Column("activation", sa.String(100), nullable=False),
+    sa.Column("entity", sa.String(100), nullable=False),
+    sa.Column("table_id", sa.String(100), nullable=False),
+    sa.Column("day", sa.Date, nullable=False),
+    sa.Column("status", sa.String(30), nullable=False),
+    sa.Column("created_at", sa.DateTime, nullable=False),
+    sa.Column("counts", sa.JSON),
 )
 
 RUN_STATUSES = ("running", "succeeded", "failed", "interrupted")
@@ -155,6 +170,30 @@ class StateStore:
     def last_success(self, activation: str) -> RunRecord | None:
         found = self.runs(activation, status="succeeded", limit=1, include_dry_runs=False)
         return found[0] if found else None
+
+    # ------------------------------------------------------------------ Actito imports
+
+    def record_import(
+        self, execution_id: str, reference: str, run_id: str, activation: str, entity: str, table_id: str, day: date
+    ) -> None:
+        """Written as soon as Actito accepted the upload, so a crash while polling never loses it."""
+        self._write(
+            imports.insert().values(
+                execution_id=execution_id, reference=reference, run_id=run_id, activation=activation,
+                entity=entity, table_id=table_id, day=day, status="SUBMITTED", created_at=utcnow(),
+            )
+        )
+
+    def finish_import(self, reference: str, status: str, counts: dict[str, int]) -> None:
+        self._write(imports.update().where(imports.c.reference == reference).values(status=status, counts=counts))
+
+    def imports_on(self, entity: str, table_id: str, day: date) -> int:
+        """Imports this ledger sent to one table on one (UTC) day: the daily quota's count."""
+        query = sa.select(sa.func.count()).where(
+            imports.c.entity == entity, imports.c.table_id == table_id, imports.c.day == day
+        )
+        with self._connect() as conn:
+            return int(conn.execute(query).scalar_one())
 
     # ------------------------------------------------------------------ locks
 

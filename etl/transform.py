@@ -45,7 +45,7 @@ Actito profile ids (``identifier = "profileId"``)
 Deduplication
     The first occurrence of an identifier (after normalisation) is kept; later ones are dropped,
     counted in ``counts.duplicates`` and listed in ``rejects`` with reason ``duplicate``, so the
-    reject file accounts for every dropped row. See :class:`_SeenHashes` for how this stays
+    reject file accounts for every dropped row. See :class:`SeenHashes` for how this stays
     small and fast.
 """
 
@@ -355,7 +355,7 @@ def hash_identifiers(values: pa.Array) -> np.ndarray:
     return np.asarray(pd.util.hash_array(objects, categorize=False), dtype=np.uint64)
 
 
-class _SeenHashes:
+class SeenHashes:
     """The set of 64-bit hashes of every identifier kept so far, with vectorised membership.
 
     Memory is 8 bytes per kept identifier whatever the identifiers' width (plus a transient copy
@@ -421,7 +421,7 @@ class AudienceCleaner:
         self.where = where
         self.counts = AudienceCounts()
         self.column_used: str | None = None
-        self._seen = _SeenHashes()
+        self._seen = SeenHashes()
         self._next_row = 1
 
     def clean(self, batch: pa.RecordBatch | pa.Table) -> CleanBatch:

@@ -63,7 +63,10 @@ params = { min_value = 1 }
 
 def test_the_shipped_configuration_is_valid(demo_project: Path) -> None:
     config = load_config(demo_project)
-    assert set(config.activations) == {"newsletter_engaged", "vip_customers", "lapsed_buyers"}
+    assert set(config.activations) == {
+        "newsletter_engaged", "vip_customers", "lapsed_buyers",
+        "qualifio_profiles", "qualifio_participations", "didomi_consents",
+    }
 
 
 def test_a_valid_configuration_loads_with_paths_relative_to_the_file(project) -> None:

@@ -20,7 +20,7 @@ from etl.transform import (
     PROFILE_ID_REASONS,
     AudienceCleaner,
     AudienceCounts,
-    _SeenHashes,
+    SeenHashes,
     email_rejection_reasons,
     known_tlds,
     normalise_emails,
@@ -313,7 +313,7 @@ def test_dedup_and_row_numbers_do_not_depend_on_chunk_boundaries(values: list[st
 @settings(max_examples=200, deadline=None)
 @given(st.lists(st.lists(st.integers(0, 50), max_size=30), max_size=12))
 def test_the_hash_memory_behaves_like_a_set(chunks: list[list[int]]) -> None:
-    memory, reference = _SeenHashes(), set()
+    memory, reference = SeenHashes(), set()
     for chunk in chunks:
         hashes = np.array(chunk, dtype=np.uint64)
         keep = memory.add_new(hashes)
@@ -327,7 +327,7 @@ def test_the_hash_memory_behaves_like_a_set(chunks: list[list[int]]) -> None:
 
 
 def test_the_hash_memory_stays_a_few_sorted_runs() -> None:
-    memory = _SeenHashes()
+    memory = SeenHashes()
     rng = np.random.default_rng(7)
     for _ in range(200):
         memory.add_new(rng.integers(0, 2**63, 1000, dtype=np.uint64))

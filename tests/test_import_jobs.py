@@ -1,0 +1,219 @@
+"""Profiles, subscriptions and interactions end to end: demo warehouse → real client → Actito sandbox."""
+
+from __future__ import annotations
+
+import csv
+import json
+import re
+import shutil
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from etl.actito.check import check_destination
+from etl.actito.mapping import RowMapper, qualifio_mapping
+from etl.actito.sandbox import ActitoSandbox
+from etl.config import Config, load_config
+from etl.extract import activation_batches
+from etl.runs import RunOutcome, execute, open_store
+from jobs import job_for
+
+REPO = Path(__file__).resolve().parent.parent
+KEY = "sandbox-demo-key"
+
+
+@pytest.fixture
+def sandbox() -> Iterator[ActitoSandbox]:
+    with ActitoSandbox(processing_seconds=0.05) as server:
+        yield server
+
+
+@pytest.fixture
+def config_path(tmp_path: Path, sandbox: ActitoSandbox) -> Path:
+    return _configured(tmp_path, sandbox)
+
+
+def _configured(tmp_path: Path, sandbox: ActitoSandbox) -> Path:
+    """The shipped configuration, its destination pointed at this test's sandbox."""
+    shutil.copytree(REPO / "sql", tmp_path / "sql")
+    text = (REPO / "schedules.toml").read_text().replace(
+        'environment = "sandbox"', f'base_url = "{sandbox.url}"\napi_key = "${{TEST_ACTITO_KEY}}"'
+    )
+    path = tmp_path / "schedules.toml"
+    path.write_text(text)
+    return path
+
+
+def load(path: Path, key: str = KEY) -> Config:
+    return load_config(path, environ={"TEST_ACTITO_KEY": key})
+
+
+def run(config: Config, name: str) -> RunOutcome:
+    store = open_store(config)
+    try:
+        return execute(config, store, name, config.activations[name].kind, job_for(config.activations[name].kind))
+    finally:
+        store.close()
+
+
+def imports_posted(sandbox: ActitoSandbox) -> int:
+    return sum(1 for method, path, status in sandbox.request_log
+               if method == "POST" and path.endswith("/etl-executions") and status < 300)
+
+
+def expected_profiles(config: Config) -> dict[str, dict[str, object]]:
+    """The warehouse rows through the Qualifio mapping, first row per e-mail: what Actito must hold."""
+    mapper: RowMapper | None = None
+    expected: dict[str, dict[str, object]] = {}
+    for batch in activation_batches(config, "qualifio_profiles", datetime.now(UTC)):
+        mapper = mapper or RowMapper(qualifio_mapping(batch.schema.names))
+        for row in mapper.map(batch).rows.to_pylist():
+            expected.setdefault(str(row["emailAddress"]), row)
+    return expected
+
+
+def test_qualifio_profiles_land_in_actito_exactly_as_mapped(config_path: Path, sandbox: ActitoSandbox) -> None:
+    config = load(config_path)
+    outcome = run(config, "qualifio_profiles")
+    assert outcome.ok, outcome.error
+    stored = {p["attributes"]["emailAddress"]: p for p in sandbox.profiles("demo", "customers")}
+    expected = expected_profiles(config)
+    assert set(stored) == set(expected)
+    assert outcome.results["rows_delivered"] == len(expected)
+    for email, row in expected.items():
+        attributes = stored[email]["attributes"]
+        for column, value in row.items():
+            if column.startswith("subscription_"):
+                assert stored[email]["subscriptions"].get(column.removeprefix("subscription_")) == (value == "Y")
+            elif value is not None:
+                assert attributes.get(column) == value, (email, column)
+
+
+def test_rejected_rows_are_listed_with_their_reasons(config_path: Path, sandbox: ActitoSandbox) -> None:
+    outcome = run(load(config_path), "qualifio_profiles")
+    with open(outcome.details["rejects_file"], newline="", encoding="utf-8") as handle:
+        rejects = list(csv.DictReader(handle))
+    assert len(rejects) == outcome.results["rows_rejected"] > 0
+    reasons = " | ".join(row["reason"] for row in rejects)
+    assert re.search(r"gender: 'X' is not", reasons)
+    assert "birthday" in reasons and "international prefix" in reasons
+    assert all(row["row"].isdigit() for row in rejects)
+
+
+def test_a_second_unchanged_run_sends_nothing(config_path: Path, sandbox: ActitoSandbox) -> None:
+    config = load(config_path)
+    assert run(config, "qualifio_profiles").ok
+    posted = imports_posted(sandbox)
+    second = run(config, "qualifio_profiles")
+    assert second.ok and second.results["rows_delivered"] == 0
+    assert second.details["to_send"] == 0 and second.details["unchanged"] > 0
+    assert imports_posted(sandbox) == posted
+
+
+def test_a_changed_row_is_the_only_one_sent_again(config_path: Path, sandbox: ActitoSandbox) -> None:
+    import sqlite3
+
+    config = load(config_path)
+    assert run(config, "qualifio_profiles").ok
+    warehouse = config_path.parent / "var" / "demo" / "warehouse.db"
+    with sqlite3.connect(warehouse) as db:
+        email = db.execute("SELECT email FROM qualifio_participations WHERE gender = 'F' LIMIT 1").fetchone()[0]
+        db.execute("UPDATE qualifio_participations SET locality = 'Namur' WHERE email = ?", (email,))
+    second = run(config, "qualifio_profiles")
+    assert second.ok and second.details["to_send"] == 1
+    profile = next(p for p in sandbox.profiles("demo", "customers") if p["attributes"]["emailAddress"] == email)
+    assert profile["attributes"]["addressLocality"] == "Namur"
+
+
+def test_didomi_consents_update_known_profiles_and_create_none(config_path: Path, sandbox: ActitoSandbox) -> None:
+    config = load(config_path)
+    assert run(config, "qualifio_profiles").ok
+    before = {p["attributes"]["emailAddress"]: p for p in sandbox.profiles("demo", "customers")}
+    outcome = run(config, "didomi_consents")
+    assert outcome.ok, outcome.error
+    after = {p["attributes"]["emailAddress"]: p for p in sandbox.profiles("demo", "customers")}
+    assert set(after) == set(before)  # upsert_mode = false: nobody created
+    with open(outcome.details["rejects_file"], newline="", encoding="utf-8") as handle:
+        refused = [row for row in csv.DictReader(handle) if "profile not found" in row["reason"]]
+    assert refused and all(row["value"] not in before for row in refused)
+    changed = [e for e in after if after[e]["subscriptions"] != before[e]["subscriptions"]]
+    assert changed
+
+
+def test_participations_become_interactions_linked_to_profiles(config_path: Path, sandbox: ActitoSandbox) -> None:
+    config = load(config_path)
+    assert run(config, "qualifio_profiles").ok
+    outcome = run(config, "qualifio_participations")
+    assert outcome.ok, outcome.error
+    records = sandbox.records("demo", "participations")
+    assert len(records) == outcome.results["rows_delivered"] > 0
+    known = {p["attributes"]["emailAddress"] for p in sandbox.profiles("demo", "customers")}
+    assert all(record["emailAddress"] in known for record in records)
+    assert all(re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d", record["date"]) for record in records)
+
+
+def test_the_daily_import_budget_is_refused_before_sending(config_path: Path, sandbox: ActitoSandbox) -> None:
+    config_path.write_text(config_path.read_text().replace('entity = "demo"', 'entity = "demo"\ndaily_import_budget = 1'))
+    config = load(config_path)
+    assert run(config, "qualifio_profiles").ok
+    posted = imports_posted(sandbox)
+    outcome = run(config, "didomi_consents")  # the same table: its quota is used up
+    assert outcome.status == "failed"
+    assert "1 of the 1 allowed today on table 'customers'" in (outcome.error or "")
+    assert imports_posted(sandbox) == posted
+
+
+def test_a_server_error_on_the_upload_never_duplicates_the_import(config_path: Path, sandbox: ActitoSandbox) -> None:
+    sandbox.inject_faults(500, 2, path_contains="etl-executions")
+    outcome = run(load(config_path), "qualifio_profiles")
+    assert outcome.ok, outcome.error
+    assert len(sandbox.executions("demo")) == 1
+
+
+def test_check_passes_on_the_shipped_configuration(config_path: Path) -> None:
+    report = check_destination(load(config_path), "actito_demo")
+    assert report.ok, report.text()
+    assert "qualifio_profiles: table 'Customers'" in report.text()
+
+
+def test_check_names_a_missing_column(config_path: Path) -> None:
+    config_path.write_text(config_path.read_text() + """
+[activations.crm_profiles]
+kind = "profiles"
+sql = "sql/crm_profiles.sql"
+destination = "actito_demo"
+table = "customers"
+attributes = { email = "emailAddress", first_name = "firstName", shoe_size = "shoeSize" }
+""")
+    (config_path.parent / "sql" / "crm_profiles.sql").write_text(
+        "SELECT email, firstname AS first_name, 42 AS shoe_size FROM qualifio_participations"
+    )
+    report = check_destination(load(config_path), "actito_demo")
+    assert not report.ok
+    assert "✗ crm_profiles: column shoe_size → shoeSize: table 'Customers' has no such attribute" in report.text()
+
+
+def test_check_names_a_wrong_type(tmp_path: Path) -> None:
+    """An Actito table whose birthDate is an integer cannot take Qualifio's birthday."""
+    fixture = json.loads((REPO / "etl" / "actito" / "sandbox_fixture.json").read_text())
+    table = fixture["licences"][0]["entities"][0]["profileTables"][0]
+    for attribute in table["attributes"]:
+        if attribute["name"] == "birthDate":
+            attribute.update(type="CUSTOM", valueType="INTEGER")
+    with ActitoSandbox(fixture) as sandbox:
+        config = load(_configured(tmp_path, sandbox))
+        report = check_destination(config, "actito_demo")
+        outcome = run(config, "qualifio_profiles")
+    assert "✗ qualifio_profiles: column birthday → birthDate: wrong type, we send a date but Actito's attribute is " \
+           "INTEGER" in report.text()
+    assert outcome.status == "failed" and "birthDate: wrong type" in (outcome.error or "")
+    assert not sandbox.executions("demo")  # nothing was sent
+
+
+def test_check_names_a_bad_key_without_showing_it(config_path: Path) -> None:
+    report = check_destination(load(config_path, key="not-the-key-123"), "actito_demo")
+    assert not report.ok
+    assert report.lines[0][1].startswith("credentials:")
+    assert "not-the-key-123" not in report.text()
