@@ -239,6 +239,9 @@ def _summary(outcomes: Sequence[RunOutcome]) -> str:
 
 def _where_it_went(outcome: RunOutcome) -> str:
     details = outcome.details
+    if "membership_table" in details:
+        return (f"Actito table '{details['membership_table']}': {details['entered']:,} members entered, "
+                f"{details['left']:,} left")
     if "table" in details:  # an import into an Actito table
         sent = f"{details.get('to_send', 0):,} changed rows sent" if not outcome.dry_run else "dry run, nothing sent"
         return f"Actito table '{details['table']}': {sent}, {details.get('unchanged', 0):,} unchanged"

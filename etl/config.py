@@ -225,6 +225,10 @@ class AudienceActivation(ActivationBase):
     identifier: Literal["email", "profileId"]
     identifier_column: str | None = None
     file: FileOptions = FileOptions()
+    #: "file": the file goes to the destination's file transfer location (External Target List);
+    #: "membership": members who entered or left since the last run are imported into a custom table
+    delivery: Literal["file", "membership"] = "file"
+    membership_table: str = "audience_members"
 
 
 ImportMode = Literal["CREATE_UPDATE", "UPDATE_ONLY", "CREATE_ONLY"]
@@ -579,13 +583,13 @@ def _destination_problems(
     destination: Destination, destination_name: str, raw: dict[str, Any], where: str
 ) -> list[tuple[str, str]]:
     """An audience needs a file transfer location; an import needs Actito's API."""
-    if raw.get("kind", "audience") == "audience":
+    if raw.get("kind", "audience") == "audience" and raw.get("delivery", "file") == "file":
         if destination.files is None:
             return [(f"{where} destination", f"[destinations.{destination_name}] has no files location")]
         return []
     if destination.api_key is None and destination.environment != "sandbox":
         return [(f"{where} destination",
-                 f"[destinations.{destination_name}] needs api_key (\"${{ACTITO_API_KEY}}\") for {raw.get('kind')} imports")]
+                 f"[destinations.{destination_name}] needs api_key (\"${{ACTITO_API_KEY}}\") to import into Actito")]
     return []
 
 

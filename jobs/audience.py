@@ -81,6 +81,11 @@ def run(context: RunContext) -> None:
     )
     if context.dry_run:
         return
+    if activation.delivery == "membership":
+        from jobs.membership import deliver_membership  # loads the Actito client only when needed
+
+        deliver_membership(context, activation, written)
+        return
     _deliver(context, [f.path for f in written] + [manifest_path], pattern)
     context.results["rows_delivered"] = sum(f.rows for f in written)
 

@@ -217,3 +217,32 @@ def test_check_names_a_bad_key_without_showing_it(config_path: Path) -> None:
     assert not report.ok
     assert report.lines[0][1].startswith("credentials:")
     assert "not-the-key-123" not in report.text()
+
+
+def test_membership_delivery_imports_who_entered_and_deletes_who_left(
+    config_path: Path, sandbox: ActitoSandbox
+) -> None:
+    import sqlite3
+
+    config = load(config_path)
+    first = run(config, "vip_members")
+    assert first.ok, first.error
+    members = {r["profileId"] for r in sandbox.records("demo", "audience_members")}
+    assert len(members) == first.details["entered"] == first.results["rows_delivered"] > 100
+    warehouse = config_path.parent / "var" / "demo" / "warehouse.db"
+    with sqlite3.connect(warehouse) as db:
+        leaving = [r[0] for r in db.execute(
+            "SELECT actito_profile_id FROM customers WHERE lifetime_value >= 500 AND actito_profile_id IS NOT NULL "
+            "ORDER BY customer_id LIMIT 4")]
+        entering = [r[0] for r in db.execute(
+            "SELECT actito_profile_id FROM customers WHERE lifetime_value < 500 AND actito_profile_id IS NOT NULL "
+            "ORDER BY customer_id LIMIT 2")]
+        db.execute(f"UPDATE customers SET lifetime_value = 0 WHERE actito_profile_id IN ({','.join('?' * 4)})", leaving)
+        db.execute(f"UPDATE customers SET lifetime_value = 999 WHERE actito_profile_id IN ({','.join('?' * 2)})",
+                   entering)
+    second = run(config, "vip_members")
+    assert second.ok, second.error
+    assert (second.details["entered"], second.details["left"]) == (2, 4)
+    after = {str(r["profileId"]) for r in sandbox.records("demo", "audience_members")}
+    assert after == ({str(m) for m in members} - {str(p) for p in leaving}) | {str(p) for p in entering}
+    assert all(r["audience"] == "vip_members" for r in sandbox.records("demo", "audience_members"))

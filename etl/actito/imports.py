@@ -116,7 +116,7 @@ def preflight(
         if attribute is not None and field.rule == "string":
             # plain text bound for a typed attribute (a country, a date ...) is held to that type's rule
             field = dataclasses.replace(field, rule=rule_for(attribute))
-        problem = _field_problem(field, attribute, table)
+        problem = _field_problem(field, attribute, table, custom=target.custom)
         if problem:
             problems.append(problem)
         elif attribute is not None and attribute.max_length and (field.max_length or 10**9) > attribute.max_length:
@@ -168,8 +168,8 @@ def target_for(config: Config, name: str, *, custom: bool, mode: str) -> ImportT
     )
 
 
-def _field_problem(field: FieldMap, attribute: Attribute | None, table: Table) -> str | None:
-    if field.target in _TECHNICAL:
+def _field_problem(field: FieldMap, attribute: Attribute | None, table: Table, *, custom: bool) -> str | None:
+    if field.target in _TECHNICAL and not custom:  # in a custom table, profileId is an ordinary link
         return f"column {field.source} → {field.target}: a technical attribute set by Actito, it cannot be imported"
     if attribute is None:
         known = ", ".join(a.name for a in table.attributes)
@@ -235,7 +235,9 @@ def run_import(
             rejects.close()
             return
         with context.step("import"):
-            _send(context, client, target, table, mapping, written, sent, rejects)
+            accepted, refused = _send(context, client, target, table, mapping, written, sent, rejects)
+        context.results["rows_delivered"] = accepted
+        context.results["rows_rejected"] = context.results.get("rows_rejected", 0) + refused
         rejects.close()
     if snapshot is not None:
         snapshot.stage(np.concatenate(sent.key_hashes), np.concatenate(sent.row_hashes))
@@ -322,7 +324,10 @@ def _send(
     written: list[WrittenFile],
     sent: _Sent,
     rejects: RejectWriter,
-) -> None:
+    *,
+    label: str = "",
+) -> tuple[int, int]:
+    """Import each part in turn; return (rows accepted, rows refused by Actito)."""
     source_rows = np.concatenate(sent.source_rows)
     keys = pa.concat_arrays(sent.keys) if sent.keys else pa.array([], pa.string())
     store = open_store(context.config)
@@ -331,7 +336,8 @@ def _send(
     offset = 0
     try:
         for number, part in enumerate(written, start=1):
-            definition = _definition(context, target, table, mapping, reference=f"{context.run_id}-{number}")
+            reference = f"{context.run_id}-{label}{number}"
+            definition = _definition(context, target, table, mapping, reference=reference)
             execution = client.start_import(definition, part.path, etl_id=target.etl_id)
             store.record_import(execution.id, definition["reference"], context.run_id, context.activation,
                                 target.entity, table.id, datetime.now(UTC).date())
@@ -345,9 +351,35 @@ def _send(
             offset += part.rows
     finally:
         store.close()
-        context.details["executions"] = executions
-    context.results["rows_delivered"] = accepted
-    context.results["rows_rejected"] = context.results.get("rows_rejected", 0) + rejected
+        context.details.setdefault("executions", []).extend(executions)
+    return accepted, rejected
+
+
+def send_rows(
+    context: RunContext,
+    client: ActitoClient,
+    target: ImportTarget,
+    table: Table,
+    mapping: Mapping,
+    rows: pa.Table,
+    rejects: RejectWriter,
+    *,
+    label: str,
+) -> tuple[int, int]:
+    """Import rows built by the job itself (not read from the warehouse), e.g. audience members."""
+    if not rows.num_rows:
+        return 0, 0
+    with CsvFileWriter(
+        context.run_dir, f"{context.activation}.{label}.csv", header=mapping.output_columns(),
+        compression=target.compression,
+    ) as writer:
+        writer.write(rows.select(mapping.output_columns()))
+        written = writer.close()
+    _check_budget(context, target, table, len(written))
+    sent = _Sent()
+    empty = np.empty(0, np.uint64)
+    sent.add(np.arange(1, rows.num_rows + 1), rows.column(mapping.key).combine_chunks(), empty, empty)
+    return _send(context, client, target, table, mapping, written, sent, rejects, label=f"{label}-")
 
 
 def _definition(
