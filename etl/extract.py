@@ -457,11 +457,7 @@ def activation_batches(config: Config, name: str, when: datetime) -> Iterator[pa
     """Stream an activation's query from its warehouse; the connection is released as soon as the
     consumer stops, even when a later step fails."""
     activation = config.activations[name]
-    warehouse_name, warehouse = config.warehouse_for(name)
-    url = _anchored(config, warehouse.url.get_secret_value())
-    if warehouse.demo:
-        ensure_demo_warehouse(url)
-    engine = create_warehouse_engine(url, where=f"[warehouses.{warehouse_name}] url")
+    engine = _activation_engine(config, name)
     batches = stream_batches(
         engine,
         config.sql_text(name),
@@ -480,11 +476,7 @@ def query_columns(config: Config, name: str) -> list[str]:
     """The column names of an activation's query, without reading its rows (the query is wrapped in
     a subquery that selects nothing, which every tested dialect plans without executing the scan)."""
     activation = config.activations[name]
-    warehouse_name, warehouse = config.warehouse_for(name)
-    url = _anchored(config, warehouse.url.get_secret_value())
-    if warehouse.demo:
-        ensure_demo_warehouse(url)
-    engine = create_warehouse_engine(url, where=f"[warehouses.{warehouse_name}] url")
+    engine = _activation_engine(config, name)
     sql = config.sql_text(name).strip().rstrip(";")
     probe = f"SELECT * FROM (\n{sql}\n) audience_sync_probe WHERE 1 = 0"
     try:
@@ -495,6 +487,14 @@ def query_columns(config: Config, name: str) -> list[str]:
         return first.schema.names if first is not None else []
     finally:
         engine.dispose()
+
+
+def _activation_engine(config: Config, name: str) -> sa.Engine:
+    warehouse_name, warehouse = config.warehouse_for(name)
+    url = _anchored(config, warehouse.url.get_secret_value())
+    if warehouse.demo:
+        ensure_demo_warehouse(url)
+    return create_warehouse_engine(url, where=f"[warehouses.{warehouse_name}] url")
 
 
 def _anchored(config: Config, url: str) -> str:
