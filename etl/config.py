@@ -49,7 +49,7 @@ ACTITO_ENVIRONMENTS: dict[str, str] = {
 }
 
 #: keys whose values are secrets: they must be interpolated, never literal
-SECRET_KEYS = frozenset({"api_key", "password", "key_passphrase"})
+SECRET_KEYS = frozenset({"api_key", "password", "key_passphrase", "webhook_url"})
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
 
@@ -170,6 +170,37 @@ class Settings(_Model):
     state_url: SecretStr | None = None
     chunk_size: int = Field(default=50_000, ge=100, le=5_000_000)
     lock_ttl_minutes: int = Field(default=360, ge=1)
+    #: the scheduler still starts a run this late (after downtime, a busy previous run); later, the slot is skipped
+    misfire_grace_seconds: int = Field(default=900, ge=1)
+    #: on SIGTERM, how long a running activation may take to finish before it is stopped (recorded interrupted)
+    shutdown_grace_seconds: int = Field(default=120, ge=0)
+
+
+class EmailAlerts(_Model):
+    host: str
+    port: int = Field(default=587, ge=1, le=65535)
+    username: str | None = None
+    password: SecretStr | None = None
+    sender: str
+    recipients: list[str] = Field(min_length=1)
+    security: Literal["starttls", "ssl", "none"] = "starttls"
+    timeout: float = Field(default=30.0, gt=0)
+
+
+class Alerts(_Model):
+    """Where failures, recoveries and guard stops are announced."""
+
+    webhook_url: SecretStr | None = None  # JSON POST, Slack-compatible ({"text": ...})
+    email: EmailAlerts | None = None
+    events: list[Literal["failure", "recovery", "guard"]] = ["failure", "recovery", "guard"]
+
+
+class Metrics(_Model):
+    """Prometheus metrics: a textfile for node_exporter and/or a push to a Pushgateway."""
+
+    textfile: Path | None = None
+    pushgateway_url: str | None = None
+    job: str = "audience_sync"
 
 
 class Warehouse(_Model):
@@ -296,6 +327,8 @@ _KindT = TypeVar("_KindT", AudienceActivation, ProfilesActivation, Subscriptions
 
 class Config(_Model):
     settings: Settings = Settings()
+    alerts: Alerts = Alerts()
+    metrics: Metrics = Metrics()
     warehouses: dict[str, Warehouse]
     destinations: dict[str, Destination]
     activations: dict[str, Activation]
@@ -358,6 +391,8 @@ def load_config(path: str | Path | None = None, environ: Mapping[str, str] | Non
     resolved = _interpolate(raw, (), environ, problems)
     _check_sections(resolved, problems)
     settings = _validated(TypeAdapter(Settings), resolved.get("settings", {}), ("settings",), problems) or Settings()
+    alerts = _validated(TypeAdapter(Alerts), resolved.get("alerts", {}), ("alerts",), problems) or Alerts()
+    metrics = _validated(TypeAdapter(Metrics), resolved.get("metrics", {}), ("metrics",), problems) or Metrics()
     tables: dict[str, dict[str, Any]] = {}
     for table, model in _TABLES.items():
         entries = resolved.get(table) or {}
@@ -369,6 +404,8 @@ def load_config(path: str | Path | None = None, environ: Mapping[str, str] | Non
     # every entry is checked on its own, so one broken table does not hide the problems of the others
     config = Config.model_construct(
         settings=settings,
+        alerts=alerts,
+        metrics=metrics,
         warehouses=tables["warehouses"],
         destinations=tables["destinations"],
         activations=tables["activations"],
@@ -407,9 +444,9 @@ def _check_sections(raw: dict[str, Any], problems: list[tuple[str, str]]) -> Non
         if not raw.get(table):
             problems.append((f"[{table}]", f"no {table} declared: add at least one [{table}.NAME] table"))
     for key in raw:
-        if key not in ("settings", *_TABLES):
-            problems.append((key, "unknown table: the file holds [settings], [warehouses.*], [destinations.*], "
-                                  "[activations.*]"))
+        if key not in ("settings", "alerts", "metrics", *_TABLES):
+            problems.append((key, "unknown table: the file holds [settings], [alerts], [metrics], [warehouses.*], "
+                                  "[destinations.*], [activations.*]"))
     for table in _TABLES:
         entries = raw.get(table) or {}
         if not isinstance(entries, dict):
@@ -618,7 +655,9 @@ def _sql_problems(sql_file: Path, declared_params: set[str], where: str) -> list
 
 def _register_secrets(config: Config) -> None:
     """Hand every secret to the log redactor, including the password inside each URL."""
-    candidates: list[SecretStr | None] = [config.settings.state_url]
+    candidates: list[SecretStr | None] = [config.settings.state_url, config.alerts.webhook_url]
+    if config.alerts.email is not None:
+        candidates.append(config.alerts.email.password)
     for warehouse in config.warehouses.values():
         candidates.append(warehouse.url)
     for destination in config.destinations.values():

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import secrets
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -54,6 +55,14 @@ class RunContext:
     results: dict[str, Any] = field(default_factory=dict)
     #: free-form facts kept in the ledger's details (files, locations, reject file ...)
     details: dict[str, Any] = field(default_factory=dict)
+    #: set by a scheduler shutting down: the run stops at its next chunk, recorded as interrupted
+    stop: threading.Event | None = None
+
+    def tick(self, counts: dict[str, int]) -> None:
+        """Called between chunks: report progress, and stop here if asked to (nothing is delivered then)."""
+        if self.stop is not None and self.stop.is_set():
+            raise RunInterrupted("stopped by a shutdown before it finished; nothing was delivered")
+        self.progress(self.activation, counts)
 
     @contextmanager
     def step(self, name: str) -> Iterator[None]:
@@ -63,6 +72,10 @@ class RunContext:
             yield
         finally:
             self.steps[name] = round(time.perf_counter() - began, 3)
+
+
+class RunInterrupted(Exception):
+    """A run asked to stop (scheduler shutdown) stops between chunks, before delivering anything."""
 
 
 @dataclass(frozen=True)
@@ -94,6 +107,7 @@ def execute(
     dry_run: bool = False,
     progress: Callable[[str, dict[str, int]], None] | None = None,
     now: datetime | None = None,
+    stop: threading.Event | None = None,
 ) -> RunOutcome:
     """Run ``body`` under the activation's lock and record it; never raises for a failed run."""
     started_at = now or datetime.now(UTC)
@@ -102,7 +116,9 @@ def execute(
     began = time.perf_counter()
     try:
         with store.lock(activation, ttl):
-            return _run_locked(config, store, activation, kind, body, run_id, started_at, dry_run, progress, began)
+            return _run_locked(
+                config, store, activation, kind, body, run_id, started_at, dry_run, progress, began, stop
+            )
     except LockBusy as busy:
         log.warning(busy.message(), extra={"fields": {"activation": activation}})
         return RunOutcome(activation, None, "locked", dry_run, 0.0, {}, {}, busy.message())
@@ -119,9 +135,10 @@ def _run_locked(
     dry_run: bool,
     progress: Callable[[str, dict[str, int]], None] | None,
     began: float,
+    stop: threading.Event | None,
 ) -> RunOutcome:
     run_dir = config.state_dir / "runs" / activation / run_id
-    context = RunContext(config, activation, run_id, started_at, dry_run, run_dir)
+    context = RunContext(config, activation, run_id, started_at, dry_run, run_dir, stop=stop)
     if progress is not None:
         context.progress = progress
     store.start_run(run_id, activation, kind, dry_run=dry_run, started_at=started_at.replace(tzinfo=None))
@@ -132,6 +149,8 @@ def _run_locked(
         body(context)
     except AudienceSyncError as exc:
         status, error = "failed", redact(exc.message())
+    except RunInterrupted as exc:
+        status, error = "interrupted", str(exc)
     except KeyboardInterrupt:
         status, error = "interrupted", "interrupted by the user or a signal"
     except Exception as exc:  # a bug of ours: record it, keep the traceback in the log, not on the user's screen
@@ -150,6 +169,6 @@ def _run_locked(
     )
     level = logging.INFO if status == "succeeded" else logging.ERROR
     log.log(level, "run %s%s", status, f": {error}" if error else "", extra={"fields": {**fields, **context.results}})
-    if status == "interrupted":
+    if status == "interrupted" and stop is None:  # Ctrl-C on a one-shot run ends the command too
         raise KeyboardInterrupt
     return RunOutcome(activation, run_id, status, dry_run, duration, context.results, context.details, error)

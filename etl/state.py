@@ -69,6 +69,15 @@ imports = sa.Table(
     sa.Column("counts", sa.JSON),
 )
 
+slots = sa.Table(
+    "slots",
+    metadata,
+    sa.Column("activation", sa.String(100), primary_key=True),
+    sa.Column("slot", sa.String(40), primary_key=True),  # the scheduled local time, e.g. 2026-10-25T02:30
+    sa.Column("claimed_by", sa.String(200), nullable=False),
+    sa.Column("claimed_at", sa.DateTime, nullable=False),
+)
+
 RUN_STATUSES = ("running", "succeeded", "failed", "interrupted")
 
 
@@ -194,6 +203,20 @@ class StateStore:
         )
         with self._connect() as conn:
             return int(conn.execute(query).scalar_one())
+
+    # ------------------------------------------------------------------ schedule slots
+
+    def claim_slot(self, activation: str, slot: str, claimed_by: str) -> bool:
+        """True for the first claimer of a scheduled slot, False for every later one (a second fire
+        of the same slot on a DST night, or another scheduler replica)."""
+        try:
+            self._write(slots.insert().values(activation=activation, slot=slot, claimed_by=claimed_by,
+                                              claimed_at=utcnow()))
+        except StateError as exc:
+            if "unique" in exc.what.lower() or "duplicate" in exc.what.lower():
+                return False
+            raise
+        return True
 
     # ------------------------------------------------------------------ locks
 

@@ -94,7 +94,6 @@ def _write_audience(
     context: RunContext, activation: AudienceActivation, file_name: str, rejects_path: Path
 ) -> tuple[list[WrittenFile], AudienceCounts]:
     counts = AudienceCounts()
-    report: Callable[[str, dict[str, int]], None] = context.progress
     with (
         CsvFileWriter(
             context.run_dir,
@@ -110,7 +109,7 @@ def _write_audience(
             writer.write(cleaned.identifiers)
             rejects.write(cleaned.rejects)
             counts = cleaner.counts
-            report(context.activation, vars(counts))
+            context.tick(vars(counts))
         written = writer.close()
         rejects.close()
     return written, counts

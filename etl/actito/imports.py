@@ -289,7 +289,7 @@ def _write_delta(
             )
             counts["unchanged"] += int((first & ~changed).sum())
             counts["sent"] += int(changed.sum())
-            context.progress(context.activation, {**counts, "kept": counts["sent"], "duplicates": 0})
+            context.tick({**counts, "kept": counts["sent"], "duplicates": 0})
         written = writer.close()
     context.results.update(rows_extracted=counts["extracted"], rows_rejected=counts["rejected"])
     context.details.update(unchanged=counts["unchanged"], to_send=counts["sent"],
