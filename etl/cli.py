@@ -11,7 +11,9 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
+from datetime import date
 from collections.abc import Sequence
 from typing import Any, TextIO
 
@@ -20,11 +22,26 @@ from etl.config import Config, load_config
 from etl.errors import AudienceSyncError, ConfigError
 from etl.logs import configure_logging, redact
 from etl.runs import RunOutcome, execute, open_store
-from etl.state import RunRecord
+from etl.history import count, runs_table, show_run, sizes_table, table
 
 EXIT_OK, EXIT_FAILED, EXIT_CONFIG, EXIT_LOCKED, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 
 log = logging.getLogger("audience_sync")
+
+
+def _add_global_options(parser: argparse.ArgumentParser, *, defaults: bool) -> None:
+    """Global options, accepted before or after the command (``run --log-format json`` works too)."""
+
+    def default(value: object) -> object:
+        return value if defaults else argparse.SUPPRESS
+
+    parser.add_argument("--config", "-c", default=default(None),
+                        help="configuration file (default: $AUDIENCE_SYNC_CONFIG or ./schedules.toml)")
+    parser.add_argument("--log-format", choices=("text", "json"), default=default("text"),
+                        help="logs and results as JSON lines")
+    parser.add_argument("--verbose", "-v", action="store_true", default=default(False), help="log every step")
+    parser.add_argument("--debug", action="store_true", default=default(False),
+                        help="show tracebacks of internal errors")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -34,42 +51,60 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Exit codes: 0 ok, 1 an activation failed, 2 configuration error, 3 skipped (locked), 130 interrupted.",
     )
     parser.add_argument("--version", action="version", version=f"audience-sync {__version__}")
-    parser.add_argument("--config", "-c", help="configuration file (default: $AUDIENCE_SYNC_CONFIG or ./schedules.toml)")
-    parser.add_argument("--log-format", choices=("text", "json"), default="text", help="logs and results as JSON lines")
-    parser.add_argument("--verbose", "-v", action="store_true", help="log every step")
-    parser.add_argument("--debug", action="store_true", help="show tracebacks of internal errors")
+    _add_global_options(parser, defaults=True)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    common = argparse.ArgumentParser(add_help=False)
+    _add_global_options(common, defaults=False)
 
-    run = commands.add_parser("run", help="run activations now")
+    run = commands.add_parser("run", parents=[common], help="run activations now")
     run.add_argument("names", nargs="*", metavar="NAME")
     run.add_argument("--all", action="store_true", help="every enabled activation")
     run.add_argument("--dry-run", action="store_true", help="write the files locally, deliver nothing")
 
-    preview = commands.add_parser("preview", help="counts and first identifiers of an audience, nothing written")
+    preview = commands.add_parser(
+        "preview", parents=[common], help="counts and first identifiers of an audience, nothing written"
+    )
     preview.add_argument("name", metavar="NAME")
     preview.add_argument("--limit", type=int, default=10, help="identifiers to show (default 10)")
 
-    commands.add_parser("validate", help="check the configuration and report every problem")
+    commands.add_parser("validate", parents=[common], help="check the configuration and report every problem")
 
-    history = commands.add_parser("history", help="recent runs")
+    history = commands.add_parser("history", parents=[common], help="recent runs")
     history.add_argument("name", nargs="?", metavar="NAME")
     history.add_argument("--limit", type=int, default=20)
     history.add_argument("--status", choices=("running", "succeeded", "failed", "interrupted"))
+    history.add_argument("--since", type=_date, metavar="YYYY-MM-DD", help="runs started on or after this day (UTC)")
+    history.add_argument("--sizes", action="store_true", help="audience size over time, with changes")
 
-    sheet = commands.add_parser("setup-sheet", help="what to configure on the Actito side for an activation")
+    show = commands.add_parser("show", parents=[common], help="one run in full: steps, counts, files, rejected rows")
+    show.add_argument("run_id", metavar="RUN_ID")
+
+    sheet = commands.add_parser(
+        "setup-sheet", parents=[common], help="what to configure on the Actito side for an activation"
+    )
     sheet.add_argument("name", metavar="NAME")
 
-    actito = commands.add_parser("actito", help="talk to Actito")
+    actito = commands.add_parser("actito", parents=[common], help="talk to Actito")
     actito_commands = actito.add_subparsers(dest="actito_command", required=True, metavar="ACTITO_COMMAND")
     check = actito_commands.add_parser(
-        "check", help="credentials, entity, tables and every mapped column of a destination, before any data is sent"
+        "check", parents=[common],
+        help="credentials, entity, tables and every mapped column of a destination, before any data is sent",
     )
     check.add_argument("destination", metavar="DESTINATION")
 
-    sandbox = commands.add_parser("sandbox", help="run the Actito sandbox (an emulator on loopback) in the foreground")
+    sandbox = commands.add_parser(
+        "sandbox", parents=[common], help="run the Actito sandbox (an emulator on loopback) in the foreground"
+    )
     sandbox.add_argument("--port", type=int, default=8765)
     sandbox.add_argument("--fixture", help="JSON fixture of entities, tables and API keys (default: the demo one)")
     return parser
+
+
+def _date(text: str) -> date:
+    try:
+        return date.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a date (YYYY-MM-DD)") from None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -83,6 +118,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("audience-sync: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except BrokenPipeError:  # output piped into `head`: not an error of ours
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_OK
     except Exception as exc:
         if args.debug:
             raise
@@ -110,6 +148,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         return _preview(config, args.name, args.limit, json_output=args.log_format == "json")
     if args.command == "history":
         return _history(config, args)
+    if args.command == "show":
+        return _show(config, args.run_id, json_output=args.log_format == "json")
     if args.command == "setup-sheet":
         from etl.setup_sheet import setup_sheet
 
@@ -202,32 +242,16 @@ def _outcome_json(outcome: RunOutcome) -> dict[str, Any]:
     }
 
 
-def _table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
-    cells = [[str(h) for h in headers]] + [[("" if c is None else str(c)) for c in row] for row in rows]
-    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
-    numeric = [all(_is_number(row[i]) for row in cells[1:] if row[i]) for i in range(len(headers))]
-    lines = []
-    for row in cells:
-        lines.append("  ".join(c.rjust(w) if num and row is not cells[0] else c.ljust(w)
-                               for c, w, num in zip(row, widths, numeric)).rstrip())
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(lines)
-
-
-def _is_number(text: str) -> bool:
-    return text.replace(",", "").replace(".", "").replace("s", "").isdigit()
-
-
 def _summary(outcomes: Sequence[RunOutcome]) -> str:
     rows = []
     for o in outcomes:
         r = o.results
         rows.append([
             o.activation, o.status + (" (dry run)" if o.dry_run else ""),
-            _n(r.get("rows_extracted")), _n(r.get("rows_rejected")), _n(r.get("rows_duplicate")),
-            _n(r.get("rows_delivered")), r.get("file_name"), f"{o.duration_s:.1f}s",
+            count(r.get("rows_extracted")), count(r.get("rows_rejected")), count(r.get("rows_duplicate")),
+            count(r.get("rows_delivered")), r.get("file_name"), f"{o.duration_s:.1f}s",
         ])
-    text = _table(["activation", "status", "read", "rejected", "duplicates", "delivered", "file", "time"], rows)
+    text = table(["activation", "status", "read", "rejected", "duplicates", "delivered", "file", "time"], rows)
     notes = []
     for o in outcomes:
         if o.error:
@@ -247,10 +271,6 @@ def _where_it_went(outcome: RunOutcome) -> str:
         return f"Actito table '{details['table']}': {sent}, {details.get('unchanged', 0):,} unchanged"
     delivered = details.get("delivered", [])
     return str(delivered[0]["location"]) if delivered else f"written to {details.get('local_dir')} (dry run)"
-
-
-def _n(value: object) -> str:
-    return f"{value:,}" if isinstance(value, int) else ""
 
 
 def _preview(config: Config, name: str, limit: int, *, json_output: bool) -> int:
@@ -274,7 +294,7 @@ def _history(config: Config, args: argparse.Namespace) -> int:
         _require(config, [args.name])
     store = open_store(config)
     try:
-        records = store.runs(args.name, status=args.status, limit=args.limit)
+        records = store.runs(args.name, status=args.status, limit=args.limit, since=args.since)
     finally:
         store.close()
     if args.log_format == "json":
@@ -284,16 +304,17 @@ def _history(config: Config, args: argparse.Namespace) -> int:
     if not records:
         print("no runs recorded yet")
         return EXIT_OK
-    print(_table(
-        ["run id", "activation", "status", "started (UTC)", "read", "rejected", "delivered", "time", "error"],
-        [_history_row(r) for r in records],
-    ))
+    print(sizes_table(records) if args.sizes else runs_table(records))
     return EXIT_OK
 
 
-def _history_row(r: RunRecord) -> list[object]:
-    return [
-        r.run_id, r.activation, r.status + (" (dry)" if r.dry_run else ""),
-        f"{r.started_at:%Y-%m-%d %H:%M:%S}", _n(r.rows_extracted), _n(r.rows_rejected), _n(r.rows_delivered),
-        f"{r.duration_s:.1f}s" if r.duration_s is not None else "", (r.error or "")[:80],
-    ]
+def _show(config: Config, run_id: str, *, json_output: bool) -> int:
+    store = open_store(config)
+    try:
+        record = store.get_run(run_id)
+    finally:
+        store.close()
+    if record is None:
+        raise AudienceSyncError(f"no run {run_id!r} in the ledger", hint="see `audience-sync history` for run ids")
+    print(json.dumps(vars(record), default=str) if json_output else show_run(record))
+    return EXIT_OK

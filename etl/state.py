@@ -160,6 +160,7 @@ class StateStore:
         status: str | None = None,
         limit: int = 20,
         include_dry_runs: bool = True,
+        since: date | None = None,
     ) -> list[RunRecord]:
         query = sa.select(runs).order_by(runs.c.started_at.desc(), runs.c.run_id.desc()).limit(limit)
         if activation is not None:
@@ -168,6 +169,8 @@ class StateStore:
             query = query.where(runs.c.status == status)
         if not include_dry_runs:
             query = query.where(runs.c.dry_run.is_(False))
+        if since is not None:
+            query = query.where(runs.c.started_at >= datetime.combine(since, datetime.min.time()))
         with self._connect() as conn:
             return [_record(row._mapping) for row in conn.execute(query)]
 

@@ -201,3 +201,23 @@ def test_an_audience_is_delivered_over_sftp_with_the_password_from_the_environme
     assert (root / "in" / "vip_customers.csv").read_text().startswith("profileId\n")
     assert f"sftp://actito@127.0.0.1:{server.port}/in/vip_customers.csv" in done.stdout
     assert PASSWORD not in done.stdout + done.stderr
+
+
+def test_show_prints_a_run_in_full_and_history_tracks_the_audience_size(demo_project: Path) -> None:
+    import sqlite3
+
+    assert cli(demo_project, "run", "vip_customers").returncode == 0
+    with sqlite3.connect(demo_project.parent / "var" / "demo" / "warehouse.db") as db:
+        db.execute("UPDATE customers SET lifetime_value = 0 WHERE customer_id IN "
+                   "(SELECT customer_id FROM customers WHERE lifetime_value >= 500 "
+                   "AND actito_profile_id IS NOT NULL LIMIT 25)")
+    assert cli(demo_project, "run", "vip_customers").returncode == 0
+    sizes = cli(demo_project, "history", "vip_customers", "--sizes")
+    assert "-25" in sizes.stdout, sizes.stdout
+    latest = json.loads(cli(demo_project, "history", "--limit", "1", "--log-format", "json").stdout)
+    shown = cli(demo_project, "show", latest["run_id"])
+    assert shown.returncode == 0, shown.stderr
+    for expected in ("status     succeeded", "steps      extract", "delivered  file://", "rejects", "missing"):
+        assert expected in shown.stdout, (expected, shown.stdout)
+    missing = cli(demo_project, "show", "no-such-run")
+    assert missing.returncode == 1 and "no run 'no-such-run' in the ledger" in missing.stderr
