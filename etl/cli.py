@@ -97,6 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sandbox.add_argument("--port", type=int, default=8765)
     sandbox.add_argument("--fixture", help="JSON fixture of entities, tables and API keys (default: the demo one)")
+    sandbox.add_argument("--state-file", help="keep the sandbox's profiles, records and imports in this JSON file")
     return parser
 
 
@@ -136,7 +137,10 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "sandbox":
         from etl.actito import sandbox
 
-        return sandbox.main(["--port", str(args.port), *(["--fixture", args.fixture] if args.fixture else [])])
+        options = ["--port", str(args.port)]
+        options += ["--fixture", args.fixture] if args.fixture else []
+        options += ["--state-file", args.state_file] if args.state_file else []
+        return sandbox.main(options)
     config = load_config(args.config)
     if args.command == "validate":
         print(f"{config.source}: ok — {len(config.activations)} activations, "

@@ -9,17 +9,21 @@ from __future__ import annotations
 import gzip
 import io
 import json
+import logging
+import os
+import stat
 import threading
 import time
 import uuid
 import zipfile
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 import requests
 
-from etl.actito.sandbox import ActitoSandbox
+from etl.actito.sandbox import DEFAULT_FIXTURE, ActitoSandbox
 
 KEY = "sandbox-demo-key"
 E = "demo"
@@ -654,3 +658,98 @@ def test_reset_returns_to_the_fixture(sandbox: ActitoSandbox) -> None:
     requests.post(sandbox.url + "/_sandbox/reset", timeout=5).raise_for_status()
     assert sandbox.profiles(E, "customers") == [] and sandbox.executions(E) == []
     assert api.get("/entities/v5/entities").status_code == 401  # tokens are gone too
+
+
+# ------------------------------------------------------------------------------ state file
+
+
+def test_state_survives_a_restart_with_the_same_state_file(tmp_path: Path) -> None:
+    state_file = tmp_path / "sandbox" / "state.json"
+    fixture = json.loads(DEFAULT_FIXTURE.read_text(encoding="utf-8"))
+    fixture["licences"][0]["apiKeys"] = [KEY, "second-key"]
+
+    def box() -> ActitoSandbox:
+        return ActitoSandbox(fixture, clock=lambda: T0, processing_seconds=0.05, daily_imports_per_table=3,
+                             state_file=state_file)
+
+    interactions = custom_definition("participations", "participationId")
+    with box() as first:
+        api = Api(first)
+        api.run(csv_bytes("emailAddress,firstName,subscription_Newsletter", "kept@example.com,Kim,Y",
+                          "other@example.com,Olu,N"))
+        api.run(csv_bytes("emailAddress,firstName", "other@example.com,Ola"))
+        final, _ = api.run(csv_bytes("participationId,emailAddress,source", "p1,kept@example.com,Qualifio",
+                                     "p2,nobody@example.com,Qualifio"), interactions)
+        assert final["status"] == "PARTIAL_SUCCESS"
+        first.revoke("second-key")
+        profiles, records = first.profiles(E, "customers"), first.records(E, "participations")
+        executions = first.executions(E)
+    assert len(profiles) == 2 and len(records) == 1 and len(executions) == 3
+
+    with box() as second:
+        # profiles with their ids, subscriptions and moments; records; executions with status, counts, errors
+        assert second.profiles(E, "customers") == profiles
+        assert second.records(E, "participations") == records
+        assert second.executions(E) == executions
+        api = Api(second)
+        report = api.get(f"{EXECUTIONS}/{executions[-1]['id']}/report").json()
+        assert report["status"] == "PARTIAL_SUCCESS" and report["errors"] == executions[-1]["errors"]
+        revoked = api.session.get(second.url + "/auth/token", headers={"Authorization": "second-key"}, timeout=5)
+        assert revoked.status_code == 401
+        # an interaction of a profile created before the restart finds its profile
+        final, errors = api.run(csv_bytes("participationId,emailAddress,source", "p3,kept@example.com,Qualifio"),
+                                interactions)
+        assert final["status"] == "SUCCESS" and errors == []
+        assert final["id"] not in {e["id"] for e in executions}
+        # the day's budget of "customers": 2 imports before the restart, 1 left
+        created = api.upload(csv_bytes("emailAddress", "late@example.com"), profile_definition())
+        assert created.status_code == 201
+        assert api.upload(csv_bytes("emailAddress", "later@example.com"), profile_definition()).status_code == 429
+        api.wait(created.json()["id"])
+        late = by_email(second)["late@example.com"]
+        assert late["profileId"] not in {p["profileId"] for p in profiles}
+
+
+def test_an_import_pending_at_the_stop_is_applied_after_the_restart(tmp_path: Path) -> None:
+    state_file = tmp_path / "state.json"
+    with ActitoSandbox(clock=lambda: T0, processing_seconds=5, state_file=state_file) as first:
+        created = Api(first).upload(csv_bytes("emailAddress", "pending@example.com"), profile_definition())
+        assert created.status_code == 201
+    with ActitoSandbox(clock=lambda: T0, processing_seconds=0.05, state_file=state_file) as second:
+        assert Api(second).wait(created.json()["id"])["status"] == "SUCCESS"
+        assert list(by_email(second)) == ["pending@example.com"]
+
+
+def test_a_state_file_of_another_fixture_is_not_loaded(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    state_file = tmp_path / "state.json"
+    with ActitoSandbox(clock=lambda: T0, processing_seconds=0.05, state_file=state_file) as first:
+        Api(first).run(csv_bytes("emailAddress", "old@example.com"))
+        old_ids = {e["id"] for e in first.executions(E)}
+    other = json.loads(DEFAULT_FIXTURE.read_text(encoding="utf-8"))
+    other["licences"][0]["entities"][0]["comment"] = "another Actito"
+    with caplog.at_level(logging.WARNING, logger="etl.actito.sandbox"):
+        with ActitoSandbox(other, clock=lambda: T0, processing_seconds=0.05, state_file=state_file) as second:
+            assert second.profiles(E, "customers") == [] and second.executions(E) == []
+            final, _ = Api(second).run(csv_bytes("emailAddress", "new@example.com"))
+            assert final["id"] not in old_ids  # execution ids are not given twice
+    assert f"state file {state_file} was saved for another fixture" in caplog.text
+    # the file now holds the other fixture's state; the first fixture no longer reads it
+    with ActitoSandbox(other, clock=lambda: T0, state_file=state_file) as third:
+        assert list(by_email(third)) == ["new@example.com"]
+    with ActitoSandbox(clock=lambda: T0, state_file=state_file) as fourth:
+        assert fourth.profiles(E, "customers") == []
+
+
+def test_the_state_file_is_private_and_follows_the_control_routes(tmp_path: Path) -> None:
+    state_file = tmp_path / "sandbox" / "state.json"
+    with ActitoSandbox(clock=lambda: T0, processing_seconds=0.05, state_file=state_file) as box:
+        Api(box).run(csv_bytes("emailAddress", "gone@example.com"))
+        assert stat.S_IMODE(state_file.stat().st_mode) == 0o600
+        requests.post(box.url + "/_sandbox/revoke", json={"api_key": "old-key"}, timeout=5).raise_for_status()
+        assert json.loads(state_file.read_text(encoding="utf-8"))["revokedKeys"] == ["old-key"]
+        requests.post(box.url + "/_sandbox/reset", timeout=5).raise_for_status()
+        assert stat.S_IMODE(state_file.stat().st_mode) == 0o600
+    assert os.listdir(state_file.parent) == ["state.json"]  # no temporary file left behind
+    with ActitoSandbox(clock=lambda: T0, state_file=state_file) as again:
+        assert again.profiles(E, "customers") == [] and again.executions(E) == []
+        assert json.loads(state_file.read_text(encoding="utf-8"))["revokedKeys"] == []

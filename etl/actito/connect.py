@@ -3,12 +3,15 @@
 A destination with ``environment = "sandbox"`` (and no ``base_url``) talks to the project's own
 Actito sandbox, started in this process on first use and stopped at exit, so the demo and a
 laptop trial need no licence; with ``base_url`` it talks to a sandbox (or proxy) running elsewhere.
+The in-process sandbox keeps its state in ``<state_dir>/sandbox/state.json``, so what one
+``audience-sync run`` imported is still there for the next one, as it would be in Actito.
 """
 
 from __future__ import annotations
 
 import atexit
 import threading
+from pathlib import Path
 
 from etl.actito.client import ActitoClient
 from etl.actito.sandbox import ActitoSandbox
@@ -18,18 +21,27 @@ from etl.errors import ConfigError
 #: the API key of the sandbox's default fixture; a demo value, not a secret
 SANDBOX_DEMO_KEY = "sandbox-demo-key"
 
-_sandbox: ActitoSandbox | None = None
+#: one sandbox per state file (a process normally has one configuration, hence one sandbox)
+_sandboxes: dict[Path, ActitoSandbox] = {}
 _sandbox_lock = threading.Lock()
 
 
-def in_process_sandbox() -> ActitoSandbox:
-    global _sandbox
+def sandbox_state_file(config: Config) -> Path:
+    """Where the in-process sandbox of this configuration keeps its state between processes."""
+    return config.state_dir / "sandbox" / "state.json"
+
+
+def in_process_sandbox(config: Config) -> ActitoSandbox:
+    """This process's sandbox for the configuration, started on first use (from its state file) and stopped at exit."""
+    state_file = sandbox_state_file(config).absolute()
     with _sandbox_lock:
-        if _sandbox is None:
-            _sandbox = ActitoSandbox()
-            _sandbox.start()
-            atexit.register(_sandbox.stop)
-        return _sandbox
+        sandbox = _sandboxes.get(state_file)
+        if sandbox is None:
+            sandbox = ActitoSandbox(state_file=state_file)
+            sandbox.start()
+            atexit.register(sandbox.stop)
+            _sandboxes[state_file] = sandbox
+        return sandbox
 
 
 def open_client(config: Config, destination_name: str) -> ActitoClient:
@@ -38,7 +50,7 @@ def open_client(config: Config, destination_name: str) -> ActitoClient:
     if destination.base_url:
         base_url = destination.base_url
     elif destination.environment == "sandbox":
-        base_url = in_process_sandbox().url
+        base_url = in_process_sandbox(config).url
         api_key = api_key or SANDBOX_DEMO_KEY
     else:
         base_url = ACTITO_ENVIRONMENTS[destination.environment or ""]

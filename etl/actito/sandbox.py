@@ -29,6 +29,10 @@ The decisions that shape the code:
   client still streaming an upload reads the answer instead of a connection reset.
 * **Accept is strict**: only a header naming ``application/json`` passes (``*/*`` gets 406), so a
   client that forgets the header fails here rather than against Actito.
+* **State can outlive the process.** With ``state_file`` the mutable state (profiles, records,
+  executions, counters, revoked keys) is loaded at start and rewritten — atomically, mode 0600 —
+  whenever an import is created or applied and on reset or revoke, so the demo's Actito survives
+  from one CLI process to the next. Tokens, faults and the clock offset stay per process.
 
 Nothing here imports the rest of audience-sync: the sandbox is the other side of the wire.
 """
@@ -36,16 +40,23 @@ Nothing here imports the rest of audience-sync: the sandbox is the other side of
 from __future__ import annotations
 
 import argparse
+import base64
+import contextlib
 import copy
 import csv
+import dataclasses
 import gzip
+import hashlib
 import io
 import json
+import logging
+import os
 import re
 import secrets
 import signal
 import socket
 import sys
+import tempfile
 import threading
 import time
 import traceback
@@ -68,6 +79,12 @@ __all__ = ["ActitoSandbox", "DEFAULT_FIXTURE", "MAX_FILE_BYTES", "main"]
 
 #: the fixture used when none is given: one entity "demo", API key "sandbox-demo-key"
 DEFAULT_FIXTURE = Path(__file__).with_name("sandbox_fixture.json")
+
+#: the layout of a state file; a file of another version is ignored like one of another fixture
+_STATE_VERSION = 1
+_FIRST_EXECUTION_ID = 1001
+
+log = logging.getLogger(__name__)
 
 #: Actito refuses an uploaded import file over 100 MB; the decimal reading, as etl.files cuts parts
 MAX_FILE_BYTES = 100_000_000
@@ -408,7 +425,8 @@ class ActitoSandbox:
     Thread-safe: the HTTP server answers each connection in its own thread, and tests inspect or
     steer it from theirs; one lock guards all state. Start it (or use it as a context manager),
     point a client at ``url``, and read back what imports did with `profiles`, `records` and
-    `executions` — the same data ``GET /_sandbox/state`` serves to another process.
+    `executions` — the same data ``GET /_sandbox/state`` serves to another process. Give it a
+    ``state_file`` and that state also survives the process (see `_restore` and `_save`).
     """
 
     def __init__(
@@ -424,11 +442,17 @@ class ActitoSandbox:
         daily_imports_per_table: int = 24,
         max_file_bytes: int = MAX_FILE_BYTES,
         fault_delay_seconds: float = 3.0,
+        state_file: Path | None = None,
     ) -> None:
         """``clock`` drives token expiry and the daily budget's UTC date (`advance_clock` moves it);
         import progress uses real time (``processing_seconds``) so clients really have to poll.
         ``max_file_bytes`` exists so a test can check the 100 MB refusal with a small file, and
-        ``fault_delay_seconds`` is how long a "timeout" fault withholds its answer."""
+        ``fault_delay_seconds`` is how long a "timeout" fault withholds its answer.
+
+        ``state_file``: a JSON file holding the state between processes. Loaded now if it exists
+        and was saved for this same fixture (otherwise the sandbox starts from the fixture and logs
+        why); rewritten at each change. One process at a time should use a given file: each save
+        replaces the whole file, so of two processes the last to save wins (a warning says so)."""
         if max_concurrent < 1 or daily_imports_per_table < 0 or token_ttl_seconds < 1 or max_file_bytes < 1:
             raise ValueError("max_concurrent, token_ttl_seconds and max_file_bytes must be positive")
         if processing_seconds < 0 or fault_delay_seconds < 0:
@@ -461,7 +485,15 @@ class ActitoSandbox:
         self._url: str | None = None
         self._stopping = threading.Event()
         self._connections: set[socket.socket] = set()
+        self._state_file = state_file
+        self._fingerprint = hashlib.sha256(
+            json.dumps(raw, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+        ).hexdigest()
+        #: (inode, mtime, size) of the state file as last read or written: a change by another process shows
+        self._state_stamp: tuple[int, int, int] | None = None
         self._load(raw)
+        if state_file is not None:
+            self._restore()
 
     # ------------------------------------------------------------------ state from the fixture
 
@@ -507,8 +539,135 @@ class ActitoSandbox:
             self._in_flight: dict[str, int] = {}
             self._clock_offset = 0.0
             self._next_profile = next_profile
-            self._next_execution = 1001
+            self._next_execution = _FIRST_EXECUTION_ID
             del self.request_log[:]
+
+    # ------------------------------------------------------------------ state file
+
+    def _restore(self) -> None:
+        """Load the state file over the fixture's state, if it exists and is this fixture's.
+
+        Any problem (unreadable, another fixture, another layout, inconsistent content) leaves the
+        fixture's state and says so in a log line; the file is then replaced at the next change.
+        The execution counter is carried over in every case, so execution ids never repeat."""
+        path = cast(Path, self._state_file)
+        try:
+            text = path.read_text(encoding="utf-8")
+            self._state_stamp = _stamp(path)
+        except FileNotFoundError:
+            log.info("actito sandbox: no state file %s yet: starting from the fixture", path)
+            return
+        except OSError as exc:
+            log.warning("actito sandbox: cannot read state file %s (%s): starting from the fixture", path, exc)
+            return
+        try:
+            saved = json.loads(text)
+        except ValueError as exc:
+            log.warning("actito sandbox: state file %s is not JSON (%s): starting from the fixture", path, exc)
+            return
+        if not isinstance(saved, dict):
+            log.warning("actito sandbox: state file %s is not a JSON object: starting from the fixture", path)
+            return
+        counter = saved.get("nextExecutionId")
+        next_execution = counter if isinstance(counter, int) else _FIRST_EXECUTION_ID
+        if saved.get("version") != _STATE_VERSION or saved.get("fixture") != self._fingerprint:
+            log.warning("actito sandbox: state file %s was saved for another fixture: starting empty, "
+                        "from the fixture (the file is replaced at the next change)", path)
+        else:
+            try:
+                with self._lock:
+                    self._apply_saved(saved)
+            except (KeyError, TypeError, ValueError, AttributeError) as exc:
+                log.warning("actito sandbox: state file %s is inconsistent (%s: %s): starting from the fixture",
+                            path, type(exc).__name__, exc)
+                self._load(self._fixture)
+            else:
+                log.info("actito sandbox: state restored from %s", path)
+        with self._lock:
+            self._next_execution = max(self._next_execution, next_execution)
+
+    def _apply_saved(self, saved: Mapping[str, Any]) -> None:
+        """Replace the mutable state by the saved one (caller holds the lock; raises on bad content)."""
+        for name, data in saved["entities"].items():
+            entity = self._entities[name]
+            for table_id, profiles in data["profileTables"].items():
+                table = entity.profile_tables[table_id]
+                table.profiles = {}
+                table.index = {attribute: {} for attribute in table.index}
+                for raw in profiles:
+                    subscriptions = {str(k): bool(v) for k, v in raw["subscriptions"].items()}
+                    profile = _Profile(int(raw["profileId"]), {}, subscriptions,
+                                       str(raw["creationMoment"]), str(raw["updateMoment"]))
+                    table.store(profile, dict(raw["attributes"]))
+            for table_id, records in data["customTables"].items():
+                custom = entity.custom_tables[table_id]
+                custom.records = {record[custom.primary_key]: dict(record) for record in records}
+            entity.executions = [_restored_execution(name, raw) for raw in data["executions"]]
+        # an import still pending when the state was saved starts its processing time again
+        self._pending = [e for entity in self._entities.values() for e in entity.executions if e.final is None]
+        self._next_profile = int(saved["nextProfileId"])
+        self._revoked = {str(key) for key in saved["revokedKeys"]}
+        self._imports_today = {
+            (str(item["entity"]), str(item["table"]), str(item["day"])): int(item["count"])
+            for item in saved["importsToday"]
+        }
+
+    def _save(self) -> None:
+        """Write the state file, atomically: a private temporary file, then ``os.replace``.
+
+        Caller holds the lock. A failure is logged, not raised: the state in memory stays right
+        and the next change tries again."""
+        path = self._state_file
+        if path is None:
+            return
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            current = _stamp(path)
+            if current is not None and current != self._state_stamp:
+                log.warning("actito sandbox: state file %s was changed by another process: overwriting it "
+                            "(the changes made there are lost)", path)
+            fd, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+            try:
+                with os.fdopen(fd, "w", encoding="utf-8") as out:
+                    os.chmod(temporary, 0o600)  # mkstemp's mode already; said again, as the file's contract
+                    json.dump(self._snapshot(), out, ensure_ascii=False, separators=(",", ":"))
+                    out.flush()
+                    os.fsync(out.fileno())
+                os.replace(temporary, path)
+            except BaseException:
+                with contextlib.suppress(OSError):
+                    os.unlink(temporary)
+                raise
+            self._state_stamp = _stamp(path)
+        except OSError as exc:
+            log.warning("actito sandbox: cannot save state file %s: %s", path, exc)
+
+    def _snapshot(self) -> dict[str, Any]:
+        """The mutable state as plain JSON (caller holds the lock). Shares the live values: dump it at once."""
+        today = datetime.fromtimestamp(self._now(), UTC).date().isoformat()
+        return {
+            "version": _STATE_VERSION,
+            "fixture": self._fingerprint,
+            "savedAt": _moment(self._now()),
+            "nextProfileId": self._next_profile,
+            "nextExecutionId": self._next_execution,
+            "revokedKeys": sorted(self._revoked),
+            # only today's and later budgets can still refuse anything
+            "importsToday": [
+                {"entity": entity, "table": table, "day": day, "count": count}
+                for (entity, table, day), count in sorted(self._imports_today.items())
+                if day >= today
+            ],
+            "entities": {
+                name: {
+                    "profileTables": {t.id: [p.view() for p in t.profiles.values()]
+                                      for t in entity.profile_tables.values()},
+                    "customTables": {t.id: list(t.records.values()) for t in entity.custom_tables.values()},
+                    "executions": [_saved_execution(e) for e in entity.executions],
+                }
+                for name, entity in self._entities.items()
+            },
+        }
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -636,6 +795,7 @@ class ActitoSandbox:
         """The key and every token obtained with it now get 401."""
         with self._lock:
             self._revoked.add(api_key)
+            self._save()
 
     def advance_clock(self, seconds: float) -> None:
         """Move the sandbox clock (token expiry, daily import budget) forward; real time is untouched."""
@@ -643,8 +803,14 @@ class ActitoSandbox:
             self._clock_offset += seconds
 
     def reset(self) -> None:
-        """Back to the fixture: no profiles or executions beyond it, no faults, no tokens, clock restored."""
-        self._load(self._fixture)
+        """Back to the fixture: no profiles or executions beyond it, no faults, no tokens, clock restored.
+
+        Execution ids keep counting (an id is never given twice), and the state file, if any, is rewritten."""
+        with self._lock:
+            next_execution = self._next_execution
+            self._load(self._fixture)
+            self._next_execution = next_execution
+            self._save()
 
     # ------------------------------------------------------------------ internals: time, lookups
 
@@ -984,6 +1150,7 @@ class ActitoSandbox:
             self._next_execution += 1
             entity.executions.append(execution)
             self._pending.append(execution)
+            self._save()  # the execution and the day's budget it used outlive this process
         location = f"{self.url}/mass-imports/v5/entities/{entity.name}/etl-executions/{execution.id}"
         return _Response(201, {"id": execution.id, "reference": reference, "status": "PENDING"},
                          {"Location": location})
@@ -1070,7 +1237,9 @@ class ActitoSandbox:
     def _settle(self) -> None:
         """Apply, oldest first, every execution whose processing time is over (caller holds the lock)."""
         now = time.monotonic()
+        applied = False
         while self._pending and now - self._pending[0].started >= self.processing_seconds:
+            applied = True
             execution = self._pending.pop(0)
             try:
                 self._apply(execution)
@@ -1079,6 +1248,8 @@ class ActitoSandbox:
                 execution.final = "ERROR"
                 execution.errors = [{"line": 0, "column": None, "value": None, "message": "sandbox internal error"}]
                 execution.message = f"sandbox internal error: {type(exc).__name__}: {exc}"
+        if applied:
+            self._save()
 
     def _apply(self, execution: _Execution) -> None:
         entity = self._entities[execution.entity]
@@ -1627,6 +1798,55 @@ def _moment(seconds: float) -> str:
     return datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%d %H:%M:%S")
 
 
+# ---------------------------------------------------------------------------------------- state file
+
+
+def _stamp(path: Path) -> tuple[int, int, int] | None:
+    """What tells one version of a file from the next: os.replace gives each save a new inode."""
+    try:
+        stat = path.stat()
+    except FileNotFoundError:
+        return None
+    return (stat.st_ino, stat.st_mtime_ns, stat.st_size)
+
+
+def _saved_execution(execution: _Execution) -> dict[str, Any]:
+    """An execution as the state file keeps it; the file of one still pending goes along (base64)."""
+    return {
+        "id": execution.id,
+        "reference": execution.reference,
+        "definition": dataclasses.asdict(execution.definition),
+        "etlId": execution.etl_id,
+        "fileName": execution.file_name,
+        "createdAt": execution.created_at,
+        "final": execution.final,
+        "counts": execution.counts,
+        "errors": execution.errors,
+        "message": execution.message,
+        "payload": None if execution.payload is None else base64.b64encode(execution.payload).decode("ascii"),
+    }
+
+
+def _restored_execution(entity: str, raw: Mapping[str, Any]) -> _Execution:
+    payload = raw["payload"]
+    final = raw["final"]
+    return _Execution(
+        id=str(raw["id"]),
+        entity=entity,
+        reference=None if raw["reference"] is None else str(raw["reference"]),
+        definition=_Definition(**raw["definition"]),
+        etl_id=None if raw["etlId"] is None else str(raw["etlId"]),
+        file_name=str(raw["fileName"]),
+        created_at=str(raw["createdAt"]),
+        started=time.monotonic(),
+        payload=None if payload is None else base64.b64decode(payload, validate=True),
+        final=None if final is None else str(final),
+        counts={str(k): int(v) for k, v in raw["counts"].items()},
+        errors=[dict(error) for error in raw["errors"]],
+        message=None if raw["message"] is None else str(raw["message"]),
+    )
+
+
 # ---------------------------------------------------------------------------------------- definitions
 
 
@@ -1879,7 +2099,7 @@ _ROUTES: list[tuple[re.Pattern[str], dict[str, str]]] = [
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m etl.actito.sandbox --port 8765 [--fixture F]``: serve until SIGINT or SIGTERM."""
+    """``python -m etl.actito.sandbox --port 8765 [--fixture F] [--state-file S]``: serve until SIGINT or SIGTERM."""
     parser = argparse.ArgumentParser(
         prog="python -m etl.actito.sandbox",
         description="Run the Actito sandbox (Actito's API as docs/actito-wire.md describes it) on loopback.",
@@ -1889,10 +2109,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--fixture", type=Path, default=None, help=f"fixture JSON (default {DEFAULT_FIXTURE.name})")
     parser.add_argument("--processing-seconds", type=float, default=0.2,
                         help="real time an import takes from PENDING to its final status (default 0.2)")
+    parser.add_argument("--state-file", type=Path, default=None,
+                        help="keep the state (profiles, records, executions, counters) in this JSON file across "
+                             "restarts (default: none, every start is empty)")
     args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")  # the state file's lines; a no-op under the CLI
     try:
         sandbox = ActitoSandbox(args.fixture, host=args.host, port=args.port,
-                                processing_seconds=args.processing_seconds)
+                                processing_seconds=args.processing_seconds, state_file=args.state_file)
         url = sandbox.start()
     except (OSError, ValueError) as exc:
         print(f"actito sandbox: {exc}", file=sys.stderr)
@@ -1909,6 +2133,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             for key, licence in sandbox._keys.items():
                 entities = ", ".join(e.name for e in sandbox._entities.values() if e.licence == licence)
                 print(f"API key: {key}  (licence {licence}, entities: {entities})", flush=True)
+        if args.state_file is not None:
+            print(f"State file: {args.state_file}", flush=True)
         print("Stop with Ctrl-C.", flush=True)
         while not stop.wait(0.5):
             pass
