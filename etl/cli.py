@@ -12,8 +12,11 @@ import argparse
 import json
 import logging
 import os
+import signal
 import sys
+import threading
 from datetime import date
+from pathlib import Path
 from collections.abc import Sequence
 from typing import Any, TextIO
 
@@ -92,6 +95,25 @@ def build_parser() -> argparse.ArgumentParser:
     )
     check.add_argument("destination", metavar="DESTINATION")
 
+    schedule = commands.add_parser(
+        "schedule", parents=[common], help="run the scheduler daemon (SIGTERM stops, SIGHUP reloads)"
+    )
+    schedule.add_argument("--preview", action="store_true", help="print each activation's next run times and exit")
+    schedule.add_argument("--count", type=int, default=5, help="run times to preview (default 5)")
+
+    k8s = commands.add_parser("k8s", parents=[common], help="Kubernetes CronJob manifests (YAML on stdout)")
+    k8s.add_argument("names", nargs="*", metavar="NAME")
+    k8s.add_argument("--all", action="store_true", help="every activation with a schedule")
+    k8s.add_argument("--image", default="audience-sync:latest")
+    k8s.add_argument("--namespace")
+    k8s.add_argument("--secret", default="audience-sync", help="the Secret holding one key per ${VAR}")
+    k8s.add_argument("--state-claim", help="PersistentVolumeClaim for the state directory (ledger, snapshots)")
+    k8s.add_argument("--all-secrets", action="store_true", help="give every pod every variable the file references")
+    k8s.add_argument("--with-config", action="store_true", help="also emit the ConfigMap of schedules.toml and sql/")
+
+    report = commands.add_parser("report", parents=[common], help="a static HTML page of recent runs and sizes")
+    report.add_argument("--output", "-o", default="audience-sync-report.html")
+
     sandbox = commands.add_parser(
         "sandbox", parents=[common], help="run the Actito sandbox (an emulator on loopback) in the foreground"
     )
@@ -141,6 +163,10 @@ def _dispatch(args: argparse.Namespace) -> int:
         options += ["--fixture", args.fixture] if args.fixture else []
         options += ["--state-file", args.state_file] if args.state_file else []
         return sandbox.main(options)
+    if args.command == "schedule":  # loads (and reloads) the configuration itself
+        from etl.scheduler import main as schedule_main
+
+        return schedule_main(Path(args.config) if args.config else None, preview=args.preview, count=args.count)
     config = load_config(args.config)
     if args.command == "validate":
         print(f"{config.source}: ok — {len(config.activations)} activations, "
@@ -160,6 +186,17 @@ def _dispatch(args: argparse.Namespace) -> int:
         _require(config, [args.name], kind="audience")
         print(setup_sheet(config, args.name))
         return EXIT_OK
+    if args.command == "k8s":
+        return _k8s(config, args)
+    if args.command == "report":
+        from etl.report import write_report
+
+        store = open_store(config)
+        try:
+            print(write_report(config, store, Path(args.output)))
+        finally:
+            store.close()
+        return EXIT_OK
     if args.command == "actito":
         from etl.actito.check import check_destination
 
@@ -167,6 +204,22 @@ def _dispatch(args: argparse.Namespace) -> int:
         print(report.text())
         return EXIT_OK if report.ok else EXIT_FAILED
     raise AssertionError(args.command)
+
+
+def _k8s(config: Config, args: argparse.Namespace) -> int:
+    from etl.k8s import K8sOptions, configmap_manifest, cronjob_manifests, render_yaml, scheduled_names
+
+    if args.all == bool(args.names):
+        raise ConfigError([("k8s", "name the activations, or pass --all (not both)")], source=config.source)
+    names = scheduled_names(config) if args.all else args.names
+    _require(config, names)
+    options = K8sOptions(image=args.image, namespace=args.namespace, secret_name=args.secret,
+                         state_volume_claim=args.state_claim, all_secrets=args.all_secrets)
+    manifests = cronjob_manifests(config, names, options)
+    if args.with_config:
+        manifests.insert(0, configmap_manifest(config, options))
+    print(render_yaml(manifests), end="")
+    return EXIT_OK
 
 
 def _require(config: Config, names: Sequence[str], *, kind: str | None = None) -> None:
@@ -195,12 +248,15 @@ def _run(config: Config, args: argparse.Namespace) -> int:
     progress = _Progress(sys.stderr) if sys.stderr.isatty() and not json_output else None
     store = open_store(config)
     outcomes: list[RunOutcome] = []
+    stop = _stop_on_sigterm()
     try:
         for name in names:
+            if stop.is_set():
+                break
             kind = config.activations[name].kind
             outcome = execute(
                 config, store, name, kind, job_for(kind),
-                dry_run=args.dry_run, progress=progress.update if progress else None,
+                dry_run=args.dry_run, progress=progress.update if progress else None, stop=stop,
             )
             if progress:
                 progress.clear()
@@ -211,9 +267,21 @@ def _run(config: Config, args: argparse.Namespace) -> int:
         store.close()
     if not json_output:
         print(_summary(outcomes))
+    if stop.is_set():
+        return EXIT_INTERRUPTED
     if any(o.status in ("failed", "interrupted") for o in outcomes):
         return EXIT_FAILED
     return EXIT_LOCKED if any(o.status == "locked" for o in outcomes) else EXIT_OK
+
+
+def _stop_on_sigterm() -> threading.Event:
+    """SIGTERM (a pod being stopped, `kill`) ends the current run at its next chunk, recorded as
+    interrupted with nothing delivered, and runs no further activation; as PID 1 in a container
+    Python would otherwise ignore it."""
+    stop = threading.Event()
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, lambda signum, frame: stop.set())
+    return stop
 
 
 class _Progress:

@@ -169,6 +169,29 @@ def _run_locked(
     )
     level = logging.INFO if status == "succeeded" else logging.ERROR
     log.log(level, "run %s%s", status, f": {error}" if error else "", extra={"fields": {**fields, **context.results}})
+    outcome = RunOutcome(activation, run_id, status, dry_run, duration, context.results, context.details, error)
+    announce(config, store, outcome)
     if status == "interrupted" and stop is None:  # Ctrl-C on a one-shot run ends the command too
         raise KeyboardInterrupt
-    return RunOutcome(activation, run_id, status, dry_run, duration, context.results, context.details, error)
+    return outcome
+
+
+def announce(config: Config, store: StateStore, outcome: RunOutcome) -> None:
+    """Alerts and metrics after every recorded run, whoever started it (CLI, cron, scheduler).
+    Neither may fail the run: problems are logged as warnings."""
+    from etl.alerts import alert_for, previous_status, send_alert
+    from etl.metrics import MetricsError, push, write_textfile
+
+    if outcome.run_id is None or outcome.dry_run:
+        return
+    alert = alert_for(outcome, previous_status(store, outcome.activation, outcome.run_id))
+    if alert is not None:
+        send_alert(config.alerts, alert)
+    metrics = config.metrics
+    if metrics.textfile is not None:
+        try:
+            write_textfile(metrics.model_copy(update={"textfile": config.path(metrics.textfile)}), [outcome], store)
+        except MetricsError as exc:
+            log.warning("metrics textfile not written: %s", exc.message())
+    if metrics.pushgateway_url:
+        push(metrics, [outcome], store)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import socket
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -113,7 +114,7 @@ class StateStore:
         self.url = url
         try:
             self.engine = sa.create_engine(url, pool_pre_ping=True)
-            metadata.create_all(self.engine)
+            _create_tables(self.engine)
         except SQLAlchemyError as exc:
             shown = sa.make_url(url).render_as_string(hide_password=True)
             raise StateError(
@@ -277,6 +278,21 @@ class StateStore:
 
     def _shown(self) -> str:
         return sa.make_url(self.url).render_as_string(hide_password=True)
+
+
+def _create_tables(engine: sa.Engine, attempts: int = 4) -> None:
+    """Create the ledger's tables, retried while another process creates them at the same moment:
+    measured, two scheduler replicas (or cron runs) starting together on an empty PostgreSQL ledger,
+    one failed with 'duplicate key value violates unique constraint "pg_type_typname_nsp_index"'."""
+    for attempt in range(1, attempts + 1):
+        try:
+            metadata.create_all(engine)
+            return
+        except (IntegrityError, sa.exc.ProgrammingError) as exc:
+            text = str(exc.orig)
+            if attempt == attempts or ("duplicate key" not in text and "already exists" not in text):
+                raise
+            time.sleep(0.3 * attempt)
 
 
 def _record(row: sa.RowMapping) -> RunRecord:

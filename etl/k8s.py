@@ -1,0 +1,524 @@
+"""Kubernetes CronJobs for the scheduled activations of a configuration.
+
+One ``batch/v1`` CronJob per activation runs the one-shot ``audience-sync run NAME`` in a fresh pod
+on the activation's schedule and time zone. The manifests carry what the notes on containers ask
+for: ``concurrencyPolicy: Forbid``, an explicit ``startingDeadlineSeconds`` (without it, 100 missed
+schedules stop a CronJob for good), ``restartPolicy: Never``, a small ``backoffLimit`` and a
+``podFailurePolicy`` keyed on the CLI's exit codes:
+
+* 2, a configuration error: ``FailJob`` (never retried, a retry cannot fix it);
+* 3, skipped because another process holds the activation's lock: ``Ignore`` (not a failure of this
+  run; the pod is replaced after the Job controller's back-off, so the run happens once the lock is
+  released, and the skip never uses up ``backoffLimit``);
+* 1, an activation failed: ``Count`` (retried up to ``backoffLimit``; a run is safe to repeat);
+* a pod evicted or preempted (condition ``DisruptionTarget``): ``Ignore``.
+
+The configuration file and every SQL file it references come from one ConfigMap, each mounted by
+``subPath`` at the place the file expects, under ``/etc/audience-sync``; secrets come from one Secret,
+as environment variables named like the ``${VAR}`` references of the TOML. The root filesystem is
+read-only: the state directory is a PersistentVolumeClaim (``state_volume_claim``) or else an
+emptyDir, which loses the ledger and the snapshots after every run (see docs/deploy.md).
+
+Anything that cannot become a working CronJob is refused with a ConfigError (exit code 2) that lists
+every problem, like the configuration loader does.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import posixpath
+import re
+import tomllib
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+import yaml
+
+from etl.config import AudienceActivation, Config, LocalLocation, parse_interval
+from etl.errors import ConfigError
+
+#: where the ConfigMap's files appear in the pod; relative paths of the configuration start here
+CONFIG_DIR = PurePosixPath("/etc/audience-sync")
+#: the ConfigMap key (and file name in the pod) of the configuration file, whatever its name locally
+CONFIG_KEY = "schedules.toml"
+CONTAINER_NAME = "audience-sync"
+#: the CLI's exit codes the pod failure policy is keyed on (etl.cli: EXIT_CONFIG, EXIT_LOCKED, EXIT_FAILED)
+EXIT_FAILED, EXIT_CONFIG, EXIT_LOCKED = 1, 2, 3
+#: a CronJob's name is at most 52 characters: its Jobs get an 11-character suffix
+MAX_NAME = 52
+#: the pod's user and group: any non-root id works, the image only needs to be world-readable
+RUN_AS = 10001
+SUCCESSFUL_JOBS_KEPT = 3
+FAILED_JOBS_KEPT = 5
+
+_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+_DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+_CONFIGMAP_KEY = re.compile(r"^[-._a-zA-Z0-9]+$")
+_QUANTITY = re.compile(r"^[0-9]+(\.[0-9]+)?(m|k|M|G|T|P|E|Ki|Mi|Gi|Ti|Pi|Ei)?$")
+
+
+@dataclass(frozen=True)
+class K8sOptions:
+    """What the manifests need beyond the configuration; the defaults suit a small audience."""
+
+    image: str = "audience-sync:latest"
+    namespace: str | None = None
+    #: the Secret holding one key per ``${VAR}`` the configuration references
+    secret_name: str = "audience-sync"
+    #: the ConfigMap holding ``schedules.toml`` and the SQL files (see configmap_manifest)
+    config_map: str = "audience-sync-config"
+    starting_deadline_seconds: int = 600
+    backoff_limit: int = 2
+    cpu_request: str = "250m"
+    memory_request: str = "256Mi"
+    memory_limit: str = "512Mi"
+    cpu_limit: str | None = None
+    #: a PersistentVolumeClaim for the state directory; without it the state dir is an emptyDir
+    state_volume_claim: str | None = None
+    #: hand the pod every variable the file references, not only the activation's own: needed while
+    #: ``audience-sync run`` interpolates the whole file, when other tables reference other variables
+    all_secrets: bool = False
+
+
+def scheduled_names(config: Config) -> list[str]:
+    """The activations a ``--all`` should turn into CronJobs: every one with a schedule (a disabled
+    activation becomes a suspended CronJob, so that applying the output with pruning keeps it)."""
+    return [name for name, activation in config.activations.items() if activation.schedule is not None]
+
+
+def cronjob_manifests(config: Config, names: Sequence[str], options: K8sOptions) -> list[dict[str, Any]]:
+    """One ``batch/v1`` CronJob per named activation, in the order given.
+
+    Raises ConfigError listing every problem: an unknown activation or one without a schedule, an
+    ``every`` interval that no cron expression repeats evenly, two names that map to the same
+    Kubernetes name, a membership audience without a persistent state volume, files the ConfigMap
+    cannot hold, variables the pod would miss, invalid options."""
+    problems = _option_problems(options)
+    raw = _raw_config(config)
+    files, file_problems = _config_files(config)
+    problems += file_problems
+    every_variable = _variables(raw)
+    seen: dict[str, str] = {}
+    manifests: list[dict[str, Any]] = []
+    for name in dict.fromkeys(names):  # keep the order, drop repeats
+        where = f"[activations.{name}]"
+        activation = config.activations.get(name)
+        if activation is None:
+            known = ", ".join(sorted(config.activations)) or "none"
+            problems.append((f"activation {name!r}", f"not in the configuration (known: {known})"))
+            continue
+        if activation.schedule is None:
+            problems.append((where, "has no schedule: add schedule = { cron = \"...\" } or { every = \"6h\" }"))
+            continue
+        k8s_name = cronjob_name(name)
+        if k8s_name in seen:
+            other = seen[k8s_name]
+            problems.append((where, f"its Kubernetes name {k8s_name!r} is also the one of [activations.{other}]: "
+                                    "rename one of them"))
+            continue
+        seen[k8s_name] = name
+        schedule = activation.schedule.cron
+        if schedule is not None and (problem := _cron_problem(schedule)) is not None:
+            problems.append((f"{where} schedule.cron", problem))
+            continue
+        if schedule is None:
+            every = activation.schedule.every or ""
+            schedule = every_as_cron(every)
+            if schedule is None:
+                problems.append((f"{where} schedule.every", _every_refusal(every)))
+                continue
+        if _needs_lasting_state(config, name) and options.state_volume_claim is None:
+            problems.append((where, 'delivery = "membership" compares each run with the members the previous run kept '
+                                    "in the state directory: on an emptyDir, members who leave would never be "
+                                    "removed. Give a PersistentVolumeClaim for it (--state-claim NAME)"))
+            continue
+        own = _activation_variables(raw, config, name)
+        if options.all_secrets:
+            variables = sorted(every_variable)
+        else:
+            variables = sorted(own)
+            if missing := {var: table for var, table in every_variable.items() if var not in own}:
+                listed = ", ".join(f"{var} ({table})" for var, table in sorted(missing.items()))
+                problems.append((where, f"`audience-sync run` reads the whole file, which also references {listed}: "
+                                        "the pod would stop with exit code 2 without them. Hand every pod every "
+                                        "variable (--all-secrets), or keep the other tables in another file"))
+                continue
+        manifests.append(_cronjob(config, name, k8s_name, schedule, variables, files, options))
+    if problems:
+        raise ConfigError(problems, source=config.source)
+    return manifests
+
+
+def configmap_manifest(config: Config, options: K8sOptions) -> dict[str, Any]:
+    """The ConfigMap the CronJobs mount: the configuration file under ``schedules.toml`` and each SQL
+    file it references under its file name. The file holds no secret (the loader refuses literal
+    secrets), so it can be a ConfigMap; equivalent to ``kubectl create configmap --from-file``."""
+    files, problems = _config_files(config)
+    if problems:
+        raise ConfigError(problems, source=config.source)
+    data = {CONFIG_KEY: _config_file(config).read_text(encoding="utf-8")}
+    for file in files:
+        data[file.key] = file.local.read_text(encoding="utf-8")
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": _metadata(options.config_map, options, {"app.kubernetes.io/name": "audience-sync"}),
+        "data": data,
+    }
+
+
+def render_yaml(manifests: list[dict[str, Any]]) -> str:
+    """Multi-document YAML (each document opened by ``---``), keys in the order they were built."""
+    if not manifests:
+        return ""
+    return str(yaml.dump_all(manifests, Dumper=_Dumper, explicit_start=True, sort_keys=False, allow_unicode=True,
+                             width=4096))
+
+
+class _Dumper(yaml.SafeDumper):
+    """Safe dumping that writes a repeated mapping out again instead of as an ``&id001`` anchor."""
+
+    def ignore_aliases(self, data: Any) -> bool:
+        return True
+
+
+# --------------------------------------------------------------------------- names and schedules
+
+
+def cronjob_name(activation: str) -> str:
+    """A DNS-1123 name for an activation's CronJob: lowercase, ``_`` and ``.`` become ``-``, at most 52
+    characters (a longer name is cut and ends with a hash of the whole name, so it stays unique)."""
+    name = re.sub(r"[^a-z0-9-]", "-", activation.lower()).strip("-") or "activation"
+    if len(name) > MAX_NAME:
+        digest = hashlib.sha256(activation.encode()).hexdigest()[:8]
+        name = f"{name[: MAX_NAME - len(digest) - 1].rstrip('-')}-{digest}"
+    return name
+
+
+def every_as_cron(every: str) -> str | None:
+    """The cron expression that repeats an interval, when one does: an interval that divides an hour
+    (``15m`` → ``*/15 * * * *``) or a day (``6h`` → ``0 */6 * * *``, ``1d`` → ``0 0 * * *``). Runs are
+    anchored on the hour, or on midnight of the time zone. None for any other interval (``45m``,
+    ``90m``, ``5h``, ``2d``, ``90s``), which a cron field cannot repeat evenly.
+
+    Cron times are wall-clock times in the CronJob's zone; the scheduler daemon counts an interval
+    shorter than a day in elapsed time, so across DST a ``2h``..``12h`` interval runs an hour apart
+    from the daemon's times for half of the year (whole days and sub-hour intervals agree)."""
+    seconds = parse_interval(every)
+    if seconds % 60:
+        return None
+    minutes = seconds // 60
+    if minutes < 60:
+        if 60 % minutes:
+            return None
+        return "* * * * *" if minutes == 1 else f"*/{minutes} * * * *"
+    if minutes % 60:
+        return None
+    hours = minutes // 60
+    if hours == 24:
+        return "0 0 * * *"
+    if hours > 24 or 24 % hours:
+        return None
+    return "0 * * * *" if hours == 1 else f"0 */{hours} * * *"
+
+
+_CRON_NAMES = frozenset(
+    "jan feb mar apr may jun jul aug sep oct nov dec sun mon tue wed thu fri sat".split()
+)
+
+
+def _cron_problem(cron: str) -> str | None:
+    """What Kubernetes would refuse in a cron expression the configuration accepts: APScheduler also
+    reads ``last`` (the last day of the month), which Kubernetes' cron parser does not know."""
+    words = {word.lower() for word in re.findall(r"[A-Za-z]+", cron)}
+    if unknown := sorted(words - _CRON_NAMES):
+        return (f"{cron!r} uses {', '.join(unknown)}, which Kubernetes cron schedules do not support: "
+                "use numbers, month names (jan) and day names (mon) only")
+    return None
+
+
+def _every_refusal(every: str) -> str:
+    return (f"every = {every!r} cannot be a Kubernetes schedule: a cron expression only repeats an interval that "
+            "divides an hour (1m, 2m, 3m, 4m, 5m, 6m, 10m, 12m, 15m, 20m, 30m) or a day (1h, 2h, 3h, 4h, 6h, 8h, "
+            "12h, 1d). Use one of those, or write cron = \"M H DoM Mon DoW\"")
+
+
+# --------------------------------------------------------------------------- the CronJob
+
+
+def _cronjob(config: Config, name: str, k8s_name: str, schedule: str, variables: list[str],
+             files: list[_File], options: K8sOptions) -> dict[str, Any]:
+    activation = config.activations[name]
+    assert activation.schedule is not None
+    labels = {
+        "app.kubernetes.io/name": "audience-sync",
+        "app.kubernetes.io/component": "activation",
+        "audience-sync/activation": k8s_name,
+    }
+    annotations = {"audience-sync/activation": name}
+    if activation.schedule.every is not None:
+        annotations["audience-sync/every"] = activation.schedule.every
+    volumes, mounts = _volumes(config, name, files, options)
+    container: dict[str, Any] = {
+        "name": CONTAINER_NAME,
+        "image": options.image,
+        "command": ["audience-sync", "--log-format", "json", "--config", str(CONFIG_DIR / CONFIG_KEY), "run", name],
+        # paths some settings read relative to the working directory then mean the same as on a server
+        "workingDir": str(CONFIG_DIR),
+    }
+    if variables:
+        container["env"] = [
+            {"name": var, "valueFrom": {"secretKeyRef": {"name": options.secret_name, "key": var}}}
+            for var in variables
+        ]
+    limits = {"memory": options.memory_limit}
+    if options.cpu_limit is not None:
+        limits["cpu"] = options.cpu_limit
+    container["resources"] = {
+        "requests": {"cpu": options.cpu_request, "memory": options.memory_request},
+        "limits": limits,
+    }
+    container["securityContext"] = {
+        "allowPrivilegeEscalation": False,
+        "readOnlyRootFilesystem": True,
+        "runAsNonRoot": True,
+        "capabilities": {"drop": ["ALL"]},
+    }
+    container["volumeMounts"] = mounts
+    pod_spec: dict[str, Any] = {
+        "restartPolicy": "Never",
+        "automountServiceAccountToken": False,
+        # a one-shot run gets its shutdown grace to finish, then some time to record how it ended
+        "terminationGracePeriodSeconds": config.settings.shutdown_grace_seconds + 30,
+        "securityContext": {
+            "runAsNonRoot": True,
+            "runAsUser": RUN_AS,
+            "runAsGroup": RUN_AS,
+            "fsGroup": RUN_AS,
+            "fsGroupChangePolicy": "OnRootMismatch",
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+        "containers": [container],
+        "volumes": volumes,
+    }
+    job_spec = {
+        "backoffLimit": options.backoff_limit,
+        "podFailurePolicy": {"rules": _pod_failure_rules()},
+        "template": {"metadata": {"labels": dict(labels)}, "spec": pod_spec},
+    }
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "CronJob",
+        "metadata": _metadata(k8s_name, options, labels, annotations),
+        "spec": {
+            "schedule": schedule,
+            "timeZone": activation.schedule.timezone,
+            "concurrencyPolicy": "Forbid",
+            "startingDeadlineSeconds": options.starting_deadline_seconds,
+            "successfulJobsHistoryLimit": SUCCESSFUL_JOBS_KEPT,
+            "failedJobsHistoryLimit": FAILED_JOBS_KEPT,
+            "suspend": not activation.enabled,
+            "jobTemplate": {"metadata": {"labels": dict(labels)}, "spec": job_spec},
+        },
+    }
+
+
+def _pod_failure_rules() -> list[dict[str, Any]]:
+    def on_exit(code: int) -> dict[str, Any]:
+        return {"containerName": CONTAINER_NAME, "operator": "In", "values": [code]}
+
+    return [
+        # a configuration error: the next attempt would read the same file
+        {"action": "FailJob", "onExitCodes": on_exit(EXIT_CONFIG)},
+        # evicted, preempted, node drained: not the run's fault
+        {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]},
+        # skipped, another process holds the lock: nothing was done, try again once it is released
+        {"action": "Ignore", "onExitCodes": on_exit(EXIT_LOCKED)},
+        # an activation failed: retried up to backoffLimit (the default for any other exit code too)
+        {"action": "Count", "onExitCodes": on_exit(EXIT_FAILED)},
+    ]
+
+
+def _metadata(name: str, options: K8sOptions, labels: dict[str, str],
+              annotations: dict[str, str] | None = None) -> dict[str, Any]:
+    metadata: dict[str, Any] = {"name": name}
+    if options.namespace is not None:
+        metadata["namespace"] = options.namespace
+    metadata["labels"] = dict(labels)
+    if annotations:
+        metadata["annotations"] = dict(annotations)
+    return metadata
+
+
+# --------------------------------------------------------------------------- files and volumes
+
+
+@dataclass(frozen=True)
+class _File:
+    key: str  # in the ConfigMap
+    local: Path  # where it is now
+    pod: PurePosixPath  # where the configuration expects it in the pod
+
+
+def _pod_path(path: Path) -> PurePosixPath:
+    """Where a path of the configuration points in the pod, whose configuration dir is CONFIG_DIR."""
+    text = path.as_posix()
+    return PurePosixPath(posixpath.normpath(text if path.is_absolute() else f"{CONFIG_DIR}/{text}"))
+
+
+def _config_files(config: Config) -> tuple[list[_File], list[tuple[str, str]]]:
+    """Every SQL file the configuration references (the loader checks them all, whichever activation runs)."""
+    files: dict[str, _File] = {}
+    problems: list[tuple[str, str]] = []
+    for name, activation in config.activations.items():
+        file = _File(activation.sql.name, config.path(activation.sql), _pod_path(activation.sql))
+        where = f"[activations.{name}] sql"
+        if not _CONFIGMAP_KEY.match(file.key) or file.key == CONFIG_KEY:
+            problems.append((where, f"{file.key!r} cannot be a ConfigMap key: name SQL files with letters, digits, "
+                                    "'-', '_' and '.' only"))
+        elif file.key in files and files[file.key].pod != file.pod:
+            problems.append((where, f"two SQL files are named {file.key!r} ({files[file.key].pod} and {file.pod}): "
+                                    "ConfigMap keys are file names, rename one"))
+        else:
+            files[file.key] = file
+    return list(files.values()), problems
+
+
+def _volumes(config: Config, name: str, files: list[_File],
+             options: K8sOptions) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    items = [{"key": CONFIG_KEY, "path": CONFIG_KEY}] + [{"key": f.key, "path": f.key} for f in files]
+    volumes: list[dict[str, Any]] = [{"name": "config", "configMap": {"name": options.config_map, "items": items}}]
+    # each file by subPath: a volume mounted inside a ConfigMap volume cannot be created (it is read-only),
+    # and the state directory is usually relative to the configuration file
+    mounts: list[dict[str, Any]] = [
+        {"name": "config", "mountPath": str(CONFIG_DIR / CONFIG_KEY), "subPath": CONFIG_KEY, "readOnly": True}
+    ] + [{"name": "config", "mountPath": str(f.pod), "subPath": f.key, "readOnly": True} for f in files]
+
+    state_dir = _pod_path(config.settings.state_dir)
+    if options.state_volume_claim is not None:
+        volumes.append({"name": "state", "persistentVolumeClaim": {"claimName": options.state_volume_claim}})
+    else:
+        volumes.append({"name": "state", "emptyDir": {}})
+    mounts.append({"name": "state", "mountPath": str(state_dir)})
+    volumes.append({"name": "tmp", "emptyDir": {}})
+    mounts.append({"name": "tmp", "mountPath": "/tmp"})
+    for volume, path in _scratch_dirs(config, name):
+        if path.is_relative_to(state_dir):
+            continue
+        volumes.append({"name": volume, "emptyDir": {}})
+        mounts.append({"name": volume, "mountPath": str(path)})
+    return volumes, mounts
+
+
+def _scratch_dirs(config: Config, name: str) -> Iterator[tuple[str, PurePosixPath]]:
+    """Directories outside the state dir the run writes to, on the read-only root filesystem."""
+    activation = config.activations[name]
+    _, warehouse = config.warehouse_for(name)
+    url = warehouse.url.get_secret_value()
+    database = url[len("sqlite:///"):]
+    if warehouse.demo and url.startswith("sqlite:///") and database and not database.startswith(":memory:"):
+        # the demo database is built on first use, next to where the URL points
+        yield "demo-warehouse", _pod_path(Path(database)).parent
+    destination = config.destinations[activation.destination]
+    if (isinstance(activation, AudienceActivation) and activation.delivery == "file"
+            and isinstance(destination.files, LocalLocation)):
+        # a local "file transfer location" in a pod is only a placeholder: see docs/deploy.md
+        yield "outbox", _pod_path(destination.files.path)
+    if config.metrics.textfile is not None:
+        # read relative to the working directory, which is CONFIG_DIR in the pod
+        yield "metrics", _pod_path(config.metrics.textfile).parent
+
+
+def _needs_lasting_state(config: Config, name: str) -> bool:
+    """Whether a run is wrong, not only slower, when the previous run's snapshot is gone."""
+    activation = config.activations[name]
+    return isinstance(activation, AudienceActivation) and activation.delivery == "membership"
+
+
+# --------------------------------------------------------------------------- secrets
+
+
+def _config_file(config: Config) -> Path:
+    return config.base_dir / Path(config.source).name
+
+
+def _raw_config(config: Config) -> dict[str, Any]:
+    """The file as written, ``${VAR}`` references intact (the loaded configuration holds their values)."""
+    file = _config_file(config)
+    try:
+        return tomllib.loads(file.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError([(str(file), f"cannot read the configuration again: {exc}")], source=config.source) from None
+
+
+def _references(node: Any) -> Iterator[str]:
+    if isinstance(node, dict):
+        for value in node.values():
+            yield from _references(value)
+    elif isinstance(node, list):
+        for item in node:
+            yield from _references(item)
+    elif isinstance(node, str):
+        yield from _VAR.findall(node)
+
+
+def _tables(raw: dict[str, Any]) -> Iterator[tuple[str, Any]]:
+    for key, value in raw.items():
+        if key in ("warehouses", "destinations", "activations") and isinstance(value, dict):
+            for name, table in value.items():
+                yield f"[{key}.{name}]", table
+        else:
+            yield f"[{key}]", value
+
+
+def _variables(raw: dict[str, Any]) -> dict[str, str]:
+    """Every variable the file references, with the first table that does."""
+    found: dict[str, str] = {}
+    for table, node in _tables(raw):
+        for var in _references(node):
+            found.setdefault(var, table)
+    return found
+
+
+def _activation_variables(raw: dict[str, Any], config: Config, name: str) -> set[str]:
+    """The variables one activation's run uses: its own table, its warehouse, its destination, and the
+    tables every run reads ([settings], [alerts], [metrics])."""
+    warehouse, _ = config.warehouse_for(name)
+    nodes = [
+        raw.get("settings"), raw.get("alerts"), raw.get("metrics"),
+        (raw.get("warehouses") or {}).get(warehouse),
+        (raw.get("destinations") or {}).get(config.activations[name].destination),
+        (raw.get("activations") or {}).get(name),
+    ]
+    return {var for node in nodes for var in _references(node)}
+
+
+def secret_variables(config: Config, name: str) -> list[str]:
+    """The Secret keys an activation's pod receives as environment variables (without all_secrets)."""
+    return sorted(_activation_variables(_raw_config(config), config, name))
+
+
+# --------------------------------------------------------------------------- options
+
+
+def _option_problems(options: K8sOptions) -> list[tuple[str, str]]:
+    problems: list[tuple[str, str]] = []
+    if not options.image.strip():
+        problems.append(("k8s image", "an image is needed"))
+    names = {"namespace": options.namespace, "secret_name": options.secret_name,
+             "config_map": options.config_map, "state_volume_claim": options.state_volume_claim}
+    for option, value in names.items():
+        if value is not None and (len(value) > 253 or not _DNS_SUBDOMAIN.match(value)):
+            problems.append((f"k8s {option}", f"{value!r} is not a Kubernetes name (lowercase letters, digits, '-')"))
+    if options.starting_deadline_seconds < 10:
+        problems.append(("k8s starting_deadline_seconds", "at least 10: below, Kubernetes may never start the Job"))
+    if options.backoff_limit < 0:
+        problems.append(("k8s backoff_limit", "0 or more"))
+    quantities = {"cpu_request": options.cpu_request, "memory_request": options.memory_request,
+                  "memory_limit": options.memory_limit, "cpu_limit": options.cpu_limit}
+    for option, value in quantities.items():
+        if value is not None and not _QUANTITY.match(value):
+            problems.append((f"k8s {option}", f"{value!r} is not a Kubernetes quantity (e.g. 250m, 0.5, 512Mi, 1Gi)"))
+    return problems
