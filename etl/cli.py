@@ -63,6 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("names", nargs="*", metavar="NAME")
     run.add_argument("--all", action="store_true", help="every enabled activation")
     run.add_argument("--dry-run", action="store_true", help="write the files locally, deliver nothing")
+    run.add_argument("--force", action="store_true", help="deliver even if a safety guard (max_shrink) objects")
 
     preview = commands.add_parser(
         "preview", parents=[common], help="counts and first identifiers of an audience, nothing written"
@@ -256,7 +257,7 @@ def _run(config: Config, args: argparse.Namespace) -> int:
             kind = config.activations[name].kind
             outcome = execute(
                 config, store, name, kind, job_for(kind),
-                dry_run=args.dry_run, progress=progress.update if progress else None, stop=stop,
+                dry_run=args.dry_run, progress=progress.update if progress else None, stop=stop, force=args.force,
             )
             if progress:
                 progress.clear()

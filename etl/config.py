@@ -260,6 +260,9 @@ class AudienceActivation(ActivationBase):
     #: "membership": members who entered or left since the last run are imported into a custom table
     delivery: Literal["file", "membership"] = "file"
     membership_table: str = "audience_members"
+    #: refuse to deliver when the audience falls by more than this share of the last delivered run
+    #: (1 turns the guard off); an empty audience after a non-empty one is always refused; `run --force` overrides
+    max_shrink: float = Field(default=0.5, ge=0, le=1)
 
 
 ImportMode = Literal["CREATE_UPDATE", "UPDATE_ONLY", "CREATE_ONLY"]

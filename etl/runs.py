@@ -57,6 +57,8 @@ class RunContext:
     details: dict[str, Any] = field(default_factory=dict)
     #: set by a scheduler shutting down: the run stops at its next chunk, recorded as interrupted
     stop: threading.Event | None = None
+    #: `run --force`: deliver even when a safety guard (e.g. the shrink guard) would stop the run
+    force: bool = False
 
     def tick(self, counts: dict[str, int]) -> None:
         """Called between chunks: report progress, and stop here if asked to (nothing is delivered then)."""
@@ -108,6 +110,7 @@ def execute(
     progress: Callable[[str, dict[str, int]], None] | None = None,
     now: datetime | None = None,
     stop: threading.Event | None = None,
+    force: bool = False,
 ) -> RunOutcome:
     """Run ``body`` under the activation's lock and record it; never raises for a failed run."""
     started_at = now or datetime.now(UTC)
@@ -116,32 +119,20 @@ def execute(
     began = time.perf_counter()
     try:
         with store.lock(activation, ttl):
-            return _run_locked(
-                config, store, activation, kind, body, run_id, started_at, dry_run, progress, began, stop
-            )
+            context = RunContext(config, activation, run_id, started_at, dry_run,
+                                 config.state_dir / "runs" / activation / run_id, stop=stop, force=force)
+            if progress is not None:
+                context.progress = progress
+            return _run_locked(context, store, kind, body, began)
     except LockBusy as busy:
         log.warning(busy.message(), extra={"fields": {"activation": activation}})
         return RunOutcome(activation, None, "locked", dry_run, 0.0, {}, {}, busy.message())
 
 
-def _run_locked(
-    config: Config,
-    store: StateStore,
-    activation: str,
-    kind: str,
-    body: JobBody,
-    run_id: str,
-    started_at: datetime,
-    dry_run: bool,
-    progress: Callable[[str, dict[str, int]], None] | None,
-    began: float,
-    stop: threading.Event | None,
-) -> RunOutcome:
-    run_dir = config.state_dir / "runs" / activation / run_id
-    context = RunContext(config, activation, run_id, started_at, dry_run, run_dir, stop=stop)
-    if progress is not None:
-        context.progress = progress
-    store.start_run(run_id, activation, kind, dry_run=dry_run, started_at=started_at.replace(tzinfo=None))
+def _run_locked(context: RunContext, store: StateStore, kind: str, body: JobBody, began: float) -> RunOutcome:
+    config, activation, run_id, dry_run = context.config, context.activation, context.run_id, context.dry_run
+    run_dir, stop = context.run_dir, context.stop
+    store.start_run(run_id, activation, kind, dry_run=dry_run, started_at=context.started_at.replace(tzinfo=None))
     fields = {"activation": activation, "run_id": run_id}
     status, error = "succeeded", None
     try:

@@ -18,7 +18,8 @@ from etl.config import AudienceActivation, Config
 from etl.delivery.factory import open_deliverer
 from etl.extract import activation_batches, local_time
 from etl.files import CsvFileWriter, RejectWriter, WrittenFile, final_file_name, name_matcher, write_manifest
-from etl.runs import RunContext
+from etl.errors import AudienceSyncError
+from etl.runs import RunContext, open_store
 from etl.transform import HEADER, AudienceCleaner, AudienceCounts, CleanBatch
 
 KIND = "audience"
@@ -81,6 +82,7 @@ def run(context: RunContext) -> None:
     )
     if context.dry_run:
         return
+    check_shrink(context, activation, sum(f.rows for f in written))
     if activation.delivery == "membership":
         from jobs.membership import deliver_membership  # loads the Actito client only when needed
 
@@ -88,6 +90,34 @@ def run(context: RunContext) -> None:
         return
     _deliver(context, [f.path for f in written] + [manifest_path], pattern)
     context.results["rows_delivered"] = sum(f.rows for f in written)
+
+
+class GuardStop(AudienceSyncError):
+    """A safety guard refused to deliver; the previous delivered audience stays in place."""
+
+
+def check_shrink(context: RunContext, activation: AudienceActivation, size: int) -> None:
+    """An audience that suddenly shrinks is far more often a broken query or source table than a real
+    change, and delivering it would drop those people from every campaign that targets it."""
+    if context.force:
+        return
+    store = open_store(context.config)
+    try:
+        last = store.last_success(context.activation)
+    finally:
+        store.close()
+    previous = last.rows_delivered if last and last.rows_delivered else 0
+    if not previous:
+        return
+    floor = previous * (1 - activation.max_shrink)
+    if size > 0 and (activation.max_shrink >= 1 or size >= floor):
+        return
+    reason = (f"the audience fell from {previous:,} to {size:,} rows"
+              + ("" if size == 0 else f" ({(previous - size) / previous:.0%}, more than the "
+                                      f"{activation.max_shrink:.0%} allowed by max_shrink)"))
+    context.details["guard"] = {"name": "max_shrink", "reason": reason}
+    raise GuardStop(f"not delivered: {reason}", where=context.activation,
+                    hint="check the query and its source tables; if the change is real, run again with --force")
 
 
 def _write_audience(
