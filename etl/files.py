@@ -45,6 +45,7 @@ import io
 import json
 import os
 import re
+import tempfile
 import zipfile
 from collections.abc import Sequence, Callable, Mapping
 from dataclasses import dataclass
@@ -686,25 +687,27 @@ def final_file_name(pattern: str, when: datetime, compression: Compression) -> s
 
 
 def write_manifest(path: Path, manifest: Mapping[str, object]) -> None:
-    """Write ``manifest`` as JSON (sorted keys, indent 2) atomically: a temporary file, then rename."""
-    path = Path(path)
+    """Write ``manifest`` as JSON (sorted keys, indent 2) atomically, private to its owner."""
     text = json.dumps(manifest, sort_keys=True, indent=2, ensure_ascii=False, default=str) + "\n"
-    temporary = path.with_name(f".{path.name}.tmp")
     try:
-        handle = _create_private(temporary)
-        try:
-            with io.TextIOWrapper(handle, encoding="utf-8", newline="\n") as text_handle:
-                text_handle.write(text)
-                text_handle.flush()
-                os.fsync(handle.fileno())
-        except BaseException:
-            handle.close()
-            raise
-        os.replace(temporary, path)
-        _sync_directory(path.parent)
+        replace_text(Path(path), text, mode=0o600)
     except OSError as exc:
-        temporary.unlink(missing_ok=True)
-        raise _write_error(path, exc) from exc
+        raise _write_error(Path(path), exc) from exc
+
+
+def replace_text(path: Path, text: str, *, mode: int) -> None:
+    """Replace a file's content atomically: readers (node_exporter, a browser, Actito) see the old file
+    or the new one, never half of one. The temporary file is hidden and in the same directory, since a
+    rename is only atomic within one file system; its mode is set before anyone can open it."""
+    fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        os.fchmod(fd, mode)
+        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, path)
     except BaseException:
-        temporary.unlink(missing_ok=True)
+        Path(temporary).unlink(missing_ok=True)
         raise
+    _sync_directory(path.parent)

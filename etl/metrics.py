@@ -31,7 +31,6 @@ import logging
 import math
 import os
 import re
-import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -44,6 +43,7 @@ import sqlalchemy as sa
 
 from etl.alerts import http_post
 from etl.config import Metrics
+from etl.files import replace_text
 from etl.errors import AudienceSyncError
 from etl.logs import redact
 from etl.runs import RunOutcome
@@ -194,28 +194,8 @@ def _locked(path: Path) -> Iterator[None]:
 
 
 def _replace(path: Path, text: str) -> None:
-    # a hidden name without the .prom suffix: node_exporter never reads a half-written file
-    fd, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(temp, 0o644)
-        os.replace(temp, path)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise
-    try:
-        directory = os.open(path.parent, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(directory)
-    except OSError:
-        pass
-    finally:
-        os.close(directory)
+    # a hidden temporary name without the .prom suffix: node_exporter never reads a half-written file
+    replace_text(path, text, mode=0o644)
 
 
 # --------------------------------------------------------------------------- Pushgateway

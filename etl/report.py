@@ -9,14 +9,13 @@ one card per run.
 from __future__ import annotations
 
 import html
-import os
 import re
-import tempfile
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
 from etl import __version__
+from etl.files import replace_text
 from etl.config import Config, Schedule
 from etl.logs import redact
 from etl.state import RunRecord, StateStore
@@ -273,15 +272,7 @@ def _count(value: int | None) -> str:
 
 def _write_atomically(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-        os.chmod(temp, 0o644)
-        os.replace(temp, path)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise
+    replace_text(path, text, mode=0o644)
 
 
 _CSS = """
