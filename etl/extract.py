@@ -11,10 +11,14 @@ never a password and never the SQL echo that drivers append.
 
 from __future__ import annotations
 
+import queue
 import re
+import threading
+import time
 from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
 from contextlib import closing
 from datetime import UTC, datetime
+from itertools import islice
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -358,6 +362,259 @@ def _duckdb_batches(
         raw.rollback()
 
 
+#: PostgreSQL types whose CSV text pyarrow parses to what the generic path gives (by type OID);
+#: every other type is read as bytes and converted by psycopg's own loader, value by value
+_PG_ARROW_TYPES: dict[int, pa.DataType] = {
+    16: pa.bool_(),  # bool
+    20: pa.int64(),  # int8
+    21: pa.int64(),  # int2
+    23: pa.int64(),  # int4
+    26: pa.int64(),  # oid
+    19: pa.string(),  # name
+    25: pa.string(),  # text
+    1042: pa.string(),  # bpchar
+    1043: pa.string(),  # varchar
+    700: pa.float64(),  # float4
+    701: pa.float64(),  # float8
+}
+
+
+def _postgres_batches(
+    connection: sa.Connection, statement: sa.TextClause, values: dict[str, Any], chunk_size: int
+) -> Batches:
+    """PostgreSQL through psycopg 3: ``COPY (query) TO STDOUT`` in CSV, parsed by pyarrow a chunk at a time.
+
+    Measured on 1.7M e-mails: about 1.2 s for the rows where the generic path's named cursor
+    took 3.2 s (SQLAlchemy rows, then a Python list per column). It runs on the pooled connection
+    the generic path would use, in its transaction, so errors, a lost connection and the release
+    of the connection behave the same. ADBC was not chosen: with bound parameters its PostgreSQL
+    driver runs the query eagerly and returns the whole result as one batch.
+
+    * Types: the query is first declared as a cursor and described (nothing runs), with
+      server-side binding as on the generic path. Booleans, integers, floats and text are parsed
+      by pyarrow; any other type (numeric, dates, arrays...) is read as text and converted by
+      psycopg's loader for it, then by the generic path's ``_to_array``, so values are the
+      generic path's. Column names come from the description (duplicates allowed).
+    * Parameters: COPY cannot take server-side parameters; psycopg binds them client-side
+      (``cursor.copy(query, params)``), quoting each value as a literal: never formatted into the
+      SQL by us. A float parameter would become a numeric literal (float8 when bound): such
+      queries, other drivers than psycopg and non-UTF-8 connections take the generic path.
+    * Memory: the server sends one CopyData message per row; rows are gathered until
+      ``chunk_size`` and parsed as one batch. The rows are read on a thread of their own, one
+      chunk ahead of the consumer (reading is per-row Python work, while cleaning and writing
+      mostly run in Arrow and numpy without the GIL: a whole run over 3M customers went from
+      3.9 s to 3.3 s), so at most three chunks are held. Back-pressure is TCP's: the server
+      waits meanwhile.
+    * Early stop: the reader stops at its next chunk; leaving the ``copy`` block early makes
+      psycopg cancel the query and read what was already sent, and a reader still waiting for the
+      server after a second has the query cancelled. Closing the connection then rolls back.
+    """
+    raw: Any = connection.connection.driver_connection
+    if connection.dialect.driver != "psycopg" or not _copy_suits(raw, values):
+        yield from _sqlalchemy_batches(connection, statement, values, chunk_size)
+        return
+    import psycopg
+    from psycopg import sql as pgsql
+
+    compiled = statement.compile(dialect=connection.dialect)
+    params = dict(compiled.construct_params(values))
+    query = compiled.string
+    # pyformat escapes a literal % as %%; psycopg undoes it only when it merges parameters
+    body = _without_trailing_semicolons(query if params else query.replace("%%", "%"))
+    copy_sql = pgsql.SQL("COPY (\n{}\n) TO STDOUT (FORMAT csv)").format(pgsql.SQL(body))
+    reader: _CopyReader | None = None
+    try:
+        parse = _pg_csv_parser(raw, _pg_describe(raw, query, params))
+        reader = _CopyReader(raw, copy_sql, params, chunk_size, parse)
+        for batch in reader:
+            yield batch
+    except psycopg.Error as exc:
+        if reader is not None:
+            reader.stop()  # it has ended: this is its error; the connection's state is final
+        error: Any = exc  # the dialect's DBAPI error type, which mypy knows under another name
+        if connection.dialect.is_disconnect(error, raw, None):
+            # as SQLAlchemy handles a lost connection on the generic path: never back to the
+            # pool, and reported as such (the caller names it)
+            connection.invalidate(exc)
+            raise sa.exc.DBAPIError.instance(
+                None, None, exc, psycopg.Error, connection_invalidated=True, dialect=connection.dialect
+            ) from exc
+        raise
+    finally:
+        if reader is not None:
+            reader.stop()
+
+
+class _Stopped(Exception):
+    """Raised inside the reader's ``copy`` block when the consumer has gone: psycopg then cancels."""
+
+
+_END = object()
+
+
+class _CopyReader:
+    """Reads a ``COPY ... TO STDOUT`` on its own thread and hands over parsed batches, one ahead.
+
+    Iterating yields the batches in order, then raises what ended the reader if it failed. The
+    connection belongs to the reader thread until :meth:`stop` returns.
+    """
+
+    #: seconds the reader may take to notice a stop before its query is cancelled
+    STOP_GRACE = 1.0
+    #: rows read between two offers of the GIL to the consumer: reading is Python code that holds
+    #: the GIL, and each Arrow or numpy call of the consumer needs it back when it returns, which
+    #: otherwise waits for the interpreter's switch interval (5 ms); 10M customers: 9.6 s -> 8.8 s
+    GIL_SLICE = 512
+
+    def __init__(
+        self, raw: Any, copy_sql: Any, params: dict[str, Any], chunk_size: int,
+        parse: Callable[[bytearray], pa.RecordBatch],
+    ) -> None:  # fmt: skip
+        self._raw = raw
+        self._handoff: queue.Queue[Any] = queue.Queue(maxsize=1)
+        self._stopping = threading.Event()
+        self._thread = threading.Thread(
+            target=self._read, args=(copy_sql, params, chunk_size, parse), name="audience-sync-copy", daemon=True
+        )
+        self._thread.start()
+
+    def __iter__(self) -> Iterator[pa.RecordBatch]:
+        while True:
+            item = self._handoff.get()
+            if item is _END:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+
+    def stop(self) -> None:
+        """Make the reader stop, cancelling its query if it waits for the server; wait until it has."""
+        self._stopping.set()
+        self._thread.join(self.STOP_GRACE)
+        if self._thread.is_alive():
+            cancel = getattr(self._raw, "cancel_safe", None) or self._raw.cancel
+            try:
+                cancel()
+            except Exception:  # the connection may be gone: the read then fails by itself
+                pass
+            self._thread.join()
+
+    def _read(
+        self, copy_sql: Any, params: dict[str, Any], chunk_size: int, parse: Callable[[bytearray], pa.RecordBatch]
+    ) -> None:
+        try:
+            with self._raw.cursor() as cursor, cursor.copy(copy_sql, params or None) as copy:
+                messages = iter(copy)
+                sent = False
+                while True:
+                    block = bytearray()
+                    rows = 0
+                    while rows < chunk_size:
+                        size = len(block)
+                        step = min(chunk_size - rows, self.GIL_SLICE)
+                        for data in islice(messages, step):  # a message per row: islice counts rows
+                            block += data
+                        if len(block) == size:  # no more rows
+                            break
+                        rows += step  # (too many only when the rows ran out: the next step ends it)
+                        time.sleep(0)  # let the consumer take the GIL back
+                    if sent and not block:
+                        break
+                    sent = True
+                    self._hand_over(parse(block))
+                    if not block:
+                        break
+        except _Stopped:
+            return
+        except BaseException as exc:  # the consumer's to raise
+            self._hand_over(exc, final=True)
+            return
+        self._hand_over(_END, final=True)
+
+    def _hand_over(self, item: Any, *, final: bool = False) -> None:
+        while not self._stopping.is_set():
+            try:
+                self._handoff.put(item, timeout=0.05)
+                return
+            except queue.Full:
+                continue
+        if not final:
+            raise _Stopped
+
+
+def _copy_suits(raw: Any, values: dict[str, Any]) -> bool:
+    """COPY's CSV gives the generic path's values: UTF-8 text, no parameter whose literal changes its type."""
+    return raw.info.encoding == "utf-8" and not any(isinstance(value, float) for value in values.values())
+
+
+def _pg_describe(raw: Any, query: str, params: dict[str, Any]) -> list[tuple[str, int]]:
+    """Names and type OIDs of the query's columns: a cursor declared and described, never fetched."""
+    with raw.cursor(name="audience_sync_describe") as cursor:
+        cursor.execute(query, params)
+        return [(column.name, column.type_code) for column in cursor.description or ()]
+
+
+def _pg_csv_parser(raw: Any, columns: list[tuple[str, int]]) -> Callable[[bytearray], pa.RecordBatch]:
+    """A function turning a block of COPY CSV rows into a batch with the generic path's values."""
+    import pyarrow.csv as pacsv
+    from psycopg import adapt, pq
+
+    names = [name for name, _ in columns]
+    keys = [f"c{i}" for i in range(len(columns))]  # the query's names may repeat
+    arrow_types = [_PG_ARROW_TYPES.get(oid) for _, oid in columns]
+    transformer = adapt.Transformer(raw)
+    loaders = [None if kind is not None else transformer.get_loader(oid, pq.Format.TEXT)
+               for (_, oid), kind in zip(columns, arrow_types)]  # fmt: skip
+    parse_options = pacsv.ParseOptions(newlines_in_values=True, ignore_empty_lines=False)
+    convert_options = pacsv.ConvertOptions(
+        column_types={key: kind or pa.binary() for key, kind in zip(keys, arrow_types)},
+        null_values=[""],  # COPY writes NULL as an empty field, and an empty string as ""
+        strings_can_be_null=True,
+        quoted_strings_can_be_null=False,
+        true_values=["t"],
+        false_values=["f"],
+    )
+
+    def parse(block: bytearray) -> pa.RecordBatch:
+        if not block:
+            arrays = [pa.array([], kind) if kind is not None else _to_array([]) for kind in arrow_types]
+            return pa.RecordBatch.from_arrays(arrays, names=names)
+        read_options = pacsv.ReadOptions(column_names=keys, use_threads=False, block_size=len(block) + 1)
+        table = pacsv.read_csv(
+            pa.BufferReader(pa.py_buffer(block)),
+            read_options=read_options,
+            parse_options=parse_options,
+            convert_options=convert_options,
+        )
+        arrays = []
+        for column, loader in zip(table.columns, loaders):
+            array = column.combine_chunks()
+            if loader is not None:
+                array = _to_array([None if value is None else loader.load(value) for value in array.to_pylist()])
+            arrays.append(array)
+        return pa.RecordBatch.from_arrays(arrays, names=names)
+
+    return parse
+
+
+def _without_trailing_semicolons(sql: str) -> str:
+    """The query without what ends it: semicolons, white space and comments, which ``COPY (...)`` refuses.
+
+    Comments are found by ``_QUOTED_OR_COMMENT``, so a ``;`` or ``--`` inside quoted text stays.
+    """
+    comment_starts = {match.end(): match.start() for match in _QUOTED_OR_COMMENT.finditer(sql)
+                      if match.group().startswith(("--", "/*"))}  # fmt: skip
+    end = len(sql)
+    while True:
+        end = len(sql[:end].rstrip())
+        if end in comment_starts:
+            end = comment_starts[end]
+        elif sql[:end].endswith(";"):
+            end -= 1
+        else:
+            return sql[:end]
+
+
 def _abandon_pymysql(connection: sa.Connection, dbapi_connection: Any) -> None:
     """Drop an unbuffered PyMySQL result without reading it to the end.
 
@@ -375,7 +632,7 @@ def _abandon_pymysql(connection: sa.Connection, dbapi_connection: Any) -> None:
 
 
 #: per-dialect fast paths, by SQLAlchemy dialect name; the rest use ``_sqlalchemy_batches``
-_FAST_PATHS: dict[str, FastPath] = {"duckdb": _duckdb_batches}
+_FAST_PATHS: dict[str, FastPath] = {"duckdb": _duckdb_batches, "postgresql": _postgres_batches}
 #: per-driver handling of a result left unread (consumer stopped early, or an error): by driver name
 _ABANDON: dict[str, Callable[[sa.Connection, Any], None]] = {"pymysql": _abandon_pymysql}
 

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import math
 import sys
+import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import date
@@ -15,6 +18,7 @@ import pytest
 import sqlalchemy as sa
 
 import dbservers
+from etl import extract
 from etl.errors import ExtractError
 from etl.extract import bind_parameter_names, create_warehouse_engine, stream_batches
 
@@ -351,7 +355,9 @@ def test_early_close_and_consumer_errors_release_the_connection(warehouse: Wareh
     assert warehouse.engine.pool.checkedout() == 0  # type: ignore[attr-defined]
 
 
-def test_postgres_streams_through_a_server_side_cursor() -> None:
+def test_postgres_streams_through_a_server_side_cursor(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The generic path, which PostgreSQL takes when the COPY fast path cannot be used (see below)."""
+    monkeypatch.delitem(extract._FAST_PATHS, "postgresql")
     engine = create_warehouse_engine(dbservers.postgres_url(), where="wh")
     sessions: list[Any] = []
     sa.event.listen(engine, "checkout", lambda dbapi_connection, record, proxy: sessions.append(dbapi_connection))
@@ -394,8 +400,10 @@ def test_postgres_connection_lost_mid_stream() -> None:
     sa.event.listen(engine, "checkout", lambda dbapi_connection, record, proxy: sessions.append(dbapi_connection))
     killer = sa.create_engine(url)
     try:
+        # more rows than socket buffers hold: the COPY fast path has the server push rows ahead of
+        # the consumer, and a short result would already be complete on this side
         batches = stream_batches(
-            engine, "SELECT i FROM generate_series(1, 100000) AS s(i)", {}, chunk_size=1000, where=SQL_FILE
+            engine, "SELECT i FROM generate_series(1, 3000000) AS s(i)", {}, chunk_size=1000, where=SQL_FILE
         )
         next(batches)
         with killer.connect() as connection:
@@ -537,3 +545,233 @@ def test_database_message_quoting_the_password_is_masked() -> None:
         assert PASSWORD not in str(caught.value)
     finally:
         engine.dispose()
+
+
+# --------------------------------------------------------------------------- PostgreSQL fast path (COPY)
+
+
+@pytest.fixture
+def pg_engine() -> Iterator[sa.Engine]:
+    engine = create_warehouse_engine(dbservers.postgres_url(), where="wh")
+    try:
+        yield engine
+    finally:
+        engine.dispose()
+
+
+@pytest.fixture
+def copies(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
+    """The COPY statements the fast path started: empty when the generic path ran."""
+    started: list[Any] = []
+    original = extract._CopyReader.__init__
+
+    def recording(self: Any, raw: Any, copy_sql: Any, *args: Any) -> None:
+        started.append(copy_sql.as_string(raw))
+        original(self, raw, copy_sql, *args)
+
+    monkeypatch.setattr(extract._CopyReader, "__init__", recording)
+    return started
+
+
+def _generic_read(
+    monkeypatch: pytest.MonkeyPatch, engine: sa.Engine, sql: str, params: dict[str, Any] | None = None,
+    chunk_size: int = 7,
+) -> list[pa.RecordBatch]:  # fmt: skip
+    """What the generic SQLAlchemy path gives for the same query (the reference of the fast path)."""
+    with monkeypatch.context() as patch:
+        patch.delitem(extract._FAST_PATHS, "postgresql")
+        return _read(engine, sql, params, chunk_size)
+
+
+def _comparable(rows: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
+    return [tuple("NaN" if isinstance(v, float) and math.isnan(v) else v for v in row) for row in rows]
+
+
+TYPED = """
+CREATE TABLE {name} (
+    id integer, small smallint, big bigint, flag boolean, single real, double double precision,
+    amount numeric(12, 2), free numeric, born date, at timestamp, at_tz timestamptz, label text,
+    code char(3), short varchar(10), tags text[], doc jsonb, uid uuid, span interval, raw bytea
+);
+INSERT INTO {name} VALUES
+    (1, 1, 9223372036854775807, true, 1.1, 0.1, 12.34, 1.5, '2001-02-03', '2026-01-15 10:30:00',
+     '2026-01-15 10:30:00+01', 'Émile "Zoë"', 'ab', 'x,y;z', '{{a,"b c"}}', '{{"k": [1, 2]}}',
+     'd2f014b5-128b-48d5-adba-274a52390bd8', '1 day 02:03:04', '\\x00ff'),
+    (2, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL),
+    (3, -32768, -1, false, 'NaN', 'Infinity', -0.01, 'NaN', '1970-01-01', '1999-12-31 23:59:59.999999',
+     '2000-01-01 00:00:00+00', '', '', '', '{{}}', 'null', NULL, '-1 mons', ''),
+    (4, 0, 0, true, '-Infinity', -1e300, 9999999999.99, 123456789012345678901234567890.123, '2400-02-29',
+     NULL, NULL, E'line\\nbreak\\ttab\\\\back', 'a"b', '"', '{{NULL}}', '"text"', NULL, NULL, E'\\\\x0a'),
+    (5, 5, 5, false, 5.5, 5.5, 5, 5, NULL, NULL, NULL, 'naïve café 🎉', 'c,d', 'NULL', NULL, '[]', NULL, NULL, NULL),
+    (6, 6, 6, true, 6, 6, 6, 6, NULL, NULL, NULL, '\\N', 'e', '-', NULL, '{{}}', NULL, NULL, NULL)
+"""
+
+
+def test_postgres_fast_path_gives_the_generic_paths_values_and_batches(
+    pg_engine: sa.Engine, copies: list[Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    name = dbservers.unique_name("typed")
+    with pg_engine.begin() as connection:
+        for statement in TYPED.format(name=name).strip().split(";\n"):
+            connection.exec_driver_sql(statement)
+    try:
+        sql = f"SELECT * FROM {name} ORDER BY id"
+        for chunk_size in (2, 4, 100):
+            fast = _read(pg_engine, sql, chunk_size=chunk_size)
+            generic = _generic_read(monkeypatch, pg_engine, sql, chunk_size=chunk_size)
+            assert [b.num_rows for b in fast] == [b.num_rows for b in generic]
+            assert all(b.schema.names == generic[0].schema.names for b in fast)
+            assert _comparable(_rows(fast)) == _comparable(_rows(generic))
+            for fast_batch, generic_batch in zip(fast, generic):  # same types, but for all-NULL chunks
+                for fast_field, generic_field in zip(fast_batch.schema, generic_batch.schema):
+                    if not pa.types.is_null(generic_field.type):
+                        assert fast_field.type == generic_field.type, fast_field.name
+        assert len(copies) == 3  # the fast path ran each time
+        assert _rows(_read(pg_engine, f"SELECT label FROM {name} WHERE id IN (2, 3) ORDER BY id")) == [(None,), ("",)]
+    finally:
+        with pg_engine.begin() as connection:
+            connection.exec_driver_sql(f"DROP TABLE {name}")
+
+
+def test_postgres_fast_path_keeps_repeated_column_names_and_odd_sql_endings(
+    pg_engine: sa.Engine, copies: list[Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    queries = [
+        ("SELECT 1 AS a, 'x' AS a", {}),
+        ("SELECT '100%' AS p, 'a:b' AS c;", {}),
+        ("SELECT '100%' AS p, :v AS v;  -- the end; really\n/* and a ; comment */\n", {"v": "50%"}),
+        ("SELECT ';--' AS s -- 'quoted' in a comment", {}),
+    ]
+    for sql, params in queries:
+        fast = _read(pg_engine, sql, params)
+        generic = _generic_read(monkeypatch, pg_engine, sql, params)
+        assert fast[0].schema.names == generic[0].schema.names
+        assert _rows(fast) == _rows(generic)
+    assert len(copies) == len(queries)
+    assert _rows(_read(pg_engine, queries[2][0], queries[2][1])) == [("100%", "50%")]
+
+
+@pytest.mark.parametrize("warehouse", ["postgres"], indirect=True)
+def test_postgres_fast_path_binds_parameters_and_injection_is_harmless(
+    warehouse: Warehouse, copies: list[Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sql = f"SELECT id, name FROM {warehouse.table} WHERE name = :name OR id = :id OR born = :born ORDER BY id"
+    cases = [
+        {"name": "O'Brien", "id": 8, "born": date(2001, 2, 3)},
+        {"name": "x' OR '1'='1", "id": -1, "born": None},
+        {"name": f"'); DROP TABLE {warehouse.table}; --", "id": -1, "born": date(1900, 1, 1)},
+        {"name": "a:colon :id", "id": -1, "born": date(1900, 1, 1)},
+        {"name": "100%", "id": -1, "born": date(1900, 1, 1)},
+        {"name": "%(id)s {} $1 \\x", "id": -1, "born": date(1900, 1, 1)},
+        {"name": "back\\slash", "id": -1, "born": date(1900, 1, 1)},
+    ]
+    expected = [[3, 5, 8, 9], [20], [], [7], [8], [], [21]]
+    for params, ids in zip(cases, expected):
+        fast = _rows(_read(warehouse.engine, sql, params))
+        assert [row[0] for row in fast] == ids, params
+        assert fast == _rows(_generic_read(monkeypatch, warehouse.engine, sql, params))
+    assert len(copies) == len(cases)
+    # the values are not in the statement we built: psycopg binds them (quoted as literals)
+    assert all("%(name)s" in statement and "DROP" not in statement and "O'Brien" not in statement
+               for statement in copies)  # fmt: skip
+    assert _rows(_read(warehouse.engine, f"SELECT count(*) AS n FROM {warehouse.table}")) == [(len(ROWS),)]
+
+
+def test_postgres_fast_path_not_taken_where_copy_would_change_values(
+    pg_engine: sa.Engine, copies: list[Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # a float would be bound as a numeric literal: 0.1 * 3 is 0.3 in numeric, 0.30000000000000004 in float8
+    assert _rows(_read(pg_engine, "SELECT :f * 3 AS x", {"f": 0.1})) == [(0.1 * 3,)]
+    assert copies == []
+    # another driver than psycopg 3
+    with monkeypatch.context() as patch:
+        patch.setattr(pg_engine.dialect, "driver", "psycopg2")
+        assert _rows(_read(pg_engine, "SELECT 1 AS one")) == [(1,)]
+    assert copies == []
+    # a connection whose text is not UTF-8
+    latin = create_warehouse_engine(dbservers.postgres_url() + "?client_encoding=latin1", where="wh")
+    try:
+        assert _rows(_read(latin, "SELECT 'Émile' AS name")) == [("Émile",)]
+    finally:
+        latin.dispose()
+    assert copies == []
+    assert _rows(_read(pg_engine, "SELECT 1 AS one")) == [(1,)] and len(copies) == 1
+
+
+def _backend(engine: sa.Engine, pid: int) -> tuple[str, str]:
+    with engine.connect() as connection:
+        row = connection.execute(
+            sa.text("SELECT state, query FROM pg_stat_activity WHERE pid = :pid"), {"pid": pid}
+        ).one()
+    return row[0], row[1]
+
+
+def test_postgres_fast_path_streams_and_an_early_close_stops_the_query(pg_engine: sa.Engine) -> None:
+    sessions: list[Any] = []
+    sa.event.listen(pg_engine, "checkout", lambda dbapi_connection, record, proxy: sessions.append(dbapi_connection))
+    observer = sa.create_engine(dbservers.postgres_url())
+    try:
+        batches = stream_batches(
+            pg_engine, "SELECT i, repeat('x', 100) AS pad FROM generate_series(1, 3000000) AS s(i)", {},
+            chunk_size=1000, where=SQL_FILE,
+        )  # fmt: skip
+        assert next(batches).column("i").to_pylist() == list(range(1, 1001))
+        pid = sessions[-1].info.backend_pid
+        state, query = _backend(observer, pid)
+        assert state == "active" and query.startswith("COPY (")  # the rest is still being produced
+        began = time.monotonic()
+        batches.close()
+        assert time.monotonic() - began < 5  # cancelled, not read to the end
+        assert pg_engine.pool.checkedout() == 0  # type: ignore[attr-defined]
+        assert _backend(observer, pid)[0] == "idle"  # back in the pool, rolled back
+        assert not [t for t in threading.enumerate() if t.name == "audience-sync-copy"]
+        assert _rows(_read(pg_engine, "SELECT 1 AS one")) == [(1,)]
+    finally:
+        observer.dispose()
+
+
+def test_postgres_fast_path_early_close_while_the_server_is_still_computing(pg_engine: sa.Engine) -> None:
+    """The reader waits for a row that takes 60 s: closing cancels the query rather than waiting."""
+    sql = "SELECT i, CASE WHEN i = 50000 THEN pg_sleep(60) END AS s FROM generate_series(1, 50001) AS g(i)"
+    batches = stream_batches(pg_engine, sql, {}, chunk_size=100, where=SQL_FILE)
+    assert next(batches).num_rows == 100
+    time.sleep(0.2)  # the reader is now waiting for the server
+    began = time.monotonic()
+    batches.close()
+    assert time.monotonic() - began < 10
+    assert pg_engine.pool.checkedout() == 0  # type: ignore[attr-defined]
+    assert not [t for t in threading.enumerate() if t.name == "audience-sync-copy"]
+    assert _rows(_read(pg_engine, "SELECT 2 AS two")) == [(2,)]
+
+
+def test_postgres_fast_path_consumer_error_releases_the_connection(pg_engine: sa.Engine, copies: list[Any]) -> None:
+    def consume() -> None:
+        for batch in stream_batches(pg_engine, "SELECT i FROM generate_series(1, 1000000) AS s(i)", {},
+                                    chunk_size=500, where=SQL_FILE):  # fmt: skip
+            raise ValueError(f"the consumer failed on {batch.num_rows} rows")
+
+    with pytest.raises(ValueError, match="500 rows"):
+        consume()
+    assert copies and pg_engine.pool.checkedout() == 0  # type: ignore[attr-defined]
+    assert not [t for t in threading.enumerate() if t.name == "audience-sync-copy"]
+
+
+def test_postgres_fast_path_errors_carry_the_database_message(pg_engine: sa.Engine, copies: list[Any]) -> None:
+    # found while describing the query
+    with pytest.raises(ExtractError) as caught:
+        _read(pg_engine, "SELECT nope FROM generate_series(1, 3) AS s(i)")
+    _assert_query_error(caught.value, 'column "nope" does not exist')
+    # found while the rows are copied, after the first batch
+    batches = stream_batches(
+        pg_engine, "SELECT i, 1 / (3000 - i) AS q FROM generate_series(1, 5000) AS s(i)", {}, chunk_size=100,
+        where=SQL_FILE,
+    )  # fmt: skip
+    assert next(batches).num_rows == 100
+    with pytest.raises(ExtractError) as caught:
+        list(batches)
+    _assert_query_error(caught.value, "division by zero")
+    # a value the client-side conversion refuses is reported too (psycopg: dates beyond year 9999)
+    with pytest.raises(ExtractError) as caught:
+        _read(pg_engine, "SELECT 'infinity'::date AS d")
+    assert caught.value.where == SQL_FILE and "date" in caught.value.what
+    assert copies and pg_engine.pool.checkedout() == 0  # type: ignore[attr-defined]

@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Reproduce docs/benchmarks.md: build bench/.venv (this project with its postgres extra, pandas, dlt)
+# if needed, then run bench/pg_audience.py against the local PostgreSQL.
+#
+#   bench/run.sh                                   # 1M and 10M customers, 3 runs per case
+#   bench/run.sh --customers 5000000 --repeat 1    # any pg_audience.py arguments replace the defaults
+#
+# Environment: PYTHON (the interpreter for the venv, default python3, 3.11 or later),
+# BENCH_PG_URL (default postgresql+psycopg://postgres@127.0.0.1:5432/test); psql and gzip on PATH.
+# The report is printed and written to bench/results/latest.md (ignored by git).
+set -euo pipefail
+
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+root="$(dirname "$here")"
+venv="$here/.venv"
+
+for tool in psql gzip; do
+  command -v "$tool" >/dev/null || { echo "bench: $tool is not on PATH" >&2; exit 1; }
+done
+
+if [ ! -x "$venv/bin/python" ]; then
+  "${PYTHON:-python3}" -m venv "$venv"
+fi
+# editable: the benchmark times this working tree (reruns only check what is installed)
+"$venv/bin/python" -m pip install -q --disable-pip-version-check -e "$root[postgres]" pandas dlt
+
+if [ "$#" -eq 0 ]; then
+  set -- --customers 1000000 10000000 --repeat 3
+fi
+exec "$venv/bin/python" "$here/pg_audience.py" --output "$here/results/latest.md" "$@"
