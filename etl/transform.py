@@ -613,30 +613,18 @@ class AudienceCleaner:
         if self.column is not None:
             if self.column in names:
                 return self.column
-            matches = by_lower.get(self.column.lower(), [])
-            if len(matches) == 1:
-                return matches[0]
-            if matches:
-                raise TransformError(
-                    f"identifier_column {self.column!r} matches several columns ({_listing(matches)})",
-                    where=self.where,
-                    hint="give the columns names that differ by more than case",
-                )
+            found = _one_of_columns(by_lower.get(self.column.lower(), []), f"identifier_column {self.column!r} matches", self.where)
+            if found:
+                return found
             raise TransformError(
                 f"identifier_column {self.column!r} is not a column of the query (columns: {_listing(names)})",
                 where=self.where,
                 hint=hint,
             )
         for alias in ALIASES[self.kind]:
-            matches = by_lower.get(alias.lower(), [])
-            if len(matches) == 1:
-                return matches[0]
-            if matches:
-                raise TransformError(
-                    f"several columns could hold the {_what(self.kind)}: {_listing(matches)}",
-                    where=self.where,
-                    hint="give the columns names that differ by more than case, or set identifier_column",
-                )
+            found = _one_of_columns(by_lower.get(alias.lower(), []), f"the {_what(self.kind)} could be in", self.where)
+            if found:
+                return found
         if len(names) == 1:
             return names[0]
         raise TransformError(
@@ -644,6 +632,17 @@ class AudienceCleaner:
             where=self.where,
             hint=hint,
         )
+
+
+def _one_of_columns(matches: list[str], what: str, where: str) -> str | None:
+    """The one column matching a name case-insensitively; None if none; an error if several do."""
+    if len(matches) > 1:
+        raise TransformError(
+            f"{what} several columns: {_listing(matches)}",
+            where=where,
+            hint="give the columns names that differ by more than case, or set identifier_column",
+        )
+    return matches[0] if matches else None
 
 
 def _listing(names: list[str]) -> str:
