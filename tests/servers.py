@@ -155,6 +155,12 @@ class SftpBehaviour:
     silent_truncate: bool = False
     #: seconds each write request takes, like a slow link: stretches an upload so a watcher can see it
     write_delay: float = 0.0
+    #: cut the client's whole connection (no SFTP answer, TCP closed) once a file has received this many bytes ...
+    cut_after: int | None = None
+    #: ... for this many uploads; later ones go through, like a link that came back
+    cuts: int = 1_000_000
+    #: uploads cut so far (counted by the server)
+    cut_count: int = 0
 
 
 class _SftpHandler(asyncssh.SFTPServer):
@@ -170,6 +176,9 @@ class _SftpHandler(asyncssh.SFTPServer):
     async def write(self, file_obj: object, offset: int, data: bytes) -> Any:
         if self._behaviour.write_delay:
             await asyncio.sleep(self._behaviour.write_delay)
+        if self._cut_now(offset + len(data)):
+            self.connection.abort()  # like a dropped link: no reply, the socket just closes
+            await asyncio.sleep(3600)  # the connection's tasks are cancelled; this write never answers
         limit = self._behaviour.write_limit
         if limit is not None and offset + len(data) > limit:
             if not self._behaviour.silent_truncate:
@@ -178,6 +187,13 @@ class _SftpHandler(asyncssh.SFTPServer):
             if not data:
                 return 0
         return super().write(file_obj, offset, data)
+
+    def _cut_now(self, written: int) -> bool:
+        behaviour = self._behaviour
+        if behaviour.cut_after is None or written <= behaviour.cut_after or behaviour.cut_count >= behaviour.cuts:
+            return False
+        behaviour.cut_count += 1
+        return True
 
     def posix_rename(self, oldpath: bytes, newpath: bytes) -> Any:
         if not self._behaviour.posix_rename:
@@ -499,6 +515,61 @@ def silent_server() -> Iterator[int]:
         yield int(silent.getsockname()[1])
 
 
+@dataclass
+class BrokenTlsServer:
+    """An FTP server that agrees to AUTH TLS and then breaks the handshake: it answers the client's
+    TLS hello with plain text and closes, as a middlebox or a misconfigured server does."""
+
+    port: int
+    #: connections accepted so far, to tell whether a client tried again
+    connections: int = 0
+
+
+@contextmanager
+def tls_breaking_server() -> Iterator[BrokenTlsServer]:
+    with socket.socket() as listener:
+        listener.bind((HOST, 0))
+        listener.listen()
+        listener.settimeout(0.2)
+        server = BrokenTlsServer(port=int(listener.getsockname()[1]))
+
+        def serve(stop: threading.Event) -> None:
+            while not stop.is_set():
+                try:
+                    conn, _ = listener.accept()
+                except TimeoutError:
+                    continue
+                except OSError:
+                    return
+                server.connections += 1
+                with conn:
+                    conn.settimeout(5)
+                    try:
+                        conn.sendall(b"220 ready\r\n")
+                        conn.recv(1024)  # AUTH TLS
+                        conn.sendall(b"234 AUTH TLS successful\r\n")
+                        conn.recv(4096)  # the TLS ClientHello
+                        conn.sendall(b"500 unexpected input\r\n")
+                    except OSError:
+                        pass
+
+        with _in_background(serve, "broken-tls-server"):
+            yield server
+
+
+@contextmanager
+def _in_background(work: Callable[[threading.Event], None], name: str) -> Iterator[None]:
+    """Run ``work(stop)`` in a thread for the duration of the block; it returns once ``stop`` is set."""
+    stop = threading.Event()
+    thread = threading.Thread(target=work, args=(stop,), name=name, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join(10)
+
+
 # --------------------------------------------------------------------------- observing a served directory
 
 
@@ -534,10 +605,9 @@ def watch(directory: Path, name: str) -> Iterator[Sightings]:
     file for it, which proves the polling overlapped the upload.
     """
     seen = Sightings()
-    stop = threading.Event()
     temp_suffix = f"-{name}.part"
 
-    def poll() -> None:
+    def poll(stop: threading.Event) -> None:
         while not stop.is_set():
             seen.polls += 1
             try:
@@ -552,10 +622,5 @@ def watch(directory: Path, name: str) -> Iterator[Sightings]:
             except FileNotFoundError:
                 pass  # renamed between listing and stat
 
-    thread = threading.Thread(target=poll, name="directory-watcher", daemon=True)
-    thread.start()
-    try:
+    with _in_background(poll, "directory-watcher"):
         yield seen
-    finally:
-        stop.set()
-        thread.join(10)

@@ -797,6 +797,12 @@ class ActitoSandbox:
             self._revoked.add(api_key)
             self._save()
 
+    def drop_attribute(self, entity: str, table: str, attribute: str) -> None:
+        """Delete an attribute of a profile table, as an Actito administrator can at any moment: an
+        import already checked against the old structure then ends in ERROR (unknown column)."""
+        with self._lock:
+            del self._profile_table(self._entity(entity), table).attributes[attribute]
+
     def advance_clock(self, seconds: float) -> None:
         """Move the sandbox clock (token expiry, daily import budget) forward; real time is untouched."""
         with self._lock:
