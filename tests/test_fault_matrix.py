@@ -9,6 +9,7 @@ can be shortened) or through ``execute()``, the path the scheduler takes.
 
 from __future__ import annotations
 
+import csv
 import logging
 import os
 import shutil
@@ -37,6 +38,7 @@ from etl.cli import main as cli_main
 from etl.config import Config, load_config
 from etl.delivery import base as delivery_base
 from etl.runs import RunOutcome, execute, open_store
+from etl.state import RunRecord
 from jobs import job_for
 
 pytest_plugins = ["conftest_delivery"]
@@ -97,13 +99,17 @@ def one_clear_failure(shown: Shown, *words: str) -> None:
         assert word in line, (word, line)
 
 
-def last_status(config_path: Path, name: str = AUDIENCE) -> str:
+def last_run(config_path: Path, name: str = AUDIENCE) -> RunRecord:
     config = load_config(config_path)
     store = open_store(config)
     try:
-        return store.runs(name, limit=1)[0].status
+        return store.runs(name, limit=1)[0]
     finally:
         store.close()
+
+
+def last_status(config_path: Path, name: str = AUDIENCE) -> str:
+    return last_run(config_path, name).status
 
 
 def nothing_delivered(inbox: Path) -> None:
@@ -206,3 +212,153 @@ def test_an_ftps_server_that_breaks_the_handshake_fails_at_once(
     one_clear_failure(shown, f"ftps://actito@127.0.0.1:{server.port}", "TLS handshake failed", "not retried")
     assert server.connections == 1
     assert last_status(config) == "failed"
+
+
+# --------------------------------------------------------------------------- Actito: 429s, 500s, time-outs, tokens
+
+PROFILES = "qualifio_profiles"
+SNAPSHOT = Path("var/state/snapshots") / f"{PROFILES}.parquet"
+
+
+@pytest.fixture
+def sandbox() -> Iterator[ActitoSandbox]:
+    # a withheld answer lasts 0.3 s, as if the network lost it
+    with ActitoSandbox(processing_seconds=0.05, fault_delay_seconds=0.3) as server:
+        yield server
+
+
+@pytest.fixture
+def actito_project(demo_project: Path, sandbox: ActitoSandbox, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The shipped configuration talking to this test's sandbox."""
+    monkeypatch.setenv("TEST_ACTITO_KEY", SANDBOX_KEY)
+    text = demo_project.read_text().replace(
+        'environment = "sandbox"', f'base_url = "{sandbox.url}"\napi_key = "${{TEST_ACTITO_KEY}}"'
+    )
+    demo_project.write_text(text)
+    return demo_project
+
+
+def run_in_process(config_path: Path, name: str, progress: Callable[[str, dict[str, int]], None] | None = None
+                   ) -> RunOutcome:
+    """One run as the scheduler starts it (``execute``), with an optional hook between chunks."""
+    config = load_config(config_path)
+    store = open_store(config)
+    try:
+        kind = config.activations[name].kind
+        return execute(config, store, name, kind, job_for(kind), progress=progress, stop=threading.Event())
+    finally:
+        store.close()
+
+
+def once(action: Callable[[], None]) -> Callable[[str, dict[str, int]], None]:
+    """A progress hook doing ``action`` at the first chunk, i.e. mid-run: after the pre-flight, before the import."""
+    done: list[bool] = []
+
+    def hook(activation: str, counts: dict[str, int]) -> None:
+        if not done:
+            done.append(True)
+            action()
+
+    return hook
+
+
+def profiles_landed(sandbox: ActitoSandbox, outcome: RunOutcome) -> None:
+    """The run succeeded and Actito holds its rows from exactly one import."""
+    assert outcome.ok, outcome.error
+    assert len(sandbox.executions("demo")) == 1
+    assert len(sandbox.profiles("demo", "customers")) == outcome.results["rows_delivered"] > 0
+
+
+@pytest.mark.parametrize(
+    ("fault", "count", "path"),
+    [
+        (429, 3, "/etl-executions"),  # the upload refused for too many requests
+        (500, 3, "/etl-executions/"),  # polling the import's status
+        ("timeout", 1, "/etl-executions"),  # the upload's answer lost: the import is found by its reference
+        ("disconnect", 1, "/etl-executions"),
+    ],
+)
+def test_passing_actito_faults_mid_run_end_in_one_import(
+    actito_project: Path, sandbox: ActitoSandbox, fault: Any, count: int, path: str, caplog: pytest.LogCaptureFixture,
+) -> None:
+    sandbox.inject_faults(fault, count, path, retry_after=0 if fault == 429 else None)
+    outcome = run_in_process(actito_project, PROFILES)
+    profiles_landed(sandbox, outcome)
+    assert "Actito call failed, retrying" in caplog.text
+    assert (actito_project.parent / SNAPSHOT).exists()
+
+
+def test_a_token_expiring_mid_run_is_renewed_and_the_import_goes_through(
+    actito_project: Path, sandbox: ActitoSandbox
+) -> None:
+    outcome = run_in_process(actito_project, PROFILES, progress=once(lambda: sandbox.advance_clock(1000)))
+    profiles_landed(sandbox, outcome)
+    tokens = [status for method, path, status in sandbox.request_log if path.startswith("/auth/token")]
+    assert tokens == [200, 200]  # the first, and one renewal after Actito answered 401
+    assert any(status == 401 for method, path, status in sandbox.request_log)
+
+
+def test_actito_failing_for_good_is_one_clear_failure_with_nothing_imported(
+    actito_project: Path, sandbox: ActitoSandbox, cli: Callable[..., Shown]
+) -> None:
+    sandbox.inject_faults(500, 1000, "/etl-executions", retry_after=0)  # the upload, and every look-up of it
+    shown = cli(actito_project, "run", PROFILES)
+    one_clear_failure(shown, "Actito POST /mass-imports/v5/entities/{entity}/etl-executions",
+                      "the import's outcome is unknown", "look for an execution with reference")
+    assert sandbox.executions("demo") == [] and sandbox.profiles("demo", "customers") == []
+    assert not (actito_project.parent / SNAPSHOT).exists()  # the next run sends everything again
+    assert last_status(actito_project, PROFILES) == "failed"
+
+
+def test_actito_rate_limiting_for_good_is_one_clear_failure_before_anything_is_sent(
+    actito_project: Path, sandbox: ActitoSandbox, cli: Callable[..., Shown]
+) -> None:
+    sandbox.inject_faults(429, 1000, "profile-tables", retry_after=0)
+    shown = cli(actito_project, "run", PROFILES)
+    one_clear_failure(shown, "HTTP 429", "after 6 attempts", "another job may share the licence")
+    assert sandbox.executions("demo") == []
+    assert not (actito_project.parent / SNAPSHOT).exists()
+
+
+# --------------------------------------------------------------------------- Actito: imports that fail
+
+
+def test_an_import_actito_refuses_entirely_fails_and_is_sent_again_next_run(
+    actito_project: Path, sandbox: ActitoSandbox
+) -> None:
+    """Pre-flight passed, then an administrator deleted a mapped attribute: Actito refuses the import.
+    (An import accepted and then ended in ERROR is the client's test with a BOM file.)"""
+    outcome = run_in_process(actito_project, PROFILES,
+                             progress=once(lambda: sandbox.drop_attribute("demo", "customers", "firstName")))
+    assert outcome.status == "failed"
+    error = outcome.error or ""
+    assert "HTTP 400" in error and "no attribute 'firstName'" in error and "not retried unchanged" in error
+    assert sandbox.executions("demo") == [] and sandbox.profiles("demo", "customers") == []
+    assert not (actito_project.parent / SNAPSHOT).exists()  # nothing counts as sent
+
+    again = run_in_process(actito_project, PROFILES)  # now the pre-flight names the missing attribute
+    assert again.status == "failed"
+    assert "before sending anything" in (again.error or "") and "firstName" in (again.error or "")
+
+
+def test_an_import_actito_refuses_in_part_succeeds_and_lists_each_refused_row(
+    actito_project: Path, sandbox: ActitoSandbox, cli: Callable[..., Shown]
+) -> None:
+    """Consents for profiles Actito does not have (UPDATE_ONLY): the others are applied, the refused
+    ones are in the reject file with their warehouse row, and an unchanged refused row is not sent
+    again (it would be refused again, and cost one of the table's 24 daily imports)."""
+    assert run_in_process(actito_project, PROFILES).ok
+    shown = cli(actito_project, "run", "didomi_consents")
+    assert shown.code == 0, shown.said
+    assert "refused by Actito, listed in the rejects file" in shown.out
+    outcome = last_run(actito_project, "didomi_consents")
+    refused = outcome.details["refused_by_actito"]
+    assert 0 < refused < outcome.details["to_send"]
+    assert outcome.rows_delivered == outcome.details["to_send"] - refused
+    with open(outcome.details["rejects_file"], newline="", encoding="utf-8") as handle:
+        rows = [row for row in csv.DictReader(handle) if row["reason"].startswith("refused by Actito")]
+    assert len(rows) == refused and all(row["row"].isdigit() and "@" in row["value"] for row in rows)
+
+    second = run_in_process(actito_project, "didomi_consents")
+    assert second.ok and second.details["to_send"] == 0
+    assert len(sandbox.executions("demo")) == 2

@@ -23,7 +23,7 @@ import pyarrow.compute as pc
 
 from etl.actito.client import ActitoClient, Attribute, Execution, Table
 from etl.actito.connect import open_client
-from etl.actito.errors import ActitoBudgetExhausted, ActitoError, ActitoImportError
+from etl.actito.errors import ActitoBudgetExhausted, ActitoError
 from etl.actito.mapping import FieldMap, FieldRule, Mapping, RowMapper
 from etl.config import Config, ImportActivationBase
 from etl.extract import activation_batches
@@ -190,8 +190,6 @@ class _Sent:
     keys: list[pa.Array] = dataclasses.field(default_factory=list)
     key_hashes: list[np.ndarray] = dataclasses.field(default_factory=list)
     row_hashes: list[np.ndarray] = dataclasses.field(default_factory=list)
-    #: positions (in the order sent) of the rows Actito refused
-    refused: list[int] = dataclasses.field(default_factory=list)
 
     def add(self, rows: np.ndarray, keys: pa.Array, key_hash: np.ndarray, row_hash: np.ndarray) -> None:
         self.source_rows.append(rows)
@@ -240,19 +238,12 @@ def run_import(
             accepted, refused = _send(context, client, target, table, mapping, written, sent, rejects)
         context.results["rows_delivered"] = accepted
         context.results["rows_rejected"] = context.results.get("rows_rejected", 0) + refused
+        context.details["refused_by_actito"] = refused
         rejects.close()
-        if refused and not accepted:
-            raise ActitoImportError(
-                f"Actito refused all {refused:,} rows sent; nothing was applied",
-                where=f"Actito table '{table.id}' of entity '{target.entity}'",
-                hint=f"Actito's reason for each row, with its warehouse row number, is in {rejects_path}",
-            )
     if snapshot is not None:
-        # only what Actito applied: a refused row (e.g. a consent for a profile that does not exist
-        # yet) is sent again by the next run instead of being taken as delivered
-        applied = np.ones(sum(len(h) for h in sent.key_hashes), dtype=bool)
-        applied[sent.refused] = False
-        snapshot.stage(np.concatenate(sent.key_hashes)[applied], np.concatenate(sent.row_hashes)[applied])
+        # refused rows too: sent again unchanged they would be refused again, each time costing one
+        # of the table's daily imports; a refused row is sent again as soon as it changes
+        snapshot.stage(np.concatenate(sent.key_hashes), np.concatenate(sent.row_hashes))
         snapshot.commit()
 
 
@@ -357,7 +348,6 @@ def _send(
             store.finish_import(definition["reference"], final.status, final.counts)
             line_errors = client.report(final.id) if final.status != "SUCCESS" else []
             rejects.write(_report_rejects(line_errors, offset, source_rows, keys))
-            sent.refused += [offset + e.line - 2 for e in line_errors if 0 <= offset + e.line - 2 < len(source_rows)]
             rejected += len(line_errors)
             accepted += part.rows - len(line_errors)
             executions.append(_execution_details(final, part, len(line_errors)))
