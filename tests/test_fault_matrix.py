@@ -10,6 +10,7 @@ can be shortened) or through ``execute()``, the path the scheduler takes.
 from __future__ import annotations
 
 import csv
+import errno
 import logging
 import os
 import shutil
@@ -362,3 +363,165 @@ def test_an_import_actito_refuses_in_part_succeeds_and_lists_each_refused_row(
     second = run_in_process(actito_project, "didomi_consents")
     assert second.ok and second.details["to_send"] == 0
     assert len(sandbox.executions("demo")) == 2
+
+
+# --------------------------------------------------------------------------- the warehouse drops the connection mid-stream
+
+BIG = "big_audience"
+#: e-mails by the million, computed by the server as they stream: far more than one chunk
+BIG_QUERIES = {
+    "postgres": "SELECT 'user' || i || '@example.com' AS email FROM generate_series(1, 3000000) AS s(i) "
+                "WHERE '{marker}' = '{marker}'",
+    "mariadb": "SELECT CONCAT('user', seq, '@example.com') AS email FROM seq_1_to_3000000 WHERE '{marker}' = '{marker}'",
+}
+#: how to find the session running the query from another connection, and end it
+KILLERS = {
+    "postgres": ("SELECT pid FROM pg_stat_activity WHERE query LIKE :pattern AND pid <> pg_backend_pid()",
+                 "SELECT pg_terminate_backend(:id)"),
+    "mariadb": ("SELECT id FROM information_schema.processlist WHERE info LIKE :pattern AND id <> CONNECTION_ID()",
+                "KILL :id"),
+}
+#: what each database's driver says when its session is ended under a running query
+DATABASE_WORDS = {"postgres": ("terminating connection", "server closed the connection"), "mariadb": ("Lost connection",)}
+
+
+def big_audience_project(demo_project: Path, url: str, sql: str) -> Path:
+    (demo_project.parent / "sql" / f"{BIG}.sql").write_text(sql)
+    outbox = demo_project.parent / "var" / "outbox"
+    outbox.mkdir(parents=True)
+    (outbox / f"{BIG}.csv").write_bytes(PREVIOUS)
+    text = demo_project.read_text().replace("chunk_size = 50000", "chunk_size = 1000")
+    demo_project.write_text(text + f'\n[warehouses.big]\nurl = "{url}"\n\n[activations.{BIG}]\n'
+                                   f'sql = "sql/{BIG}.sql"\nwarehouse = "big"\ndestination = "actito_demo"\n'
+                                   'identifier = "email"\n')
+    return demo_project
+
+
+def sessions_running(url: str, marker: str) -> list[int]:
+    engine = sa.create_engine(url)
+    try:
+        with engine.connect() as connection:
+            return [row[0] for row in connection.execute(sa.text(KILLERS[database_of(url)][0]),
+                                                         {"pattern": f"%{marker}%"})]
+    finally:
+        engine.dispose()
+
+
+def database_of(url: str) -> str:
+    return "postgres" if url.startswith("postgresql") else "mariadb"
+
+
+def end_sessions(url: str, marker: str) -> None:
+    """From another connection, end the session streaming the query, as a DBA or a failover would."""
+    (session,) = sessions_running(url, marker)
+    engine = sa.create_engine(url)
+    try:
+        with engine.connect() as connection:
+            connection.execute(sa.text(KILLERS[database_of(url)][1]), {"id": session})
+    finally:
+        engine.dispose()
+
+
+@pytest.mark.parametrize("database", ["postgres", "mariadb"])
+def test_a_warehouse_connection_dropped_mid_stream_is_one_clear_failure_with_nothing_delivered(
+    demo_project: Path, database: str
+) -> None:
+    url = dbservers.postgres_url() if database == "postgres" else dbservers.mariadb_url()
+    marker = dbservers.unique_name("marker")
+    config = big_audience_project(demo_project, url, BIG_QUERIES[database].format(marker=marker))
+
+    with dbservers.PoolWatch() as pools:
+        outcome = run_in_process(config, BIG, progress=once(lambda: end_sessions(url, marker)))
+        assert pools.checkouts > 0 and pools.checked_out == 0  # the warehouse's connection (and the ledger's) went back
+
+    assert outcome.status == "failed"
+    error = outcome.error or ""
+    assert error.startswith(f"{demo_project.parent / 'sql' / BIG}.sql: the connection to the warehouse broke off")
+    assert any(words in error for words in DATABASE_WORDS[database]), error
+    assert "\n" not in error and "run again once the warehouse is reachable" in error
+    outbox = demo_project.parent / "var" / "outbox"
+    assert (outbox / f"{BIG}.csv").read_bytes() == PREVIOUS and leftovers(outbox) == []
+    assert not (outbox / f"{BIG}.manifest.json").exists()
+    assert sessions_running(url, marker) == []
+
+
+# --------------------------------------------------------------------------- the disk fills up
+
+TMPFS_SIZE = "256k"
+
+
+@pytest.fixture
+def full_disk() -> Iterator[Callable[[Path], Path]]:
+    """``full_disk(directory)``: a tmpfs of 256 kB mounted on ``directory`` and filled up, so that the
+    next write there fails with a real ENOSPC; unmounted after the test. Needs root (skipped
+    otherwise; under CI=true a failure, as a skipped fault would prove nothing)."""
+    mounted: list[Path] = []
+
+    def mount(directory: Path) -> Path:
+        directory.mkdir(parents=True, exist_ok=True)
+        problem = "needs root to mount a tmpfs" if os.geteuid() != 0 else None
+        if problem is None:
+            done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={TMPFS_SIZE},mode=0700", "tmpfs", str(directory)],
+                                  capture_output=True, text=True)
+            problem = f"mount -t tmpfs failed: {done.stderr.strip()}" if done.returncode else None
+        if problem is not None:
+            if dbservers.in_ci():
+                pytest.fail(f"{problem} (CI=true: the disk-full faults must not be skipped)", pytrace=False)
+            pytest.skip(problem)
+        mounted.append(directory)
+        return directory
+
+    yield mount
+    for directory in reversed(mounted):
+        subprocess.run(["umount", str(directory)], check=True)
+
+
+def fill(directory: Path) -> None:
+    """Take every free byte of the file system holding ``directory``."""
+    with open(directory / "filler", "wb", buffering=0) as filler:
+        with pytest.raises(OSError) as full:
+            while True:
+                filler.write(b"\0" * 4096)
+    assert full.value.errno == errno.ENOSPC
+
+
+@pytest.mark.parametrize(("full", "hint"), [("outbox", "the disk is full: free some space"),
+                                            ("state", "check free space")])
+def test_a_full_disk_is_one_clear_failure_with_the_previous_file_in_place(
+    demo_project: Path, full_disk: Callable[[Path], Path], cli: Callable[..., Shown], full: str, hint: str
+) -> None:
+    """Delivering to the local outbox, or writing the run's own files (state_dir; the ledger is
+    elsewhere, state_url), fails with ENOSPC."""
+    root = demo_project.parent
+    ledger = f'state_url = "sqlite:///{root / "ledger.db"}"'
+    demo_project.write_text(demo_project.read_text().replace('state_dir = "var/state"', f'state_dir = "var/state"\n{ledger}'))
+    full_disk(root / "var" / full)
+    outbox = root / "var" / "outbox"
+    outbox.mkdir(parents=True, exist_ok=True)
+    (outbox / f"{AUDIENCE}.csv").write_bytes(PREVIOUS)
+    fill(root / "var" / full)
+
+    shown = cli(demo_project, "run", AUDIENCE)
+
+    one_clear_failure(shown, "No space left on device", hint)
+    nothing_delivered(outbox)
+    assert last_status(demo_project) == "failed"
+
+
+def test_a_full_disk_under_the_ledger_runs_nothing_and_says_so(
+    demo_project: Path, full_disk: Callable[[Path], Path], cli: Callable[..., Shown]
+) -> None:
+    assert cli(demo_project, "run", AUDIENCE).code == 0  # the ledger exists, with a first delivery
+    state = demo_project.parent / "var" / "state"
+    kept = state.with_name("state.before")
+    state.rename(kept)
+    shutil.copytree(kept, full_disk(state), dirs_exist_ok=True)
+    fill(state)
+    outbox = demo_project.parent / "var" / "outbox"
+    before = {path.name: path.read_bytes() for path in outbox.iterdir()}
+
+    shown = cli(demo_project, "run", AUDIENCE)
+
+    assert shown.code == 1 and "Traceback" not in shown.said
+    assert "cannot take the lock: database or disk is full — nothing was run" in shown.err
+    assert {path.name: path.read_bytes() for path in outbox.iterdir()} == before
