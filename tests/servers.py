@@ -178,7 +178,7 @@ class _SftpHandler(asyncssh.SFTPServer):
             await asyncio.sleep(self._behaviour.write_delay)
         if self._cut_now(offset + len(data)):
             self.connection.abort()  # like a dropped link: no reply, the socket just closes
-            await asyncio.sleep(3600)  # the connection's tasks are cancelled; this write never answers
+            raise asyncssh.SFTPConnectionLost("connection cut")  # never sent: the session ends, its files are closed
         limit = self._behaviour.write_limit
         if limit is not None and offset + len(data) > limit:
             if not self._behaviour.silent_truncate:

@@ -791,6 +791,11 @@ class ActitoSandbox:
         with self._lock:
             self._faults.append(_Fault(status, count, path_contains, retry_after))
 
+    def clear_faults(self) -> None:
+        """Forget the injected faults not yet used up."""
+        with self._lock:
+            self._faults.clear()
+
     def revoke(self, api_key: str) -> None:
         """The key and every token obtained with it now get 401."""
         with self._lock:
