@@ -100,13 +100,13 @@ class Servers:
         """Per activation: what may go wrong. A fault's run ends retried to success or in one failure."""
         sftp, ftps, sandbox = self.sftp.behaviour, self.ftps.behaviour, self.sandbox
 
-        def cut(times: int) -> Callable[[], None]:
+        def cut(server: SftpBehaviour | FtpsBehaviour, times: int) -> Callable[[], None]:
             def inject() -> None:
-                sftp.cut_after, sftp.cuts = 1000, sftp.cut_count + times
+                server.cut.after, server.cut.times = 1000, server.cut.count + times
             return inject
 
         def uncut() -> None:
-            sftp.cut_after = None
+            sftp.cut.after = ftps.cut.after = None
 
         def actito(status: FaultStatus, count: int, path: str) -> Fault:
             retry_after = 0 if isinstance(status, int) else None  # no pause: the soak is about what is left behind
@@ -121,8 +121,8 @@ class Servers:
             ftps.write_limit = None
 
         return {
-            "to_sftp": [Fault("sftp cut once", cut(1), uncut), Fault("sftp cut every time", cut(1000), uncut)],
-            "to_ftps": [Fault("ftps server disk full", disk_full, disk_freed)],
+            "to_sftp": [Fault("sftp cut once", cut(sftp, 1), uncut), Fault("sftp cut every time", cut(sftp, 1000), uncut)],
+            "to_ftps": [Fault("ftps cut once", cut(ftps, 1), uncut), Fault("ftps server disk full", disk_full, disk_freed)],
             "to_outbox": [],
             "profiles": [actito(429, 2, "/etl-executions"), actito(500, 2, "/etl-executions/"),
                          actito("timeout", 1, "/etl-executions"), actito("disconnect", 1, "/etl-executions"),

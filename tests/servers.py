@@ -142,6 +142,24 @@ def make_tls_certificate(directory: Path, host: str = HOST) -> TlsFiles:
 
 
 @dataclass
+class Cuts:
+    """Cut the client's whole connection (no answer, TCP closed) once an upload has received more than
+    ``after`` bytes, for ``times`` uploads; later ones go through, like a link that came back."""
+
+    after: int | None = None
+    times: int = 1_000_000
+    #: uploads cut so far
+    count: int = 0
+
+    def due(self, written: int) -> bool:
+        """Whether an upload that has now received ``written`` bytes is cut here (counted if so)."""
+        if self.after is None or written <= self.after or self.count >= self.times:
+            return False
+        self.count += 1
+        return True
+
+
+@dataclass
 class SftpBehaviour:
     """How the SFTP server misbehaves, if at all."""
 
@@ -155,12 +173,8 @@ class SftpBehaviour:
     silent_truncate: bool = False
     #: seconds each write request takes, like a slow link: stretches an upload so a watcher can see it
     write_delay: float = 0.0
-    #: cut the client's whole connection (no SFTP answer, TCP closed) once a file has received this many bytes ...
-    cut_after: int | None = None
-    #: ... for this many uploads; later ones go through, like a link that came back
-    cuts: int = 1_000_000
-    #: uploads cut so far (counted by the server)
-    cut_count: int = 0
+    #: when the connection is cut mid-upload
+    cut: Cuts = field(default_factory=Cuts)
 
 
 class _SftpHandler(asyncssh.SFTPServer):
@@ -176,7 +190,7 @@ class _SftpHandler(asyncssh.SFTPServer):
     async def write(self, file_obj: object, offset: int, data: bytes) -> Any:
         if self._behaviour.write_delay:
             await asyncio.sleep(self._behaviour.write_delay)
-        if self._cut_now(offset + len(data)):
+        if self._behaviour.cut.due(offset + len(data)):
             self.connection.abort()  # like a dropped link: no reply, the socket just closes
             raise asyncssh.SFTPConnectionLost("connection cut")  # never sent: the session ends, its files are closed
         limit = self._behaviour.write_limit
@@ -187,13 +201,6 @@ class _SftpHandler(asyncssh.SFTPServer):
             if not data:
                 return 0
         return super().write(file_obj, offset, data)
-
-    def _cut_now(self, written: int) -> bool:
-        behaviour = self._behaviour
-        if behaviour.cut_after is None or written <= behaviour.cut_after or behaviour.cut_count >= behaviour.cuts:
-            return False
-        behaviour.cut_count += 1
-        return True
 
     def posix_rename(self, oldpath: bytes, newpath: bytes) -> Any:
         if not self._behaviour.posix_rename:
@@ -334,17 +341,26 @@ class FtpsBehaviour:
     write_limit: int | None = None
     #: seconds each write of a received block takes, like a slow link or disk
     write_delay: float = 0.0
+    #: when the connection (control and data) is cut mid-upload
+    cut: Cuts = field(default_factory=Cuts)
 
 
 class _ThrottledFile:
-    def __init__(self, file: Any, limit: int | None, delay: float) -> None:
+    def __init__(self, file: Any, limit: int | None, delay: float, cut: Cuts, session: Any) -> None:
         self._file = file
         self._left = limit
         self._delay = delay
+        self._cut = cut
+        self._session = session
+        self._written = 0
 
     def write(self, data: bytes) -> int:
         if self._delay:
             time.sleep(self._delay)  # blocks the server loop: fine, it serves one client at a time here
+        self._written += len(data)
+        if self._cut.due(self._written):
+            self._session.close()  # the control connection and its data connection, without a reply
+            return len(data)  # dropped: nobody is left to tell
         if self._left is None:
             return int(self._file.write(data))
         if len(data) > self._left:
@@ -386,9 +402,10 @@ class FtpsServer:
         class FS(AbstractedFS):
             def open(self, filename: str, mode: str) -> Any:
                 file = super().open(filename, mode)
-                throttled = behaviour.write_limit is not None or behaviour.write_delay
+                throttled = behaviour.write_limit is not None or behaviour.write_delay or behaviour.cut.after
                 if throttled and ("w" in mode or "a" in mode):
-                    return _ThrottledFile(file, behaviour.write_limit, behaviour.write_delay)
+                    return _ThrottledFile(file, behaviour.write_limit, behaviour.write_delay, behaviour.cut,
+                                          self.cmd_channel)
                 return file
 
         class DataChannel(TLS_DTPHandler):

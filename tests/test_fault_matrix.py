@@ -26,6 +26,8 @@ import pytest
 import sqlalchemy as sa
 from servers import (
     PASSWORD,
+    Cuts,
+    FtpsBehaviour,
     FtpsServer,
     SftpBehaviour,
     SftpServer,
@@ -141,7 +143,6 @@ def with_files(config_path: Path, files_table: str) -> Path:
 def sftp_project(demo_project: Path, server: SftpServer, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("TEST_SFTP_PASSWORD", PASSWORD)
     known_hosts = server.write_known_hosts(demo_project.parent / "known_hosts")
-    (server.root / "in" / f"{AUDIENCE}.csv").write_bytes(PREVIOUS)
     return with_files(demo_project, f'type = "sftp"\nhost = "127.0.0.1"\nport = {server.port}\nusername = "actito"\n'
                                     f'password = "${{TEST_SFTP_PASSWORD}}"\nknown_hosts = "{known_hosts}"\n'
                                     'remote_dir = "/in"\ntimeout = 5')
@@ -154,38 +155,65 @@ def ftps_project(demo_project: Path, port: int, monkeypatch: pytest.MonkeyPatch,
                                     f'password = "${{TEST_FTPS_PASSWORD}}"\n{trust}remote_dir = "/in"\ntimeout = 5')
 
 
-# --------------------------------------------------------------------------- SFTP: connection cut mid-upload
+# --------------------------------------------------------------------------- SFTP and FTPS: connection cut mid-upload
 
 
-def test_an_sftp_upload_cut_once_is_retried_to_success(
-    demo_project: Path, make_sftp_server: Callable[..., SftpServer], monkeypatch: pytest.MonkeyPatch,
-    cli: Callable[..., Shown], quick_retries: None,
+@dataclass
+class CutLocation:
+    config: Path
+    inbox: Path
+    address: str
+    cuts: Cuts
+
+
+@pytest.fixture(params=["sftp", "ftps"])
+def cut_location(
+    request: pytest.FixtureRequest, demo_project: Path, make_sftp_server: Callable[..., SftpServer],
+    make_ftps_server: Callable[..., FtpsServer], monkeypatch: pytest.MonkeyPatch,
+) -> Callable[[int], CutLocation]:
+    """``cut_location(times)``: the demo delivering to a server that cuts the connection during the
+    first ``times`` uploads (1 kB in), its directory holding a previous file."""
+
+    def make(times: int) -> CutLocation:
+        cuts = Cuts(after=1000, times=times)
+        if request.param == "sftp":
+            sftp = make_sftp_server(SftpBehaviour(cut=cuts))
+            config, root, port = sftp_project(demo_project, sftp, monkeypatch), sftp.root, sftp.port
+        else:
+            ftps = make_ftps_server(FtpsBehaviour(cut=cuts))
+            config = ftps_project(demo_project, ftps.port, monkeypatch, ca_file=ftps.tls.cert)
+            root, port = ftps.root, ftps.port
+        (root / "in" / f"{AUDIENCE}.csv").write_bytes(PREVIOUS)
+        return CutLocation(config, root / "in", f"{request.param}://actito@127.0.0.1:{port}/in/{AUDIENCE}.csv", cuts)
+
+    return make
+
+
+def test_an_upload_cut_once_is_retried_to_success(
+    cut_location: Callable[[int], CutLocation], cli: Callable[..., Shown], quick_retries: None,
 ) -> None:
-    server = make_sftp_server(SftpBehaviour(cut_after=1000, cuts=1))
-    config = sftp_project(demo_project, server, monkeypatch)
+    location = cut_location(1)
 
-    shown = cli(config, "run", AUDIENCE)
+    shown = cli(location.config, "run", AUDIENCE)
 
     assert shown.code == 0, shown.said
-    assert server.behaviour.cut_count == 1
+    assert location.cuts.count == 1
     assert "delivery interrupted, reconnecting" in shown.err and "connection to the server broke" in shown.err
-    delivered(server.root / "in", config)
+    delivered(location.inbox, location.config)
 
 
-def test_an_sftp_upload_cut_every_time_is_one_clear_failure(
-    demo_project: Path, make_sftp_server: Callable[..., SftpServer], monkeypatch: pytest.MonkeyPatch,
-    cli: Callable[..., Shown], quick_retries: None,
+def test_an_upload_cut_every_time_is_one_clear_failure(
+    cut_location: Callable[[int], CutLocation], cli: Callable[..., Shown], quick_retries: None,
 ) -> None:
-    server = make_sftp_server(SftpBehaviour(cut_after=1000))
-    config = sftp_project(demo_project, server, monkeypatch)
+    location = cut_location(1_000_000)
 
-    shown = cli(config, "run", AUDIENCE)
+    shown = cli(location.config, "run", AUDIENCE)
 
-    one_clear_failure(shown, f"sftp://actito@127.0.0.1:{server.port}/in/{AUDIENCE}.csv",
-                      "the connection to the server broke", "gave up after 3 attempts", "previous files are still in place")
-    assert server.behaviour.cut_count == 3  # the budget, then no more
-    nothing_delivered(server.root / "in")  # the cut temporary file was removed over a new connection
-    assert last_status(config) == "failed"
+    one_clear_failure(shown, location.address, "the connection to the server broke", "gave up after 3 attempts",
+                      "previous files are still in place")
+    assert location.cuts.count == 3  # the budget, then no more
+    nothing_delivered(location.inbox)  # the cut temporary file was removed over a new connection
+    assert last_status(location.config) == "failed"
 
 
 # --------------------------------------------------------------------------- FTPS: TLS failures are not retried
