@@ -4,8 +4,9 @@ Actito polls the location on its own schedule, so it may look at the directory a
 delivery. The contract below makes sure it only ever sees complete files: each file is written
 under a temporary name that Actito ignores, checked, and only then renamed over the final name in
 one step. Protocol classes provide the few primitive operations (upload, size, rename, remove,
-list); the ordering, the checks and the clean-up on failure live here once, so the three
-protocols cannot drift apart. What the two network protocols share beyond that (a server
+list) and say which of their failures are a broken connection (``DeliveryInterrupted``); the
+ordering, the checks, the reconnect-and-retry after a broken connection (``RETRY``) and the
+clean-up on failure live here once, so the three protocols cannot drift apart. What the two network protocols share beyond that (a server
 address, a login name, a directory, a timeout, and how they say so) is ``RemoteDeliverer``.
 """
 
