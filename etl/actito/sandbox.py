@@ -804,7 +804,8 @@ class ActitoSandbox:
 
     def drop_attribute(self, entity: str, table: str, attribute: str) -> None:
         """Delete an attribute of a profile table, as an Actito administrator can at any moment: an
-        import already checked against the old structure then ends in ERROR (unknown column)."""
+        import prepared against the old structure is then refused (400, the definition maps an
+        attribute the table no longer has)."""
         with self._lock:
             del self._profile_table(self._entity(entity), table).attributes[attribute]
 

@@ -6,8 +6,9 @@ under a temporary name that Actito ignores, checked, and only then renamed over 
 one step. Protocol classes provide the few primitive operations (upload, size, rename, remove,
 list) and say which of their failures are a broken connection (``DeliveryInterrupted``); the
 ordering, the checks, the reconnect-and-retry after a broken connection (``RETRY``) and the
-clean-up on failure live here once, so the three protocols cannot drift apart. What the two network protocols share beyond that (a server
-address, a login name, a directory, a timeout, and how they say so) is ``RemoteDeliverer``.
+clean-up on failure live here once, so the three protocols cannot drift apart. What the two
+network protocols share beyond that (a server address, a login name, a directory, a timeout, and
+how they say so) is ``RemoteDeliverer``.
 """
 
 from __future__ import annotations
