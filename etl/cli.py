@@ -341,6 +341,8 @@ def _where_it_went(outcome: RunOutcome) -> str:
                 f"{details['left']:,} left")
     if "table" in details:  # an import into an Actito table
         sent = f"{details.get('to_send', 0):,} changed rows sent" if not outcome.dry_run else "dry run, nothing sent"
+        if details.get("refused_by_actito"):
+            sent += f" ({details['refused_by_actito']:,} refused by Actito, listed in the rejects file)"
         return f"Actito table '{details['table']}': {sent}, {details.get('unchanged', 0):,} unchanged"
     delivered = details.get("delivered", [])
     return str(delivered[0]["location"]) if delivered else f"written to {details.get('local_dir')} (dry run)"

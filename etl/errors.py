@@ -57,6 +57,12 @@ class DeliveryError(AudienceSyncError):
     """The file could not be put in place at the file transfer location."""
 
 
+class DeliveryInterrupted(DeliveryError):
+    """The connection to the file transfer location broke during a transfer (reset, dropped, timed
+    out, cut short): unlike a refusal or a configuration problem, the same transfer may work at
+    once, so the delivery is attempted again within its retry budget."""
+
+
 class StateError(AudienceSyncError):
     """The run ledger (state store) cannot be read or written."""
 

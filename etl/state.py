@@ -245,7 +245,12 @@ class StateStore:
         except IntegrityError:
             pass
         except SQLAlchemyError as exc:
-            raise StateError(f"cannot take the lock: {_first_line(exc)}", where=activation) from None
+            raise StateError(
+                f"cannot take the lock: {_first_line(exc)}",
+                where=activation,
+                hint=f"nothing was run: the run ledger {self._shown()} cannot be written (a full disk, "
+                "permissions, or its database is down)",
+            ) from None
         # a row exists: take it over only if its lease has run out (the holder crashed)
         with self._connect() as conn, conn.begin():
             taken = conn.execute(

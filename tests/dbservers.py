@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import functools
 import os
+import threading
 import uuid
 
 import pytest
@@ -75,3 +76,35 @@ def _problem(url: str) -> str | None:
     finally:
         engine.dispose()
     return None
+
+
+class PoolWatch:
+    """Connections checked out of every SQLAlchemy pool of the process and not yet returned.
+
+    Engines are created per run (and by the ledger), so watching one engine would miss the others:
+    this listens on the Pool class itself while it is in use (a ``with`` block).
+    """
+
+    def __init__(self) -> None:
+        self.checked_out = 0
+        #: checkouts seen in all, so a test can tell the watch saw anything at all
+        self.checkouts = 0
+        self._lock = threading.Lock()
+
+    def _out(self, *args: object) -> None:
+        with self._lock:
+            self.checked_out += 1
+            self.checkouts += 1
+
+    def _back(self, *args: object) -> None:
+        with self._lock:
+            self.checked_out -= 1
+
+    def __enter__(self) -> PoolWatch:
+        sa.event.listen(sa.pool.Pool, "checkout", self._out)
+        sa.event.listen(sa.pool.Pool, "checkin", self._back)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        sa.event.remove(sa.pool.Pool, "checkout", self._out)
+        sa.event.remove(sa.pool.Pool, "checkin", self._back)

@@ -142,6 +142,24 @@ def make_tls_certificate(directory: Path, host: str = HOST) -> TlsFiles:
 
 
 @dataclass
+class Cuts:
+    """Cut the client's whole connection (no answer, TCP closed) once an upload has received more than
+    ``after`` bytes, for ``times`` uploads; later ones go through, like a link that came back."""
+
+    after: int | None = None
+    times: int = 1_000_000
+    #: uploads cut so far
+    count: int = 0
+
+    def due(self, written: int) -> bool:
+        """Whether an upload that has now received ``written`` bytes is cut here (counted if so)."""
+        if self.after is None or written <= self.after or self.count >= self.times:
+            return False
+        self.count += 1
+        return True
+
+
+@dataclass
 class SftpBehaviour:
     """How the SFTP server misbehaves, if at all."""
 
@@ -155,6 +173,8 @@ class SftpBehaviour:
     silent_truncate: bool = False
     #: seconds each write request takes, like a slow link: stretches an upload so a watcher can see it
     write_delay: float = 0.0
+    #: when the connection is cut mid-upload
+    cut: Cuts = field(default_factory=Cuts)
 
 
 class _SftpHandler(asyncssh.SFTPServer):
@@ -170,6 +190,9 @@ class _SftpHandler(asyncssh.SFTPServer):
     async def write(self, file_obj: object, offset: int, data: bytes) -> Any:
         if self._behaviour.write_delay:
             await asyncio.sleep(self._behaviour.write_delay)
+        if self._behaviour.cut.due(offset + len(data)):
+            self.connection.abort()  # like a dropped link: no reply, the socket just closes
+            raise asyncssh.SFTPConnectionLost("connection cut")  # never sent: the session ends, its files are closed
         limit = self._behaviour.write_limit
         if limit is not None and offset + len(data) > limit:
             if not self._behaviour.silent_truncate:
@@ -318,17 +341,26 @@ class FtpsBehaviour:
     write_limit: int | None = None
     #: seconds each write of a received block takes, like a slow link or disk
     write_delay: float = 0.0
+    #: when the connection (control and data) is cut mid-upload
+    cut: Cuts = field(default_factory=Cuts)
 
 
 class _ThrottledFile:
-    def __init__(self, file: Any, limit: int | None, delay: float) -> None:
+    def __init__(self, file: Any, limit: int | None, delay: float, cut: Cuts, session: Any) -> None:
         self._file = file
         self._left = limit
         self._delay = delay
+        self._cut = cut
+        self._session = session
+        self._written = 0
 
     def write(self, data: bytes) -> int:
         if self._delay:
             time.sleep(self._delay)  # blocks the server loop: fine, it serves one client at a time here
+        self._written += len(data)
+        if self._cut.due(self._written):
+            self._session.close()  # the control connection and its data connection, without a reply
+            return len(data)  # dropped: nobody is left to tell
         if self._left is None:
             return int(self._file.write(data))
         if len(data) > self._left:
@@ -370,9 +402,10 @@ class FtpsServer:
         class FS(AbstractedFS):
             def open(self, filename: str, mode: str) -> Any:
                 file = super().open(filename, mode)
-                throttled = behaviour.write_limit is not None or behaviour.write_delay
+                throttled = behaviour.write_limit is not None or behaviour.write_delay or behaviour.cut.after
                 if throttled and ("w" in mode or "a" in mode):
-                    return _ThrottledFile(file, behaviour.write_limit, behaviour.write_delay)
+                    return _ThrottledFile(file, behaviour.write_limit, behaviour.write_delay, behaviour.cut,
+                                          self.cmd_channel)
                 return file
 
         class DataChannel(TLS_DTPHandler):
@@ -499,6 +532,61 @@ def silent_server() -> Iterator[int]:
         yield int(silent.getsockname()[1])
 
 
+@dataclass
+class BrokenTlsServer:
+    """An FTP server that agrees to AUTH TLS and then breaks the handshake: it answers the client's
+    TLS hello with plain text and closes, as a middlebox or a misconfigured server does."""
+
+    port: int
+    #: connections accepted so far, to tell whether a client tried again
+    connections: int = 0
+
+
+@contextmanager
+def tls_breaking_server() -> Iterator[BrokenTlsServer]:
+    with socket.socket() as listener:
+        listener.bind((HOST, 0))
+        listener.listen()
+        listener.settimeout(0.2)
+        server = BrokenTlsServer(port=int(listener.getsockname()[1]))
+
+        def serve(stop: threading.Event) -> None:
+            while not stop.is_set():
+                try:
+                    conn, _ = listener.accept()
+                except TimeoutError:
+                    continue
+                except OSError:
+                    return
+                server.connections += 1
+                with conn:
+                    conn.settimeout(5)
+                    try:
+                        conn.sendall(b"220 ready\r\n")
+                        conn.recv(1024)  # AUTH TLS
+                        conn.sendall(b"234 AUTH TLS successful\r\n")
+                        conn.recv(4096)  # the TLS ClientHello
+                        conn.sendall(b"500 unexpected input\r\n")
+                    except OSError:
+                        pass
+
+        with _in_background(serve, "broken-tls-server"):
+            yield server
+
+
+@contextmanager
+def _in_background(work: Callable[[threading.Event], None], name: str) -> Iterator[None]:
+    """Run ``work(stop)`` in a thread for the duration of the block; it returns once ``stop`` is set."""
+    stop = threading.Event()
+    thread = threading.Thread(target=work, args=(stop,), name=name, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join(10)
+
+
 # --------------------------------------------------------------------------- observing a served directory
 
 
@@ -534,10 +622,9 @@ def watch(directory: Path, name: str) -> Iterator[Sightings]:
     file for it, which proves the polling overlapped the upload.
     """
     seen = Sightings()
-    stop = threading.Event()
     temp_suffix = f"-{name}.part"
 
-    def poll() -> None:
+    def poll(stop: threading.Event) -> None:
         while not stop.is_set():
             seen.polls += 1
             try:
@@ -552,10 +639,5 @@ def watch(directory: Path, name: str) -> Iterator[Sightings]:
             except FileNotFoundError:
                 pass  # renamed between listing and stat
 
-    thread = threading.Thread(target=poll, name="directory-watcher", daemon=True)
-    thread.start()
-    try:
+    with _in_background(poll, "directory-watcher"):
         yield seen
-    finally:
-        stop.set()
-        thread.join(10)

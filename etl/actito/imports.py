@@ -238,8 +238,11 @@ def run_import(
             accepted, refused = _send(context, client, target, table, mapping, written, sent, rejects)
         context.results["rows_delivered"] = accepted
         context.results["rows_rejected"] = context.results.get("rows_rejected", 0) + refused
+        context.details["refused_by_actito"] = refused
         rejects.close()
     if snapshot is not None:
+        # refused rows too: sent again unchanged they would be refused again, each time costing one
+        # of the table's daily imports; a refused row is sent again as soon as it changes
         snapshot.stage(np.concatenate(sent.key_hashes), np.concatenate(sent.row_hashes))
         snapshot.commit()
 

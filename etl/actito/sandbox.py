@@ -791,11 +791,23 @@ class ActitoSandbox:
         with self._lock:
             self._faults.append(_Fault(status, count, path_contains, retry_after))
 
+    def clear_faults(self) -> None:
+        """Forget the injected faults not yet used up."""
+        with self._lock:
+            self._faults.clear()
+
     def revoke(self, api_key: str) -> None:
         """The key and every token obtained with it now get 401."""
         with self._lock:
             self._revoked.add(api_key)
             self._save()
+
+    def drop_attribute(self, entity: str, table: str, attribute: str) -> None:
+        """Delete an attribute of a profile table, as an Actito administrator can at any moment: an
+        import prepared against the old structure is then refused (400, the definition maps an
+        attribute the table no longer has)."""
+        with self._lock:
+            del self._profile_table(self._entity(entity), table).attributes[attribute]
 
     def advance_clock(self, seconds: float) -> None:
         """Move the sandbox clock (token expiry, daily import budget) forward; real time is untouched."""

@@ -4,9 +4,11 @@ Actito polls the location on its own schedule, so it may look at the directory a
 delivery. The contract below makes sure it only ever sees complete files: each file is written
 under a temporary name that Actito ignores, checked, and only then renamed over the final name in
 one step. Protocol classes provide the few primitive operations (upload, size, rename, remove,
-list); the ordering, the checks and the clean-up on failure live here once, so the three
-protocols cannot drift apart. What the two network protocols share beyond that (a server
-address, a login name, a directory, a timeout, and how they say so) is ``RemoteDeliverer``.
+list) and say which of their failures are a broken connection (``DeliveryInterrupted``); the
+ordering, the checks, the reconnect-and-retry after a broken connection (``RETRY``) and the
+clean-up on failure live here once, so the three protocols cannot drift apart. What the two
+network protocols share beyond that (a server address, a login name, a directory, a timeout, and
+how they say so) is ``RemoteDeliverer``.
 """
 
 from __future__ import annotations
@@ -14,8 +16,10 @@ from __future__ import annotations
 import abc
 import logging
 import posixpath
+import random
 import re
 import socket
+import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -24,7 +28,7 @@ from types import TracebackType
 from typing import ClassVar, Self
 from urllib.parse import quote
 
-from etl.errors import DeliveryError
+from etl.errors import DeliveryError, DeliveryInterrupted
 
 log = logging.getLogger("audience_sync.delivery")
 
@@ -35,6 +39,32 @@ TEMP_PREFIX = ".audience-sync-"
 TEMP_SUFFIX = ".part"
 
 _UNSAFE_IN_NAME = re.compile(r"[^A-Za-z0-9._-]")
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How a delivery whose connection broke is attempted again (`DeliveryInterrupted` only).
+
+    Refusals and configuration problems (credentials, host key, certificate, directory,
+    permissions, a full disk) are never retried: the same attempt would fail the same way, and the
+    next scheduled run tries again anyway. A connection cut during an upload is the typical
+    passing failure of long transfers, so it gets a few quick reconnections, each pause doubling
+    (with jitter, so several jobs cut together do not reconnect together), all bounded by
+    ``attempts``.
+    """
+
+    attempts: int = 3
+    first_pause: float = 2.0
+    max_pause: float = 30.0
+
+    def pause(self, attempt: int) -> float:
+        """Seconds to wait after failed attempt number ``attempt`` (1-based)."""
+        ceiling = min(self.max_pause, self.first_pause * 2 ** (attempt - 1))
+        return random.uniform(ceiling / 2, ceiling)
+
+
+#: the policy every deliverer follows; read at each delivery, so tests can shorten its pauses
+RETRY = RetryPolicy()
 
 
 def temp_name(run_id: str, name: str) -> str:
@@ -150,30 +180,15 @@ class Deliverer(abc.ABC):
 
         Every file is uploaded under a temporary name and its remote size checked before *any*
         final name is touched, so a failed transfer (network, disk full, permissions) leaves the
-        previous delivery fully in place and the temporary files are removed. Renames follow the
-        order of ``files``: a manifest listed last only appears once the files it describes are in
-        place. A failure during the renames themselves (rare: the uploads already succeeded) names
-        the files that were already replaced.
+        previous delivery fully in place and the temporary files are removed. A connection that
+        breaks during the uploads is reconnected and the uploads start again, within `RETRY`.
+        Renames follow the order of ``files``: a manifest listed last only appears once the files
+        it describes are in place. A failure during the renames themselves (rare: the uploads
+        already succeeded) names the files that were already replaced.
         """
         self._require_connected()
         plan = self._plan(files, run_id)
-        uploaded: list[_Planned] = []
-        try:
-            for item in plan:
-                # recorded before the upload so that a partial temporary file is cleaned up too
-                uploaded.append(item)
-                self._upload(item.local, item.temp)
-                remote_size = self._remote_size(item.temp)
-                if remote_size != item.size:
-                    raise DeliveryError(
-                        f"the uploaded copy of {item.name} has {remote_size} bytes instead of {item.size}",
-                        where=self._location(item.temp),
-                        hint="the transfer was cut short (connection or server disk); "
-                        "the previous file was left in place, run again",
-                    )
-        except BaseException:
-            self._discard(item.temp for item in uploaded)
-            raise
+        self._upload_retrying(plan)
 
         delivered: list[DeliveredFile] = []
         for index, item in enumerate(plan):
@@ -193,6 +208,75 @@ class Deliverer(abc.ABC):
             delivered.append(DeliveredFile(name=item.name, size=item.size, location=self._location(item.name)))
             log.info("delivered %s (%d bytes) to %s", item.name, item.size, delivered[-1].location)
         return delivered
+
+    def _upload_retrying(self, plan: Sequence[_Planned]) -> None:
+        """Upload every temporary file; after a broken connection, reconnect and upload them all again.
+
+        The temporary names do not change between attempts, so a new attempt overwrites what a cut
+        one left. A reconnection that fails for another reason (the server now refuses the login,
+        say) ends the delivery with that error at once.
+        """
+        policy = RETRY
+        attempt = 1
+        while True:
+            try:
+                self._upload_all(plan)
+                return
+            except DeliveryInterrupted as exc:
+                if attempt >= policy.attempts:
+                    self._clean_up_after_cut(plan)
+                    raise DeliveryInterrupted(
+                        f"{exc.what}; gave up after {attempt} attempts",
+                        where=exc.where,
+                        hint="nothing was replaced: the previous files are still in place; "
+                        "check the network and the server, the next run tries again",
+                    ) from None
+                pause = policy.pause(attempt)
+                log.warning(
+                    "delivery interrupted, reconnecting: %s", exc.message(),
+                    extra={"fields": {"attempt": attempt, "max_attempts": policy.attempts, "wait_s": round(pause, 2)}},
+                )
+                time.sleep(pause)
+                attempt += 1
+                self._reconnect()
+
+    def _upload_all(self, plan: Sequence[_Planned]) -> None:
+        uploaded: list[_Planned] = []
+        try:
+            for item in plan:
+                # recorded before the upload so that a partial temporary file is cleaned up too
+                uploaded.append(item)
+                self._upload(item.local, item.temp)
+                remote_size = self._remote_size(item.temp)
+                if remote_size != item.size:
+                    raise DeliveryError(
+                        f"the uploaded copy of {item.name} has {remote_size} bytes instead of {item.size}",
+                        where=self._location(item.temp),
+                        hint="the transfer was cut short (connection or server disk); "
+                        "the previous file was left in place, run again",
+                    )
+        except DeliveryInterrupted as exc:
+            # the connection is gone, so nothing can be removed over it: the caller reconnects
+            # and either uploads again over the same temporary names or cleans them up
+            raise DeliveryInterrupted(exc.what, where=self._location(uploaded[-1].name), hint=exc.hint) from None
+        except BaseException:
+            self._discard(item.temp for item in uploaded)
+            raise
+
+    def _reconnect(self) -> None:
+        self._connected = False
+        self.close()
+        self.connect()
+        self._connected = True
+
+    def _clean_up_after_cut(self, plan: Sequence[_Planned]) -> None:
+        """Best effort, on a new connection: the cut one cannot remove what it left."""
+        try:
+            self._reconnect()
+        except Exception as exc:
+            log.debug("could not reconnect to remove temporary files: %s", exc)
+            return
+        self._discard(item.temp for item in plan)
 
     def apply_retention(self, is_ours: Callable[[str], bool], older_than: datetime) -> list[str]:
         """Delete our own old files so the location does not grow forever; return the names removed.
@@ -335,7 +419,9 @@ class RemoteDeliverer(Deliverer):
         """Why a request failed, for a message: the server's own words, or the time-out."""
         if isinstance(exc, TimeoutError):
             return f"no answer within {self._timeout:g} s"
-        return str(exc).strip() or type(exc).__name__
+        if isinstance(exc, EOFError) and not str(exc):
+            return "closed by the server"
+        return str(exc).strip().rstrip(":") or type(exc).__name__  # paramiko: "Server connection dropped: "
 
 
 def utc_from_timestamp(seconds: float) -> datetime:

@@ -20,11 +20,16 @@ from pathlib import Path
 from typing import Any
 
 from etl.delivery.base import RemoteDeliverer
-from etl.errors import DeliveryError
+from etl.errors import DeliveryError, DeliveryInterrupted
 
 log = logging.getLogger("audience_sync.delivery")
 
 _BLOCK_SIZE = 256 * 1024
+#: OpenSSL's reason codes for a broken handshake, in words
+_HANDSHAKE_WORDS = {
+    "WRONG_VERSION_NUMBER": "the server answered in plain text, not TLS",
+    "UNEXPECTED_EOF_WHILE_READING": "the server closed the connection during the handshake",
+}
 _FTP_ERRORS = (ftplib.Error, OSError, EOFError)
 
 
@@ -174,10 +179,12 @@ class FtpsDeliverer(RemoteDeliverer):
                 ),
             ) from None
         except ssl.SSLError as exc:
+            reason = _HANDSHAKE_WORDS.get(str(exc.reason), str(exc.reason or exc))
             raise DeliveryError(
-                f"the TLS handshake failed ({exc.reason or exc})",
+                f"the TLS handshake failed ({reason})",
                 where=server,
-                hint="the server may only offer implicit FTPS (port 990) or outdated TLS versions",
+                hint="the server may only offer implicit FTPS (port 990) or outdated TLS versions, or "
+                "something between here and the server interferes; not retried: check the server's TLS set-up",
             ) from None
         except ftplib.error_perm as exc:
             raise DeliveryError(
@@ -264,8 +271,14 @@ class FtpsDeliverer(RemoteDeliverer):
             except (OSError, EOFError) as exc:
                 # the data connection broke: the server's reply on the control connection says why
                 # (e.g. "426 No space left on device"), and reading it keeps the next commands in step
-                reason = self._pending_reply() or exc
-                raise self._error(reason, f"cannot upload {local.name}", remote_name) from None
+                reply = self._pending_reply()
+                if reply is None:  # no word from the server either: the connection itself broke
+                    raise DeliveryInterrupted(
+                        f"cannot upload {local.name}: the connection to the server broke ({self._reason(exc)})",
+                        where=self._location(remote_name),
+                        hint="a network or server problem; the previous files were left in place",
+                    ) from None
+                raise self._error(reply, f"cannot upload {local.name}", remote_name) from None
 
     def _pending_reply(self) -> ftplib.Error | None:
         ftp = self._session

@@ -21,7 +21,7 @@ from typing import Any
 import paramiko
 
 from etl.delivery.base import RemoteDeliverer, utc_from_timestamp
-from etl.errors import DeliveryError
+from etl.errors import DeliveryError, DeliveryInterrupted
 
 log = logging.getLogger("audience_sync.delivery")
 
@@ -296,6 +296,12 @@ class SftpDeliverer(RemoteDeliverer):
         return self._sftp
 
     def _io_error(self, exc: BaseException, what: str, where: str) -> DeliveryError:
+        if self._connection_broke(exc):
+            return DeliveryInterrupted(
+                f"{what}: the connection to the server broke ({self._reason(exc)})",
+                where=where,
+                hint="a network or server problem; the previous files were left in place",
+            )
         code = getattr(exc, "errno", None)
         if code == errno.ENOENT:
             return DeliveryError(
@@ -308,6 +314,13 @@ class SftpDeliverer(RemoteDeliverer):
                 hint=f"ask the server's administrator to let {self._username!r} create, rename and delete files there",
             )
         return DeliveryError(f"{what} ({self._reason(exc)})", where=where)
+
+    def _connection_broke(self, exc: BaseException) -> bool:
+        """A dropped link or a dead session, as opposed to an SFTP status the server answered with."""
+        if isinstance(exc, (EOFError, paramiko.SSHException, ConnectionError, TimeoutError)):
+            return True
+        transport = self._client.get_transport() if self._client is not None else None
+        return transport is None or not transport.is_active()
 
     def _upload(self, local: Path, remote_name: str) -> None:
         path = self._path(remote_name)
