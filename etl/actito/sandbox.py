@@ -635,7 +635,7 @@ class ActitoSandbox:
         if path is None:
             return
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
+            path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
             current = _stamp(path)
             if current is not None and current != self._state_stamp:
                 log.warning("actito sandbox: state file %s was changed by another process: overwriting it "
