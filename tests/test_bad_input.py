@@ -16,12 +16,14 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import pyarrow as pa
 import pytest
 import sqlalchemy as sa
 
 import dbservers
-from test_transform import INVALID
+from etl.actito.mapping import FieldRule, apply_rule
 from etl.cli import main
+from test_transform import INVALID
 
 BASE = """
 [settings]
@@ -403,3 +405,10 @@ def test_a_link_in_the_state_directory_is_refused(project: Callable[..., Result]
     assert_clear(result, 1, "runs/a: is a symbolic link", "remove")
     assert list(elsewhere.iterdir()) == []
     assert not (tmp_path / "outbox").exists()
+
+
+@pytest.mark.parametrize("rule", ["string", "email", "country", "date"])
+def test_bytes_that_are_not_utf8_are_never_sent_to_actito_by_an_import(rule: FieldRule) -> None:
+    written, reasons = apply_rule(rule, pa.array([b"caf\xe9", b"BE"]), column="c")
+    assert written.to_pylist()[0] is None
+    assert reasons.to_pylist()[0] == "not UTF-8 text (undecodable bytes shown as U+FFFD)"
