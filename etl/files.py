@@ -603,7 +603,7 @@ class RejectWriter:
             [
                 pc.cast(columns[0], pa.int64()),
                 defuse_formulas(_shortened(pc.cast(columns[1], pa.string()))),
-                pc.cast(columns[2], pa.string()),
+                defuse_formulas(pc.cast(columns[2], pa.string())),  # a reason may quote Actito's words
             ],
             schema=self._schema,
         )

@@ -22,7 +22,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from etl.files import CREATE_FLAGS
+from etl.files import CREATE_FLAGS, private_directory
 
 _FINGERPRINT_KEY = b"audience_sync_fingerprint"
 
@@ -95,7 +95,7 @@ class RowSnapshot:
 def replace_parquet(path: Path, table: pa.Table) -> None:
     """Replace a snapshot atomically (a crash leaves the old one), private from its first byte: it
     holds identifiers of people."""
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    private_directory(path.parent, root=path.parent.parent)  # state_dir/snapshots: never a link
     partial = path.with_name(path.name + ".partial")
     partial.unlink(missing_ok=True)
     with open(os.open(partial, CREATE_FLAGS, 0o600), "wb") as out:

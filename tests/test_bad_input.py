@@ -23,6 +23,8 @@ import sqlalchemy as sa
 import dbservers
 from etl.actito.mapping import FieldRule, apply_rule
 from etl.cli import main
+from etl.errors import FileWriteError
+from etl.snapshots import replace_parquet
 from test_transform import INVALID
 
 BASE = """
@@ -412,3 +414,13 @@ def test_bytes_that_are_not_utf8_are_never_sent_to_actito_by_an_import(rule: Fie
     written, reasons = apply_rule(rule, pa.array([b"caf\xe9", b"BE"]), column="c")
     assert written.to_pylist()[0] is None
     assert reasons.to_pylist()[0] == "not UTF-8 text (undecodable bytes shown as U+FFFD)"
+
+
+def test_a_snapshot_folder_that_is_a_link_is_refused(tmp_path: Path) -> None:
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (tmp_path / "state").mkdir()
+    (tmp_path / "state" / "snapshots").symlink_to(elsewhere)
+    with pytest.raises(FileWriteError, match="snapshots: is a symbolic link"):
+        replace_parquet(tmp_path / "state" / "snapshots" / "a.parquet", pa.table({"member": ["a@x.com"]}))
+    assert list(elsewhere.iterdir()) == []
