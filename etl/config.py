@@ -606,6 +606,9 @@ def _cross_check(
         if destination.environment is None and destination.base_url is None:
             problems.append((where, "set environment (ENV-0, ENV-1, ENV-3, PREPROD, TEST, sandbox) or base_url"))
         files = destination.files
+        if isinstance(files, LocalLocation) and config.path(files.path).expanduser().is_symlink():
+            problems.append((f"{where} files.path", f"is a symbolic link: write the real directory, "
+                                                    f"{config.path(files.path).expanduser().resolve()}"))
         if isinstance(files, SftpLocation) and files.key_file and not config.path(files.key_file).is_file():
             problems.append((f"{where} files.key_file", f"no such file: {config.path(files.key_file)}"))
 
