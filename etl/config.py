@@ -127,7 +127,23 @@ class LocalLocation(_FileLocation):
     path: Path
 
 
-class SftpLocation(_FileLocation):
+class _RemoteLocation(_FileLocation):
+    remote_dir: str = "."
+
+    @field_validator("remote_dir")
+    @classmethod
+    def _remote_dir(cls, value: str) -> str:
+        """The directory is sent to the server as it is written: a control character (CR LF would
+        start a new FTP command) or a '..' climbing out of the account's directory is refused."""
+        if any(ord(character) < 0x20 or ord(character) == 0x7F for character in value):
+            raise ValueError("remote_dir must not contain control characters (CR, LF, tab, NUL...)")
+        if ".." in value.replace("\\", "/").split("/"):
+            raise ValueError("remote_dir must not contain '..': write the directory as the server names it, "
+                             "e.g. /audiences or upload/actito")
+        return value
+
+
+class SftpLocation(_RemoteLocation):
     type: Literal["sftp"]
     host: str
     port: int = Field(default=22, ge=1, le=65535)
@@ -137,7 +153,6 @@ class SftpLocation(_FileLocation):
     key_passphrase: SecretStr | None = None
     known_hosts: Path | None = None
     verify_host_key: bool = True
-    remote_dir: str = "."
     timeout: float = Field(default=30.0, gt=0)
 
     @model_validator(mode="after")
@@ -147,13 +162,12 @@ class SftpLocation(_FileLocation):
         return self
 
 
-class FtpsLocation(_FileLocation):
+class FtpsLocation(_RemoteLocation):
     type: Literal["ftps"]
     host: str
     port: int = Field(default=21, ge=1, le=65535)
     username: str
     password: SecretStr
-    remote_dir: str = "."
     ca_file: Path | None = None
     verify_tls: bool = True
     timeout: float = Field(default=30.0, gt=0)
@@ -415,7 +429,8 @@ def load_config(path: str | Path | None = None, environ: Mapping[str, str] | Non
         base_dir=file.parent.resolve(),
         source=str(file),
     )
-    declared = {table: set(resolved.get(table) or {}) for table in _TABLES}
+    declared = {table: set(entries) if isinstance(entries := resolved.get(table), dict) else set()
+                for table in _TABLES}
     raw_activations = resolved.get("activations") if isinstance(resolved.get("activations"), dict) else {}
     problems.extend(_cross_check(config, declared, raw_activations))
     if problems:
@@ -549,6 +564,8 @@ def _pydantic_problems(exc: ValidationError, where: tuple[str, ...]) -> list[tup
         # discriminated unions add the chosen tag to the location: drop it, users never wrote it
         loc = [part for part in loc if part not in ("local", "sftp", "ftps")]
         message = error["msg"].removeprefix("Value error, ")
+        if _shows_input(error, loc):
+            message += f" (you wrote {error['input']!r})"
         if error["type"] == "extra_forbidden":
             message = "unknown key (check its spelling against the README's configuration reference)"
         elif error["type"] == "missing":
@@ -557,6 +574,14 @@ def _pydantic_problems(exc: ValidationError, where: tuple[str, ...]) -> list[tup
             message = "type must be one of 'local', 'sftp', 'ftps'"
         problems.append((_dotted(tuple(loc)), message))
     return problems
+
+
+def _shows_input(error: Any, loc: list[str]) -> bool:
+    """Whether to quote what the user wrote: for a wrong type or a value out of range, but never a secret."""
+    wrong_value = error["type"].endswith(("_parsing", "_type", "_from_float")) or error["type"] in (
+        "literal_error", "greater_than", "greater_than_equal", "less_than", "less_than_equal")
+    secret = any(part in SECRET_KEYS or part.endswith("url") for part in loc)
+    return wrong_value and not secret and isinstance(error.get("input"), str | int | float | bool)
 
 
 def _cross_check(
@@ -581,6 +606,9 @@ def _cross_check(
         if destination.environment is None and destination.base_url is None:
             problems.append((where, "set environment (ENV-0, ENV-1, ENV-3, PREPROD, TEST, sandbox) or base_url"))
         files = destination.files
+        if isinstance(files, LocalLocation) and config.path(files.path).expanduser().is_symlink():
+            problems.append((f"{where} files.path", f"is a symbolic link: write the real directory, "
+                                                    f"{config.path(files.path).expanduser().resolve()}"))
         if isinstance(files, SftpLocation) and files.key_file and not config.path(files.key_file).is_file():
             problems.append((f"{where} files.key_file", f"no such file: {config.path(files.key_file)}"))
 

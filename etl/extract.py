@@ -81,7 +81,7 @@ def create_warehouse_engine(url: str, *, where: str) -> sa.Engine:
     safe = _safe(parsed)
     _check_database_file(parsed, safe, where)
     try:
-        return sa.create_engine(parsed)
+        engine = sa.create_engine(parsed)
     except sa.exc.NoSuchModuleError:
         raise ExtractError(
             f"no SQLAlchemy dialect '{parsed.get_backend_name()}' is installed (URL {safe})",
@@ -99,6 +99,16 @@ def create_warehouse_engine(url: str, *, where: str) -> sa.Engine:
         raise ExtractError(
             f"unusable warehouse URL {safe}: {_first_line(str(exc), parsed)}", where=where
         ) from None
+    if engine.dialect.name == "sqlite":
+        sa.event.listen(engine, "connect", _lenient_sqlite_text)
+    return engine
+
+
+def _lenient_sqlite_text(dbapi_connection: Any, connection_record: Any) -> None:
+    """SQLite stores whatever bytes it was given as TEXT, and sqlite3 aborts the whole query on the first
+    value that is not UTF-8. Decoded with U+FFFD in place of the bad bytes, such a value is one rejected row
+    ("not UTF-8 text") instead of a failed run."""
+    dbapi_connection.text_factory = lambda raw: raw.decode("utf-8", "replace")
 
 
 def _safe(url: URL) -> str:

@@ -125,16 +125,49 @@ def _offsets(lines: pa.Array) -> np.ndarray:
 # --------------------------------------------------------------------------- low-level files
 
 
+#: flags of every file we create: a new file, never one that exists (a symbolic link planted at the name
+#: included: O_EXCL does not follow it, O_NOFOLLOW says so twice)
+CREATE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+
+
 def _create_private(path: Path) -> BinaryIO:
-    """A new file at ``path``, mode 0600 whatever the umask, opened for binary writing."""
+    """A new file at ``path``, mode 0600 whatever the umask, opened for binary writing. Whatever was at
+    ``path`` (an older file, a link) is removed first, never written through."""
     path.unlink(missing_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), _FILE_MODE)
+    fd = os.open(path, CREATE_FLAGS, _FILE_MODE)
     try:
         os.fchmod(fd, _FILE_MODE)
         return open(fd, "wb", buffering=1 << 20)
     except BaseException:
         os.close(fd)
         raise
+
+
+def private_directory(path: Path, *, root: Path) -> Path:
+    """Create ``path`` and the directories between ``root`` and it, mode 0700, refusing a symbolic link
+    on the way: a link planted in the state directory (``runs/<activation>`` -> ``/etc``) would
+    otherwise have a run write its files wherever it points. ``root`` itself is the operator's
+    choice and may be a link."""
+    try:
+        root.mkdir(mode=0o700, parents=True, exist_ok=True)
+    except OSError as exc:
+        raise _write_error(root, exc) from exc
+    current = root
+    for part in path.relative_to(root).parts:
+        current = current / part
+        try:
+            current.mkdir(mode=0o700)
+        except FileExistsError:
+            if current.is_symlink() or not current.is_dir():
+                raise FileWriteError(
+                    f"{'is a symbolic link' if current.is_symlink() else 'exists and is not a directory'}: "
+                    "runs only write into real directories of their own",
+                    where=str(current),
+                    hint=f"remove {current}; the next run creates it again",
+                ) from None
+        except OSError as exc:
+            raise _write_error(current, exc) from exc
+    return path
 
 
 def _sync_close(handle: BinaryIO) -> None:
@@ -508,6 +541,8 @@ class CsvFileWriter:
 # --------------------------------------------------------------------------- the reject file
 
 _FORMULA_START = r"^[=+\-@\t\r]"
+#: a rejected value is written up to this many characters (a 1 MB cell would make every reject file huge)
+MAX_REJECT_VALUE = 1000
 
 
 def defuse_formulas(values: pa.Array) -> pa.Array:
@@ -518,10 +553,25 @@ def defuse_formulas(values: pa.Array) -> pa.Array:
     return pc.if_else(risky, pc.binary_join_element_wise("'", values, ""), values)
 
 
+def _shortened(values: pa.Array) -> pa.Array:
+    """Values beyond MAX_REJECT_VALUE characters cut there, saying how long they were."""
+    lengths = pc.utf8_length(values)
+    long = pc.fill_null(pc.greater(lengths, MAX_REJECT_VALUE), False)
+    if not pc.any(long).as_py():
+        return values
+    cut = pc.binary_join_element_wise(
+        pc.utf8_slice_codeunits(values, 0, MAX_REJECT_VALUE),
+        pc.binary_join_element_wise("… (", pc.cast(lengths, pa.string()), " characters)", ""),
+        "",
+    )
+    return pc.if_else(long, cut, values)
+
+
 class RejectWriter:
     """The rows dropped from an audience, for analysts: CSV ``row,value,reason``, UTF-8, header.
 
-    Values are defused against spreadsheet formula injection (see :func:`defuse_formulas`);
+    Values are defused against spreadsheet formula injection (see :func:`defuse_formulas`) and cut
+    at ``MAX_REJECT_VALUE`` characters;
     the file is created with mode 0600 (it holds personal data). On an exception inside the
     ``with`` block the file is closed and kept: what it holds is correct as far as it goes.
     """
@@ -552,8 +602,8 @@ class RejectWriter:
         table = pa.table(
             [
                 pc.cast(columns[0], pa.int64()),
-                defuse_formulas(pc.cast(columns[1], pa.string())),
-                pc.cast(columns[2], pa.string()),
+                defuse_formulas(_shortened(pc.cast(columns[1], pa.string()))),
+                defuse_formulas(pc.cast(columns[2], pa.string())),  # a reason may quote Actito's words
             ],
             schema=self._schema,
         )

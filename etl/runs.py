@@ -21,6 +21,7 @@ from typing import Any
 
 from etl.config import Config
 from etl.errors import AudienceSyncError, LockBusy
+from etl.files import private_directory
 from etl.logs import redact
 from etl.state import StateStore
 
@@ -136,7 +137,7 @@ def _run_locked(context: RunContext, store: StateStore, kind: str, body: JobBody
     fields = {"activation": activation, "run_id": run_id}
     status, error = "succeeded", None
     try:
-        run_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        private_directory(run_dir, root=config.state_dir)
         body(context)
     except AudienceSyncError as exc:
         status, error = "failed", redact(exc.message())

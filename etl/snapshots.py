@@ -22,6 +22,8 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from etl.files import CREATE_FLAGS, private_directory
+
 _FINGERPRINT_KEY = b"audience_sync_fingerprint"
 
 
@@ -87,8 +89,15 @@ class RowSnapshot:
         table = pa.table({"key": self._keys, "row": self._values}).replace_schema_metadata(
             {_FINGERPRINT_KEY: self.fingerprint.encode()}
         )
-        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        partial = self.path.with_name(self.path.name + ".partial")
-        pq.write_table(table, partial, compression="zstd")
-        os.chmod(partial, 0o600)
-        partial.replace(self.path)
+        replace_parquet(self.path, table)
+
+
+def replace_parquet(path: Path, table: pa.Table) -> None:
+    """Replace a snapshot atomically (a crash leaves the old one), private from its first byte: it
+    holds identifiers of people."""
+    private_directory(path.parent, root=path.parent.parent)  # state_dir/snapshots: never a link
+    partial = path.with_name(path.name + ".partial")
+    partial.unlink(missing_ok=True)
+    with open(os.open(partial, CREATE_FLAGS, 0o600), "wb") as out:
+        pq.write_table(table, out, compression="zstd")
+    partial.replace(path)

@@ -125,11 +125,15 @@ class StateStore:
 
     @classmethod
     def in_directory(cls, state_dir: Path) -> StateStore:
+        ledger = state_dir / "state.db"
         try:
             state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+            # created private before SQLite opens it (SQLite would use the umask); its journal files
+            # take the database file's mode
+            os.close(os.open(ledger, os.O_WRONLY | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o600))
         except OSError as exc:
             raise StateError(f"cannot create the state directory: {exc.strerror}", where=str(state_dir)) from None
-        return cls(f"sqlite:///{state_dir / 'state.db'}")
+        return cls(f"sqlite:///{ledger}")
 
     def close(self) -> None:
         self.engine.dispose()

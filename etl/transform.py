@@ -13,6 +13,8 @@ E-mail addresses (``identifier = "email"``)
     row, the most basic failure first (see :data:`EMAIL_REASONS` for the exact wording)::
 
         missing                          null, or empty after trimming
+        not UTF-8 text                   bytes from the warehouse that do not decode as UTF-8
+                                         (a blob, SQLite text); shown with U+FFFD in their place
         longer than 255 characters       Actito stores strings of at most 255 characters
         no @ / more than one @           exactly one @ is required
         nothing before the @
@@ -77,6 +79,7 @@ ALIASES: dict[IdentifierKind, tuple[str, ...]] = {
 MAX_EMAIL_LENGTH = 255
 
 MISSING = "missing"
+NOT_UTF8 = "not UTF-8 text (undecodable bytes shown as U+FFFD)"
 DUPLICATE = "duplicate"
 TOO_LONG = f"longer than {MAX_EMAIL_LENGTH} characters"
 NO_AT = "no @"
@@ -95,6 +98,7 @@ INVALID_EMAIL = "invalid e-mail address"  # never expected: every failure above 
 #: every reason an e-mail address can be rejected with, most basic first
 EMAIL_REASONS = (
     MISSING,
+    NOT_UTF8,
     TOO_LONG,
     NO_AT,
     SEVERAL_AT,
@@ -220,6 +224,7 @@ def _email_reasons(values: pa.Array) -> pa.Array:
     tld = pc.struct_field(pc.extract_regex(domain, r"\.(?P<tld>[^.]*)$"), "tld")
     checks = [
         (pc.or_kleene(pc.is_null(values), pc.equal(values, "")), MISSING),
+        (pc.match_substring(values, "\ufffd"), NOT_UTF8),
         (pc.greater(pc.utf8_length(values), MAX_EMAIL_LENGTH), TOO_LONG),
         (pc.equal(at_count, 0), NO_AT),
         (pc.greater(at_count, 1), SEVERAL_AT),
@@ -258,8 +263,6 @@ def _profile_ids(raw: pa.Array, text: pa.Array) -> tuple[pa.Array, pa.Array]:
         return _float_ids(raw)
     if pa.types.is_decimal(kind):
         return _digit_ids(text, allow_zero_fraction=True)
-    if pa.types.is_boolean(kind):
-        return pa.nulls(len(raw), pa.string()), pc.if_else(pc.is_null(raw), MISSING, NOT_A_NUMBER)
     return _digit_ids(text, allow_zero_fraction=False)
 
 
@@ -538,6 +541,7 @@ class AudienceCleaner:
         raw = batch.column(batch.schema.names.index(name))
         if isinstance(raw, pa.ChunkedArray):
             raw = raw.combine_chunks()
+        _check_column_type(self.kind, name, raw.type, self.where)
         rows = len(raw)
         first_row = self._next_row
         self._next_row += rows
@@ -632,6 +636,39 @@ class AudienceCleaner:
             where=self.where,
             hint=hint,
         )
+
+
+def _holds_text(kind: pa.DataType) -> bool:
+    return (pa.types.is_string(kind) or pa.types.is_large_string(kind) or pa.types.is_string_view(kind)
+            or pa.types.is_null(kind))
+
+
+def _column_type_fits(kind: IdentifierKind, column_type: pa.DataType) -> bool:
+    """Whether a column of this type can hold identifiers of this kind at all (its values are then
+    checked one by one). E-mails: text, or bytes (MySQL VARBINARY, a bytea) read as UTF-8.
+    Profile ids: integers, whole floats and decimals, or text of digits."""
+    if pa.types.is_dictionary(column_type):
+        column_type = column_type.value_type
+    if _holds_text(column_type):
+        return True
+    if kind == "email":
+        return pa.types.is_binary(column_type) or pa.types.is_large_binary(column_type) or pa.types.is_binary_view(
+            column_type)
+    return pa.types.is_integer(column_type) or pa.types.is_floating(column_type) or pa.types.is_decimal(column_type)
+
+
+def _check_column_type(kind: IdentifierKind, name: str, column_type: pa.DataType, where: str) -> None:
+    """A date, a number or a flag in the e-mail column is the wrong column, not a million dirty rows:
+    say so once instead of rejecting every row (and delivering an empty audience)."""
+    if _column_type_fits(kind, column_type):
+        return
+    plural = "e-mail addresses" if kind == "email" else "Actito profile ids"
+    wanted = "text" if kind == "email" else "integers, or text of digits"
+    raise TransformError(
+        f"the identifier column {name!r} has type {column_type}, which cannot hold {plural}",
+        where=where,
+        hint=f"select the column that holds the {plural} ({wanted}), or set identifier_column",
+    )
 
 
 def _one_of_columns(matches: list[str], what: str, where: str) -> str | None:

@@ -107,6 +107,12 @@ def check_shrink(context: RunContext, activation: AudienceActivation, size: int)
     finally:
         store.close()
     previous = last.rows_delivered if last and last.rows_delivered else 0
+    if not previous and size == 0:  # a first audience that is empty is a broken query far more often
+        context.details["guard"] = {"name": "empty", "reason": "the audience is empty"}
+        raise GuardStop("not delivered: the audience is empty (no row of the query holds a valid identifier)",
+                        where=context.activation,
+                        hint="`audience-sync preview NAME` shows the counts and the reject file why rows were "
+                             "dropped; if an empty audience is intended, run again with --force")
     if not previous:
         return
     floor = previous * (1 - activation.max_shrink)

@@ -26,6 +26,7 @@ from etl.config import AudienceActivation
 from etl.extract import local_time
 from etl.files import RejectWriter, WrittenFile
 from etl.runs import RunContext
+from etl.snapshots import replace_parquet
 from etl.transform import HEADER
 
 
@@ -99,7 +100,4 @@ def _deleting(target: ImportTarget) -> ImportTarget:
 
 def _replace_snapshot(path: Path, members: pa.Array) -> None:
     """Sorted, so the zstd file stays small (sorted e-mails compress about four times better)."""
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    partial = path.with_name(path.name + ".partial")
-    pq.write_table(pa.table({"member": members.take(pc.sort_indices(members))}), partial, compression="zstd")
-    partial.replace(path)
+    replace_parquet(path, pa.table({"member": members.take(pc.sort_indices(members))}))

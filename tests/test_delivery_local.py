@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import stat
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -12,6 +13,7 @@ import pytest
 from servers import leftovers
 
 from etl.delivery import DeliveredFile, LocalDeliverer
+from etl.delivery.base import temp_name
 from etl.errors import DeliveryError
 
 pytest_plugins = ["conftest_delivery"]
@@ -74,3 +76,33 @@ def test_retention_leaves_links_alone(tmp_path: Path) -> None:
     assert removed == []
     assert link.is_symlink()
     assert (target / "partner_export.csv").exists()
+
+
+def test_links_planted_at_the_temporary_or_final_name_are_replaced_never_written_through(
+    tmp_path: Path, outbox: Outbox
+) -> None:
+    target = tmp_path / "transfer"
+    target.mkdir()
+    victims = [tmp_path / "victim-temp", tmp_path / "victim-final"]
+    for victim in victims:
+        victim.write_bytes(b"precious\n")
+    (target / temp_name(RUN_ID, "audience.csv")).symlink_to(victims[0])
+    (target / "audience.csv").symlink_to(victims[1])
+
+    with LocalDeliverer(target) as local:
+        local.deliver([outbox("audience.csv", b"email\na@example.com\n")], RUN_ID)
+
+    assert [victim.read_bytes() for victim in victims] == [b"precious\n", b"precious\n"]
+    final = target / "audience.csv"
+    assert not final.is_symlink() and final.read_bytes() == b"email\na@example.com\n"
+    assert stat.S_IMODE(final.stat().st_mode) == 0o600
+    assert leftovers(target) == []
+
+
+def test_a_delivery_directory_that_is_a_link_is_refused(tmp_path: Path) -> None:
+    real = tmp_path / "real"
+    real.mkdir()
+    (tmp_path / "outbox").symlink_to(real)
+    with pytest.raises(DeliveryError, match="is a symbolic link") as caught:
+        LocalDeliverer(tmp_path / "outbox").connect()
+    assert str(real) in caught.value.hint

@@ -703,6 +703,15 @@ class ActitoClient:
         return cls(what, where=where, hint=hint, status=status, actito_message=said)
 
     def _unreachable(self, where: str, exc: BaseException | None, attempts: int) -> ActitoError:
+        if isinstance(exc, requests.exceptions.SSLError):
+            reason = re.search(r"certificate verify failed: ([^(]*)", str(exc))
+            return ActitoError(
+                f"the TLS certificate of {self.base_url} is not trusted"
+                + (f" ({reason.group(1).strip()})" if reason else f" ({self._scrub(_describe(exc))})"),
+                where=where,
+                hint="verification is never switched off: if a proxy re-signs HTTPS, give its CA certificate "
+                     "in REQUESTS_CA_BUNDLE",
+            )
         return ActitoError(
             f"no answer from Actito at {self.base_url} ({self._scrub(_describe(exc))})"
             + (f" after {attempts} attempts" if attempts > 1 else ""),

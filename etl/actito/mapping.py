@@ -96,7 +96,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from etl.errors import TransformError
-from etl.transform import email_rejection_reasons, normalise_emails
+from etl.transform import NOT_UTF8, email_rejection_reasons, normalise_emails
 
 FieldRule = Literal[
     "string", "email", "date", "datetime", "sex", "phone", "country", "language", "integer", "decimal", "boolean",
@@ -757,6 +757,9 @@ def _checked(
     rule: FieldRule, raw: pa.Array, text: pa.Array, max_length: int | None, required: bool
 ) -> tuple[pa.Array, pa.Array]:
     written, reasons = RULE_FUNCTIONS[rule](raw, text)
+    undecodable = pc.fill_null(pc.match_substring(text, "\ufffd"), False)  # bytes that were not UTF-8
+    if pc.any(undecodable).as_py():
+        reasons = pc.if_else(undecodable, NOT_UTF8, reasons)
     written = pc.if_else(pc.is_valid(reasons), pa.scalar(None, _STRING), written)
     if max_length is not None:
         long = pc.fill_null(pc.greater(pc.utf8_length(written), max_length), False)

@@ -48,6 +48,7 @@ import dataclasses
 import gzip
 import hashlib
 import io
+import ipaddress
 import json
 import logging
 import os
@@ -419,6 +420,19 @@ class _Plan:
 # ---------------------------------------------------------------------------------------- sandbox
 
 
+def loopback_address(host: str) -> str:
+    """``host`` if it is a loopback address, else ValueError: the sandbox accepts well-known demo keys and
+    keeps personal data in memory, so it must never be reachable from another machine."""
+    try:
+        loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = False
+    if not loopback:
+        raise ValueError(f"the sandbox listens on loopback only (127.0.0.1, ::1 or localhost), not on {host!r}: "
+                         "it has demo API keys anyone could use")
+    return host
+
+
 class ActitoSandbox:
     """Actito's API on loopback, stateful, with faults and a clock tests can control.
 
@@ -468,7 +482,7 @@ class ActitoSandbox:
             raw = json.loads(json.dumps(fixture))  # a private deep copy, and proof it is plain JSON
         self._fixture: dict[str, Any] = raw
         self._base_clock = clock
-        self._host = host
+        self._host = loopback_address(host)
         self._port = port
         self.token_ttl_seconds = token_ttl_seconds
         self.processing_seconds = processing_seconds
@@ -621,7 +635,7 @@ class ActitoSandbox:
         if path is None:
             return
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
+            path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
             current = _stamp(path)
             if current is not None and current != self._state_stamp:
                 log.warning("actito sandbox: state file %s was changed by another process: overwriting it "
@@ -2110,13 +2124,21 @@ _ROUTES: list[tuple[re.Pattern[str], dict[str, str]]] = [
 # ---------------------------------------------------------------------------------------- command line
 
 
+def _host_argument(host: str) -> str:
+    try:
+        return loopback_address(host)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m etl.actito.sandbox --port 8765 [--fixture F] [--state-file S]``: serve until SIGINT or SIGTERM."""
     parser = argparse.ArgumentParser(
         prog="python -m etl.actito.sandbox",
         description="Run the Actito sandbox (Actito's API as docs/actito-wire.md describes it) on loopback.",
     )
-    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    parser.add_argument("--host", default="127.0.0.1", type=_host_argument,
+                        help="loopback address to listen on (default 127.0.0.1)")
     parser.add_argument("--port", type=int, default=8765, help="port to listen on (default 8765; 0 = any free port)")
     parser.add_argument("--fixture", type=Path, default=None, help=f"fixture JSON (default {DEFAULT_FIXTURE.name})")
     parser.add_argument("--processing-seconds", type=float, default=0.2,

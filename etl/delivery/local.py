@@ -17,6 +17,7 @@ from pathlib import Path
 
 from etl.delivery.base import Deliverer, utc_from_timestamp
 from etl.errors import DeliveryError
+from etl.files import CREATE_FLAGS
 
 _COPY_BUFFER = 1024 * 1024
 
@@ -43,9 +44,16 @@ class LocalDeliverer(Deliverer):
         return f"local directory {self._path}"
 
     def connect(self) -> None:
-        # created on demand so that a fresh installation works without a manual mkdir
+        if self._path.is_symlink():
+            # a link swapped in for the outbox would have the audience written wherever it points
+            raise DeliveryError(
+                f"the delivery directory is a symbolic link (to {os.readlink(self._path)})",
+                where=str(self._path),
+                hint=f"set the location's path to the real directory, {self._path.resolve()}",
+            )
+        # created on demand (private) so that a fresh installation works without a manual mkdir
         try:
-            self._path.mkdir(parents=True, exist_ok=True)
+            self._path.mkdir(mode=0o700, parents=True, exist_ok=True)
         except OSError as exc:
             raise DeliveryError(
                 f"cannot create the delivery directory ({exc.strerror})", where=str(self._path), hint=_hint(exc)
@@ -72,11 +80,13 @@ class LocalDeliverer(Deliverer):
     def _upload(self, local: Path, remote_name: str) -> None:
         target = self._path / remote_name
         try:
-            with local.open("rb") as source, target.open("wb") as sink:
-                shutil.copyfileobj(source, sink, _COPY_BUFFER)
-                sink.flush()
-                # on disk before the rename, or a crash could leave an empty file under the final name
-                os.fsync(sink.fileno())
+            with local.open("rb") as source:
+                target.unlink(missing_ok=True)  # a leftover (or a link planted there) is replaced, never followed
+                with open(os.open(target, CREATE_FLAGS, 0o600), "wb") as sink:
+                    shutil.copyfileobj(source, sink, _COPY_BUFFER)
+                    sink.flush()
+                    # on disk before the rename, or a crash could leave an empty file under the final name
+                    os.fsync(sink.fileno())
         except OSError as exc:
             raise DeliveryError(
                 f"cannot write {local.name} ({exc.strerror or exc})", where=str(target), hint=_hint(exc)
