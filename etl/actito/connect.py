@@ -15,7 +15,7 @@ from pathlib import Path
 
 from etl.actito.client import ActitoClient
 from etl.actito.sandbox import ActitoSandbox
-from etl.config import ACTITO_ENVIRONMENTS, Config
+from etl.config import ACTITO_ENVIRONMENTS, Config, Destination
 from etl.errors import ConfigError
 
 #: the API key of the sandbox's default fixture; a demo value, not a secret
@@ -45,7 +45,7 @@ def in_process_sandbox(config: Config) -> ActitoSandbox:
 
 
 def open_client(config: Config, destination_name: str) -> ActitoClient:
-    destination = config.destinations[destination_name]
+    destination = config.destination_of(destination_name, Destination)
     api_key = destination.api_key.get_secret_value() if destination.api_key else None
     if destination.base_url:
         base_url = destination.base_url
