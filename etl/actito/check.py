@@ -36,6 +36,9 @@ def check_destination(config: Config, destination: str) -> CheckReport:
         known = ", ".join(sorted(config.destinations))
         raise ConfigError([(f"destination {destination!r}", f"not in the configuration (known: {known})")],
                           source=config.source)
+    if not isinstance(config.destinations[destination], Destination):
+        raise ConfigError([(f"[destinations.{destination}]", "an OpenField destination: `actito check` checks Actito's")],
+                          source=config.source)
     from jobs import import_plan
 
     report = CheckReport()

@@ -86,6 +86,7 @@ class OpenFieldClient:
         self.tenant_id = tenant_id
         self.application_id = application_id
         self.match_on = match_on
+        self.max_concurrency = max_concurrency
         self._routes = {name: Route.parse(text) for name, text in routes.items()}
         user = username or application_id
         basic = base64.b64encode(f"{user}:{password}".encode()).decode("ascii")

@@ -47,6 +47,7 @@ FaultKind = int | Literal["timeout", "disconnect"]
 
 _FIELDS = {"Party", "Email", "UserName", "FirstName", "LastName", "Country", "Locality", "ZipCode", "Address",
            "Gender", "Civility", "BirthDate", "Services"}
+_INDEXED = frozenset({"Email", "UserName"})
 _SERVICE_FIELDS = {"ActivationDate", "ServiceId", "ServiceStatus", "ServiceTypeId"}
 _EMAIL = re.compile(r"[^@\s]+@[^@\s]+\.[A-Za-z]{2,}")
 _MAX_STRING = 255
@@ -94,8 +95,11 @@ class OpenFieldSandbox:
         self._stopping = threading.Event()
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
+        #: (field, value casefolded) -> profile ids, for the fields profiles are found by
+        self._index: dict[tuple[str, str], list[str]] = {}
         if state_file is not None and state_file.exists():
-            self._profiles = json.loads(state_file.read_text(encoding="utf-8"))["profiles"]
+            for profile_id, payload in json.loads(state_file.read_text(encoding="utf-8"))["profiles"].items():
+                self._store(profile_id, payload)
         self._ids = itertools.count(len(self._profiles) + 1)
 
     # ------------------------------------------------------------------ life
@@ -248,18 +252,28 @@ class OpenFieldSandbox:
             raise _Refused(401, "invalid credentials for this application")
 
     def _find(self, query: Mapping[str, list[str]]) -> list[dict[str, Any]]:
-        wanted = {field: values[0] for field, values in query.items() if field in _FIELDS}
+        wanted = {field: values[0].casefold() for field, values in query.items() if field in _FIELDS}
         if not wanted:
             raise _Refused(400, f"find needs a profile field to match on (one of {', '.join(sorted(_FIELDS))})")
+        field, value = next(iter(wanted.items()))
+        candidates = self._index.get((field, value), []) if field in _INDEXED else self._profiles
         return [
-            {"PartyId": pid, **payload} for pid, payload in self._profiles.items()
-            if all(str(payload.get(field, "")).casefold() == value.casefold() for field, value in wanted.items())
+            {"PartyId": pid, **self._profiles[pid]} for pid in candidates
+            if all(str(self._profiles[pid].get(f, "")).casefold() == v for f, v in wanted.items())
         ]
 
     def _store(self, profile_id: str | None, payload: dict[str, Any]) -> str:
         profile_id = profile_id or f"OF{next(self._ids):07d}"
+        self._unindex(profile_id)
         self._profiles[profile_id] = payload
+        for field in _INDEXED & payload.keys():
+            self._index.setdefault((field, str(payload[field]).casefold()), []).append(profile_id)
         return profile_id
+
+    def _unindex(self, profile_id: str) -> None:
+        old = self._profiles.get(profile_id, {})
+        for field in _INDEXED & old.keys():
+            self._index[(field, str(old[field]).casefold())].remove(profile_id)
 
 
 class _Handler(BaseHTTPRequestHandler):
