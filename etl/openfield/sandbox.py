@@ -194,10 +194,10 @@ class OpenFieldSandbox:
             status, answer = refused.status, {"Message": refused.message, "Errors": refused.errors}
         if fault is None:
             return self._answer(handler, status, answer)
+        with self._lock:  # logged now: the client may have given up before the answer is dropped
+            self.request_log.append((method, raw_path, 0))
         if fault.kind == "timeout":
             self._stopping.wait(self.fault_delay_seconds)
-        with self._lock:
-            self.request_log.append((method, raw_path, 0))
         handler.close_connection = True
 
     def _answer(self, handler: _Handler, status: int, body: Any, headers: Mapping[str, str] | None = None) -> None:
@@ -229,7 +229,8 @@ class OpenFieldSandbox:
             if match is None or route_method != method:
                 continue
             fields = {k: unquote(v) for k, v in match.groupdict().items()}
-            if (fields.get("tenant_id"), fields.get("application_id")) != (self.tenant_id, self.application_id):
+            known = {"tenant_id": self.tenant_id, "application_id": self.application_id}
+            if any(fields.get(name, known[name]) != known[name] for name in known):
                 raise _Refused(404, "unknown tenant or application")
             with self._lock:
                 if name == "find":
