@@ -167,7 +167,10 @@ def _send_all(
     try:
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="openfield") as pool:
             profiles = enumerate(_read_spool(spool))
-            while chunk := list(islice(profiles, workers * 8)):
+            # the first profile goes alone: wrong credentials or routes then cost one request, not one per worker
+            size = 1
+            while chunk := list(islice(profiles, size)):
+                size = workers * 8
                 for (index, profile), outcome in zip(chunk, pool.map(one, chunk)):
                     if isinstance(outcome, OpenFieldRefused):
                         outcomes["refused"] += 1
