@@ -20,7 +20,7 @@ from etl.openfield.errors import OpenFieldAuthError, OpenFieldRateLimited, OpenF
 from etl.openfield.sandbox import OpenFieldSandbox
 
 TENANT, APPLICATION, PASSWORD = "tenant-7", "app-42", "of-test-password-5d1c"
-PERSON = {"Party": {"PartyType": "Person", "Version": 1, "LanguageId": "fr"}, "Email": "ann@example.com",
+PERSON: dict[str, Any] = {"Party": {"PartyType": "Person", "Version": 1, "LanguageId": "fr"}, "Email": "ann@example.com",
           "FirstName": "Ann", "Gender": "F", "Civility": "MME", "BirthDate": "01081990", "Country": "BEL",
           "Services": [{"ActivationDate": "2026-11-01T10:00:00", "ServiceId": "Newsletter", "ServiceStatus": True,
                         "ServiceTypeId": "OPTINS"}]}
@@ -58,7 +58,7 @@ def post(sandbox: OpenFieldSandbox, payload: dict[str, Any], password: str = PAS
 
 def test_the_sandbox_refuses_every_value_openfield_would_refuse(sandbox: OpenFieldSandbox) -> None:
     bad = {**PERSON, "Gender": "M", "Civility": "Mme", "BirthDate": "1990-08-01", "Country": "BE",
-           "Password": "hunter2", "Services": [{**PERSON["Services"][0], "ServiceStatus": False}]}  # type: ignore[dict-item]
+           "Password": "hunter2", "Services": [{**PERSON["Services"][0], "ServiceStatus": False}]}
     answer = post(sandbox, bad)
     assert answer.status_code == 400
     refused = {error["Field"] for error in answer.json()["Errors"]}
