@@ -32,7 +32,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
-from typing import Any, TypeVar
+from types import TracebackType
+from typing import Any, Self, TypeVar
 
 import requests
 import requests.auth
@@ -324,6 +325,24 @@ class Transport:
                               extra={"fields": {"call": where, "attempt": attempt + 1}})
 
 
+class ApiClient:
+    """Base of the API clients: a context manager that owns one `Transport`."""
+
+    _http: Transport
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Release the pooled connections; the client must not be used afterwards."""
+        self._http.close()
+
+
 # ---------------------------------------------------------------------------------------------- helpers
 
 
@@ -356,6 +375,23 @@ def describe(exc: BaseException | None) -> str:
         return "connect timeout"
     text = str(exc)
     return f"{type(exc).__name__}: {text[:MAX_TEXT]}" if text else type(exc).__name__
+
+
+def json_of(response: requests.Response, not_json: Callable[[str], AudienceSyncError]) -> Any:
+    """The JSON body (``{}`` when empty); ``not_json(what)`` builds the error for a body that is not JSON."""
+    if response.status_code == 204 or not response.content:
+        return {}
+    try:
+        return response.json()
+    except ValueError:
+        raise not_json(f"HTTP {response.status_code} with a body that is not JSON: {response.text[:MAX_TEXT]!r}") from None
+
+
+def failure_text(response: requests.Response, scrub: Callable[[str], str], attempts: int = 1) -> tuple[str, str]:
+    """(what to say, what the service said) for a non-2xx answer, both scrubbed."""
+    said = scrub(error_text(response))
+    what = f"HTTP {response.status_code} {response.reason or ''}".rstrip() + (f": {said}" if said else "")
+    return what + (f" (after {attempts} attempts)" if attempts > 1 else ""), said
 
 
 def error_text(response: requests.Response) -> str:

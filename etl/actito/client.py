@@ -46,8 +46,7 @@ import uuid
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import TracebackType
-from typing import Any, Literal, Self
+from typing import Any, Literal
 from urllib.parse import quote
 
 import requests
@@ -63,7 +62,7 @@ from etl.actito.errors import (
 )
 from etl.config import ACTITO_ENVIRONMENTS
 from etl.errors import AudienceSyncError
-from etl.http import MAX_TEXT, RetryPolicy, Scrubber, Transport, describe, error_text
+from etl.http import ApiClient, RetryPolicy, Scrubber, Transport, describe, failure_text, json_of
 
 log = logging.getLogger("audience_sync.actito")
 
@@ -174,7 +173,7 @@ class LineError:
     message: str
 
 
-class ActitoClient:
+class ActitoClient(ApiClient):
     """A connection to one Actito entity with one API key; a context manager, safe to share across threads."""
 
     def __init__(
@@ -227,18 +226,6 @@ class ActitoClient:
         self._token_expires = 0.0
 
     # ------------------------------------------------------------------ lifecycle
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.close()
-
-    def close(self) -> None:
-        """Release the pooled connections; the client must not be used afterwards."""
-        self._http.close()
 
     def __repr__(self) -> str:
         return f"ActitoClient(base_url={self.base_url!r}, entity={self.entity!r})"
@@ -548,25 +535,15 @@ class ActitoClient:
         return self._json(where, response)
 
     def _json(self, where: str, response: requests.Response) -> Any:
-        if response.status_code == 204 or not response.content:
-            return {}
-        try:
-            return response.json()
-        except ValueError:
-            raise ActitoError(
-                f"HTTP {response.status_code} with a body that is not JSON: {self._scrub(response.text[:MAX_TEXT])!r}",
-                where=where,
-                hint="check the base URL: it may not point at Actito's API",
-                status=response.status_code,
-            ) from None
+        return json_of(response, lambda what: ActitoError(
+            self._scrub(what), where=where, hint="check the base URL: it may not point at Actito's API",
+            status=response.status_code,
+        ))
 
     def _http_error(self, where: str, response: requests.Response, *, attempts: int = 1) -> ActitoError:
         """The typed error for a non-2xx answer, carrying Actito's own words."""
         status = response.status_code
-        said = self._scrub(error_text(response))
-        what = f"HTTP {status} {response.reason or ''}".rstrip() + (f": {said}" if said else "")
-        if attempts > 1:
-            what += f" (after {attempts} attempts)"
+        what, said = failure_text(response, self._scrub, attempts)
         cls: type[ActitoError] = ActitoError
         hint = ""
         if status == 401:

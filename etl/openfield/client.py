@@ -22,14 +22,13 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from types import TracebackType
-from typing import Any, Literal, Self
+from typing import Any, Literal
 from urllib.parse import quote
 
 import requests
 
 from etl.errors import AudienceSyncError
-from etl.http import MAX_TEXT, RetryPolicy, Scrubber, Transport, describe, error_text
+from etl.http import ApiClient, RetryPolicy, Scrubber, Transport, describe, failure_text, json_of
 from etl.openfield.errors import OpenFieldAuthError, OpenFieldError, OpenFieldRateLimited, OpenFieldRefused
 
 log = logging.getLogger("audience_sync.openfield")
@@ -57,7 +56,7 @@ class Route:
         return f"OpenField {self.method} {self.template}"
 
 
-class OpenFieldClient:
+class OpenFieldClient(ApiClient):
     """A connection to one OpenField tenant and application; a context manager, safe to share across threads."""
 
     def __init__(
@@ -100,18 +99,6 @@ class OpenFieldClient:
         self._count_lock = threading.Lock()
         #: HTTP requests sent so far (every attempt): what the daily request budget counts
         self.requests_sent = 0
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.close()
-
-    def close(self) -> None:
-        """Release the pooled connections; the client must not be used afterwards."""
-        self._http.close()
 
     def __repr__(self) -> str:
         return f"OpenFieldClient(base_url={self.base_url!r}, tenant_id={self.tenant_id!r})"
@@ -216,27 +203,17 @@ class OpenFieldClient:
         return self._http.send(route.method, url, authorization=self._authorization, data=data, headers=headers)
 
     def _json(self, route: Route, response: requests.Response) -> Any:
-        if response.status_code == 204 or not response.content:
-            return {}
-        try:
-            return response.json()
-        except ValueError:
-            raise OpenFieldError(
-                f"HTTP {response.status_code} with a body that is not JSON: "
-                f"{self._scrub(response.text[:MAX_TEXT])!r}",
-                where=route.where, status=response.status_code,
-                hint="check the url: it may not point at OpenField's webservice",
-            ) from None
+        return json_of(response, lambda what: OpenFieldError(
+            self._scrub(what), where=route.where, status=response.status_code,
+            hint="check the url: it may not point at OpenField's webservice",
+        ))
 
     def _http_error(
         self, route: Route, response: requests.Response, *, attempts: int = 1, per_profile: bool = False
     ) -> OpenFieldError:
         """The typed error for a non-2xx answer, carrying OpenField's own words."""
         status = response.status_code
-        said = self._scrub(error_text(response))
-        what = f"HTTP {status} {response.reason or ''}".rstrip() + (f": {said}" if said else "")
-        if attempts > 1:
-            what += f" (after {attempts} attempts)"
+        what, said = failure_text(response, self._scrub, attempts)
         cls: type[OpenFieldError] = OpenFieldError
         hint = ""
         if status in (401, 403):

@@ -22,6 +22,7 @@ import logging
 import os
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import closing
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from itertools import chain, islice
@@ -210,12 +211,10 @@ def _check_budget(context: RunContext, destination_name: str, destination: OpenF
     config = context.config
     activations = {name for name, a in config.activations.items() if a.destination == destination_name}
     today = datetime.now(UTC).date()
-    store = open_store(config)
-    try:
-        used = sum(int(record.details.get("requests", 0)) for record in store.runs(since=today, limit=100_000)
-                   if record.activation in activations and record.run_id != context.run_id)
-    finally:
-        store.close()
+    with closing(open_store(config)) as store:
+        runs_today = store.runs(since=today, limit=100_000)
+    used = sum(int(record.details.get("requests", 0)) for record in runs_today
+               if record.activation in activations and record.run_id != context.run_id)
     context.details["requests_today_before"] = used
     if used + needed > destination.daily_request_budget:
         raise OpenFieldBudgetExhausted(
