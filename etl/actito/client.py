@@ -5,8 +5,8 @@ It follows docs/actito-wire.md to the letter; what that page tags [guess] is gat
 
 Why it is built the way it is:
 
-* **All retries are in this module, none in urllib3.** urllib3's ``Retry`` re-sends a POST body
-  badly (a streamed multipart body hangs until the read timeout, a generator body is re-sent
+* **All retries are ours (etl.http, shared with the OpenField client), none urllib3's.**
+  urllib3's ``Retry`` re-sends a POST body badly (a streamed multipart body hangs until the read timeout, a generator body is re-sent
   empty and accepted: data silently lost — measured, see shared/engineering-notes.md). The
   session is mounted with ``max_retries=0`` and every retry below rebuilds what it sends.
 * **Safe calls (GET) are retried** with exponential backoff and full jitter on 429, 5xx and
