@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import json
+import secrets
 import shutil
 import sqlite3
 import subprocess
@@ -23,6 +24,7 @@ import pytest
 
 from etl.config import Config, load_config
 from etl.errors import ConfigError
+from etl.logs import redact
 from etl.openfield.sandbox import OpenFieldSandbox
 from etl.runs import RunOutcome, execute, open_store
 from jobs import job_for
@@ -360,3 +362,11 @@ def test_the_demo_activation_lands_in_the_sandbox_exactly_as_converted(tmp_path:
     assert "demo-secret" not in json.dumps(state)
     assert any(p.get("Country") == "BEL" for p in profiles.values())
     assert any("Services" not in p for p in profiles.values())  # opt-ins not given send no service
+
+
+def test_the_password_from_the_environment_is_redacted_from_logs(project: Project) -> None:
+    fresh = f"never-seen-before-{secrets.token_hex(8)}"  # registered by loading the configuration, nothing else
+    project.environ["OF_PASSWORD"] = fresh
+    assert fresh in redact(fresh)
+    project.config()
+    assert fresh not in redact(f"calling with {fresh}")
