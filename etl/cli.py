@@ -339,6 +339,12 @@ def _where_it_went(outcome: RunOutcome) -> str:
     if "membership_table" in details:
         return (f"Actito table '{details['membership_table']}': {details['entered']:,} members entered, "
                 f"{details['left']:,} left")
+    if "openfield" in details:  # profiles pushed to OpenField
+        if outcome.dry_run or "created" not in details:
+            return (f"OpenField tenant '{details['openfield']}': {details.get('to_send', 0):,} changed profiles"
+                    f"{' (dry run, nothing sent)' if outcome.dry_run else ''}, {details.get('unchanged', 0):,} unchanged")
+        return (f"OpenField tenant '{details['openfield']}': {details['created']:,} created, "
+                f"{details['updated']:,} updated, {details.get('unchanged', 0):,} unchanged")
     if "table" in details:  # an import into an Actito table
         sent = f"{details.get('to_send', 0):,} changed rows sent" if not outcome.dry_run else "dry run, nothing sent"
         if details.get("refused_by_actito"):

@@ -226,6 +226,7 @@ class Warehouse(_Model):
 class Destination(_Model):
     """An Actito licence and the file transfer location its file synchronisation polls."""
 
+    type: Literal["actito"] = "actito"
     environment: str | None = None
     base_url: str | None = None
     entity: str
@@ -241,6 +242,80 @@ class Destination(_Model):
         if value is not None and value not in ACTITO_ENVIRONMENTS:
             raise ValueError(f"unknown environment {value!r}: use one of {', '.join(ACTITO_ENVIRONMENTS)}")
         return value
+
+
+#: OpenField's webservice routes as we assume them (docs/openfield-wire.md): "METHOD /path"
+OPENFIELD_ROUTES: dict[str, str] = {
+    "find": "GET /api/{tenant_id}/{application_id}/profiles?{match_on}={value}",
+    "create": "POST /api/{tenant_id}/{application_id}/profiles",
+    "update": "PUT /api/{tenant_id}/{application_id}/profiles/{id}",
+}
+_ROUTE = re.compile(r"^(GET|POST|PUT|PATCH) (/\S*)$")
+_ROUTE_FIELDS = {"tenant_id", "application_id", "match_on", "value", "id"}
+#: per route, the placeholders it must have: find needs the key's value, update the profile's id
+_ROUTE_NEEDS = {"find": {"value"}, "create": set(), "update": {"id"}}
+
+
+class OpenFieldRoutes(_Model):
+    """Where find, create and update go; the webservice is not public, so each is a setting."""
+
+    find: str = OPENFIELD_ROUTES["find"]
+    create: str = OPENFIELD_ROUTES["create"]
+    update: str = OPENFIELD_ROUTES["update"]
+
+    @model_validator(mode="after")
+    def _templates(self) -> OpenFieldRoutes:
+        for name, needs in _ROUTE_NEEDS.items():
+            check_route(name, getattr(self, name), needs)
+        return self
+
+
+def check_route(name: str, route: str, needs: set[str]) -> None:
+    match = _ROUTE.match(route)
+    if not match:
+        raise ValueError(f"routes.{name} = {route!r} is not \"METHOD /path\" (GET, POST, PUT or PATCH)")
+    used = set(re.findall(r"\{([^{}]*)\}", match.group(2)))
+    if unknown := used - _ROUTE_FIELDS:
+        raise ValueError(f"routes.{name}: unknown placeholder {{{sorted(unknown)[0]}}} "
+                         f"(known: {', '.join(sorted(_ROUTE_FIELDS))})")
+    if missing := needs - used:
+        raise ValueError(f"routes.{name} needs the placeholder {{{sorted(missing)[0]}}}")
+
+
+class OpenFieldDestination(_Model):
+    """An OpenField tenant and application, fed profile by profile through its webservice."""
+
+    type: Literal["openfield"]
+    #: the webservice's base URL (e.g. https://crm.example.com/openfield); not with environment = "sandbox"
+    url: str | None = None
+    #: "sandbox": the OpenField sandbox this tool ships, started in-process
+    environment: Literal["sandbox"] | None = None
+    tenant_id: str = Field(min_length=1)
+    application_id: str = Field(min_length=1)
+    #: the HTTP Basic user; the application id when not given
+    username: str | None = None
+    password: SecretStr | None = None
+    routes: OpenFieldRoutes = OpenFieldRoutes()
+    #: the profile field an existing profile is found by
+    match_on: Literal["Email", "UserName"] = "Email"
+    party_version: int = Field(default=1, ge=0)
+    #: Party.LanguageId when a row has no language column or value (ISO 639-1)
+    language: str = Field(default="fr", pattern=r"^[A-Za-z]{2}$")
+    calls_per_minute: int = Field(default=300, ge=1)
+    max_concurrency: int = Field(default=4, ge=1, le=32)
+    #: requests allowed per UTC day across the activations of this destination (counted in the ledger)
+    daily_request_budget: int = Field(default=100_000, ge=1)
+
+
+AnyDestination = Annotated[
+    Annotated[Destination, Tag("actito")] | Annotated[OpenFieldDestination, Tag("openfield")],
+    Discriminator(
+        lambda value: str(value.get("type", "actito")) if isinstance(value, dict) else str(getattr(value, "type")),
+        custom_error_type="destination_type",
+        custom_error_message="type must be 'actito' (the default) or 'openfield'",
+    ),
+]
+_DestinationT = TypeVar("_DestinationT", Destination, OpenFieldDestination)
 
 
 class FileOptions(_Model):
@@ -286,7 +361,7 @@ class ImportActivationBase(ActivationBase):
     """Rows imported into an Actito table by ETL executions; only rows that changed since the last
     successful run are sent (``delta = false`` sends everything every time)."""
 
-    table: str
+    table: str | None = None  # required for Actito; an OpenField destination has no tables
     attributes: dict[str, str] = Field(default_factory=dict)  # source column -> Actito attribute
     empty_values: Literal["keep", "clear"] = "keep"
     etl_id: str | None = None
@@ -347,7 +422,7 @@ class Config(_Model):
     alerts: Alerts = Alerts()
     metrics: Metrics = Metrics()
     warehouses: dict[str, Warehouse]
-    destinations: dict[str, Destination]
+    destinations: dict[str, AnyDestination]
     activations: dict[str, Activation]
     #: directory of the configuration file; relative paths in it are relative to this
     base_dir: Path = Path(".")
@@ -372,6 +447,12 @@ class Config(_Model):
         if not isinstance(activation, kind):
             raise TypeError(f"{activation_name} is a {activation.kind} activation")
         return activation
+
+    def destination_of(self, destination_name: str, kind: type[_DestinationT]) -> _DestinationT:
+        destination = self.destinations[destination_name]
+        if not isinstance(destination, kind):
+            raise TypeError(f"{destination_name} is a {destination.type} destination")
+        return destination
 
     def file_name_pattern(self, activation_name: str) -> str:
         activation = self.activation_of(activation_name, AudienceActivation)
@@ -441,7 +522,7 @@ def load_config(path: str | Path | None = None, environ: Mapping[str, str] | Non
 
 _TABLES: dict[str, TypeAdapter[Any]] = {
     "warehouses": TypeAdapter(Warehouse),
-    "destinations": TypeAdapter(Destination),
+    "destinations": TypeAdapter(AnyDestination),
     "activations": TypeAdapter(Activation),
 }
 
@@ -558,7 +639,7 @@ def _pydantic_problems(exc: ValidationError, where: tuple[str, ...]) -> list[tup
     problems = []
     for error in exc.errors():
         inner = [str(part) for part in error["loc"]]
-        if inner and inner[0] in _KINDS:  # the union's tag, which users never wrote
+        if inner and inner[0] in (*_KINDS, "actito", "openfield"):  # the union's tag, which users never wrote
             inner = inner[1:]
         loc = [*where, *inner]
         # discriminated unions add the chosen tag to the location: drop it, users never wrote it
@@ -603,6 +684,9 @@ def _cross_check(
             problems.append((f"[warehouses.{name}] demo", "the demo warehouse is a SQLite file: use a sqlite:/// URL"))
     for name, destination in config.destinations.items():
         where = f"[destinations.{name}]"
+        if isinstance(destination, OpenFieldDestination):
+            problems.extend(_openfield_problems(destination, where))
+            continue
         if destination.environment is None and destination.base_url is None:
             problems.append((where, "set environment (ENV-0, ENV-1, ENV-3, PREPROD, TEST, sandbox) or base_url"))
         files = destination.files
@@ -647,10 +731,44 @@ def _cross_check(
     return problems
 
 
+def _openfield_problems(destination: OpenFieldDestination, where: str) -> list[tuple[str, str]]:
+    """Where the webservice is and how we log in: a URL with a password, or the shipped sandbox."""
+    if destination.environment == "sandbox":
+        if destination.url is not None:
+            return [(f"{where} url", 'give url or environment = "sandbox", not both')]
+        return []
+    problems = []
+    if destination.url is None:
+        problems.append((f"{where} url", 'required: the OpenField webservice URL (or environment = "sandbox")'))
+    elif not destination.url.startswith(("https://", "http://")):
+        problems.append((f"{where} url", f"{destination.url!r} is not an http(s) URL"))
+    if destination.password is None:
+        problems.append((f"{where} password",
+                         'required to call OpenField: password = "${OPENFIELD_PASSWORD}" or password_file'))
+    return problems
+
+
+#: keys of a profiles activation that mean something only for Actito
+_ACTITO_ONLY_KEYS = ("table", "key", "preset", "attributes", "etl_id", "compression", "empty_values",
+                     "import_timeout_minutes")
+
+
+def _openfield_activation_problems(destination_name: str, raw: dict[str, Any], where: str) -> list[tuple[str, str]]:
+    if raw.get("kind", "audience") != "profiles":
+        return [(f"{where} destination",
+                 f"[destinations.{destination_name}] is an OpenField destination: only kind = \"profiles\" goes there")]
+    return [(f"{where} {key}", f"not used with the OpenField destination [destinations.{destination_name}]: remove it")
+            for key in _ACTITO_ONLY_KEYS if key in raw]
+
+
 def _destination_problems(
-    destination: Destination, destination_name: str, raw: dict[str, Any], where: str
+    destination: Destination | OpenFieldDestination, destination_name: str, raw: dict[str, Any], where: str
 ) -> list[tuple[str, str]]:
-    """An audience needs a file transfer location; an import needs Actito's API."""
+    """An audience needs a file transfer location; an import needs Actito's API; OpenField takes profiles."""
+    if isinstance(destination, OpenFieldDestination):
+        return _openfield_activation_problems(destination_name, raw, where)
+    if raw.get("kind", "audience") != "audience" and not raw.get("table"):
+        return [(f"{where} table", "required key is missing (the Actito table to import into)")]
     if raw.get("kind", "audience") == "audience" and raw.get("delivery", "file") == "file":
         if destination.files is None:
             return [(f"{where} destination", f"[destinations.{destination_name}] has no files location")]
@@ -692,6 +810,9 @@ def _register_secrets(config: Config) -> None:
     for warehouse in config.warehouses.values():
         candidates.append(warehouse.url)
     for destination in config.destinations.values():
+        if isinstance(destination, OpenFieldDestination):
+            candidates.append(destination.password)
+            continue
         candidates.append(destination.api_key)
         files = destination.files
         if isinstance(files, SftpLocation):

@@ -47,7 +47,7 @@ class DemoCustomer:
 
 
 #: bumped when the demo's tables change, so an older demo file is rebuilt
-DEMO_VERSION = 3
+DEMO_VERSION = 4
 
 
 def ensure_demo_warehouse(url: str) -> bool:
@@ -179,7 +179,8 @@ def _build_participations(db: sqlite3.Connection, customers: list[DemoCustomer],
                campaign_type INTEGER, participated_at TEXT, language TEXT, device TEXT, user_agent TEXT,
                firstname TEXT, lastname TEXT, email TEXT, address TEXT, number TEXT, box TEXT, zip TEXT,
                locality TEXT, country TEXT, birthday TEXT, gender TEXT, function TEXT, phone TEXT,
-               company TEXT, actito_footballTeam TEXT, optin_newsletter INTEGER, optin_partners INTEGER)"""
+               company TEXT, actito_footballTeam TEXT, optin_newsletter INTEGER, optin_partners INTEGER,
+               civility TEXT, password TEXT)"""
     )
     db.execute(
         """CREATE TABLE didomi_consents (
@@ -187,6 +188,8 @@ def _build_participations(db: sqlite3.Connection, customers: list[DemoCustomer],
                consent_promotions TEXT, preferred_language TEXT, updated_at TEXT)"""
     )
     participation_id = 900_000
+    # civility and password come from their own generator, so the other columns stay as they were
+    sso = random.Random(SEED + 2)
     for customer in customers[:2500]:
         email = customer.email.strip().lower() if customer.email else None
         if not email or "@" not in email or " " in email:
@@ -196,13 +199,14 @@ def _build_participations(db: sqlite3.Connection, customers: list[DemoCustomer],
             campaign, title, kind = rng.choice(_CAMPAIGNS)
             when = datetime.combine(today, time(9)) - timedelta(days=rng.randint(0, 60), seconds=rng.randint(0, 86_399))
             db.execute(
-                "INSERT INTO qualifio_participations VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                "INSERT INTO qualifio_participations VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 (participation_id, campaign, title, kind, f"{when:%Y-%m-%d %H:%M:%S}",
                  rng.choice(["fr", "nl", "en"]), rng.choice(_DEVICES), "Mozilla/5.0 (demo)",
                  customer.first_name, customer.last_name, email, "Rue de la Loi", str(rng.randint(1, 200)),
                  None, str(rng.randint(1000, 9999)), "Bruxelles", _dirty_country(rng, customer.country),
-                 _dirty_birthday(rng), _dirty_gender(rng), None, _dirty_phone(rng), None,
-                 rng.choice(_TEAMS), int(rng.random() < 0.7), int(rng.random() < 0.3)),
+                 _dirty_birthday(rng), gender := _dirty_gender(rng), None, _dirty_phone(rng), None,
+                 rng.choice(_TEAMS), int(rng.random() < 0.7), int(rng.random() < 0.3),
+                 _dirty_civility(sso, gender), f"demo-secret-{sso.randrange(10**6):06d}"),
             )
         if rng.random() < 0.6:
             db.execute(
@@ -224,6 +228,13 @@ def _dirty_birthday(rng: random.Random) -> str | None:
 
 def _dirty_gender(rng: random.Random) -> str | None:
     return rng.choice(["M", "F"] * 8 + ["f", None, None, "X"])
+
+
+def _dirty_civility(rng: random.Random, gender: str | None) -> str | None:
+    """Qualifio's SSO civility, written as forms let people write it (Dr is not one OpenField takes)."""
+    if gender in ("M", "F", "f"):
+        return rng.choice({"M": ["M", "M", "Mr", "Monsieur"], "F": ["MME", "MME", "Mme", "Madame"]}[gender.upper()])
+    return rng.choice([None, "Dr"])
 
 
 def _dirty_phone(rng: random.Random) -> str | None:

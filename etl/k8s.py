@@ -36,7 +36,7 @@ from typing import Any
 
 import yaml
 
-from etl.config import AudienceActivation, Config, LocalLocation, parse_interval
+from etl.config import AudienceActivation, Config, Destination, LocalLocation, parse_interval
 from etl.errors import ConfigError
 
 #: where the ConfigMap's files appear in the pod; relative paths of the configuration start here
@@ -423,7 +423,7 @@ def _scratch_dirs(config: Config, name: str) -> Iterator[tuple[str, PurePosixPat
         yield "demo-warehouse", _pod_path(Path(database)).parent
     destination = config.destinations[activation.destination]
     if (isinstance(activation, AudienceActivation) and activation.delivery == "file"
-            and isinstance(destination.files, LocalLocation)):
+            and isinstance(destination, Destination) and isinstance(destination.files, LocalLocation)):
         # a local "file transfer location" in a pod is only a placeholder: see docs/deploy.md
         yield "outbox", _pod_path(destination.files.path)
     if config.metrics.textfile is not None:

@@ -12,7 +12,7 @@ from zoneinfo import ZoneInfo
 
 from apscheduler.triggers.cron import CronTrigger
 
-from etl.config import AudienceActivation, Config, FtpsLocation, LocalLocation, SftpLocation, parse_interval
+from etl.config import AudienceActivation, Config, Destination, FtpsLocation, LocalLocation, SftpLocation, parse_interval
 from etl.files import final_file_name
 from etl.runs import open_store
 from etl.transform import HEADER
@@ -22,7 +22,7 @@ _SEPARATORS = {",": "comma (,)", ";": "semicolon (;)", "\t": "tab"}
 
 def setup_sheet(config: Config, name: str) -> str:
     activation = config.activation_of(name, AudienceActivation)
-    destination = config.destinations[activation.destination]
+    destination = config.destination_of(activation.destination, Destination)
     key = HEADER[activation.identifier]
     pattern = config.file_name_pattern(name)
     example = final_file_name(pattern, datetime.now(UTC), activation.file.compression)
@@ -62,7 +62,7 @@ def _suffix(compression: str) -> str:
 
 
 def _location_lines(config: Config, destination_name: str) -> list[str]:
-    location = config.destinations[destination_name].files
+    location = config.destination_of(destination_name, Destination).files
     if isinstance(location, SftpLocation):
         return [
             f"Protocol: SFTP   Host: {location.host}   Port: {location.port}   User: {location.username}",

@@ -14,7 +14,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from etl.config import AudienceActivation, Config
+from etl.config import AudienceActivation, Config, Destination
 from etl.delivery.factory import open_deliverer
 from etl.extract import activation_batches, local_time
 from etl.files import CsvFileWriter, RejectWriter, WrittenFile, final_file_name, name_matcher, write_manifest
@@ -152,7 +152,7 @@ def _write_audience(
 
 
 def _deliver(context: RunContext, paths: list[Path], pattern: str) -> None:
-    destination = context.config.destinations[context.config.activations[context.activation].destination]
+    destination = context.config.destination_of(context.config.activations[context.activation].destination, Destination)
     location = destination.files
     assert location is not None  # validated: an audience destination has a files location
     matches = name_matcher(pattern)

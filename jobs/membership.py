@@ -22,7 +22,7 @@ from etl.actito.client import Table
 from etl.actito.connect import open_client
 from etl.actito.imports import ImportTarget, preflight, rule_for, send_rows
 from etl.actito.mapping import Mapping, explicit_mapping
-from etl.config import AudienceActivation
+from etl.config import AudienceActivation, Destination
 from etl.extract import local_time
 from etl.files import RejectWriter, WrittenFile
 from etl.runs import RunContext
@@ -36,7 +36,7 @@ def deliver_membership(context: RunContext, activation: AudienceActivation, writ
     snapshot = context.config.state_dir / "snapshots" / f"{context.activation}.members.parquet"
     previous = pq.read_table(snapshot).column("member") if snapshot.exists() else pa.array([], pa.string())
     entered, left = _difference(current, previous), _difference(previous, pa.chunked_array([current]))
-    destination = context.config.destinations[activation.destination]
+    destination = context.config.destination_of(activation.destination, Destination)
     target = ImportTarget(
         entity=destination.entity, table=activation.membership_table, custom=True, mode="CREATE_UPDATE",
         empty_values="keep", etl_id=None, compression="gzip", timeout_seconds=3600.0,

@@ -54,7 +54,7 @@ def test_the_demo_runs_every_activation_and_prints_a_summary(demo_run) -> None:
     root, done = demo_run
     assert done.returncode == 0, done.stderr
     names = ("newsletter_engaged", "vip_customers", "lapsed_buyers",
-             "qualifio_profiles", "qualifio_participations", "didomi_consents", "vip_members")
+             "qualifio_profiles", "qualifio_participations", "didomi_consents", "vip_members", "openfield_profiles")
     for name in names:
         assert name in done.stdout
     assert done.stdout.count("succeeded") == len(names)
@@ -104,7 +104,7 @@ def test_history_lists_the_runs(demo_run) -> None:
     root, _ = demo_run
     done = cli(root / "schedules.toml", "history")
     assert done.returncode == 0
-    assert done.stdout.count("succeeded") == 7
+    assert done.stdout.count("succeeded") == 8  # one run per activation of the demo
 
 
 def test_setup_sheet_names_file_key_and_steps(demo_run) -> None:

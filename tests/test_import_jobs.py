@@ -39,7 +39,7 @@ def _configured(tmp_path: Path, sandbox: ActitoSandbox) -> Path:
     """The shipped configuration, its destination pointed at this test's sandbox."""
     shutil.copytree(REPO / "sql", tmp_path / "sql")
     text = (REPO / "schedules.toml").read_text().replace(
-        'environment = "sandbox"', f'base_url = "{sandbox.url}"\napi_key = "${{TEST_ACTITO_KEY}}"'
+        'environment = "sandbox"', f'base_url = "{sandbox.url}"\napi_key = "${{TEST_ACTITO_KEY}}"', 1
     )
     path = tmp_path / "schedules.toml"
     path.write_text(text)

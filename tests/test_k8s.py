@@ -186,6 +186,7 @@ def test_every_scheduled_activation_of_the_shipped_configuration_is_a_valid_cron
         "qualifio-participations": "0 * * * *",
         "didomi-consents": "*/15 * * * *",
         "vip-members": "0 */6 * * *",
+        "openfield-profiles": "0 * * * *",
     }
 
 

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from etl.actito.connect import open_client
 from etl.actito.errors import ActitoError
 from etl.actito.imports import ActitoPreflightError, preflight
-from etl.config import Config
+from etl.config import Config, Destination
 from etl.errors import AudienceSyncError, ConfigError
 from etl.extract import query_columns
 
@@ -36,10 +36,13 @@ def check_destination(config: Config, destination: str) -> CheckReport:
         known = ", ".join(sorted(config.destinations))
         raise ConfigError([(f"destination {destination!r}", f"not in the configuration (known: {known})")],
                           source=config.source)
+    if not isinstance(config.destinations[destination], Destination):
+        raise ConfigError([(f"[destinations.{destination}]", "an OpenField destination: `actito check` checks Actito's")],
+                          source=config.source)
     from jobs import import_plan
 
     report = CheckReport()
-    entity = config.destinations[destination].entity
+    entity = config.destination_of(destination, Destination).entity
     with open_client(config, destination) as client:
         try:
             entities = [str(e.get("name")) for e in client.entities()]

@@ -5,8 +5,8 @@ It follows docs/actito-wire.md to the letter; what that page tags [guess] is gat
 
 Why it is built the way it is:
 
-* **All retries are in this module, none in urllib3.** urllib3's ``Retry`` re-sends a POST body
-  badly (a streamed multipart body hangs until the read timeout, a generator body is re-sent
+* **All retries are ours (etl.http, shared with the OpenField client), none urllib3's.**
+  urllib3's ``Retry`` re-sends a POST body badly (a streamed multipart body hangs until the read timeout, a generator body is re-sent
   empty and accepted: data silently lost — measured, see shared/engineering-notes.md). The
   session is mounted with ``max_retries=0`` and every retry below rebuilds what it sends.
 * **Safe calls (GET) are retried** with exponential backoff and full jitter on 429, 5xx and
@@ -39,26 +39,18 @@ from __future__ import annotations
 
 import json
 import logging
-import random
 import re
 import threading
 import time
 import uuid
-from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
-from email.utils import parsedate_to_datetime
 from pathlib import Path
-from types import TracebackType
-from typing import IO, Any, Literal, Self
+from typing import Any, Literal
 from urllib.parse import quote
 
 import requests
-import requests.auth
-from requests.adapters import HTTPAdapter
 from requests_toolbelt import MultipartEncoder  # type: ignore[import-untyped]
-from urllib3.exceptions import ConnectTimeoutError, NewConnectionError
 
 from etl.actito.errors import (
     ActitoAuthError,
@@ -69,7 +61,8 @@ from etl.actito.errors import (
     ActitoRateLimited,
 )
 from etl.config import ACTITO_ENVIRONMENTS
-from etl.logs import register_secret
+from etl.errors import AudienceSyncError
+from etl.http import ApiClient, RetryPolicy, Scrubber, Transport, describe, failure_text, json_of
 
 log = logging.getLogger("audience_sync.actito")
 
@@ -84,8 +77,6 @@ MAX_UPLOAD_BYTES = 100_000_000
 #: renew the token when fewer than this many seconds of its life are left
 TOKEN_RENEW_AHEAD = 60.0
 
-_SCRUBBED = "***"
-_MAX_TEXT = 500
 
 # Route templates: the literal text of ``where`` in every error, so no id, URL or secret leaks
 # into a message and a failure is easy to grep for.
@@ -182,36 +173,7 @@ class LineError:
     message: str
 
 
-class _SlidingWindow:
-    """At most ``limit`` call starts in any ``period`` seconds, across threads.
-
-    A sliding window rather than a token bucket: a bucket of capacity N refilled at N/min lets
-    up to 2N calls through in the first minute, and Actito counts per minute. Each caller
-    reserves its start time under the lock and sleeps outside it, so waiting callers queue in
-    order without holding the lock.
-    """
-
-    def __init__(self, limit: int, period: float, monotonic: Callable[[], float], sleep: Callable[[float], None]):
-        self._limit = limit
-        self._period = period
-        self._monotonic = monotonic
-        self._sleep = sleep
-        self._starts: deque[float] = deque()
-        self._lock = threading.Lock()
-
-    def acquire(self) -> None:
-        with self._lock:
-            now = self._monotonic()
-            start = now
-            if len(self._starts) >= self._limit:
-                start = max(now, self._starts.popleft() + self._period)
-            self._starts.append(start)
-        if start > now:
-            log.info("pacing Actito calls", extra={"fields": {"wait_s": round(start - now, 3)}})
-            self._sleep(start - now)
-
-
-class ActitoClient:
+class ActitoClient(ApiClient):
     """A connection to one Actito entity with one API key; a context manager, safe to share across threads."""
 
     def __init__(
@@ -240,8 +202,6 @@ class ActitoClient:
         """
         if not api_key:
             raise ValueError("api_key is empty")
-        if max_concurrency < 1 or calls_per_minute < 1 or max_attempts < 1:
-            raise ValueError("max_concurrency, calls_per_minute and max_attempts must be at least 1")
         resolved = ENVIRONMENTS.get(base_url, base_url)
         if not resolved.startswith(("http://", "https://")):
             if base_url in ENVIRONMENTS:
@@ -250,46 +210,22 @@ class ActitoClient:
         self.base_url = resolved.rstrip("/")
         self.entity = entity
         self.wire = wire or ActitoWire()
-        register_secret(api_key)
         self._api_key = api_key
-        self._timeout = (connect_timeout, read_timeout)
-        self._max_attempts = max_attempts
-        self._backoff_base = backoff_base
-        self._backoff_max = backoff_max
-        self._retry_after_max = retry_after_max
+        self._scrub = Scrubber(api_key)
         self._sleep = sleep
         self._monotonic = monotonic
-        self._random = random.Random()
         self._budget = re.compile(self.wire.budget_message, re.IGNORECASE)
-
-        self._slots = threading.BoundedSemaphore(max_concurrency)
-        self._window = _SlidingWindow(calls_per_minute, 60.0, monotonic, sleep)
+        self._http = Transport(
+            service="Actito", log=log, scrub=self._scrub, max_concurrency=max_concurrency,
+            calls_per_minute=calls_per_minute, connect_timeout=connect_timeout, read_timeout=read_timeout,
+            policy=RetryPolicy(max_attempts, backoff_base, backoff_max, retry_after_max),
+            sleep=sleep, monotonic=monotonic,
+        )
         self._token_lock = threading.Lock()
         self._token_value: str | None = None
         self._token_expires = 0.0
-        #: recent tokens, scrubbed from messages too; a tuple replaced whole, so readers need no lock
-        self._tokens_seen: tuple[str, ...] = ()
-
-        self._session = requests.Session()
-        # max_retries=0: no urllib3 retries at all, see the module docstring
-        adapter = HTTPAdapter(pool_connections=1, pool_maxsize=max_concurrency, max_retries=0)
-        self._session.mount("http://", adapter)
-        self._session.mount("https://", adapter)
-        self._session.headers.update({"Accept": "application/json", "User-Agent": "audience-sync"})
 
     # ------------------------------------------------------------------ lifecycle
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.close()
-
-    def close(self) -> None:
-        """Release the pooled connections; the client must not be used afterwards."""
-        self._session.close()
 
     def __repr__(self) -> str:
         return f"ActitoClient(base_url={self.base_url!r}, entity={self.entity!r})"
@@ -378,97 +314,61 @@ class ActitoClient:
             )
         content_type = _CONTENT_TYPES.get(file.suffix.lower(), "application/octet-stream")
 
-        attempt = 0
-        renewed = False
-        while True:
-            attempt += 1
-            token = self._token()
-            response: requests.Response | None = None
-            failure: BaseException | None = None
+        used: list[str] = []
+
+        def once() -> requests.Response:
+            used.append(self._token())
             try:
-                stream: IO[bytes] = file.open("rb")
+                stream = file.open("rb")
             except OSError as exc:
                 raise ActitoError(f"cannot read the import file {file}: {exc.strerror or exc}", where=where) from None
             with stream:
                 # rebuilt for each attempt: a body read once cannot be sent again
                 encoder = MultipartEncoder(fields=[first_part, (wire.file_part, (file.name, stream, content_type))])
-                try:
-                    response = self._send(
-                        "POST", url, token=token, data=encoder, headers={"Content-Type": encoder.content_type}
-                    )
-                except requests.exceptions.SSLError as exc:
-                    raise self._unreachable(where, exc, attempt) from None
-                except _TRANSIENT as exc:
-                    failure = exc
+                return self._send("POST", url, token=used[-1], data=encoder,
+                                  headers={"Content-Type": encoder.content_type})
 
-            if response is not None and response.ok:
-                created = _execution(self._json(where, response), reference=reference)
-                if not created.id:
-                    raise ActitoError(
-                        f"HTTP {response.status_code} without an execution id (reference {reference!r})",
-                        where=where,
-                        hint="check the base URL and the wire settings; look the reference up in Actito",
-                        status=response.status_code,
-                    )
-                return created
-            if response is not None and response.status_code == 401 and not renewed:
-                # refused before anything was processed: renew the token and send again
-                renewed = True
-                attempt -= 1
-                self._invalidate(token)
-                continue
-            if response is not None and response.status_code == 429:
-                error = self._http_error(where, response, attempts=attempt)
-                if isinstance(error, ActitoBudgetExhausted) or attempt >= self._max_attempts:
-                    raise error
-                self._pause(where, attempt, response, "429 Too Many Requests (refused, nothing created)")
-                continue
-            if response is not None and response.status_code < 500:
-                raise self._http_error(where, response)
-            if failure is not None and _nothing_sent(failure):
-                if attempt >= self._max_attempts:
-                    raise self._unreachable(where, failure, attempt) from None
-                self._pause(where, attempt, None, f"could not connect ({type(failure).__name__}), nothing sent")
-                continue
-
-            # Ambiguous: a 5xx, a read timeout, a connection lost after sending. Actito may have
-            # created the execution; look for our reference before anything is sent again.
-            reason = f"HTTP {response.status_code}" if response is not None else _describe(failure)
-            self._pause(where, attempt, response, f"{reason}; outcome unknown, looking the reference up")
-            try:
-                found = self._find_by_reference(reference)
-            except ActitoError as lookup_error:
-                raise ActitoError(
-                    f"the import's outcome is unknown ({self._scrub(reason)}) and looking up reference "
-                    f"{reference!r} failed: {lookup_error.what}",
-                    where=where,
-                    hint=f"look for an execution with reference {reference!r} in Actito before sending the file again",
-                    status=response.status_code if response is not None else None,
-                    actito_message=lookup_error.actito_message,
-                ) from None
-            if found is not None:
-                log.info(
-                    "Actito import found by reference after an unanswered upload",
-                    extra={"fields": {"reference": reference, "execution": found.id, "after": reason}},
-                )
-                return found
-            if attempt >= self._max_attempts:
-                last = (
-                    self._http_error(where, response, attempts=attempt)
-                    if response is not None
-                    else self._unreachable(where, failure, attempt)
-                )
-                raise type(last)(
-                    f"{last.what}; Actito has no execution with reference {reference!r}",
-                    where=where,
-                    hint="nothing was imported, so the run can safely be repeated later",
-                    status=last.status,
-                    actito_message=last.actito_message,
-                ) from None
-            log.warning(
-                "Actito has no execution for the reference: sending the file again",
-                extra={"fields": {"reference": reference, "attempt": attempt + 1}},
+        def unknown(reason: str, status: int | None, lookup_error: AudienceSyncError) -> ActitoError:
+            return ActitoError(
+                f"the import's outcome is unknown ({reason}) and looking up reference "
+                f"{reference!r} failed: {lookup_error.what}",
+                where=where,
+                hint=f"look for an execution with reference {reference!r} in Actito before sending the file again",
+                status=status,
+                actito_message=getattr(lookup_error, "actito_message", ""),
             )
+
+        def absent(last: AudienceSyncError) -> ActitoError:
+            assert isinstance(last, ActitoError)
+            return type(last)(
+                f"{last.what}; Actito has no execution with reference {reference!r}",
+                where=where,
+                hint="nothing was imported, so the run can safely be repeated later",
+                status=last.status,
+                actito_message=last.actito_message,
+            )
+
+        outcome = self._http.post_once(
+            where, once,
+            lookup=lambda: self._find_by_reference(reference),
+            failed=lambda response, attempts: self._http_error(where, response, attempts=attempts),
+            unreachable=lambda exc, attempts: self._unreachable(where, exc, attempts),
+            unknown=unknown, absent=absent, again=self._renewal(used),
+            final=lambda error: isinstance(error, ActitoBudgetExhausted),
+        )
+        if not isinstance(outcome, requests.Response):
+            log.info("Actito import found by reference after an unanswered upload",
+                     extra={"fields": {"reference": reference, "execution": outcome.id}})
+            return outcome
+        created = _execution(self._json(where, outcome), reference=reference)
+        if not created.id:
+            raise ActitoError(
+                f"HTTP {outcome.status_code} without an execution id (reference {reference!r})",
+                where=where,
+                hint="check the base URL and the wire settings; look the reference up in Actito",
+                status=outcome.status_code,
+            )
+        return created
 
     def find_execution(self, reference: str) -> Execution | None:
         """The execution created with ``reference``, or None: how a re-run checks what a crashed run left."""
@@ -578,7 +478,7 @@ class ActitoClient:
             ahead = min(TOKEN_RENEW_AHEAD, lifetime / 2)
             self._token_value = token
             self._token_expires = now + lifetime - ahead
-            self._tokens_seen = (*self._tokens_seen[-7:], token)
+            self._scrub.add_token(token)
             log.debug("Actito token obtained", extra={"fields": {"expires_in_s": lifetime}})
             return token
 
@@ -595,11 +495,22 @@ class ActitoClient:
 
     def _send(self, method: str, url: str, *, token: str | None, **kwargs: Any) -> requests.Response:
         """One HTTP exchange inside our concurrency and pacing limits; no retry here."""
-        auth = _Authorization(self._api_key if token is None else f"Bearer {token}")
-        with self._slots:
-            # paced once a slot is held, so the recorded start is the real one
-            self._window.acquire()
-            return self._session.request(method, url, auth=auth, timeout=self._timeout, **kwargs)
+        return self._http.send(method, url, authorization=self._api_key if token is None else f"Bearer {token}",
+                               **kwargs)
+
+    def _renewal(self, used: list[str]) -> Callable[[requests.Response], bool]:
+        """True once for a 401 to a call made with a token: the token is forgotten and the call sent again."""
+        renewed = False
+
+        def again(response: requests.Response) -> bool:
+            nonlocal renewed
+            if response.status_code != 401 or not used or renewed:
+                return False
+            renewed = True
+            self._invalidate(used[-1])
+            return True
+
+        return again
 
     def _get(
         self, template: str, *, query: Mapping[str, str] | None = None, use_key: bool = False, **path: str
@@ -607,76 +518,32 @@ class ActitoClient:
         """A safe call: retried on 429, 5xx and connection errors; a 401 renews the token once."""
         where = f"Actito GET {template}"
         url = self._url(template, path)
-        attempt = 0
-        renewed = False
-        while True:
-            attempt += 1
-            token = None if use_key else self._token()
-            try:
-                response = self._send("GET", url, token=token, params=query)
-            except requests.exceptions.SSLError as exc:
-                raise self._unreachable(where, exc, attempt) from None
-            except _TRANSIENT as exc:
-                if attempt >= self._max_attempts:
-                    raise self._unreachable(where, exc, attempt) from None
-                self._pause(where, attempt, None, _describe(exc))
-                continue
-            status = response.status_code
-            if status == 401 and token is not None and not renewed:
-                renewed = True
-                attempt -= 1
-                self._invalidate(token)
-                continue
-            if status == 429 or status >= 500:
-                if attempt >= self._max_attempts:
-                    raise self._http_error(where, response, attempts=attempt)
-                self._pause(where, attempt, response, f"HTTP {status}")
-                continue
-            if not response.ok:
-                raise self._http_error(where, response)
-            return self._json(where, response)
+        used: list[str] = []
 
-    def _pause(self, where: str, attempt: int, response: requests.Response | None, reason: str) -> None:
-        """Sleep before the next attempt: Retry-After if Actito gave one (capped), else full jitter."""
-        retry_after = _retry_after(response.headers.get("Retry-After")) if response is not None else None
-        if retry_after is not None:
-            delay = min(retry_after, self._retry_after_max)
-        else:
-            delay = self._random.uniform(0, min(self._backoff_max, self._backoff_base * 2 ** (attempt - 1)))
-        log.warning(
-            "Actito call failed, retrying",
-            extra={
-                "fields": {
-                    "call": where,
-                    "reason": self._scrub(reason),
-                    "attempt": attempt,
-                    "max_attempts": self._max_attempts,
-                    "wait_s": round(delay, 3),
-                }
-            },
+        def once() -> requests.Response:
+            token = None if use_key else self._token()
+            if token is not None:
+                used.append(token)
+            return self._send("GET", url, token=token, params=query)
+
+        response = self._http.call(
+            where, once,
+            failed=lambda answer, attempts: self._http_error(where, answer, attempts=attempts),
+            unreachable=lambda exc, attempts: self._unreachable(where, exc, attempts),
+            again=self._renewal(used),
         )
-        self._sleep(delay)
+        return self._json(where, response)
 
     def _json(self, where: str, response: requests.Response) -> Any:
-        if response.status_code == 204 or not response.content:
-            return {}
-        try:
-            return response.json()
-        except ValueError:
-            raise ActitoError(
-                f"HTTP {response.status_code} with a body that is not JSON: {self._scrub(response.text[:_MAX_TEXT])!r}",
-                where=where,
-                hint="check the base URL: it may not point at Actito's API",
-                status=response.status_code,
-            ) from None
+        return json_of(response, lambda what: ActitoError(
+            self._scrub(what), where=where, hint="check the base URL: it may not point at Actito's API",
+            status=response.status_code,
+        ))
 
     def _http_error(self, where: str, response: requests.Response, *, attempts: int = 1) -> ActitoError:
         """The typed error for a non-2xx answer, carrying Actito's own words."""
         status = response.status_code
-        said = self._scrub(_error_text(response))
-        what = f"HTTP {status} {response.reason or ''}".rstrip() + (f": {said}" if said else "")
-        if attempts > 1:
-            what += f" (after {attempts} attempts)"
+        what, said = failure_text(response, self._scrub, attempts)
         cls: type[ActitoError] = ActitoError
         hint = ""
         if status == 401:
@@ -713,121 +580,15 @@ class ActitoClient:
                      "in REQUESTS_CA_BUNDLE",
             )
         return ActitoError(
-            f"no answer from Actito at {self.base_url} ({self._scrub(_describe(exc))})"
+            f"no answer from Actito at {self.base_url} ({self._scrub(describe(exc))})"
             + (f" after {attempts} attempts" if attempts > 1 else ""),
             where=where,
             hint="check the network, the proxy and the base URL / environment name",
         )
 
-    def _scrub(self, text: str) -> str:
-        for secret in (self._api_key, *self._tokens_seen):
-            if secret:
-                text = text.replace(secret, _SCRUBBED)
-        return text
 
 
 # ---------------------------------------------------------------------- helpers
-
-
-class _Authorization(requests.auth.AuthBase):
-    """Sets the Authorization header through requests' auth hook rather than as a plain header:
-    with a plain header and no ``auth``, requests lets an entry of ~/.netrc for the host replace it."""
-
-    def __init__(self, value: str) -> None:
-        self._value = value
-
-    def __call__(self, request: requests.PreparedRequest) -> requests.PreparedRequest:
-        request.headers["Authorization"] = self._value
-        return request
-
-    def __repr__(self) -> str:  # never the key or the token
-        return "_Authorization(***)"
-
-#: failures worth another attempt; SSLError (a ConnectionError) is caught before these, as
-#: a certificate problem does not go away by retrying
-_TRANSIENT: tuple[type[BaseException], ...] = (
-    requests.exceptions.ConnectionError,
-    requests.exceptions.Timeout,
-    requests.exceptions.ChunkedEncodingError,
-)
-
-
-def _nothing_sent(exc: BaseException) -> bool:
-    """True when the connection was never established, so the server cannot have seen the request."""
-    if isinstance(exc, requests.exceptions.ConnectTimeout):
-        return True
-    seen: set[int] = set()
-    stack: list[Any] = [exc]
-    while stack:
-        current = stack.pop()
-        if current is None or id(current) in seen:
-            continue
-        seen.add(id(current))
-        if isinstance(current, (NewConnectionError, ConnectTimeoutError)):
-            return True
-        if isinstance(current, BaseException):
-            stack.extend([current.__cause__, current.__context__, getattr(current, "reason", None)])
-            stack.extend(a for a in current.args if isinstance(a, BaseException))
-    return False
-
-
-def _describe(exc: BaseException | None) -> str:
-    if exc is None:
-        return "no answer"
-    if isinstance(exc, requests.exceptions.ReadTimeout):
-        return "read timeout"
-    if isinstance(exc, requests.exceptions.ConnectTimeout):
-        return "connect timeout"
-    text = str(exc)
-    return f"{type(exc).__name__}: {text[:_MAX_TEXT]}" if text else type(exc).__name__
-
-
-def _error_text(response: requests.Response) -> str:
-    """Actito's message from an error body whose shape is not documented: JSON keys, else raw text."""
-    try:
-        body = response.json()
-    except ValueError:
-        return " ".join(response.text.split())[:_MAX_TEXT]
-    if isinstance(body, str):
-        return body[:_MAX_TEXT]
-    if not isinstance(body, Mapping):
-        return json.dumps(body)[:_MAX_TEXT]
-    parts: list[str] = []
-    for key in ("message", "error", "detail", "error_description", "title"):
-        value = body.get(key)
-        if isinstance(value, str) and value and value not in parts:
-            parts.append(value)
-    errors = body.get("errors")
-    if isinstance(errors, list):
-        for item in errors:
-            if isinstance(item, Mapping):
-                message = str(item.get("message") or "")
-                field_name = item.get("field")
-                text = f"{field_name}: {message}" if field_name and message else message
-            else:
-                text = str(item)
-            if text and text not in parts:
-                parts.append(text)
-    if not parts:
-        return json.dumps(body)[:_MAX_TEXT]
-    return "; ".join(parts)[:_MAX_TEXT]
-
-
-def _retry_after(value: str | None) -> float | None:
-    """Seconds from a Retry-After header (delta-seconds or an HTTP date), or None if absent or unreadable."""
-    if not value:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        when = parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    return max(0.0, (when - datetime.now(UTC)).total_seconds())
 
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$", re.IGNORECASE)

@@ -11,18 +11,27 @@ from __future__ import annotations
 
 import atexit
 import threading
+from collections.abc import Callable
 from pathlib import Path
+from typing import Protocol, TypeVar, cast
 
 from etl.actito.client import ActitoClient
 from etl.actito.sandbox import ActitoSandbox
-from etl.config import ACTITO_ENVIRONMENTS, Config
+from etl.config import ACTITO_ENVIRONMENTS, Config, Destination
 from etl.errors import ConfigError
 
 #: the API key of the sandbox's default fixture; a demo value, not a secret
 SANDBOX_DEMO_KEY = "sandbox-demo-key"
 
-#: one sandbox per state file (a process normally has one configuration, hence one sandbox)
-_sandboxes: dict[Path, ActitoSandbox] = {}
+class _Sandbox(Protocol):
+    def start(self) -> str: ...
+    def stop(self) -> None: ...
+
+
+_SandboxT = TypeVar("_SandboxT", bound=_Sandbox)
+
+#: one sandbox per state file (a process normally has one configuration, hence one sandbox per kind)
+_sandboxes: dict[Path, _Sandbox] = {}
 _sandbox_lock = threading.Lock()
 
 
@@ -31,21 +40,27 @@ def sandbox_state_file(config: Config) -> Path:
     return config.state_dir / "sandbox" / "state.json"
 
 
-def in_process_sandbox(config: Config) -> ActitoSandbox:
-    """This process's sandbox for the configuration, started on first use (from its state file) and stopped at exit."""
-    state_file = sandbox_state_file(config).absolute()
+def started_once(state_file: Path, create: Callable[[Path], _SandboxT]) -> _SandboxT:
+    """This process's sandbox for ``state_file``: created and started on first use, stopped at exit.
+    Shared by the Actito and OpenField sandboxes (each has its own state file)."""
+    state_file = state_file.absolute()
     with _sandbox_lock:
         sandbox = _sandboxes.get(state_file)
         if sandbox is None:
-            sandbox = ActitoSandbox(state_file=state_file)
+            sandbox = create(state_file)
             sandbox.start()
             atexit.register(sandbox.stop)
             _sandboxes[state_file] = sandbox
-        return sandbox
+        return cast(_SandboxT, sandbox)
+
+
+def in_process_sandbox(config: Config) -> ActitoSandbox:
+    """This process's Actito sandbox for the configuration, started on first use (from its state file)."""
+    return started_once(sandbox_state_file(config), lambda state_file: ActitoSandbox(state_file=state_file))
 
 
 def open_client(config: Config, destination_name: str) -> ActitoClient:
-    destination = config.destinations[destination_name]
+    destination = config.destination_of(destination_name, Destination)
     api_key = destination.api_key.get_secret_value() if destination.api_key else None
     if destination.base_url:
         base_url = destination.base_url

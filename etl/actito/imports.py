@@ -25,7 +25,7 @@ from etl.actito.client import ActitoClient, Attribute, Execution, Table
 from etl.actito.connect import open_client
 from etl.actito.errors import ActitoBudgetExhausted, ActitoError
 from etl.actito.mapping import FieldMap, FieldRule, Mapping, RowMapper
-from etl.config import Config, ImportActivationBase
+from etl.config import Config, Destination, ImportActivationBase
 from etl.extract import activation_batches
 from etl.files import Compression, CsvFileWriter, RejectWriter, WrittenFile
 from etl.runs import RunContext, open_store
@@ -153,10 +153,10 @@ _RULE_OF_TYPE: dict[str, FieldRule] = {
 
 def target_for(config: Config, name: str, *, custom: bool, mode: str) -> ImportTarget:
     activation = config.activation_of(name, ImportActivationBase)
-    destination = config.destinations[activation.destination]
+    destination = config.destination_of(activation.destination, Destination)
     return ImportTarget(
         entity=destination.entity,
-        table=activation.table,
+        table=activation.table or "",  # validated: an Actito import names its table
         custom=custom,
         mode=mode,
         empty_values=activation.empty_values,

@@ -1,0 +1,39 @@
+"""From a configured OpenField destination to a connected client.
+
+``environment = "sandbox"`` talks to the project's OpenField sandbox, started in this process on
+first use and stopped (its profiles saved to ``<state_dir>/openfield-sandbox/state.json``) at exit,
+so the demo needs no OpenField account and one run's profiles are there for the next.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from etl.actito.connect import started_once
+from etl.config import Config, OpenFieldDestination
+from etl.openfield.client import OpenFieldClient
+from etl.openfield.sandbox import DEMO_PASSWORD, OpenFieldSandbox
+
+def sandbox_state_file(config: Config) -> Path:
+    return config.state_dir / "openfield-sandbox" / "state.json"
+
+
+def in_process_sandbox(config: Config, destination: OpenFieldDestination, password: str) -> OpenFieldSandbox:
+    """This process's OpenField sandbox for the configuration, started on first use, stopped at exit."""
+    return started_once(sandbox_state_file(config), lambda state_file: OpenFieldSandbox(
+        tenant_id=destination.tenant_id, application_id=destination.application_id, username=destination.username,
+        password=password, routes=destination.routes.model_dump(), state_file=state_file,
+    ))
+
+
+def open_client(config: Config, destination_name: str) -> OpenFieldClient:
+    destination = config.destination_of(destination_name, OpenFieldDestination)
+    password = destination.password.get_secret_value() if destination.password else DEMO_PASSWORD
+    url = in_process_sandbox(config, destination, password).url if destination.environment == "sandbox" else destination.url
+    assert url is not None  # validated: url, or environment = "sandbox"
+    return OpenFieldClient(
+        base_url=url, tenant_id=destination.tenant_id, application_id=destination.application_id,
+        username=destination.username, password=password, routes=destination.routes.model_dump(),
+        match_on=destination.match_on, max_concurrency=destination.max_concurrency,
+        calls_per_minute=destination.calls_per_minute,
+    )

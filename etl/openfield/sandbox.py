@@ -1,0 +1,369 @@
+"""The OpenField sandbox: a real HTTP server on loopback that answers as docs/openfield-wire.md assumes.
+
+Why it exists: OpenField's webservice is not public and not reachable from development machines or
+CI, and what the client must survive — a 429, a 500, a create whose answer never comes although the
+profile was created — only shows over a real socket. So this is a small stateful server: the
+client's real HTTP stack is exercised, and what the profiles became can be read back (`state`).
+
+It is **strict** where OpenField would refuse: a payload with an unknown field (a password, say), a
+gender other than H/F, a civility other than M/MME, a birthday not DDMMYYYY, a country not ISO
+3166-1 alpha-3, a service that is not an active OPTINS entry, is answered 400 with the reasons, so
+a client that lets one through fails here rather than in production. It is **permissive** where a
+client bug should stay visible: two creates of the same e-mail make two profiles (the tests count).
+
+Faults come before authentication, except "timeout" and "disconnect", which let the request be
+processed (a create *does* create) and then withhold the answer: the unclear outcome that must not
+lead to a duplicate. With ``state_file`` the profiles are loaded at start and saved at `stop`, so
+the demo's OpenField survives from one CLI process to the next.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import itertools
+import json
+import os
+import re
+import socket
+import threading
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any, Literal, cast
+from urllib.parse import parse_qs, unquote, urlsplit
+
+from etl.config import OPENFIELD_ROUTES
+from etl.openfield.payload import alpha3_of_alpha2
+
+#: the demo's tenant, application and password: demo values, not secrets
+DEMO_TENANT = "demo-tenant"
+DEMO_APPLICATION = "audience-sync-demo"
+DEMO_PASSWORD = "sandbox-demo-password"
+
+FaultKind = int | Literal["timeout", "disconnect"]
+
+_FIELDS = {"Party", "Email", "UserName", "FirstName", "LastName", "Country", "Locality", "ZipCode", "Address",
+           "Gender", "Civility", "BirthDate", "Services"}
+_INDEXED = frozenset({"Email", "UserName"})
+_SERVICE_FIELDS = {"ActivationDate", "ServiceId", "ServiceStatus", "ServiceTypeId"}
+_EMAIL = re.compile(r"[^@\s]+@[^@\s]+\.[A-Za-z]{2,}")
+_MAX_STRING = 255
+
+
+@dataclass
+class _Fault:
+    kind: FaultKind
+    remaining: int
+    method: str
+    path_contains: str
+    retry_after: float | None
+
+
+class _Refused(Exception):
+    def __init__(self, status: int, message: str, errors: list[dict[str, str]] | None = None) -> None:
+        super().__init__(message)
+        self.status, self.message, self.errors = status, message, errors or []
+
+
+class OpenFieldSandbox:
+    """OpenField's profile webservice on loopback; thread-safe (one lock guards all state)."""
+
+    def __init__(
+        self,
+        *,
+        tenant_id: str = DEMO_TENANT,
+        application_id: str = DEMO_APPLICATION,
+        password: str = DEMO_PASSWORD,
+        username: str | None = None,
+        routes: Mapping[str, str] = OPENFIELD_ROUTES,
+        state_file: Path | None = None,
+        fault_delay_seconds: float = 2.0,
+    ) -> None:
+        self.tenant_id, self.application_id = tenant_id, application_id
+        self._credentials = f"{username or application_id}:{password}"
+        self._routes = [(name, *_compile(route)) for name, route in routes.items()]
+        self._state_file = state_file
+        self.fault_delay_seconds = fault_delay_seconds
+        self._lock = threading.RLock()
+        self._profiles: dict[str, dict[str, Any]] = {}
+        self._faults: list[_Fault] = []
+        #: (method, path with query, status) of every request; status 0 = closed without an answer
+        self.request_log: list[tuple[str, str, int]] = []
+        self._stopping = threading.Event()
+        self._server: ThreadingHTTPServer | None = None
+        self._thread: threading.Thread | None = None
+        #: (field, value casefolded) -> profile ids, for the fields profiles are found by
+        self._index: dict[tuple[str, str], list[str]] = {}
+        if state_file is not None and state_file.exists():
+            for profile_id, payload in json.loads(state_file.read_text(encoding="utf-8"))["profiles"].items():
+                self._store(profile_id, payload)
+        self._ids = itertools.count(len(self._profiles) + 1)
+
+    # ------------------------------------------------------------------ life
+
+    def start(self) -> str:
+        """Listen on 127.0.0.1, a free port, in a daemon thread; return the base URL."""
+        server = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
+        server.daemon_threads = True
+        server.sandbox = self  # type: ignore[attr-defined]
+        self._server = server
+        self._thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05},
+                                        name="openfield-sandbox", daemon=True)
+        self._thread.start()
+        return self.url
+
+    def stop(self) -> None:
+        """Stop listening, wake withheld answers, and save the profiles to the state file (if any)."""
+        self._stopping.set()
+        server, self._server = self._server, None
+        if server is not None:
+            server.shutdown()
+            server.server_close()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+        self.save()
+
+    def __enter__(self) -> OpenFieldSandbox:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    @property
+    def url(self) -> str:
+        if self._server is None:
+            raise RuntimeError("the OpenField sandbox is not started")
+        host, port = self._server.server_address[:2]
+        return f"http://{host!s}:{port}"
+
+    def save(self) -> None:
+        """Write the profiles to the state file atomically (mode 0600: they are personal data)."""
+        if self._state_file is None:
+            return
+        with self._lock:
+            text = json.dumps({"profiles": self._profiles}, ensure_ascii=False, indent=1)
+        self._state_file.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        partial = self._state_file.with_name(self._state_file.name + ".partial")
+        with open(os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w", encoding="utf-8") as out:
+            out.write(text)
+        partial.replace(self._state_file)
+
+    # ------------------------------------------------------------------ inspection and control
+
+    def state(self) -> dict[str, Any]:
+        """``{"profiles": {id: payload}, "requests": [[method, path, status], ...]}`` (copies)."""
+        with self._lock:
+            return json.loads(json.dumps({"profiles": self._profiles, "requests": self.request_log}))
+
+    def profiles(self) -> list[dict[str, Any]]:
+        """The stored payloads, in creation order, each with its ``PartyId``."""
+        return [{"PartyId": pid, **payload} for pid, payload in self.state()["profiles"].items()]
+
+    def add_profile(self, payload: Mapping[str, Any]) -> str:
+        """A profile that exists before any run (e.g. created by Qualifio); validated like a create."""
+        with self._lock:
+            return self._store(None, _validated(payload))
+
+    def inject_faults(self, kind: FaultKind, count: int, *, method: str = "", path_contains: str = "",
+                      retry_after: float | None = None) -> None:
+        """The next ``count`` requests matching ``method`` (any if empty) and ``path_contains`` fail.
+
+        An HTTP status is answered at once, before authentication, with ``Retry-After`` if given.
+        ``"timeout"``: processed, then the answer is withheld ``fault_delay_seconds`` and the
+        connection closed; ``"disconnect"``: processed, then closed at once without an answer."""
+        with self._lock:
+            self._faults.append(_Fault(kind, count, method.upper(), path_contains, retry_after))
+
+    # ------------------------------------------------------------------ one request
+
+    def _serve(self, handler: _Handler) -> None:
+        method, raw_path = handler.command, handler.path
+        length = int(handler.headers.get("Content-Length") or 0)
+        body = handler.rfile.read(length) if length else b""
+        fault = self._take_fault(method, raw_path)
+        if fault is not None and isinstance(fault.kind, int):
+            headers = {} if fault.retry_after is None else {"Retry-After": f"{fault.retry_after:g}"}
+            return self._answer(handler, fault.kind, {"Message": f"injected fault: HTTP {fault.kind}"}, headers)
+        try:
+            status, answer = self._api(handler, method, raw_path, body)
+        except _Refused as refused:
+            status, answer = refused.status, {"Message": refused.message, "Errors": refused.errors}
+        if fault is None:
+            return self._answer(handler, status, answer)
+        with self._lock:  # logged now: the client may have given up before the answer is dropped
+            self.request_log.append((method, raw_path, 0))
+        if fault.kind == "timeout":
+            self._stopping.wait(self.fault_delay_seconds)
+        handler.close_connection = True
+
+    def _answer(self, handler: _Handler, status: int, body: Any, headers: Mapping[str, str] | None = None) -> None:
+        with self._lock:
+            self.request_log.append((handler.command, handler.path, status))
+        data = json.dumps(body, ensure_ascii=False).encode("utf-8")
+        handler.send_response(status)
+        for name, value in {**(headers or {}), "Content-Type": "application/json",
+                            "Content-Length": str(len(data))}.items():
+            handler.send_header(name, value)
+        if status == 401:
+            handler.send_header("WWW-Authenticate", 'Basic realm="OpenField"')
+        handler.end_headers()
+        handler.wfile.write(data)
+
+    def _take_fault(self, method: str, path: str) -> _Fault | None:
+        with self._lock:
+            for fault in self._faults:
+                if fault.remaining > 0 and fault.method in ("", method) and fault.path_contains in path:
+                    fault.remaining -= 1
+                    return fault
+        return None
+
+    def _api(self, handler: _Handler, method: str, raw_path: str, body: bytes) -> tuple[int, Any]:
+        self._authenticate(handler.headers.get("Authorization", ""))
+        split = urlsplit(raw_path)
+        for name, route_method, pattern in self._routes:
+            match = pattern.fullmatch(split.path)
+            if match is None or route_method != method:
+                continue
+            fields = {k: unquote(v) for k, v in match.groupdict().items()}
+            known = {"tenant_id": self.tenant_id, "application_id": self.application_id}
+            if any(fields.get(name, known[name]) != known[name] for name in known):
+                raise _Refused(404, "unknown tenant or application")
+            with self._lock:
+                if name == "find":
+                    return 200, self._find(parse_qs(split.query))
+                payload = _validated(_json_body(body))
+                if name == "create":
+                    return 201, {"PartyId": self._store(None, payload)}
+                if fields.get("id") not in self._profiles:
+                    raise _Refused(404, f"no profile {fields.get('id')!r}")
+                return 200, {"PartyId": self._store(fields["id"], payload)}
+        raise _Refused(404, f"no route {method} {split.path}")
+
+    def _authenticate(self, given: str) -> None:
+        scheme, _, encoded = given.partition(" ")
+        try:
+            decoded = base64.b64decode(encoded, validate=True).decode("utf-8")
+        except (binascii.Error, UnicodeDecodeError):
+            decoded = ""
+        if scheme.lower() != "basic" or decoded != self._credentials:
+            raise _Refused(401, "invalid credentials for this application")
+
+    def _find(self, query: Mapping[str, list[str]]) -> list[dict[str, Any]]:
+        wanted = {field: values[0].casefold() for field, values in query.items() if field in _FIELDS}
+        if not wanted:
+            raise _Refused(400, f"find needs a profile field to match on (one of {', '.join(sorted(_FIELDS))})")
+        field, value = next(iter(wanted.items()))
+        candidates = self._index.get((field, value), []) if field in _INDEXED else self._profiles
+        return [
+            {"PartyId": pid, **self._profiles[pid]} for pid in candidates
+            if all(str(self._profiles[pid].get(f, "")).casefold() == v for f, v in wanted.items())
+        ]
+
+    def _store(self, profile_id: str | None, payload: dict[str, Any]) -> str:
+        profile_id = profile_id or f"OF{next(self._ids):07d}"
+        self._unindex(profile_id)
+        self._profiles[profile_id] = payload
+        for field in _INDEXED & payload.keys():
+            self._index.setdefault((field, str(payload[field]).casefold()), []).append(profile_id)
+        return profile_id
+
+    def _unindex(self, profile_id: str) -> None:
+        old = self._profiles.get(profile_id, {})
+        for field in _INDEXED & old.keys():
+            self._index[(field, str(old[field]).casefold())].remove(profile_id)
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server_version = "OpenFieldSandbox/1.0"
+    disable_nagle_algorithm = True
+    timeout = 60
+
+    def _dispatch(self) -> None:
+        sandbox = cast(OpenFieldSandbox, self.server.sandbox)  # type: ignore[attr-defined]
+        try:
+            sandbox._serve(self)
+        except (ConnectionError, socket.timeout):
+            self.close_connection = True
+
+    do_GET = do_POST = do_PUT = do_PATCH = _dispatch  # noqa: N815 (http.server's naming)
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+        """Quiet: tests read `OpenFieldSandbox.request_log`."""
+
+
+def _compile(route: str) -> tuple[str, re.Pattern[str]]:
+    """``"GET /a/{tenant_id}/p?{match_on}={value}"`` → (method, pattern of the path; the query is read as given)."""
+    method, _, template = route.partition(" ")
+    pattern = re.escape(template.partition("?")[0])
+    for name in re.findall(r"\{(\w+)\}", template.partition("?")[0]):
+        pattern = pattern.replace(re.escape("{" + name + "}"), f"(?P<{name}>[^/]+)")
+    return method.upper(), re.compile(pattern)
+
+
+def _json_body(body: bytes) -> Any:
+    try:
+        return json.loads(body)
+    except ValueError:
+        raise _Refused(400, "the body is not JSON") from None
+
+
+def _validated(payload: Any) -> dict[str, Any]:
+    """The payload if OpenField would take it; else 400 listing every problem."""
+    if not isinstance(payload, dict):
+        raise _Refused(400, "the profile must be a JSON object")
+    errors = [{"Field": name, "Message": "unknown field"} for name in payload if name not in _FIELDS]
+    party = payload.get("Party")
+    if not isinstance(party, dict) or party.get("PartyType") != "Person" or not isinstance(party.get("Version"), int) \
+            or not re.fullmatch(r"[a-z]{2}", str(party.get("LanguageId", ""))) or set(party) - {"PartyType", "Version",
+                                                                                                  "LanguageId"}:
+        errors.append({"Field": "Party", "Message": "needs PartyType 'Person', an integer Version, a LanguageId (fr)"})
+    checks = {
+        "Email": lambda v: bool(_EMAIL.fullmatch(v)),
+        "Gender": lambda v: v in ("H", "F"),
+        "Civility": lambda v: v in ("M", "MME"),
+        "BirthDate": _is_ddmmyyyy,
+        "Country": lambda v: v in alpha3_of_alpha2().values(),
+    }
+    for name, value in payload.items():
+        if name in ("Party", "Services") or name not in _FIELDS:
+            continue
+        if not isinstance(value, str) or not value or len(value) > _MAX_STRING:
+            errors.append({"Field": name, "Message": f"must be a text of 1 to {_MAX_STRING} characters"})
+        elif name in checks and not checks[name](value):
+            errors.append({"Field": name, "Message": f"{value!r} is not accepted"})
+    errors += _service_errors(payload.get("Services", []))
+    if errors:
+        raise _Refused(400, "the profile was refused", errors)
+    return payload
+
+
+def _service_errors(services: Any) -> list[dict[str, str]]:
+    if not isinstance(services, list):
+        return [{"Field": "Services", "Message": "must be a list"}]
+    errors = []
+    for service in services:
+        if not (isinstance(service, dict) and set(service) == _SERVICE_FIELDS and service["ServiceStatus"] is True
+                and service["ServiceTypeId"] == "OPTINS" and isinstance(service["ServiceId"], str)
+                and service["ServiceId"] and _is_activation_date(service["ActivationDate"])):
+            errors.append({"Field": "Services", "Message": f"not an active OPTINS service: {service!r}"})
+    return errors
+
+
+def _is_ddmmyyyy(value: str) -> bool:
+    try:
+        return len(value) == 8 and bool(datetime.strptime(value, "%d%m%Y"))
+    except ValueError:
+        return False
+
+
+def _is_activation_date(value: Any) -> bool:
+    try:
+        return isinstance(value, str) and bool(re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d", value)) \
+            and bool(datetime.fromisoformat(value))
+    except ValueError:
+        return False
