@@ -25,6 +25,7 @@ from __future__ import annotations
 import json
 import logging
 import random
+import re
 import threading
 import time
 from collections import deque
@@ -375,6 +376,27 @@ def describe(exc: BaseException | None) -> str:
         return "connect timeout"
     text = str(exc)
     return f"{type(exc).__name__}: {text[:MAX_TEXT]}" if text else type(exc).__name__
+
+
+def unreachable_text(
+    service: str, base_url: str, exc: BaseException | None, attempts: int, scrub: Callable[[str], str], hint: str
+) -> tuple[str, str]:
+    """(what, hint) for a call that got no answer. An untrusted TLS certificate is said as such:
+    "check the network" would send the user looking in the wrong place, and verification is never
+    the thing to switch off."""
+    if isinstance(exc, requests.exceptions.SSLError):
+        reason = re.search(r"certificate verify failed: ([^(]*)", str(exc))
+        return (
+            f"the TLS certificate of {base_url} is not trusted"
+            + (f" ({reason.group(1).strip()})" if reason else f" ({scrub(describe(exc))})"),
+            "verification is never switched off: if a proxy re-signs HTTPS, give its CA certificate "
+            "in REQUESTS_CA_BUNDLE",
+        )
+    return (
+        f"no answer from {service} at {base_url} ({scrub(describe(exc))})"
+        + (f" after {attempts} attempts" if attempts > 1 else ""),
+        hint,
+    )
 
 
 def json_of(response: requests.Response, not_json: Callable[[str], AudienceSyncError]) -> Any:

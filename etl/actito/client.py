@@ -62,7 +62,7 @@ from etl.actito.errors import (
 )
 from etl.config import ACTITO_ENVIRONMENTS
 from etl.errors import AudienceSyncError
-from etl.http import ApiClient, RetryPolicy, Scrubber, Transport, describe, failure_text, json_of
+from etl.http import ApiClient, RetryPolicy, Scrubber, Transport, failure_text, json_of, unreachable_text
 
 log = logging.getLogger("audience_sync.actito")
 
@@ -570,22 +570,9 @@ class ActitoClient(ApiClient):
         return cls(what, where=where, hint=hint, status=status, actito_message=said)
 
     def _unreachable(self, where: str, exc: BaseException | None, attempts: int) -> ActitoError:
-        if isinstance(exc, requests.exceptions.SSLError):
-            reason = re.search(r"certificate verify failed: ([^(]*)", str(exc))
-            return ActitoError(
-                f"the TLS certificate of {self.base_url} is not trusted"
-                + (f" ({reason.group(1).strip()})" if reason else f" ({self._scrub(_describe(exc))})"),
-                where=where,
-                hint="verification is never switched off: if a proxy re-signs HTTPS, give its CA certificate "
-                     "in REQUESTS_CA_BUNDLE",
-            )
-        return ActitoError(
-            f"no answer from Actito at {self.base_url} ({self._scrub(describe(exc))})"
-            + (f" after {attempts} attempts" if attempts > 1 else ""),
-            where=where,
-            hint="check the network, the proxy and the base URL / environment name",
-        )
-
+        what, hint = unreachable_text("Actito", self.base_url, exc, attempts, self._scrub,
+                                      "check the network, the proxy and the base URL / environment name")
+        return ActitoError(what, where=where, hint=hint)
 
 
 # ---------------------------------------------------------------------- helpers

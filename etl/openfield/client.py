@@ -28,7 +28,7 @@ from urllib.parse import quote
 import requests
 
 from etl.errors import AudienceSyncError
-from etl.http import ApiClient, RetryPolicy, Scrubber, Transport, describe, failure_text, json_of
+from etl.http import ApiClient, RetryPolicy, Scrubber, Transport, failure_text, json_of, unreachable_text
 from etl.openfield.errors import OpenFieldAuthError, OpenFieldError, OpenFieldRateLimited, OpenFieldRefused
 
 log = logging.getLogger("audience_sync.openfield")
@@ -233,9 +233,6 @@ class OpenFieldClient(ApiClient):
         return cls(what, where=route.where, hint=hint, status=status, openfield_message=said)
 
     def _unreachable(self, route: Route, exc: BaseException | None, attempts: int) -> OpenFieldError:
-        return OpenFieldError(
-            f"no answer from OpenField at {self.base_url} ({self._scrub(describe(exc))})"
-            + (f" after {attempts} attempts" if attempts > 1 else ""),
-            where=route.where,
-            hint="check the network, the proxy and the destination's url",
-        )
+        what, hint = unreachable_text("OpenField", self.base_url, exc, attempts, self._scrub,
+                                      "check the network, the proxy and the destination's url")
+        return OpenFieldError(what, where=route.where, hint=hint)
