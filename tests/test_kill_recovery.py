@@ -1,0 +1,323 @@
+"""SIGKILL a real run at every checkpoint, run again, and the result converges.
+
+Each test runs the real CLI in a child process; ``AUDIENCE_SYNC_KILL_AT`` makes that process SIGKILL
+itself at one named point (etl/runs.py, a fault-injection hook for tests), and the SFTP mid-upload
+case is killed from outside while a slow server is still receiving the file. After the rerun:
+exactly the expected file is delivered (sha256 as in its manifest), no temporary or partial file is
+left anywhere, the previous file stayed in place until the new one replaced it, the ledger marks
+the dead run and records one successful run, and Actito (the in-process sandbox, whose state
+outlives the killed process) holds exactly one execution per import and the expected rows.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from etl.actito.sandbox import ActitoSandbox
+from etl.delivery.base import is_temp_name
+from etl.state import StateStore
+
+pytest_plugins = ["conftest_delivery"]
+
+from servers import PASSWORD, SftpBehaviour, SftpServer  # noqa: E402
+
+KILLED = -signal.SIGKILL
+
+CONFIG = """
+[settings]
+state_dir = "state"
+chunk_size = {chunk}
+
+[warehouses.wh]
+url = "sqlite:///{db}"
+
+[destinations.d]
+environment = "sandbox"
+entity = "demo"
+files = {files}
+
+[activations.members]
+sql = "members.sql"
+destination = "d"
+identifier = "email"
+max_shrink = 1
+
+[activations.people]
+kind = "profiles"
+sql = "people.sql"
+destination = "d"
+table = "customers"
+
+[activations.tracked]
+sql = "members.sql"
+destination = "d"
+identifier = "email"
+delivery = "membership"
+max_shrink = 1
+"""
+
+
+def members_sql(first: int, last: int) -> str:
+    return (f"WITH RECURSIVE n(i) AS (SELECT {first} UNION ALL SELECT i + 1 FROM n WHERE i < {last}) "
+            "SELECT 'person' || i || '@example.com' AS email FROM n")
+
+
+def people_sql(count: int, renamed_below: int) -> str:
+    """``count`` profiles; those numbered below ``renamed_below`` carry a changed first name."""
+    return (f"WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < {count}) "
+            f"SELECT 'person' || i || '@example.com' AS emailAddress, "
+            f"CASE WHEN i < {renamed_below} THEN 'New' || i ELSE 'Old' || i END AS firstName FROM n")
+
+
+class Project:
+    """A directory with a configuration, the SQL of its activations, its ledger and its outbox."""
+
+    def __init__(self, root: Path, files: str = '{ type = "local", path = "outbox" }', chunk: int = 100) -> None:
+        self.root = root
+        (root / "wh.db").touch()
+        self.config = root / "schedules.toml"
+        self.config.write_text(CONFIG.format(chunk=chunk, db=root / "wh.db", files=files))
+        self.env: dict[str, str] = {}
+        self.sql("members", members_sql(1, 10))
+        self.sql("people", people_sql(10, 0))
+
+    def sql(self, name: str, text: str) -> None:
+        (self.root / f"{name}.sql").write_text(text)
+
+    def environment(self, kill_at: str | None = None) -> dict[str, str]:
+        env = {key: value for key, value in os.environ.items() if key != "AUDIENCE_SYNC_KILL_AT"}
+        env.update(self.env)
+        if kill_at:
+            env["AUDIENCE_SYNC_KILL_AT"] = kill_at
+        return env
+
+    def start(self, activation: str, kill_at: str | None = None) -> subprocess.Popen[str]:
+        return subprocess.Popen([sys.executable, "-m", "etl", "--config", str(self.config), "run", activation],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                env=self.environment(kill_at))
+
+    def run(self, activation: str, kill_at: str | None = None) -> tuple[int, str]:
+        process = self.start(activation, kill_at)
+        out, err = process.communicate(timeout=120)
+        assert "Traceback" not in err, err
+        return process.returncode, out + err
+
+    def cli(self, *args: str) -> str:
+        done = subprocess.run([sys.executable, "-m", "etl", "--config", str(self.config), *args],
+                              capture_output=True, text=True, timeout=60, env=self.environment())
+        assert done.returncode == 0, done.stdout + done.stderr
+        return done.stdout
+
+    def store(self) -> StateStore:
+        return StateStore.in_directory(self.root / "state")
+
+    def leftovers(self, *directories: Path) -> list[Path]:
+        """Partial local files and temporary remote names: what a crash must never leave behind."""
+        found = [p for p in (self.root / "state" / "runs").rglob("*") if p.name.endswith((".partial", ".tmp"))]
+        for directory in directories:
+            found += [p for p in directory.iterdir() if is_temp_name(p.name)] if directory.exists() else []
+        return found
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def assert_delivered(directory: Path, rows: int) -> None:
+    """Exactly the audience file and its manifest, the file as its manifest describes it."""
+    assert sorted(p.name for p in directory.iterdir()) == ["members.csv", "members.manifest.json"]
+    manifest = json.loads((directory / "members.manifest.json").read_text())
+    assert manifest["rows"] == rows
+    assert manifest["files"][0]["sha256"] == sha256(directory / "members.csv")
+    assert len((directory / "members.csv").read_text().splitlines()) == rows + 1
+
+
+def assert_recovered(project: Project, activation: str, kill_at: str) -> None:
+    """The dead run is marked with where it stopped (the last checkpoint before ``kill_at``); the
+    last run succeeded and says what it recovered."""
+    store = project.store()
+    try:
+        last, *earlier = store.runs(activation)
+    finally:
+        store.close()
+    assert last.status == "succeeded"
+    if kill_at == "recorded":  # killed after its own row was final: nothing to recover
+        assert [r.status for r in earlier] == ["succeeded", "succeeded"]
+        return
+    dead = earlier[0]
+    assert dead.status == "interrupted"
+    stopped = {"chunk": "starting", "posted": "written", "mid-upload": "written"}.get(kill_at, kill_at)
+    assert f"died after '{stopped}'" in (dead.error or ""), dead.error
+    assert last.details["recovered"] == [dead.run_id]
+    assert f"recovered  by run {last.run_id}" in project.cli("show", dead.run_id)
+
+
+# --------------------------------------------------------------------------- audience files, local
+
+AUDIENCE_KILL_POINTS = ["chunk", "extracted", "written", "delivered", "confirmed", "recorded"]
+
+
+@pytest.mark.parametrize("kill_at", AUDIENCE_KILL_POINTS)
+def test_a_local_audience_killed_at_each_step_converges_on_the_rerun(tmp_path: Path, kill_at: str) -> None:
+    project = Project(tmp_path)
+    outbox = tmp_path / "outbox"
+    project.sql("members", members_sql(1, 500))
+    assert project.run("members")[0] == 0
+    previous = sha256(outbox / "members.csv")
+
+    project.sql("members", members_sql(1, 600))
+    code, output = project.run("members", kill_at)
+    assert code == KILLED, output
+    replaced = kill_at in ("confirmed", "recorded")
+    assert (sha256(outbox / "members.csv") == previous) is not replaced  # the old file until the new is complete
+    if kill_at == "delivered":  # uploaded under temporary names, not renamed yet
+        assert any(is_temp_name(p.name) for p in outbox.iterdir())
+    if kill_at != "recorded":
+        dead = project.store().runs("members")[0]
+        assert dead.status == "running"
+        if kill_at != "chunk":
+            assert dead.details["checkpoint"] == kill_at
+            assert f"[{kill_at}]" in project.cli("show", dead.run_id)
+
+    code, output = project.run("members")
+    assert code == 0, output
+    assert_delivered(outbox, 600)
+    assert project.leftovers(outbox) == []
+    assert_recovered(project, "members", kill_at)
+
+
+# --------------------------------------------------------------------------- audience files, SFTP
+
+
+@pytest.fixture
+def sftp(tmp_path: Path, make_sftp_server: Callable[..., SftpServer]) -> tuple[Project, SftpServer]:
+    server = make_sftp_server(SftpBehaviour())
+    known_hosts = server.write_known_hosts(tmp_path / "known_hosts")
+    files = (f'{{ type = "sftp", host = "127.0.0.1", port = {server.port}, username = "actito", '
+             f'password = "${{TEST_SFTP_PASSWORD}}", known_hosts = "{known_hosts}", remote_dir = "in" }}')
+    (tmp_path / "project").mkdir()
+    project = Project(tmp_path / "project", files=files, chunk=5000)
+    project.env["TEST_SFTP_PASSWORD"] = PASSWORD
+    return project, server
+
+
+@pytest.mark.parametrize("kill_at", ["mid-upload", "delivered", "confirmed"])
+def test_an_sftp_audience_killed_during_delivery_converges_on_the_rerun(
+    sftp: tuple[Project, SftpServer], kill_at: str
+) -> None:
+    project, server = sftp
+    remote = server.root / "in"
+    project.sql("members", members_sql(1, 500))
+    assert project.run("members")[0] == 0
+    previous = sha256(remote / "members.csv")
+
+    project.sql("members", members_sql(1, 30000))  # about 750 kB: many SFTP writes
+    if kill_at == "mid-upload":
+        server.behaviour.write_delay = 0.02
+        process = project.start("members")
+        assert _wait_for_partial_upload(remote, process), "the upload never started"
+        process.send_signal(signal.SIGKILL)
+        process.communicate(timeout=30)
+        server.behaviour.write_delay = 0.0
+        code = process.returncode
+    else:
+        code, _ = project.run("members", kill_at)
+    assert code == KILLED
+    assert (sha256(remote / "members.csv") == previous) is (kill_at != "confirmed")
+    if kill_at != "confirmed":
+        assert any(is_temp_name(p.name) for p in remote.iterdir())  # what the dead run left
+
+    code, output = project.run("members")
+    assert code == 0, output
+    assert_delivered(remote, 30000)
+    assert project.leftovers(remote) == []
+    assert_recovered(project, "members", kill_at)
+
+
+def _wait_for_partial_upload(remote: Path, process: subprocess.Popen[str]) -> bool:
+    """True once a temporary file holds some bytes but not all of them (the upload is under way)."""
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and process.poll() is None:
+        for path in remote.iterdir():
+            if is_temp_name(path.name) and path.name.endswith("members.csv.part") and 0 < path.stat().st_size < 500_000:
+                return True
+        time.sleep(0.01)
+    return False
+
+
+# --------------------------------------------------------------------------- imports into Actito
+
+IMPORT_KILL_POINTS = ["chunk", "extracted", "written", "posted", "delivered", "confirmed", "recorded"]
+
+
+def sandbox_state(project: Project) -> ActitoSandbox:
+    """The sandbox as the killed and the rerun processes left it (read from its state file)."""
+    return ActitoSandbox(state_file=project.root / "state" / "sandbox" / "state.json")
+
+
+@pytest.mark.parametrize("kill_at", IMPORT_KILL_POINTS)
+def test_a_profiles_import_killed_at_each_step_is_never_sent_twice(tmp_path: Path, kill_at: str) -> None:
+    project = Project(tmp_path)
+    project.sql("people", people_sql(50, 0))
+    assert project.run("people")[0] == 0
+
+    project.sql("people", people_sql(60, 11))  # 10 renamed and 10 new: one import of 20 rows
+    code, output = project.run("people", kill_at)
+    assert code == KILLED, output
+    code, output = project.run("people")
+    assert code == 0, output
+
+    sandbox = sandbox_state(project)
+    executions = sandbox.executions("demo")
+    assert len(executions) == 2, executions  # the first run's, and one for the changed rows: never twice
+    assert all(e["status"] == "SUCCESS" for e in executions)
+    profiles = {p["attributes"]["emailAddress"]: p["attributes"]["firstName"]
+                for p in sandbox.profiles("demo", "customers")}
+    assert profiles == {f"person{i}@example.com": ("New" if i < 11 else "Old") + str(i) for i in range(1, 61)}
+    store = project.store()
+    try:
+        assert store.imports_on("demo", "customers", datetime.now(UTC).date()) == 2  # the daily budget's count
+    finally:
+        store.close()
+    assert project.leftovers() == []
+    assert not list((tmp_path / "state" / "runs").rglob("*sent.parquet"))
+    assert_recovered(project, "people", kill_at)
+    if kill_at in ("posted", "delivered"):
+        show = project.cli("show", project.store().runs("people")[0].run_id)
+        assert "recovered  import" in show and "SUCCESS" in show
+
+    # and a third run finds nothing to send: the snapshot holds what the dead run got into Actito
+    assert project.run("people")[0] == 0
+    assert len(sandbox_state(project).executions("demo")) == 2
+
+
+@pytest.mark.parametrize("kill_at", ["posted", "confirmed"])
+def test_a_membership_delivery_killed_mid_import_converges(tmp_path: Path, kill_at: str) -> None:
+    project = Project(tmp_path)
+    project.sql("members", members_sql(1, 40))
+    assert project.run("tracked")[0] == 0
+
+    project.sql("members", members_sql(11, 50))  # 10 left, 10 entered
+    code, output = project.run("tracked", kill_at)
+    assert code == KILLED, output
+    code, output = project.run("tracked")
+    assert code == 0, output
+
+    sandbox = sandbox_state(project)
+    references = sorted(e["reference"].split("-", 2)[2] for e in sandbox.executions("demo"))
+    assert references == ["entered-1", "entered-1", "left-1"]  # the first run's, then once each
+    members = sorted(r["memberKey"] for r in sandbox.records("demo", "audience_members"))
+    assert members == sorted(f"tracked:person{i}@example.com" for i in range(11, 51))
+    assert project.leftovers() == []
+    assert_recovered(project, "tracked", kill_at)
