@@ -92,7 +92,7 @@ class RunContext:
         details known so far (files and their sha256 ...), before the run goes on."""
         self.details["checkpoint"] = name
         if self.store is not None:
-            self.store.save_details(self.run_id, {**self.details, "steps": self.steps})
+            self.store.save_progress(self.run_id, {**self.details, "steps": self.steps}, **self.results)
         kill_point(name)
 
     @contextmanager

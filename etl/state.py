@@ -166,9 +166,10 @@ class StateStore:
             )
         )
 
-    def save_details(self, run_id: str, details: dict[str, Any]) -> None:
-        """Keep a running run's details (its checkpoint, files, sha256) so a crash leaves them readable."""
-        self._write(runs.update().where(runs.c.run_id == run_id).values(details=details))
+    def save_progress(self, run_id: str, details: dict[str, Any], **values: Any) -> None:
+        """Keep what a running run knows so far (its checkpoint, counts, files and their sha256), so a
+        run that dies leaves it readable."""
+        self._write(runs.update().where(runs.c.run_id == run_id).values(details=details, **values))
 
     def unfinished_runs(self, activation: str) -> list[RunRecord]:
         """Runs of ``activation`` still marked running: with its lock held, those processes are dead."""

@@ -145,6 +145,12 @@ def sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+def assert_consistent(directory: Path) -> None:
+    """Whatever the moment of the kill, the manifest in place describes the file in place."""
+    manifest = json.loads((directory / "members.manifest.json").read_text())
+    assert manifest["files"][0]["sha256"] == sha256(directory / "members.csv")
+
+
 def assert_delivered(directory: Path, rows: int) -> None:
     """Exactly the audience file and its manifest, the file as its manifest describes it."""
     assert sorted(p.name for p in directory.iterdir()) == ["members.csv", "members.manifest.json"]
@@ -209,6 +215,7 @@ def test_a_local_audience_killed_at_each_step_converges_on_the_rerun(
     assert code == KILLED, output
     replaced = kill_at in ("confirmed", "recorded")
     assert (sha256(outbox / "members.csv") == previous) is not replaced  # the old file until the new is complete
+    assert_consistent(outbox)
     if kill_at == "delivered":  # uploaded under temporary names, not renamed yet
         assert any(is_temp_name(p.name) for p in outbox.iterdir())
     if kill_at != "recorded":
@@ -264,6 +271,7 @@ def test_an_sftp_audience_killed_during_delivery_converges_on_the_rerun(
         code, _ = project.run("members", kill_at)
     assert code == KILLED
     assert (sha256(remote / "members.csv") == previous) is (kill_at != "confirmed")
+    assert_consistent(remote)
     if kill_at != "confirmed":
         assert any(is_temp_name(p.name) for p in remote.iterdir())  # what the dead run left
 
