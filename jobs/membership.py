@@ -73,7 +73,8 @@ def _apply_landed(snapshot: Path, landed: Landed) -> None:
     so this run does not import them again."""
     members, changed = _read_members(snapshot), landed.rows.column("member")
     if landed.label.startswith("entered"):
-        updated = pc.unique(pa.chunked_array([*pa.chunked_array([members]).chunks, *changed.chunks], pa.string()))
+        updated = pc.unique(pa.concat_tables([pa.table({"member": members}), pa.table({"member": changed})])
+                            .column("member"))
     else:
         updated = _difference(members, changed)
     _replace_snapshot(snapshot, updated)

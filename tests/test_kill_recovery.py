@@ -24,11 +24,19 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import numpy as np
+import pyarrow as pa
 import pytest
 
+from etl.actito.client import ActitoClient
+from etl.actito.errors import ActitoImportError
+from etl.actito.recovery import Landed, part_reference, recover_earlier_runs, stage_sent
 from etl.actito.sandbox import ActitoSandbox
+from etl.config import load_config
 from etl.delivery.base import is_temp_name
+from etl.files import WrittenFile
 from etl.history import runs_table, show_run
+from etl.runs import RunContext
 from etl.errors import LockBusy
 from etl.state import NOT_SENT, StateStore, locks, utcnow
 
@@ -390,3 +398,57 @@ def test_an_import_actito_never_received_does_not_count_against_the_daily_budget
         assert store.unfinished_imports("people", excluding_run="r") == []
     finally:
         store.close()
+
+
+def test_only_the_parts_that_reached_actito_go_into_the_snapshot(tmp_path: Path) -> None:
+    """A dead run's three-part import: part 1 landed, part 2 never reached Actito, part 3 was never
+    started. Its successor commits the rows of part 1 only, so parts 2 and 3 are sent again."""
+    config = load_config(Project(tmp_path).config)
+    dead_id, new_id, now = "20261201T000000Z-dead00", "20261201T010000Z-new000", datetime.now(UTC)
+    dead = RunContext(config, "people", dead_id, now, False, tmp_path / "state" / "runs" / "people" / dead_id)
+    dead.run_dir.mkdir(parents=True)
+    rows = pa.table({"key": np.arange(1, 10, dtype=np.uint64), "row": np.arange(11, 20, dtype=np.uint64)})
+    parts = [WrittenFile(tmp_path / f"part{n}.csv", n_rows, 0, "") for n, n_rows in ((1, 4), (2, 3), (3, 2))]
+    stage_sent(dead, "", rows, parts, "the-mapping")
+    store = StateStore.in_directory(tmp_path / "state")
+    for number, status in ((1, "SUCCESS"), (2, NOT_SENT)):
+        store.intend_import(part_reference(dead_id, "", number), dead_id, "people", "demo", "customers", now.date())
+        store.finish_import(part_reference(dead_id, "", number), status, {})
+    store.close()
+
+    landed: list[Landed] = []
+    successor = RunContext(config, "people", new_id, now, False, tmp_path / "state" / "runs" / "people" / new_id)
+    with ActitoSandbox() as sandbox, ActitoClient(base_url=sandbox.url, entity="demo",
+                                                  api_key="sandbox-demo-key") as client:
+        recover_earlier_runs(successor, client, 5.0, landed.append)
+    (only,) = landed
+    assert (only.run_id, only.fingerprint) == (dead_id, "the-mapping")
+    assert only.rows.column("key").to_pylist() == [1, 2, 3, 4]
+    assert not list(dead.run_dir.glob("*sent.parquet"))  # committed once, not again by the next run
+
+
+def test_an_import_still_running_in_actito_stops_the_successor_instead_of_being_sent_again(tmp_path: Path) -> None:
+    config = load_config(Project(tmp_path).config)
+    dead_id, new_id, now = "20261201T000000Z-dead00", "20261201T010000Z-new000", datetime.now(UTC)
+    dead = RunContext(config, "people", dead_id, now, False, tmp_path / "state" / "runs" / "people" / dead_id)
+    dead.run_dir.mkdir(parents=True)
+    upload = tmp_path / "people.csv"
+    upload.write_text("emailAddress,firstName\nperson1@example.com,Ann\n")
+    stage_sent(dead, "", pa.table({"key": [1], "row": [2]}), [WrittenFile(upload, 1, 0, "")], "the-mapping")
+    reference = part_reference(dead_id, "", 1)
+    store = StateStore.in_directory(tmp_path / "state")
+    store.intend_import(reference, dead_id, "people", "demo", "customers", now.date())
+    successor = RunContext(config, "people", new_id, now, False, tmp_path / "state" / "runs" / "people" / new_id)
+    try:
+        with ActitoSandbox(processing_seconds=60) as sandbox, ActitoClient(
+                base_url=sandbox.url, entity="demo", api_key="sandbox-demo-key") as client:
+            definition = {"reference": reference, "target": {"type": "PROFILE_TABLE", "id": "customers"},
+                          "mode": "CREATE_UPDATE", "keyColumn": "emailAddress"}
+            execution = client.start_import(definition, upload)  # the dead run's POST, its answer never recorded
+            with pytest.raises(ActitoImportError, match="still PENDING"):
+                recover_earlier_runs(successor, client, 0.3, lambda landed: pytest.fail("committed too early"))
+        (left,) = store.unfinished_imports("people", excluding_run=new_id)
+        assert (left.status, left.execution_id) == ("SUBMITTED", execution.id)  # found by its reference
+    finally:
+        store.close()
+    assert list(dead.run_dir.glob("*sent.parquet"))  # kept for the run that sees the import end
