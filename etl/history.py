@@ -93,6 +93,8 @@ def show_run(record: RunRecord, *, rejects_shown: int = 10) -> str:
         lines.append(f"file       {file['name']}  {count(file.get('rows'))} rows  sha256 {file.get('sha256', '')[:16]}…")
     for delivered in details.get("delivered", []):
         lines.append(f"delivered  {delivered['location']}")
+    if details.get("leftovers_removed"):
+        lines.append(f"cleaned    temporary files of a dead run: {', '.join(details['leftovers_removed'])}")
     for execution in details.get("executions", []):
         lines.append(f"import     {execution['id']} {execution['status']}  {count(execution.get('rows'))} rows, "
                      f"{count(execution.get('refused'))} refused by Actito")

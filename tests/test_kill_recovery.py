@@ -38,7 +38,7 @@ from etl.files import WrittenFile
 from etl.history import runs_table, show_run
 from etl.runs import RunContext
 from etl.errors import LockBusy
-from etl.state import NOT_SENT, StateStore, locks, utcnow
+from etl.state import NOT_SENT, RunRecord, StateStore, locks, utcnow
 
 pytest_plugins = ["conftest_delivery"]
 
@@ -141,6 +141,14 @@ class Project:
     def store(self) -> StateStore:
         return StateStore.in_directory(self.root / "state")
 
+    def runs(self, activation: str) -> list[RunRecord]:
+        """The activation's ledger rows, newest first."""
+        store = self.store()
+        try:
+            return store.runs(activation)
+        finally:
+            store.close()
+
     def leftovers(self, *directories: Path) -> list[Path]:
         """Partial local files and temporary remote names: what a crash must never leave behind."""
         found = [p for p in (self.root / "state" / "runs").rglob("*") if p.name.endswith((".partial", ".tmp"))]
@@ -171,11 +179,7 @@ def assert_delivered(directory: Path, rows: int) -> None:
 def assert_recovered(project: Project, activation: str, kill_at: str) -> None:
     """The dead run is marked with where it stopped (the last checkpoint before ``kill_at``); the
     last run succeeded and says what it recovered."""
-    store = project.store()
-    try:
-        last, *earlier = store.runs(activation)
-    finally:
-        store.close()
+    last, *earlier = project.runs(activation)
     assert last.status == "succeeded"
     if kill_at == "recorded":  # killed after its own row was final: nothing to recover
         assert [r.status for r in earlier] == ["succeeded", "succeeded"]
@@ -227,7 +231,7 @@ def test_a_local_audience_killed_at_each_step_converges_on_the_rerun(
     if kill_at == "delivered":  # uploaded under temporary names, not renamed yet
         assert any(is_temp_name(p.name) for p in outbox.iterdir())
     if kill_at != "recorded":
-        dead = project.store().runs("members")[0]
+        dead = project.runs("members")[0]
         assert dead.status == "running"
         if kill_at != "chunk":
             assert dead.details["checkpoint"] == kill_at
@@ -287,6 +291,8 @@ def test_an_sftp_audience_killed_during_delivery_converges_on_the_rerun(
     assert code == 0, output
     assert_delivered(remote, 30000)
     assert project.leftovers(remote) == []
+    if kill_at != "confirmed":
+        assert "cleaned    temporary files of a dead run: .audience-sync-" in show_run(project.runs("members")[0])
     assert_recovered(project, "members", kill_at)
 
 
@@ -339,7 +345,7 @@ def test_a_profiles_import_killed_at_each_step_is_never_sent_twice(
     assert not list((project.root / "state" / "runs").rglob("*sent.parquet"))
     assert_recovered(project, "people", kill_at)
     if kill_at in ("posted", "delivered", "confirmed"):  # Actito had the import: waited for, not sent again
-        (last, *_) = project.store().runs("people")
+        (last, *_) = project.runs("people")
         assert last.rows_delivered == 0
         assert ("recovered  import" in show_run(last)) is (kill_at != "confirmed")  # resolved in Actito
 
