@@ -33,7 +33,7 @@ from etl.actito.errors import ActitoImportError
 from etl.actito.recovery import Landed, part_reference, recover_earlier_runs, stage_sent
 from etl.actito.sandbox import ActitoSandbox
 from etl.config import load_config
-from etl.delivery.base import is_temp_name
+from etl.delivery.base import is_temp_name, temp_name
 from etl.files import WrittenFile
 from etl.history import runs_table, show_run
 from etl.runs import RunContext
@@ -42,7 +42,7 @@ from etl.state import NOT_SENT, RunRecord, StateStore, locks, utcnow
 
 pytest_plugins = ["conftest_delivery"]
 
-from servers import PASSWORD, SftpBehaviour, SftpServer  # noqa: E402
+from servers import PASSWORD, Location, SftpBehaviour, SftpServer  # noqa: E402
 
 KILLED = -signal.SIGKILL
 
@@ -458,3 +458,18 @@ def test_an_import_still_running_in_actito_stops_the_successor_instead_of_being_
     finally:
         store.close()
     assert list(dead.run_dir.glob("*sent.parquet"))  # kept for the run that sees the import end
+
+
+def test_a_location_drops_only_the_temporary_files_of_our_dead_runs(location: Location) -> None:
+    """Local, SFTP and FTPS alike: a dead run's temporary names of this activation's files go; this
+    run's own, another activation's, and every delivered file stay."""
+    connect, directory = location
+    current = "20261201T010000Z-new000"
+    ours_dead = temp_name("20261201T000000Z-dead00", "members.csv")
+    keep = [temp_name("20261201T000000Z-dead00", "other.csv"), temp_name(current, "members.csv"), "members.csv"]
+    for name in (ours_dead, *keep):
+        (directory / name).write_bytes(b"email\n")
+    with connect() as deliverer:
+        removed = deliverer.discard_leftovers(lambda name: name.startswith("members"), current)
+    assert removed == [ours_dead]
+    assert sorted(p.name for p in directory.iterdir()) == sorted(keep)
