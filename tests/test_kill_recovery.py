@@ -350,6 +350,21 @@ def test_a_profiles_import_killed_at_each_step_is_never_sent_twice(
         assert ("recovered  import" in show_run(last)) is (kill_at != "confirmed")  # resolved in Actito
 
 
+def test_a_crash_loop_converges_too(baseline: Callable[..., Project], tmp_path: Path) -> None:
+    """Killed while Actito imports, then killed again while recovering-and-extracting: the third run
+    still finds the import, sends nothing again, and the ledger tells each death apart."""
+    project = baseline("people", "people", people_sql(50, 0), into=tmp_path / "p")
+    project.sql("people", people_sql(60, 11))
+    assert project.run("people", "posted")[0] == KILLED
+    assert project.run("people", "chunk")[0] == KILLED
+    assert project.run("people")[0] == 0
+    assert len(sandbox_state(project).executions("demo")) == 2
+    last, second, first, _ = project.runs("people")
+    assert (last.status, second.status, first.status) == ("succeeded", "interrupted", "interrupted")
+    assert "died after 'written'" in (first.error or "") and "died after 'starting'" in (second.error or "")
+    assert last.rows_delivered == 0
+
+
 @pytest.mark.parametrize("kill_at", ["posted", "confirmed"])
 def test_a_membership_delivery_killed_mid_import_converges(
     baseline: Callable[..., Project], tmp_path: Path, kill_at: str
