@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from itertools import islice
 from pathlib import Path
 
+from etl.runs import CHECKPOINTS
 from etl.state import RunRecord
 
 
@@ -39,7 +40,8 @@ def runs_table(records: Sequence[RunRecord]) -> str:
         ["run id", "activation", "status", "started (UTC)", "read", "rejected", "delivered", "time", "error"],
         [
             [
-                r.run_id, r.activation, r.status + (" (dry)" if r.dry_run else ""),
+                r.run_id, r.activation, r.status + (" (dry)" if r.dry_run else "")
+                + (f" at {r.details['checkpoint']}" if r.status == "running" and r.details.get("checkpoint") else ""),
                 f"{r.started_at:%Y-%m-%d %H:%M:%S}", count(r.rows_extracted), count(r.rows_rejected),
                 count(r.rows_delivered), f"{r.duration_s:.1f}s" if r.duration_s is not None else "",
                 (r.error or "").splitlines()[0][:80] if r.error else "",
@@ -77,12 +79,22 @@ def show_run(record: RunRecord, *, rejects_shown: int = 10) -> str:
     ]
     if details.get("steps"):
         lines.append("steps      " + "   ".join(f"{step} {seconds:.2f}s" for step, seconds in details["steps"].items()))
+    if details.get("checkpoint"):
+        lines.append(f"checkpoint {_progress(details['checkpoint'])}")
     if record.error:
         lines.append(f"error      {record.error}")
+    if details.get("recovered_by"):
+        lines.append(f"recovered  by run {details['recovered_by']}")
+    if details.get("recovered"):
+        lines.append(f"recovered  the dead run(s) {', '.join(details['recovered'])}")
+    for resolved in details.get("recovered_imports", []):
+        lines.append(f"recovered  import {resolved['reference']}: {resolved['status']}")
     for file in details.get("files", []):
         lines.append(f"file       {file['name']}  {count(file.get('rows'))} rows  sha256 {file.get('sha256', '')[:16]}…")
     for delivered in details.get("delivered", []):
         lines.append(f"delivered  {delivered['location']}")
+    if details.get("leftovers_removed"):
+        lines.append(f"cleaned    temporary files of a dead run: {', '.join(details['leftovers_removed'])}")
     for execution in details.get("executions", []):
         lines.append(f"import     {execution['id']} {execution['status']}  {count(execution.get('rows'))} rows, "
                      f"{count(execution.get('refused'))} refused by Actito")
@@ -93,6 +105,14 @@ def show_run(record: RunRecord, *, rejects_shown: int = 10) -> str:
         lines.append(f"note       {details['note']}")
     lines.extend(_rejects(details.get("rejects_file"), rejects_shown))
     return "\n".join(lines)
+
+
+def _progress(reached: str) -> str:
+    """The run's checkpoints with the last one reached marked: where a dead run stopped."""
+    if reached not in CHECKPOINTS:
+        return reached
+    done = CHECKPOINTS.index(reached)
+    return " → ".join(f"[{name}]" if index == done else name for index, name in enumerate(CHECKPOINTS))
 
 
 def _rejects(path: str | None, shown: int) -> list[str]:

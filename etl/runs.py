@@ -9,7 +9,9 @@ instead of escaping as a traceback.
 from __future__ import annotations
 
 import logging
+import os
 import secrets
+import signal
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -26,6 +28,22 @@ from etl.logs import redact
 from etl.state import StateStore
 
 log = logging.getLogger("audience_sync.run")
+
+#: The states a run passes through, recorded in the ledger (``details.checkpoint``) as each is reached,
+#: so that a run that dies (SIGKILL, OOM, power loss) shows where it stopped and the next run of the
+#: activation knows what to resolve. See docs/deploy.md, "Crashes and recovery".
+CHECKPOINTS = ("extracted", "written", "delivered", "confirmed", "recorded")
+
+#: Fault injection, for tests only: a run whose environment sets this to a checkpoint, or to
+#: ``chunk`` (after the first extracted chunk) or ``posted`` (an import POST answered, its execution
+#: id not yet in the ledger), SIGKILLs its own process there — a real crash at a known point.
+KILL_AT_ENV = "AUDIENCE_SYNC_KILL_AT"
+
+
+def kill_point(name: str) -> None:
+    """Die here, as abruptly as a process can, if the fault-injection variable asks for it."""
+    if os.environ.get(KILL_AT_ENV) == name:
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def open_store(config: Config) -> StateStore:
@@ -60,12 +78,23 @@ class RunContext:
     stop: threading.Event | None = None
     #: `run --force`: deliver even when a safety guard (e.g. the shrink guard) would stop the run
     force: bool = False
+    #: the ledger, where checkpoints are recorded as they are reached
+    store: StateStore | None = None
 
     def tick(self, counts: dict[str, int]) -> None:
         """Called between chunks: report progress, and stop here if asked to (nothing is delivered then)."""
         if self.stop is not None and self.stop.is_set():
             raise RunInterrupted("stopped by a shutdown before it finished; nothing was delivered")
         self.progress(self.activation, counts)
+        kill_point("chunk")
+
+    def checkpoint(self, name: str) -> None:
+        """The run reached ``name`` (one of CHECKPOINTS): written to the ledger at once, with the
+        details known so far (files and their sha256 ...), before the run goes on."""
+        self.details["checkpoint"] = name
+        if self.store is not None:
+            self.store.save_progress(self.run_id, {**self.details, "steps": self.steps}, **self.results)
+        kill_point(name)
 
     @contextmanager
     def step(self, name: str) -> Iterator[None]:
@@ -121,7 +150,8 @@ def execute(
     try:
         with store.lock(activation, ttl):
             context = RunContext(config, activation, run_id, started_at, dry_run,
-                                 config.state_dir / "runs" / activation / run_id, stop=stop, force=force)
+                                 config.state_dir / "runs" / activation / run_id, stop=stop, force=force,
+                                 store=store)
             if progress is not None:
                 context.progress = progress
             return _run_locked(context, store, kind, body, began)
@@ -133,7 +163,10 @@ def execute(
 def _run_locked(context: RunContext, store: StateStore, kind: str, body: JobBody, began: float) -> RunOutcome:
     config, activation, run_id, dry_run = context.config, context.activation, context.run_id, context.dry_run
     run_dir, stop = context.run_dir, context.stop
+    recovered = mark_dead_runs(store, activation, run_id, run_dir.parent)
     store.start_run(run_id, activation, kind, dry_run=dry_run, started_at=context.started_at.replace(tzinfo=None))
+    if recovered:
+        context.details["recovered"] = recovered
     fields = {"activation": activation, "run_id": run_id}
     status, error = "succeeded", None
     try:
@@ -150,6 +183,8 @@ def _run_locked(context: RunContext, store: StateStore, kind: str, body: JobBody
         log.debug("internal error", exc_info=True, extra={"fields": fields})
     duration = round(time.perf_counter() - began, 3)
     context.details["steps"] = context.steps
+    if status == "succeeded":
+        context.details["checkpoint"] = "recorded"
     store.finish_run(
         run_id,
         status,
@@ -159,6 +194,7 @@ def _run_locked(context: RunContext, store: StateStore, kind: str, body: JobBody
         details=context.details,
         **context.results,
     )
+    kill_point("recorded")
     level = logging.INFO if status == "succeeded" else logging.ERROR
     log.log(level, "run %s%s", status, f": {error}" if error else "", extra={"fields": {**fields, **context.results}})
     outcome = RunOutcome(activation, run_id, status, dry_run, duration, context.results, context.details, error)
@@ -166,6 +202,34 @@ def _run_locked(context: RunContext, store: StateStore, kind: str, body: JobBody
     if status == "interrupted" and stop is None:  # Ctrl-C on a one-shot run ends the command too
         raise KeyboardInterrupt
     return outcome
+
+
+def mark_dead_runs(store: StateStore, activation: str, run_id: str, runs_dir: Path) -> list[str]:
+    """Close the ledger rows of earlier runs that died while running, and remove their partial local files.
+
+    Called with the activation's lock held, so a run still marked running is no longer alive (its
+    process was killed or its host went down). What such a run left in flight elsewhere (an Actito
+    import, a temporary file at the location) is resolved by the job itself before it goes on."""
+    dead_ids: list[str] = []
+    for dead in store.unfinished_runs(activation):
+        stopped = dead.details.get("checkpoint") or "starting"
+        error = f"the process died after '{stopped}' (killed or crashed); run {run_id} recovered it"
+        store.finish_run(dead.run_id, "interrupted", finished_at=datetime.now(UTC).replace(tzinfo=None),
+                         error=error, details={**dead.details, "recovered_by": run_id})
+        _remove_partial_files(runs_dir / dead.run_id)
+        log.warning("run %s of %s had died: %s", dead.run_id, activation, error,
+                    extra={"fields": {"activation": activation, "run_id": run_id, "dead_run_id": dead.run_id}})
+        dead_ids.append(dead.run_id)
+    return dead_ids
+
+
+def _remove_partial_files(run_dir: Path) -> None:
+    """Files a writer had not finished (hidden ``.partial`` / ``.tmp`` names): never complete, never used."""
+    if not run_dir.is_dir():
+        return
+    for path in run_dir.iterdir():
+        if path.name.startswith(".") and path.name.endswith((".partial", ".tmp", ".repack")):
+            path.unlink(missing_ok=True)
 
 
 def announce(config: Config, store: StateStore, outcome: RunOutcome) -> None:

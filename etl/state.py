@@ -81,6 +81,9 @@ slots = sa.Table(
 
 RUN_STATUSES = ("running", "succeeded", "failed", "interrupted")
 
+#: an import's status when Actito never received it: it does not count against the daily budget
+NOT_SENT = "NOT_SENT"
+
 
 def utcnow() -> datetime:
     """Naive UTC: the same value round-trips through SQLite, PostgreSQL and MariaDB."""
@@ -105,6 +108,20 @@ class RunRecord:
     sha256: str | None
     error: str | None
     details: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class ImportRecord:
+    reference: str
+    execution_id: str
+    run_id: str
+    activation: str
+    entity: str
+    table_id: str
+    day: date
+    status: str
+    created_at: datetime
+    counts: dict[str, int] | None
 
 
 class StateStore:
@@ -153,6 +170,15 @@ class StateStore:
             )
         )
 
+    def save_progress(self, run_id: str, details: dict[str, Any], **values: Any) -> None:
+        """Keep what a running run knows so far (its checkpoint, counts, files and their sha256), so a
+        run that dies leaves it readable."""
+        self._write(runs.update().where(runs.c.run_id == run_id).values(details=details, **values))
+
+    def unfinished_runs(self, activation: str) -> list[RunRecord]:
+        """Runs of ``activation`` still marked running: with its lock held, those processes are dead."""
+        return list(reversed(self.runs(activation, status="running", limit=1000)))
+
     def finish_run(self, run_id: str, status: str, **values: Any) -> None:
         if status not in RUN_STATUSES:
             raise ValueError(status)
@@ -190,16 +216,22 @@ class StateStore:
 
     # ------------------------------------------------------------------ Actito imports
 
-    def record_import(
-        self, execution_id: str, reference: str, run_id: str, activation: str, entity: str, table_id: str, day: date
+    def intend_import(
+        self, reference: str, run_id: str, activation: str, entity: str, table_id: str, day: date
     ) -> None:
-        """Written as soon as Actito accepted the upload, so a crash while polling never loses it."""
+        """Written before the upload starts, so a process killed during or just after it leaves the
+        reference behind: the next run looks it up in Actito instead of sending the part again."""
         self._write(
             imports.insert().values(
-                execution_id=execution_id, reference=reference, run_id=run_id, activation=activation,
-                entity=entity, table_id=table_id, day=day, status="SUBMITTED", created_at=utcnow(),
+                execution_id="", reference=reference, run_id=run_id, activation=activation,
+                entity=entity, table_id=table_id, day=day, status="PENDING", created_at=utcnow(),
             )
         )
+
+    def record_import(self, reference: str, execution_id: str) -> None:
+        """Written as soon as Actito accepted the upload, so a crash while polling never loses it."""
+        self._write(imports.update().where(imports.c.reference == reference)
+                    .values(execution_id=execution_id, status="SUBMITTED"))
 
     def finish_import(self, reference: str, status: str, counts: dict[str, int]) -> None:
         self._write(imports.update().where(imports.c.reference == reference).values(status=status, counts=counts))
@@ -207,10 +239,27 @@ class StateStore:
     def imports_on(self, entity: str, table_id: str, day: date) -> int:
         """Imports this ledger sent to one table on one (UTC) day: the daily quota's count."""
         query = sa.select(sa.func.count()).where(
-            imports.c.entity == entity, imports.c.table_id == table_id, imports.c.day == day
+            imports.c.entity == entity, imports.c.table_id == table_id, imports.c.day == day,
+            imports.c.status != NOT_SENT,
         )
         with self._connect() as conn:
             return int(conn.execute(query).scalar_one())
+
+    def unfinished_imports(self, activation: str, *, excluding_run: str) -> list[ImportRecord]:
+        """Imports of earlier runs whose outcome the ledger never learnt (PENDING: maybe not even
+        sent; SUBMITTED: sent, never seen finished), oldest first."""
+        query = (sa.select(imports)
+                 .where(imports.c.activation == activation, imports.c.run_id != excluding_run,
+                        imports.c.status.in_(("PENDING", "SUBMITTED")))
+                 .order_by(imports.c.created_at, imports.c.reference))
+        with self._connect() as conn:
+            return [ImportRecord(**dict(row._mapping)) for row in conn.execute(query)]
+
+    def import_statuses(self, run_id: str) -> dict[str, str]:
+        """reference -> status of every import a run started."""
+        query = sa.select(imports.c.reference, imports.c.status).where(imports.c.run_id == run_id)
+        with self._connect() as conn:
+            return {row.reference: row.status for row in conn.execute(query)}
 
     # ------------------------------------------------------------------ schedule slots
 
@@ -255,11 +304,16 @@ class StateStore:
                 hint=f"nothing was run: the run ledger {self._shown()} cannot be written (a full disk, "
                 "permissions, or its database is down)",
             ) from None
-        # a row exists: take it over only if its lease has run out (the holder crashed)
+        # a row exists: take it over only if its lease has run out, or its holder is a process of
+        # this host that no longer exists (killed: waiting hours for the lease would block every rerun)
         with self._connect() as conn, conn.begin():
+            holder = conn.execute(sa.select(locks).where(locks.c.activation == activation)).first()
+            stale = locks.c.expires_at < now
+            if holder is not None and _dead_local_owner(holder.owner):
+                stale = sa.or_(stale, locks.c.owner == holder.owner)
             taken = conn.execute(
                 locks.update()
-                .where(locks.c.activation == activation, locks.c.expires_at < now)
+                .where(locks.c.activation == activation, stale)
                 .values(owner=owner, acquired_at=now, expires_at=now + ttl)
             ).rowcount
             holder = conn.execute(sa.select(locks).where(locks.c.activation == activation)).first()
@@ -287,6 +341,24 @@ class StateStore:
 
     def _shown(self) -> str:
         return sa.make_url(self.url).render_as_string(hide_password=True)
+
+
+def _dead_local_owner(owner: str) -> bool:
+    """True when a lock owner (``host:pid:store``) names a process of this host that has ended.
+    Another host's process cannot be checked: its lease must run out."""
+    parts = owner.rsplit(":", 2)
+    if len(parts) != 3 or parts[0] != socket.gethostname() or not parts[1].isdigit():
+        return False
+    pid = int(parts[1])
+    if pid == os.getpid():
+        return False  # ours, or a previous container incarnation with the same pid: cannot tell
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except OSError:
+        return False  # exists, owned by someone else
+    return False
 
 
 def _create_tables(engine: sa.Engine, attempts: int = 4) -> None:

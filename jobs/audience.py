@@ -80,6 +80,7 @@ def run(context: RunContext) -> None:
         manifest=str(manifest_path),
         sql_sha256=sql_sha256,
     )
+    context.checkpoint("written")
     if context.dry_run:
         return
     check_shrink(context, activation, sum(f.rows for f in written))
@@ -146,6 +147,7 @@ def _write_audience(
             rejects.write(cleaned.rejects)
             counts = cleaner.counts
             context.tick(vars(counts))
+        context.checkpoint("extracted")
         written = writer.close()
         rejects.close()
     return written, counts
@@ -156,15 +158,20 @@ def _deliver(context: RunContext, paths: list[Path], pattern: str) -> None:
     location = destination.files
     assert location is not None  # validated: an audience destination has a files location
     matches = name_matcher(pattern)
+
+    def is_ours(remote: str) -> bool:
+        return matches(remote) or matches(remote.removesuffix(".manifest.json") + ".csv")
+
     with context.step("deliver"), open_deliverer(context.config, location) as deliverer:
-        delivered = deliverer.deliver(paths, context.run_id)
+        leftovers = deliverer.discard_leftovers(is_ours, context.run_id)  # of a run killed mid-upload
+        if leftovers:
+            context.details["leftovers_removed"] = leftovers
+        delivered = deliverer.deliver(paths, context.run_id, all_uploaded=lambda: context.checkpoint("delivered"))
         context.details["delivered"] = [{"name": d.name, "bytes": d.size, "location": d.location} for d in delivered]
+        context.checkpoint("confirmed")
         if location.retention_days:
             cutoff = datetime.now(UTC) - timedelta(days=location.retention_days)
-            removed = deliverer.apply_retention(
-                lambda remote: matches(remote) or matches(remote.removesuffix(".manifest.json") + ".csv"), cutoff
-            )
-            context.details["retention_removed"] = removed
+            context.details["retention_removed"] = deliverer.apply_retention(is_ours, cutoff)
 
 
 def _stem(file_name: str) -> str:

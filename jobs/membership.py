@@ -21,6 +21,7 @@ import pyarrow.parquet as pq
 from etl.actito.client import Table
 from etl.actito.connect import open_client
 from etl.actito.imports import ImportTarget, preflight, rule_for, send_rows
+from etl.actito.recovery import Landed, discard_sent, recover_earlier_runs
 from etl.actito.mapping import Mapping, explicit_mapping
 from etl.config import AudienceActivation, Destination
 from etl.extract import local_time
@@ -34,8 +35,6 @@ def deliver_membership(context: RunContext, activation: AudienceActivation, writ
     identifier = HEADER[activation.identifier]
     current = _members(written, identifier)
     snapshot = context.config.state_dir / "snapshots" / f"{context.activation}.members.parquet"
-    previous = pq.read_table(snapshot).column("member") if snapshot.exists() else pa.array([], pa.string())
-    entered, left = _difference(current, previous), _difference(previous, pa.chunked_array([current]))
     destination = context.config.destination_of(activation.destination, Destination)
     target = ImportTarget(
         entity=destination.entity, table=activation.membership_table, custom=True, mode="CREATE_UPDATE",
@@ -46,18 +45,40 @@ def deliver_membership(context: RunContext, activation: AudienceActivation, writ
     rejects_path = context.run_dir / f"{context.activation}.membership-rejects.csv"
     with context.step("deliver"), open_client(context.config, activation.destination) as client, \
             RejectWriter(rejects_path) as rejects:
+        recover_earlier_runs(context, client, target.timeout_seconds, lambda landed: _apply_landed(snapshot, landed))
+        previous = _read_members(snapshot)
+        entered, left = _difference(current, previous), _difference(previous, pa.chunked_array([current]))
         table, adding = preflight(client, target, _members_mapping, ["memberKey", "audience", identifier, "since"])
         _, removing = preflight(client, _deleting(target), lambda columns, table: explicit_mapping(
             "memberKey", {"memberKey": "memberKey"}), ["memberKey"])
         added, refused_in = send_rows(context, client, target, table, adding,
-                                      _rows(context.activation, identifier, entered, since), rejects, label="entered")
+                                      _rows(context.activation, identifier, entered, since), rejects, label="entered",
+                                      staged=pa.table({"member": entered}))
         removed, refused_out = send_rows(context, client, _deleting(target), table, removing,
-                                         _rows(context.activation, None, left, since), rejects, label="left")
+                                         _rows(context.activation, None, left, since), rejects, label="left",
+                                         staged=pa.table({"member": left}))
         rejects.close()
     _replace_snapshot(snapshot, current)
+    discard_sent(context)
     context.results["rows_delivered"] = len(current)
     context.details.update(membership_table=table.id, entered=added, left=removed,
                            refused=refused_in + refused_out, membership_rejects=str(rejects_path))
+
+
+def _read_members(snapshot: Path) -> pa.Array:
+    return pq.read_table(snapshot).column("member") if snapshot.exists() else pa.array([], pa.string())
+
+
+def _apply_landed(snapshot: Path, landed: Landed) -> None:
+    """Members an earlier run got into (or out of) the table but never recorded: into the snapshot,
+    so this run does not import them again."""
+    members, changed = _read_members(snapshot), landed.rows.column("member")
+    if landed.label.startswith("entered"):
+        updated = pc.unique(pa.concat_tables([pa.table({"member": members}), pa.table({"member": changed})])
+                            .column("member"))
+    else:
+        updated = _difference(members, changed)
+    _replace_snapshot(snapshot, updated)
 
 
 def _members(written: Sequence[WrittenFile], identifier: str) -> pa.Array:

@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from itertools import chain
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -25,10 +26,11 @@ from etl.actito.client import ActitoClient, Attribute, Execution, Table
 from etl.actito.connect import open_client
 from etl.actito.errors import ActitoBudgetExhausted, ActitoError
 from etl.actito.mapping import FieldMap, FieldRule, Mapping, RowMapper
+from etl.actito.recovery import Landed, discard_sent, part_reference, recover_earlier_runs, stage_sent
 from etl.config import Config, Destination, ImportActivationBase
 from etl.extract import activation_batches
 from etl.files import Compression, CsvFileWriter, RejectWriter, WrittenFile
-from etl.runs import RunContext, open_store
+from etl.runs import RunContext, kill_point, open_store
 from etl.transform import SeenHashes
 from etl.snapshots import RowSnapshot, fingerprint, key_hashes, row_hashes
 
@@ -216,9 +218,12 @@ def run_import(
     columns = first.schema.names if first is not None else []
     with context.step("preflight"):
         table, mapping = preflight(client, target, mapping_for, columns)
+    snapshot_path = context.config.state_dir / "snapshots" / f"{context.activation}.parquet"
+    with context.step("recover"):
+        recover_earlier_runs(context, client, target.timeout_seconds,
+                             lambda landed: _commit_landed(snapshot_path, landed) if target.delta else None)
     snapshot = None
     if target.delta:
-        snapshot_path = context.config.state_dir / "snapshots" / f"{context.activation}.parquet"
         snapshot = RowSnapshot(snapshot_path, fingerprint([table.id, target.mode, target.empty_values, mapping]))
     rejects_path = context.run_dir / f"{context.activation}.rejects.csv"
     with context.step("extract"), RejectWriter(rejects_path) as rejects:
@@ -234,8 +239,11 @@ def run_import(
             context.details["note"] = f"dry run: {len(written)} file(s) written, nothing sent to Actito"
             rejects.close()
             return
+        hashes = pa.table({"key": np.concatenate(sent.key_hashes), "row": np.concatenate(sent.row_hashes)})
         with context.step("import"):
-            accepted, refused = _send(context, client, target, table, mapping, written, sent, rejects)
+            accepted, refused = _send(context, client, target, table, mapping, written, sent, rejects,
+                                      staged=hashes if snapshot else None,
+                                      staged_fingerprint=snapshot.fingerprint if snapshot else "")
         context.results["rows_delivered"] = accepted
         context.results["rows_rejected"] = context.results.get("rows_rejected", 0) + refused
         context.details["refused_by_actito"] = refused
@@ -243,8 +251,16 @@ def run_import(
     if snapshot is not None:
         # refused rows too: sent again unchanged they would be refused again, each time costing one
         # of the table's daily imports; a refused row is sent again as soon as it changes
-        snapshot.stage(np.concatenate(sent.key_hashes), np.concatenate(sent.row_hashes))
+        snapshot.stage(hashes.column("key").to_numpy(), hashes.column("row").to_numpy())
         snapshot.commit()
+        discard_sent(context)
+
+
+def _commit_landed(snapshot_path: Path, landed: Landed) -> None:
+    """Rows an earlier run got into Actito but never recorded: into the snapshot, as if it had finished."""
+    snapshot = RowSnapshot(snapshot_path, landed.fingerprint)
+    snapshot.stage(landed.rows.column("key").to_numpy(), landed.rows.column("row").to_numpy())
+    snapshot.commit()
 
 
 def _write_delta(
@@ -293,6 +309,7 @@ def _write_delta(
             counts["unchanged"] += int((first & ~changed).sum())
             counts["sent"] += int(changed.sum())
             context.tick({**counts, "kept": counts["sent"], "duplicates": 0})
+        context.checkpoint("extracted")
         written = writer.close()
     context.results.update(rows_extracted=counts["extracted"], rows_rejected=counts["rejected"])
     context.details.update(unchanged=counts["unchanged"], to_send=counts["sent"],
@@ -329,23 +346,36 @@ def _send(
     rejects: RejectWriter,
     *,
     label: str = "",
+    staged: pa.Table | None = None,
+    staged_fingerprint: str = "",
 ) -> tuple[int, int]:
-    """Import each part in turn; return (rows accepted, rows refused by Actito)."""
+    """Import each part in turn; return (rows accepted, rows refused by Actito).
+
+    ``staged``: what a snapshot keeps of each row sent, in file order, saved before the first upload
+    so that a successor can commit the parts that landed if this process dies (etl.actito.recovery)."""
     source_rows = np.concatenate(sent.source_rows)
     keys = pa.concat_arrays(sent.keys) if sent.keys else pa.array([], pa.string())
+    if staged is not None:
+        stage_sent(context, label, staged, written, staged_fingerprint)
+    context.checkpoint("written")
     store = open_store(context.config)
     executions: list[dict[str, Any]] = []
     accepted = rejected = 0
     offset = 0
     try:
         for number, part in enumerate(written, start=1):
-            reference = f"{context.run_id}-{label}{number}"
+            reference = part_reference(context.run_id, label, number)
             definition = _definition(context, target, table, mapping, reference=reference)
+            # the intent first: a process killed during the upload leaves a reference to look up
+            store.intend_import(reference, context.run_id, context.activation, target.entity, table.id,
+                                datetime.now(UTC).date())
             execution = client.start_import(definition, part.path, etl_id=target.etl_id)
-            store.record_import(execution.id, definition["reference"], context.run_id, context.activation,
-                                target.entity, table.id, datetime.now(UTC).date())
+            kill_point("posted")
+            store.record_import(reference, execution.id)
+            context.checkpoint("delivered")
             final = client.wait_for(execution.id, timeout=target.timeout_seconds)
-            store.finish_import(definition["reference"], final.status, final.counts)
+            store.finish_import(reference, final.status, final.counts)
+            context.checkpoint("confirmed")
             line_errors = client.report(final.id) if final.status != "SUCCESS" else []
             rejects.write(_report_rejects(line_errors, offset, source_rows, keys))
             rejected += len(line_errors)
@@ -368,8 +398,10 @@ def send_rows(
     rejects: RejectWriter,
     *,
     label: str,
+    staged: pa.Table | None = None,
 ) -> tuple[int, int]:
-    """Import rows built by the job itself (not read from the warehouse), e.g. audience members."""
+    """Import rows built by the job itself (not read from the warehouse), e.g. audience members.
+    ``staged``: one row per row sent, what the job's snapshot needs (see `_send`)."""
     if not rows.num_rows:
         return 0, 0
     with CsvFileWriter(
@@ -382,7 +414,7 @@ def send_rows(
     sent = _Sent()
     empty = np.empty(0, np.uint64)
     sent.add(np.arange(1, rows.num_rows + 1), rows.column(mapping.key).combine_chunks(), empty, empty)
-    return _send(context, client, target, table, mapping, written, sent, rejects, label=f"{label}-")
+    return _send(context, client, target, table, mapping, written, sent, rejects, label=f"{label}-", staged=staged)
 
 
 def _definition(

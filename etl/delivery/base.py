@@ -81,6 +81,16 @@ def is_temp_name(name: str) -> bool:
     return name.startswith(TEMP_PREFIX)
 
 
+#: a temporary name as `temp_name` builds it for a run id of `etl.runs.new_run_id`
+_TEMP_OF_RUN = re.compile(rf"^{re.escape(TEMP_PREFIX)}(\d{{8}}T\d{{6}}Z-[0-9a-f]+)-(.+){re.escape(TEMP_SUFFIX)}$")
+
+
+def temp_name_parts(name: str) -> tuple[str, str] | None:
+    """(run id, final name) of a temporary name, or None if it is not one of ours."""
+    found = _TEMP_OF_RUN.match(name)
+    return (found[1], found[2]) if found else None
+
+
 @dataclass(frozen=True)
 class DeliveredFile:
     """One file as it now exists at the location, for the run ledger and the run report."""
@@ -175,7 +185,9 @@ class Deliverer(abc.ABC):
 
     # ------------------------------------------------------------------ the contract
 
-    def deliver(self, files: Sequence[Path], run_id: str) -> list[DeliveredFile]:
+    def deliver(
+        self, files: Sequence[Path], run_id: str, *, all_uploaded: Callable[[], None] | None = None
+    ) -> list[DeliveredFile]:
         """Put ``files`` in the target directory under their own names, all or nothing as far as possible.
 
         Every file is uploaded under a temporary name and its remote size checked before *any*
@@ -184,11 +196,15 @@ class Deliverer(abc.ABC):
         breaks during the uploads is reconnected and the uploads start again, within `RETRY`.
         Renames follow the order of ``files``: a manifest listed last only appears once the files
         it describes are in place. A failure during the renames themselves (rare: the uploads
-        already succeeded) names the files that were already replaced.
+        already succeeded) names the files that were already replaced. ``all_uploaded`` is called
+        between the two phases: where a run records that its files are at the location but not yet
+        in place.
         """
         self._require_connected()
         plan = self._plan(files, run_id)
         self._upload_retrying(plan)
+        if all_uploaded is not None:
+            all_uploaded()
 
         delivered: list[DeliveredFile] = []
         for index, item in enumerate(plan):
@@ -277,6 +293,22 @@ class Deliverer(abc.ABC):
             log.debug("could not reconnect to remove temporary files: %s", exc)
             return
         self._discard(item.temp for item in plan)
+
+    def discard_leftovers(self, is_ours: Callable[[str], bool], run_id: str) -> list[str]:
+        """Remove temporary files that earlier runs of ours left behind (killed mid-upload); return their names.
+
+        Only temporary names of another run whose final name ``is_ours`` qualifies: the caller holds
+        the activation's lock, so no live run is writing them, and another activation's are left alone.
+        """
+        self._require_connected()
+
+        def leftover(name: str) -> bool:
+            parts = temp_name_parts(name)
+            return parts is not None and parts[0] != run_id and is_ours(parts[1])
+
+        names = [name for name, _ in self._modified_files(leftover)]
+        self._discard(names)
+        return names
 
     def apply_retention(self, is_ours: Callable[[str], bool], older_than: datetime) -> list[str]:
         """Delete our own old files so the location does not grow forever; return the names removed.
