@@ -16,6 +16,7 @@ import errno
 import ipaddress
 import logging
 import os
+import re
 import socket
 import sys
 import threading
@@ -641,3 +642,14 @@ def watch(directory: Path, name: str) -> Iterator[Sightings]:
 
     with _in_background(poll, "directory-watcher"):
         yield seen
+
+
+def with_actito_sandbox(config_text: str, url: str, key_variable: str = "TEST_ACTITO_KEY") -> str:
+    """The shipped configuration with its Actito destination pointed at a test's own sandbox (the
+    OpenField destination, also ``environment = "sandbox"``, keeps its in-process sandbox)."""
+    section = "[destinations.actito_demo]\n"
+    head, found, rest = config_text.partition(section)
+    assert found, "the shipped schedules.toml has no [destinations.actito_demo]"
+    replaced = re.sub(r'(?m)^environment = "sandbox".*$',
+                      f'base_url = "{url}"\napi_key = "${{{key_variable}}}"', rest, count=1)
+    return head + section + replaced

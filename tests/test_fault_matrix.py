@@ -33,6 +33,7 @@ from servers import (
     SftpServer,
     leftovers,
     tls_breaking_server,
+    with_actito_sandbox,
 )
 
 import dbservers
@@ -260,9 +261,7 @@ def sandbox() -> Iterator[ActitoSandbox]:
 def actito_project(demo_project: Path, sandbox: ActitoSandbox, monkeypatch: pytest.MonkeyPatch) -> Path:
     """The shipped configuration talking to this test's sandbox."""
     monkeypatch.setenv("TEST_ACTITO_KEY", SANDBOX_KEY)
-    text = demo_project.read_text().replace(
-        'environment = "sandbox"', f'base_url = "{sandbox.url}"\napi_key = "${{TEST_ACTITO_KEY}}"'
-    )
+    text = with_actito_sandbox(demo_project.read_text(), sandbox.url)
     demo_project.write_text(text)
     return demo_project
 

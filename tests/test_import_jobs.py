@@ -19,6 +19,7 @@ from etl.config import Config, load_config
 from etl.extract import activation_batches
 from etl.runs import RunOutcome, execute, open_store
 from jobs import job_for
+from servers import with_actito_sandbox
 
 REPO = Path(__file__).resolve().parent.parent
 KEY = "sandbox-demo-key"
@@ -38,9 +39,7 @@ def config_path(tmp_path: Path, sandbox: ActitoSandbox) -> Path:
 def _configured(tmp_path: Path, sandbox: ActitoSandbox) -> Path:
     """The shipped configuration, its destination pointed at this test's sandbox."""
     shutil.copytree(REPO / "sql", tmp_path / "sql")
-    text = (REPO / "schedules.toml").read_text().replace(
-        'environment = "sandbox"', f'base_url = "{sandbox.url}"\napi_key = "${{TEST_ACTITO_KEY}}"', 1
-    )
+    text = with_actito_sandbox((REPO / "schedules.toml").read_text(), sandbox.url)
     path = tmp_path / "schedules.toml"
     path.write_text(text)
     return path
