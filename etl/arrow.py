@@ -14,11 +14,12 @@ from types import ModuleType
 
 
 def configure_arrow() -> None:
-    """The system allocator unless ``ARROW_DEFAULT_MEMORY_POOL`` says otherwise, and no pandas for pyarrow.
+    """A leaner allocator unless ``ARROW_DEFAULT_MEMORY_POOL`` says otherwise, and no pandas for pyarrow.
 
-    * Memory: pyarrow's default allocator (mimalloc) keeps freed pages for reuse. With the system
-      allocator a run's peak RSS was 30 MB lower at 1M customers and 20 MB lower at 10M, at the
-      same speed (docs/benchmarks.md).
+    * Memory: pyarrow's default allocator (mimalloc) keeps more freed pages for reuse. Peak RSS of
+      the benchmark's run at 1M / 10M customers: mimalloc 198 / 243 MB, the system allocator 162 /
+      222 MB, jemalloc 167 / 212 MB, at the same speed (docs/benchmarks.md). jemalloc, where this
+      pyarrow build has it, else the system allocator.
     * pandas: the first ``pa.array()`` of a run, on anything but an Arrow object, makes pyarrow
       import pandas to check whether the value is a pandas object. No audience run uses pandas,
       and the import took 0.3 s and 40 MB of every run. pyarrow is made to find pandas missing
@@ -28,7 +29,10 @@ def configure_arrow() -> None:
     import pyarrow as pa
 
     if "ARROW_DEFAULT_MEMORY_POOL" not in os.environ:
-        pa.set_memory_pool(pa.system_memory_pool())
+        try:
+            pa.set_memory_pool(pa.jemalloc_memory_pool())
+        except NotImplementedError:  # not every platform's pyarrow is built with it
+            pa.set_memory_pool(pa.system_memory_pool())
     if "pandas" in sys.modules:
         return  # already paid for: pyarrow may as well use it
     hidden = _HidePandas()

@@ -672,6 +672,23 @@ def test_postgres_fast_path_gives_the_generic_paths_values_and_batches(
             connection.exec_driver_sql(f"DROP TABLE {name}")
 
 
+def test_postgres_fast_path_falls_back_to_csv_when_adbc_cannot_open_its_session(
+    pg_engine: sa.Engine, copies: list[tuple[str, str]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A server out of connections refuses the second session: the rows come by CSV COPY instead."""
+    import adbc_driver_manager
+    import adbc_driver_postgresql
+
+    def refused(uri: str) -> Any:
+        raise adbc_driver_manager.OperationalError("IO: FATAL:  sorry, too many clients already", status_code=10)
+
+    monkeypatch.setattr(adbc_driver_postgresql, "connect", refused)
+    assert _rows(_read(pg_engine, "SELECT i, 'x' || i AS s FROM generate_series(1, 3) AS g(i)")) == [
+        (1, "x1"), (2, "x2"), (3, "x3")
+    ]  # fmt: skip
+    assert [how for how, _ in copies] == ["csv"]
+
+
 def test_postgres_fast_path_reads_where_the_pooled_session_looks(copies: list[tuple[str, str]]) -> None:
     """A search_path set when the pool connects holds for the session ADBC reads on too."""
     schema, table = dbservers.unique_name("schema"), dbservers.unique_name("t")
