@@ -466,6 +466,11 @@ class SeenHashes:
     jump by 40 MB. So there are O(n / MERGE_LIMIT + log n) runs; membership is one
     ``searchsorted`` per run.
 
+    In front of the runs, a bitmap of ``FILTER_BITS`` bits (8 MB) has the bit of each kept hash
+    set (its top bits pick it): a hash whose bit is clear was never kept, and only the others are
+    searched for in the runs. With 5M identifiers kept, 7 % of the bits are set, so most new
+    identifiers skip the search (5.7M e-mails: 1.6 s of CPU in the runs' searches before).
+
     Collisions: two different identifiers share a 64-bit hash with probability about
     n² / 2⁶⁵ over n kept identifiers — about 3·10⁻⁶ for 10 million. A collision would drop the
     later identifier as a "duplicate" (visible in the reject file), never add a wrong one.
@@ -473,19 +478,32 @@ class SeenHashes:
 
     #: runs of this many hashes (8 MB) or more are left as they are
     MERGE_LIMIT = 1 << 20
+    #: bits of the bitmap in front of the runs (a power of two)
+    FILTER_BITS = 1 << 26
 
     def __init__(self) -> None:
         self._runs: list[np.ndarray] = []
+        self._filter: np.ndarray | None = None  # made at the first hash kept
+        self._filter_shift = np.uint64(64 - (self.FILTER_BITS.bit_length() - 1))
 
     def __len__(self) -> int:
         return sum(len(run) for run in self._runs)
 
     def contains(self, hashes: np.ndarray) -> np.ndarray:
         found = np.zeros(len(hashes), dtype=bool)
+        if self._filter is None:
+            return found
+        places, masks = self._filter_bits(hashes)
+        maybe = np.flatnonzero(self._filter[places] & masks)
+        if len(maybe) == 0:
+            return found
+        candidates = hashes[maybe]
+        seen = np.zeros(len(candidates), dtype=bool)
         for run in self._runs:
-            positions = np.searchsorted(run, hashes)
+            positions = np.searchsorted(run, candidates)
             np.minimum(positions, len(run) - 1, out=positions)  # past the end: compared with the last, unequal
-            found |= run[positions] == hashes
+            seen |= run[positions] == candidates
+        found[maybe] = seen
         return found
 
     def add_new(self, hashes: np.ndarray) -> np.ndarray:
@@ -499,9 +517,19 @@ class SeenHashes:
         self._add_sorted(unique[new])
         return keep
 
+    def _filter_bits(self, hashes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The byte of the bitmap for each hash, and the mask of its bit in that byte."""
+        bits = (hashes >> self._filter_shift).astype(np.int64)
+        return bits >> 3, np.left_shift(np.uint8(1), (bits & 7).astype(np.uint8))
+
     def _add_sorted(self, run: np.ndarray) -> None:
         if len(run) == 0:
             return
+        if self._filter is None:
+            self._filter = np.zeros(self.FILTER_BITS // 8, dtype=np.uint8)
+        places, masks = self._filter_bits(run)  # sorted, as the run is
+        starts = np.flatnonzero(np.concatenate(([True], places[1:] != places[:-1])))
+        self._filter[places[starts]] |= np.bitwise_or.reduceat(masks, starts)
         self._runs.append(run)
         while (
             len(self._runs) > 1
