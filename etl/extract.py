@@ -648,9 +648,14 @@ def _adbc_batch_bytes(chunk_size: int) -> int:
 def _adbc_batches(
     statement: Any, names: list[str], types: list[pa.DataType], chunk_size: int, opened: list[Any]
 ) -> Iterator[pa.RecordBatch]:
-    """The rows in batches of exactly ``chunk_size`` (the last smaller), as the CSV COPY gives them."""
+    """The rows in batches of exactly ``chunk_size`` (the last smaller), as the CSV COPY gives them.
+
+    An early stop cancels the query and reads on until the server has given up (what it had sent
+    already, at most socket buffers), so the query has stopped once the reader has.
+    """
     import adbc_driver_manager
 
+    reader: pa.RecordBatchReader | None = None
     finished = False
     try:
         try:
@@ -658,37 +663,52 @@ def _adbc_batches(
             reader = pa.RecordBatchReader.from_stream(handle)
         except adbc_driver_manager.Error as exc:
             raise _AdbcFailure(exc) from exc
-        with reader:
-            pending: list[pa.RecordBatch] = []
-            pending_rows = 0
-            sent = False
-            while True:
-                try:
-                    batch = reader.read_next_batch()
-                except StopIteration:
-                    break
-                except (OSError, adbc_driver_manager.Error) as exc:  # the stream's errors come as OSError
-                    raise _AdbcFailure(exc) from exc
-                pending.append(batch)
-                pending_rows += batch.num_rows
-                if pending_rows >= chunk_size:
-                    chunks = pa.Table.from_batches(pending).combine_chunks().to_batches(max_chunksize=chunk_size)
-                    pending = [chunks.pop()] if chunks[-1].num_rows < chunk_size else []
-                    pending_rows = sum(rest.num_rows for rest in pending)
-                    for chunk in chunks:
-                        sent = True
-                        yield _typed(chunk.columns, names, types)
-            if pending_rows or not sent:
-                rest = pa.Table.from_batches(pending, reader.schema).combine_chunks().to_batches()
-                yield _typed(rest[0].columns if rest else [pa.nulls(0, kind) for kind in types], names, types)
+        sent = False
+        for chunk in _in_chunks(reader, chunk_size):
+            sent = True
+            yield _typed(chunk.columns, names, types)
+        if not sent:
+            yield _typed([pa.nulls(0, kind) for kind in types], names, types)
         finished = True
     finally:
-        if not finished:
-            try:
-                statement.cancel()  # an early stop: the server stops sending what would be drained
-            except adbc_driver_manager.Error:
-                pass
+        if reader is not None:
+            if not finished:
+                _cancel_and_drain(statement, reader)
+            reader.close()
         _close_all(opened)
+
+
+def _in_chunks(reader: pa.RecordBatchReader, chunk_size: int) -> Iterator[pa.RecordBatch]:
+    """ADBC's batches (sized in bytes) cut and joined into batches of ``chunk_size`` rows, the last smaller."""
+    import adbc_driver_manager
+
+    pending: list[pa.RecordBatch] = []
+    pending_rows = 0
+    while True:
+        try:
+            batch = reader.read_next_batch()
+        except StopIteration:
+            break
+        except (OSError, pa.ArrowException, adbc_driver_manager.Error) as exc:  # the server's come as OSError
+            raise _AdbcFailure(exc) from exc
+        pending.append(batch)
+        pending_rows += batch.num_rows
+        if pending_rows >= chunk_size:
+            chunks = pa.Table.from_batches(pending).combine_chunks().to_batches(max_chunksize=chunk_size)
+            pending = [chunks.pop()] if chunks[-1].num_rows < chunk_size else []
+            pending_rows = sum(rest.num_rows for rest in pending)
+            yield from chunks
+    if pending_rows:
+        yield from pa.Table.from_batches(pending, reader.schema).combine_chunks().to_batches()
+
+
+def _cancel_and_drain(statement: Any, reader: pa.RecordBatchReader) -> None:
+    try:
+        statement.cancel()
+        while True:
+            reader.read_next_batch()
+    except Exception:  # the end, the cancellation's error or the stream's after an error: it has stopped
+        pass
 
 
 def _typed(columns: Sequence[Any], names: list[str], types: list[pa.DataType]) -> pa.RecordBatch:
