@@ -394,9 +394,9 @@ def _postgres_batches(
     * **ADBC** (``adbc-driver-postgresql``, the ``postgres`` extra), when every column has a type
       whose Arrow form is the generic path's (booleans, integers, float8, text): a binary COPY
       read and converted to Arrow in C, without the GIL, on a second session opened with the same
-      connection parameters and search_path. Measured on 5.7M e-mails: the reader costs 0.04 µs of
-      the consumer's CPU per row, where psycopg's COPY, one Python call per row, cost 0.7 µs and
-      held the GIL while the cleaner needed it. psycopg binds the parameters client-side
+      connection parameters and search_path. Reading 571k e-mails took 0.2 s of CPU, where
+      psycopg's COPY, one Python call per row, took about 1 s and held the GIL while the cleaner
+      needed it (docs/benchmarks.md). psycopg binds the parameters client-side
       (``ClientCursor.mogrify``, each value quoted as a literal, never formatted in by us), so
       ADBC runs a query without parameters: with parameters bound by ADBC, its driver ran the
       query eagerly and returned the whole result as one batch.
