@@ -1,7 +1,7 @@
 """Benchmark: one audience query over a generated PostgreSQL warehouse, four ways to a gzip CSV file.
 
-For each size, ``bench_customers`` (N customers, with realistic dirt in the e-mails) is generated in
-the local PostgreSQL (once: it is kept while its size and generator version match), then the same
+For each size N, ``bench_customers_N`` (N customers, with realistic dirt in the e-mails) is generated
+in the local PostgreSQL (once: it is kept while its generator version matches), then the same
 query is timed four ways, each in a process of its own so that its peak RSS is its own:
 
     psql           psql \\copy (query) TO STDOUT CSV | gzip -1           the floor: no Python at all
@@ -22,6 +22,7 @@ unpacked with ``git archive``), for before/after comparisons.
 from __future__ import annotations
 
 import argparse
+import compileall
 import json
 import os
 import platform
@@ -37,7 +38,7 @@ from pathlib import Path
 import sqlalchemy as sa
 
 URL = os.environ.get("BENCH_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
-QUERY = "SELECT email FROM bench_customers WHERE newsletter_optin AND orders_count >= 1 ORDER BY customer_id"
+QUERY = "SELECT email FROM {table} WHERE newsletter_optin AND orders_count >= 1 ORDER BY customer_id"
 CASES = ("psql", "audience-sync", "pandas", "dlt")
 ROOT = Path(__file__).resolve().parent.parent
 #: bump when GENERATE changes: a table made by another version is regenerated
@@ -47,8 +48,8 @@ GENERATOR_VERSION = 2
 # a case-and-spaces variant of a shared address, mailto: prefixes, exact duplicates, and upper-case
 # copies of the previous customer's address (duplicates once lowercased).
 GENERATE = """
-DROP TABLE IF EXISTS bench_customers;
-CREATE TABLE bench_customers AS
+DROP TABLE IF EXISTS {table};
+CREATE TABLE {table} AS
 SELECT i AS customer_id,
        CASE
          WHEN i % 31 = 0 THEN NULL
@@ -71,28 +72,34 @@ FROM generate_series(1, :n) AS i
 # --------------------------------------------------------------------------- the warehouse
 
 
+def table_name(customers: int) -> str:
+    """One table per size, so that alternating sizes (or two benchmarks at once) never regenerate them."""
+    return f"bench_customers_{customers}"
+
+
 def ensure_table(customers: int) -> int:
-    """Make ``bench_customers`` hold ``customers`` rows of this generator version; the query's row count."""
+    """Make ``bench_customers_N`` hold N customers of this generator version; the query's row count."""
+    table = table_name(customers)
     engine = sa.create_engine(URL)
     marker = f"audience-sync bench v{GENERATOR_VERSION} n={customers}"
     try:
         with engine.begin() as conn:
-            current = conn.execute(sa.text("SELECT obj_description(to_regclass('bench_customers'), 'pg_class')")).scalar()
+            current = conn.execute(sa.text(f"SELECT obj_description(to_regclass('{table}'), 'pg_class')")).scalar()
             if current != marker:
                 print(f"generating {customers:,} customers ...", file=sys.stderr, flush=True)
                 began = time.perf_counter()
-                for statement in GENERATE.strip().split(";\n"):
+                for statement in GENERATE.format(table=table).strip().split(";\n"):
                     conn.execute(sa.text(statement), {"n": customers})
-                conn.execute(sa.text(f"COMMENT ON TABLE bench_customers IS '{marker}'"))
+                conn.execute(sa.text(f"COMMENT ON TABLE {table} IS '{marker}'"))
                 generated = True
             else:
                 generated = False
         if generated:
             with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
-                conn.execute(sa.text("VACUUM ANALYZE bench_customers"))
+                conn.execute(sa.text(f"VACUUM ANALYZE {table}"))
             print(f"  {time.perf_counter() - began:.1f} s", file=sys.stderr, flush=True)
         with engine.connect() as conn:
-            return int(conn.execute(sa.text(f"SELECT count(*) FROM ({QUERY}) q")).scalar() or 0)
+            return int(conn.execute(sa.text(f"SELECT count(*) FROM ({QUERY.format(table=table)}) q")).scalar() or 0)
     finally:
         engine.dispose()
 
@@ -129,12 +136,12 @@ import dlt
 import sqlalchemy as sa
 from dlt.sources.sql_database import sql_table
 
-url, query, work = sys.argv[1:4]
+url, query, work, table = sys.argv[1:5]
 work = Path(work)
 engine = sa.create_engine(url)
 rows = sql_table(
     engine,
-    table="bench_customers",
+    table=table,
     backend="pyarrow",
     chunk_size=50_000,
     reflection_level="minimal",
@@ -167,16 +174,17 @@ file = {{ compression = "gzip" }}
 """
 
 
-def run_case(case: str, source: Path) -> dict[str, float]:
+def run_case(case: str, source: Path, table: str) -> dict[str, float]:
     work = Path(tempfile.mkdtemp(prefix=f"bench-{case}-"))
+    query = QUERY.format(table=table)
     env = dict(os.environ)
     try:
         if case == "psql":
             dsn = sa.make_url(URL).set(drivername="postgresql").render_as_string(hide_password=False)
-            command = f"set -o pipefail; psql -X -q '{dsn}' -c \"\\copy ({QUERY}) TO STDOUT CSV HEADER\" | gzip -1 > {work}/out.csv.gz"
+            command = f"set -o pipefail; psql -X -q '{dsn}' -c \"\\copy ({query}) TO STDOUT CSV HEADER\" | gzip -1 > {work}/out.csv.gz"
             wall, rss = measure(command, shell=True)
         elif case == "audience-sync":
-            (work / "audience.sql").write_text(QUERY + "\n")
+            (work / "audience.sql").write_text(query + "\n")
             (work / "schedules.toml").write_text(AUDIENCE_CONFIG.format(url=URL))
             # the tree to time, ahead of any installed copy (and run from elsewhere: -m puts the cwd first)
             env["PYTHONPATH"] = str(source)
@@ -184,11 +192,11 @@ def run_case(case: str, source: Path) -> dict[str, float]:
             wall, rss = measure(command, env=env, cwd=work)
         elif case == "pandas":
             (work / "case.py").write_text(PANDAS_SCRIPT)
-            wall, rss = measure([sys.executable, str(work / "case.py"), URL, QUERY, str(work / "out.csv.gz")], env=env)
+            wall, rss = measure([sys.executable, str(work / "case.py"), URL, query, str(work / "out.csv.gz")], env=env)
         elif case == "dlt":
             (work / "case.py").write_text(DLT_SCRIPT)
             env.update(RUNTIME__DLTHUB_TELEMETRY="false", DLT_DATA_DIR=str(work / "dlt-data"))
-            wall, rss = measure([sys.executable, str(work / "case.py"), URL, QUERY, str(work)], env=env)
+            wall, rss = measure([sys.executable, str(work / "case.py"), URL, query, str(work), table], env=env)
         else:
             raise SystemExit(f"unknown case {case}")
         return {"wall": wall, "rss": rss}
@@ -253,13 +261,19 @@ def main() -> None:
     parser.add_argument("--audience-sync-src", type=Path, default=ROOT, help="source tree of the audience-sync to time")
     parser.add_argument("--output", type=Path, help="also write the report (markdown) to this file")
     parser.add_argument("--case", choices=CASES, help=argparse.SUPPRESS)  # internal: run one case, print JSON
+    parser.add_argument("--table", help=argparse.SUPPRESS)  # internal: the table of that case
     args = parser.parse_args()
 
     if args.case is not None:
-        print(json.dumps(run_case(args.case, args.audience_sync_src.resolve())))
+        print(json.dumps(run_case(args.case, args.audience_sync_src.resolve(), args.table)))
         return
     if "psql" not in args.cases:
         args.cases.insert(0, "psql")  # the reference of the ratios
+    if "audience-sync" in args.cases:
+        # bytecode, as an installed package has it (pip compiles at install time): a tree run in place
+        # is otherwise compiled at every start when PYTHONDONTWRITEBYTECODE is set (0.2-0.6 s)
+        for package in ("etl", "jobs"):
+            compileall.compile_dir(args.audience_sync_src / package, quiet=1)
     results: list[dict[str, object]] = []
     for customers in args.customers:
         rows = ensure_table(customers)
@@ -268,7 +282,8 @@ def main() -> None:
             for _ in range(args.repeat):
                 # each run in a fresh interpreter: ru_maxrss of its children is that run's own peak
                 done = subprocess.run(
-                    [sys.executable, __file__, "--case", case, "--audience-sync-src", str(args.audience_sync_src)],
+                    [sys.executable, __file__, "--case", case, "--table", table_name(customers),
+                     "--audience-sync-src", str(args.audience_sync_src)],
                     check=True, capture_output=True, text=True,
                 )  # fmt: skip
                 runs.append(json.loads(done.stdout.strip().splitlines()[-1]))
@@ -280,7 +295,7 @@ def main() -> None:
             results.append({"customers": customers, "rows": rows, "case": case, "wall": wall, "rss": rss})
     report = (
         f"Machine: {machine()}\n\n"
-        f"Query: `{QUERY}`; median of {args.repeat} run(s) per case.\n\n"
+        f"Query: `{QUERY.format(table='bench_customers_N')}`; median of {args.repeat} run(s) per case.\n\n"
         f"{table(results)}\n"
     )
     print(report)

@@ -21,6 +21,7 @@ from collections.abc import Sequence
 from typing import Any, TextIO
 
 from etl import __version__
+from etl.arrow import configure_arrow
 from etl.config import Config, load_config
 from etl.errors import AudienceSyncError, ConfigError
 from etl.logs import configure_logging, redact
@@ -134,6 +135,7 @@ def _date(text: str) -> date:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     configure_logging(args.log_format, logging.INFO if args.verbose else logging.WARNING)
+    configure_arrow()
     try:
         return _dispatch(args)
     except AudienceSyncError as exc:

@@ -11,6 +11,7 @@ never a password and never the SQL echo that drivers append.
 
 from __future__ import annotations
 
+import logging
 import queue
 import re
 import threading
@@ -44,6 +45,8 @@ _SUPPORTED_URL = {
 _DIALECT_PACKAGES = {"snowflake": "snowflake-sqlalchemy", "bigquery": "sqlalchemy-bigquery", "trino": "trino"}
 #: file-backed dialects: a missing file means a wrong path, not a new empty warehouse
 _FILE_DIALECTS = ("sqlite", "duckdb")
+
+log = logging.getLogger("audience_sync.extract")
 
 _QUERY_HINT = "fix the query, then try it with `audience-sync preview NAME`"
 
@@ -392,50 +395,52 @@ _PG_ARROW_TYPES: dict[int, pa.DataType] = {
 def _postgres_batches(
     connection: sa.Connection, statement: sa.TextClause, values: dict[str, Any], chunk_size: int
 ) -> Batches:
-    """PostgreSQL through psycopg 3: ``COPY (query) TO STDOUT`` in CSV, parsed by pyarrow a chunk at a time.
+    """PostgreSQL through psycopg 3: the query's rows by ``COPY (query) TO STDOUT``, a chunk at a time.
 
-    Measured on 1.7M e-mails: about 1.2 s for the rows where the generic path's named cursor
-    took 3.2 s (SQLAlchemy rows, then a Python list per column). It runs on the pooled connection
-    the generic path would use, in its transaction, so errors, a lost connection and the release
-    of the connection behave the same. ADBC was not chosen: with bound parameters its PostgreSQL
-    driver runs the query eagerly and returns the whole result as one batch.
+    It runs on the pooled connection the generic path would use, in its transaction, so errors, a
+    lost connection and the release of the connection behave the same; the rows come one of two
+    ways, both giving the generic path's values:
 
-    * Types: the query is first declared as a cursor and described (nothing runs), with
-      server-side binding as on the generic path. Booleans, integers, floats and text are parsed
-      by pyarrow; any other type (numeric, dates, arrays...) is read as text and converted by
-      psycopg's loader for it, then by the generic path's ``_to_array``, so values are the
-      generic path's. Column names come from the description (duplicates allowed).
-    * Parameters: COPY cannot take server-side parameters; psycopg binds them client-side
-      (``cursor.copy(query, params)``), quoting each value as a literal: never formatted into the
-      SQL by us. A float parameter would become a numeric literal (float8 when bound): such
-      queries, other drivers than psycopg and non-UTF-8 connections take the generic path.
-    * Memory: the server sends one CopyData message per row; rows are gathered until
-      ``chunk_size`` and parsed as one batch. The rows are read on a thread of their own, one
-      chunk ahead of the consumer (reading is per-row Python work, while cleaning and writing
-      mostly run in Arrow and numpy without the GIL: a whole run over 3M customers went from
-      3.9 s to 3.3 s), so at most three chunks are held. Back-pressure is TCP's: the server
-      waits meanwhile.
-    * Early stop: the reader stops at its next chunk; leaving the ``copy`` block early makes
-      psycopg cancel the query and read what was already sent, and a reader still waiting for the
-      server after a second has the query cancelled. Closing the connection then rolls back.
+    * **ADBC** (``adbc-driver-postgresql``, the ``postgres`` extra), when every column has a type
+      whose Arrow form is the generic path's (booleans, integers, float8, text): a binary COPY
+      read and converted to Arrow in C, without the GIL, on a second session opened with the same
+      connection parameters and search_path. Reading 571k e-mails took 0.2 s of CPU, where
+      psycopg's COPY, one Python call per row, took about 1 s and held the GIL while the cleaner
+      needed it (docs/benchmarks.md). psycopg binds the parameters client-side
+      (``ClientCursor.mogrify``, each value quoted as a literal, never formatted in by us), so
+      ADBC runs a query without parameters: with parameters bound by ADBC, its driver ran the
+      query eagerly and returned the whole result as one batch.
+    * **CSV COPY through psycopg** otherwise (other types, ADBC not installed, or its session
+      refused): rows gathered until ``chunk_size`` and parsed by pyarrow; types other than
+      booleans, integers, floats and text are read as text and converted by psycopg's own loader,
+      then by the generic path's ``_to_array``. ``cursor.copy(query, params)`` binds the
+      parameters client-side too.
+
+    Either way the query is first declared as a cursor and described (nothing runs), with
+    server-side binding as on the generic path: its errors and column names (duplicates allowed)
+    come from there. A float parameter would become a numeric literal (float8 when bound): such
+    queries, other drivers than psycopg and non-UTF-8 connections take the generic path.
+
+    Rows are read on a thread of their own, one chunk ahead of the consumer (cleaning and writing
+    mostly run in Arrow and numpy without the GIL), so at most three chunks are held; back-pressure
+    is TCP's: the server waits meanwhile. Early stop: the reader stops at its next chunk and the
+    query is cancelled; closing the connection then rolls back.
     """
     raw: Any = connection.connection.driver_connection
     if connection.dialect.driver != "psycopg" or not _copy_suits(raw, values):
         yield from _sqlalchemy_batches(connection, statement, values, chunk_size)
         return
     import psycopg
-    from psycopg import sql as pgsql
 
     compiled = statement.compile(dialect=connection.dialect)
     params = dict(compiled.construct_params(values))
     query = compiled.string
-    # pyformat escapes a literal % as %%; psycopg undoes it only when it merges parameters
-    body = _without_trailing_semicolons(query if params else query.replace("%%", "%"))
-    copy_sql = pgsql.SQL("COPY (\n{}\n) TO STDOUT (FORMAT csv)").format(pgsql.SQL(body))
-    reader: _CopyReader | None = None
+    reader: _ReadAhead | None = None
     try:
-        parse = _pg_csv_parser(raw, _pg_describe(raw, query, params))
-        reader = _CopyReader(raw, copy_sql, params, chunk_size, parse)
+        columns = _pg_describe(raw, query, params)
+        reader = _adbc_reader(raw, query, params, columns, chunk_size) or _csv_copy_reader(
+            raw, query, params, columns, chunk_size
+        )
         for batch in reader:
             yield batch
     except psycopg.Error as exc:
@@ -450,42 +455,83 @@ def _postgres_batches(
                 None, None, exc, psycopg.Error, connection_invalidated=True, dialect=connection.dialect
             ) from exc
         raise
+    except _AdbcFailure as failure:
+        raise sa.exc.DBAPIError.instance(
+            None, None, failure.error, psycopg.Error, connection_invalidated=failure.lost, dialect=connection.dialect
+        ) from failure.__cause__
     finally:
         if reader is not None:
             reader.stop()
 
 
+def _csv_copy_reader(
+    raw: Any, query: str, params: dict[str, Any], columns: list[tuple[str, int]], chunk_size: int
+) -> _ReadAhead:
+    from psycopg import sql as pgsql
+
+    # pyformat escapes a literal % as %%; psycopg undoes it only when it merges parameters
+    body = _without_trailing_semicolons(query if params else query.replace("%%", "%"))
+    copy_sql = pgsql.SQL("COPY (\n{}\n) TO STDOUT (FORMAT csv)").format(pgsql.SQL(body))
+    parse = _pg_csv_parser(raw, columns)
+    cancel = getattr(raw, "cancel_safe", None) or raw.cancel
+    return _ReadAhead(lambda: _csv_copy_batches(raw, copy_sql, params, chunk_size, parse), cancel)
+
+
+def _csv_copy_batches(
+    raw: Any, copy_sql: Any, params: dict[str, Any], chunk_size: int, parse: Callable[[bytearray], pa.RecordBatch]
+) -> Iterator[pa.RecordBatch]:
+    """COPY CSV rows, gathered ``chunk_size`` at a time and parsed; leaving the ``copy`` block early
+    (the generator closed) makes psycopg cancel the query and read what was already sent."""
+    with raw.cursor() as cursor, cursor.copy(copy_sql, params or None) as copy:
+        messages = iter(copy)
+        sent = False
+        while True:
+            block = bytearray()
+            rows = 0
+            while rows < chunk_size:
+                size = len(block)
+                step = min(chunk_size - rows, _ReadAhead.GIL_SLICE)
+                for data in islice(messages, step):  # a message per row: islice counts rows
+                    block += data
+                if len(block) == size:  # no more rows
+                    break
+                rows += step  # (too many only when the rows ran out: the next step ends it)
+                time.sleep(0)  # let the consumer take the GIL back
+            if sent and not block:
+                return
+            sent = True
+            yield parse(block)
+            if not block:
+                return
+
+
 class _Stopped(Exception):
-    """Raised inside the reader's ``copy`` block when the consumer has gone: psycopg then cancels."""
+    """Raised in the reader thread when the consumer has gone: closing its rows then cancels the query."""
 
 
 _END = object()
 
 
-class _CopyReader:
-    """Reads a ``COPY ... TO STDOUT`` on its own thread and hands over parsed batches, one ahead.
+class _ReadAhead:
+    """Runs ``produce`` (a generator of batches) on its own thread and hands them over, one ahead.
 
-    Iterating yields the batches in order, then raises what ended the reader if it failed. The
-    connection belongs to the reader thread until :meth:`stop` returns.
+    Iterating yields the batches in order, then raises what ended the reader if it failed. What
+    ``produce`` reads from belongs to the reader thread until :meth:`stop` returns.
     """
 
-    #: seconds the reader may take to notice a stop before its query is cancelled
+    #: seconds the reader may take to notice a stop before ``cancel`` is called
     STOP_GRACE = 1.0
-    #: rows read between two offers of the GIL to the consumer: reading is Python code that holds
-    #: the GIL, and each Arrow or numpy call of the consumer needs it back when it returns, which
-    #: otherwise waits for the interpreter's switch interval (5 ms); 10M customers: 9.6 s -> 8.8 s
+    #: rows the psycopg COPY reader reads between two offers of the GIL to the consumer: reading is
+    #: Python code that holds the GIL, and each Arrow or numpy call of the consumer needs it back
+    #: when it returns, which otherwise waits for the interpreter's switch interval (5 ms); 10M
+    #: customers: 9.6 s -> 8.8 s
     GIL_SLICE = 512
 
-    def __init__(
-        self, raw: Any, copy_sql: Any, params: dict[str, Any], chunk_size: int,
-        parse: Callable[[bytearray], pa.RecordBatch],
-    ) -> None:  # fmt: skip
-        self._raw = raw
+    def __init__(self, produce: Callable[[], Iterator[pa.RecordBatch]], cancel: Callable[[], None]) -> None:
+        self._cancel = cancel
         self._handoff: queue.Queue[Any] = queue.Queue(maxsize=1)
         self._stopping = threading.Event()
-        self._thread = threading.Thread(
-            target=self._read, args=(copy_sql, params, chunk_size, parse), name="audience-sync-copy", daemon=True
-        )
+        self._thread = threading.Thread(target=self._read, args=(produce,), name="audience-sync-copy", daemon=True)
         self._thread.start()
 
     def __iter__(self) -> Iterator[pa.RecordBatch]:
@@ -502,38 +548,22 @@ class _CopyReader:
         self._stopping.set()
         self._thread.join(self.STOP_GRACE)
         if self._thread.is_alive():
-            cancel = getattr(self._raw, "cancel_safe", None) or self._raw.cancel
             try:
-                cancel()
+                self._cancel()
             except Exception:  # the connection may be gone: the read then fails by itself
                 pass
             self._thread.join()
 
-    def _read(
-        self, copy_sql: Any, params: dict[str, Any], chunk_size: int, parse: Callable[[bytearray], pa.RecordBatch]
-    ) -> None:
+    def _read(self, produce: Callable[[], Iterator[pa.RecordBatch]]) -> None:
         try:
-            with self._raw.cursor() as cursor, cursor.copy(copy_sql, params or None) as copy:
-                messages = iter(copy)
-                sent = False
-                while True:
-                    block = bytearray()
-                    rows = 0
-                    while rows < chunk_size:
-                        size = len(block)
-                        step = min(chunk_size - rows, self.GIL_SLICE)
-                        for data in islice(messages, step):  # a message per row: islice counts rows
-                            block += data
-                        if len(block) == size:  # no more rows
-                            break
-                        rows += step  # (too many only when the rows ran out: the next step ends it)
-                        time.sleep(0)  # let the consumer take the GIL back
-                    if sent and not block:
-                        break
-                    sent = True
-                    self._hand_over(parse(block))
-                    if not block:
-                        break
+            batches = produce()
+            try:
+                for batch in batches:
+                    self._hand_over(batch)
+            finally:
+                close = getattr(batches, "close", None)
+                if close is not None:
+                    close()
         except _Stopped:
             return
         except BaseException as exc:  # the consumer's to raise
@@ -550,6 +580,159 @@ class _CopyReader:
                 continue
         if not final:
             raise _Stopped
+
+
+#: PostgreSQL types whose ADBC Arrow form, cast to ``_PG_ARROW_TYPES``, is the generic path's value
+#: (ADBC reads float4 as float32, which widens with binary noise, and oid as a signed int32)
+_ADBC_TYPE_OIDS = frozenset({16, 20, 21, 23, 19, 25, 1042, 1043, 701})
+
+
+class _AdbcFailure(Exception):
+    """An ADBC error as the DBAPI error the generic path would raise: the database's message, and
+    whether the session was lost (a FATAL error, or the server gone)."""
+
+    def __init__(self, exc: BaseException) -> None:
+        import psycopg
+
+        text = str(exc).strip()
+        found = re.search(r"\b(ERROR|FATAL|PANIC):\s+(.*)", text)
+        message = found.group(2) if found else text
+        super().__init__(message)
+        self.error = psycopg.OperationalError(message)
+        self.lost = (found.group(1) != "ERROR") if found else "connection" in text.lower()
+
+
+def _adbc_reader(
+    raw: Any, query: str, params: dict[str, Any], columns: list[tuple[str, int]], chunk_size: int
+) -> _ReadAhead | None:
+    """ADBC's read of the query on a session of its own, or None where its values would differ,
+    ADBC is not installed, or its session cannot be opened (the CSV COPY then runs)."""
+    if not all(oid in _ADBC_TYPE_OIDS for _, oid in columns):
+        return None
+    try:
+        import adbc_driver_manager
+        import adbc_driver_postgresql
+    except ImportError:
+        return None
+    from psycopg import ClientCursor
+    from psycopg.conninfo import make_conninfo
+
+    bound = ClientCursor(raw).mogrify(query, params) if params else query.replace("%%", "%")
+    with raw.cursor() as cursor:  # the session's own, which a connect event may have set
+        search_path = cursor.execute("SELECT pg_catalog.current_setting('search_path')").fetchone()[0]
+    opened: list[Any] = []
+    try:
+        database = adbc_driver_postgresql.connect(make_conninfo(raw.info.dsn, password=raw.info.password))
+        opened.append(database)
+        session = adbc_driver_manager.AdbcConnection(database)
+        opened.append(session)
+        setup = adbc_driver_manager.AdbcStatement(session)
+        opened.append(setup)
+        setup.set_sql_query(ClientCursor(raw).mogrify(
+            "SELECT pg_catalog.set_config('search_path', %s, false)", [search_path]
+        ))  # fmt: skip
+        handle, _ = setup.execute_query()
+        pa.RecordBatchReader.from_stream(handle).read_all()
+        setup.close()
+        opened.remove(setup)
+        statement = adbc_driver_manager.AdbcStatement(session)
+        opened.append(statement)
+        statement.set_options(**{"adbc.postgresql.batch_size_hint_bytes": str(_adbc_batch_bytes(chunk_size))})
+        statement.set_sql_query(_without_trailing_semicolons(bound))
+    except adbc_driver_manager.Error as exc:
+        _close_all(opened)
+        lines = str(exc).strip().splitlines() or [type(exc).__name__]
+        password = raw.info.password
+        log.info("rows through COPY CSV: no ADBC session (%s)", lines[0].replace(password, "***") if password else lines[0])
+        return None
+    names = [name for name, _ in columns]
+    types = [_PG_ARROW_TYPES[oid] for _, oid in columns]
+    return _ReadAhead(lambda: _adbc_batches(statement, names, types, chunk_size, opened), statement.cancel)
+
+
+def _adbc_batch_bytes(chunk_size: int) -> int:
+    """ADBC's batch size is in bytes: about a chunk of e-mail-wide rows, at most 16 MB."""
+    return min(chunk_size * 32, 16 << 20)
+
+
+def _adbc_batches(
+    statement: Any, names: list[str], types: list[pa.DataType], chunk_size: int, opened: list[Any]
+) -> Iterator[pa.RecordBatch]:
+    """The rows in batches of exactly ``chunk_size`` (the last smaller), as the CSV COPY gives them.
+
+    An early stop cancels the query and reads on until the server has given up (what it had sent
+    already, at most socket buffers), so the query has stopped once the reader has.
+    """
+    import adbc_driver_manager
+
+    reader: pa.RecordBatchReader | None = None
+    finished = False
+    try:
+        try:
+            handle, _ = statement.execute_query()
+            reader = pa.RecordBatchReader.from_stream(handle)
+        except adbc_driver_manager.Error as exc:
+            raise _AdbcFailure(exc) from exc
+        sent = False
+        for chunk in _in_chunks(reader, chunk_size):
+            sent = True
+            yield _typed(chunk.columns, names, types)
+        if not sent:
+            yield _typed([pa.nulls(0, kind) for kind in types], names, types)
+        finished = True
+    finally:
+        if reader is not None:
+            if not finished:
+                _cancel_and_drain(statement, reader)
+            reader.close()
+        _close_all(opened)
+
+
+def _in_chunks(reader: pa.RecordBatchReader, chunk_size: int) -> Iterator[pa.RecordBatch]:
+    """ADBC's batches (sized in bytes) cut and joined into batches of ``chunk_size`` rows, the last smaller."""
+    import adbc_driver_manager
+
+    pending: list[pa.RecordBatch] = []
+    pending_rows = 0
+    while True:
+        try:
+            batch = reader.read_next_batch()
+        except StopIteration:
+            break
+        except (OSError, pa.ArrowException, adbc_driver_manager.Error) as exc:  # the server's come as OSError
+            raise _AdbcFailure(exc) from exc
+        pending.append(batch)
+        pending_rows += batch.num_rows
+        if pending_rows >= chunk_size:
+            chunks = pa.Table.from_batches(pending).combine_chunks().to_batches(max_chunksize=chunk_size)
+            pending = [chunks.pop()] if chunks[-1].num_rows < chunk_size else []
+            pending_rows = sum(rest.num_rows for rest in pending)
+            yield from chunks
+    if pending_rows:
+        yield from pa.Table.from_batches(pending, reader.schema).combine_chunks().to_batches()
+
+
+def _cancel_and_drain(statement: Any, reader: pa.RecordBatchReader) -> None:
+    try:
+        statement.cancel()
+        while True:
+            reader.read_next_batch()
+    except Exception:  # the end, the cancellation's error or the stream's after an error: it has stopped
+        pass
+
+
+def _typed(columns: Sequence[Any], names: list[str], types: list[pa.DataType]) -> pa.RecordBatch:
+    return pa.RecordBatch.from_arrays([column.cast(kind) for column, kind in zip(columns, types)], names=names)
+
+
+def _close_all(handles: list[Any]) -> None:
+    """Close ADBC handles, the last opened first (a statement before its connection before its database)."""
+    for handle in reversed(handles):
+        try:
+            handle.close()
+        except Exception:  # closing what failed: nothing left to do with it
+            pass
+    handles.clear()
 
 
 def _copy_suits(raw: Any, values: dict[str, Any]) -> bool:

@@ -55,6 +55,7 @@ from __future__ import annotations
 
 import functools
 import importlib.resources
+import re
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -195,14 +196,24 @@ def _is_ascii(values: pa.Array) -> bool:
     return len(data) == 0 or int(data.max()) < 0x80
 
 
+@functools.cache
+def _acceptable_email() -> str:
+    """EMAIL_SHAPE whose last label is one of IANA's top-level domains: shape and TLD in one RE2 pass.
+
+    Every top-level domain is itself a valid label, so this accepts exactly what EMAIL_SHAPE and
+    the TLD list accept together; splitting off the TLD and looking it up took longer than the
+    shape check (5.7M addresses: 1.9 s of CPU for both, 1.35 s in one pass).
+    """
+    tlds = "|".join(re.escape(tld) for tld in sorted(known_tlds().to_pylist(), key=len, reverse=True))
+    return EMAIL_SHAPE.removesuffix(f"{_LABEL}$") + f"(?:{tlds})$"
+
+
 def _email_shape(values: pa.Array) -> pa.Array:
-    """Boolean per value: the whole address is acceptable (shape, length and known TLD)."""
-    shaped = pc.fill_null(pc.match_substring_regex(values, EMAIL_SHAPE), False)
-    # the text after the last dot; every shaped value has one (others are given a dummy)
-    parts = pc.split_pattern(pc.if_else(shaped, values, "."), ".", max_splits=1, reverse=True)
-    known = pc.is_in(pc.list_element(parts, 1), value_set=known_tlds())
-    short = pc.less_equal(pc.utf8_length(values), MAX_EMAIL_LENGTH)
-    return pc.fill_null(pc.and_kleene(pc.and_kleene(shaped, known), short), False)
+    """Boolean per value: the whole address is acceptable (shape, known TLD and length)."""
+    shaped = pc.match_substring_regex(values, _acceptable_email())
+    # an acceptable address is ASCII, so its length in bytes is its length in characters
+    short = pc.less_equal(pc.binary_length(values), MAX_EMAIL_LENGTH)
+    return pc.fill_null(pc.and_kleene(shaped, short), False)
 
 
 def email_rejection_reasons(values: pa.Array) -> pa.Array:
@@ -458,6 +469,11 @@ class SeenHashes:
     jump by 40 MB. So there are O(n / MERGE_LIMIT + log n) runs; membership is one
     ``searchsorted`` per run.
 
+    In front of the runs, a bitmap of ``FILTER_BITS`` bits (8 MB) has the bit of each kept hash
+    set (its top bits pick it): a hash whose bit is clear was never kept, and only the others are
+    searched for in the runs. With 5M identifiers kept, 7 % of the bits are set, so most new
+    identifiers skip the search (5.7M e-mails: 1.6 s of CPU in the runs' searches before).
+
     Collisions: two different identifiers share a 64-bit hash with probability about
     n² / 2⁶⁵ over n kept identifiers — about 3·10⁻⁶ for 10 million. A collision would drop the
     later identifier as a "duplicate" (visible in the reject file), never add a wrong one.
@@ -465,19 +481,32 @@ class SeenHashes:
 
     #: runs of this many hashes (8 MB) or more are left as they are
     MERGE_LIMIT = 1 << 20
+    #: bits of the bitmap in front of the runs (a power of two)
+    FILTER_BITS = 1 << 26
 
     def __init__(self) -> None:
         self._runs: list[np.ndarray] = []
+        self._filter: np.ndarray | None = None  # made at the first hash kept
+        self._filter_shift = np.uint64(64 - (self.FILTER_BITS.bit_length() - 1))
 
     def __len__(self) -> int:
         return sum(len(run) for run in self._runs)
 
     def contains(self, hashes: np.ndarray) -> np.ndarray:
         found = np.zeros(len(hashes), dtype=bool)
+        if self._filter is None:
+            return found
+        places, masks = self._filter_bits(hashes)
+        maybe = np.flatnonzero(self._filter[places] & masks)
+        if len(maybe) == 0:
+            return found
+        candidates = hashes[maybe]
+        seen = np.zeros(len(candidates), dtype=bool)
         for run in self._runs:
-            positions = np.searchsorted(run, hashes)
+            positions = np.searchsorted(run, candidates)
             np.minimum(positions, len(run) - 1, out=positions)  # past the end: compared with the last, unequal
-            found |= run[positions] == hashes
+            seen |= run[positions] == candidates
+        found[maybe] = seen
         return found
 
     def add_new(self, hashes: np.ndarray) -> np.ndarray:
@@ -491,9 +520,19 @@ class SeenHashes:
         self._add_sorted(unique[new])
         return keep
 
+    def _filter_bits(self, hashes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The byte of the bitmap for each hash, and the mask of its bit in that byte."""
+        bits = (hashes >> self._filter_shift).astype(np.int64)
+        return bits >> 3, np.left_shift(np.uint8(1), (bits & 7).astype(np.uint8))
+
     def _add_sorted(self, run: np.ndarray) -> None:
         if len(run) == 0:
             return
+        if self._filter is None:
+            self._filter = np.zeros(self.FILTER_BITS // 8, dtype=np.uint8)
+        places, masks = self._filter_bits(run)  # sorted, as the run is
+        starts = np.flatnonzero(np.concatenate(([True], places[1:] != places[:-1])))
+        self._filter[places[starts]] |= np.bitwise_or.reduceat(masks, starts)
         self._runs.append(run)
         while (
             len(self._runs) > 1

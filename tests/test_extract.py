@@ -396,8 +396,6 @@ def test_postgres_first_batch_arrives_before_the_rest_is_computed() -> None:
 def test_postgres_connection_lost_mid_stream() -> None:
     url = dbservers.postgres_url()
     engine = create_warehouse_engine(url, where="wh")
-    sessions: list[Any] = []
-    sa.event.listen(engine, "checkout", lambda dbapi_connection, record, proxy: sessions.append(dbapi_connection))
     killer = sa.create_engine(url)
     try:
         # more rows than socket buffers hold: the COPY fast path has the server push rows ahead of
@@ -406,8 +404,10 @@ def test_postgres_connection_lost_mid_stream() -> None:
             engine, "SELECT i FROM generate_series(1, 3000000) AS s(i)", {}, chunk_size=1000, where=SQL_FILE
         )
         next(batches)
+        # the session that sends the rows (the fast path reads them on a session of its own)
+        pid = _copying_backend(killer, "generate_series(1, 3000000)")
         with killer.connect() as connection:
-            connection.execute(sa.text("SELECT pg_terminate_backend(:pid)"), {"pid": sessions[-1].info.backend_pid})
+            connection.execute(sa.text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
         with pytest.raises(ExtractError) as caught:
             list(batches)
         assert caught.value.where == SQL_FILE
@@ -560,17 +560,30 @@ def pg_engine() -> Iterator[sa.Engine]:
 
 
 @pytest.fixture
-def copies(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
-    """The COPY statements the fast path started: empty when the generic path ran."""
-    started: list[Any] = []
-    original = extract._CopyReader.__init__
+def copies(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, str]]:
+    """(how, query) of each query the fast path read by COPY, ``how`` being "adbc" or "csv" and
+    ``query`` the SQL we built, before psycopg binds the values: empty when the generic path ran."""
+    started: list[tuple[str, str]] = []
+    for how, name in (("adbc", "_adbc_reader"), ("csv", "_csv_copy_reader")):
+        original = getattr(extract, name)
 
-    def recording(self: Any, raw: Any, copy_sql: Any, *args: Any) -> None:
-        started.append(copy_sql.as_string(raw))
-        original(self, raw, copy_sql, *args)
+        def recording(raw: Any, query: str, *args: Any, _how: str = how, _original: Any = original) -> Any:
+            reader = _original(raw, query, *args)
+            if reader is not None:
+                started.append((_how, query))
+            return reader
 
-    monkeypatch.setattr(extract._CopyReader, "__init__", recording)
+        monkeypatch.setattr(extract, name, recording)
     return started
+
+
+def _copying_backend(observer: sa.Engine, marker: str) -> int:
+    """The server process running the COPY of the query that contains ``marker`` (whichever session it is)."""
+    with observer.connect() as connection:
+        return int(connection.execute(
+            sa.text("SELECT pid FROM pg_stat_activity WHERE query LIKE 'COPY (%' AND position(:m IN query) > 0"),
+            {"m": marker},
+        ).scalar_one())  # fmt: skip
 
 
 def _generic_read(
@@ -607,34 +620,104 @@ INSERT INTO {name} VALUES
 """
 
 
+def _assert_as_generic(monkeypatch: pytest.MonkeyPatch, engine: sa.Engine, sql: str) -> None:
+    """The fast path gives the generic path's batches, names, values and types, whatever the chunk size."""
+    for chunk_size in (2, 4, 100):
+        fast = _read(engine, sql, chunk_size=chunk_size)
+        generic = _generic_read(monkeypatch, engine, sql, chunk_size=chunk_size)
+        assert [b.num_rows for b in fast] == [b.num_rows for b in generic]
+        assert all(b.schema.names == generic[0].schema.names for b in fast)
+        assert _comparable(_rows(fast)) == _comparable(_rows(generic))
+        for fast_batch, generic_batch in zip(fast, generic):  # same types, but for all-NULL chunks
+            for fast_field, generic_field in zip(fast_batch.schema, generic_batch.schema):
+                if not pa.types.is_null(generic_field.type):
+                    assert fast_field.type == generic_field.type, fast_field.name
+
+
+SIMPLE = """
+CREATE TABLE {name} (id integer, small smallint, big bigint, flag boolean, double double precision,
+                     label text, code char(3), short varchar(10), ident name);
+INSERT INTO {name} VALUES
+    (1, 32767, 9223372036854775807, true, 0.1, 'Émile "Zoë"', 'ab', 'x,y;z', 'n'),
+    (2, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL),
+    (3, -32768, -9223372036854775808, false, 'NaN', '', '', '', ''),
+    (4, 0, 0, true, '-Infinity', E'line\\nbreak\\ttab\\\\back', 'a"b', '"', 'x'),
+    (5, 5, 5, false, 1e-300, 'naïve café 🎉', 'c,d', 'NULL', 'y'),
+    (6, 6, 6, true, 'Infinity', '\\N', 'e', '-', 'z')
+"""
+
+
+@pytest.mark.parametrize(
+    ("table", "query", "how"),
+    [
+        (TYPED, "SELECT * FROM {name} ORDER BY id", "csv"),  # numeric, dates, arrays...: CSV, psycopg's loaders
+        (SIMPLE, "SELECT * FROM {name} ORDER BY id", "adbc"),  # booleans, integers, float8, text: ADBC
+        (SIMPLE, "SELECT label, label FROM {name} WHERE id > 100", "adbc"),  # no row, a repeated name
+    ],
+)
 def test_postgres_fast_path_gives_the_generic_paths_values_and_batches(
-    pg_engine: sa.Engine, copies: list[Any], monkeypatch: pytest.MonkeyPatch
-) -> None:
+    pg_engine: sa.Engine, copies: list[tuple[str, str]], monkeypatch: pytest.MonkeyPatch, table: str, query: str,
+    how: str,
+) -> None:  # fmt: skip
     name = dbservers.unique_name("typed")
     with pg_engine.begin() as connection:
-        for statement in TYPED.format(name=name).strip().split(";\n"):
+        for statement in table.format(name=name).strip().split(";\n"):
             connection.exec_driver_sql(statement)
     try:
-        sql = f"SELECT * FROM {name} ORDER BY id"
-        for chunk_size in (2, 4, 100):
-            fast = _read(pg_engine, sql, chunk_size=chunk_size)
-            generic = _generic_read(monkeypatch, pg_engine, sql, chunk_size=chunk_size)
-            assert [b.num_rows for b in fast] == [b.num_rows for b in generic]
-            assert all(b.schema.names == generic[0].schema.names for b in fast)
-            assert _comparable(_rows(fast)) == _comparable(_rows(generic))
-            for fast_batch, generic_batch in zip(fast, generic):  # same types, but for all-NULL chunks
-                for fast_field, generic_field in zip(fast_batch.schema, generic_batch.schema):
-                    if not pa.types.is_null(generic_field.type):
-                        assert fast_field.type == generic_field.type, fast_field.name
-        assert len(copies) == 3  # the fast path ran each time
+        _assert_as_generic(monkeypatch, pg_engine, query.format(name=name))
+        assert [way for way, _ in copies] == [how] * 3  # the fast path ran each time
         assert _rows(_read(pg_engine, f"SELECT label FROM {name} WHERE id IN (2, 3) ORDER BY id")) == [(None,), ("",)]
     finally:
         with pg_engine.begin() as connection:
             connection.exec_driver_sql(f"DROP TABLE {name}")
 
 
+def test_postgres_fast_path_falls_back_to_csv_when_adbc_cannot_open_its_session(
+    pg_engine: sa.Engine, copies: list[tuple[str, str]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A server out of connections refuses the second session: the rows come by CSV COPY instead."""
+    import adbc_driver_manager
+    import adbc_driver_postgresql
+
+    def refused(uri: str) -> Any:
+        raise adbc_driver_manager.OperationalError("IO: FATAL:  sorry, too many clients already", status_code=10)
+
+    monkeypatch.setattr(adbc_driver_postgresql, "connect", refused)
+    assert _rows(_read(pg_engine, "SELECT i, 'x' || i AS s FROM generate_series(1, 3) AS g(i)")) == [
+        (1, "x1"), (2, "x2"), (3, "x3")
+    ]  # fmt: skip
+    assert [how for how, _ in copies] == ["csv"]
+
+
+def test_postgres_fast_path_reads_where_the_pooled_session_looks(copies: list[tuple[str, str]]) -> None:
+    """A search_path set when the pool connects holds for the session ADBC reads on too."""
+    schema, table = dbservers.unique_name("schema"), dbservers.unique_name("t")
+    engine = create_warehouse_engine(dbservers.postgres_url(), where="wh")
+    with engine.begin() as connection:
+        connection.exec_driver_sql(f"CREATE SCHEMA {schema}")
+        connection.exec_driver_sql(f"CREATE TABLE {schema}.{table} AS SELECT 'in the schema' AS where_")
+    try:
+        with_path = create_warehouse_engine(dbservers.postgres_url(), where="wh")
+
+        @sa.event.listens_for(with_path, "connect")
+        def set_path(dbapi_connection: Any, record: Any) -> None:
+            with dbapi_connection.cursor() as cursor:
+                cursor.execute(f"SET search_path TO {schema}, public")
+            dbapi_connection.commit()
+
+        try:
+            assert _rows(_read(with_path, f"SELECT where_ FROM {table}")) == [("in the schema",)]
+            assert [how for how, _ in copies] == ["adbc"]
+        finally:
+            with_path.dispose()
+    finally:
+        with engine.begin() as connection:
+            connection.exec_driver_sql(f"DROP SCHEMA {schema} CASCADE")
+        engine.dispose()
+
+
 def test_postgres_fast_path_keeps_repeated_column_names_and_odd_sql_endings(
-    pg_engine: sa.Engine, copies: list[Any], monkeypatch: pytest.MonkeyPatch
+    pg_engine: sa.Engine, copies: list[tuple[str, str]], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     queries = [
         ("SELECT 1 AS a, 'x' AS a", {}),
@@ -653,7 +736,7 @@ def test_postgres_fast_path_keeps_repeated_column_names_and_odd_sql_endings(
 
 @pytest.mark.parametrize("warehouse", ["postgres"], indirect=True)
 def test_postgres_fast_path_binds_parameters_and_injection_is_harmless(
-    warehouse: Warehouse, copies: list[Any], monkeypatch: pytest.MonkeyPatch
+    warehouse: Warehouse, copies: list[tuple[str, str]], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     sql = f"SELECT id, name FROM {warehouse.table} WHERE name = :name OR id = :id OR born = :born ORDER BY id"
     cases = [
@@ -673,12 +756,12 @@ def test_postgres_fast_path_binds_parameters_and_injection_is_harmless(
     assert len(copies) == len(cases)
     # the values are not in the statement we built: psycopg binds them (quoted as literals)
     assert all("%(name)s" in statement and "DROP" not in statement and "O'Brien" not in statement
-               for statement in copies)  # fmt: skip
+               for _, statement in copies)  # fmt: skip
     assert _rows(_read(warehouse.engine, f"SELECT count(*) AS n FROM {warehouse.table}")) == [(len(ROWS),)]
 
 
 def test_postgres_fast_path_not_taken_where_copy_would_change_values(
-    pg_engine: sa.Engine, copies: list[Any], monkeypatch: pytest.MonkeyPatch
+    pg_engine: sa.Engine, copies: list[tuple[str, str]], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # a float would be bound as a numeric literal: 0.1 * 3 is 0.3 in numeric, 0.30000000000000004 in float8
     assert _rows(_read(pg_engine, "SELECT :f * 3 AS x", {"f": 0.1})) == [(0.1 * 3,)]
@@ -716,14 +799,17 @@ def test_postgres_fast_path_streams_and_an_early_close_stops_the_query(pg_engine
             chunk_size=1000, where=SQL_FILE,
         )  # fmt: skip
         assert next(batches).column("i").to_pylist() == list(range(1, 1001))
-        pid = sessions[-1].info.backend_pid
-        state, query = _backend(observer, pid)
-        assert state == "active" and query.startswith("COPY (")  # the rest is still being produced
+        copying = _copying_backend(observer, "generate_series(1, 3000000)")
+        assert _backend(observer, copying)[0] == "active"  # the rest is still being produced
         began = time.monotonic()
         batches.close()
         assert time.monotonic() - began < 5  # cancelled, not read to the end
         assert pg_engine.pool.checkedout() == 0  # type: ignore[attr-defined]
-        assert _backend(observer, pid)[0] == "idle"  # back in the pool, rolled back
+        assert _backend(observer, sessions[-1].info.backend_pid)[0] == "idle"  # back in the pool, rolled back
+        with observer.connect() as connection:  # nothing of the query runs any more, on any session
+            assert not connection.execute(sa.text(
+                "SELECT pid FROM pg_stat_activity WHERE state = 'active' AND query LIKE 'COPY (%generate_series(1, 3000000)%'"
+            )).all()  # fmt: skip
         assert not [t for t in threading.enumerate() if t.name == "audience-sync-copy"]
         assert _rows(_read(pg_engine, "SELECT 1 AS one")) == [(1,)]
     finally:
@@ -744,7 +830,7 @@ def test_postgres_fast_path_early_close_while_the_server_is_still_computing(pg_e
     assert _rows(_read(pg_engine, "SELECT 2 AS two")) == [(2,)]
 
 
-def test_postgres_fast_path_consumer_error_releases_the_connection(pg_engine: sa.Engine, copies: list[Any]) -> None:
+def test_postgres_fast_path_consumer_error_releases_the_connection(pg_engine: sa.Engine, copies: list[tuple[str, str]]) -> None:
     def consume() -> None:
         for batch in stream_batches(pg_engine, "SELECT i FROM generate_series(1, 1000000) AS s(i)", {},
                                     chunk_size=500, where=SQL_FILE):  # fmt: skip
@@ -756,7 +842,7 @@ def test_postgres_fast_path_consumer_error_releases_the_connection(pg_engine: sa
     assert not [t for t in threading.enumerate() if t.name == "audience-sync-copy"]
 
 
-def test_postgres_fast_path_errors_carry_the_database_message(pg_engine: sa.Engine, copies: list[Any]) -> None:
+def test_postgres_fast_path_errors_carry_the_database_message(pg_engine: sa.Engine, copies: list[tuple[str, str]]) -> None:
     # found while describing the query
     with pytest.raises(ExtractError) as caught:
         _read(pg_engine, "SELECT nope FROM generate_series(1, 3) AS s(i)")
