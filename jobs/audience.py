@@ -16,6 +16,7 @@ from typing import Any
 
 from etl.config import AudienceActivation, Config
 from etl.delivery.factory import open_deliverer
+from etl.diffs import MemberDiff, MemberSnapshot, delivered_members
 from etl.extract import activation_batches, local_time
 from etl.files import CsvFileWriter, RejectWriter, WrittenFile, final_file_name, name_matcher, write_manifest
 from etl.errors import AudienceSyncError
@@ -80,25 +81,33 @@ def run(context: RunContext) -> None:
         manifest=str(manifest_path),
         sql_sha256=sql_sha256,
     )
+    snapshot = MemberSnapshot.of(config.state_dir, name)
+    with context.step("diff"):
+        members = delivered_members(written, HEADER[activation.identifier], activation.file.separator)
+        diff = snapshot.diff(members, context.run_dir / f"{name}.members.parquet",
+                             identifiers=activation.delivery == "membership")
+    context.details.update(diff.counts())  # a dry run reports the would-be diff too
     if context.dry_run:
         return
-    check_shrink(context, activation, sum(f.rows for f in written))
+    check_shrink(context, activation, diff.size, diff)
     if activation.delivery == "membership":
         from jobs.membership import deliver_membership  # loads the Actito client only when needed
 
-        deliver_membership(context, activation, written)
-        return
-    _deliver(context, [f.path for f in written] + [manifest_path], pattern)
-    context.results["rows_delivered"] = sum(f.rows for f in written)
+        deliver_membership(context, activation, diff)
+    else:
+        _deliver(context, [f.path for f in written] + [manifest_path], pattern)
+    context.results["rows_delivered"] = diff.size
+    snapshot.replace(diff)  # only now: after a failed delivery, the next run compares with the old members
 
 
 class GuardStop(AudienceSyncError):
     """A safety guard refused to deliver; the previous delivered audience stays in place."""
 
 
-def check_shrink(context: RunContext, activation: AudienceActivation, size: int) -> None:
+def check_shrink(context: RunContext, activation: AudienceActivation, size: int, diff: MemberDiff) -> None:
     """An audience that suddenly shrinks is far more often a broken query or source table than a real
-    change, and delivering it would drop those people from every campaign that targets it."""
+    change, and delivering it would drop those people from every campaign that targets it. The refusal
+    says how many left and entered: a broken query rarely brings anyone new, real churn does."""
     if context.force:
         return
     store = open_store(context.config)
@@ -114,7 +123,9 @@ def check_shrink(context: RunContext, activation: AudienceActivation, size: int)
         return
     reason = (f"the audience fell from {previous:,} to {size:,} rows"
               + ("" if size == 0 else f" ({(previous - size) / previous:.0%}, more than the "
-                                      f"{activation.max_shrink:.0%} allowed by max_shrink)"))
+                                      f"{activation.max_shrink:.0%} allowed by max_shrink)")
+              + (f": {diff.left:,} left and {diff.entered:,} entered since the last delivery"
+                 if diff.compared else " (no snapshot of the last delivered members to compare with)"))
     context.details["guard"] = {"name": "max_shrink", "reason": reason}
     raise GuardStop(f"not delivered: {reason}", where=context.activation,
                     hint="check the query and its source tables; if the change is real, run again with --force")
