@@ -119,7 +119,9 @@ def _stage(current: Iterable[pa.Array], staging: Path) -> list[np.ndarray]:
                 hashes = hash_identifiers(batch)
                 order = np.argsort(hashes)
                 runs.append(hashes[order])
-                writer.write_table(pa.table([batch.take(pa.array(order)), runs[-1]], schema=_SCHEMA))
+                # one row group per batch, whatever its size: the row groups and the runs stay aligned
+                writer.write_table(pa.table([batch.take(pa.array(order)), runs[-1]], schema=_SCHEMA),
+                                   row_group_size=len(batch))
     return runs
 
 

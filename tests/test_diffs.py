@@ -172,3 +172,13 @@ def test_a_snapshot_of_identifiers_only_still_compares(tmp_path: Path) -> None:
 
 def batches(values: list[str], size: int) -> list[pa.Array]:
     return [pa.array(values[start:start + size], pa.string()) for start in range(0, len(values), size)]
+
+
+def test_a_batch_larger_than_a_default_row_group(tmp_path: Path) -> None:
+    """pyarrow splits a table of more than 1,048,576 rows into several row groups unless told not to."""
+    members = pa.array([f"{n}@example.org" for n in range(1_100_000)])
+    snapshot = MemberSnapshot(tmp_path / "members.parquet")
+    snapshot.replace(snapshot.diff([members], tmp_path / "run1.parquet"))
+    diff = snapshot.diff([members.slice(10)], tmp_path / "run2.parquet", identifiers=True)
+    assert diff.left_members is not None and sorted(diff.left_members.to_pylist()) == sorted(
+        f"{n}@example.org" for n in range(10))
