@@ -45,6 +45,8 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 REPO = Path(__file__).resolve().parent.parent
+#: members per chunk, as a run's extraction hands them over (settings.chunk_size)
+CHUNK = 50_000
 CASES = ("audience-sync", "audience-sync-counts", "arrow-join", "duckdb", "numpy-setdiff1d")
 
 _FIRST = ("anna bob chloe david emma felix gaia hugo ines jules karim lea marc nina oscar paula quentin rosa "
@@ -69,7 +71,7 @@ def emails(ids: np.ndarray) -> pa.Array:
 def generate(directory: Path, members: int, common: int, seed: int = 5) -> None:
     """previous.parquet: a sorted zstd snapshot (audience-sync's own in previous-audience-sync.parquet);
     current.csv: the new audience as a run delivers it, shuffled."""
-    from etl.diffs import MemberSnapshot
+    from etl.diffs import MemberSnapshot, StagedMembers
 
     rng = np.random.default_rng(seed)
     total = 2 * members - common
@@ -81,9 +83,10 @@ def generate(directory: Path, members: int, common: int, seed: int = 5) -> None:
     pacsv.write_csv(pa.table({"emailAddress": current}), directory / "current.csv",
                     pacsv.WriteOptions(quoting_style="none"))
     ours = MemberSnapshot(directory / "previous-audience-sync.parquet")
-    step = 1_000_000
-    chunks = (previous.slice(start, step) for start in range(0, len(previous), step))
-    ours.replace(ours.diff(chunks, directory / "staged.parquet"))
+    with StagedMembers(directory / "staged.parquet") as staged:
+        for start in range(0, len(previous), CHUNK):
+            staged.add(previous.slice(start, CHUNK))
+    ours.replace(ours.diff(staged))
 
 
 def _previous(directory: Path, case: str) -> Path:
@@ -101,13 +104,15 @@ def _current(directory: Path) -> pa.Array:
 
 
 def _case_audience_sync(directory: Path, previous: Path, target: Path, *, identifiers: bool = True) -> dict[str, int]:
-    from etl.diffs import MemberSnapshot, delivered_members
-    from etl.files import WrittenFile
+    """As a run: the members staged chunk by chunk as the file is written, then compared."""
+    from etl.diffs import MemberSnapshot, StagedMembers
 
-    current = delivered_members([WrittenFile(directory / "current.csv", 0, 0, "")], "emailAddress")
-    snapshot = MemberSnapshot(previous)
-    diff = snapshot.diff(current, target, identifiers=identifiers)
-    return diff.counts()
+    current = _current(directory)
+    with StagedMembers(target) as staged:
+        for start in range(0, len(current), CHUNK):
+            staged.add(current.slice(start, CHUNK))
+    del current
+    return MemberSnapshot(previous).diff(staged, identifiers=identifiers).counts()
 
 
 def _case_audience_sync_counts(directory: Path, previous: Path, target: Path) -> dict[str, int]:

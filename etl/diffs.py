@@ -8,10 +8,10 @@ new snapshot is staged in the run's directory and moved into place only after a 
 delivery, atomically, so a failed or dry run never moves it.
 
 Bounded memory: the comparison works on 64-bit hashes of the identifiers in sorted numpy arrays
-(8 bytes per member and side), and the identifiers themselves are only ever read one batch at a
-time: from the delivered files, and from the snapshot one row group at a time. Each row group of
-the snapshot is sorted by hash and carries the hashes next to the identifiers, so the previous
-side costs one read of a numeric column. 10M against 10M: docs/benchmarks.md, "Diffs", measured
+(at most 16 bytes a member), and the identifiers themselves are never all in memory: the next
+snapshot is written batch by batch while the run writes its file, and the previous one is read a
+row group at a time. Each row group is sorted by hash and carries the hashes next to the
+identifiers, so each side costs one read of a numeric column. 10M against 10M: docs/benchmarks.md, "Diffs", measured
 against pyarrow's left-anti join on the strings and DuckDB's anti-join.
 
 Why not sorted alphabetically: sorting 10M strings takes pyarrow about 13 s and needs them all in
@@ -26,18 +26,15 @@ would hide one entry (or one departure) for one run.
 from __future__ import annotations
 
 import os
-import zipfile
-from collections.abc import Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.csv as pacsv
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from etl.files import WrittenFile
 from etl.transform import hash_identifiers
 
 MEMBER, HASH = "member", "hash"
@@ -45,8 +42,6 @@ _SCHEMA = pa.schema([(MEMBER, pa.string()), (HASH, pa.uint64())])
 #: the stored hashes are reused only if this version's hash function gives these same values
 _PROBES = pa.array(["", "a", "someone@example.org", "1234567890123", "é" * 21])
 _HASH_CHECK = b"audience_sync_hash_check"
-#: bytes of CSV read at once: about a million e-mails, so a batch (and a row group) stays small
-_READ_BLOCK = 32 << 20
 
 
 @dataclass(frozen=True)
@@ -78,23 +73,23 @@ class MemberSnapshot:
     def of(cls, state_dir: Path, activation: str) -> MemberSnapshot:
         return cls(state_dir / "snapshots" / f"{activation}.members.parquet")
 
-    def diff(self, current: Iterable[pa.Array], staging: Path, *, identifiers: bool = False) -> MemberDiff:
-        """Compare the current members (distinct identifiers, in batches, any order) with the snapshot,
-        writing them to ``staging`` as the next snapshot. ``identifiers``: also return who entered
-        and who left, not only how many."""
-        runs = _stage(current, staging)
-        current_sorted = np.sort(np.concatenate(runs)) if runs else np.empty(0, np.uint64)
-        previous = list(_row_groups(self.path))
-        previous_sorted = np.sort(np.concatenate([hashes for _, hashes in previous])) if previous \
-            else np.empty(0, np.uint64)
-        left = [~_present(hashes, current_sorted) for _, hashes in previous]
+    def diff(self, current: StagedMembers, *, identifiers: bool = False) -> MemberDiff:
+        """Compare the members staged by this run with the snapshot. ``identifiers``: also return who
+        entered and who left, not only how many. At most two hash arrays are held at once (16 bytes a
+        member), plus one bit-mask a side."""
+        current_sorted, _ = _hashes(current.path)
+        current_sorted.sort()
+        previous, bounds = _hashes(self.path)
+        left = [~_present(previous[start:end], current_sorted) for start, end in bounds]
+        size = len(current_sorted)
         del current_sorted
-        entered = [~_present(hashes, previous_sorted) for hashes in runs]
-        diff = MemberDiff(sum(len(run) for run in runs), _total(entered), _total(left), staging,
-                          compared=self.path.exists())
+        previous.sort()
+        entered = [~_present(hashes, previous) for hashes in _row_groups(current.path)]
+        del previous
+        diff = MemberDiff(size, _total(entered), _total(left), current.path, compared=self.path.exists())
         if not identifiers:
             return diff
-        return replace(diff, entered_members=_members_where(staging, entered),
+        return replace(diff, entered_members=_members_where(current.path, entered),
                        left_members=_members_where(self.path, left))
 
     def replace(self, diff: MemberDiff) -> None:
@@ -103,39 +98,65 @@ class MemberSnapshot:
         diff.staged.replace(self.path)
 
 
-def _stage(current: Iterable[pa.Array], staging: Path) -> list[np.ndarray]:
-    """Write each batch as a row group sorted by hash, with its hashes; return those sorted runs."""
-    runs: list[np.ndarray] = []
-    staging.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    with open(os.open(staging, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb") as handle:
-        os.fchmod(handle.fileno(), 0o600)  # an older staged file may have had other bits
+class StagedMembers:
+    """The next snapshot, written batch by batch as the run writes its file: each batch becomes a row
+    group sorted by hash, with its hashes, so nothing accumulates in memory while the audience streams."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self._handle = open(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb")
+        os.fchmod(self._handle.fileno(), 0o600)  # an older staged file may have had other bits
         check = {_HASH_CHECK: hash_identifiers(_PROBES).tobytes()}
         # every value is distinct and the hashes are random: a dictionary or compressing them is wasted work
-        with pq.ParquetWriter(handle, _SCHEMA.with_metadata(check), use_dictionary=False,
-                              compression={MEMBER: "zstd", HASH: "none"}) as writer:
-            for batch in current:
-                if not len(batch):
-                    continue
-                hashes = hash_identifiers(batch)
-                order = np.argsort(hashes)
-                runs.append(hashes[order])
-                # one row group per batch, whatever its size: the row groups and the runs stay aligned
-                writer.write_table(pa.table([batch.take(pa.array(order)), runs[-1]], schema=_SCHEMA),
-                                   row_group_size=len(batch))
-    return runs
+        self._writer = pq.ParquetWriter(self._handle, _SCHEMA.with_metadata(check), use_dictionary=False,
+                                        compression={MEMBER: "zstd", HASH: "none"})
+
+    def add(self, members: pa.Array) -> None:
+        if not len(members):
+            return
+        if not pa.types.is_string(members.type):
+            members = pc.cast(members, pa.string())  # profileIds: the text the file holds
+        hashes = hash_identifiers(members)
+        order = np.argsort(hashes)
+        # one row group per batch, whatever its size: row groups and masks stay aligned
+        self._writer.write_table(pa.table([members.take(pa.array(order)), hashes[order]], schema=_SCHEMA),
+                                 row_group_size=len(members))
+
+    def close(self) -> None:
+        if not self._handle.closed:
+            self._writer.close()
+            self._handle.close()
+
+    def __enter__(self) -> StagedMembers:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
-def _row_groups(path: Path) -> Iterator[tuple[int, np.ndarray]]:
-    """Each row group's index and hashes; recomputed from the identifiers if the hash function changed."""
+def _hashes(path: Path) -> tuple[np.ndarray, list[tuple[int, int]]]:
+    """All the hashes of a snapshot file in one array (allocated once), and each row group's slice of it."""
     if not path.exists():
-        return
+        return np.empty(0, np.uint64), []
+    hashes = np.empty(pq.ParquetFile(path).metadata.num_rows, np.uint64)
+    bounds: list[tuple[int, int]] = []
+    for group in _row_groups(path):
+        start = bounds[-1][1] if bounds else 0
+        hashes[start:start + len(group)] = group
+        bounds.append((start, start + len(group)))
+    return hashes, bounds
+
+
+def _row_groups(path: Path) -> Iterator[np.ndarray]:
+    """Each row group's hashes; recomputed from the identifiers if the hash function changed."""
     file = pq.ParquetFile(path)
     stored = (file.schema_arrow.metadata or {}).get(_HASH_CHECK) == hash_identifiers(_PROBES).tobytes()
     for index in range(file.num_row_groups):
         if stored:
-            yield index, file.read_row_group(index, columns=[HASH]).column(HASH).to_numpy()
+            yield file.read_row_group(index, columns=[HASH]).column(HASH).to_numpy()
         else:
-            yield index, hash_identifiers(file.read_row_group(index, columns=[MEMBER]).column(MEMBER))
+            yield hash_identifiers(file.read_row_group(index, columns=[MEMBER]).column(MEMBER))
 
 
 def _present(values: np.ndarray, sorted_set: np.ndarray) -> np.ndarray:
@@ -158,27 +179,3 @@ def _members_where(path: Path, masks: list[np.ndarray]) -> pa.Array:
     file = pq.ParquetFile(path)
     return pa.concat_arrays([file.read_row_group(index, columns=[MEMBER]).column(MEMBER).combine_chunks()
                              .filter(pa.array(mask)) for index, mask in enumerate(masks)])
-
-
-def delivered_members(written: Sequence[WrittenFile], identifier: str, separator: str = ",") -> Iterator[pa.Array]:
-    """A run's members, read back from the files it just wrote (they are the audience as delivered),
-    a batch at a time: reading them back keeps the extraction's memory flat."""
-    options = {
-        "read_options": pacsv.ReadOptions(block_size=_READ_BLOCK),
-        "parse_options": pacsv.ParseOptions(delimiter=separator),
-        "convert_options": pacsv.ConvertOptions(column_types={identifier: pa.string()}),
-    }
-    for file in written:
-        with _readable(file.path) as stream:
-            for batch in pacsv.open_csv(stream, **options):
-                yield batch.column(identifier)
-
-
-@contextmanager
-def _readable(path: Path) -> Iterator[pa.NativeFile]:
-    if not path.name.endswith(".zip"):
-        with pa.input_stream(str(path), compression="detect") as stream:
-            yield stream
-        return
-    with zipfile.ZipFile(path) as archive, archive.open(archive.namelist()[0]) as member:
-        yield pa.PythonFile(member, mode="r")

@@ -16,7 +16,7 @@ from typing import Any
 
 from etl.config import AudienceActivation, Config
 from etl.delivery.factory import open_deliverer
-from etl.diffs import MemberDiff, MemberSnapshot, delivered_members
+from etl.diffs import MemberDiff, MemberSnapshot, StagedMembers
 from etl.extract import activation_batches, local_time
 from etl.files import CsvFileWriter, RejectWriter, WrittenFile, final_file_name, name_matcher, write_manifest
 from etl.errors import AudienceSyncError
@@ -61,8 +61,9 @@ def run(context: RunContext) -> None:
     file_name = final_file_name(pattern, local_time(activation, context.started_at), activation.file.compression)
     rejects_path = context.run_dir / f"{name}.rejects.csv"
 
-    with context.step("extract"):
-        written, counts = _write_audience(context, activation, file_name, rejects_path)
+    snapshot = MemberSnapshot.of(config.state_dir, name)
+    with context.step("extract"), StagedMembers(context.run_dir / f"{name}.members.parquet") as members:
+        written, counts = _write_audience(context, activation, file_name, rejects_path, members)
     sql_sha256 = hashlib.sha256(config.path(activation.sql).read_bytes()).hexdigest()
     manifest_path = context.run_dir / f"{_stem(file_name)}.manifest.json"
     write_manifest(manifest_path, _manifest(context, activation, written, counts, sql_sha256))
@@ -81,11 +82,8 @@ def run(context: RunContext) -> None:
         manifest=str(manifest_path),
         sql_sha256=sql_sha256,
     )
-    snapshot = MemberSnapshot.of(config.state_dir, name)
     with context.step("diff"):
-        members = delivered_members(written, HEADER[activation.identifier], activation.file.separator)
-        diff = snapshot.diff(members, context.run_dir / f"{name}.members.parquet",
-                             identifiers=activation.delivery == "membership")
+        diff = snapshot.diff(members, identifiers=activation.delivery == "membership")
     context.details.update(diff.counts())  # a dry run reports the would-be diff too
     if context.dry_run:
         return
@@ -132,7 +130,7 @@ def check_shrink(context: RunContext, activation: AudienceActivation, size: int,
 
 
 def _write_audience(
-    context: RunContext, activation: AudienceActivation, file_name: str, rejects_path: Path
+    context: RunContext, activation: AudienceActivation, file_name: str, rejects_path: Path, members: StagedMembers
 ) -> tuple[list[WrittenFile], AudienceCounts]:
     counts = AudienceCounts()
     with (
@@ -148,6 +146,7 @@ def _write_audience(
     ):
         for cleaner, cleaned in cleaned_batches(context.config, context.activation, context.started_at):
             writer.write(cleaned.identifiers)
+            members.add(cleaned.identifiers)
             rejects.write(cleaned.rejects)
             counts = cleaner.counts
             context.tick(vars(counts))

@@ -3,7 +3,6 @@ members snapshot they keep."""
 
 from __future__ import annotations
 
-import json
 import random
 import sqlite3
 import stat
@@ -11,11 +10,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from etl.diffs import MemberSnapshot
-from etl.state import StateStore
+from etl.diffs import MemberSnapshot, StagedMembers
+from etl.state import RunRecord, StateStore
 
 
 def cli(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
@@ -41,10 +42,12 @@ def churn(config: Path, leaving: int, entering: int) -> tuple[set[str], set[str]
     return {str(p) for p in out}, {str(p) for p in into}
 
 
-def last_run(config: Path) -> dict[str, object]:
-    latest = cli(config, "history", "vip_customers", "--limit", "1", "--log-format", "json")
-    record: dict[str, object] = json.loads(latest.stdout)
-    return record
+def last_run(config: Path) -> RunRecord:
+    store = StateStore.in_directory(config.parent / "var" / "state")
+    try:
+        return store.runs("vip_customers", limit=1)[0]
+    finally:
+        store.close()
 
 
 def snapshot_of(config: Path) -> Path:
@@ -60,14 +63,14 @@ def test_each_run_records_who_entered_and_left_and_history_shows_it(demo_project
     first = cli(demo_project, "run", "vip_customers")
     assert first.returncode == 0, first.stdout + first.stderr
     everyone = delivered(demo_project)
-    assert last_run(demo_project)["details"]["entered"] == len(everyone) > 100  # type: ignore[index]
+    assert last_run(demo_project).details["entered"] == len(everyone) > 100
 
     leaving, entering = churn(demo_project, leaving=30, entering=7)
     second = cli(demo_project, "run", "vip_customers")
     assert second.returncode == 0, second.stdout + second.stderr
     assert delivered(demo_project) == (everyone - leaving) | entering
     record = last_run(demo_project)
-    assert (record["details"]["entered"], record["details"]["left"]) == (7, 30)  # type: ignore[index]
+    assert (record.details["entered"], record.details["left"]) == (7, 30)
 
     sizes = cli(demo_project, "history", "vip_customers", "--sizes").stdout
     header, _, first_row, second_row = sizes.splitlines()[:4]
@@ -75,7 +78,7 @@ def test_each_run_records_who_entered_and_left_and_history_shows_it(demo_project
     assert second_row.split()[-4:-2] == ["-23", f"{-23 / len(everyone):+.1%}"], sizes
     assert second_row.split()[-2:] == ["7", "30"], sizes
     assert first_row.split()[-2:] == [f"{len(everyone):,}", "0"]
-    shown = cli(demo_project, "show", str(record["run_id"])).stdout
+    shown = cli(demo_project, "show", record.run_id).stdout
     assert "members    7 entered, 30 left since the last delivery" in shown, shown
 
     report = demo_project.parent / "report.html"
@@ -94,7 +97,7 @@ def test_the_snapshot_moves_only_after_a_delivery(demo_project: Path) -> None:
     dry = cli(demo_project, "run", "vip_customers", "--dry-run")
     assert dry.returncode == 0, dry.stdout + dry.stderr
     record = last_run(demo_project)
-    assert record["dry_run"] and (record["details"]["entered"], record["details"]["left"]) == (3, 5)  # type: ignore[index]
+    assert record.dry_run and (record.details["entered"], record.details["left"]) == (3, 5)
     assert snapshot.read_bytes() == kept
 
     outbox = demo_project.parent / "var" / "outbox"
@@ -103,7 +106,7 @@ def test_the_snapshot_moves_only_after_a_delivery(demo_project: Path) -> None:
     outbox.write_text("not a directory")  # the local delivery fails
     failed = cli(demo_project, "run", "vip_customers")
     assert failed.returncode == 1
-    assert last_run(demo_project)["status"] == "failed"
+    assert last_run(demo_project).status == "failed"
     assert snapshot.read_bytes() == kept
     outbox.unlink()
     parked.rename(outbox)
@@ -114,8 +117,7 @@ def test_the_snapshot_moves_only_after_a_delivery(demo_project: Path) -> None:
     record = last_run(demo_project)
     # compared with the last delivered members, not with what the dry or the failed run saw
     now = delivered(demo_project)
-    assert (record["details"]["entered"], record["details"]["left"]) == (  # type: ignore[index]
-        len(now - first_members), len(first_members - now))
+    assert (record.details["entered"], record.details["left"]) == (len(now - first_members), len(first_members - now))
     assert len(first_members - now) > 5
     assert snapshot.read_bytes() != kept
     members = set(pq.read_table(snapshot).column("member").to_pylist())
@@ -130,10 +132,7 @@ def test_the_shrink_guard_says_how_many_left_and_entered(demo_project: Path) -> 
     refused = cli(demo_project, "run", "vip_customers")
     assert refused.returncode == 1
     assert f"{len(leaving):,} left and 4 entered since the last delivery" in refused.stdout, refused.stdout
-    store = StateStore.in_directory(demo_project.parent / "var" / "state")
-    record = store.runs("vip_customers", limit=1)[0]
-    store.close()
-    assert "4 entered" in record.details["guard"]["reason"]
+    assert "4 entered" in last_run(demo_project).details["guard"]["reason"]
 
 
 def test_a_diff_matches_set_arithmetic_across_row_groups(tmp_path: Path) -> None:
@@ -143,11 +142,11 @@ def test_a_diff_matches_set_arithmetic_across_row_groups(tmp_path: Path) -> None
                  for _ in range(6000)})
     before, after = pool[:4000], pool[1500:]
     snapshot = MemberSnapshot(tmp_path / "state" / "members.parquet")
-    first = snapshot.diff(batches(before, 700), tmp_path / "run1" / "staged.parquet")
+    first = snapshot.diff(staged(tmp_path / "run1", before, 700))
     assert (first.size, first.counts(), first.compared) == (4000, {"entered": 4000, "left": 0}, False)
     snapshot.replace(first)
 
-    diff = snapshot.diff(batches(after, 900), tmp_path / "run2" / "staged.parquet", identifiers=True)
+    diff = snapshot.diff(staged(tmp_path / "run2", after, 900), identifiers=True)
     assert diff.entered_members is not None and diff.left_members is not None
     assert set(diff.entered_members.to_pylist()) == set(after) - set(before)
     assert set(diff.left_members.to_pylist()) == set(before) - set(after)
@@ -155,7 +154,7 @@ def test_a_diff_matches_set_arithmetic_across_row_groups(tmp_path: Path) -> None
     snapshot.replace(diff)
     assert stat.S_IMODE(snapshot.path.stat().st_mode) == 0o600
     assert sorted(pq.read_table(snapshot.path).column("member").to_pylist()) == sorted(after)
-    unchanged = snapshot.diff(batches(after[::-1], 5000), tmp_path / "run3" / "staged.parquet")
+    unchanged = snapshot.diff(staged(tmp_path / "run3", after[::-1], 5000))
     assert unchanged.counts() == {"entered": 0, "left": 0}
 
 
@@ -163,22 +162,28 @@ def test_a_snapshot_of_identifiers_only_still_compares(tmp_path: Path) -> None:
     """Snapshots written before the hashes were kept (membership deliveries) hold one sorted column."""
     path = tmp_path / "members.parquet"
     pq.write_table(pa.table({"member": ["a@example.org", "b@example.org", "c@example.org"]}), path)
-    diff = MemberSnapshot(path).diff(batches(["b@example.org", "d@example.org"], 10), tmp_path / "next.parquet",
-                                     identifiers=True)
+    diff = MemberSnapshot(path).diff(staged(tmp_path / "run", ["b@example.org", "d@example.org"], 10), identifiers=True)
     assert diff.entered_members is not None and diff.left_members is not None
     assert (diff.entered_members.to_pylist(), sorted(diff.left_members.to_pylist())) == (
         ["d@example.org"], ["a@example.org", "c@example.org"])
 
 
-def batches(values: list[str], size: int) -> list[pa.Array]:
-    return [pa.array(values[start:start + size], pa.string()) for start in range(0, len(values), size)]
-
-
 def test_a_batch_larger_than_a_default_row_group(tmp_path: Path) -> None:
     """pyarrow splits a table of more than 1,048,576 rows into several row groups unless told not to."""
-    members = pa.array([f"{n}@example.org" for n in range(1_100_000)])
+    members = pc.binary_join_element_wise(pc.cast(pa.array(np.arange(1_100_000)), pa.string()), "@example.org", "")
     snapshot = MemberSnapshot(tmp_path / "members.parquet")
-    snapshot.replace(snapshot.diff([members], tmp_path / "run1.parquet"))
-    diff = snapshot.diff([members.slice(10)], tmp_path / "run2.parquet", identifiers=True)
+    with StagedMembers(tmp_path / "run1.parquet") as first:
+        first.add(members)
+    snapshot.replace(snapshot.diff(first))
+    with StagedMembers(tmp_path / "run2.parquet") as second:
+        second.add(members.slice(10))
+    diff = snapshot.diff(second, identifiers=True)
     assert diff.left_members is not None and sorted(diff.left_members.to_pylist()) == sorted(
         f"{n}@example.org" for n in range(10))
+
+
+def staged(directory: Path, values: list[str], size: int) -> StagedMembers:
+    with StagedMembers(directory / "members.parquet") as members:
+        for start in range(0, len(values), size):
+            members.add(pa.array(values[start:start + size], pa.string()))
+    return members
