@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -123,15 +122,16 @@ print(json.dumps({"imports_s": imported - began, "load_validate_s": load_s, "pla
 """
 
 
-def measure(path: Path, repeat: int) -> dict[str, object]:
+def measure(path: Path, repeat: int, source: Path) -> dict[str, object]:
     """One fresh process: its first load is the cold one (what `audience-sync validate` costs)."""
-    environ = {**os.environ, "ACTITO_API_KEY": "k", "SFTP_PASSWORD": "p", "PYTHONPATH": str(REPO)}
+    environ = {**os.environ, "ACTITO_API_KEY": "k", "SFTP_PASSWORD": "p", "PYTHONPATH": str(source)}
     child = subprocess.Popen([sys.executable, "-c", _CHILD, str(path), str(repeat)], stdout=subprocess.PIPE,
-                             env=environ, text=True)
-    out, _ = child.communicate()
-    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-    if child.returncode:
-        raise SystemExit(f"the measuring process failed (exit {child.returncode})")
+                             env=environ, text=True, cwd=path.parent)  # not the checkout: `-c` imports from cwd
+    assert child.stdout is not None
+    out = child.stdout.read()
+    _, status, usage = os.wait4(child.pid, 0)
+    if os.waitstatus_to_exitcode(status):
+        raise SystemExit(f"the measuring process failed (exit {os.waitstatus_to_exitcode(status)})")
     result: dict[str, object] = json.loads(out)
     result["peak_rss_mb"] = usage.ru_maxrss / 1024
     return result
@@ -141,13 +141,15 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--activations", type=int, nargs="+", default=[1000])
     parser.add_argument("--repeat", type=int, default=3, help="loads and plans per process (first is cold)")
+    parser.add_argument("--source", type=Path, default=REPO,
+                        help="the etl package to time (e.g. an older version from `git archive`)")
     args = parser.parse_args(argv)
     rows = ["| activations | imports (s) | load + validate, first (s) | load + validate, median (s) "
             "| plan next 5 runs (s) | first total (s) | peak RSS (MB) |", "|---:|---:|---:|---:|---:|---:|---:|"]
     for count in args.activations:
         with tempfile.TemporaryDirectory() as scratch:
             path = generate(Path(scratch), count)
-            result = measure(path, args.repeat)
+            result = measure(path, args.repeat, args.source)
         loads, plans = result["load_validate_s"], result["plan_s"]
         assert isinstance(loads, list) and isinstance(plans, list)
         rows.append(f"| {result['activations']:,} | {result['imports_s']:.2f} | {loads[0]:.3f} | "
