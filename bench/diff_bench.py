@@ -226,17 +226,25 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeat", type=int, default=1)
     parser.add_argument("--output", type=Path, help="also write the table to this file")
     parser.add_argument("--child", choices=CASES, help=argparse.SUPPRESS)
+    parser.add_argument("--generate", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--data", type=Path, help="keep the generated audiences under this directory and reuse them")
     args = parser.parse_args(argv)
+    common = args.common if args.common is not None else args.members * 95 // 100
     if args.child:
         child(args.child, args.data)
         return 0
-    common = args.common if args.common is not None else args.members * 95 // 100
+    if args.generate:
+        generate(args.data, args.members, common)
+        return 0
     with tempfile.TemporaryDirectory(prefix="diff-bench-") as scratch:
         directory = args.data / f"{args.members}-{common}" if args.data else Path(scratch)
         if not (directory / "previous-audience-sync.parquet").exists():
             directory.mkdir(parents=True, exist_ok=True)
-            generate(directory, args.members, common)
+            # in a process of its own: a child forked from a parent holding the audiences would
+            # start its ru_maxrss at the parent's size
+            subprocess.run([sys.executable, __file__, "--generate", "--data", str(directory), "--members",
+                            str(args.members), "--common", str(common)], check=True,
+                           env={**os.environ, "PYTHONPATH": str(REPO)})
         results = {case: [run_case(case, directory) for _ in range(args.repeat)] for case in args.cases}
     text = report(args.members, common, results)
     print(text)

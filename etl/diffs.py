@@ -107,9 +107,10 @@ class StagedMembers:
         self._handle = open(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb")
         os.fchmod(self._handle.fileno(), 0o600)  # an older staged file may have had other bits
         check = {_HASH_CHECK: hash_identifiers(_PROBES).tobytes()}
-        # every value is distinct and the hashes are random: a dictionary or compressing them is wasted work
+        # every value is distinct and the hashes are random: a dictionary, compressing the hashes or
+        # min/max statistics nobody filters on are wasted work
         self._writer = pq.ParquetWriter(self._handle, _SCHEMA.with_metadata(check), use_dictionary=False,
-                                        compression={MEMBER: "zstd", HASH: "none"})
+                                        compression={MEMBER: "zstd", HASH: "none"}, write_statistics=False)
 
     def add(self, members: pa.Array) -> None:
         if not len(members):
