@@ -152,12 +152,17 @@ def _sorted_hashes(path: Path) -> np.ndarray:
 def _row_groups(path: Path) -> Iterator[np.ndarray]:
     """Each row group's hashes; recomputed from the identifiers if the hash function changed."""
     file = pq.ParquetFile(path)
-    stored = (file.schema_arrow.metadata or {}).get(_HASH_CHECK) == hash_identifiers(_PROBES).tobytes()
+    stored = _hashes_stored(file)
     for index in range(file.num_row_groups):
         if stored:
             yield file.read_row_group(index, columns=[HASH]).column(HASH).to_numpy()
         else:
             yield hash_identifiers(file.read_row_group(index, columns=[MEMBER]).column(MEMBER))
+
+
+def _hashes_stored(file: pq.ParquetFile) -> bool:
+    """Whether the file's hashes are this version's (an older snapshot holds the identifiers only)."""
+    return (file.schema_arrow.metadata or {}).get(_HASH_CHECK) == hash_identifiers(_PROBES).tobytes()
 
 
 def _present(values: np.ndarray, sorted_set: np.ndarray) -> np.ndarray:
@@ -181,10 +186,16 @@ def _sorted_present(values: np.ndarray, sorted_set: np.ndarray, block: int = 1 <
 
 
 def _members_among(path: Path, hashes: np.ndarray) -> pa.Array:
-    """The identifiers of a snapshot file whose hashes are among ``hashes`` (sorted)."""
+    """The identifiers of a snapshot file whose hashes are among ``hashes`` (sorted); each row
+    group's identifiers and hashes are read in one call (a third less work than two)."""
     if not path.exists() or not len(hashes):
         return pa.array([], pa.string())
     file = pq.ParquetFile(path)
-    return pa.concat_arrays([file.read_row_group(index, columns=[MEMBER]).column(MEMBER).combine_chunks()
-                             .filter(pa.array(_present(group, hashes)))
-                             for index, group in enumerate(_row_groups(path))])
+    stored = _hashes_stored(file)
+    found = []
+    for index in range(file.num_row_groups):
+        group = file.read_row_group(index, columns=[MEMBER, HASH] if stored else [MEMBER])
+        members = group.column(MEMBER).combine_chunks()
+        group_hashes = group.column(HASH).to_numpy() if stored else hash_identifiers(members)
+        found.append(members.filter(pa.array(_present(group_hashes, hashes))))
+    return pa.concat_arrays(found)
