@@ -9,6 +9,7 @@ they come from ``${ENV_VAR}`` (or ``ENV_VAR_FILE``, a mounted secret file) or fr
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import tomllib
@@ -78,13 +79,8 @@ class Schedule(_Model):
     @field_validator("cron")
     @classmethod
     def _cron(cls, value: str | None) -> str | None:
-        if value is not None:
-            from apscheduler.triggers.cron import CronTrigger
-
-            try:
-                CronTrigger.from_crontab(value, timezone=UTC)
-            except ValueError as exc:
-                raise ValueError(f"{value!r} is not a valid cron expression ({exc})") from None
+        if value is not None and (problem := _crontab_problem(value)) is not None:
+            raise ValueError(problem)
         return value
 
     @model_validator(mode="after")
@@ -101,6 +97,19 @@ class Schedule(_Model):
         except (ZoneInfoNotFoundError, ValueError):
             raise ValueError(f"unknown time zone {value!r}: use an IANA name such as 'Europe/Brussels'") from None
         return value
+
+
+@functools.lru_cache(maxsize=4096)
+def _crontab_problem(expression: str) -> str | None:
+    """Why a cron expression is invalid, or None. Cached: a thousand activations share a few dozen
+    expressions, and building APScheduler's trigger is most of the cost of validating a schedule."""
+    from apscheduler.triggers.cron import CronTrigger
+
+    try:
+        CronTrigger.from_crontab(expression, timezone=UTC)
+    except ValueError as exc:
+        return f"{expression!r} is not a valid cron expression ({exc})"
+    return None
 
 
 _INTERVAL = re.compile(r"^\s*(\d+)\s*([smhd])\s*$")
@@ -698,6 +707,7 @@ def _cross_check(
 
     seen_files: dict[tuple[str, str], str] = {}
     lowered: dict[str, str] = {}
+    sql_parameters: dict[Path, set[str] | str] = {}  # many activations share one SQL file: read and parse it once
     for name, raw in raw_activations.items():
         if not isinstance(raw, dict):
             continue
@@ -714,7 +724,8 @@ def _cross_check(
             problems.extend(_destination_problems(config.destinations[destination_ref], destination_ref, raw, where))
         if raw.get("kind", "audience") != "audience":
             if isinstance(raw.get("sql"), str):
-                problems.extend(_sql_problems(config.path(Path(raw["sql"])), set(raw.get("params") or {}), where))
+                problems.extend(_sql_problems(config.path(Path(raw["sql"])), set(raw.get("params") or {}), where,
+                                              sql_parameters))
             continue
         file_options: dict[str, Any] = raw["file"] if isinstance(raw.get("file"), dict) else {}
         pattern = file_options.get("name") or f"{name}.csv"
@@ -727,7 +738,7 @@ def _cross_check(
             seen_files[file_key] = name
         if isinstance(raw.get("sql"), str):
             params: dict[str, Any] = raw["params"] if isinstance(raw.get("params"), dict) else {}
-            problems.extend(_sql_problems(config.path(Path(raw["sql"])), set(params), where))
+            problems.extend(_sql_problems(config.path(Path(raw["sql"])), set(params), where, sql_parameters))
     return problems
 
 
@@ -783,15 +794,16 @@ def _destination_problems(
 BUILTIN_PARAMS = frozenset({"run_date", "run_at"})
 
 
-def _sql_problems(sql_file: Path, declared_params: set[str], where: str) -> list[tuple[str, str]]:
-    from etl.extract import bind_parameter_names  # the one place that knows how SQL parameters are parsed
-
-    if not sql_file.is_file():
-        return [(f"{where} sql", f"no such file: {sql_file}")]
-    try:
-        used = bind_parameter_names(sql_file.read_text(encoding="utf-8"))
-    except UnicodeDecodeError:
-        return [(f"{where} sql", f"{sql_file} is not UTF-8 text")]
+def _sql_problems(
+    sql_file: Path, declared_params: set[str], where: str, parsed: dict[Path, set[str] | str]
+) -> list[tuple[str, str]]:
+    """Parameters used but not declared, or declared but unused; ``parsed`` holds each file's
+    parameters (or why it cannot be read) across the activations of one load."""
+    if sql_file not in parsed:
+        parsed[sql_file] = _sql_parameters(sql_file)
+    used = parsed[sql_file]
+    if isinstance(used, str):
+        return [(f"{where} sql", used)]
     problems = []
     if missing := used - declared_params - BUILTIN_PARAMS:
         problems.append(
@@ -800,6 +812,18 @@ def _sql_problems(sql_file: Path, declared_params: set[str], where: str) -> list
     if unused := declared_params - used:
         problems.append((f"{where} params", f"declared but unused in {sql_file.name}: {', '.join(sorted(unused))}"))
     return problems
+
+
+def _sql_parameters(sql_file: Path) -> set[str] | str:
+    """The parameters a SQL file binds, or the problem that prevents reading it."""
+    from etl.extract import bind_parameter_names  # the one place that knows how SQL parameters are parsed
+
+    if not sql_file.is_file():
+        return f"no such file: {sql_file}"
+    try:
+        return bind_parameter_names(sql_file.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        return f"{sql_file} is not UTF-8 text"
 
 
 def _register_secrets(config: Config) -> None:

@@ -52,7 +52,8 @@ def runs_table(records: Sequence[RunRecord]) -> str:
 
 
 def sizes_table(records: Sequence[RunRecord]) -> str:
-    """Audience size over time: successful delivered runs, oldest first, with the change from the previous."""
+    """Audience size over time: successful delivered runs, oldest first, with the change from the previous
+    and who entered and left (a change of +0 can still be 500 in and 500 out)."""
     delivered = [r for r in reversed(records) if r.status == "succeeded" and not r.dry_run]
     rows: list[list[object]] = []
     previous: int | None = None
@@ -60,9 +61,11 @@ def sizes_table(records: Sequence[RunRecord]) -> str:
         size = record.rows_delivered or 0
         change = "" if previous is None else f"{size - previous:+,}"
         share = "" if not previous else f"{(size - previous) / previous:+.1%}"
-        rows.append([record.activation, f"{record.started_at:%Y-%m-%d %H:%M}", count(size), change, share])
+        rows.append([record.activation, f"{record.started_at:%Y-%m-%d %H:%M}", count(size), change, share,
+                     count(record.details.get("entered")), count(record.details.get("left"))])
         previous = size
-    return table(["activation", "run (UTC)", "delivered", "change", "%"], rows) if rows else "no delivered runs yet"
+    return (table(["activation", "run (UTC)", "delivered", "change", "%", "entered", "left"], rows)
+            if rows else "no delivered runs yet")
 
 
 def show_run(record: RunRecord, *, rejects_shown: int = 10) -> str:
@@ -98,9 +101,10 @@ def show_run(record: RunRecord, *, rejects_shown: int = 10) -> str:
     for execution in details.get("executions", []):
         lines.append(f"import     {execution['id']} {execution['status']}  {count(execution.get('rows'))} rows, "
                      f"{count(execution.get('refused'))} refused by Actito")
-    if "membership_table" in details:
+    if "entered" in details:
+        into = f" (table {details['membership_table']})" if "membership_table" in details else ""
         lines.append(f"members    {count(details['entered'])} entered, {count(details['left'])} left "
-                     f"(table {details['membership_table']})")
+                     f"since the last delivery{into}")
     if details.get("note"):
         lines.append(f"note       {details['note']}")
     lines.extend(_rejects(details.get("rejects_file"), rejects_shown))

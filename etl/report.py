@@ -159,10 +159,19 @@ def _run_row(record: RunRecord) -> str:
         f"<td data-label=\"Duration\" class=\"num\">{duration}</td>"
         f"<td data-label=\"Read\" class=\"num\">{_count(record.rows_extracted)}</td>"
         f"<td data-label=\"Rejected\" class=\"num\">{_count(record.rows_rejected)}</td>"
-        f"<td data-label=\"Delivered\" class=\"num\">{_count(record.rows_delivered)}</td>"
+        f"<td data-label=\"Delivered\" class=\"num\">{_count(record.rows_delivered)}{_churn(record)}</td>"
         f"<td data-label=\"Error\" class=\"error\">{_error(record.error)}</td>"
         "</tr>"
     )
+
+
+def _churn(record: RunRecord) -> str:
+    """Who entered and left, under the size: a steady size can hide a large turnover."""
+    entered, left = record.details.get("entered"), record.details.get("left")
+    if not isinstance(entered, int) or not isinstance(left, int):
+        return ""
+    return (f"<br /><span class=\"churn\" title=\"entered / left since the last delivery\">"
+            f"+{entered:,} / −{left:,}</span>")
 
 
 def _status(record: RunRecord) -> str:
@@ -299,7 +308,8 @@ th, td { text-align: left; padding: .35rem .5rem; border-bottom: 1px solid var(-
 th { font-weight: 600; color: var(--muted); font-size: .85rem; }
 .num { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
 .error { max-width: 28rem; overflow-wrap: anywhere; }
-.run-id { color: var(--muted); }
+.run-id, .churn { color: var(--muted); }
+.churn { font-size: .85em; }
 .status { font-weight: 600; }
 .s-succeeded { color: var(--ok); }
 .s-failed { color: var(--ko); }

@@ -151,11 +151,16 @@ def build_triggers(config: Config) -> dict[str, BaseTrigger]:
     schedule the scheduler cannot honour (the configuration itself already validated)."""
     triggers: dict[str, BaseTrigger] = {}
     problems: list[tuple[str, str]] = []
+    # triggers keep no state (each fire time is computed from the previous one), so activations with
+    # the same schedule share one: a thousand activations use a few dozen schedules
+    shared: dict[Schedule, BaseTrigger] = {}
     for name, activation in config.activations.items():
         if not activation.enabled or activation.schedule is None:
             continue
         try:
-            triggers[name] = _trigger(name, activation.schedule, config.source)
+            if activation.schedule not in shared:
+                shared[activation.schedule] = _trigger(name, activation.schedule, config.source)
+            triggers[name] = shared[activation.schedule]
         except ConfigError as exc:
             problems.extend(exc.problems)
     if problems:
@@ -207,8 +212,17 @@ def next_runs(config: Config, count: int, now: datetime) -> dict[str, list[datet
 
     The real instants (the spring-forward day's 02:30 shows as 03:30 +02:00), one per slot (the
     fall-back night's second 02:30 is not listed: the ledger would not run it)."""
-    return {name: [entry.at for entry in _upcoming(trigger, count, now)]
-            for name, trigger in build_triggers(config).items()}
+    upcoming = _upcoming_of(build_triggers(config), count, now)
+    return {name: [entry.at for entry in entries] for name, entries in upcoming.items()}
+
+
+def _upcoming_of(triggers: dict[str, BaseTrigger], count: int, now: datetime) -> dict[str, list[Upcoming]]:
+    """``_upcoming`` of each activation, walked once per shared trigger."""
+    walked: dict[int, list[Upcoming]] = {}
+    for trigger in triggers.values():
+        if id(trigger) not in walked:
+            walked[id(trigger)] = _upcoming(trigger, count, now)
+    return {name: walked[id(trigger)] for name, trigger in triggers.items()}
 
 
 # --------------------------------------------------------------------------- preview
@@ -226,11 +240,11 @@ def format_preview(config: Config, count: int, now: datetime) -> str:
     """What ``schedule --preview`` prints: a table of each activation's next runs with UTC offsets."""
     triggers = build_triggers(config)
     rows: list[list[str]] = []
-    for name, trigger in triggers.items():
+    for name, entries in _upcoming_of(triggers, count, now).items():
         schedule = config.activations[name].schedule
         assert schedule is not None
         first = [name, _describe(schedule), schedule.timezone]
-        for index, entry in enumerate(_upcoming(trigger, count, now)):
+        for index, entry in enumerate(entries):
             cells = first if index == 0 else ["", "", ""]
             rows.append([*cells, f"{entry.at:%Y-%m-%d %H:%M %z}", entry.note])
     headers = ["activation", "schedule", "time zone", "next runs", ""]

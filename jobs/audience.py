@@ -16,6 +16,7 @@ from typing import Any
 
 from etl.config import AudienceActivation, Config, Destination
 from etl.delivery.factory import open_deliverer
+from etl.diffs import MemberDiff, MemberSnapshot, StagedMembers
 from etl.extract import activation_batches, local_time
 from etl.files import CsvFileWriter, RejectWriter, WrittenFile, final_file_name, name_matcher, write_manifest
 from etl.errors import AudienceSyncError
@@ -60,8 +61,9 @@ def run(context: RunContext) -> None:
     file_name = final_file_name(pattern, local_time(activation, context.started_at), activation.file.compression)
     rejects_path = context.run_dir / f"{name}.rejects.csv"
 
-    with context.step("extract"):
-        written, counts = _write_audience(context, activation, file_name, rejects_path)
+    snapshot = MemberSnapshot.of(config.state_dir, name)
+    with context.step("extract"), StagedMembers(context.run_dir / f"{name}.members.parquet") as members:
+        written, counts = _write_audience(context, activation, file_name, rejects_path, members)
     sql_sha256 = hashlib.sha256(config.path(activation.sql).read_bytes()).hexdigest()
     manifest_path = context.run_dir / f"{_stem(file_name)}.manifest.json"
     write_manifest(manifest_path, _manifest(context, activation, written, counts, sql_sha256))
@@ -81,25 +83,30 @@ def run(context: RunContext) -> None:
         sql_sha256=sql_sha256,
     )
     context.checkpoint("written")
+    with context.step("diff"):
+        diff = snapshot.diff(members, identifiers=activation.delivery == "membership")
+    context.details.update(diff.counts())  # a dry run reports the would-be diff too
     if context.dry_run:
         return
-    check_shrink(context, activation, sum(f.rows for f in written))
+    check_shrink(context, activation, diff.size, diff)
     if activation.delivery == "membership":
         from jobs.membership import deliver_membership  # loads the Actito client only when needed
 
-        deliver_membership(context, activation, written)
-        return
-    _deliver(context, [f.path for f in written] + [manifest_path], pattern)
-    context.results["rows_delivered"] = sum(f.rows for f in written)
+        diff = deliver_membership(context, activation, snapshot, diff)
+    else:
+        _deliver(context, [f.path for f in written] + [manifest_path], pattern)
+        snapshot.replace(diff)  # only now: after a failed delivery, the next run compares with the old members
+    context.results["rows_delivered"] = diff.size
 
 
 class GuardStop(AudienceSyncError):
     """A safety guard refused to deliver; the previous delivered audience stays in place."""
 
 
-def check_shrink(context: RunContext, activation: AudienceActivation, size: int) -> None:
+def check_shrink(context: RunContext, activation: AudienceActivation, size: int, diff: MemberDiff) -> None:
     """An audience that suddenly shrinks is far more often a broken query or source table than a real
-    change, and delivering it would drop those people from every campaign that targets it."""
+    change, and delivering it would drop those people from every campaign that targets it. The refusal
+    says how many left and entered: a broken query rarely brings anyone new, real churn does."""
     if context.force:
         return
     store = open_store(context.config)
@@ -121,14 +128,16 @@ def check_shrink(context: RunContext, activation: AudienceActivation, size: int)
         return
     reason = (f"the audience fell from {previous:,} to {size:,} rows"
               + ("" if size == 0 else f" ({(previous - size) / previous:.0%}, more than the "
-                                      f"{activation.max_shrink:.0%} allowed by max_shrink)"))
+                                      f"{activation.max_shrink:.0%} allowed by max_shrink)")
+              + (f": {diff.left:,} left and {diff.entered:,} entered since the last delivery"
+                 if diff.compared else " (no snapshot of the last delivered members to compare with)"))
     context.details["guard"] = {"name": "max_shrink", "reason": reason}
     raise GuardStop(f"not delivered: {reason}", where=context.activation,
                     hint="check the query and its source tables; if the change is real, run again with --force")
 
 
 def _write_audience(
-    context: RunContext, activation: AudienceActivation, file_name: str, rejects_path: Path
+    context: RunContext, activation: AudienceActivation, file_name: str, rejects_path: Path, members: StagedMembers
 ) -> tuple[list[WrittenFile], AudienceCounts]:
     counts = AudienceCounts()
     with (
@@ -144,6 +153,7 @@ def _write_audience(
     ):
         for cleaner, cleaned in cleaned_batches(context.config, context.activation, context.started_at):
             writer.write(cleaned.identifiers)
+            members.add(cleaned.identifiers)
             rejects.write(cleaned.rejects)
             counts = cleaner.counts
             context.tick(vars(counts))

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -166,3 +168,46 @@ def test_validate_command_prints_all_problems_without_traceback(project) -> None
     assert "10 problems in the configuration" in done.stderr or "problems in the configuration" in done.stderr
     assert "literal-key-123" not in done.stderr + done.stdout
     assert done.stderr.count("\n  - ") >= 10, done.stderr
+
+
+def _config_scale_generator() -> Any:
+    """The generator of bench/config_scale.py: the test checks the very configuration the benchmark times."""
+    spec = importlib.util.spec_from_file_location("config_scale", Path(__file__).parent.parent / "bench" /
+                                                  "config_scale.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.generate
+
+
+def test_a_thousand_activations_validate_and_plan_like_one(tmp_path: Path) -> None:
+    from datetime import UTC, datetime
+
+    from etl.scheduler import _trigger, _upcoming, format_preview, next_runs
+
+    path = _config_scale_generator()(tmp_path, 1000)
+    environ = {"ACTITO_API_KEY": "k", "SFTP_PASSWORD": "p"}
+    config = load_config(path, environ=environ)
+    assert len(config.activations) == 1000
+    assert {a.kind for a in config.activations.values()} == {"audience", "profiles", "subscriptions", "interactions"}
+    now = datetime(2026, 3, 27, 12, 0, tzinfo=UTC)
+    planned = next_runs(config, 3, now)
+    assert len(planned) == 1000
+    for name in ("act_0000", "act_0001", "act_0507", "act_0999"):  # shared triggers plan what one trigger plans
+        schedule = config.activations[name].schedule
+        assert schedule is not None
+        alone = [entry.at for entry in _upcoming(_trigger(name, schedule, str(path)), 3, now)]
+        assert planned[name] == alone and str(planned[name][0].tzinfo) == schedule.timezone
+    assert format_preview(config, 2, now).count("\nact_") == 1000
+
+    # one SQL file shared by many activations: a parameter problem is still reported where it is
+    text = path.read_text(encoding="utf-8")
+    path.write_text(text.replace("params = { min_value = 737, days = 67 }", "params = { min_value = 737 }")
+                    .replace("params = { min_value = 142, days = 72 }",
+                             "params = { min_value = 142, days = 72, extra = 1 }"), encoding="utf-8")
+    with pytest.raises(ConfigError) as raised:
+        load_config(path, environ=environ)
+    assert raised.value.problems == [
+        ("[activations.act_0042] params", "declared but unused in audience_02.sql: extra"),
+        ("[activations.act_0637] params", "audience_37.sql uses :days which is not declared"),
+    ]
