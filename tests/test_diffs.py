@@ -182,6 +182,26 @@ def test_a_batch_larger_than_a_default_row_group(tmp_path: Path) -> None:
         f"{n}@example.org" for n in range(10))
 
 
+def test_what_a_dead_run_landed_is_diffed_against(tmp_path: Path) -> None:
+    """A membership run died after Actito applied its 'entered' import: the table holds the old
+    members plus those, so the next run must not import them again, and must delete the ones that
+    have left since — the old snapshot alone would miss both."""
+    snapshot = MemberSnapshot(tmp_path / "state" / "members.parquet")
+    snapshot.replace(snapshot.diff(staged(tmp_path / "run1", ["a@x.org", "b@x.org"], 10)))
+    current = snapshot.diff(staged(tmp_path / "run3", ["a@x.org", "c@x.org", "e@x.org"], 2), identifiers=True)
+    assert current.counts() == {"entered": 2, "left": 1}  # c and e entered, b left: against the old snapshot
+
+    snapshot.apply_landed(pa.array(["c@x.org", "d@x.org"]), pa.array([], pa.string()))  # the dead run's import
+    again = snapshot.rediff(current)
+    assert again.entered_members is not None and again.left_members is not None
+    assert again.entered_members.to_pylist() == ["e@x.org"]
+    assert sorted(again.left_members.to_pylist()) == ["b@x.org", "d@x.org"]
+
+    snapshot.apply_landed(pa.array([], pa.string()), pa.array(["b@x.org"]))  # a landed 'left' import
+    assert sorted(snapshot.rediff(current).left_members.to_pylist()) == ["d@x.org"]  # type: ignore[union-attr]
+    assert stat.S_IMODE(snapshot.path.stat().st_mode) == 0o600
+
+
 def staged(directory: Path, values: list[str], size: int) -> StagedMembers:
     with StagedMembers(directory / "members.parquet") as members:
         for start in range(0, len(values), size):
