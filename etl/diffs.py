@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -35,6 +36,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from etl.files import write_error
 from etl.transform import hash_identifiers
 
 MEMBER, HASH = "member", "hash"
@@ -127,14 +129,23 @@ class StagedMembers:
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        self._handle = open(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb")
-        os.fchmod(self._handle.fileno(), 0o600)  # an older staged file may have had other bits
-        check = {_HASH_CHECK: hash_identifiers(_PROBES).tobytes()}
-        # every value is distinct and the hashes are random: a dictionary, compressing the hashes or
-        # min/max statistics nobody filters on are wasted work
-        self._writer = pq.ParquetWriter(self._handle, _SCHEMA.with_metadata(check), use_dictionary=False,
-                                        compression={MEMBER: "zstd", HASH: "none"}, write_statistics=False)
+        with self._writing():
+            path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            self._handle = open(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb")
+            os.fchmod(self._handle.fileno(), 0o600)  # an older staged file may have had other bits
+            check = {_HASH_CHECK: hash_identifiers(_PROBES).tobytes()}
+            # every value is distinct and the hashes are random: a dictionary, compressing the hashes or
+            # min/max statistics nobody filters on are wasted work
+            self._writer = pq.ParquetWriter(self._handle, _SCHEMA.with_metadata(check), use_dictionary=False,
+                                            compression={MEMBER: "zstd", HASH: "none"}, write_statistics=False)
+
+    @contextmanager
+    def _writing(self) -> Iterator[None]:
+        """A full disk or a permission problem is the user's to fix: said as such, with the file."""
+        try:
+            yield
+        except OSError as exc:
+            raise write_error(self.path, exc) from exc
 
     def add(self, members: pa.Array) -> None:
         if not len(members):
@@ -145,13 +156,17 @@ class StagedMembers:
         order = np.argsort(hashes)
         # one row group per batch, whatever its size (pyarrow would split one of over 1,048,576 rows,
         # and the halves would no longer be sorted on their own)
-        self._writer.write_table(pa.table([members.take(pa.array(order)), hashes[order]], schema=_SCHEMA),
-                                 row_group_size=len(members))
+        with self._writing():
+            self._writer.write_table(pa.table([members.take(pa.array(order)), hashes[order]], schema=_SCHEMA),
+                                     row_group_size=len(members))
 
     def close(self) -> None:
         if not self._handle.closed:
-            self._writer.close()
-            self._handle.close()
+            with self._writing():
+                try:
+                    self._writer.close()
+                finally:
+                    self._handle.close()
 
     def __enter__(self) -> StagedMembers:
         return self

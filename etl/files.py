@@ -151,7 +151,7 @@ def private_directory(path: Path, *, root: Path) -> Path:
     try:
         root.mkdir(mode=0o700, parents=True, exist_ok=True)
     except OSError as exc:
-        raise _write_error(root, exc) from exc
+        raise write_error(root, exc) from exc
     current = root
     for part in path.relative_to(root).parts:
         current = current / part
@@ -166,7 +166,7 @@ def private_directory(path: Path, *, root: Path) -> Path:
                     hint=f"remove {current}; the next run creates it again",
                 ) from None
         except OSError as exc:
-            raise _write_error(current, exc) from exc
+            raise write_error(current, exc) from exc
     return path
 
 
@@ -197,7 +197,7 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _write_error(path: Path, exc: OSError) -> FileWriteError:
+def write_error(path: Path, exc: OSError) -> FileWriteError:
     reason = exc.strerror or str(exc)
     return FileWriteError(f"cannot write the file: {reason}", where=str(path), hint="check free space and permissions")
 
@@ -378,7 +378,7 @@ class CsvFileWriter:
             self._start_part()
         except OSError as exc:
             self._abort()
-            raise _write_error(self.directory / file_name, exc) from exc
+            raise write_error(self.directory / file_name, exc) from exc
         except BaseException:
             self._abort()
             raise
@@ -413,7 +413,7 @@ class CsvFileWriter:
                     self._emit(chunk, rows)
                 first = last + 1
         except OSError as exc:
-            raise _write_error(self._current_path(), exc) from exc
+            raise write_error(self._current_path(), exc) from exc
         if first < count:
             self._pending += data[offsets[first] : offsets[count]]
             self._pending_rows += count - first
@@ -435,7 +435,7 @@ class CsvFileWriter:
             self._written = self._publish()
         except OSError as exc:
             self._abort()
-            raise _write_error(self.directory / self.file_name, exc) from exc
+            raise write_error(self.directory / self.file_name, exc) from exc
         except BaseException:
             self._abort()
             raise
@@ -590,7 +590,7 @@ class RejectWriter:
             options = pacsv.WriteOptions(include_header=False, quoting_style="needed")
             self._writer = pacsv.CSVWriter(self._file, schema, write_options=options)
         except OSError as exc:
-            raise _write_error(self.path, exc) from exc
+            raise write_error(self.path, exc) from exc
         self._schema = schema
 
     def write(self, rejects: pa.Table) -> None:
@@ -610,7 +610,7 @@ class RejectWriter:
         try:
             self._writer.write_table(table)
         except OSError as exc:
-            raise _write_error(self.path, exc) from exc
+            raise write_error(self.path, exc) from exc
         self.rows += table.num_rows
 
     def close(self) -> int:
@@ -620,7 +620,7 @@ class RejectWriter:
                 self._writer.close()
                 _sync_close(self._file)
             except OSError as exc:
-                raise _write_error(self.path, exc) from exc
+                raise write_error(self.path, exc) from exc
         return self.rows
 
     def __enter__(self) -> RejectWriter:
@@ -742,7 +742,7 @@ def write_manifest(path: Path, manifest: Mapping[str, object]) -> None:
     try:
         replace_text(Path(path), text, mode=0o600)
     except OSError as exc:
-        raise _write_error(Path(path), exc) from exc
+        raise write_error(Path(path), exc) from exc
 
 
 def replace_text(path: Path, text: str, *, mode: int) -> None:
