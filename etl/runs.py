@@ -8,6 +8,7 @@ instead of escaping as a traceback.
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import secrets
@@ -179,7 +180,7 @@ def _run_locked(context: RunContext, store: StateStore, kind: str, body: JobBody
     except KeyboardInterrupt:
         status, error = "interrupted", "interrupted by the user or a signal"
     except Exception as exc:  # a bug of ours: record it, keep the traceback in the log, not on the user's screen
-        status, error = "failed", redact(f"internal error ({type(exc).__name__}: {exc}) — please report it")
+        status, error = "failed", redact(_unexpected(exc))
         log.debug("internal error", exc_info=True, extra={"fields": fields})
     duration = round(time.perf_counter() - began, 3)
     context.details["steps"] = context.steps
@@ -202,6 +203,19 @@ def _run_locked(context: RunContext, store: StateStore, kind: str, body: JobBody
     if status == "interrupted" and stop is None:  # Ctrl-C on a one-shot run ends the command too
         raise KeyboardInterrupt
     return outcome
+
+
+#: a write that fails for one of these is the machine's state, not a bug: said so wherever it happens
+_DISK_ERRNOS = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is used up",
+                errno.EROFS: "the file system is read-only"}
+
+
+def _unexpected(exc: Exception) -> str:
+    """The message of an exception no layer turned into an AudienceSyncError."""
+    if isinstance(exc, OSError) and exc.errno in _DISK_ERRNOS:
+        where = f" writing {exc.filename}" if exc.filename else ""
+        return f"{_DISK_ERRNOS[exc.errno]} ({exc.strerror}{where}) — free some space or fix the volume, then run again"
+    return f"internal error ({type(exc).__name__}: {exc}) — please report it"
 
 
 def mark_dead_runs(store: StateStore, activation: str, run_id: str, runs_dir: Path) -> list[str]:

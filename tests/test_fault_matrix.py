@@ -41,7 +41,7 @@ from etl.actito.sandbox import ActitoSandbox
 from etl.cli import main as cli_main
 from etl.config import Config, load_config
 from etl.delivery import base as delivery_base
-from etl.runs import RunOutcome, execute, open_store
+from etl.runs import RunContext, RunOutcome, execute, open_store
 from etl.state import RunRecord
 from jobs import job_for
 
@@ -552,3 +552,24 @@ def test_a_full_disk_under_the_ledger_runs_nothing_and_says_so(
     assert shown.code == 1 and "Traceback" not in shown.said
     assert "cannot take the lock: database or disk is full — nothing was run" in shown.err
     assert {path.name: path.read_bytes() for path in outbox.iterdir()} == before
+
+
+def test_a_full_disk_anywhere_in_a_run_is_said_as_such(demo_project: Path, full_disk: Callable[[Path], Path]) -> None:
+    """A write no layer wrapped (a job kind written later, a library's own temporary file) that fails
+    with ENOSPC is the machine's state, not an internal error to report."""
+    spool = full_disk(demo_project.parent / "spool")
+    fill(spool)
+
+    def body(context: RunContext) -> None:
+        (spool / "more.bin").write_bytes(b"x" * 65536)
+
+    config = load_config(demo_project)
+    store = open_store(config)
+    try:
+        outcome = execute(config, store, AUDIENCE, "audience", body, stop=threading.Event())
+    finally:
+        store.close()
+
+    assert outcome.status == "failed" and outcome.error is not None
+    assert outcome.error.startswith("the disk is full (No space left on device")
+    assert "free some space" in outcome.error and "internal error" not in outcome.error
