@@ -44,6 +44,8 @@ _SCHEMA = pa.schema([(MEMBER, pa.string()), (HASH, pa.uint64())])
 #: the stored hashes are reused only if this version's hash function gives these same values
 _PROBES = pa.array(["", "a", "someone@example.org", "1234567890123", "é" * 21])
 _HASH_CHECK = b"audience_sync_hash_check"
+#: members gathered into one row group (about 2 MB of e-mails): few row groups, little memory
+ROW_GROUP_ROWS = 65_536
 
 
 @dataclass(frozen=True)
@@ -124,11 +126,14 @@ class MemberSnapshot:
 
 
 class StagedMembers:
-    """The next snapshot, written batch by batch as the run writes its file: each batch becomes a row
-    group sorted by hash, with its hashes, so nothing accumulates in memory while the audience streams."""
+    """The next snapshot, written batch by batch as the run writes its file: batches are gathered into
+    row groups of about ROW_GROUP_ROWS members, each sorted by hash and holding its hashes, so nothing
+    accumulates in memory while the audience streams."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
+        self._pending: list[pa.Array] = []
+        self._pending_rows = 0
         with self._writing():
             path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
             self._handle = open(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb")
@@ -147,15 +152,30 @@ class StagedMembers:
         except OSError as exc:
             raise write_error(self.path, exc) from exc
 
-    def add(self, members: pa.Array) -> None:
+    def add(self, members: pa.Array | pa.ChunkedArray) -> None:
         if not len(members):
             return
+        if isinstance(members, pa.ChunkedArray):
+            members = members.combine_chunks()
         if not pa.types.is_string(members.type):
             members = pc.cast(members, pa.string())  # profileIds: the text the file holds
+        self._pending.append(members)
+        self._pending_rows += len(members)
+        if self._pending_rows >= ROW_GROUP_ROWS:
+            self._flush()
+
+    def _flush(self) -> None:
+        """One row group of the batches gathered so far: gathered, because a row group per small
+        chunk (chunk_size = 100) made 3,000 row groups of a 300k audience, each with its own
+        metadata to write and to read back, and the diff ten times slower."""
+        if not self._pending:
+            return
+        members = pa.concat_arrays(self._pending)
+        self._pending, self._pending_rows = [], 0
         hashes = hash_identifiers(members)
         order = np.argsort(hashes)
-        # one row group per batch, whatever its size (pyarrow would split one of over 1,048,576 rows,
-        # and the halves would no longer be sorted on their own)
+        # one row group, whatever its size (pyarrow would split one of over 1,048,576 rows, and the
+        # halves would no longer be sorted on their own)
         with self._writing():
             self._writer.write_table(pa.table([members.take(pa.array(order)), hashes[order]], schema=_SCHEMA),
                                      row_group_size=len(members))
@@ -164,6 +184,7 @@ class StagedMembers:
         if not self._handle.closed:
             with self._writing():
                 try:
+                    self._flush()
                     self._writer.close()
                 finally:
                     self._handle.close()

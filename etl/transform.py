@@ -208,12 +208,24 @@ def _acceptable_email() -> str:
     return EMAIL_SHAPE.removesuffix(f"{_LABEL}$") + f"(?:{tlds})$"
 
 
+#: Below this many values the TLD is looked up apart from the shape: RE2 compiles the one-pass
+#: pattern (every TLD spelled out) at each call, about 3 ms, and it saves about 0.1 µs a value, so
+#: with small chunks (chunk_size = 100: 3,000 calls for 300k rows) the one pass doubled a run's time.
+ONE_PASS_MIN_VALUES = 30_000
+
+
 def _email_shape(values: pa.Array) -> pa.Array:
     """Boolean per value: the whole address is acceptable (shape, known TLD and length)."""
-    shaped = pc.match_substring_regex(values, _acceptable_email())
+    if len(values) >= ONE_PASS_MIN_VALUES:
+        acceptable = pc.match_substring_regex(values, _acceptable_email())
+    else:
+        shaped = pc.fill_null(pc.match_substring_regex(values, EMAIL_SHAPE), False)
+        # the text after the last dot; every shaped value has one (others are given a dummy)
+        parts = pc.split_pattern(pc.if_else(shaped, values, "."), ".", max_splits=1, reverse=True)
+        acceptable = pc.and_kleene(shaped, pc.is_in(pc.list_element(parts, 1), value_set=known_tlds()))
     # an acceptable address is ASCII, so its length in bytes is its length in characters
     short = pc.less_equal(pc.binary_length(values), MAX_EMAIL_LENGTH)
-    return pc.fill_null(pc.and_kleene(shaped, short), False)
+    return pc.fill_null(pc.and_kleene(acceptable, short), False)
 
 
 def email_rejection_reasons(values: pa.Array) -> pa.Array:

@@ -20,10 +20,12 @@ from etl.transform import (
     HEADER,
     PROFILE_ID_REASONS,
     AudienceCleaner,
+    ONE_PASS_MIN_VALUES,
     AudienceCounts,
     SeenHashes,
     email_rejection_reasons,
     known_tlds,
+    normalise_emails,
 )
 
 TLDS = set(known_tlds().to_pylist())
@@ -115,6 +117,17 @@ def test_invalid_addresses_are_rejected_with_the_most_basic_reason(raw: str | No
 
 def test_the_rule_matrix_covers_every_reason() -> None:
     assert {reason for _, reason in INVALID} == set(EMAIL_REASONS)
+
+
+def test_small_and_large_chunks_judge_every_address_alike() -> None:
+    """Large chunks check the shape and the TLD in one pass, small ones apart (see ONE_PASS_MIN_VALUES):
+    the matrix repeated into one large chunk must get, value by value, the reason each gets alone."""
+    values = normalise_emails(pa.array([raw for raw, _ in VALID] + [raw for raw, _ in INVALID]))
+    alone = [email_rejection_reasons(values.slice(i, 1)).to_pylist()[0] for i in range(len(values))]
+    repeats = ONE_PASS_MIN_VALUES // len(values) + 1
+    together = email_rejection_reasons(pa.concat_arrays([values] * repeats)).to_pylist()
+    assert together == alone * repeats
+    assert alone.count(None) == len(VALID)
 
 
 def test_reasons_of_already_normalised_values() -> None:
