@@ -133,6 +133,7 @@ class StagedMembers:
     def __init__(self, path: Path) -> None:
         self.path = path
         self._pending: list[pa.Array] = []
+        self._pending_hashes: list[np.ndarray] = []
         self._pending_rows = 0
         with self._writing():
             path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -152,7 +153,8 @@ class StagedMembers:
         except OSError as exc:
             raise write_error(self.path, exc) from exc
 
-    def add(self, members: pa.Array | pa.ChunkedArray) -> None:
+    def add(self, members: pa.Array | pa.ChunkedArray, hashes: np.ndarray | None = None) -> None:
+        """``hashes``: `hash_identifiers` of ``members`` if the caller has them (the cleaner does)."""
         if not len(members):
             return
         if isinstance(members, pa.ChunkedArray):
@@ -160,6 +162,7 @@ class StagedMembers:
         if not pa.types.is_string(members.type):
             members = pc.cast(members, pa.string())  # profileIds: the text the file holds
         self._pending.append(members)
+        self._pending_hashes.append(hash_identifiers(members) if hashes is None else hashes)
         self._pending_rows += len(members)
         if self._pending_rows >= ROW_GROUP_ROWS:
             self._flush()
@@ -170,9 +173,8 @@ class StagedMembers:
         metadata to write and to read back, and the diff ten times slower."""
         if not self._pending:
             return
-        members = pa.concat_arrays(self._pending)
-        self._pending, self._pending_rows = [], 0
-        hashes = hash_identifiers(members)
+        members, hashes = pa.concat_arrays(self._pending), np.concatenate(self._pending_hashes)
+        self._pending, self._pending_hashes, self._pending_rows = [], [], 0
         order = np.argsort(hashes)
         # one row group, whatever its size (pyarrow would split one of over 1,048,576 rows, and the
         # halves would no longer be sorted on their own)

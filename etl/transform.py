@@ -152,6 +152,8 @@ class CleanBatch:
     identifiers: pa.Array
     #: every dropped row: row (1-based over the stream), value (original, as text), reason
     rejects: pa.Table = field(default_factory=REJECTS_SCHEMA.empty_table)
+    #: `hash_identifiers` of ``identifiers``, computed for the dedupe: the members snapshot reuses them
+    hashes: np.ndarray = field(default_factory=lambda: np.empty(0, np.uint64))
 
 
 @functools.cache
@@ -607,7 +609,8 @@ class AudienceCleaner:
         valid = pc.is_null(reasons)
         valid_positions = np.flatnonzero(valid.to_numpy(zero_copy_only=False))
         candidates = identifiers.take(pa.array(valid_positions, pa.int64()))
-        keep = self._seen.add_new(hash_identifiers(candidates))
+        candidate_hashes = hash_identifiers(candidates)
+        keep = self._seen.add_new(candidate_hashes)
         kept = candidates.filter(pa.array(keep))
         duplicate_positions = valid_positions[~keep]
 
@@ -635,7 +638,7 @@ class AudienceCleaner:
         self.counts.rejected += len(invalid_positions)
         self.counts.duplicates += len(duplicate_positions)
         self.counts.kept += len(kept)
-        return CleanBatch(identifiers=kept, rejects=rejects)
+        return CleanBatch(identifiers=kept, rejects=rejects, hashes=candidate_hashes[keep])
 
     def _identifier_column(self, names: list[str]) -> str:
         if self.column_used is not None:

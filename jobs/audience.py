@@ -153,7 +153,7 @@ def _write_audience(
     ):
         for cleaner, cleaned in cleaned_batches(context.config, context.activation, context.started_at):
             writer.write(cleaned.identifiers)
-            members.add(cleaned.identifiers)
+            members.add(cleaned.identifiers, cleaned.hashes)
             rejects.write(cleaned.rejects)
             counts = cleaner.counts
             context.tick(vars(counts))
