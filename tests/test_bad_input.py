@@ -7,13 +7,11 @@ from __future__ import annotations
 import csv
 import io
 import os
-import signal
 import sqlite3
 import subprocess
 import sys
 import textwrap
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable
 from pathlib import Path
 
 import pyarrow as pa
@@ -22,9 +20,9 @@ import sqlalchemy as sa
 
 import dbservers
 from etl.actito.mapping import FieldRule, apply_rule
-from etl.cli import main
 from etl.errors import FileWriteError
 from etl.snapshots import replace_parquet
+from conftest import Shown
 from test_transform import INVALID
 
 BASE = """
@@ -46,27 +44,15 @@ identifier = "email"
 """
 
 
-@dataclass
-class Result:
-    code: int
-    out: str
-    err: str
-
-    @property
-    def text(self) -> str:
-        return self.out + self.err
-
-
 @pytest.fixture
-def project(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Iterator[Callable[..., Result]]:
+def project(tmp_path: Path, cli: Callable[..., Shown]) -> Callable[..., Shown]:
     """``project(*args, toml=BASE, sql=..., env={})``: run the CLI in a project directory with a SQLite
     warehouse holding table ``c`` (empty unless a test fills it)."""
     with sqlite3.connect(tmp_path / "wh.db") as db:
         db.execute("CREATE TABLE c (id INTEGER, email TEXT, pid, raw BLOB)")
-    sigterm = signal.getsignal(signal.SIGTERM)
 
     def run(*args: str, toml: str | bytes = BASE, sql: str | bytes = "SELECT email FROM c",
-            env: dict[str, str] | None = None) -> Result:
+            env: dict[str, str] | None = None) -> Shown:
         config = tmp_path / "schedules.toml"
         config.write_bytes(toml if isinstance(toml, bytes) else textwrap.dedent(toml).encode())
         sql_file = tmp_path / "a.sql"
@@ -74,18 +60,15 @@ def project(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Iterator[Call
         saved = {name: os.environ.get(name) for name in (env or {})}
         os.environ.update(env or {})
         try:
-            code = main(["--config", str(tmp_path / "schedules.toml"), *args])
+            return cli(config, *args)
         finally:
             for name, value in saved.items():
                 if value is None:
                     os.environ.pop(name, None)
                 else:
                     os.environ[name] = value
-        captured = capsys.readouterr()
-        return Result(code, captured.out, captured.err)
 
-    yield run
-    signal.signal(signal.SIGTERM, sigterm)
+    return run
 
 
 def fill(tmp_path: Path, rows: list[tuple[object, ...]], columns: str = "id, email") -> None:
@@ -107,11 +90,11 @@ def rejects_of(tmp_path: Path) -> list[dict[str, str]]:
     return list(csv.DictReader(io.StringIO(raw.decode("utf-8"), newline="")))
 
 
-def assert_clear(result: Result, code: int, *fragments: str) -> None:
-    assert result.code == code, result.text
-    assert "Traceback" not in result.text and "internal error" not in result.text, result.text
+def assert_clear(result: Shown, code: int, *fragments: str) -> None:
+    assert result.code == code, result.said
+    assert "Traceback" not in result.said and "internal error" not in result.said, result.said
     for fragment in fragments:
-        assert fragment in result.text, (fragment, result.text)
+        assert fragment in result.said, (fragment, result.said)
 
 
 # --------------------------------------------------------------------------- the configuration: exit 2
@@ -179,16 +162,16 @@ CONFIG_CASES = {
 
 
 @pytest.mark.parametrize("case", CONFIG_CASES, ids=list(CONFIG_CASES))
-def test_configuration_mistakes_are_named_with_exit_2(project: Callable[..., Result], case: str) -> None:
+def test_configuration_mistakes_are_named_with_exit_2(project: Callable[..., Shown], case: str) -> None:
     toml, env, fragments = CONFIG_CASES[case]
     sql = "SELECT email FROM c WHERE id >= :min_orders" if case == "undeclared parameter" else "SELECT email FROM c"
     for command in (["validate"], ["run", "a"]):
         result = project(*command, toml=toml, env=env, sql=sql)
         assert_clear(result, 2, "problem", *fragments)
-        assert "s3cr3t-list" not in result.text
+        assert "s3cr3t-list" not in result.said
 
 
-def test_a_configuration_that_is_not_utf8_or_missing(project: Callable[..., Result], tmp_path: Path) -> None:
+def test_a_configuration_that_is_not_utf8_or_missing(project: Callable[..., Shown], tmp_path: Path) -> None:
     latin1 = project("validate", toml=BASE.replace("acme", "acm\xe9").encode("latin-1"))
     assert_clear(latin1, 2, "schedules.toml: not UTF-8 text (invalid continuation byte at byte")
     assert_clear(project("validate", "--config", str(tmp_path / "nowhere.toml")), 2,
@@ -202,14 +185,14 @@ def test_a_failed_run_in_its_own_process_shows_no_traceback(tmp_path: Path) -> N
     (tmp_path / "a.sql").write_text("SELECT email FROM c WHERE")
     done = subprocess.run([sys.executable, "-m", "etl", "--config", str(tmp_path / "schedules.toml"), "run", "a"],
                           capture_output=True, text=True, timeout=120)
-    assert_clear(Result(done.returncode, done.stdout, done.stderr), 1, "a.sql: incomplete input", "fix the query")
+    assert_clear(Shown(done.returncode, done.stdout, done.stderr), 1, "a.sql: incomplete input", "fix the query")
 
 
-def test_an_unknown_activation_is_named_with_the_known_ones(project: Callable[..., Result]) -> None:
+def test_an_unknown_activation_is_named_with_the_known_ones(project: Callable[..., Shown]) -> None:
     assert_clear(project("run", "nope"), 2, "activation 'nope': not in the configuration (known: a)")
 
 
-def test_sql_files_outside_the_project_are_the_operators_choice(project: Callable[..., Result], tmp_path: Path) -> None:
+def test_sql_files_outside_the_project_are_the_operators_choice(project: Callable[..., Shown], tmp_path: Path) -> None:
     shared = tmp_path.parent / f"{tmp_path.name}-shared.sql"
     shared.write_text("SELECT email FROM c")
     assert_clear(project("validate", toml=BASE.replace('sql = "a.sql"', f'sql = "{shared}"')), 0, "ok")
@@ -234,7 +217,7 @@ QUERY_CASES = {
 
 @pytest.mark.parametrize("case", QUERY_CASES, ids=list(QUERY_CASES))
 def test_query_problems_fail_the_run_with_the_databases_words(
-    project: Callable[..., Result], tmp_path: Path, case: str
+    project: Callable[..., Shown], tmp_path: Path, case: str
 ) -> None:
     fill(tmp_path, [(1, "a@x.com"), (2, "b@x.com")])
     sql, fragments = QUERY_CASES[case]
@@ -243,13 +226,13 @@ def test_query_problems_fail_the_run_with_the_databases_words(
     assert not (tmp_path / "outbox").exists() or not list((tmp_path / "outbox").iterdir())
 
 
-def test_an_intended_empty_audience_is_delivered_with_force(project: Callable[..., Result], tmp_path: Path) -> None:
+def test_an_intended_empty_audience_is_delivered_with_force(project: Callable[..., Shown], tmp_path: Path) -> None:
     assert_clear(project("run", "a", "--force"), 0)
     assert (tmp_path / "outbox" / "a.csv").read_text() == "emailAddress\n"
 
 
 @pytest.mark.parametrize("dialect", ["postgresql", "mariadb"])
-def test_query_problems_on_server_databases(project: Callable[..., Result], tmp_path: Path, dialect: str) -> None:
+def test_query_problems_on_server_databases(project: Callable[..., Shown], tmp_path: Path, dialect: str) -> None:
     url = dbservers.postgres_url() if dialect == "postgresql" else dbservers.mariadb_url()
     table = dbservers.unique_name("bad_input")
     blob = "bytea" if dialect == "postgresql" else "varbinary(64)"
@@ -291,7 +274,7 @@ DIRTY_EMAILS = [
 
 
 def test_ten_and_more_kinds_of_dirty_emails_are_rejected_with_their_reason(
-    project: Callable[..., Result], tmp_path: Path
+    project: Callable[..., Shown], tmp_path: Path
 ) -> None:
     fill(tmp_path, [(i, value) for i, (value, _) in enumerate(DIRTY_EMAILS, start=1)])
     result = project("run", "a", sql="SELECT email FROM c ORDER BY id")
@@ -320,7 +303,7 @@ DIRTY_PROFILE_IDS: list[tuple[object, str | None]] = [
 ]
 
 
-def test_dirty_profile_ids_are_rejected_with_their_reason(project: Callable[..., Result], tmp_path: Path) -> None:
+def test_dirty_profile_ids_are_rejected_with_their_reason(project: Callable[..., Shown], tmp_path: Path) -> None:
     fill(tmp_path, [(i, value) for i, (value, _) in enumerate(DIRTY_PROFILE_IDS, start=1)], columns="id, pid")
     toml = BASE.replace('identifier = "email"', 'identifier = "profileId"')
     assert_clear(project("run", "a", toml=toml, sql='SELECT pid AS "profileId" FROM c ORDER BY id'), 0)
@@ -331,7 +314,7 @@ def test_dirty_profile_ids_are_rejected_with_their_reason(project: Callable[...,
 
 
 def test_bytes_that_are_not_utf8_huge_values_and_nuls_are_rows_rejected(
-    project: Callable[..., Result], tmp_path: Path
+    project: Callable[..., Shown], tmp_path: Path
 ) -> None:
     with sqlite3.connect(tmp_path / "wh.db") as db:
         db.execute("INSERT INTO c (id, email) VALUES (1, 'ok@example.com')")
@@ -347,7 +330,7 @@ def test_bytes_that_are_not_utf8_huge_values_and_nuls_are_rows_rejected(
     assert rejects[2] == {"row": "4", "value": "a\x00@example.com", "reason": "character not allowed before the @"}
 
 
-def test_a_blob_column_is_read_as_utf8(project: Callable[..., Result], tmp_path: Path) -> None:
+def test_a_blob_column_is_read_as_utf8(project: Callable[..., Shown], tmp_path: Path) -> None:
     fill(tmp_path, [(1, b"Blob@Example.com"), (2, b"caf\xe9@x.com")], columns="id, raw")
     assert_clear(project("run", "a", sql="SELECT raw AS email FROM c ORDER BY id"), 0)
     assert (tmp_path / "outbox" / "a.csv").read_text() == "emailAddress\nblob@example.com\n"
@@ -360,7 +343,7 @@ FORMULAS = ["=HYPERLINK(\"http://x\",\"y\")", "+1+1", "-2+3", "@SUM(A1)", "\t=1+
             "=cmd|' /C calc'!A0", 'a,"b"\r\nc', "-1@x"]
 
 
-def test_reject_values_are_defused_and_the_file_stays_rfc_4180(project: Callable[..., Result], tmp_path: Path) -> None:
+def test_reject_values_are_defused_and_the_file_stays_rfc_4180(project: Callable[..., Shown], tmp_path: Path) -> None:
     fill(tmp_path, [(i, value) for i, value in enumerate(FORMULAS, start=1)])
     assert_clear(project("run", "a", "--force", sql="SELECT email FROM c ORDER BY id"), 0)
     rejects = rejects_of(tmp_path)
@@ -374,7 +357,7 @@ def test_reject_values_are_defused_and_the_file_stays_rfc_4180(project: Callable
 # --------------------------------------------------------------------------- symbolic links
 
 
-def test_a_link_at_the_final_name_is_replaced_not_followed(project: Callable[..., Result], tmp_path: Path) -> None:
+def test_a_link_at_the_final_name_is_replaced_not_followed(project: Callable[..., Shown], tmp_path: Path) -> None:
     fill(tmp_path, [(1, "a@x.com")])
     victim = tmp_path / "victim.txt"
     victim.write_text("precious\n")
@@ -386,7 +369,7 @@ def test_a_link_at_the_final_name_is_replaced_not_followed(project: Callable[...
     assert not delivered.is_symlink() and delivered.read_text() == "emailAddress\na@x.com\n"
 
 
-def test_an_outbox_that_is_a_link_is_refused(project: Callable[..., Result], tmp_path: Path) -> None:
+def test_an_outbox_that_is_a_link_is_refused(project: Callable[..., Shown], tmp_path: Path) -> None:
     fill(tmp_path, [(1, "a@x.com")])
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
@@ -397,7 +380,7 @@ def test_an_outbox_that_is_a_link_is_refused(project: Callable[..., Result], tmp
     assert list(elsewhere.iterdir()) == []  # a link swapped in after validation: tests/test_delivery_local.py
 
 
-def test_a_link_in_the_state_directory_is_refused(project: Callable[..., Result], tmp_path: Path) -> None:
+def test_a_link_in_the_state_directory_is_refused(project: Callable[..., Shown], tmp_path: Path) -> None:
     fill(tmp_path, [(1, "a@x.com")])
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()

@@ -11,10 +11,8 @@ from __future__ import annotations
 
 import csv
 import errno
-import logging
 import os
 import shutil
-import signal
 import subprocess
 import threading
 from collections.abc import Callable, Iterator
@@ -24,6 +22,7 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
+from conftest import Shown
 from servers import (
     PASSWORD,
     Cuts,
@@ -38,8 +37,7 @@ from servers import (
 
 import dbservers
 from etl.actito.sandbox import ActitoSandbox
-from etl.cli import main as cli_main
-from etl.config import Config, load_config
+from etl.config import load_config
 from etl.delivery import base as delivery_base
 from etl.runs import RunContext, RunOutcome, execute, open_store
 from etl.state import RunRecord
@@ -56,36 +54,6 @@ SANDBOX_KEY = "sandbox-demo-key"
 
 
 # --------------------------------------------------------------------------- what the user sees
-
-
-@dataclass
-class Shown:
-    code: int
-    out: str
-    err: str
-
-    @property
-    def said(self) -> str:
-        return self.out + self.err
-
-
-@pytest.fixture
-def cli(capsys: pytest.CaptureFixture[str]) -> Iterator[Callable[..., Shown]]:
-    """``audience-sync --config CONFIG ARGS…`` in this process; its exit code, stdout and stderr."""
-    root = logging.getLogger()
-    handlers, level = root.handlers[:], root.level
-    sigterm = signal.getsignal(signal.SIGTERM)
-
-    def run(config: Path, *args: str) -> Shown:
-        capsys.readouterr()
-        code = cli_main(["--config", str(config), *args])
-        out, err = capsys.readouterr()
-        return Shown(code, out, err)
-
-    yield run
-    signal.signal(signal.SIGTERM, sigterm)
-    root.handlers[:] = handlers
-    root.setLevel(level)
 
 
 @pytest.fixture
