@@ -90,6 +90,28 @@ def utcnow() -> datetime:
     return datetime.now(UTC).replace(tzinfo=None)
 
 
+#: the ledger database's own clock as naive UTC, per dialect; others fall back to this host's clock
+_DATABASE_NOW = {
+    "postgresql": "SELECT CAST(timezone('UTC', clock_timestamp()) AS timestamp)",
+    "mysql": "SELECT UTC_TIMESTAMP(6)",
+    "mariadb": "SELECT UTC_TIMESTAMP(6)",
+    "sqlite": "SELECT strftime('%Y-%m-%d %H:%M:%f', 'now')",
+}
+
+
+def database_now(conn: sa.Connection) -> datetime:
+    """Naive UTC as the ledger database sees it.
+
+    Leases shared by several hosts must be judged on one clock: a replica whose clock runs hours
+    ahead would otherwise see every live lease as expired. A SQLite ledger is a local file, so its
+    clock is this host's anyway."""
+    query = _DATABASE_NOW.get(conn.dialect.name)
+    if query is None:
+        return utcnow()
+    value = conn.execute(sa.text(query)).scalar_one()
+    return value if isinstance(value, datetime) else datetime.fromisoformat(str(value))
+
+
 @dataclass(frozen=True)
 class RunRecord:
     run_id: str
