@@ -192,7 +192,7 @@ class Settings(_Model):
     state_dir: Path = Path("var/state")
     state_url: SecretStr | None = None
     chunk_size: int = Field(default=50_000, ge=100, le=5_000_000)
-    lock_ttl_minutes: int = Field(default=360, ge=1)
+    lock_ttl_minutes: float = Field(default=360, ge=0.1)
     #: the scheduler still starts a run this late (after downtime, a busy previous run); later, the slot is skipped
     misfire_grace_seconds: int = Field(default=900, ge=1)
     #: on SIGTERM, how long a running activation may take to finish before it is stopped (recorded interrupted)

@@ -71,3 +71,9 @@ class LockBusy(AudienceSyncError):
     """Another process is running the same activation; this run did nothing."""
 
     exit_code = 3
+
+
+class LeaseLost(AudienceSyncError):
+    """This run no longer holds its activation's lease: it stalled longer than the lease
+    (``settings.lock_ttl_minutes``) and another run took the activation over. Whatever this run had
+    not yet made irreversible is abandoned, so the newer run's delivery stands."""

@@ -23,8 +23,9 @@ from pathlib import Path
 from typing import Any
 
 from etl.config import Config
-from etl.errors import AudienceSyncError, LockBusy
+from etl.errors import AudienceSyncError, LeaseLost, LockBusy
 from etl.files import private_directory
+from etl.leases import Lease, hold
 from etl.logs import redact
 from etl.state import StateStore
 
@@ -39,12 +40,17 @@ CHECKPOINTS = ("extracted", "written", "delivered", "confirmed", "recorded")
 #: ``chunk`` (after the first extracted chunk) or ``posted`` (an import POST answered, its execution
 #: id not yet in the ledger), SIGKILLs its own process there — a real crash at a known point.
 KILL_AT_ENV = "AUDIENCE_SYNC_KILL_AT"
+#: The same points, but the process stops itself (SIGSTOP: every thread, the lease heartbeat too)
+#: until someone sends it SIGCONT — a stalled run, as a frozen VM or a long GC pause makes one.
+STALL_AT_ENV = "AUDIENCE_SYNC_STALL_AT"
 
 
 def kill_point(name: str) -> None:
-    """Die here, as abruptly as a process can, if the fault-injection variable asks for it."""
+    """Die (or stall) here, as abruptly as a process can, if the fault-injection variables ask for it."""
     if os.environ.get(KILL_AT_ENV) == name:
         os.kill(os.getpid(), signal.SIGKILL)
+    if os.environ.get(STALL_AT_ENV) == name:
+        os.kill(os.getpid(), signal.SIGSTOP)
 
 
 def open_store(config: Config) -> StateStore:
@@ -81,20 +87,32 @@ class RunContext:
     force: bool = False
     #: the ledger, where checkpoints are recorded as they are reached
     store: StateStore | None = None
+    #: the activation's lease this run holds (None for a preview)
+    lease: Lease | None = None
 
     def tick(self, counts: dict[str, int]) -> None:
         """Called between chunks: report progress, and stop here if asked to (nothing is delivered then)."""
         if self.stop is not None and self.stop.is_set():
             raise RunInterrupted("stopped by a shutdown before it finished; nothing was delivered")
+        if self.lease is not None and self.lease.lost.is_set():
+            raise self.lease.lost_error(None)
         self.progress(self.activation, counts)
         kill_point("chunk")
 
+    def fence(self) -> None:
+        """Called before every irreversible step (a rename into place, a removal, a snapshot replace,
+        an import POST): renews the lease, or stops the run with LeaseLost if another run took it."""
+        if self.lease is not None:
+            self.lease.fence()
+
     def checkpoint(self, name: str) -> None:
         """The run reached ``name`` (one of CHECKPOINTS): written to the ledger at once, with the
-        details known so far (files and their sha256 ...), before the run goes on."""
+        details known so far (files and their sha256 ...), before the run goes on. The write is
+        fenced: a run that lost its lease stops here."""
         self.details["checkpoint"] = name
         if self.store is not None:
-            self.store.save_progress(self.run_id, {**self.details, "steps": self.steps}, **self.results)
+            self.store.save_progress(self.run_id, {**self.details, "steps": self.steps}, fence=self.lease,
+                                     **self.results)
         kill_point(name)
 
     @contextmanager
@@ -149,10 +167,10 @@ def execute(
     ttl = timedelta(minutes=config.settings.lock_ttl_minutes)
     began = time.perf_counter()
     try:
-        with store.lock(activation, ttl):
+        with hold(store, activation, run_id, ttl) as lease:
             context = RunContext(config, activation, run_id, started_at, dry_run,
                                  config.state_dir / "runs" / activation / run_id, stop=stop, force=force,
-                                 store=store)
+                                 store=store, lease=lease)
             if progress is not None:
                 context.progress = progress
             return _run_locked(context, store, kind, body, began)
@@ -186,15 +204,7 @@ def _run_locked(context: RunContext, store: StateStore, kind: str, body: JobBody
     context.details["steps"] = context.steps
     if status == "succeeded":
         context.details["checkpoint"] = "recorded"
-    store.finish_run(
-        run_id,
-        status,
-        finished_at=datetime.now(UTC).replace(tzinfo=None),
-        duration_s=duration,
-        error=error,
-        details=context.details,
-        **context.results,
-    )
+    status, error = _record(context, status, error, duration)
     kill_point("recorded")
     level = logging.INFO if status == "succeeded" else logging.ERROR
     log.log(level, "run %s%s", status, f": {error}" if error else "", extra={"fields": {**fields, **context.results}})
@@ -203,6 +213,22 @@ def _run_locked(context: RunContext, store: StateStore, kind: str, body: JobBody
     if status == "interrupted" and stop is None:  # Ctrl-C on a one-shot run ends the command too
         raise KeyboardInterrupt
     return outcome
+
+
+def _record(context: RunContext, status: str, error: str | None, duration: float) -> tuple[str, str | None]:
+    """Write the run's final row under its lease; a run that lost it (whatever it then failed on, a
+    successor having removed its files, say) is recorded as such instead, never as succeeded."""
+    store, lease = context.store, context.lease
+    assert store is not None and lease is not None
+    values = {"finished_at": datetime.now(UTC).replace(tzinfo=None), "duration_s": duration,
+              "details": context.details, **context.results}
+    try:
+        store.finish_run(context.run_id, status, fence=lease, error=error, **values)
+    except LeaseLost as lost:
+        status, error = "failed", lost.message()
+        context.details["lease"] = "lost"
+        store.finish_run(context.run_id, status, error=error, **values)
+    return status, error
 
 
 #: a write that fails for one of these is the machine's state, not a bug: said so wherever it happens
@@ -227,7 +253,8 @@ def mark_dead_runs(store: StateStore, activation: str, run_id: str, runs_dir: Pa
     dead_ids: list[str] = []
     for dead in store.unfinished_runs(activation):
         stopped = dead.details.get("checkpoint") or "starting"
-        error = f"the process died after '{stopped}' (killed or crashed); run {run_id} recovered it"
+        error = (f"the process died after '{stopped}' (killed or crashed) or stalled past its lease; "
+                 f"run {run_id} recovered it")
         store.finish_run(dead.run_id, "interrupted", finished_at=datetime.now(UTC).replace(tzinfo=None),
                          error=error, details={**dead.details, "recovered_by": run_id})
         _remove_partial_files(runs_dir / dead.run_id)

@@ -1,27 +1,26 @@
-"""The run ledger and activation locks, in any SQLAlchemy database.
+"""The run ledger, in any SQLAlchemy database: runs, Actito imports, schedule slots (and, from
+etl.leases, the activation leases).
 
 Default: a SQLite file in the state directory, so a single machine needs nothing else; a shared
 PostgreSQL URL lets several hosts (cron on two machines, scheduler replicas) see one history and
-one set of locks. Locks are expiring lease rows rather than OS file locks because they must hold
-across hosts and survive a crashed holder (the lease simply runs out).
+one set of leases.
 """
 
 from __future__ import annotations
 
 import os
-import socket
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
-from etl.errors import LockBusy, StateError
+from etl.errors import StateError
 
 metadata = sa.MetaData()
 
@@ -46,11 +45,16 @@ runs = sa.Table(
     sa.Column("details", sa.JSON),
 )
 
-locks = sa.Table(
-    "locks",
+leases = sa.Table(
+    "leases",
     metadata,
     sa.Column("activation", sa.String(100), primary_key=True),
+    #: the fencing token: one more at every acquisition, never reset
+    sa.Column("token", sa.BigInteger, nullable=False),
+    #: ``host:pid:store`` of the holder; empty once released
     sa.Column("owner", sa.String(200), nullable=False),
+    #: the run that took the lease last
+    sa.Column("run_id", sa.String(64), nullable=False),
     sa.Column("acquired_at", sa.DateTime, nullable=False),
     sa.Column("expires_at", sa.DateTime, nullable=False),
 )
@@ -112,6 +116,13 @@ def database_now(conn: sa.Connection) -> datetime:
     return value if isinstance(value, datetime) else datetime.fromisoformat(str(value))
 
 
+class Fence(Protocol):
+    """A held lease (etl.leases.Lease): ``check`` renews it inside the caller's transaction, or raises
+    LeaseLost, so a fenced write and the proof that the lease is still held commit together."""
+
+    def check(self, conn: sa.Connection) -> None: ...
+
+
 @dataclass(frozen=True)
 class RunRecord:
     run_id: str
@@ -157,7 +168,7 @@ class StateStore:
         except SQLAlchemyError as exc:
             shown = sa.make_url(url).render_as_string(hide_password=True)
             raise StateError(
-                f"cannot open the state store: {_first_line(exc)}",
+                f"cannot open the state store: {first_line(exc)}",
                 where=shown,
                 hint="check settings.state_url / settings.state_dir",
             ) from None
@@ -192,19 +203,27 @@ class StateStore:
             )
         )
 
-    def save_progress(self, run_id: str, details: dict[str, Any], **values: Any) -> None:
+    def save_progress(self, run_id: str, details: dict[str, Any], *, fence: Fence | None = None, **values: Any) -> None:
         """Keep what a running run knows so far (its checkpoint, counts, files and their sha256), so a
-        run that dies leaves it readable."""
-        self._write(runs.update().where(runs.c.run_id == run_id).values(details=details, **values))
+        run that dies leaves it readable. Only while the run is still marked running: a successor
+        that took it over has closed its row."""
+        self._write(runs.update().where(runs.c.run_id == run_id, runs.c.status == "running")
+                    .values(details=details, **values), fence=fence)
 
     def unfinished_runs(self, activation: str) -> list[RunRecord]:
         """Runs of ``activation`` still marked running: with its lock held, those processes are dead."""
         return list(reversed(self.runs(activation, status="running", limit=1000)))
 
-    def finish_run(self, run_id: str, status: str, **values: Any) -> None:
+    def finish_run(self, run_id: str, status: str, *, fence: Fence | None = None, **values: Any) -> None:
+        """The run's final row; with ``fence``, written only while the run still holds its lease, in
+        the same transaction (LeaseLost otherwise), so a run taken over can never record success."""
         if status not in RUN_STATUSES:
             raise ValueError(status)
-        self._write(runs.update().where(runs.c.run_id == run_id).values(status=status, **values))
+        self._write(runs.update().where(runs.c.run_id == run_id).values(status=status, **values), fence=fence)
+
+    def write_fenced(self, fence: Fence) -> None:
+        """Renew a lease, or learn it is lost (LeaseLost): the check before an irreversible step."""
+        self._write(None, fence=fence)
 
     def runs(
         self,
@@ -297,56 +316,6 @@ class StateStore:
             raise
         return True
 
-    # ------------------------------------------------------------------ locks
-
-    @contextmanager
-    def lock(self, activation: str, ttl: timedelta) -> Iterator[str]:
-        """Hold the activation's lease for the block; LockBusy if another live process holds it."""
-        owner = f"{socket.gethostname()}:{os.getpid()}:{id(self):x}"
-        self._acquire(activation, owner, ttl)
-        try:
-            yield owner
-        finally:
-            self._write(locks.delete().where(locks.c.activation == activation, locks.c.owner == owner))
-
-    def _acquire(self, activation: str, owner: str, ttl: timedelta) -> None:
-        now = utcnow()
-        try:
-            with self.engine.begin() as conn:
-                conn.execute(
-                    locks.insert().values(activation=activation, owner=owner, acquired_at=now, expires_at=now + ttl)
-                )
-            return
-        except IntegrityError:
-            pass
-        except SQLAlchemyError as exc:
-            raise StateError(
-                f"cannot take the lock: {_first_line(exc)}",
-                where=activation,
-                hint=f"nothing was run: the run ledger {self._shown()} cannot be written (a full disk, "
-                "permissions, or its database is down)",
-            ) from None
-        # a row exists: take it over only if its lease has run out, or its holder is a process of
-        # this host that no longer exists (killed: waiting hours for the lease would block every rerun)
-        with self._connect() as conn, conn.begin():
-            holder = conn.execute(sa.select(locks).where(locks.c.activation == activation)).first()
-            stale = locks.c.expires_at < now
-            if holder is not None and _dead_local_owner(holder.owner):
-                stale = sa.or_(stale, locks.c.owner == holder.owner)
-            taken = conn.execute(
-                locks.update()
-                .where(locks.c.activation == activation, stale)
-                .values(owner=owner, acquired_at=now, expires_at=now + ttl)
-            ).rowcount
-            holder = conn.execute(sa.select(locks).where(locks.c.activation == activation)).first()
-        if taken != 1 and holder is not None:
-            raise LockBusy(
-                f"already running (lock held by {holder.owner} since {holder.acquired_at:%Y-%m-%d %H:%M:%S} UTC, "
-                f"until {holder.expires_at:%Y-%m-%d %H:%M:%S} UTC)",
-                where=activation,
-                hint="wait for that run to end; a crashed holder's lock expires by itself (settings.lock_ttl_minutes)",
-            )
-
     # ------------------------------------------------------------------ plumbing
 
     @contextmanager
@@ -355,32 +324,17 @@ class StateStore:
             with self.engine.connect() as conn:
                 yield conn
         except SQLAlchemyError as exc:
-            raise StateError(f"state store failed: {_first_line(exc)}", where=self._shown()) from None
+            raise StateError(f"state store failed: {first_line(exc)}", where=self.shown()) from None
 
-    def _write(self, statement: sa.Executable) -> None:
+    def _write(self, statement: sa.Executable | None, *, fence: Fence | None = None) -> None:
         with self._connect() as conn, conn.begin():
-            conn.execute(statement)
+            if fence is not None:
+                fence.check(conn)
+            if statement is not None:
+                conn.execute(statement)
 
-    def _shown(self) -> str:
+    def shown(self) -> str:
         return sa.make_url(self.url).render_as_string(hide_password=True)
-
-
-def _dead_local_owner(owner: str) -> bool:
-    """True when a lock owner (``host:pid:store``) names a process of this host that has ended.
-    Another host's process cannot be checked: its lease must run out."""
-    parts = owner.rsplit(":", 2)
-    if len(parts) != 3 or parts[0] != socket.gethostname() or not parts[1].isdigit():
-        return False
-    pid = int(parts[1])
-    if pid == os.getpid():
-        return False  # ours, or a previous container incarnation with the same pid: cannot tell
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    except OSError:
-        return False  # exists, owned by someone else
-    return False
 
 
 def _create_tables(engine: sa.Engine, attempts: int = 4) -> None:
@@ -404,6 +358,6 @@ def _record(row: sa.RowMapping) -> RunRecord:
     return RunRecord(**values)
 
 
-def _first_line(exc: BaseException) -> str:
+def first_line(exc: BaseException) -> str:
     text = str(getattr(exc, "orig", None) or exc)
     return text.strip().splitlines()[0] if text.strip() else type(exc).__name__

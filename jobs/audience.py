@@ -95,6 +95,7 @@ def run(context: RunContext) -> None:
         diff = deliver_membership(context, activation, snapshot, diff)
     else:
         _deliver(context, [f.path for f in written] + [manifest_path], pattern)
+        context.fence()
         snapshot.replace(diff)  # only now: after a failed delivery, the next run compares with the old members
     context.results["rows_delivered"] = diff.size
 
@@ -173,6 +174,7 @@ def _deliver(context: RunContext, paths: list[Path], pattern: str) -> None:
         return matches(remote) or matches(remote.removesuffix(".manifest.json") + ".csv")
 
     with context.step("deliver"), open_deliverer(context.config, location) as deliverer:
+        context.fence()  # removals and renames from here on: only while the activation is still ours
         leftovers = deliverer.discard_leftovers(is_ours, context.run_id)  # of a run killed mid-upload
         if leftovers:
             context.details["leftovers_removed"] = leftovers
@@ -180,6 +182,7 @@ def _deliver(context: RunContext, paths: list[Path], pattern: str) -> None:
         context.details["delivered"] = [{"name": d.name, "bytes": d.size, "location": d.location} for d in delivered]
         context.checkpoint("confirmed")
         if location.retention_days:
+            context.fence()
             cutoff = datetime.now(UTC) - timedelta(days=location.retention_days)
             context.details["retention_removed"] = deliverer.apply_retention(is_ours, cutoff)
 

@@ -68,6 +68,7 @@ def deliver_membership(
                                    _rows(context.activation, None, left, since), rejects, label="left",
                                    staged=pa.table({"member": left}))
         rejects.close()
+    context.fence()
     snapshot.replace(diff)
     discard_sent(context)  # only now: until the snapshot moved, a successor needs them
     context.details.update(membership_table=table.id, refused=refused_in + refused_out,

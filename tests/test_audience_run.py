@@ -15,6 +15,7 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 
+from etl.leases import hold
 from etl.config import load_config
 from etl.state import StateStore
 from etl.transform import email_rejection_reasons
@@ -152,7 +153,7 @@ def test_a_failing_query_fails_the_run_and_keeps_the_previous_file(demo_project:
 def test_a_locked_activation_is_skipped_with_exit_code_3(demo_project: Path) -> None:
     config = load_config(demo_project)
     store = StateStore.in_directory(config.state_dir)
-    with store.lock("vip_customers", timedelta(minutes=5)):
+    with hold(store, "vip_customers", "other-run", timedelta(minutes=5)):
         done = cli(demo_project, "run", "vip_customers")
     store.close()
     assert done.returncode == 3, done.stdout + done.stderr

@@ -38,7 +38,8 @@ from etl.files import WrittenFile
 from etl.history import runs_table, show_run
 from etl.runs import RunContext
 from etl.errors import LockBusy
-from etl.state import NOT_SENT, RunRecord, StateStore, locks, utcnow
+from etl.leases import hold
+from etl.state import NOT_SENT, RunRecord, StateStore, leases, utcnow
 
 pytest_plugins = ["conftest_delivery"]
 
@@ -396,11 +397,11 @@ def test_a_lock_left_by_a_killed_process_of_this_host_is_taken_over_at_once(tmp_
     try:
         for activation, owner in (("a", f"{socket.gethostname()}:{dead.pid}:1"), ("b", "elsewhere:1:1")):
             with store.engine.begin() as conn:
-                conn.execute(locks.insert().values(activation=activation, owner=owner, acquired_at=utcnow(),
-                                                   expires_at=utcnow() + timedelta(hours=6)))
-        with store.lock("a", timedelta(minutes=5)) as owner:
-            assert owner.split(":")[1] == str(os.getpid())
-        with pytest.raises(LockBusy, match="elsewhere:1:1"), store.lock("b", timedelta(minutes=5)):
+                conn.execute(leases.insert().values(activation=activation, token=1, owner=owner, run_id="old",
+                                                    acquired_at=utcnow(), expires_at=utcnow() + timedelta(hours=6)))
+        with hold(store, "a", "new", timedelta(minutes=5)) as lease:
+            assert lease.owner.split(":")[1] == str(os.getpid())
+        with pytest.raises(LockBusy, match="elsewhere:1:1"), hold(store, "b", "new", timedelta(minutes=5)):
             pass  # another host's process cannot be checked: its lease must run out
     finally:
         store.close()

@@ -26,6 +26,7 @@ from apscheduler.triggers.calendarinterval import CalendarIntervalTrigger
 from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 
+from etl.leases import hold
 from etl.config import load_config
 from etl.errors import AudienceSyncError, ConfigError
 from etl.scheduler import (
@@ -309,7 +310,7 @@ def test_a_slot_whose_activation_is_locked_elsewhere_is_skipped(
     scheduler.start(paused=True)
     other = ledger(tmp_path)
     try:
-        with other.lock("night", timedelta(minutes=5)):  # another replica is running it
+        with hold(other, "night", "other-replica-run", timedelta(minutes=5)):  # another replica is running it
             scheduler.fire("night", datetime(2026, 10, 26, 2, 30, tzinfo=BRUSSELS))
         assert other.runs("night") == []
         assert "slot 2026-10-26T02:30 of night skipped: another process is running it" in caplog.text

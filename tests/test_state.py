@@ -9,7 +9,8 @@ import pytest
 import sqlalchemy as sa
 
 from etl.errors import LockBusy, StateError
-from etl.state import StateStore, locks, utcnow
+from etl.leases import hold
+from etl.state import StateStore, leases, utcnow
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
@@ -21,7 +22,7 @@ def store_url(request, tmp_path: Path) -> str:
     url = postgres_url()
     engine = sa.create_engine(url)
     with engine.begin() as conn:  # each test starts from an empty ledger
-        conn.execute(sa.text("DROP TABLE IF EXISTS runs, locks"))
+        conn.execute(sa.text("DROP TABLE IF EXISTS runs, leases"))
     engine.dispose()
     return url
 
@@ -41,14 +42,14 @@ def test_a_run_is_recorded_from_start_to_finish(store_url: str) -> None:
 
 def test_a_second_process_cannot_take_a_held_lock(store_url: str) -> None:
     first, second = StateStore(store_url), StateStore(store_url)
-    with first.lock("vip", timedelta(minutes=5)):
+    with hold(first, "vip", "r1", timedelta(minutes=5)):
         with pytest.raises(LockBusy, match="already running"):
-            with second.lock("vip", timedelta(minutes=5)):
+            with hold(second, "vip", "r2", timedelta(minutes=5)):
                 pass
-        with second.lock("other", timedelta(minutes=5)):
+        with hold(second, "other", "r3", timedelta(minutes=5)):
             pass  # other activations are not blocked
-    with second.lock("vip", timedelta(minutes=5)):
-        pass  # released at the end of the first block
+    with hold(second, "vip", "r4", timedelta(minutes=5)) as lease:
+        assert lease.token == 2  # released at the end of the first block; the token grew
     first.close()
     second.close()
 
@@ -56,10 +57,10 @@ def test_a_second_process_cannot_take_a_held_lock(store_url: str) -> None:
 def test_an_expired_lease_of_a_crashed_holder_is_taken_over(store_url: str) -> None:
     store = StateStore(store_url)
     with store.engine.begin() as conn:
-        conn.execute(locks.insert().values(activation="vip", owner="dead-host:1", acquired_at=utcnow(),
-                                           expires_at=utcnow() - timedelta(seconds=1)))
-    with store.lock("vip", timedelta(minutes=5)) as owner:
-        assert owner != "dead-host:1"
+        conn.execute(leases.insert().values(activation="vip", token=7, owner="dead-host:1:1", run_id="old",
+                                            acquired_at=utcnow(), expires_at=utcnow() - timedelta(seconds=1)))
+    with hold(store, "vip", "new", timedelta(minutes=5)) as lease:
+        assert (lease.owner != "dead-host:1:1", lease.token) == (True, 8)
     store.close()
 
 

@@ -252,6 +252,7 @@ def run_import(
         # refused rows too: sent again unchanged they would be refused again, each time costing one
         # of the table's daily imports; a refused row is sent again as soon as it changes
         snapshot.stage(hashes.column("key").to_numpy(), hashes.column("row").to_numpy())
+        context.fence()
         snapshot.commit()
         discard_sent(context)
 
@@ -366,6 +367,7 @@ def _send(
         for number, part in enumerate(written, start=1):
             reference = part_reference(context.run_id, label, number)
             definition = _definition(context, target, table, mapping, reference=reference)
+            context.fence()  # a run taken over sends nothing more
             # the intent first: a process killed during the upload leaves a reference to look up
             store.intend_import(reference, context.run_id, context.activation, target.entity, table.id,
                                 datetime.now(UTC).date())

@@ -198,13 +198,18 @@ class Deliverer(abc.ABC):
         it describes are in place. A failure during the renames themselves (rare: the uploads
         already succeeded) names the files that were already replaced. ``all_uploaded`` is called
         between the two phases: where a run records that its files are at the location but not yet
-        in place.
+        in place, and checks that it may still replace them; if it raises, the temporary files are
+        removed and nothing is renamed.
         """
         self._require_connected()
         plan = self._plan(files, run_id)
         self._upload_retrying(plan)
         if all_uploaded is not None:
-            all_uploaded()
+            try:
+                all_uploaded()  # also where a run that lost its lease stops: nothing renamed yet
+            except BaseException:
+                self._discard(item.temp for item in plan)
+                raise
 
         delivered: list[DeliveredFile] = []
         for index, item in enumerate(plan):

@@ -171,6 +171,7 @@ def _send_all(
             # the first profile goes alone: wrong credentials or routes then cost one request, not one per worker
             size = 1
             while chunk := list(islice(profiles, size)):
+                context.fence()  # a run taken over sends nothing more
                 size = workers * 8
                 for (index, profile), outcome in zip(chunk, pool.map(one, chunk)):
                     if isinstance(outcome, OpenFieldRefused):
@@ -188,6 +189,8 @@ def _send_all(
         context.details.update(outcomes, requests=client.requests_sent)
         if snapshot is not None:
             # what OpenField now holds, even if the run stops halfway: the next run resends only the rest
+            # (unless another run took the activation over: its snapshot stands)
+            context.fence()
             snapshot.stage(np.concatenate(pending.key_hashes)[delivered], np.concatenate(pending.row_hashes)[delivered])
             snapshot.commit()
 
