@@ -171,7 +171,9 @@ def _statement(sql: str) -> sa.TextClause:
 
 _QUOTED_OR_COMMENT = re.compile(
     r"""
-      '(?:[^']|'')*'      # string literal ('' is a quote)
+      \$(?P<tag>(?:[A-Za-z_][A-Za-z0-9_]*)?)\$.*?\$(?P=tag)\$   # PostgreSQL dollar quotes: $$…$$, $tag$…$tag$
+    | (?<![A-Za-z0-9_])[Ee]'(?:[^'\\]|\\.|'')*'       # PostgreSQL escape string: E'it\'s'
+    | '(?:[^']|'')*'      # string literal ('' is a quote)
     | "(?:[^"]|"")*"      # quoted identifier (a string in MySQL)
     | `[^`]*`             # MySQL quoted identifier
     | --[^\n]*            # line comment
@@ -188,6 +190,8 @@ def _shield(sql: str) -> str:
     a ``?`` that SQLite does not count ("The current statement uses 4, and there are 7 supplied"),
     and a parameter named only in a comment passed the configuration check as used. Escaping
     rather than removing keeps the SQL the database sees, and its line numbers, unchanged.
+    Dollar-quoted bodies count as quoted text too: the PostgreSQL fast paths bind values client-side
+    as '…' literals, and a value holding ``$$`` inside a ``$$…$$`` body would have closed it.
     """
     return _QUOTED_OR_COMMENT.sub(lambda match: re.sub(r"(?<!\\):", r"\\:", match.group()), sql)
 
@@ -258,9 +262,14 @@ def _guarded_batches(
         ) from None
     # kept for the early-stop handling: after an invalidation the Connection no longer reaches it
     dbapi_connection = connection.connection.dbapi_connection
-    source = path(connection, statement, values, chunk_size)
+    source: Batches | None = None
     finished = False
     try:
+        try:
+            _read_only(connection)
+        except errors as exc:
+            raise _query_error(exc, engine.url, where, sql) from exc
+        source = path(connection, statement, values, chunk_size)
         while True:
             try:
                 batch = next(source)
@@ -279,8 +288,51 @@ def _guarded_batches(
             abandon = _ABANDON.get(dialect.driver)
             if abandon is not None:
                 abandon(connection, dbapi_connection)
-        source.close()
+        if source is not None:
+            source.close()
+        _end_read_only(connection)
         connection.close()
+
+
+#: how each dialect makes the audience query read-only, before it runs; MySQL and MariaDB need the
+#: session's setting, since DDL commits the current transaction and would run outside it
+_READ_ONLY = {
+    "postgresql": "SET TRANSACTION READ ONLY",
+    "mysql": "SET SESSION TRANSACTION READ ONLY",
+    "mariadb": "SET SESSION TRANSACTION READ ONLY",
+    "sqlite": "PRAGMA query_only = ON",
+}
+#: the session settings above, undone before the connection goes back to the pool
+_READ_WRITE = {
+    "mysql": "SET SESSION TRANSACTION READ WRITE",
+    "mariadb": "SET SESSION TRANSACTION READ WRITE",
+    "sqlite": "PRAGMA query_only = OFF",
+}
+#: what a read-only refusal says, per dialect, to explain it instead of showing the bare error
+_READ_ONLY_REFUSALS = ("read-only transaction", "read only transaction", "readonly database",
+                       "attempt to write a readonly", "query_only")
+
+
+def _read_only(connection: sa.Connection) -> None:
+    """An audience query only reads: ``preview`` promises to write nothing, and a run must never change
+    the warehouse (a ``DROP`` or ``CREATE TABLE … AS`` pasted into an audience file). The database
+    enforces it, not a parse of the SQL. DuckDB has no read-only transaction: its path always rolls
+    back instead."""
+    statement = _READ_ONLY.get(connection.dialect.name)
+    if statement is not None:
+        connection.exec_driver_sql(statement)
+
+
+def _end_read_only(connection: sa.Connection) -> None:
+    """A session setting goes back to the pool with the connection: undone, or the connection dropped."""
+    statement = _READ_WRITE.get(connection.dialect.name)
+    if statement is None or connection.invalidated:
+        return
+    try:
+        connection.rollback()
+        connection.exec_driver_sql(statement)
+    except sa.exc.SQLAlchemyError:
+        connection.invalidate()
 
 
 def _sqlalchemy_batches(
@@ -629,8 +681,9 @@ def _adbc_reader(
         setup = adbc_driver_manager.AdbcStatement(session)
         opened.append(setup)
         setup.set_sql_query(ClientCursor(raw).mogrify(
-            "SELECT pg_catalog.set_config('search_path', %s, false)", [search_path]
-        ))  # fmt: skip
+            "SELECT pg_catalog.set_config('search_path', %s, false), "
+            "pg_catalog.set_config('default_transaction_read_only', 'on', false)", [search_path]
+        ))  # fmt: skip  the second session reads only, as the first
         handle, _ = setup.execute_query()
         pa.RecordBatchReader.from_stream(handle).read_all()
         setup.close()
@@ -853,6 +906,13 @@ def _query_error(exc: BaseException, url: URL, where: str, sql: str) -> ExtractE
             f"the connection to the warehouse broke off: {message}",
             where=where,
             hint="the query itself may be fine; run again once the warehouse is reachable",
+        )
+    if any(refusal in message.lower() for refusal in _READ_ONLY_REFUSALS):
+        return ExtractError(
+            f"the query tried to write to the warehouse, which audience SQL may not: {message}",
+            where=where,
+            hint="audience SQL runs in a read-only transaction: keep it to one SELECT (or WITH … SELECT); "
+                 "build tables with your warehouse's own tools (dbt, scheduled SQL)",
         )
     casts = _CAST_AFTER_PARAMETER.findall(sql)
     if casts:
