@@ -193,6 +193,10 @@ class Settings(_Model):
     state_url: SecretStr | None = None
     chunk_size: int = Field(default=50_000, ge=100, le=5_000_000)
     lock_ttl_minutes: float = Field(default=360, ge=0.1)
+    #: a run's local files (its audience file, rejects, members) are removed this long after it started
+    run_retention_days: float = Field(default=14, ge=0)
+    #: ... except those of the activation's last few runs, whatever their age
+    keep_runs: int = Field(default=2, ge=1)
     #: the scheduler still starts a run this late (after downtime, a busy previous run); later, the slot is skipped
     misfire_grace_seconds: int = Field(default=900, ge=1)
     #: on SIGTERM, how long a running activation may take to finish before it is stopped (recorded interrupted)

@@ -12,6 +12,7 @@ import errno
 import logging
 import os
 import secrets
+import shutil
 import signal
 import threading
 import time
@@ -200,6 +201,9 @@ def _run_locked(context: RunContext, store: StateStore, kind: str, body: JobBody
     except Exception as exc:  # a bug of ours: record it, keep the traceback in the log, not on the user's screen
         status, error = "failed", redact(_unexpected(exc))
         log.debug("internal error", exc_info=True, extra={"fields": fields})
+    pruned = prune_runs(store, config, activation, run_dir.parent, current=run_id)
+    if pruned:
+        context.details["pruned_runs"] = pruned
     duration = round(time.perf_counter() - began, 3)
     context.details["steps"] = context.steps
     if status == "succeeded":
@@ -262,6 +266,39 @@ def mark_dead_runs(store: StateStore, activation: str, run_id: str, runs_dir: Pa
                     extra={"fields": {"activation": activation, "run_id": run_id, "dead_run_id": dead.run_id}})
         dead_ids.append(dead.run_id)
     return dead_ids
+
+
+def prune_runs(store: StateStore, config: Config, activation: str, runs_dir: Path, *, current: str) -> list[str]:
+    """Remove the local files of the activation's old runs: data minimisation.
+
+    Each run keeps its audience file, rejects and member lists under ``runs/ACTIVATION/RUN_ID/``:
+    personal data that must not be kept longer than needed (at 10M rows, gigabytes a run). A run's
+    directory goes once it is older than ``settings.run_retention_days``, unless it is one of the last
+    ``settings.keep_runs`` runs, still marked running, or has an import whose outcome is not yet known
+    (its successor needs the rows it sent). Its ledger row stays: counts, not people. Never fails the run."""
+    settings = config.settings
+    cutoff = datetime.now(UTC).replace(tzinfo=None) - timedelta(days=settings.run_retention_days)
+    try:
+        records = store.runs(activation, limit=100_000)
+        needed = {current, *(r.run_id for r in records[: settings.keep_runs])}
+        needed |= {r.run_id for r in records if r.status == "running"}
+        needed |= {i.run_id for i in store.unfinished_imports(activation, excluding_run=current)}
+        started = {r.run_id: r.started_at for r in records}
+        pruned = []
+        for path in sorted(runs_dir.iterdir()) if runs_dir.is_dir() else []:
+            if path.name in needed or path.is_symlink() or not path.is_dir():
+                continue
+            when = started.get(path.name) or datetime.fromtimestamp(path.stat().st_mtime, UTC).replace(tzinfo=None)
+            if when < cutoff:
+                shutil.rmtree(path)
+                pruned.append(path.name)
+    except (OSError, AudienceSyncError) as exc:
+        log.warning("old runs' files not pruned: %s", exc, extra={"fields": {"activation": activation}})
+        return []
+    if pruned:
+        log.info("removed the files of %d run(s) older than %g days", len(pruned), settings.run_retention_days,
+                 extra={"fields": {"activation": activation}})
+    return pruned
 
 
 def _remove_partial_files(run_dir: Path) -> None:
