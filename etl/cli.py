@@ -135,6 +135,8 @@ def _date(text: str) -> date:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     configure_logging(args.log_format, logging.INFO if args.verbose else logging.WARNING)
+    if args.debug:  # the tracebacks of internal errors, which runs log at DEBUG
+        logging.getLogger("audience_sync").setLevel(logging.DEBUG)
     configure_arrow()
     try:
         return _dispatch(args)

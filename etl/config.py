@@ -350,6 +350,16 @@ class ActivationBase(_Model):
     schedule: Schedule | None = None
     enabled: bool = True
 
+    @field_validator("params", mode="before")
+    @classmethod
+    def _integers_fit_64_bits(cls, params: Any) -> Any:
+        """Every warehouse driver binds at most a 64-bit integer; a larger one failed deep in the driver."""
+        if isinstance(params, dict):
+            for name, value in params.items():
+                if isinstance(value, int) and not isinstance(value, bool) and not -(2**63) <= value < 2**63:
+                    raise ValueError(f"{name} = {value} does not fit a 64-bit integer: no warehouse can bind it")
+        return params
+
 
 class AudienceActivation(ActivationBase):
     """An audience: one identifier column delivered as a file Actito's saved targetings reference."""
@@ -497,6 +507,9 @@ def load_config(path: str | Path | None = None, environ: Mapping[str, str] | Non
         raise ConfigError([(str(file), f"not UTF-8 text ({exc.reason} at byte {exc.start})")], source=str(file)) from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError([(str(file), f"not valid TOML: {exc}")], source=str(file)) from None
+    except RecursionError:  # tomllib parses nested arrays and inline tables recursively
+        raise ConfigError([(str(file), "not a usable configuration: values are nested hundreds of levels deep")],
+                          source=str(file)) from None
 
     problems: list[tuple[str, str]] = []
     resolved = _interpolate(raw, (), environ, problems)
@@ -565,7 +578,7 @@ def _check_sections(raw: dict[str, Any], problems: list[tuple[str, str]]) -> Non
             problems.append((table, f"expected [{table}.NAME] tables"))
             continue
         for name in entries:
-            if not _NAME.match(name):
+            if not isinstance(name, str) or not _NAME.fullmatch(name):
                 problems.append(
                     (f"[{table}.{name}]", "names use letters, digits, '_', '.', '-' only, at most 100 characters")
                 )
@@ -607,7 +620,8 @@ def _substitute(text: str, where: tuple[str, ...], environ: Mapping[str, str], p
     def value_of(match: re.Match[str]) -> str:
         name = match.group(1)
         if name in environ:
-            return environ[name]
+            # a Kubernetes Secret made from a file keeps the file's final newline
+            return environ[name].rstrip("\r\n")
         secret_file = environ.get(f"{name}_FILE")
         if secret_file:
             try:

@@ -1,0 +1,117 @@
+"""Input a user can type (or a Secret can carry) that used to end in an internal error or worse.
+
+Each case is the attack as found: a TOML file nested hundreds of levels deep (also sent to a running
+scheduler by SIGHUP), a parameter too large for any driver, an environment secret ending in a
+newline (a Kubernetes Secret made from a file), an activation name ending in a newline, and
+``--debug``, which must show the traceback of an internal error during a run.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from conftest import Shown
+from etl.scheduler import Scheduler
+
+DEMO_ACTIVATION = """
+[settings]
+state_dir = "state"
+
+[warehouses.demo]
+url = "sqlite:///demo.db"
+demo = true
+
+[destinations.d]
+environment = "sandbox"
+entity = "demo"
+files = { type = "local", path = "outbox" }
+
+[activations.vip]
+sql = "sql/vip_customers.sql"
+destination = "d"
+identifier = "profileId"
+params = { min_value = 500 }
+schedule = { every = "6h", timezone = "Europe/Brussels" }
+"""
+
+
+def _deep(levels: int) -> str:
+    return f"[settings]\nnested = {'[' * levels}{']' * levels}\n"
+
+
+def test_a_configuration_nested_hundreds_deep_is_a_configuration_error(
+    project: Callable[[str], Path], cli: Callable[..., Shown]
+) -> None:
+    shown = cli(project(_deep(900)), "validate")
+    assert shown.code == 2, shown.said
+    assert "nested hundreds of levels deep" in shown.said
+    assert "internal error" not in shown.said and "Traceback" not in shown.said
+
+
+def test_sighup_with_a_file_nested_hundreds_deep_keeps_the_schedule(
+    project: Callable[[str], Path], caplog: pytest.LogCaptureFixture
+) -> None:
+    config = project(DEMO_ACTIVATION)
+    scheduler = Scheduler(config)
+    scheduler.start(paused=True)
+    try:
+        config.write_text(_deep(5000))
+        with caplog.at_level(logging.ERROR, logger="audience_sync"):
+            assert scheduler.reload() is False
+        assert [job.id for job in scheduler.jobs] and "reload refused" in caplog.text
+    finally:
+        scheduler.close()
+
+
+def test_a_parameter_too_large_for_a_64_bit_integer_is_a_configuration_error(
+    project: Callable[[str], Path], cli: Callable[..., Shown]
+) -> None:
+    config = project(DEMO_ACTIVATION.replace("min_value = 500", "min_value = 99999999999999999999"))
+    shown = cli(config, "validate")
+    assert shown.code == 2, shown.said
+    assert "[activations.vip] params: min_value = 99999999999999999999 does not fit a 64-bit integer" in shown.said
+
+
+def test_an_environment_secret_ending_in_a_newline_is_used_without_it(
+    project: Callable[[str], Path], cli: Callable[..., Shown], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = project(DEMO_ACTIVATION.replace('entity = "demo"', 'entity = "demo"\napi_key = "${ACTITO_API_KEY}"'))
+    monkeypatch.setenv("ACTITO_API_KEY", "sandbox-demo-key\n")  # as `kubectl create secret --from-file` leaves it
+    shown = cli(config, "actito", "check", "d")
+    assert shown.code == 0, shown.said
+    assert "illegal newline" not in shown.said
+
+
+def test_an_activation_name_ending_in_a_newline_is_refused(
+    project: Callable[[str], Path], cli: Callable[..., Shown]
+) -> None:
+    shown = cli(project(DEMO_ACTIVATION.replace("[activations.vip]", '[activations."vip\\n"]')), "validate")
+    assert shown.code == 2, shown.said
+    assert "names use letters" in shown.said
+
+
+def test_debug_shows_the_traceback_of_an_internal_error_during_a_run(
+    project: Callable[[str], Path], tmp_path: Path
+) -> None:
+    config = project(DEMO_ACTIVATION)
+    # a bug planted in this process only: the cleaner raises something no layer turns into a user error
+    plant = ("import etl.transform as t, etl.cli as c, sys\n"
+             "def broken(self, batch): raise ZeroDivisionError('planted')\n"
+             "t.AudienceCleaner.clean = broken\n"
+             "sys.exit(c.main(sys.argv[1:]))\n")
+    run = [sys.executable, "-c", plant, "--config", str(config)]
+    plain = subprocess.run([*run, "run", "vip"], capture_output=True, text=True, timeout=120)
+    debug = subprocess.run([*run, "--debug", "run", "vip"], capture_output=True, text=True, timeout=120)
+    assert plain.returncode == debug.returncode == 1
+    assert "internal error (ZeroDivisionError: planted)" in plain.stdout + plain.stderr
+    assert "Traceback" not in plain.stderr
+    assert "Traceback" in debug.stderr and "ZeroDivisionError: planted" in debug.stderr
