@@ -10,6 +10,7 @@ they come from ``${ENV_VAR}`` (or ``ENV_VAR_FILE``, a mounted secret file) or fr
 from __future__ import annotations
 
 import functools
+import ipaddress
 import os
 import re
 import tomllib
@@ -17,6 +18,7 @@ from collections.abc import Iterator, Mapping
 from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
+from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import (
@@ -248,6 +250,13 @@ class Destination(_Model):
     files: FileLocation | None = None
     #: ETL executions allowed per table per day (Actito: 24; older licences 12)
     daily_import_budget: int = Field(default=24, ge=1)
+    #: base_url may be http:// to another host (a TLS-terminating proxy beside this process)
+    allow_insecure_http: bool = False
+
+    @model_validator(mode="after")
+    def _encrypted(self) -> Destination:
+        check_api_url("base_url", self.base_url, self.allow_insecure_http)
+        return self
 
     @field_validator("environment")
     @classmethod
@@ -318,6 +327,37 @@ class OpenFieldDestination(_Model):
     max_concurrency: int = Field(default=4, ge=1, le=32)
     #: requests allowed per UTC day across the activations of this destination (counted in the ledger)
     daily_request_budget: int = Field(default=100_000, ge=1)
+    #: url may be http:// to another host (a TLS-terminating proxy beside this process)
+    allow_insecure_http: bool = False
+
+    @model_validator(mode="after")
+    def _encrypted(self) -> OpenFieldDestination:
+        check_api_url("url", self.url, self.allow_insecure_http)
+        return self
+
+
+def check_api_url(key: str, url: str | None, allow_insecure_http: bool) -> None:
+    """Every request carries the API key, a token or a password: never in clear text across a network.
+    Plain http:// is accepted to this machine (a local sandbox or proxy), elsewhere only when asked for."""
+    if url is None:
+        return
+    parsed = urlsplit(url)
+    if parsed.scheme == "https" or (parsed.scheme == "http" and (allow_insecure_http or _loopback(parsed.hostname))):
+        return
+    if parsed.scheme != "http":
+        raise ValueError(f"{key} must start with https://")
+    raise ValueError(f"{key} is plain http:// to {parsed.hostname}: the credentials would cross the network in "
+                     "clear text; use https://, or set allow_insecure_http = true if a TLS proxy runs beside this "
+                     "process")
+
+
+def _loopback(host: str | None) -> bool:
+    if host in ("localhost", "localhost.localdomain"):
+        return True
+    try:
+        return ipaddress.ip_address(host or "").is_loopback
+    except ValueError:
+        return False
 
 
 AnyDestination = Annotated[

@@ -115,3 +115,29 @@ def test_debug_shows_the_traceback_of_an_internal_error_during_a_run(
     assert "internal error (ZeroDivisionError: planted)" in plain.stdout + plain.stderr
     assert "Traceback" not in plain.stderr
     assert "Traceback" in debug.stderr and "ZeroDivisionError: planted" in debug.stderr
+
+
+@pytest.mark.parametrize(("url", "refused"), [
+    ("http://actito-proxy.example.com", True),
+    ("http://10.1.2.3:8080", True),
+    ("ftp://api.example.com", True),
+    ("http://127.0.0.1:8080", False),  # a sandbox or proxy on this machine
+    ("http://[::1]:8080", False),
+    ("https://api.example.com", False),
+])
+def test_an_api_endpoint_in_plain_http_to_another_host_is_refused(
+    project: Callable[[str], Path], cli: Callable[..., Shown], url: str, refused: bool
+) -> None:
+    config = project(DEMO_ACTIVATION.replace('environment = "sandbox"', f'base_url = "{url}"'))
+    shown = cli(config, "validate")
+    assert (shown.code == 2) is refused, shown.said
+    if refused:
+        assert "[destinations.d]" in shown.said and "https://" in shown.said
+
+
+def test_plain_http_to_another_host_is_accepted_when_asked_for(
+    project: Callable[[str], Path], cli: Callable[..., Shown]
+) -> None:
+    config = project(DEMO_ACTIVATION.replace('environment = "sandbox"',
+                                             'base_url = "http://proxy.internal:8080"\nallow_insecure_http = true'))
+    assert cli(config, "validate").code == 0
