@@ -37,7 +37,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
 from etl.errors import ConfigError
-from etl.logs import register_secret
+from etl.logs import register_secret, url_secrets
 
 DEFAULT_CONFIG = "schedules.toml"
 CONFIG_ENV = "AUDIENCE_SYNC_CONFIG"
@@ -744,8 +744,10 @@ def _cross_check(
     for name, warehouse in config.warehouses.items():
         try:
             make_url(warehouse.url.get_secret_value())
-        except ArgumentError:
-            problems.append((f"[warehouses.{name}] url", "not a SQLAlchemy URL (e.g. postgresql+psycopg://host/db)"))
+        except (ArgumentError, ValueError):  # ValueError: a port that is no number, often a '@' or ':' in a value
+            problems.append((f"[warehouses.{name}] url", "not a SQLAlchemy URL (e.g. postgresql+psycopg://host/db); "
+                                                         "percent-encode reserved characters in values (@ as %40, "
+                                                         ": as %3A, / as %2F)"))
             continue
         if warehouse.demo and not warehouse.url.get_secret_value().startswith("sqlite:///"):
             problems.append((f"[warehouses.{name}] demo", "the demo warehouse is a SQLite file: use a sqlite:/// URL"))
@@ -905,11 +907,5 @@ def _register_secrets(config: Config) -> None:
         if secret is None:
             continue
         value = secret.get_secret_value()
-        if "://" not in value:
-            register_secret(value)
-            continue
-        try:
-            password = make_url(value).password
-        except ArgumentError:
-            continue
-        register_secret(str(password) if password else None)
+        for part in url_secrets(value) if "://" in value else [value]:
+            register_secret(part)

@@ -31,6 +31,7 @@ from sqlalchemy.engine import URL
 from etl.config import ActivationBase, Config
 from etl.demo import ensure_demo_warehouse
 from etl.errors import ExtractError
+from etl.logs import redact
 
 #: what to install for a missing driver module: the project's extra when we ship one
 _EXTRA_FOR_MODULE = {"psycopg": "postgres", "pymysql": "mysql", "duckdb": "duckdb", "duckdb_engine": "duckdb"}
@@ -115,7 +116,7 @@ def _lenient_sqlite_text(dbapi_connection: Any, connection_record: Any) -> None:
 
 
 def _safe(url: URL) -> str:
-    return url.render_as_string(hide_password=True)
+    return redact(url.render_as_string(hide_password=True))
 
 
 def _check_database_file(url: URL, safe: str, where: str) -> None:

@@ -21,6 +21,7 @@ import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from etl.errors import StateError
+from etl.logs import redact
 
 metadata = sa.MetaData()
 
@@ -166,7 +167,7 @@ class StateStore:
             self.engine = sa.create_engine(url, pool_pre_ping=True)
             _create_tables(self.engine)
         except SQLAlchemyError as exc:
-            shown = sa.make_url(url).render_as_string(hide_password=True)
+            shown = redact(url)
             raise StateError(
                 f"cannot open the state store: {first_line(exc)}",
                 where=shown,
@@ -334,7 +335,7 @@ class StateStore:
                 conn.execute(statement)
 
     def shown(self) -> str:
-        return sa.make_url(self.url).render_as_string(hide_password=True)
+        return redact(self.url)
 
 
 def _create_tables(engine: sa.Engine, attempts: int = 4) -> None:
