@@ -310,6 +310,34 @@ class Deliverer(abc.ABC):
         self._discard(names)
         return names
 
+    def remove_stale(self, is_ours: Callable[[str], bool], current: Iterable[str]) -> list[str]:
+        """Remove the activation's own files that are not part of its ``current`` delivery; return their names.
+
+        Called once the new files are in place, so the location holds a complete audience throughout
+        and afterwards only the current one: Actito's file synchronisation takes the last file as the
+        whole audience, and a stale part or an older file left beside it would be read as current by
+        anyone (or any pattern) looking at the directory. Temporary names are `discard_leftovers`'
+        business. A file that cannot be removed fails the delivery (after trying the others): the
+        location would not hold what the manifest lists, and the next run tries again.
+        """
+        self._require_connected()
+        keep = set(current)
+        stale = [name for name, _ in self._modified_files(
+            lambda name: is_ours(name) and name not in keep and not is_temp_name(name))]
+        failed: dict[str, DeliveryError] = {}
+        for name in stale:
+            try:
+                self._remove(name)
+            except DeliveryError as exc:
+                failed[name] = exc
+        if failed:
+            first = next(iter(failed.values()))
+            raise DeliveryError(f"cannot remove {', '.join(failed)}, left over from an earlier delivery: {first.what}",
+                                where=first.where,
+                                hint="the new files are in place; remove the old ones by hand or fix the "
+                                     "permissions, the next run tries again")
+        return stale
+
     def apply_retention(self, is_ours: Callable[[str], bool], older_than: datetime) -> list[str]:
         """Delete our own old files so the location does not grow forever; return the names removed.
 
