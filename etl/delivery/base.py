@@ -341,8 +341,9 @@ class Deliverer(abc.ABC):
     def apply_retention(self, is_ours: Callable[[str], bool], older_than: datetime) -> list[str]:
         """Delete our own old files so the location does not grow forever; return the names removed.
 
-        Only files for which ``is_ours`` is true, and leftovers of our own temporary names, are
-        candidates: the directory is usually shared with other senders and with Actito itself. A
+        Only files for which ``is_ours`` is true, and temporary names whose final name it is true for,
+        are candidates: the directory is usually shared with other activations, other senders and
+        Actito itself. A
         file that cannot be removed is logged and skipped, because housekeeping must not turn a
         delivery that succeeded into a failed run.
         """
@@ -351,7 +352,8 @@ class Deliverer(abc.ABC):
             raise ValueError("older_than must be timezone-aware")
 
         def candidate(name: str) -> bool:
-            return is_temp_name(name) or is_ours(name)
+            parts = temp_name_parts(name)
+            return is_ours(parts[1] if parts else name)
 
         removed: list[str] = []
         for name, modified in list(self._modified_files(candidate)):
