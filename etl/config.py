@@ -750,7 +750,7 @@ def _file_claim(config: Config, name: str, pattern: str, destination_ref: Any, r
     if raw.get("delivery", "file") != "file" or not isinstance(destination, Destination) or destination.files is None:
         return None
     identity, shown = location_identity(config, destination.files)
-    return Claim(name, pattern, identity, f"{shown} ([destinations.{destination_ref}])")
+    return Claim(name, pattern, identity, shown, destination_ref)
 
 
 def _name_overlaps(claims: list[Claim]) -> list[tuple[str, str]]:
@@ -764,8 +764,10 @@ def _overlap_text(first: Claim, second: Claim, example: str) -> str:
     clash = (f"same file name as [activations.{first.activation}] ({first.pattern!r})"
              if first.pattern == second.pattern else
              f"{second.pattern!r} and {first.pattern!r} of [activations.{first.activation}] can both write {example}")
-    return (f"{clash} at {second.shown}: every name at a location belongs to one activation, whose runs "
-            "replace and remove it; give one of them another file name or another directory")
+    destinations = (f"[destinations.{second.destination}]" if first.destination == second.destination else
+                    f"[destinations.{second.destination}] and [destinations.{first.destination}] are one directory")
+    return (f"{clash} at {second.shown} ({destinations}): every name at a location belongs to one activation, "
+            "whose runs replace and remove it; give one of them another file name or another directory")
 
 
 def location_identity(config: Config, location: LocalLocation | SftpLocation | FtpsLocation) -> tuple[tuple[str, ...], str]:

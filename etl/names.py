@@ -200,6 +200,8 @@ class Claim:
     location: tuple[str, ...]
     #: the location for people
     shown: str
+    #: the destination it was configured in
+    destination: str = ""
 
 
 def overlaps(claims: Sequence[Claim]) -> list[tuple[Claim, Claim, str]]:
