@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pyarrow as pa
@@ -13,12 +14,13 @@ import pyarrow.parquet as pq
 import pytest
 
 from conftest import Shown
+from etl.delivery.base import TEMP_PREFIX
 from etl.delivery.base import is_temp_name
 from etl.state import StateStore
 
 pytest_plugins = ["conftest_delivery"]
 
-from servers import PASSWORD, SftpServer  # noqa: E402
+from servers import PASSWORD, Location, SftpServer, age  # noqa: E402
 
 Cli = Callable[..., Shown]
 
@@ -183,7 +185,7 @@ def set_file(config: Path, old: str, new: str) -> None:
 
 
 @pytest.fixture(params=["local", "sftp"])
-def location(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+def outbox_at(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
              ) -> tuple[str, Path]:
     """(files table, the directory it puts files in): a local directory, or a real SFTP server's."""
     if request.param == "local":
@@ -197,9 +199,9 @@ def location(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest
 
 
 def test_stale_parts_of_an_earlier_version_are_removed_and_a_too_big_audience_refused(
-    tmp_path: Path, cli: Cli, location: tuple[str, Path]
+    tmp_path: Path, cli: Cli, outbox_at: tuple[str, Path]
 ) -> None:
-    files, remote = location
+    files, remote = outbox_at
     config = configure(tmp_path, {"d": files}, [("a", "d", "{ max_bytes = 100000 }")])
     # what an earlier version left: 2,000 rows as five parts, and their manifest
     for number in range(1, 6):
@@ -224,9 +226,9 @@ def test_stale_parts_of_an_earlier_version_are_removed_and_a_too_big_audience_re
 
 
 def test_a_growing_audience_is_refused_whole_then_delivered_compressed_replacing_the_plain_file(
-    tmp_path: Path, cli: Cli, location: tuple[str, Path]
+    tmp_path: Path, cli: Cli, outbox_at: tuple[str, Path]
 ) -> None:
-    files, remote = location
+    files, remote = outbox_at
     config = configure(tmp_path, {"d": files}, [("a", "d", "{ max_bytes = 10000 }")])
     set_rows(tmp_path, "a", 300)
     assert cli(config, "run", "a").code == 0
@@ -249,10 +251,10 @@ def test_a_growing_audience_is_refused_whole_then_delivered_compressed_replacing
     assert listing(remote) == {"a.csv", "a.manifest.json"}
 
 
-def test_a_dated_file_replaces_the_previous_days_file(tmp_path: Path, cli: Cli, location: tuple[str, Path]) -> None:
+def test_a_dated_file_replaces_the_previous_days_file(tmp_path: Path, cli: Cli, outbox_at: tuple[str, Path]) -> None:
     from etl.files import name_matcher
 
-    files, remote = location
+    files, remote = outbox_at
     config = configure(tmp_path, {"d": files}, [("a", "d", '{ name = "a_$yyyyMMdd.csv" }'),
                                                 ("b", "d", '{ name = "a_$yyyyMM.csv" }')])
     (remote / "a_20200101.csv").write_text("emailAddress\nold@example.com\n")  # an earlier day's delivery of a
@@ -339,3 +341,42 @@ def test_a_migration_cut_short_is_finished_by_the_next_run(tmp_path: Path, cli: 
     finally:
         store.close()
     assert last is not None and (last.details["entered"], last.details["left"]) == (2, 0)  # compared with the old
+
+
+def test_clean_ups_touch_only_the_activations_own_names(location: Location) -> None:
+    """On every protocol: the stale clean-up after a delivery removes this activation's other names only,
+    and retention leaves another activation's old temporary file alone (vip_$yyyyMM.csv's leftovers are
+    not vip_$yyyyMMdd.csv's)."""
+    from etl.files import name_matcher
+
+    connect, directory = location
+    ours = name_matcher("vip_$yyyyMMdd.csv")
+    names = ["vip_20260101.csv", "vip_20260101_part002.csv", "vip_20260101.manifest.json",  # ours, stale
+             "vip_20260102.csv", "vip_20260102.manifest.json",  # ours, current
+             "vip_202601.csv", "vip_202601.manifest.json", "partner.csv",  # another activation's, a partner's
+             f"{TEMP_PREFIX}20260101T000000Z-abc-vip_202601.csv.part",  # the other activation's leftover
+             f"{TEMP_PREFIX}20260101T000000Z-abc-vip_20260101.csv.part"]  # ours
+    for name in names:
+        (directory / name).write_bytes(b"x")
+        age(directory / name, 10 * 86_400)
+    with connect() as deliverer:
+        removed = deliverer.remove_stale(ours, ["vip_20260102.csv", "vip_20260102.manifest.json"])
+        assert sorted(removed) == ["vip_20260101.csv", "vip_20260101.manifest.json", "vip_20260101_part002.csv"]
+        deliverer.apply_retention(ours, datetime.now(UTC))  # everything is older than now
+    left = {path.name for path in directory.iterdir()}
+    assert {"vip_202601.csv", "vip_202601.manifest.json", "partner.csv",
+            f"{TEMP_PREFIX}20260101T000000Z-abc-vip_202601.csv.part"} <= left
+    assert f"{TEMP_PREFIX}20260101T000000Z-abc-vip_20260101.csv.part" not in left
+
+
+def test_the_setup_sheet_names_only_a_file_every_run_keeps_updating(tmp_path: Path, cli: Cli) -> None:
+    (tmp_path / "outbox").mkdir()
+    config = configure(tmp_path, {"d": '{ type = "local", path = "outbox" }'},
+                       [("fixed", "d", '{ compression = "gzip" }'), ("dated", "d", '{ name = "dated_$yyyyMMdd.csv" }')])
+    fixed = cli(config, "setup-sheet", "fixed")
+    assert fixed.code == 0, fixed.said
+    assert "File              : fixed.csv.gz   (replaced whole by every run)" in fixed.out
+    assert "never split into parts" in fixed.out and "_part" not in fixed.out
+    dated = cli(config, "setup-sheet", "dated")
+    assert "point the synchronisation at the pattern, not at this name" in dated.out
+    assert "File name pattern : dated_$yyyyMMdd.csv" in dated.out
