@@ -730,6 +730,8 @@ def _cross_check(
                                               sql_parameters))
             continue
         file_options: dict[str, Any] = raw["file"] if isinstance(raw.get("file"), dict) else {}
+        if "max_bytes" in file_options and raw.get("delivery", "file") == "membership":
+            problems.append((f"{where} file.max_bytes", _MAX_BYTES_UNUSED))
         pattern = file_options.get("name") or f"{name}.csv"
         if isinstance(pattern, str):
             if (problem := name_pattern_problem(pattern)) is not None:
@@ -741,6 +743,11 @@ def _cross_check(
             problems.extend(_sql_problems(config.path(Path(raw["sql"])), set(params), where, sql_parameters))
     problems.extend(_name_overlaps(claims))
     return problems
+
+
+#: file.max_bytes is the ceiling of the one file an audience delivers (never split): nothing to cap without one
+_MAX_BYTES_UNUSED = ('not used with delivery = "membership": members are imported through Actito\'s API and no '
+                     "file is delivered; remove it")
 
 
 def _file_claim(config: Config, name: str, pattern: str, destination_ref: Any, raw: dict[str, Any]) -> Claim | None:

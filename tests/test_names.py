@@ -380,3 +380,13 @@ def test_the_setup_sheet_names_only_a_file_every_run_keeps_updating(tmp_path: Pa
     dated = cli(config, "setup-sheet", "dated")
     assert "point the synchronisation at the pattern, not at this name" in dated.out
     assert "File name pattern : dated_$yyyyMMdd.csv" in dated.out
+
+
+def test_max_bytes_on_a_membership_audience_is_refused_as_meaningless(tmp_path: Path, cli: Cli) -> None:
+    """file.max_bytes caps the one file an audience delivers; a membership delivery delivers none."""
+    config = configure(tmp_path, {"d": '{ type = "local", path = "outbox" }'}, [("m", "d", "{ max_bytes = 50000 }")])
+    set_file(config, 'file = { max_bytes = 50000 }', 'file = { max_bytes = 50000 }\ndelivery = "membership"')
+    shown = cli(config, "validate")
+    assert shown.code == 2 and "[activations.m] file.max_bytes: not used with delivery" in shown.said, shown.said
+    set_file(config, 'file = { max_bytes = 50000 }\ndelivery = "membership"', 'file = { max_bytes = 50000 }')
+    assert cli(config, "validate").code == 0  # a ceiling for a file audience: accepted
