@@ -4,7 +4,12 @@ real local directory and a real SFTP server."""
 
 from __future__ import annotations
 
+import gzip
 import json
+import os
+import signal
+import subprocess
+import sys
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -14,8 +19,10 @@ import pyarrow.parquet as pq
 import pytest
 
 from conftest import Shown
-from etl.delivery.base import TEMP_PREFIX
-from etl.delivery.base import is_temp_name
+from etl.activation_state import MEMBERS, ROWS, state_file
+from etl.delivery.base import TEMP_PREFIX, is_temp_name
+from etl.files import name_matcher
+from etl.names import owned_names
 from etl.state import StateStore
 
 pytest_plugins = ["conftest_delivery"]
@@ -147,8 +154,6 @@ def test_relative_remote_directories_of_different_users_are_different_places(
 
 def test_leftover_matchers_take_exactly_the_digits_a_pattern_renders() -> None:
     """The clean-up of one activation must not take another's names for its own."""
-    from etl.names import owned_names
-
     monthly = owned_names("vip_$yyyyMM.csv")
     assert monthly("vip_202601.csv") and monthly("vip_202601.manifest.json") and monthly("vip_202601_part002.csv")
     assert not monthly("vip_20260115.csv") and not monthly("vip_20260115.manifest.json")
@@ -170,8 +175,6 @@ def holds_exactly_its_manifest(directory: Path, manifest_name: str, rows: int) -
 
 
 def rows_in(path: Path) -> int:
-    import gzip
-
     raw = path.read_bytes()
     return len((gzip.decompress(raw) if path.name.endswith(".gz") else raw).splitlines()) - 1
 
@@ -252,8 +255,6 @@ def test_a_growing_audience_is_refused_whole_then_delivered_compressed_replacing
 
 
 def test_a_dated_file_replaces_the_previous_days_file(tmp_path: Path, cli: Cli, outbox_at: tuple[str, Path]) -> None:
-    from etl.files import name_matcher
-
     files, remote = outbox_at
     config = configure(tmp_path, {"d": files}, [("a", "d", '{ name = "a_$yyyyMMdd.csv" }'),
                                                 ("b", "d", '{ name = "a_$yyyyMM.csv" }')])
@@ -286,8 +287,6 @@ def test_an_audience_and_a_profiles_activation_named_like_its_snapshot_coexist(t
         for name in ("vip", "vip.members"):
             shown = cli(config, "run", name)
             assert shown.code == 0 and "internal error" not in shown.said, shown.said
-    from etl.activation_state import MEMBERS, ROWS, state_file
-
     state = tmp_path / "state"
     assert pq.read_schema(state_file(state, "vip", MEMBERS)).names[:1] == ["member"]
     assert set(pq.read_schema(state_file(state, "vip.members", ROWS)).names) >= {"key", "row"}
@@ -297,8 +296,6 @@ def test_an_audience_and_a_profiles_activation_named_like_its_snapshot_coexist(t
 def test_state_files_of_earlier_versions_move_to_their_activation_once(tmp_path: Path) -> None:
     """The old flat names are adopted by the activation whose state they hold, by a rename; a file
     holding another activation's state (the shared name) is left for that one."""
-    from etl.activation_state import MEMBERS, ROWS, state_file
-
     snapshots = tmp_path / "snapshots"
     snapshots.mkdir()
     members = pa.table({"member": ["a@example.com"], "hash": pa.array([1], pa.uint64())})
@@ -345,10 +342,8 @@ def test_a_migration_cut_short_is_finished_by_the_next_run(tmp_path: Path, cli: 
 
 def test_clean_ups_touch_only_the_activations_own_names(location: Location) -> None:
     """On every protocol: the stale clean-up after a delivery removes this activation's other names only,
-    and retention leaves another activation's old temporary file alone (vip_$yyyyMM.csv's leftovers are
+    and the clean-up of dead runs' leftovers and retention leave another activation's temporary file alone (vip_$yyyyMM.csv's leftovers are
     not vip_$yyyyMMdd.csv's)."""
-    from etl.files import name_matcher
-
     connect, directory = location
     ours = name_matcher("vip_$yyyyMMdd.csv")
     names = ["vip_20260101.csv", "vip_20260101_part002.csv", "vip_20260101.manifest.json",  # ours, stale
@@ -362,6 +357,8 @@ def test_clean_ups_touch_only_the_activations_own_names(location: Location) -> N
     with connect() as deliverer:
         removed = deliverer.remove_stale(ours, ["vip_20260102.csv", "vip_20260102.manifest.json"])
         assert sorted(removed) == ["vip_20260101.csv", "vip_20260101.manifest.json", "vip_20260101_part002.csv"]
+        assert deliverer.discard_leftovers(ours, "20260102T000000Z-fff") == [
+            f"{TEMP_PREFIX}20260101T000000Z-abc-vip_20260101.csv.part"]  # not the monthly activation's, live or not
         deliverer.apply_retention(ours, datetime.now(UTC))  # everything is older than now
     left = {path.name for path in directory.iterdir()}
     assert {"vip_202601.csv", "vip_202601.manifest.json", "partner.csv",
@@ -390,3 +387,27 @@ def test_max_bytes_on_a_membership_audience_is_refused_as_meaningless(tmp_path: 
     assert shown.code == 2 and "[activations.m] file.max_bytes: not used with delivery" in shown.said, shown.said
     set_file(config, 'file = { max_bytes = 50000 }\ndelivery = "membership"', 'file = { max_bytes = 50000 }')
     assert cli(config, "validate").code == 0  # a ceiling for a file audience: accepted
+
+
+def test_a_run_killed_before_the_clean_up_leaves_a_complete_audience_and_the_next_run_finishes(tmp_path: Path) -> None:
+    """Killed (SIGKILL, a real process) once its files are in place but before the stale ones are removed:
+    the new audience is whole at the location; the next run removes what is left of the old delivery."""
+    remote = tmp_path / "outbox"
+    remote.mkdir()
+    config = configure(tmp_path, {"d": '{ type = "local", path = "outbox" }'}, [("a", "d", "{}")])
+    for number in (1, 2):  # an older version's parts
+        (remote / f"a_part{number:03d}.csv").write_text("emailAddress\nold@example.com\n")
+    set_rows(tmp_path, "a", 200)
+
+    def run(kill_at: str | None = None) -> int:
+        env = {key: value for key, value in os.environ.items() if key != "AUDIENCE_SYNC_KILL_AT"}
+        env.update({"AUDIENCE_SYNC_KILL_AT": kill_at} if kill_at else {})
+        done = subprocess.run([sys.executable, "-m", "etl", "--config", str(config), "run", "a"],
+                              capture_output=True, text=True, timeout=120, env=env)
+        assert "Traceback" not in done.stderr, done.stderr
+        return done.returncode
+
+    assert run("confirmed") == -signal.SIGKILL
+    assert rows_in(remote / "a.csv") == 200 and (remote / "a_part001.csv").exists()
+    assert run() == 0
+    holds_exactly_its_manifest(remote, "a.manifest.json", 200)
