@@ -17,12 +17,14 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from conftest import Shown
 from etl.activation_state import MEMBERS, ROWS, state_file
 from etl.delivery.base import TEMP_PREFIX, is_temp_name
-from etl.files import name_matcher
-from etl.names import owned_names
+from etl.files import final_file_name, name_matcher
+from etl.names import Claim, literal_prefix, literal_tail, overlaps, owned_names, tails_can_meet
 from etl.state import StateStore
 
 pytest_plugins = ["conftest_delivery"]
@@ -411,3 +413,38 @@ def test_a_run_killed_before_the_clean_up_leaves_a_complete_audience_and_the_nex
     assert rows_in(remote / "a.csv") == 200 and (remote / "a_part001.csv").exists()
     assert run() == 0
     holds_exactly_its_manifest(remote, "a.manifest.json", 200)
+
+
+# --------------------------------------------------------------------------- the intersection, as properties
+
+_PIECES = st.sampled_from(["a", "B", "_", "1", "0", "-", ".", "_part", "$yyyy", "$yy", "$MM", "$M", "$dd", "$d",
+                           "$MMM", "$MMMM", "$HHmm"])
+_PATTERNS = st.lists(_PIECES, min_size=1, max_size=6).map(lambda pieces: "x" + "".join(pieces) + ".csv")
+_DATES = st.datetimes(min_value=datetime(1000, 1, 1), max_value=datetime(9999, 12, 31))
+
+
+@settings(max_examples=300, deadline=None)
+@given(_PATTERNS, _DATES, st.sampled_from(["none", "gzip", "zip"]))
+def test_a_pattern_owns_every_name_it_renders_and_overlaps_each_of_them(pattern: str, when: datetime,
+                                                                        compression: str) -> None:
+    name = final_file_name(pattern, when, compression)  # type: ignore[arg-type]
+    assert owned_names(pattern)(name)
+    stem = name.removesuffix(".gz").removesuffix(".csv").removesuffix(".zip")
+    assert owned_names(pattern)(f"{stem}.manifest.json") and owned_names(pattern)(f"{stem}_part012.csv")
+    for fixed in (f"{stem}.csv", f"{stem}_part001.csv", f"{stem.upper()}.csv"):
+        claims = [Claim("a", pattern, ("local", "/x"), "/x"), Claim("b", fixed, ("local", "/x"), "/x")]
+        assert overlaps(claims), (pattern, fixed)
+
+
+@settings(max_examples=300, deadline=None)
+@given(_PATTERNS, _PATTERNS)
+def test_the_cheap_filters_never_skip_a_pair_that_meets(first: str, second: str) -> None:
+    """Whenever the automata share a name, the prefix and tail filters let the pair through, and the
+    name they share is one of each (case aside)."""
+    common = owned_names(first, fold=True).common_name(owned_names(second, fold=True))
+    if common is None:
+        return
+    assert owned_names(first, fold=True)(common) and owned_names(second, fold=True)(common)
+    one, other = sorted((literal_prefix(first), literal_prefix(second)), key=len)
+    assert other.startswith(one)
+    assert tails_can_meet(literal_tail(first), literal_tail(second)), (first, second, common)
