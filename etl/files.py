@@ -61,6 +61,7 @@ import pyarrow.csv as pacsv
 from isal import igzip, isal_zlib
 
 from etl.errors import FileWriteError
+from etl.names import MONTHS, PLACEHOLDER, letter_groups, owned_names
 
 Compression = Literal["none", "gzip", "zip"]
 
@@ -640,17 +641,8 @@ class RejectWriter:
 
 # --------------------------------------------------------------------------- names
 
-#: ``$`` followed by a run of Java date-pattern letters (y M d H m s), as Actito writes dates
-PLACEHOLDER = re.compile(r"\$([yMdHms]+)")
 _SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*\.csv")
-MONTHS = ("January", "February", "March", "April", "May", "June", "July", "August", "September", "October",
-           "November", "December")  # fmt: skip
 MAX_NAME_LENGTH = 200
-
-
-def letter_groups(run: str) -> list[str]:
-    """``yyyyMMdd`` -> ``["yyyy", "MM", "dd"]``."""
-    return [match.group(0) for match in re.finditer(r"y+|M+|d+|H+|m+|s+", run)]
 
 
 def _render_group(group: str, when: datetime) -> str:
@@ -704,8 +696,6 @@ def name_matcher(pattern: str) -> Callable[[str], bool]:
     """True for exactly the names ``pattern``'s activation can leave at its location: the name rendered on
     any date (each placeholder with the digit count `render_file_name` writes), with any compression's
     extension, as parts of earlier versions (``_part001``…) or as its manifest. See `etl.names`."""
-    from etl.names import owned_names  # etl.names builds on the placeholders defined here
-
     return owned_names(pattern).matches
 
 

@@ -1,4 +1,6 @@
-"""Which file names an activation owns at a location, and whether two activations' names can meet.
+"""File name patterns: their date placeholders, which names an activation owns at a location, and
+whether two activations' names can meet. Standard library only, so that loading a configuration
+(which checks names) stays light.
 
 A file transfer location is shared: several activations (and other senders) drop files into one
 directory, and each activation's clean-up removes the files it owns that are not its current
@@ -18,13 +20,16 @@ patterns overlap that in fact never meet (``a_$MM.csv`` and ``a_13.csv``), never
 
 from __future__ import annotations
 
+import re
 import string
 from collections import deque
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
-from etl.files import MONTHS, PLACEHOLDER, letter_groups
-
+#: ``$`` followed by a run of Java date-pattern letters (y M d H m s), as Actito writes dates
+PLACEHOLDER = re.compile(r"\$([yMdHms]+)")
+MONTHS = ("January", "February", "March", "April", "May", "June", "July", "August", "September", "October",
+          "November", "December")  # fmt: skip
 DIGITS = frozenset(string.digits)
 #: what a delivered audience file may end with, whatever the compression it was delivered with
 EXTENSIONS = (".csv", ".csv.gz", ".zip")
@@ -33,6 +38,11 @@ MANIFEST_SUFFIX = ".manifest.json"
 PART_INFIX = "_part"
 
 Chars = frozenset[str]
+
+
+def letter_groups(run: str) -> list[str]:
+    """``yyyyMMdd`` -> ``["yyyy", "MM", "dd"]``."""
+    return [match.group(0) for match in re.finditer(r"y+|M+|d+|H+|m+|s+", run)]
 
 
 @dataclass

@@ -343,9 +343,8 @@ class Deliverer(abc.ABC):
 
         Only files for which ``is_ours`` is true, and temporary names whose final name it is true for,
         are candidates: the directory is usually shared with other activations, other senders and
-        Actito itself. A
-        file that cannot be removed is logged and skipped, because housekeeping must not turn a
-        delivery that succeeded into a failed run.
+        Actito itself. A file that cannot be removed is logged and skipped, because housekeeping must
+        not turn a delivery that succeeded into a failed run.
         """
         self._require_connected()
         if older_than.tzinfo is None or older_than.utcoffset() is None:
