@@ -1,6 +1,6 @@
 """Names are owned: a location holds exactly one activation's current delivery, two activations can never
 write the same name, and no two activations share a state file. Attacks through the real CLI, against a
-real local directory and a real SFTP server."""
+real local directory and real SFTP and FTPS servers."""
 
 from __future__ import annotations
 
@@ -29,7 +29,7 @@ from etl.state import StateStore
 
 pytest_plugins = ["conftest_delivery"]
 
-from servers import PASSWORD, Location, SftpServer, age  # noqa: E402
+from servers import PASSWORD, FtpsServer, Location, SftpServer, age  # noqa: E402
 
 Cli = Callable[..., Shown]
 
@@ -189,13 +189,18 @@ def set_file(config: Path, old: str, new: str) -> None:
     config.write_text(config.read_text().replace(old, new))
 
 
-@pytest.fixture(params=["local", "sftp"])
+@pytest.fixture(params=["local", "sftp", "ftps"])
 def outbox_at(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
              ) -> tuple[str, Path]:
-    """(files table, the directory it puts files in): a local directory, or a real SFTP server's."""
+    """(files table, the directory it puts files in): a local directory, or a real SFTP or FTPS server's."""
     if request.param == "local":
         (tmp_path / "outbox").mkdir()
         return '{ type = "local", path = "outbox" }', tmp_path / "outbox"
+    if request.param == "ftps":
+        ftps: FtpsServer = request.getfixturevalue("make_ftps_server")()
+        monkeypatch.setenv("TEST_FTPS_PASSWORD", PASSWORD)
+        return (f'{{ type = "ftps", host = "127.0.0.1", port = {ftps.port}, username = "actito", '
+                f'password = "${{TEST_FTPS_PASSWORD}}", ca_file = "{ftps.tls.cert}", remote_dir = "/in" }}'), ftps.root / "in"
     server: SftpServer = request.getfixturevalue("make_sftp_server")()
     known_hosts = server.write_known_hosts(tmp_path / "known_hosts")
     monkeypatch.setenv("TEST_SFTP_PASSWORD", PASSWORD)
