@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import ipaddress
 import os
+import posixpath
 import re
 import tomllib
 from collections.abc import Iterator, Mapping
@@ -38,6 +39,7 @@ from sqlalchemy.exc import ArgumentError
 
 from etl.errors import ConfigError
 from etl.logs import register_secret, url_secrets
+from etl.names import Claim, overlaps
 
 DEFAULT_CONFIG = "schedules.toml"
 CONFIG_ENV = "AUDIENCE_SYNC_CONFIG"
@@ -765,7 +767,7 @@ def _cross_check(
         if isinstance(files, SftpLocation) and files.key_file and not config.path(files.key_file).is_file():
             problems.append((f"{where} files.key_file", f"no such file: {config.path(files.key_file)}"))
 
-    seen_files: dict[tuple[str, str], str] = {}
+    claims: list[Claim] = []
     lowered: dict[str, str] = {}
     sql_parameters: dict[Path, set[str] | str] = {}  # many activations share one SQL file: read and parse it once
     for name, raw in raw_activations.items():
@@ -788,18 +790,68 @@ def _cross_check(
                                               sql_parameters))
             continue
         file_options: dict[str, Any] = raw["file"] if isinstance(raw.get("file"), dict) else {}
+        if "max_bytes" in file_options and raw.get("delivery", "file") == "membership":
+            problems.append((f"{where} file.max_bytes", _MAX_BYTES_UNUSED))
         pattern = file_options.get("name") or f"{name}.csv"
         if isinstance(pattern, str):
             if (problem := name_pattern_problem(pattern)) is not None:
                 problems.append((f"{where} file.name", problem))
-            file_key = (str(destination_ref), pattern)
-            if file_key in seen_files:
-                problems.append((f"{where} file.name", f"same file name as [activations.{seen_files[file_key]}]"))
-            seen_files[file_key] = name
+            elif (claim := _file_claim(config, name, pattern, destination_ref, raw)) is not None:
+                claims.append(claim)
         if isinstance(raw.get("sql"), str):
             params: dict[str, Any] = raw["params"] if isinstance(raw.get("params"), dict) else {}
             problems.extend(_sql_problems(config.path(Path(raw["sql"])), set(params), where, sql_parameters))
+    problems.extend(_name_overlaps(claims))
     return problems
+
+
+#: file.max_bytes is the ceiling of the one file an audience delivers (never split): nothing to cap without one
+_MAX_BYTES_UNUSED = ('not used with delivery = "membership": members are imported through Actito\'s API and no '
+                     "file is delivered; remove it")
+
+
+def _file_claim(config: Config, name: str, pattern: str, destination_ref: Any, raw: dict[str, Any]) -> Claim | None:
+    """The names an audience delivered as a file claims at its destination's location (None for a
+    membership delivery, which writes no file there, or a destination already reported)."""
+    destination = config.destinations.get(destination_ref) if isinstance(destination_ref, str) else None
+    if raw.get("delivery", "file") != "file" or not isinstance(destination, Destination) or destination.files is None:
+        return None
+    identity, shown = location_identity(config, destination.files)
+    return Claim(name, pattern, identity, shown, destination_ref)
+
+
+def _name_overlaps(claims: list[Claim]) -> list[tuple[str, str]]:
+    """Two activations whose files can ever have the same name at one location: the last run would
+    win, and each one's clean-up would remove the other's delivery."""
+    return [(f"[activations.{second.activation}] file.name", _overlap_text(first, second, example))
+            for first, second, example in overlaps(claims)]
+
+
+def _overlap_text(first: Claim, second: Claim, example: str) -> str:
+    clash = (f"same file name as [activations.{first.activation}] ({first.pattern!r})"
+             if first.pattern == second.pattern else
+             f"{second.pattern!r} and {first.pattern!r} of [activations.{first.activation}] can both write {example}")
+    destinations = (f"[destinations.{second.destination}]" if first.destination == second.destination else
+                    f"[destinations.{second.destination}] and [destinations.{first.destination}] are one directory")
+    return (f"{clash} at {second.shown} ({destinations}): every name at a location belongs to one activation, "
+            "whose runs replace and remove it; give one of them another file name or another directory")
+
+
+def location_identity(config: Config, location: LocalLocation | SftpLocation | FtpsLocation) -> tuple[tuple[str, ...], str]:
+    """(canonical identity, address for people) of a file location: two locations with the same
+    identity are one directory however they are written (``outbox``, ``./outbox``, a link to it; a
+    host name in capitals, ``/in/`` and ``/in``). A relative remote directory is under the user's home,
+    so the user is part of its identity."""
+    if isinstance(location, LocalLocation):
+        path = str(config.path(location.path).expanduser().resolve())
+        return ("local", path), path
+    directory = posixpath.normpath(location.remote_dir.replace("\\", "/") or ".")
+    directory = "/" + directory.lstrip("/") if directory.startswith("/") else directory
+    host = location.host.lower().rstrip(".")
+    user = "" if directory.startswith("/") else location.username
+    shown = f"{location.type}://{location.username}@{host}:{location.port}" + (
+        directory if directory.startswith("/") else f"/~/{directory}")
+    return ("remote", host, str(location.port), user, directory), shown
 
 
 def _openfield_problems(destination: OpenFieldDestination, where: str) -> list[tuple[str, str]]:

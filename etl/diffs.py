@@ -36,6 +36,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from etl.activation_state import MEMBERS, state_file
 from etl.files import write_error
 from etl.transform import hash_identifiers
 
@@ -75,7 +76,7 @@ class MemberSnapshot:
 
     @classmethod
     def of(cls, state_dir: Path, activation: str) -> MemberSnapshot:
-        return cls(state_dir / "snapshots" / f"{activation}.members.parquet")
+        return cls(state_file(state_dir, activation, MEMBERS))
 
     def diff(self, current: StagedMembers, *, identifiers: bool = False) -> MemberDiff:
         """Compare the members staged by this run with the snapshot. ``identifiers``: also return who

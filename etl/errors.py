@@ -53,6 +53,11 @@ class FileWriteError(AudienceSyncError):
     """The audience file could not be written locally (disk full, permissions, bad name)."""
 
 
+class FileTooLarge(FileWriteError):
+    """An audience file came out bigger than ``file.max_bytes``: it is not delivered (never split: Actito
+    reads the last file as the whole audience), and the previous delivery stays in place."""
+
+
 class DeliveryError(AudienceSyncError):
     """The file could not be put in place at the file transfer location."""
 

@@ -61,6 +61,7 @@ import pyarrow.csv as pacsv
 from isal import igzip, isal_zlib
 
 from etl.errors import FileWriteError
+from etl.names import MONTHS, PLACEHOLDER, letter_groups, owned_names
 
 Compression = Literal["none", "gzip", "zip"]
 
@@ -640,17 +641,8 @@ class RejectWriter:
 
 # --------------------------------------------------------------------------- names
 
-#: ``$`` followed by a run of Java date-pattern letters (y M d H m s), as Actito writes dates
-_PLACEHOLDER = re.compile(r"\$([yMdHms]+)")
 _SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*\.csv")
-_MONTHS = ("January", "February", "March", "April", "May", "June", "July", "August", "September", "October",
-           "November", "December")  # fmt: skip
 MAX_NAME_LENGTH = 200
-
-
-def _letter_groups(run: str) -> list[str]:
-    """``yyyyMMdd`` -> ``["yyyy", "MM", "dd"]``."""
-    return [match.group(0) for match in re.finditer(r"y+|M+|d+|H+|m+|s+", run)]
 
 
 def _render_group(group: str, when: datetime) -> str:
@@ -658,19 +650,10 @@ def _render_group(group: str, when: datetime) -> str:
     if letter == "y":
         return f"{when.year % 100:02d}" if width == 2 else f"{when.year:0{width}d}"
     if letter == "M" and width >= 3:
-        name = _MONTHS[when.month - 1]
+        name = MONTHS[when.month - 1]
         return name[:3] if width == 3 else name
     value = {"M": when.month, "d": when.day, "H": when.hour, "m": when.minute, "s": when.second}[letter]
     return f"{value:0{width}d}"
-
-
-def _group_regex(group: str) -> str:
-    letter, width = group[0], len(group)
-    if letter == "y":
-        return r"\d{2}" if width == 2 else rf"\d{{{max(width, 4)},}}" if width > 2 else r"\d+"
-    if letter == "M" and width >= 3:
-        return "[A-Z][a-z]{2}" if width == 3 else "[A-Z][a-z]+"
-    return rf"\d{{{width}}}" if width >= 2 else r"\d{1,2}"
 
 
 def render_file_name(pattern: str, when: datetime) -> str:
@@ -681,7 +664,7 @@ def render_file_name(pattern: str, when: datetime) -> str:
     ``m`` minute, ``s`` second; a letter repeated n times is zero-padded to n digits. The run is
     as long as the letters go: ``$yyyyMMddHHmmss`` is one placeholder.
     """
-    return _PLACEHOLDER.sub(lambda m: "".join(_render_group(g, when) for g in _letter_groups(m.group(1))), pattern)
+    return PLACEHOLDER.sub(lambda m: "".join(_render_group(g, when) for g in letter_groups(m.group(1))), pattern)
 
 
 def name_pattern_problem(pattern: str) -> str | None:
@@ -710,17 +693,10 @@ def name_pattern_problem(pattern: str) -> str | None:
 
 
 def name_matcher(pattern: str) -> Callable[[str], bool]:
-    """True for every name ``pattern`` renders to on any date, with any compression and part suffix."""
-    stem = pattern[: -len(".csv")] if pattern.endswith(".csv") else pattern
-    pieces = []
-    position = 0
-    for match in _PLACEHOLDER.finditer(stem):
-        pieces.append(re.escape(stem[position : match.start()]))
-        pieces.append("".join(_group_regex(g) for g in _letter_groups(match.group(1))))
-        position = match.end()
-    pieces.append(re.escape(stem[position:]))
-    compiled = re.compile("".join(pieces) + r"(?:_part\d{3,})?(?:\.csv|\.csv\.gz|\.zip)")
-    return lambda name: compiled.fullmatch(name) is not None
+    """True for exactly the names ``pattern``'s activation can leave at its location: the name rendered on
+    any date (each placeholder with the digit count `render_file_name` writes), with any compression's
+    extension, as parts of earlier versions (``_part001``…) or as its manifest. See `etl.names`."""
+    return owned_names(pattern).matches
 
 
 def final_file_name(pattern: str, when: datetime, compression: Compression) -> str:

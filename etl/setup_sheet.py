@@ -25,7 +25,7 @@ def setup_sheet(config: Config, name: str) -> str:
     destination = config.destination_of(activation.destination, Destination)
     key = HEADER[activation.identifier]
     pattern = config.file_name_pattern(name)
-    example = final_file_name(pattern, datetime.now(UTC), activation.file.compression)
+    current = final_file_name(pattern, datetime.now(UTC), activation.file.compression)
     compression = {"none": "none", "gzip": "GZIP", "zip": "ZIP"}[activation.file.compression]
     lines = [
         f"Actito set-up for activation '{name}'" + (f" — {activation.description}" if activation.description else ""),
@@ -38,13 +38,16 @@ def setup_sheet(config: Config, name: str) -> str:
         "2. File synchronisation on that location",
         f"   File name pattern : {pattern}{_suffix(activation.file.compression)}"
         + ("   (Actito date placeholders: $yyyyMMdd ...)" if "$" in pattern else "   (the same name every run)"),
-        f"   Example file      : {example}",
+        *_file_lines(pattern, current),
         f"   Compression       : {compression}",
         "   Format            : CSV, UTF-8 without BOM, header line, one column",
         f"   Separator         : {_SEPARATORS[activation.file.separator]}",
         f"   Column / key      : {key}",
         f"   Validity period   : {_validity(config, name)}",
         "   A JSON manifest (<name>.manifest.json) is delivered beside each file: exclude *.json from the pattern.",
+        "   Each run delivers the whole audience as this one file, never split into parts (over file.max_bytes",
+        "   the run is refused and the previous file stays); once it is in place, this activation's other files",
+        "   in the directory (earlier names, parts left by older versions) are removed.",
         "",
         "3. Saved targeting (Actito: Profiles → Manage saved targetings)",
         f"   a. Create a targeting named '{name}' on the profile table that holds {key}.",
@@ -55,6 +58,15 @@ def setup_sheet(config: Config, name: str) -> str:
         f"({_last_delivered(config, name)}); then Save.",
     ]
     return "\n".join(lines)
+
+
+def _file_lines(pattern: str, current: str) -> list[str]:
+    """The file to point Actito at. A dated name changes and the previous one is removed after the next
+    run, so it is shown as what today's run writes, never as the file to use."""
+    if "$" not in pattern:
+        return [f"   File              : {current}   (replaced whole by every run)"]
+    return [f"   Today's file      : {current}   (an example: each run writes a new name and removes the one before;",
+            "                       point the synchronisation at the pattern, not at this name)"]
 
 
 def _suffix(compression: str) -> str:

@@ -19,11 +19,15 @@ from etl.delivery.factory import open_deliverer
 from etl.diffs import MemberDiff, MemberSnapshot, StagedMembers
 from etl.extract import activation_batches, local_time
 from etl.files import CsvFileWriter, RejectWriter, WrittenFile, final_file_name, name_matcher, write_manifest
-from etl.errors import AudienceSyncError
+from etl.errors import AudienceSyncError, FileTooLarge
 from etl.runs import RunContext, open_store
 from etl.transform import HEADER, AudienceCleaner, AudienceCounts, CleanBatch
 
 KIND = "audience"
+#: a writer's max_bytes that never cuts a part: an audience file is one file (see refuse_too_large)
+UNSPLIT = 1 << 62
+#: Actito refuses files bigger than this
+ACTITO_MAX_BYTES = 100_000_000
 
 
 @dataclass(frozen=True)
@@ -64,6 +68,8 @@ def run(context: RunContext) -> None:
     snapshot = MemberSnapshot.of(config.state_dir, name)
     with context.step("extract"), StagedMembers(context.run_dir / f"{name}.members.parquet") as members:
         written, counts = _write_audience(context, activation, file_name, rejects_path, members)
+    if activation.delivery == "file":
+        refuse_too_large(activation, name, written[0])
     sql_sha256 = hashlib.sha256(config.path(activation.sql).read_bytes()).hexdigest()
     manifest_path = context.run_dir / f"{_stem(file_name)}.manifest.json"
     write_manifest(manifest_path, _manifest(context, activation, written, counts, sql_sha256))
@@ -137,6 +143,25 @@ def check_shrink(context: RunContext, activation: AudienceActivation, size: int,
                     hint="check the query and its source tables; if the change is real, run again with --force")
 
 
+def refuse_too_large(activation: AudienceActivation, name: str, written: WrittenFile) -> None:
+    """An audience file bigger than ``file.max_bytes`` is refused, never split into parts: Actito's file
+    synchronisation takes the last file that appears as the whole audience, so a second part would
+    replace the first as the targeting instead of adding to it. Refused before anything is delivered,
+    so the previous delivery stays in place."""
+    limit = activation.file.max_bytes
+    if written.size <= limit:
+        return
+    raise FileTooLarge(
+        f"not delivered: the audience file is {written.size:,} bytes ({written.rows:,} rows), over "
+        f"file.max_bytes = {limit:,}; an audience is always delivered as one file (Actito reads the last file "
+        f"as the whole audience) and Actito refuses files over {ACTITO_MAX_BYTES:,} bytes (100 MB)",
+        where=f"[activations.{name}] file.max_bytes",
+        hint='set compression = "gzip" in [activations.' + name + '.file] (identifiers shrink several times)'
+             + ("" if limit >= ACTITO_MAX_BYTES else f" or raise file.max_bytes (at most {ACTITO_MAX_BYTES:,})")
+             + "; the previous delivery is still in place",
+    )
+
+
 def _write_audience(
     context: RunContext, activation: AudienceActivation, file_name: str, rejects_path: Path, members: StagedMembers
 ) -> tuple[list[WrittenFile], AudienceCounts]:
@@ -148,7 +173,7 @@ def _write_audience(
             header=HEADER[activation.identifier],
             separator=activation.file.separator,
             compression=activation.file.compression,
-            max_bytes=activation.file.max_bytes,
+            max_bytes=UNSPLIT,  # one file whatever its size; refuse_too_large applies file.max_bytes
         ) as writer,
         RejectWriter(rejects_path) as rejects,
     ):
@@ -168,11 +193,7 @@ def _deliver(context: RunContext, paths: list[Path], pattern: str) -> None:
     destination = context.config.destination_of(context.config.activations[context.activation].destination, Destination)
     location = destination.files
     assert location is not None  # validated: an audience destination has a files location
-    matches = name_matcher(pattern)
-
-    def is_ours(remote: str) -> bool:
-        return matches(remote) or matches(remote.removesuffix(".manifest.json") + ".csv")
-
+    is_ours = name_matcher(pattern)  # exactly this activation's names: validate keeps them apart from others'
     with context.step("deliver"), open_deliverer(context.config, location) as deliverer:
         context.fence()  # removals and renames from here on: only while the activation is still ours
         leftovers = deliverer.discard_leftovers(is_ours, context.run_id)  # of a run killed mid-upload
@@ -181,6 +202,8 @@ def _deliver(context: RunContext, paths: list[Path], pattern: str) -> None:
         delivered = deliverer.deliver(paths, context.run_id, all_uploaded=lambda: context.checkpoint("delivered"))
         context.details["delivered"] = [{"name": d.name, "bytes": d.size, "location": d.location} for d in delivered]
         context.checkpoint("confirmed")
+        # only now, with the new files in place: the location never lacks a complete audience
+        context.details["stale_removed"] = deliverer.remove_stale(is_ours, [d.name for d in delivered])
         if location.retention_days:
             context.fence()
             cutoff = datetime.now(UTC) - timedelta(days=location.retention_days)

@@ -53,7 +53,7 @@ def last_run(config: Path) -> RunRecord:
 
 
 def snapshot_of(config: Path) -> Path:
-    return config.parent / "var" / "state" / "snapshots" / "vip_customers.members.parquet"
+    return config.parent / "var" / "state" / "activations" / "vip_customers" / "members.parquet"
 
 
 def delivered(config: Path) -> set[str]:

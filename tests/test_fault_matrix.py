@@ -215,7 +215,7 @@ def test_an_ftps_server_that_breaks_the_handshake_fails_at_once(
 # --------------------------------------------------------------------------- Actito: 429s, 500s, time-outs, tokens
 
 PROFILES = "qualifio_profiles"
-SNAPSHOT = Path("var/state/snapshots") / f"{PROFILES}.parquet"
+SNAPSHOT = Path("var/state/activations") / PROFILES / "rows.parquet"
 
 
 @pytest.fixture

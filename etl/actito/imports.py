@@ -32,6 +32,7 @@ from etl.extract import activation_batches
 from etl.files import Compression, CsvFileWriter, RejectWriter, WrittenFile
 from etl.runs import RunContext, kill_point, open_store
 from etl.transform import SeenHashes
+from etl.activation_state import ROWS, state_file
 from etl.snapshots import RowSnapshot, fingerprint, key_hashes, row_hashes
 
 log = logging.getLogger("audience_sync.actito")
@@ -218,7 +219,7 @@ def run_import(
     columns = first.schema.names if first is not None else []
     with context.step("preflight"):
         table, mapping = preflight(client, target, mapping_for, columns)
-    snapshot_path = context.config.state_dir / "snapshots" / f"{context.activation}.parquet"
+    snapshot_path = state_file(context.config.state_dir, context.activation, ROWS)
     with context.step("recover"):
         recover_earlier_runs(context, client, target.timeout_seconds,
                              lambda landed: _commit_landed(snapshot_path, landed) if target.delta else None)

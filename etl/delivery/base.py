@@ -315,20 +315,49 @@ class Deliverer(abc.ABC):
         self._discard(names)
         return names
 
+    def remove_stale(self, is_ours: Callable[[str], bool], current: Iterable[str]) -> list[str]:
+        """Remove the activation's own files that are not part of its ``current`` delivery; return their names.
+
+        Called once the new files are in place, so the location holds a complete audience throughout
+        and afterwards only the current one: Actito's file synchronisation takes the last file as the
+        whole audience, and a stale part or an older file left beside it would be read as current by
+        anyone (or any pattern) looking at the directory. Temporary names are `discard_leftovers`'
+        business. A file that cannot be removed fails the delivery (after trying the others): the
+        location would not hold what the manifest lists, and the next run tries again.
+        """
+        self._require_connected()
+        keep = set(current)
+        stale = [name for name, _ in self._modified_files(
+            lambda name: is_ours(name) and name not in keep and not is_temp_name(name))]
+        failed: dict[str, DeliveryError] = {}
+        for name in stale:
+            try:
+                self._remove(name)
+            except DeliveryError as exc:
+                failed[name] = exc
+        if failed:
+            first = next(iter(failed.values()))
+            raise DeliveryError(f"cannot remove {', '.join(failed)}, left over from an earlier delivery: {first.what}",
+                                where=first.where,
+                                hint="the new files are in place; remove the old ones by hand or fix the "
+                                     "permissions, the next run tries again")
+        return stale
+
     def apply_retention(self, is_ours: Callable[[str], bool], older_than: datetime) -> list[str]:
         """Delete our own old files so the location does not grow forever; return the names removed.
 
-        Only files for which ``is_ours`` is true, and leftovers of our own temporary names, are
-        candidates: the directory is usually shared with other senders and with Actito itself. A
-        file that cannot be removed is logged and skipped, because housekeeping must not turn a
-        delivery that succeeded into a failed run.
+        Only files for which ``is_ours`` is true, and temporary names whose final name it is true for,
+        are candidates: the directory is usually shared with other activations, other senders and
+        Actito itself. A file that cannot be removed is logged and skipped, because housekeeping must
+        not turn a delivery that succeeded into a failed run.
         """
         self._require_connected()
         if older_than.tzinfo is None or older_than.utcoffset() is None:
             raise ValueError("older_than must be timezone-aware")
 
         def candidate(name: str) -> bool:
-            return is_temp_name(name) or is_ours(name)
+            parts = temp_name_parts(name)
+            return is_ours(parts[1] if parts else name)
 
         removed: list[str] = []
         for name, modified in list(self._modified_files(candidate)):

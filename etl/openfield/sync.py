@@ -40,6 +40,7 @@ from etl.openfield.connect import open_client
 from etl.openfield.errors import OpenFieldBudgetExhausted, OpenFieldRefused
 from etl.openfield.payload import PayloadBuilder, Profile, payload_text
 from etl.runs import RunContext, open_store
+from etl.activation_state import ROWS, state_file
 from etl.snapshots import RowSnapshot, fingerprint, key_hashes, row_hashes
 from etl.transform import SeenHashes
 
@@ -73,7 +74,7 @@ def run(context: RunContext) -> None:
     snapshot = None
     if activation.delta:
         snapshot = RowSnapshot(
-            config.state_dir / "snapshots" / f"{name}.parquet",
+            state_file(config.state_dir, name, ROWS),
             fingerprint(["openfield", destination.tenant_id, destination.application_id, activation.mode,
                          *builder.fingerprint_parts()]),
         )

@@ -1,0 +1,268 @@
+"""File name patterns: their date placeholders, which names an activation owns at a location, and
+whether two activations' names can meet. Standard library only, so that loading a configuration
+(which checks names) stays light.
+
+A file transfer location is shared: several activations (and other senders) drop files into one
+directory, and each activation's clean-up removes the files it owns that are not its current
+delivery. That is only safe if ownership is exact and exclusive: an activation must never take
+another's file for its own, and two activations must never be able to write the same name (the
+last run would win, and each one's clean-up would delete the other's files).
+
+So a file name pattern is turned into the language of every name its activation can leave at a
+location: the rendered name with each compression's extension, the manifest beside it, and the
+``_partNNN`` names earlier versions split big audiences into. The language is a small automaton
+built from the pattern's atoms (a literal character, a digit, a month name); `NameLanguage.matches`
+is the exact matcher the clean-ups use, and `NameLanguage.common_name` intersects two automata to
+find a name both can produce, which `validate` reports as an overlap. The intersection is exact
+over these atoms; digits stand for any digit (``$MM`` as ``\\d\\d``), which can only make two
+patterns overlap that in fact never meet (``a_$MM.csv`` and ``a_13.csv``), never the reverse.
+"""
+
+from __future__ import annotations
+
+import re
+import string
+from collections import deque
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+#: ``$`` followed by a run of Java date-pattern letters (y M d H m s), as Actito writes dates
+PLACEHOLDER = re.compile(r"\$([yMdHms]+)")
+MONTHS = ("January", "February", "March", "April", "May", "June", "July", "August", "September", "October",
+          "November", "December")  # fmt: skip
+DIGITS = frozenset(string.digits)
+#: what a delivered audience file may end with, whatever the compression it was delivered with
+EXTENSIONS = (".csv", ".csv.gz", ".zip")
+MANIFEST_SUFFIX = ".manifest.json"
+#: how earlier versions named the parts of a split audience: ``<stem>_part001<ext>``, 3 digits or more
+PART_INFIX = "_part"
+
+Chars = frozenset[str]
+
+
+def letter_groups(run: str) -> list[str]:
+    """``yyyyMMdd`` -> ``["yyyy", "MM", "dd"]``."""
+    return [match.group(0) for match in re.finditer(r"y+|M+|d+|H+|m+|s+", run)]
+
+
+@dataclass
+class NameLanguage:
+    """A nondeterministic automaton over characters: state 0 is the start, ``final`` the only accepting
+    state; ``edges[s]`` lists (characters, next state), ``skips[s]`` the states reached reading nothing."""
+
+    edges: list[list[tuple[Chars, int]]] = field(default_factory=lambda: [[]])
+    skips: list[list[int]] = field(default_factory=lambda: [[]])
+    final: int = 0
+
+    # -- building
+
+    def _new_state(self) -> int:
+        self.edges.append([])
+        self.skips.append([])
+        return len(self.edges) - 1
+
+    def _step(self, start: int, chars: Chars) -> int:
+        end = self._new_state()
+        self.edges[start].append((chars, end))
+        return end
+
+    def _word(self, start: int, word: str, fold: bool) -> int:
+        for character in word:
+            start = self._step(start, _letter(character, fold))
+        return start
+
+    def _either(self, start: int, words: Iterable[str], fold: bool) -> int:
+        """Any one of ``words`` after ``start``; returns the state where they all end."""
+        end = self._new_state()
+        for word in words:
+            self.skips[self._word(start, word, fold)].append(end)
+        return end
+
+    # -- reading
+
+    def _closure(self, states: Iterable[int]) -> set[int]:
+        todo = list(states)
+        seen = set(todo)
+        while todo:
+            for following in self.skips[todo.pop()]:
+                if following not in seen:
+                    seen.add(following)
+                    todo.append(following)
+        return seen
+
+    def matches(self, name: str) -> bool:
+        """True if ``name`` is one of this language's names (exactly: no prefix, no other digit count)."""
+        current = self._closure([0])
+        for character in name:
+            current = self._closure(end for state in current for chars, end in self.edges[state] if character in chars)
+            if not current:
+                return False
+        return self.final in current
+
+    def __call__(self, name: str) -> bool:
+        return self.matches(name)
+
+    def common_name(self, other: NameLanguage) -> str | None:
+        """A name both languages hold, or None if they share none: a breadth-first walk of the product
+        automaton (pairs of states), which is finite because each automaton is."""
+        start = (0, 0)
+        came_from: dict[tuple[int, int], tuple[tuple[int, int], str] | None] = {start: None}
+        todo = deque([start])
+        while todo:
+            pair = todo.popleft()
+            if pair == (self.final, other.final):
+                return _spelled(came_from, pair)
+            for following, character in self._pair_moves(other, pair):
+                if following not in came_from:
+                    came_from[following] = (pair, character)
+                    todo.append(following)
+        return None
+
+    def _pair_moves(self, other: NameLanguage, pair: tuple[int, int]) -> Iterable[tuple[tuple[int, int], str]]:
+        mine, theirs = pair
+        yield from (((following, theirs), "") for following in self.skips[mine])
+        yield from (((mine, following), "") for following in other.skips[theirs])
+        for chars, end in self.edges[mine]:
+            for other_chars, other_end in other.edges[theirs]:
+                if both := chars & other_chars:
+                    yield (end, other_end), min(both, key=lambda c: (c != c.lower(), c))  # a lower-case example
+
+
+def _spelled(came_from: dict[tuple[int, int], tuple[tuple[int, int], str] | None], pair: tuple[int, int]) -> str:
+    letters: list[str] = []
+    step = came_from[pair]
+    while step is not None:
+        pair, character = step
+        letters.append(character)
+        step = came_from[pair]
+    return "".join(reversed(letters))
+
+
+def _letter(character: str, fold: bool) -> Chars:
+    return frozenset({character.lower(), character.upper()}) if fold else frozenset(character)
+
+
+def _placeholder(language: NameLanguage, state: int, group: str, fold: bool) -> int:
+    """Append what `etl.files.render_file_name` writes for one letter group (``yyyy``, ``MM``, ``MMM``…)."""
+    letter, width = group[0], len(group)
+    if letter == "M" and width >= 3:
+        return language._either(state, (month[:3] if width == 3 else month for month in MONTHS), fold)
+    if letter == "y":
+        digits = 2 if width == 2 else max(width, 4)  # the year is written whole (2026) unless yy
+    else:
+        digits = max(width, 1)
+    for _ in range(digits):
+        state = language._step(state, DIGITS)
+    if letter != "y" and width == 1:  # $M $d $H $m $s: one digit below 10, two from 10
+        end = language._step(state, DIGITS)
+        language.skips[state].append(end)
+        state = end
+    return state
+
+
+def _stem(language: NameLanguage, pattern: str, fold: bool) -> int:
+    """Append the pattern without its ``.csv``: literal characters and placeholders."""
+    stem = pattern.removesuffix(".csv")
+    state, position = 0, 0
+    for found in PLACEHOLDER.finditer(stem):
+        state = language._word(state, stem[position : found.start()], fold)
+        for group in letter_groups(found.group(1)):
+            state = _placeholder(language, state, group, fold)
+        position = found.end()
+    return language._word(state, stem[position:], fold)
+
+
+def owned_names(pattern: str, *, fold: bool = False) -> NameLanguage:
+    """Every name an audience activation with this file name pattern can have left at its location:
+    ``<stem><ext>``, ``<stem>_partNNN<ext>`` (earlier versions' parts) and ``<stem>.manifest.json``,
+    for each compression's extension. ``fold``: letters match either case (for the overlap check: some
+    servers fold case, so ``VIP.csv`` and ``vip.csv`` may be one file there)."""
+    language = NameLanguage()
+    stem = _stem(language, pattern, fold)
+    manifest = language._word(stem, MANIFEST_SUFFIX, fold)
+    part = language._word(stem, PART_INFIX, fold)
+    for _ in range(3):
+        part = language._step(part, DIGITS)
+    language.edges[part].append((DIGITS, part))
+    language.skips[part].append(stem_end := language._new_state())
+    language.skips[stem].append(stem_end)
+    data = language._either(stem_end, EXTENSIONS, fold)
+    language.final = language._new_state()
+    language.skips[manifest].append(language.final)
+    language.skips[data].append(language.final)
+    return language
+
+
+def literal_prefix(pattern: str) -> str:
+    """The pattern's characters before its first placeholder, lower-cased: two patterns can only share
+    a name if one's prefix starts the other's, which spares comparing every pair of a big location."""
+    found = PLACEHOLDER.search(pattern)
+    return (pattern[: found.start()] if found else pattern.removesuffix(".csv")).lower()
+
+
+def literal_tail(pattern: str) -> str:
+    """The stem's characters after its last placeholder, lower-cased: every name's stem ends with them."""
+    stem = pattern.removesuffix(".csv")
+    found = list(PLACEHOLDER.finditer(stem))
+    return (stem[found[-1].end() :] if found else stem).lower()
+
+
+def _one_ends_the_other(first: str, second: str) -> bool:
+    return first.endswith(second) or second.endswith(first)
+
+
+def tails_can_meet(first: str, second: str) -> bool:
+    """False only if no name of the pattern with literal tail ``first`` can equal one with tail ``second``
+    (a necessary condition, cheap enough to test every pair of a location before intersecting).
+
+    Two equal names end with the same extension; before it, either both stems (each with or without the
+    same ``_partNNN``: the part numbers must then be as long) are equal, so one tail ends the other; or
+    one stem is the other's plus ``_partNNN``, so the plain one's tail, less its trailing digits, is
+    empty or ends (or is ended by) the other's tail followed by ``_part``."""
+    if _one_ends_the_other(first, second):
+        return True
+    return any(not (bare := plain.rstrip(string.digits)) or _one_ends_the_other(bare, parted + PART_INFIX)
+               for plain, parted in ((first, second), (second, first)))
+
+
+@dataclass(frozen=True)
+class Claim:
+    """An activation's claim on names at one location."""
+
+    activation: str
+    pattern: str
+    #: the location's canonical identity (see `etl.config.location_identity`)
+    location: tuple[str, ...]
+    #: the location for people
+    shown: str
+    #: the destination it was configured in
+    destination: str = ""
+
+
+def overlaps(claims: Sequence[Claim]) -> list[tuple[Claim, Claim, str]]:
+    """Every pair of claims on one location whose names can coincide, with a name both can write.
+
+    Claims are sorted by (location, literal prefix) so that only pairs where one prefix starts the
+    other are looked at, and of those only pairs whose literal tails can meet are intersected: a
+    thousand activations sharing a prefix (``aud_$yyyyMMdd_segment17.csv``) validate in a second."""
+    ordered = sorted(claims, key=lambda claim: (claim.location, literal_prefix(claim.pattern)))
+    languages: dict[int, NameLanguage] = {}
+    found = []
+    for index, first in enumerate(ordered):
+        prefix, tail = literal_prefix(first.pattern), literal_tail(first.pattern)
+        for second in ordered[index + 1 :]:
+            if second.location != first.location or not literal_prefix(second.pattern).startswith(prefix):
+                break
+            if not tails_can_meet(tail, literal_tail(second.pattern)):
+                continue
+            example = _language(languages, first).common_name(_language(languages, second))
+            if example is not None:
+                found.append((first, second, example))
+    return found
+
+
+def _language(cache: dict[int, NameLanguage], claim: Claim) -> NameLanguage:
+    """The claim's case-folded language, built once and only for claims that get intersected."""
+    if id(claim) not in cache:
+        cache[id(claim)] = owned_names(claim.pattern, fold=True)
+    return cache[id(claim)]
