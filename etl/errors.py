@@ -71,3 +71,8 @@ class LockBusy(AudienceSyncError):
     """Another process is running the same activation; this run did nothing."""
 
     exit_code = 3
+
+
+class LicenceBusy(AudienceSyncError):
+    """Every request slot of a licence stayed held by other processes sharing the ledger for too
+    long: nothing was sent by the request that waited; a later run may go through."""
