@@ -225,15 +225,20 @@ class LedgerSlots:
         return self._write(update) == 1
 
     def _start_renewer(self) -> None:
-        """One daemon thread per ledger licence, renewing every held lease each quarter of its life."""
+        """A daemon thread renewing every held lease each quarter of its life, while any is held
+        (the caller holds ``_held_lock``, so the thread cannot end unseen between check and start)."""
         if self._renewer is None:
-            self._renewer = threading.Thread(target=self._renew_forever, name=f"lease-renewer {self.licence}",
+            self._renewer = threading.Thread(target=self._renew_while_held, name=f"lease-renewer {self.licence}",
                                              daemon=True)
             self._renewer.start()
 
-    def _renew_forever(self) -> None:
+    def _renew_while_held(self) -> None:
         while True:
             time.sleep(self._ttl.total_seconds() / 4)
+            with self._held_lock:
+                if not self._held:
+                    self._renewer = None
+                    return
             try:
                 self.renew()
             except StateError as exc:  # the next round tries again; the lease still has 3/4 of its life
