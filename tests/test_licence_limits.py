@@ -22,11 +22,15 @@ import pytest
 import sqlalchemy as sa
 
 from dbservers import postgres_url
+from concurrent.futures import ThreadPoolExecutor
+
 from etl.actito.connect import open_client
 from etl.actito.sandbox import ActitoSandbox
 from etl.config import load_config
 from etl.errors import LicenceBusy
 from etl.licence import LedgerSlots, Licence, licence_name, licence_slots
+from etl.openfield import connect as openfield
+from etl.openfield.sandbox import DEMO_APPLICATION, DEMO_PASSWORD, DEMO_TENANT, OpenFieldSandbox
 from etl.state import StateStore, database_now
 from test_scheduler_replicas import shared_ledger  # noqa: F401  (a fixture: a fresh PostgreSQL schema)
 
@@ -95,6 +99,36 @@ def test_the_runs_of_a_process_share_one_licence_and_closing_one_client_spares_t
     assert second.profile_table("customers").id == "customers"  # the same token, its own connections
     second.close()
     assert sandbox.limits()["demo"]["tokens"] == 1
+
+
+def test_two_runs_on_one_openfield_tenant_share_its_max_concurrency(tmp_path: Path) -> None:
+    with OpenFieldSandbox(latency_seconds=0.1) as sandbox:
+        path = tmp_path / "schedules.toml"
+        path.write_text(f"""
+[settings]
+state_dir = "state"
+[destinations.of]
+type = "openfield"
+url = "{sandbox.url}"
+tenant_id = "{DEMO_TENANT}"
+application_id = "{DEMO_APPLICATION}"
+password = "${{OF_PASSWORD}}"
+calls_per_minute = 10000
+[warehouses.w]
+url = "sqlite:///warehouse.db"
+[activations.people]
+kind = "profiles"
+sql = "people.sql"
+destination = "of"
+""", encoding="utf-8")
+        (tmp_path / "people.sql").write_text("SELECT 'a@example.com' AS Email", encoding="utf-8")
+        config = load_config(path, environ={"OF_PASSWORD": DEMO_PASSWORD})
+        clients = [openfield.open_client(config, "of") for _ in range(2)]
+        with ThreadPoolExecutor(16) as pool:  # each run with as many workers as it may have in flight, and more
+            list(pool.map(lambda i: clients[i % 2].find(f"user{i}@example.com"), range(48)))
+        for client in clients:
+            client.close()
+        assert sandbox.peak_in_flight == 4  # the tenant's max_concurrency, not 4 per run
 
 
 # --------------------------------------------------------------------------- the ledger's slot leases
