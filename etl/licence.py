@@ -43,7 +43,7 @@ from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 import sqlalchemy as sa
-from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+from sqlalchemy.exc import IntegrityError, OperationalError, SQLAlchemyError
 
 from etl.errors import LicenceBusy, StateError
 from etl.http import SlidingWindow
@@ -174,10 +174,17 @@ class LedgerSlots:
             self._sleep(self._random.uniform(POLL_MIN, POLL_MAX))
 
     def release(self, lease: Lease) -> None:
-        """Give the slot back (only if still ours: an expired lease may have been taken over)."""
+        """Give the slot back (only if still ours: an expired lease may have been taken over).
+
+        A ledger that cannot be written now does not fail the request that was answered: the
+        lease, no longer renewed, runs out by itself."""
         with self._held_lock:
             self._held.discard(lease)
-        self._write(lambda conn: conn.execute(licence_slots.delete().where(*self._is(lease))).rowcount)
+        try:
+            self._write(lambda conn: conn.execute(licence_slots.delete().where(*self._is(lease))).rowcount)
+        except StateError as exc:
+            log.warning("licence slot not given back, it will expire: %s", exc.message(),
+                        extra={"fields": {"licence": self.licence, "slot": lease.slot}})
 
     def _try_take(self) -> Lease | None:
         """One look at the ledger: a free number by INSERT, else an expired slot by conditional UPDATE."""
@@ -209,6 +216,10 @@ class LedgerSlots:
                     expires_at=now + self._ttl))
         except IntegrityError:
             return False
+        except OperationalError as exc:
+            if "database is locked" in str(exc.orig):  # a busy SQLite ledger: as if taken, look again
+                return False
+            raise self._error(exc) from None
         except SQLAlchemyError as exc:
             raise self._error(exc) from None
         return True

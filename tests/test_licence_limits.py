@@ -203,3 +203,16 @@ def test_a_licence_holds_its_process_place_then_a_ledger_slot(ledger: sa.Engine)
         outside.acquire()  # the third is free for another process
         with pytest.raises(LicenceBusy):
             outside.acquire()
+
+
+def test_a_ledger_failing_at_release_does_not_fail_the_answered_request(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    store = StateStore.in_directory(tmp_path / "state")
+    ours = slots(store.engine)
+    lease = ours.acquire()
+    with store.engine.begin() as conn:
+        conn.execute(sa.text("DROP TABLE licence_slots"))  # the ledger breaks while the request runs
+    ours.release(lease)
+    assert "licence slot not given back, it will expire" in caplog.text
+    store.close()
