@@ -122,6 +122,8 @@ def build_parser() -> argparse.ArgumentParser:
     sandbox.add_argument("--port", type=int, default=8765)
     sandbox.add_argument("--fixture", help="JSON fixture of entities, tables and API keys (default: the demo one)")
     sandbox.add_argument("--state-file", help="keep the sandbox's profiles, records and imports in this JSON file")
+    sandbox.add_argument("--latency-seconds", type=float, default=0.0,
+                         help="how long each API request takes to answer, as a real Actito's do (default 0)")
     return parser
 
 
@@ -165,6 +167,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         options = ["--port", str(args.port)]
         options += ["--fixture", args.fixture] if args.fixture else []
         options += ["--state-file", args.state_file] if args.state_file else []
+        options += ["--latency-seconds", str(args.latency_seconds)]
         return sandbox.main(options)
     if args.command == "schedule":  # loads (and reloads) the configuration itself
         from etl.scheduler import main as schedule_main

@@ -19,6 +19,7 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
+import requests
 import sqlalchemy as sa
 
 from dbservers import postgres_url
@@ -99,6 +100,10 @@ def test_the_runs_of_a_process_share_one_licence_and_closing_one_client_spares_t
     assert second.profile_table("customers").id == "customers"  # the same token, its own connections
     second.close()
     assert sandbox.limits()["demo"]["tokens"] == 1
+    served = requests.get(f"{sandbox.url}/_sandbox/limits", timeout=5).json()["licences"]
+    assert served == sandbox.limits() and served["demo"]["entities"] == ["demo"]
+    assert requests.post(f"{sandbox.url}/_sandbox/limits/reset", timeout=5).status_code == 204
+    assert sandbox.limits() == {}
 
 
 def test_two_runs_on_one_openfield_tenant_share_its_max_concurrency(tmp_path: Path) -> None:

@@ -777,7 +777,8 @@ class ActitoSandbox:
     def reset_limits(self) -> None:
         """Start counting afresh (a peak restarts from the requests in flight now)."""
         with self._lock:
-            self._counts = {licence: _LicenceCounts(peak_in_flight=used) for licence, used in self._in_flight.items()}
+            self._counts = {licence: _LicenceCounts(peak_in_flight=used)
+                            for licence, used in self._in_flight.items() if used}
 
     # ------------------------------------------------------------------ inspection and control
 
