@@ -25,7 +25,8 @@ from etl.arrow import configure_arrow
 from etl.config import Config, load_config
 from etl.errors import AudienceSyncError, ConfigError
 from etl.logs import configure_logging, redact
-from etl.runs import RunOutcome, execute, open_store
+from etl.runs import RunOutcome, execute
+from etl.state import open_store
 from etl.history import count, runs_table, show_run, sizes_table, table
 
 EXIT_OK, EXIT_FAILED, EXIT_CONFIG, EXIT_LOCKED, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
@@ -122,6 +123,8 @@ def build_parser() -> argparse.ArgumentParser:
     sandbox.add_argument("--port", type=int, default=8765)
     sandbox.add_argument("--fixture", help="JSON fixture of entities, tables and API keys (default: the demo one)")
     sandbox.add_argument("--state-file", help="keep the sandbox's profiles, records and imports in this JSON file")
+    sandbox.add_argument("--latency-seconds", type=float, default=0.0,
+                         help="how long each API request takes to answer, as a real Actito's do (default 0)")
     return parser
 
 
@@ -167,6 +170,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         options = ["--port", str(args.port)]
         options += ["--fixture", args.fixture] if args.fixture else []
         options += ["--state-file", args.state_file] if args.state_file else []
+        options += ["--latency-seconds", str(args.latency_seconds)]
         return sandbox.main(options)
     if args.command == "schedule":  # loads (and reloads) the configuration itself
         from etl.scheduler import main as schedule_main

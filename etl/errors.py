@@ -82,3 +82,8 @@ class LeaseLost(AudienceSyncError):
     """This run no longer holds its activation's lease: it stalled longer than the lease
     (``settings.lock_ttl_minutes``) and another run took the activation over. Whatever this run had
     not yet made irreversible is abandoned, so the newer run's delivery stands."""
+
+
+class LicenceBusy(AudienceSyncError):
+    """Every request slot of a licence stayed held by other processes sharing the ledger for too
+    long: nothing was sent by the request that waited; a later run may go through."""

@@ -13,8 +13,10 @@ every client must follow them the same way; a second copy would drift.
   the first attempt was certainly refused (a 429, or a connection that was never opened); after an
   unclear outcome (read timeout, connection lost after sending, 5xx) the caller's ``lookup``
   looks for what the attempt may have created, and only if there is nothing is it sent again.
-* **Limits on our side**, so the service never has to refuse us: at most ``max_concurrency``
-  requests in flight across threads and at most ``calls_per_minute`` starts in any sliding minute.
+* **Limits on our side**, so the service never has to refuse us: every exchange holds a slot of
+  the client's `etl.licence.Licence` — at most N requests in flight and M starts in any sliding
+  minute *per licence*, shared by every client of that licence in the process and, through the
+  ledger, by every process (services count per licence, not per client).
 * **Secrets never leave in text**: a `Scrubber` knows the keys and tokens of one client and
   removes them from every message; the Authorization header is set through requests' auth hook,
   so a ``~/.netrc`` entry cannot replace it.
@@ -34,7 +36,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from types import TracebackType
-from typing import Any, Self, TypeVar
+from typing import TYPE_CHECKING, Any, Self, TypeVar
 
 import requests
 import requests.auth
@@ -43,6 +45,9 @@ from urllib3.exceptions import ConnectTimeoutError, NewConnectionError
 
 from etl.errors import AudienceSyncError
 from etl.logs import register_secret
+
+if TYPE_CHECKING:
+    from etl.licence import Licence
 
 SCRUBBED = "***"
 #: the longest piece of a remote answer put into one of our messages
@@ -87,7 +92,9 @@ class Scrubber:
         self._tokens: tuple[str, ...] = ()
 
     def add_token(self, token: str) -> None:
-        self._tokens = (*self._tokens[-7:], token)
+        """Scrub ``token`` too (tokens are shared by a licence's clients: added once per client)."""
+        if token not in self._tokens:
+            self._tokens = (*self._tokens[-7:], token)
 
     def __call__(self, text: str) -> str:
         for secret in (*self._keys, *self._tokens):
@@ -150,7 +157,8 @@ class Authorization(requests.auth.AuthBase):
 
 
 class Transport:
-    """One client's connection pool, limits and retry rules; the client says what a call and an error are."""
+    """One client's connection pool and retry rules under its licence's limits; the client says what
+    a call and an error are. Closing it closes only its connections, never the shared licence."""
 
     def __init__(
         self,
@@ -158,28 +166,25 @@ class Transport:
         service: str,
         log: logging.Logger,
         scrub: Scrubber,
-        max_concurrency: int,
-        calls_per_minute: int,
+        licence: Licence,
         connect_timeout: float,
         read_timeout: float,
         policy: RetryPolicy,
         sleep: Callable[[float], None] = time.sleep,
-        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
-        if max_concurrency < 1 or calls_per_minute < 1 or policy.max_attempts < 1:
-            raise ValueError("max_concurrency, calls_per_minute and max_attempts must be at least 1")
+        if policy.max_attempts < 1:
+            raise ValueError("max_attempts must be at least 1")
         self.service = service
         self.policy = policy
         self.scrub = scrub
+        self.licence = licence
         self._log = log
         self._timeout = (connect_timeout, read_timeout)
         self._sleep = sleep
         self._random = random.Random()
-        self._slots = threading.BoundedSemaphore(max_concurrency)
-        self._window = SlidingWindow(calls_per_minute, 60.0, monotonic, sleep, log, service)
         self._session = requests.Session()
         # max_retries=0: no urllib3 retries at all, see the module docstring
-        adapter = HTTPAdapter(pool_connections=1, pool_maxsize=max_concurrency, max_retries=0)
+        adapter = HTTPAdapter(pool_connections=1, pool_maxsize=licence.max_in_flight, max_retries=0)
         self._session.mount("http://", adapter)
         self._session.mount("https://", adapter)
         self._session.headers.update({"Accept": "application/json", "User-Agent": "audience-sync"})
@@ -189,10 +194,8 @@ class Transport:
         self._session.close()
 
     def send(self, method: str, url: str, *, authorization: str, **kwargs: Any) -> requests.Response:
-        """One HTTP exchange inside our concurrency and pacing limits; no retry here."""
-        with self._slots:
-            # paced once a slot is held, so the recorded start is the real one
-            self._window.acquire()
+        """One HTTP exchange inside the licence's concurrency and pacing limits; no retry here."""
+        with self.licence.slot():
             return self._session.request(
                 method, url, auth=Authorization(authorization), timeout=self._timeout, **kwargs
             )

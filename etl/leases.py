@@ -171,7 +171,7 @@ def _take(store: StateStore, activation: str, owner: str, run_id: str, ttl: time
             if row is None:
                 conn.execute(leases.insert().values(activation=activation, token=1, **values))
                 return 1
-            if row.owner and row.expires_at >= now and not _dead_local_owner(row.owner):
+            if row.owner and row.expires_at >= now and not dead_local_owner(row.owner):
                 raise _busy(activation, row)
             taken = conn.execute(
                 leases.update()
@@ -192,9 +192,9 @@ def _busy(activation: str, row: sa.Row) -> LockBusy:
     )
 
 
-def _dead_local_owner(owner: str) -> bool:
-    """True when a lease owner (``host:pid:store``) names a process of this host that has ended.
-    Another host's process cannot be checked: its lease must run out."""
+def dead_local_owner(owner: str) -> bool:
+    """True when a lease owner (``host:pid:tag``: an activation lease, a licence's request slot) names
+    a process of this host that has ended. Another host's process cannot be checked: its lease must run out."""
     parts = owner.rsplit(":", 2)
     if len(parts) != 3 or parts[0] != socket.gethostname() or not parts[1].isdigit():
         return False

@@ -54,12 +54,6 @@ def kill_point(name: str) -> None:
         os.kill(os.getpid(), signal.SIGSTOP)
 
 
-def open_store(config: Config) -> StateStore:
-    """The configured shared ledger, else the SQLite file in the state directory."""
-    url = config.settings.state_url
-    return StateStore(url.get_secret_value()) if url else StateStore.in_directory(config.state_dir)
-
-
 def new_run_id(started_at: datetime) -> str:
     """Sortable and readable: the UTC start second plus a random suffix for runs started together."""
     return f"{started_at.astimezone(UTC):%Y%m%dT%H%M%SZ}-{secrets.token_hex(3)}"

@@ -61,8 +61,8 @@ from apscheduler.triggers.interval import IntervalTrigger
 from etl.config import Config, Schedule, load_config, parse_interval
 from etl.config import config_path as resolve_config_path
 from etl.errors import AudienceSyncError, ConfigError
-from etl.runs import execute, open_store
-from etl.state import StateStore
+from etl.runs import execute
+from etl.state import StateStore, open_store
 
 log = logging.getLogger("audience_sync.scheduler")
 

@@ -20,6 +20,7 @@ from typing import Any, Protocol
 import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
+from etl.config import Config
 from etl.errors import StateError
 from etl.logs import redact
 
@@ -56,6 +57,17 @@ leases = sa.Table(
     sa.Column("owner", sa.String(200), nullable=False),
     #: the run that took the lease last
     sa.Column("run_id", sa.String(64), nullable=False),
+    sa.Column("acquired_at", sa.DateTime, nullable=False),
+    sa.Column("expires_at", sa.DateTime, nullable=False),
+)
+
+#: one row per request in flight anywhere on a licence: (licence, slot number 0..N-1) is unique
+licence_slots = sa.Table(
+    "licence_slots",
+    metadata,
+    sa.Column("licence", sa.String(200), primary_key=True),
+    sa.Column("slot", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("owner", sa.String(200), nullable=False),
     sa.Column("acquired_at", sa.DateTime, nullable=False),
     sa.Column("expires_at", sa.DateTime, nullable=False),
 )
@@ -180,8 +192,11 @@ class StateStore:
         try:
             state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
             # created private before SQLite opens it (SQLite would use the umask); its journal files
-            # take the database file's mode
-            os.close(os.open(ledger, os.O_WRONLY | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o600))
+            # take the database file's mode. Only when missing: closing any descriptor of the file
+            # drops every POSIX lock this process holds on it, SQLite's included — measured, two
+            # processes sharing the file then got "disk I/O error" (IOERR_RDLOCK, IOERR_DELETE_NOENT)
+            if not ledger.exists():
+                os.close(os.open(ledger, os.O_WRONLY | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o600))
         except OSError as exc:
             raise StateError(f"cannot create the state directory: {exc.strerror}", where=str(state_dir)) from None
         return cls(f"sqlite:///{ledger}")
@@ -338,15 +353,23 @@ class StateStore:
         return redact(self.url)
 
 
+def open_store(config: Config) -> StateStore:
+    """The configured shared ledger, else the SQLite file in the state directory."""
+    url = config.settings.state_url
+    return StateStore(url.get_secret_value()) if url else StateStore.in_directory(config.state_dir)
+
+
 def _create_tables(engine: sa.Engine, attempts: int = 4) -> None:
     """Create the ledger's tables, retried while another process creates them at the same moment:
     measured, two scheduler replicas (or cron runs) starting together on an empty PostgreSQL ledger,
-    one failed with 'duplicate key value violates unique constraint "pg_type_typname_nsp_index"'."""
+    one failed with 'duplicate key value violates unique constraint "pg_type_typname_nsp_index"'.
+    SQLite says 'table ... already exists' (an OperationalError) when two processes sharing a
+    state_dir create a table at once."""
     for attempt in range(1, attempts + 1):
         try:
             metadata.create_all(engine)
             return
-        except (IntegrityError, sa.exc.ProgrammingError) as exc:
+        except (IntegrityError, sa.exc.ProgrammingError, sa.exc.OperationalError) as exc:
             text = str(exc.orig)
             if attempt == attempts or ("duplicate key" not in text and "already exists" not in text):
                 raise

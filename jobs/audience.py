@@ -20,7 +20,8 @@ from etl.diffs import MemberDiff, MemberSnapshot, StagedMembers
 from etl.extract import activation_batches, local_time
 from etl.files import CsvFileWriter, RejectWriter, WrittenFile, final_file_name, name_matcher, write_manifest
 from etl.errors import AudienceSyncError, FileTooLarge
-from etl.runs import RunContext, open_store
+from etl.runs import RunContext
+from etl.state import open_store
 from etl.transform import HEADER, AudienceCleaner, AudienceCounts, CleanBatch
 
 KIND = "audience"

@@ -364,7 +364,7 @@ def test_the_clients_limit_keeps_a_burst_of_20_threads_from_any_429(sandboxes: C
 
     polite, polite_peak = burst()
     assert 429 not in statuses(polite)
-    assert polite_peak == 4
+    assert polite_peak == 5  # all of Actito's 5, never a 6th
     assert len(calls(polite, "GET", "/auth/token")) == 1
 
 

@@ -39,8 +39,8 @@ import dbservers
 from etl.actito.sandbox import ActitoSandbox
 from etl.config import load_config
 from etl.delivery import base as delivery_base
-from etl.runs import RunContext, RunOutcome, execute, open_store
-from etl.state import RunRecord
+from etl.runs import RunContext, RunOutcome, execute
+from etl.state import RunRecord, open_store
 from jobs import job_for
 
 pytest_plugins = ["conftest_delivery"]

@@ -17,7 +17,8 @@ from etl.actito.mapping import RowMapper, qualifio_mapping
 from etl.actito.sandbox import ActitoSandbox
 from etl.config import Config, load_config
 from etl.extract import activation_batches
-from etl.runs import RunOutcome, execute, open_store
+from etl.runs import RunOutcome, execute
+from etl.state import open_store
 from jobs import job_for
 from servers import with_actito_sandbox
 

@@ -181,8 +181,8 @@ def _stall_then_take_over(project: Project, location: Path) -> None:
 
     assert_delivered(location, 150)  # B's audience, not A's 120 rows delivered over it
     assert project.leftovers(location) == []
-    snapshot = project.root / "state" / "snapshots"
-    members = {str(m) for path in snapshot.rglob("*.parquet") for m in pq.read_table(path).column(0).to_pylist()}
+    snapshot = project.root / "state" / "activations" / "members" / "members.parquet"
+    members = set(pq.read_table(snapshot).column("member").to_pylist())
     assert len(members) == 150  # the members snapshot is B's
     assert (taker.status, frozen.status) == ("succeeded", "failed")
     assert "lost the lock" in (frozen.error or "")

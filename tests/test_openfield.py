@@ -26,7 +26,8 @@ from etl.config import Config, load_config
 from etl.errors import ConfigError
 from etl.logs import redact
 from etl.openfield.sandbox import OpenFieldSandbox
-from etl.runs import RunOutcome, execute, open_store
+from etl.runs import RunOutcome, execute
+from etl.state import open_store
 from jobs import job_for
 
 REPO = Path(__file__).resolve().parent.parent

@@ -21,13 +21,15 @@ Why it is built the way it is:
   whole file (up to 100 MB, twice over while encoding) in memory; the encoder reads it in chunks
   and knows its length, so requests sends a Content-Length, not chunked encoding. It is rebuilt,
   and the file reopened, for each attempt.
-* **Limits are kept on our side** so Actito never has to refuse us: at most ``max_concurrency``
-  requests in flight across threads (Actito answers 429 to the 6th concurrent request of a
-  licence) and at most ``calls_per_minute`` calls in any sliding minute (Actito allows 100 and
-  slows the excess).
-* **The token** from ``GET /auth/token`` is cached, renewed 60 s before it expires, and renewed
-  once more when a call answers 401 (Actito's clock, a revoked token); a second 401 is a real
-  auth problem. One thread renews, the others wait for its token.
+* **Limits are kept on our side, per licence** so Actito never has to refuse us: the client
+  sends through an `etl.licence.Licence` — at most 5 requests in flight (Actito answers 429 to
+  the 6th concurrent request of a licence) and at most 90 calls in any sliding minute (Actito
+  allows 100 and slows the excess) — shared by every client of the licence (`connect.open_client`
+  takes it from the process-wide registry, with slots in the ledger for other processes).
+* **The token** from ``GET /auth/token`` is cached in the licence (one token for all its
+  clients), renewed 60 s before it expires, and renewed once more when a call answers 401
+  (Actito's clock, a revoked token); a second 401 is a real auth problem. One thread renews, the
+  others wait for its token.
 * **The API key never leaves the process in text**: it is registered with `etl.logs` for log
   redaction and scrubbed from every message the client builds; errors name the route template,
   never a header.
@@ -40,7 +42,6 @@ from __future__ import annotations
 import json
 import logging
 import re
-import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping
@@ -63,6 +64,7 @@ from etl.actito.errors import (
 from etl.config import ACTITO_ENVIRONMENTS
 from etl.errors import AudienceSyncError
 from etl.http import ApiClient, RetryPolicy, Scrubber, Transport, failure_text, json_of, unreachable_text
+from etl.licence import Licence
 
 log = logging.getLogger("audience_sync.actito")
 
@@ -76,6 +78,17 @@ MAX_UPLOAD_BYTES = 100_000_000
 
 #: renew the token when fewer than this many seconds of its life are left
 TOKEN_RENEW_AHEAD = 60.0
+
+#: Actito's documented limits per licence: a 6th concurrent call is refused (429); calls over 100 in
+#: a minute are slowed. In flight: all 5, since our slot is held from before the request is sent
+#: until its answer is read, a window that contains Actito's own count of it. Per minute: 90, a
+#: margin for Actito's minute not being ours and for the other processes sharing the licence,
+#: whose minute windows are their own (only concurrency is shared through the ledger).
+MAX_IN_FLIGHT = 5
+CALLS_PER_MINUTE = 90
+#: seconds to open a connection and between two bytes of an answer: also sizes the ledger lease
+CONNECT_TIMEOUT = 10.0
+READ_TIMEOUT = 60.0
 
 
 # Route templates: the literal text of ``where`` in every error, so no id, URL or secret leaks
@@ -182,10 +195,10 @@ class ActitoClient(ApiClient):
         base_url: str,
         entity: str,
         api_key: str,
-        max_concurrency: int = 4,
-        calls_per_minute: int = 90,
-        connect_timeout: float = 10,
-        read_timeout: float = 60,
+        max_concurrency: int = MAX_IN_FLIGHT,
+        calls_per_minute: int = CALLS_PER_MINUTE,
+        connect_timeout: float = CONNECT_TIMEOUT,
+        read_timeout: float = READ_TIMEOUT,
         max_attempts: int = 6,
         backoff_base: float = 0.5,
         backoff_max: float = 30,
@@ -193,12 +206,13 @@ class ActitoClient(ApiClient):
         sleep: Callable[[float], None] = time.sleep,
         monotonic: Callable[[], float] = time.monotonic,
         wire: ActitoWire | None = None,
+        licence: Licence | None = None,
     ) -> None:
         """``base_url`` is a URL or a name of `ENVIRONMENTS`; ``sleep``/``monotonic`` are injectable for tests.
 
-        ``max_concurrency`` defaults to 4, one under Actito's 5 per licence, so another job using
-        the same licence does not push us into 429s; ``calls_per_minute`` to 90 of Actito's 100
-        for the same reason.
+        ``licence``: the limits and token cache shared with the licence's other clients (see
+        `connect.open_client`); without one the client has its own, of ``max_concurrency`` in
+        flight and ``calls_per_minute`` (defaults: `MAX_IN_FLIGHT`, `CALLS_PER_MINUTE`).
         """
         if not api_key:
             raise ValueError("api_key is empty")
@@ -215,15 +229,15 @@ class ActitoClient(ApiClient):
         self._sleep = sleep
         self._monotonic = monotonic
         self._budget = re.compile(self.wire.budget_message, re.IGNORECASE)
-        self._http = Transport(
-            service="Actito", log=log, scrub=self._scrub, max_concurrency=max_concurrency,
-            calls_per_minute=calls_per_minute, connect_timeout=connect_timeout, read_timeout=read_timeout,
-            policy=RetryPolicy(max_attempts, backoff_base, backoff_max, retry_after_max),
-            sleep=sleep, monotonic=monotonic,
+        self._licence = licence or Licence(
+            service="Actito", name=f"{self.base_url} {entity}", max_in_flight=max_concurrency,
+            calls_per_minute=calls_per_minute, sleep=sleep, monotonic=monotonic,
         )
-        self._token_lock = threading.Lock()
-        self._token_value: str | None = None
-        self._token_expires = 0.0
+        self._http = Transport(
+            service="Actito", log=log, scrub=self._scrub, licence=self._licence, connect_timeout=connect_timeout,
+            read_timeout=read_timeout, policy=RetryPolicy(max_attempts, backoff_base, backoff_max, retry_after_max),
+            sleep=sleep,
+        )
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -459,34 +473,30 @@ class ActitoClient(ApiClient):
     # ------------------------------------------------------------------ token
 
     def _token(self) -> str:
-        """A valid access token, fetched or renewed by one thread while the others wait for it."""
-        with self._token_lock:
-            now = self._monotonic()
-            if self._token_value is not None and now < self._token_expires:
-                return self._token_value
-            body = self._get(_TOKEN, use_key=True)
-            token = body.get("accessToken") if isinstance(body, Mapping) else None
-            if not isinstance(token, str) or not token:
-                raise ActitoAuthError(
-                    "Actito answered the token request without an accessToken",
-                    where=f"Actito GET {_TOKEN}",
-                    hint="check the base URL: it may not point at Actito",
-                    status=200,
-                )
-            lifetime = _seconds(body.get("expiresIn"))
-            # renew 60 s ahead; for a short-lived token, halfway through its life
-            ahead = min(TOKEN_RENEW_AHEAD, lifetime / 2)
-            self._token_value = token
-            self._token_expires = now + lifetime - ahead
-            self._scrub.add_token(token)
-            log.debug("Actito token obtained", extra={"fields": {"expires_in_s": lifetime}})
-            return token
+        """A valid access token from the licence's cache, fetched or renewed by one thread while the others wait."""
+        token = self._licence.tokens.get(self._api_key, self._new_token)
+        self._scrub.add_token(token)
+        return token
+
+    def _new_token(self) -> tuple[str, float]:
+        """A fresh token and how long it may be used: renewed 60 s ahead, a short-lived one halfway."""
+        body = self._get(_TOKEN, use_key=True)
+        token = body.get("accessToken") if isinstance(body, Mapping) else None
+        if not isinstance(token, str) or not token:
+            raise ActitoAuthError(
+                "Actito answered the token request without an accessToken",
+                where=f"Actito GET {_TOKEN}",
+                hint="check the base URL: it may not point at Actito",
+                status=200,
+            )
+        self._scrub.add_token(token)
+        lifetime = _seconds(body.get("expiresIn"))
+        log.debug("Actito token obtained", extra={"fields": {"expires_in_s": lifetime}})
+        return token, lifetime - min(TOKEN_RENEW_AHEAD, lifetime / 2)
 
     def _invalidate(self, token: str) -> None:
         """Forget ``token`` after a 401, unless another thread has already replaced it."""
-        with self._token_lock:
-            if self._token_value == token:
-                self._token_value = None
+        self._licence.tokens.forget(self._api_key, token)
 
     # ------------------------------------------------------------------ transport
 

@@ -15,10 +15,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol, TypeVar, cast
 
-from etl.actito.client import ActitoClient
+from etl.actito.client import CALLS_PER_MINUTE, CONNECT_TIMEOUT, MAX_IN_FLIGHT, READ_TIMEOUT, ActitoClient
 from etl.actito.sandbox import ActitoSandbox
 from etl.config import ACTITO_ENVIRONMENTS, Config, Destination
 from etl.errors import ConfigError
+from etl.licence import licence_for
 
 #: the API key of the sandbox's default fixture; a demo value, not a secret
 SANDBOX_DEMO_KEY = "sandbox-demo-key"
@@ -74,4 +75,11 @@ def open_client(config: Config, destination_name: str) -> ActitoClient:
             [(f"[destinations.{destination_name}] api_key", "needed to call Actito's API: \"${ACTITO_API_KEY}\"")],
             source=config.source,
         )
-    return ActitoClient(base_url=base_url, entity=destination.entity, api_key=api_key)
+    # the licence's limits and token, shared with every other run of this process (and its slots
+    # with every process of the ledger): Actito counts per licence, not per client
+    licence = licence_for(
+        config, service="Actito", url=ACTITO_ENVIRONMENTS.get(base_url, base_url), account=destination.entity,
+        max_in_flight=MAX_IN_FLIGHT, calls_per_minute=CALLS_PER_MINUTE, connect_timeout=CONNECT_TIMEOUT,
+        read_timeout=READ_TIMEOUT,
+    )
+    return ActitoClient(base_url=base_url, entity=destination.entity, api_key=api_key, licence=licence)

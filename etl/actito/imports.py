@@ -30,7 +30,8 @@ from etl.actito.recovery import Landed, discard_sent, part_reference, recover_ea
 from etl.config import Config, Destination, ImportActivationBase
 from etl.extract import activation_batches
 from etl.files import Compression, CsvFileWriter, RejectWriter, WrittenFile
-from etl.runs import RunContext, kill_point, open_store
+from etl.runs import RunContext, kill_point
+from etl.state import open_store
 from etl.transform import SeenHashes
 from etl.activation_state import ROWS, state_file
 from etl.snapshots import RowSnapshot, fingerprint, key_hashes, row_hashes

@@ -28,8 +28,8 @@ import pyarrow.parquet as pq
 from etl.actito.client import ActitoClient
 from etl.actito.errors import ActitoImportError
 from etl.files import WrittenFile
-from etl.runs import RunContext, open_store
-from etl.state import NOT_SENT, ImportRecord, StateStore
+from etl.runs import RunContext
+from etl.state import NOT_SENT, ImportRecord, StateStore, open_store
 
 log = logging.getLogger("audience_sync.actito")
 

@@ -387,6 +387,20 @@ class _Fault:
     retry_after: float | None
 
 
+@dataclass
+class _LicenceCounts:
+    """What Actito's limits count, per licence: lets a test assert that a client stayed within them."""
+
+    #: the most requests in flight at once, a refused one included (a 6th attempt makes it 6)
+    peak_in_flight: int = 0
+    #: requests answered 429 for going over ``max_concurrent``
+    refused: int = 0
+    #: ``GET /auth/token`` requests
+    tokens: int = 0
+    #: every authenticated API request
+    calls: int = 0
+
+
 @dataclass(frozen=True)
 class _Token:
     api_key: str
@@ -457,11 +471,15 @@ class ActitoSandbox:
         max_file_bytes: int = MAX_FILE_BYTES,
         fault_delay_seconds: float = 3.0,
         state_file: Path | None = None,
+        latency_seconds: float = 0.0,
     ) -> None:
         """``clock`` drives token expiry and the daily budget's UTC date (`advance_clock` moves it);
         import progress uses real time (``processing_seconds``) so clients really have to poll.
         ``max_file_bytes`` exists so a test can check the 100 MB refusal with a small file, and
         ``fault_delay_seconds`` is how long a "timeout" fault withholds its answer.
+        ``latency_seconds``: how long each API request holds its licence's concurrency slot before
+        its answer (a real Actito takes tens to hundreds of milliseconds), so concurrent clients
+        really overlap and a test of the per-licence limit measures something.
 
         ``state_file``: a JSON file holding the state between processes. Loaded now if it exists
         and was saved for this same fixture (otherwise the sandbox starts from the fixture and logs
@@ -469,8 +487,8 @@ class ActitoSandbox:
         replaces the whole file, so of two processes the last to save wins (a warning says so)."""
         if max_concurrent < 1 or daily_imports_per_table < 0 or token_ttl_seconds < 1 or max_file_bytes < 1:
             raise ValueError("max_concurrent, token_ttl_seconds and max_file_bytes must be positive")
-        if processing_seconds < 0 or fault_delay_seconds < 0:
-            raise ValueError("processing_seconds and fault_delay_seconds cannot be negative")
+        if processing_seconds < 0 or fault_delay_seconds < 0 or latency_seconds < 0:
+            raise ValueError("processing_seconds, fault_delay_seconds and latency_seconds cannot be negative")
         if fixture is None:
             fixture = DEFAULT_FIXTURE
         if isinstance(fixture, Path):
@@ -490,6 +508,7 @@ class ActitoSandbox:
         self.daily_imports_per_table = daily_imports_per_table
         self.max_file_bytes = max_file_bytes
         self.fault_delay_seconds = fault_delay_seconds
+        self.latency_seconds = latency_seconds
 
         self._lock = threading.RLock()
         #: (method, path with query, status) of every request; status 0 = closed without an answer
@@ -551,6 +570,7 @@ class ActitoSandbox:
             self._pending: list[_Execution] = []
             self._imports_today: dict[tuple[str, str, str], int] = {}
             self._in_flight: dict[str, int] = {}
+            self._counts: dict[str, _LicenceCounts] = {}
             self._clock_offset = 0.0
             self._next_profile = next_profile
             self._next_execution = _FIRST_EXECUTION_ID
@@ -742,6 +762,23 @@ class ActitoSandbox:
         """Requests currently holding a concurrency slot (all licences): lets a test wait for them."""
         with self._lock:
             return sum(self._in_flight.values())
+
+    def limits(self) -> dict[str, dict[str, Any]]:
+        """Per licence, what Actito's limits count since the start or the last `reset_limits`:
+        ``peak_in_flight`` (a refused request included), ``refused`` (429s for concurrency),
+        ``tokens`` (token requests), ``calls`` and ``in_flight`` now, plus the licence's ``entities``."""
+        with self._lock:
+            return {
+                licence: {**dataclasses.asdict(counts), "in_flight": self._in_flight.get(licence, 0),
+                          "entities": sorted(e.name for e in self._entities.values() if e.licence == licence)}
+                for licence, counts in self._counts.items()
+            }
+
+    def reset_limits(self) -> None:
+        """Start counting afresh (a peak restarts from the requests in flight now)."""
+        with self._lock:
+            self._counts = {licence: _LicenceCounts(peak_in_flight=used)
+                            for licence, used in self._in_flight.items() if used}
 
     # ------------------------------------------------------------------ inspection and control
 
@@ -949,6 +986,8 @@ class ActitoSandbox:
                     raise _HttpError(429, f"too many concurrent requests: at most {self.max_concurrent} per licence")
                 held = licence
                 response = self._route(request, licence)
+                if self.latency_seconds:
+                    self._stopping.wait(self.latency_seconds)
             except _HttpError as error:
                 response = error.response()
             if fault is None:
@@ -972,7 +1011,11 @@ class ActitoSandbox:
     def _acquire(self, licence: str) -> bool:
         with self._lock:
             used = self._in_flight.get(licence, 0)
+            counts = self._counts.setdefault(licence, _LicenceCounts())
+            counts.calls += 1
+            counts.peak_in_flight = max(counts.peak_in_flight, used + 1)
             if used >= self.max_concurrent:
+                counts.refused += 1
                 return False
             self._in_flight[licence] = used + 1
             return True
@@ -1035,6 +1078,7 @@ class ActitoSandbox:
         token = secrets.token_urlsafe(32)
         with self._lock:
             self._tokens[token] = _Token(api_key, licence, self._now() + self.token_ttl_seconds)
+            self._counts.setdefault(licence, _LicenceCounts()).tokens += 1
         return _Response(200, {
             "accessToken": token,
             "tokenType": "bearer",
@@ -1224,6 +1268,12 @@ class ActitoSandbox:
         if path == "/_sandbox/reset" and method == "POST":
             request.drain()
             self.reset()
+            return _Response(204)
+        if path == "/_sandbox/limits" and method == "GET":
+            return _Response(200, {"licences": self.limits()})
+        if path == "/_sandbox/limits/reset" and method == "POST":
+            request.drain()
+            self.reset_limits()
             return _Response(204)
         body = request.body(_CONTROL_BODY_LIMIT) if method == "POST" else b""
         if body is None:
@@ -2143,6 +2193,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--fixture", type=Path, default=None, help=f"fixture JSON (default {DEFAULT_FIXTURE.name})")
     parser.add_argument("--processing-seconds", type=float, default=0.2,
                         help="real time an import takes from PENDING to its final status (default 0.2)")
+    parser.add_argument("--latency-seconds", type=float, default=0.0,
+                        help="how long each API request takes to answer, holding its concurrency slot (default 0)")
     parser.add_argument("--state-file", type=Path, default=None,
                         help="keep the state (profiles, records, executions, counters) in this JSON file across "
                              "restarts (default: none, every start is empty)")
@@ -2150,7 +2202,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")  # the state file's lines; a no-op under the CLI
     try:
         sandbox = ActitoSandbox(args.fixture, host=args.host, port=args.port,
-                                processing_seconds=args.processing_seconds, state_file=args.state_file)
+                                processing_seconds=args.processing_seconds, state_file=args.state_file,
+                                latency_seconds=args.latency_seconds)
         url = sandbox.start()
     except (OSError, ValueError) as exc:
         print(f"actito sandbox: {exc}", file=sys.stderr)

@@ -29,6 +29,7 @@ import requests
 
 from etl.errors import AudienceSyncError
 from etl.http import ApiClient, RetryPolicy, Scrubber, Transport, failure_text, json_of, unreachable_text
+from etl.licence import Licence
 from etl.openfield.errors import OpenFieldAuthError, OpenFieldError, OpenFieldRateLimited, OpenFieldRefused
 
 log = logging.getLogger("audience_sync.openfield")
@@ -37,6 +38,10 @@ log = logging.getLogger("audience_sync.openfield")
 ID_FIELD = "PartyId"
 
 Outcome = Literal["created", "updated", "skipped"]
+
+#: seconds to open a connection and between two bytes of an answer: also sizes the ledger lease
+CONNECT_TIMEOUT = 10.0
+READ_TIMEOUT = 30.0
 
 
 @dataclass(frozen=True)
@@ -71,12 +76,15 @@ class OpenFieldClient(ApiClient):
         match_on: str = "Email",
         max_concurrency: int = 4,
         calls_per_minute: int = 300,
-        connect_timeout: float = 10,
-        read_timeout: float = 30,
+        connect_timeout: float = CONNECT_TIMEOUT,
+        read_timeout: float = READ_TIMEOUT,
         policy: RetryPolicy = RetryPolicy(),
         sleep: Callable[[float], None] = time.sleep,
         monotonic: Callable[[], float] = time.monotonic,
+        licence: Licence | None = None,
     ) -> None:
+        """``licence``: the tenant's limits, shared with its other clients (see `connect.open_client`);
+        without one the client has its own, of ``max_concurrency`` in flight and ``calls_per_minute``."""
         if not password:
             raise ValueError("password is empty")
         if not base_url.startswith(("http://", "https://")):
@@ -85,16 +93,20 @@ class OpenFieldClient(ApiClient):
         self.tenant_id = tenant_id
         self.application_id = application_id
         self.match_on = match_on
-        self.max_concurrency = max_concurrency
+        self._licence = licence or Licence(
+            service="OpenField", name=f"{self.base_url} {tenant_id}", max_in_flight=max_concurrency,
+            calls_per_minute=calls_per_minute, sleep=sleep, monotonic=monotonic,
+        )
+        #: how many requests may be in flight: what the sync sizes its worker pool by
+        self.max_concurrency = self._licence.max_in_flight
         self._routes = {name: Route.parse(text) for name, text in routes.items()}
         user = username or application_id
         basic = base64.b64encode(f"{user}:{password}".encode()).decode("ascii")
         self._scrub = Scrubber(password, basic)
         self._authorization = f"Basic {basic}"
         self._http = Transport(
-            service="OpenField", log=log, scrub=self._scrub, max_concurrency=max_concurrency,
-            calls_per_minute=calls_per_minute, connect_timeout=connect_timeout, read_timeout=read_timeout,
-            policy=policy, sleep=sleep, monotonic=monotonic,
+            service="OpenField", log=log, scrub=self._scrub, licence=self._licence,
+            connect_timeout=connect_timeout, read_timeout=read_timeout, policy=policy, sleep=sleep,
         )
         self._count_lock = threading.Lock()
         #: HTTP requests sent so far (every attempt): what the daily request budget counts

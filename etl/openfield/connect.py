@@ -11,7 +11,8 @@ from pathlib import Path
 
 from etl.actito.connect import started_once
 from etl.config import Config, OpenFieldDestination
-from etl.openfield.client import OpenFieldClient
+from etl.licence import licence_for
+from etl.openfield.client import CONNECT_TIMEOUT, READ_TIMEOUT, OpenFieldClient
 from etl.openfield.sandbox import DEMO_PASSWORD, OpenFieldSandbox
 
 def sandbox_state_file(config: Config) -> Path:
@@ -31,9 +32,15 @@ def open_client(config: Config, destination_name: str) -> OpenFieldClient:
     password = destination.password.get_secret_value() if destination.password else DEMO_PASSWORD
     url = in_process_sandbox(config, destination, password).url if destination.environment == "sandbox" else destination.url
     assert url is not None  # validated: url, or environment = "sandbox"
+    # one set of limits per tenant, shared by every run of this process and, through the ledger's
+    # slots, by every process: the first destination of a tenant sets them
+    licence = licence_for(
+        config, service="OpenField", url=url, account=destination.tenant_id,
+        max_in_flight=destination.max_concurrency, calls_per_minute=destination.calls_per_minute,
+        connect_timeout=CONNECT_TIMEOUT, read_timeout=READ_TIMEOUT,
+    )
     return OpenFieldClient(
         base_url=url, tenant_id=destination.tenant_id, application_id=destination.application_id,
         username=destination.username, password=password, routes=destination.routes.model_dump(),
-        match_on=destination.match_on, max_concurrency=destination.max_concurrency,
-        calls_per_minute=destination.calls_per_minute,
+        match_on=destination.match_on, licence=licence,
     )

@@ -20,6 +20,7 @@ the demo's OpenField survives from one CLI process to the next.
 from __future__ import annotations
 
 import base64
+import contextlib
 import binascii
 import itertools
 import json
@@ -27,7 +28,7 @@ import os
 import re
 import socket
 import threading
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -81,13 +82,20 @@ class OpenFieldSandbox:
         routes: Mapping[str, str] = OPENFIELD_ROUTES,
         state_file: Path | None = None,
         fault_delay_seconds: float = 2.0,
+        latency_seconds: float = 0.0,
     ) -> None:
+        """``latency_seconds``: how long each API request is held before its answer, so that a
+        test's concurrent clients really overlap and ``peak_in_flight`` measures their limit."""
         self.tenant_id, self.application_id = tenant_id, application_id
         self._credentials = f"{username or application_id}:{password}"
         self._routes = [(name, *_compile(route)) for name, route in routes.items()]
         self._state_file = state_file
         self.fault_delay_seconds = fault_delay_seconds
+        self.latency_seconds = latency_seconds
         self._lock = threading.RLock()
+        self._in_flight = 0
+        #: the most API requests in flight at once (the sandbox has one tenant); `reset_peak` restarts it
+        self.peak_in_flight = 0
         self._profiles: dict[str, dict[str, Any]] = {}
         self._faults: list[_Fault] = []
         #: (method, path with query, status) of every request; status 0 = closed without an answer
@@ -178,7 +186,25 @@ class OpenFieldSandbox:
         with self._lock:
             self._faults.append(_Fault(kind, count, method.upper(), path_contains, retry_after))
 
+    def reset_peak(self) -> None:
+        """Count the peak afresh, from the requests in flight now."""
+        with self._lock:
+            self.peak_in_flight = self._in_flight
+
     # ------------------------------------------------------------------ one request
+
+    @contextlib.contextmanager
+    def _in_flight_now(self) -> Iterator[None]:
+        with self._lock:
+            self._in_flight += 1
+            self.peak_in_flight = max(self.peak_in_flight, self._in_flight)
+        try:
+            if self.latency_seconds:
+                self._stopping.wait(self.latency_seconds)
+            yield
+        finally:
+            with self._lock:
+                self._in_flight -= 1
 
     def _serve(self, handler: _Handler) -> None:
         method, raw_path = handler.command, handler.path
@@ -189,7 +215,8 @@ class OpenFieldSandbox:
             headers = {} if fault.retry_after is None else {"Retry-After": f"{fault.retry_after:g}"}
             return self._answer(handler, fault.kind, {"Message": f"injected fault: HTTP {fault.kind}"}, headers)
         try:
-            status, answer = self._api(handler, method, raw_path, body)
+            with self._in_flight_now():
+                status, answer = self._api(handler, method, raw_path, body)
         except _Refused as refused:
             status, answer = refused.status, {"Message": refused.message, "Errors": refused.errors}
         if fault is None:

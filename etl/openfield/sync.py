@@ -39,7 +39,8 @@ from etl.openfield.client import OpenFieldClient, Outcome
 from etl.openfield.connect import open_client
 from etl.openfield.errors import OpenFieldBudgetExhausted, OpenFieldRefused
 from etl.openfield.payload import PayloadBuilder, Profile, payload_text
-from etl.runs import RunContext, open_store
+from etl.runs import RunContext
+from etl.state import open_store
 from etl.activation_state import ROWS, state_file
 from etl.snapshots import RowSnapshot, fingerprint, key_hashes, row_hashes
 from etl.transform import SeenHashes
