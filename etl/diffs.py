@@ -25,7 +25,6 @@ would hide one entry (or one departure) for one run.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
@@ -37,7 +36,8 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from etl.activation_state import MEMBERS, state_file
-from etl.files import write_error
+from etl.errors import StateError
+from etl.files import create_private, write_error
 from etl.transform import hash_identifiers
 
 MEMBER, HASH = "member", "hash"
@@ -92,7 +92,26 @@ class MemberSnapshot:
         """The same staged members compared again, after `apply_landed` changed the snapshot."""
         return self._diff(diff.staged, diff.entered_members is not None)
 
+    @contextmanager
+    def _reading(self) -> Iterator[None]:
+        """A snapshot that is a link, or that cannot be read, is said as such: never read through a link
+        planted in the state directory, never an internal error."""
+        if self.path.is_symlink():
+            raise StateError("the members snapshot is a symbolic link: runs never read or write through one",
+                             where=str(self.path), hint="remove it; the next run then compares with no snapshot "
+                                                        "(every member counts as entered)")
+        try:
+            yield
+        except (pa.ArrowException, OSError) as exc:
+            raise StateError(f"the members snapshot cannot be read ({exc})", where=str(self.path),
+                             hint="it is damaged: remove it; the next run then compares with no snapshot "
+                                  "(every member counts as entered)") from None
+
     def _diff(self, staged: Path, identifiers: bool) -> MemberDiff:
+        with self._reading():
+            return self._compare(staged, identifiers)
+
+    def _compare(self, staged: Path, identifiers: bool) -> MemberDiff:
         current_sorted, previous_sorted = _sorted_hashes(staged), _sorted_hashes(self.path)
         entered = current_sorted[~_sorted_present(current_sorted, previous_sorted)]
         left = previous_sorted[~_sorted_present(previous_sorted, current_sorted)]
@@ -107,6 +126,10 @@ class MemberSnapshot:
         """Members a run that died got into (or out of) Actito without living to replace the snapshot:
         applied to it, so that the next diff is taken against what Actito really holds. Rare (after a
         crash mid-delivery), so the snapshot is simply rewritten, a row group at a time."""
+        with self._reading():
+            self._rewrite(added, removed)
+
+    def _rewrite(self, added: pa.Array, removed: pa.Array) -> None:
         known = _sorted_hashes(self.path)
         removed_hashes = np.sort(hash_identifiers(removed)) if len(removed) else np.empty(0, np.uint64)
         rewritten = self.path.with_name(f".{self.path.name}.recovering")
@@ -138,8 +161,7 @@ class StagedMembers:
         self._pending_rows = 0
         with self._writing():
             path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-            self._handle = open(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb")
-            os.fchmod(self._handle.fileno(), 0o600)  # an older staged file may have had other bits
+            self._handle = create_private(path)
             check = {_HASH_CHECK: hash_identifiers(_PROBES).tobytes()}
             # every value is distinct and the hashes are random: a dictionary, compressing the hashes or
             # min/max statistics nobody filters on are wasted work

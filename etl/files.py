@@ -131,9 +131,10 @@ def _offsets(lines: pa.Array) -> np.ndarray:
 CREATE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
 
 
-def _create_private(path: Path) -> BinaryIO:
+def create_private(path: Path) -> BinaryIO:
     """A new file at ``path``, mode 0600 whatever the umask, opened for binary writing. Whatever was at
-    ``path`` (an older file, a link) is removed first, never written through."""
+    ``path`` (an older file, a link) is removed first, never written through. The one way every writer
+    of personal data (run files, snapshots, spools, deliveries to a local directory) creates a file."""
     path.unlink(missing_ok=True)
     fd = os.open(path, CREATE_FLAGS, _FILE_MODE)
     try:
@@ -215,7 +216,7 @@ class _Part:
         self.path = path
         self.max_bytes = max_bytes
         self.rows = 0
-        self.raw = _create_private(path)
+        self.raw = create_private(path)
 
     def fits(self, size: int) -> bool:
         raise NotImplementedError
@@ -585,7 +586,7 @@ class RejectWriter:
         self._closed = False
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._file = _create_private(self.path)
+            self._file = create_private(self.path)
             self._file.write(",".join(self.COLUMNS).encode("ascii") + b"\n")
             schema = pa.schema([("row", pa.int64()), ("value", pa.string()), ("reason", pa.string())])
             options = pacsv.WriteOptions(include_header=False, quoting_style="needed")

@@ -13,7 +13,6 @@ collision would skip one changed row until it changes again.
 from __future__ import annotations
 
 import hashlib
-import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -22,7 +21,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from etl.files import CREATE_FLAGS, private_directory
+from etl.files import create_private, private_directory
 
 _FINGERPRINT_KEY = b"audience_sync_fingerprint"
 
@@ -97,7 +96,6 @@ def replace_parquet(path: Path, table: pa.Table) -> None:
     holds identifiers of people."""
     private_directory(path.parent, root=path.parent.parent)  # state_dir/snapshots: never a link
     partial = path.with_name(path.name + ".partial")
-    partial.unlink(missing_ok=True)
-    with open(os.open(partial, CREATE_FLAGS, 0o600), "wb") as out:
+    with create_private(partial) as out:
         pq.write_table(table, out, compression="zstd")
     partial.replace(path)

@@ -141,3 +141,35 @@ def test_plain_http_to_another_host_is_accepted_when_asked_for(
     config = project(DEMO_ACTIVATION.replace('environment = "sandbox"',
                                              'base_url = "http://proxy.internal:8080"\nallow_insecure_http = true'))
     assert cli(config, "validate").code == 0
+
+
+def test_no_state_file_is_written_through_a_symbolic_link(tmp_path: Path) -> None:
+    """A link planted in the state directory (``activations`` -> elsewhere, or at a snapshot's own name)
+    must not have a run write people's identifiers wherever it points."""
+    from test_kill_recovery import Project
+
+    (tmp_path / "p" / "state").mkdir(parents=True)
+    project = Project(tmp_path / "p")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (tmp_path / "p" / "state" / "activations").symlink_to(elsewhere)
+    code, output = project.run("members")
+    assert code == 1 and "is a symbolic link" in output, output
+    assert list(elsewhere.iterdir()) == []
+
+    (tmp_path / "p" / "state" / "activations").unlink()
+    assert project.run("members")[0] == 0
+    planted = tmp_path / "p" / "state" / "activations" / "members" / "members.parquet"
+    target = elsewhere / "stolen.parquet"
+    target.write_bytes(b"")
+    planted.unlink()
+    planted.symlink_to(target)
+    code, output = project.run("members")
+    assert code == 1 and "the members snapshot is a symbolic link" in output, output
+    assert target.read_bytes() == b""  # neither read nor written through
+    planted.unlink()
+    assert project.run("members")[0] == 0
+
+    planted.write_bytes(b"not parquet")  # a damaged snapshot: said as such, not an internal error
+    code, output = project.run("members")
+    assert code == 1 and "the members snapshot cannot be read" in output and "internal error" not in output

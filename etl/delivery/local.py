@@ -17,7 +17,7 @@ from pathlib import Path
 
 from etl.delivery.base import Deliverer, utc_from_timestamp
 from etl.errors import DeliveryError
-from etl.files import CREATE_FLAGS
+from etl.files import create_private
 
 _COPY_BUFFER = 1024 * 1024
 
@@ -81,8 +81,7 @@ class LocalDeliverer(Deliverer):
         target = self._path / remote_name
         try:
             with local.open("rb") as source:
-                target.unlink(missing_ok=True)  # a leftover (or a link planted there) is replaced, never followed
-                with open(os.open(target, CREATE_FLAGS, 0o600), "wb") as sink:
+                with create_private(target) as sink:  # a leftover (or a link planted there) is replaced, never followed
                     shutil.copyfileobj(source, sink, _COPY_BUFFER)
                     sink.flush()
                     # on disk before the rename, or a crash could leave an empty file under the final name

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import json
 import logging
-import os
+import io
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import closing
@@ -34,7 +34,7 @@ import pyarrow as pa
 
 from etl.config import OpenFieldDestination, ProfilesActivation
 from etl.extract import activation_batches
-from etl.files import RejectWriter
+from etl.files import RejectWriter, create_private
 from etl.openfield.client import OpenFieldClient, Outcome
 from etl.openfield.connect import open_client
 from etl.openfield.errors import OpenFieldBudgetExhausted, OpenFieldRefused
@@ -208,7 +208,7 @@ def _read_spool(spool: Path) -> Iterator[Profile]:
 def _private_text(path: Path) -> IO[str]:
     """A new text file only its owner can read: the payloads are personal data."""
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    return open(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w", encoding="utf-8")
+    return io.TextIOWrapper(create_private(path), encoding="utf-8")
 
 
 def _check_budget(context: RunContext, destination_name: str, destination: OpenFieldDestination, needed: int) -> None:
