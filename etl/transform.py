@@ -590,7 +590,7 @@ class AudienceCleaner:
         self._next_row = 1
 
     def clean(self, batch: pa.RecordBatch | pa.Table) -> CleanBatch:
-        name = self._identifier_column(batch.schema.names)
+        name = self.identifier_column(batch.schema.names)
         raw = batch.column(batch.schema.names.index(name))
         if isinstance(raw, pa.ChunkedArray):
             raw = raw.combine_chunks()
@@ -640,7 +640,8 @@ class AudienceCleaner:
         self.counts.kept += len(kept)
         return CleanBatch(identifiers=kept, rejects=rejects, hashes=candidate_hashes[keep])
 
-    def _identifier_column(self, names: list[str]) -> str:
+    def identifier_column(self, names: list[str]) -> str:
+        """The column holding the identifiers, chosen once by name (the first chunk's)."""
         if self.column_used is not None:
             if self.column_used not in names:
                 raise TransformError(

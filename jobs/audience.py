@@ -44,7 +44,10 @@ def cleaned_batches(config: Config, name: str, when: datetime) -> Iterator[tuple
     cleaner = AudienceCleaner(
         activation.identifier, column=activation.identifier_column, where=str(config.path(activation.sql))
     )
-    for batch in activation_batches(config, name, when):
+    def identifier_only(names: list[str]) -> list[int]:  # the other columns are never carried
+        return [names.index(cleaner.identifier_column(names))]
+
+    for batch in activation_batches(config, name, when, columns=identifier_only):
         yield cleaner, cleaner.clean(batch)
 
 

@@ -122,3 +122,31 @@ def test_a_parameter_cannot_close_a_dollar_quoted_body_on_postgresql(body: str) 
 
 def test_a_name_inside_a_dollar_quoted_body_is_not_a_parameter() -> None:
     assert bind_parameter_names("SELECT 1 WHERE a = :a AND b = $$:b$$ AND c = $t$:c$t$ AND d = E'\\':d'") == {"a"}
+
+
+# --------------------------------------------------------------------------- wide results
+
+
+def test_a_wide_result_is_read_in_chunks_bounded_by_bytes_and_only_the_used_column_is_carried(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``SELECT *`` of many columns when the audience needs one: 50k-row chunks of 500 columns once
+    took 5 GB. Chunks are cut by their size, and the unused columns are never converted."""
+    import etl.extract
+
+    monkeypatch.setattr(etl.extract, "CHUNK_BYTES", 1 << 20)
+    columns = 50
+    with sqlite3.connect(tmp_path / "wide.db") as db:
+        db.execute("CREATE TABLE w (email TEXT, " + ", ".join(f"c{i} TEXT" for i in range(columns - 1)) + ")")
+        db.executemany(f"INSERT INTO w VALUES ({','.join('?' * columns)})",
+                       ([f"p{r}@example.com", *(["x" * 100] * (columns - 1))] for r in range(3000)))
+    engine = create_warehouse_engine(f"sqlite:///{tmp_path / 'wide.db'}", where="wh")
+    try:
+        batches = list(stream_batches(engine, "SELECT * FROM w", {}, chunk_size=2000, where="a.sql",
+                                      columns=lambda names: [names.index("email")]))
+    finally:
+        engine.dispose()
+    assert all(batch.schema.names == ["email"] for batch in batches)
+    assert sum(batch.num_rows for batch in batches) == 3000
+    assert max(batch.num_rows for batch in batches) <= 500  # far fewer than the 2,000 asked for
+    assert batches[-1].column(0)[-1].as_py() == "p2999@example.com"
