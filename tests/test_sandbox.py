@@ -753,3 +753,15 @@ def test_the_state_file_is_private_and_follows_the_control_routes(tmp_path: Path
     with ActitoSandbox(clock=lambda: T0, state_file=state_file) as again:
         assert again.profiles(E, "customers") == [] and again.executions(E) == []
         assert json.loads(state_file.read_text(encoding="utf-8"))["revokedKeys"] == []
+
+
+def test_finished_executions_leave_the_saved_state_after_two_weeks(tmp_path: Path) -> None:
+    """Their reports name people: the sandbox keeps them no longer than a run's files are kept."""
+    state_file = tmp_path / "state.json"
+    with ActitoSandbox(clock=lambda: T0, processing_seconds=0.05, state_file=state_file) as first:
+        old, _ = Api(first).run(csv_bytes("emailAddress", "old@example.com"))
+        first.advance_clock(15 * 86400)
+        recent, _ = Api(first).run(csv_bytes("emailAddress", "recent@example.com"))
+    with ActitoSandbox(clock=lambda: T0 + 15 * 86400, state_file=state_file) as second:
+        assert [e["id"] for e in second.executions(E)] == [recent["id"]]
+        assert set(by_email(second)) == {"old@example.com", "recent@example.com"}  # the table is Actito's own

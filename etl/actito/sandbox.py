@@ -679,6 +679,8 @@ class ActitoSandbox:
     def _snapshot(self) -> dict[str, Any]:
         """The mutable state as plain JSON (caller holds the lock). Shares the live values: dump it at once."""
         today = datetime.fromtimestamp(self._now(), UTC).date().isoformat()
+        # finished executions (their reports name people) are not kept past EXECUTIONS_KEPT_DAYS
+        kept_since = _moment(self._now() - EXECUTIONS_KEPT_DAYS * 86400)
         return {
             "version": _STATE_VERSION,
             "fixture": self._fingerprint,
@@ -697,7 +699,8 @@ class ActitoSandbox:
                     "profileTables": {t.id: [p.view() for p in t.profiles.values()]
                                       for t in entity.profile_tables.values()},
                     "customTables": {t.id: list(t.records.values()) for t in entity.custom_tables.values()},
-                    "executions": [_saved_execution(e) for e in entity.executions],
+                    "executions": [_saved_execution(e) for e in entity.executions
+                                   if e.final is None or e.created_at >= kept_since],
                 }
                 for name, entity in self._entities.items()
             },
@@ -1868,6 +1871,11 @@ def _valid_timestamp(text: str) -> bool:
 
 def _replace_message(problem: _Problem, message: str) -> _Problem:
     return _Problem(problem.column, problem.value, message)
+
+
+#: days a finished execution (and its report, which names people) stays in the saved state: a run's
+#: recovery looks up only executions of runs that died hours ago, at most
+EXECUTIONS_KEPT_DAYS = 14
 
 
 def _moment(seconds: float) -> str:
