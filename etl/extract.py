@@ -316,7 +316,7 @@ _READ_ONLY = {
     "mysql": "SET SESSION TRANSACTION READ ONLY",
     "mariadb": "SET SESSION TRANSACTION READ ONLY",
     "sqlite": "PRAGMA query_only = ON",
-}
+}  # DuckDB: _refuse_duckdb_writes
 #: the session settings above, undone before the connection goes back to the pool
 _READ_WRITE = {
     "mysql": "SET SESSION TRANSACTION READ WRITE",
@@ -331,8 +331,8 @@ _READ_ONLY_REFUSALS = ("read-only transaction", "read only transaction", "readon
 def _read_only(connection: sa.Connection) -> None:
     """An audience query only reads: ``preview`` promises to write nothing, and a run must never change
     the warehouse (a ``DROP`` or ``CREATE TABLE … AS`` pasted into an audience file). The database
-    enforces it, not a parse of the SQL. DuckDB has no read-only transaction: its path always rolls
-    back instead."""
+    enforces it, not a parse of the SQL. DuckDB has no read-only transaction: its parser says what
+    each statement is (`_refuse_duckdb_writes`), and its path always rolls back besides."""
     statement = _READ_ONLY.get(connection.dialect.name)
     if statement is not None:
         connection.exec_driver_sql(statement)
@@ -434,6 +434,7 @@ def _duckdb_batches(
     positional = [bound[name] for name in compiled.positiontup or ()]
     # duckdb-engine's connection wrapper passes every other attribute to the DuckDB connection
     raw: Any = connection.connection.driver_connection
+    _refuse_duckdb_writes(compiled.string)
     # sql() runs anything but a read at once, in autocommit: a transaction that is always rolled
     # back leaves the warehouse as it was, as closing the connection does on the generic path
     raw.begin()
@@ -457,6 +458,17 @@ def _duckdb_batches(
             reader.close()
     finally:
         raw.rollback()
+
+
+def _refuse_duckdb_writes(sql: str) -> None:
+    """DuckDB has no read-only transaction: a statement other than a query is refused before it runs,
+    in the words the other dialects' refusals use (a ``COPY … TO`` would write a file, too)."""
+    import duckdb
+
+    for statement in duckdb.extract_statements(sql):
+        if statement.type != duckdb.StatementType.SELECT:
+            raise duckdb.InvalidInputException(
+                f"cannot execute {statement.type.name} in a read-only transaction (only queries run)")
 
 
 #: PostgreSQL types whose CSV text pyarrow parses to what the generic path gives (by type OID);

@@ -21,12 +21,18 @@ from etl.errors import ExtractError
 from etl.extract import bind_parameter_names, create_warehouse_engine, stream_batches
 
 
-@pytest.fixture(params=["sqlite", "postgres", "mariadb"])
+@pytest.fixture(params=["sqlite", "duckdb", "postgres", "mariadb"])
 def warehouse(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[sa.Engine, str]]:
     """An engine on a warehouse holding one table of two customers, and that table's name."""
     if request.param == "sqlite":
         url = f"sqlite:///{tmp_path / 'wh.db'}"
         sqlite3.connect(tmp_path / "wh.db").close()
+    elif request.param == "duckdb":
+        url = f"duckdb:///{tmp_path / 'wh.duckdb'}"
+        sa.create_engine(url).dispose()
+        import duckdb
+
+        duckdb.connect(str(tmp_path / "wh.duckdb")).close()
     else:
         url = dbservers.postgres_url() if request.param == "postgres" else dbservers.mariadb_url()
     table = dbservers.unique_name("customers")
@@ -48,7 +54,7 @@ def _count(engine: sa.Engine, sql: str, params: dict[str, object] | None = None)
 
 
 @pytest.mark.parametrize("statement", ["DROP TABLE {t}", "CREATE TABLE {t}_copy AS SELECT * FROM {t}",
-                                       "DELETE FROM {t}"])
+                                       "DELETE FROM {t}", "SELECT email FROM {t}; DROP TABLE {t}"])
 def test_audience_sql_that_writes_is_refused_and_changes_nothing(
     warehouse: tuple[sa.Engine, str], statement: str
 ) -> None:
