@@ -117,6 +117,8 @@ def build_parser() -> argparse.ArgumentParser:
     k8s.add_argument("--secret", default="audience-sync", help="the Secret holding one key per ${VAR}")
     k8s.add_argument("--state-claim", help="PersistentVolumeClaim for the state directory (ledger, snapshots)")
     k8s.add_argument("--all-secrets", action="store_true", help="give every pod every variable the file references")
+    k8s.add_argument("--ephemeral-state", action="store_true",
+                     help="accept a state directory and a local outbox that vanish with each pod (a trial)")
     k8s.add_argument("--with-config", action="store_true", help="also emit the ConfigMap of schedules.toml and sql/")
 
     report = commands.add_parser("report", parents=[common], help="a static HTML page of recent runs and sizes")
@@ -230,7 +232,8 @@ def _k8s(config: Config, args: argparse.Namespace) -> int:
     names = scheduled_names(config) if args.all else args.names
     _require(config, names)
     options = K8sOptions(image=args.image or DEFAULT_IMAGE, namespace=args.namespace, secret_name=args.secret,
-                         state_volume_claim=args.state_claim, all_secrets=args.all_secrets)
+                         state_volume_claim=args.state_claim, all_secrets=args.all_secrets,
+                         ephemeral_state=args.ephemeral_state)
     manifests = cronjob_manifests(config, names, options)
     if args.with_config:
         manifests.insert(0, configmap_manifest(config, options))

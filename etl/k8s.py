@@ -81,6 +81,9 @@ class K8sOptions:
     cpu_limit: str | None = None
     #: a PersistentVolumeClaim for the state directory; without it the state dir is an emptyDir
     state_volume_claim: str | None = None
+    #: accept what lives only as long as the pod: the state directory without a claim (ledger,
+    #: snapshots, the shrink guard's memory) and a local outbox (Actito never sees it) — a trial only
+    ephemeral_state: bool = False
     #: hand the pod every variable the file references, not only the activation's own: needed while
     #: ``audience-sync run`` interpolates the whole file, when other tables reference other variables
     all_secrets: bool = False
@@ -138,6 +141,7 @@ def cronjob_manifests(config: Config, names: Sequence[str], options: K8sOptions)
                                     "in the state directory: on an emptyDir, members who leave would never be "
                                     "removed. Give a PersistentVolumeClaim for it (--state-claim NAME)"))
             continue
+        problems += _ephemeral_problems(config, name, where, options)
         own = _activation_variables(raw, config, name)
         if options.all_secrets:
             variables = sorted(every_variable)
@@ -433,6 +437,21 @@ def _scratch_dirs(config: Config, name: str) -> Iterator[tuple[str, PurePosixPat
     if config.metrics.textfile is not None:
         # read relative to the working directory, which is CONFIG_DIR in the pod
         yield "metrics", _pod_path(config.metrics.textfile).parent
+
+
+def _ephemeral_problems(config: Config, name: str, where: str, options: K8sOptions) -> list[tuple[str, str]]:
+    """What would silently vanish with each pod, unless asked for (``--ephemeral-state``)."""
+    if options.ephemeral_state:
+        return []
+    problems = []
+    if options.state_volume_claim is None:
+        problems.append((where, "the state directory would be an emptyDir, lost after every run (the ledger, "
+                                "the snapshots, the shrink guard's memory): give --state-claim NAME, or "
+                                "--ephemeral-state to accept it"))
+    if any(volume == "outbox" for volume, _ in _scratch_dirs(config, name)):
+        problems.append((where, "its destination is a local directory, which in a pod is an emptyDir Actito never "
+                                "sees: use an sftp or ftps location, or --ephemeral-state for a trial"))
+    return problems
 
 
 def _needs_lasting_state(config: Config, name: str) -> bool:

@@ -34,6 +34,8 @@ from etl.k8s import (
 DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
 DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 PVC = K8sOptions(state_volume_claim="audience-sync-state")
+#: the shipped configuration's outbox is a local directory: accepted in these tests as a trial would
+TRIAL = K8sOptions(state_volume_claim="audience-sync-state", ephemeral_state=True)
 
 SECRET_VALUES = {"ACTITO_API_KEY": "act-k3y-0f-the-licence", "DWH_PASSWORD": "dwh-pa55-w0rd"}
 WITH_SECRETS = """
@@ -130,7 +132,7 @@ def volume(manifest: dict[str, Any], name: str) -> dict[str, Any]:
 
 def test_the_validator_refuses_unknown_keys_and_missing_required_fields(demo_project: Path) -> None:
     config = load_config(demo_project)
-    (manifest,) = cronjob_manifests(config, ["newsletter_engaged"], K8sOptions())
+    (manifest,) = cronjob_manifests(config, ["newsletter_engaged"], K8sOptions(ephemeral_state=True))
     validated(manifest, "V1CronJob")
     typo = json.loads(json.dumps(manifest))
     typo["spec"]["concurencyPolicy"] = typo["spec"].pop("concurrencyPolicy")
@@ -155,7 +157,7 @@ def test_the_validator_refuses_unknown_keys_and_missing_required_fields(demo_pro
 
 def test_every_scheduled_activation_of_the_shipped_configuration_is_a_valid_cronjob(demo_project: Path) -> None:
     config = load_config(demo_project)
-    manifests = cronjob_manifests(config, scheduled_names(config), PVC)
+    manifests = cronjob_manifests(config, scheduled_names(config), TRIAL)
     assert [m["metadata"]["annotations"]["audience-sync/activation"] for m in manifests] == list(config.activations)
     for manifest in manifests:
         check_cronjob(manifest)
@@ -192,7 +194,7 @@ def test_every_scheduled_activation_of_the_shipped_configuration_is_a_valid_cron
 
 def test_the_yaml_is_every_manifest_as_documents(demo_project: Path) -> None:
     config = load_config(demo_project)
-    manifests = cronjob_manifests(config, scheduled_names(config), PVC)
+    manifests = cronjob_manifests(config, scheduled_names(config), TRIAL)
     text = render_yaml(manifests)
     assert text.startswith("---\n") and text.count("\n---\n") == len(manifests) - 1
     assert list(yaml.safe_load_all(text)) == manifests
@@ -203,7 +205,7 @@ def test_the_yaml_is_every_manifest_as_documents(demo_project: Path) -> None:
 def test_a_metrics_textfile_gets_a_writable_directory(project) -> None:
     config = load_config(project(WITH_SECRETS + '\n[metrics]\ntextfile = "metrics/audience_sync.prom"\n'),
                          environ=SECRET_VALUES)
-    (manifest,) = cronjob_manifests(config, ["every_quarter_hour"], K8sOptions())
+    (manifest,) = cronjob_manifests(config, ["every_quarter_hour"], K8sOptions(ephemeral_state=True))
     check_cronjob(manifest)
     mounts = {m["mountPath"]: m["name"] for m in container_of(manifest)["volumeMounts"]}
     assert mounts["/etc/audience-sync/metrics"] == "metrics"
@@ -213,7 +215,7 @@ def test_a_metrics_textfile_gets_a_writable_directory(project) -> None:
 
 def test_without_a_claim_the_state_dir_is_an_empty_dir(demo_project: Path) -> None:
     config = load_config(demo_project)
-    (manifest,) = cronjob_manifests(config, ["vip_customers"], K8sOptions())
+    (manifest,) = cronjob_manifests(config, ["vip_customers"], K8sOptions(ephemeral_state=True))
     check_cronjob(manifest)
     assert volume(manifest, "state") == {"name": "state", "emptyDir": {}}
 
@@ -221,7 +223,7 @@ def test_without_a_claim_the_state_dir_is_an_empty_dir(demo_project: Path) -> No
 def test_a_membership_audience_needs_a_persistent_state_volume(demo_project: Path) -> None:
     config = load_config(demo_project)
     with pytest.raises(ConfigError, match=r"\[activations.vip_members\].*members who leave would never be removed"):
-        cronjob_manifests(config, ["vip_members"], K8sOptions())
+        cronjob_manifests(config, ["vip_members"], K8sOptions(ephemeral_state=True))
     (manifest,) = cronjob_manifests(config, ["vip_members"], PVC)
     check_cronjob(manifest)
 
@@ -234,7 +236,7 @@ def test_the_configmap_holds_the_file_and_every_sql_file_the_cronjobs_mount(demo
     assert configmap["metadata"]["namespace"] == "marketing"
     assert configmap["data"][CONFIG_KEY] == demo_project.read_text(encoding="utf-8")
     assert configmap["data"]["vip_customers.sql"] == (demo_project.parent / "sql/vip_customers.sql").read_text()
-    for manifest in cronjob_manifests(config, scheduled_names(config), PVC):
+    for manifest in cronjob_manifests(config, scheduled_names(config), TRIAL):
         keys = [item["key"] for item in volume(manifest, "config")["configMap"]["items"]]
         assert set(keys) == set(configmap["data"])
 
@@ -242,7 +244,7 @@ def test_the_configmap_holds_the_file_and_every_sql_file_the_cronjobs_mount(demo
 def test_a_disabled_activation_is_a_suspended_cronjob(project) -> None:
     config = load_config(project(WITH_SECRETS.replace('preset = "qualifio"', 'preset = "qualifio"\nenabled = false')),
                          environ=SECRET_VALUES)
-    manifests = {m["metadata"]["name"]: m for m in cronjob_manifests(config, scheduled_names(config), K8sOptions())}
+    manifests = {m["metadata"]["name"]: m for m in cronjob_manifests(config, scheduled_names(config), K8sOptions(ephemeral_state=True))}
     assert manifests["qualifio-profiles-v2"]["spec"]["suspend"] is True
     assert manifests["every-quarter-hour"]["spec"]["suspend"] is False
 
@@ -253,7 +255,7 @@ def test_a_disabled_activation_is_a_suspended_cronjob(project) -> None:
 def test_secrets_are_environment_variables_from_the_secret_and_never_values(project) -> None:
     config = load_config(project(WITH_SECRETS), environ=SECRET_VALUES)
     options = K8sOptions(image="registry.example.com/audience-sync:1.4.0", namespace="marketing",
-                         secret_name="audience-sync-secrets", cpu_limit="1")
+                         secret_name="audience-sync-secrets", cpu_limit="1", ephemeral_state=True)
     manifests = cronjob_manifests(config, scheduled_names(config), options)
     for manifest in manifests:
         check_cronjob(manifest)
@@ -301,10 +303,10 @@ def test_an_activation_gets_only_the_variables_of_its_own_tables(project) -> Non
 def test_variables_the_pod_would_miss_are_refused_unless_all_secrets(project) -> None:
     config = load_config(project(OTHER_TABLES), environ={**SECRET_VALUES, "CRM_PASSWORD": "crm-pa55"})
     with pytest.raises(ConfigError) as caught:
-        cronjob_manifests(config, ["every_quarter_hour"], K8sOptions())
+        cronjob_manifests(config, ["every_quarter_hour"], K8sOptions(ephemeral_state=True))
     assert "[activations.every_quarter_hour]" in caught.value.message()
     assert "CRM_PASSWORD ([warehouses.crm])" in caught.value.message()
-    (manifest,) = cronjob_manifests(config, ["every_quarter_hour"], K8sOptions(all_secrets=True))
+    (manifest,) = cronjob_manifests(config, ["every_quarter_hour"], K8sOptions(all_secrets=True, ephemeral_state=True))
     check_cronjob(manifest)
     assert [e["name"] for e in container_of(manifest)["env"]] == ["ACTITO_API_KEY", "CRM_PASSWORD", "DWH_PASSWORD"]
     assert "crm-pa55" not in render_yaml([manifest])
@@ -343,7 +345,7 @@ def test_two_activations_with_the_same_kubernetes_name_are_refused(project) -> N
     """
     config = load_config(project(toml), environ=SECRET_VALUES)
     with pytest.raises(ConfigError, match=r"\[activations.every-quarter-hour\].*'every-quarter-hour'"):
-        cronjob_manifests(config, scheduled_names(config), K8sOptions())
+        cronjob_manifests(config, scheduled_names(config), K8sOptions(ephemeral_state=True))
 
 
 @pytest.mark.parametrize(("every", "cron"), [
@@ -359,7 +361,7 @@ def test_intervals_become_cron_expressions_when_they_divide_an_hour_or_a_day(eve
 def test_an_interval_no_cron_expression_repeats_is_refused_with_the_activation_named(project) -> None:
     config = load_config(project(WITH_SECRETS.replace('every = "15m"', 'every = "45m"')), environ=SECRET_VALUES)
     with pytest.raises(ConfigError) as caught:
-        cronjob_manifests(config, scheduled_names(config), K8sOptions())
+        cronjob_manifests(config, scheduled_names(config), K8sOptions(ephemeral_state=True))
     message = caught.value.message()
     assert "[activations.every_quarter_hour] schedule.every: every = '45m' cannot be a Kubernetes schedule" in message
     assert "Qualifio_Profiles" not in message  # the other activation is fine
@@ -370,23 +372,23 @@ def test_a_cron_expression_kubernetes_cannot_read_is_refused(project) -> None:
     config = load_config(project(WITH_SECRETS.replace('"0 5 * * 1-5"', '"0 5 last * *"')), environ=SECRET_VALUES)
     refusal = r"\[activations.Qualifio_Profiles.v2\] schedule.cron: '0 5 last \* \*' uses last"
     with pytest.raises(ConfigError, match=refusal):
-        cronjob_manifests(config, scheduled_names(config), K8sOptions())
+        cronjob_manifests(config, scheduled_names(config), K8sOptions(ephemeral_state=True))
     named = load_config(project(WITH_SECRETS.replace('"0 5 * * 1-5"', '"0 5 * jan-mar MON-FRI"')),
                         environ=SECRET_VALUES)
-    check_cronjob(cronjob_manifests(named, ["Qualifio_Profiles.v2"], K8sOptions())[0])
+    check_cronjob(cronjob_manifests(named, ["Qualifio_Profiles.v2"], K8sOptions(ephemeral_state=True))[0])
 
 
 def test_an_unknown_activation_is_refused(demo_project: Path) -> None:
     config = load_config(demo_project)
     with pytest.raises(ConfigError, match=r"activation 'nope': not in the configuration"):
-        cronjob_manifests(config, ["nope"], K8sOptions())
+        cronjob_manifests(config, ["nope"], K8sOptions(ephemeral_state=True))
 
 
 def test_an_activation_without_a_schedule_is_refused(project) -> None:
     unscheduled = load_config(project(WITH_SECRETS.replace('schedule = { every = "15m" }', "")), environ=SECRET_VALUES)
     assert scheduled_names(unscheduled) == ["Qualifio_Profiles.v2"]
     with pytest.raises(ConfigError, match=r"\[activations.every_quarter_hour\]: has no schedule"):
-        cronjob_manifests(unscheduled, ["every_quarter_hour"], K8sOptions())
+        cronjob_manifests(unscheduled, ["every_quarter_hour"], K8sOptions(ephemeral_state=True))
 
 
 def test_invalid_options_are_refused(demo_project: Path) -> None:
@@ -400,3 +402,18 @@ def test_invalid_options_are_refused(demo_project: Path) -> None:
 
 def test_the_failure_policy_uses_the_cli_exit_codes() -> None:
     assert (EXIT_FAILED, EXIT_CONFIG, EXIT_LOCKED) == (cli.EXIT_FAILED, cli.EXIT_CONFIG, cli.EXIT_LOCKED)
+
+
+def test_what_would_vanish_with_each_pod_is_refused_unless_asked_for(demo_project) -> None:
+    """A state directory without a claim, or a local outbox, is an emptyDir: the ledger, the snapshots
+    and the delivered files would be gone after every run, silently."""
+    config = load_config(demo_project)
+    with pytest.raises(ConfigError) as no_claim:
+        cronjob_manifests(config, ["newsletter_engaged"], K8sOptions())
+    said = no_claim.value.message()
+    assert "the state directory would be an emptyDir" in said and "--state-claim NAME" in said
+    assert "a local directory, which in a pod is an emptyDir Actito never sees" in said
+    with pytest.raises(ConfigError, match="Actito never sees"):
+        cronjob_manifests(config, ["newsletter_engaged"], PVC)
+    assert cronjob_manifests(config, ["newsletter_engaged"], TRIAL)
+    assert cronjob_manifests(config, ["qualifio_profiles"], PVC)  # imports need no outbox
