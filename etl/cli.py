@@ -122,7 +122,7 @@ def build_parser() -> argparse.ArgumentParser:
     k8s.add_argument("--with-config", action="store_true", help="also emit the ConfigMap of schedules.toml and sql/")
 
     report = commands.add_parser("report", parents=[common], help="a static HTML page of recent runs and sizes")
-    report.add_argument("--output", "-o", default="audience-sync-report.html")
+    report.add_argument("--output", "-o", help="where to write it (default: report.html in the state directory)")
 
     sandbox = commands.add_parser(
         "sandbox", parents=[common], help="run the Actito sandbox (an emulator on loopback) in the foreground"
@@ -185,7 +185,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         from etl.scheduler import main as schedule_main
 
         return schedule_main(Path(args.config) if args.config else None, preview=args.preview, count=args.count)
-    config = load_config(args.config)
+    config = load_config(args.config, ledger_only=args.command in ("history", "show", "report"))
     if args.command == "validate":
         print(f"{config.source}: ok — {len(config.activations)} activations, "
               f"{len(config.destinations)} destinations, {len(config.warehouses)} warehouses")
@@ -211,7 +211,7 @@ def _dispatch(args: argparse.Namespace) -> int:
 
         store = open_store(config)
         try:
-            print(write_report(config, store, Path(args.output)))
+            print(write_report(config, store, Path(args.output) if args.output else config.state_dir / "report.html"))
         finally:
             store.close()
         return EXIT_OK

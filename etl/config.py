@@ -535,8 +535,14 @@ def config_path(explicit: str | Path | None = None) -> Path:
     return Path(explicit or os.environ.get(CONFIG_ENV) or DEFAULT_CONFIG)
 
 
-def load_config(path: str | Path | None = None, environ: Mapping[str, str] | None = None) -> Config:
-    """Read, interpolate and validate a configuration, raising one ConfigError that lists every problem."""
+def load_config(
+    path: str | Path | None = None, environ: Mapping[str, str] | None = None, *, ledger_only: bool = False
+) -> Config:
+    """Read, interpolate and validate a configuration, raising one ConfigError that lists every problem.
+
+    ``ledger_only``: for commands that only read the ledger (`history`, `show`, `report`), a variable
+    that is not set is left as written, unless ``[settings]`` needs it (``state_url``): reading the
+    run history needs no Actito key or warehouse password."""
     file = config_path(path)
     environ = os.environ if environ is None else environ
     try:
@@ -555,6 +561,8 @@ def load_config(path: str | Path | None = None, environ: Mapping[str, str] | Non
                           source=str(file)) from None
 
     problems: list[tuple[str, str]] = []
+    if ledger_only:
+        environ = _LeftAsWritten(environ, needed=set(_VAR.findall(str(raw.get("settings", "")))))
     resolved = _interpolate(raw, (), environ, problems)
     _check_sections(resolved, problems)
     settings = _validated(TypeAdapter(Settings), resolved.get("settings", {}), ("settings",), problems) or Settings()
@@ -625,6 +633,28 @@ def _check_sections(raw: dict[str, Any], problems: list[tuple[str, str]]) -> Non
                 problems.append(
                     (f"[{table}.{name}]", "names use letters, digits, '_', '.', '-' only, at most 100 characters")
                 )
+
+
+class _LeftAsWritten(Mapping[str, str]):
+    """The environment, where a variable that is not set (and not ``needed``) reads as ``${NAME}``."""
+
+    def __init__(self, environ: Mapping[str, str], *, needed: set[str]) -> None:
+        self._environ, self._needed = environ, needed
+
+    def __getitem__(self, name: str) -> str:
+        if name in self._environ or name in self._needed or name.endswith("_FILE"):
+            return self._environ[name]
+        return f"${{{name}}}"
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._environ or (isinstance(name, str) and name not in self._needed
+                                         and not name.endswith("_FILE"))
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._environ)
+
+    def __len__(self) -> int:
+        return len(self._environ)
 
 
 def _interpolate(

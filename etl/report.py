@@ -38,7 +38,7 @@ def write_report(
     chart_runs: int = 90,
     now: datetime | None = None,
 ) -> Path:
-    """Write the report to ``path`` (atomically, mode 0644) and return it.
+    """Write the report to ``path`` (atomically, mode 0600) and return it.
 
     Per activation: description, kind, destination, schedule, a chart of the audience size
     (rows delivered by the last ``chart_runs`` successful real runs) and the last
@@ -281,7 +281,7 @@ def _count(value: int | None) -> str:
 
 def _write_atomically(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    replace_text(path, text, mode=0o644)
+    replace_text(path, text, mode=0o600)  # run errors may quote rows: its owner publishes it, if anyone
 
 
 _CSS = """

@@ -122,3 +122,58 @@ def test_the_image_command_writes_nothing_outside_its_state_volume(image_like: P
     assert done.returncode == 0, done.stdout + done.stderr
     assert _tree(image_like) == before
     assert (image_like.parent.parent / "state" / "outbox" / "vip_customers.csv").exists()
+
+
+def test_reading_the_history_needs_no_actito_key_or_warehouse_password(
+    project: Callable[[str], Path], cli: Callable[..., Shown], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = project("""
+        [warehouses.dwh]
+        url = "postgresql+psycopg://etl:${DWH_PASSWORD}@127.0.0.1:5432/test"
+
+        [destinations.d]
+        environment = "ENV-0"
+        entity = "acme"
+        api_key = "${ACTITO_API_KEY}"
+        files = { type = "local", path = "outbox" }
+
+        [activations.a]
+        sql = "sql/vip_customers.sql"
+        destination = "d"
+        identifier = "profileId"
+        params = { min_value = 500 }
+    """)
+    monkeypatch.delenv("ACTITO_API_KEY", raising=False)
+    monkeypatch.delenv("DWH_PASSWORD", raising=False)
+    for command in (["history"], ["report", "-o", str(config.parent / "r.html")]):
+        shown = cli(config, *command)
+        assert shown.code == 0, shown.said
+    refused = cli(config, "validate")  # a run still needs them, and says so
+    assert refused.code == 2 and "environment variable ACTITO_API_KEY is not set" in refused.said
+
+
+def test_the_history_of_a_shared_ledger_still_needs_its_password(
+    project: Callable[[str], Path], cli: Callable[..., Shown], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = project("""
+        [settings]
+        state_url = "postgresql+psycopg://etl:${STATE_PASSWORD}@127.0.0.1:5432/test"
+
+        [warehouses.demo]
+        url = "sqlite:///demo.db"
+        demo = true
+
+        [destinations.d]
+        environment = "sandbox"
+        entity = "demo"
+        files = { type = "local", path = "outbox" }
+
+        [activations.a]
+        sql = "sql/vip_customers.sql"
+        destination = "d"
+        identifier = "profileId"
+        params = { min_value = 500 }
+    """)
+    monkeypatch.delenv("STATE_PASSWORD", raising=False)
+    shown = cli(config, "history")
+    assert shown.code == 2 and "environment variable STATE_PASSWORD is not set" in shown.said

@@ -86,7 +86,7 @@ def test_each_activation_has_its_facts_chart_and_last_runs(tmp_path: Path, store
     path = write_report(make_config(tmp_path), store, tmp_path / "out" / "report.html")
 
     assert path == tmp_path / "out" / "report.html"
-    assert stat.S_IMODE(path.stat().st_mode) == 0o644
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
     assert [p.name for p in path.parent.iterdir()] == ["report.html"]
     raw = path.read_text(encoding="utf-8")
     assert raw.startswith("<!DOCTYPE html>")
