@@ -77,7 +77,9 @@ def build_parser() -> argparse.ArgumentParser:
     preview.add_argument("name", metavar="NAME")
     preview.add_argument("--limit", type=int, default=10, help="identifiers to show (default 10)")
 
-    commands.add_parser("validate", parents=[common], help="check the configuration and report every problem")
+    validate = commands.add_parser("validate", parents=[common], help="check the configuration and report every problem")
+    validate.add_argument("--connect", action="store_true",
+                          help="also connect to each warehouse and plan each query, reading no row")
 
     history = commands.add_parser("history", parents=[common], help="recent runs")
     history.add_argument("name", nargs="?", metavar="NAME")
@@ -187,8 +189,11 @@ def _dispatch(args: argparse.Namespace) -> int:
         return schedule_main(Path(args.config) if args.config else None, preview=args.preview, count=args.count)
     config = load_config(args.config, ledger_only=args.command in ("history", "show", "report"))
     if args.command == "validate":
+        if args.connect:
+            _check_queries(config)
         print(f"{config.source}: ok — {len(config.activations)} activations, "
-              f"{len(config.destinations)} destinations, {len(config.warehouses)} warehouses")
+              f"{len(config.destinations)} destinations, {len(config.warehouses)} warehouses"
+              + (", every query planned by its warehouse" if args.connect else ""))
         return EXIT_OK
     if args.command == "run":
         return _run(config, args)
@@ -239,6 +244,23 @@ def _k8s(config: Config, args: argparse.Namespace) -> int:
         manifests.insert(0, configmap_manifest(config, options))
     print(render_yaml(manifests), end="")
     return EXIT_OK
+
+
+def _check_queries(config: Config) -> None:
+    """``validate --connect``: every warehouse reached and every query planned, or every problem at once."""
+    from etl.config import AudienceActivation
+    from etl.extract import check_queries
+    from etl.transform import AudienceCleaner
+
+    def choose(name: str, columns: list[str]) -> None:
+        activation = config.activations[name]
+        if isinstance(activation, AudienceActivation):  # the identifier column must be found by name
+            AudienceCleaner(activation.identifier, column=activation.identifier_column,
+                            where=str(config.path(activation.sql))).identifier_column(columns)
+
+    problems = check_queries(config, choose)
+    if problems:
+        raise ConfigError(problems, source=config.source)
 
 
 def _init(directory: Path, warehouse_url: str | None) -> int:

@@ -31,7 +31,7 @@ from sqlalchemy.engine import URL
 
 from etl.config import ActivationBase, Config
 from etl.demo import ensure_demo_warehouse
-from etl.errors import ExtractError
+from etl.errors import AudienceSyncError, ExtractError
 from etl.logs import redact
 
 #: what to install for a missing driver module: the project's extra when we ship one
@@ -1046,6 +1046,41 @@ def query_columns(config: Config, name: str) -> list[str]:
         return first.schema.names if first is not None else []
     finally:
         engine.dispose()
+
+
+def check_queries(config: Config, choose: Callable[[str, list[str]], None]) -> list[tuple[str, str]]:
+    """`validate --connect`: connect to each warehouse once and plan each activation's query without
+    reading a row; ``choose(name, columns)`` raises if the job cannot use those columns. Returns every
+    problem, located at the warehouse's URL (a connection refused: said once, not per query) or at
+    the activation's SQL file."""
+    problems: list[tuple[str, str]] = []
+    unreachable: set[str] = set()
+    for name in config.activations:
+        warehouse_name, _ = config.warehouse_for(name)
+        if warehouse_name in unreachable:
+            continue
+        where = f"[warehouses.{warehouse_name}] url"
+        try:
+            engine = _activation_engine(config, name)
+        except ExtractError as exc:
+            problems.append((where, exc.what))
+            unreachable.add(warehouse_name)
+            continue
+        try:
+            with engine.connect():
+                pass
+        except sa.exc.SQLAlchemyError as exc:
+            problems.append((where, f"cannot connect to {_safe(engine.url)}: {_database_message(exc, engine.url)}"))
+            unreachable.add(warehouse_name)
+            continue
+        finally:
+            engine.dispose()
+        try:
+            choose(name, query_columns(config, name))
+        except AudienceSyncError as exc:
+            problems.append((f"[activations.{name}] sql ({config.activations[name].sql})",
+                             f"{exc.what}{f' — {exc.hint}' if exc.hint else ''}"))
+    return problems
 
 
 def _activation_engine(config: Config, name: str) -> sa.Engine:

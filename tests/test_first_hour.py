@@ -177,3 +177,48 @@ def test_the_history_of_a_shared_ledger_still_needs_its_password(
     monkeypatch.delenv("STATE_PASSWORD", raising=False)
     shown = cli(config, "history")
     assert shown.code == 2 and "environment variable STATE_PASSWORD is not set" in shown.said
+
+
+def test_validate_connect_plans_every_query_and_says_each_problem_once_where_it_is(
+    project: Callable[[str], Path], cli: Callable[..., Shown], tmp_path: Path
+) -> None:
+    import dbservers
+
+    url = dbservers.postgres_url()
+    for name, sql in {"typo": "SELEC 1", "cast": "SELECT 'a@b.com' AS email WHERE now()::date > :run_date::date",
+                      "ok": "SELECT 'a@b.com' AS email", "nocol": "SELECT 1 AS x, 2 AS y"}.items():
+        (tmp_path / "sql" / f"{name}.sql").write_text(sql)
+    activations = "".join(f"""
+        [activations.{name}]
+        sql = "sql/{sql}.sql"
+        warehouse = "{warehouse}"
+        destination = "d"
+        identifier = "email"
+    """ for name, sql, warehouse in [("typo", "typo", "pg"), ("cast", "cast", "pg"), ("nocol", "nocol", "pg"),
+                                     ("fine", "ok", "pg"), ("a1", "ok", "down"), ("a2", "ok", "down")])
+    config = project(f"""
+        [warehouses.pg]
+        url = "{url}"
+
+        [warehouses.down]
+        url = "postgresql+psycopg://postgres@127.0.0.1:1/test"
+
+        [destinations.d]
+        environment = "sandbox"
+        entity = "demo"
+        files = {{ type = "local", path = "outbox" }}
+    """ + activations)
+    assert cli(config, "validate").code == 0  # nothing in the file itself is wrong
+    shown = cli(config, "validate", "--connect")
+    assert shown.code == 2, shown.said
+    assert "4 problems" in shown.said
+    assert "[activations.typo] sql (sql/typo.sql): syntax error" in shown.said
+    assert "write CAST(:run_date AS date)" in shown.said
+    assert "[activations.nocol] sql (sql/nocol.sql): cannot tell which column holds the e-mail address" in shown.said
+    assert shown.said.count("[warehouses.down] url: cannot connect to") == 1  # once, not per query
+    assert "fine" not in shown.said and "a1" not in shown.said
+
+
+def test_validate_connect_on_the_shipped_demo_plans_every_query(demo_project: Path, cli: Callable[..., Shown]) -> None:
+    shown = cli(demo_project, "validate", "--connect")
+    assert shown.code == 0 and "every query planned by its warehouse" in shown.out
