@@ -9,6 +9,7 @@ they come from ``${ENV_VAR}`` (or ``ENV_VAR_FILE``, a mounted secret file) or fr
 
 from __future__ import annotations
 
+import difflib
 import functools
 import ipaddress
 import os
@@ -748,13 +749,40 @@ def _pydantic_problems(exc: ValidationError, where: tuple[str, ...]) -> list[tup
         if _shows_input(error, loc):
             message += f" (you wrote {error['input']!r})"
         if error["type"] == "extra_forbidden":
-            message = "unknown key (check its spelling against the README's configuration reference)"
+            message = "unknown key" + _did_you_mean(loc[-1] if loc else "")
         elif error["type"] == "missing":
             message = "required key is missing"
         elif error["type"] == "union_tag_invalid":
             message = "type must be one of 'local', 'sftp', 'ftps'"
         problems.append((_dotted(tuple(loc)), message))
-    return problems
+    return _without_missing_of_typos(problems)
+
+
+def _without_missing_of_typos(problems: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """A misspelt key is one problem, not two: "required key is missing" for the key a typo stands for
+    goes, the typo's "did you mean" says it all."""
+    meant = {re.sub(r"[^ .]+$", "", where) + message.split("'")[1]
+             for where, message in problems if message.startswith("unknown key: did you mean")}
+    return [(where, message) for where, message in problems
+            if not (message == "required key is missing" and where in meant)]
+
+
+def _did_you_mean(key: str) -> str:
+    """A key of the configuration close to ``key`` (a typo), else a pointer to the reference."""
+    close = difflib.get_close_matches(key, _known_keys(), n=1, cutoff=0.75)
+    return f": did you mean {close[0]!r}?" if close else " (check its spelling against the README's configuration reference)"
+
+
+@functools.cache
+def _known_keys() -> list[str]:
+    """Every key any table of the configuration accepts: the fields of every model."""
+    models: list[type[_Model]] = [_Model]
+    keys: set[str] = set()
+    while models:
+        model = models.pop()
+        keys.update(model.model_fields)
+        models.extend(model.__subclasses__())
+    return sorted(keys)
 
 
 def _shows_input(error: Any, loc: list[str]) -> bool:

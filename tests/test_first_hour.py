@@ -222,3 +222,28 @@ def test_validate_connect_plans_every_query_and_says_each_problem_once_where_it_
 def test_validate_connect_on_the_shipped_demo_plans_every_query(demo_project: Path, cli: Callable[..., Shown]) -> None:
     shown = cli(demo_project, "validate", "--connect")
     assert shown.code == 0 and "every query planned by its warehouse" in shown.out
+
+
+def test_a_misspelt_key_is_one_problem_with_the_key_meant(project: Callable[[str], Path], cli: Callable[..., Shown]) -> None:
+    config = project("""
+        [warehouses.demo]
+        url = "sqlite:///demo.db"
+        demo = true
+
+        [destinations.d]
+        environment = "sandbox"
+        entity = "demo"
+        files = { type = "local", path = "outbox", retention_dayz = 3 }
+
+        [activations.a]
+        sql = "sql/vip_customers.sql"
+        destination = "d"
+        identifer = "profileId"
+        params = { min_value = 500 }
+    """)
+    shown = cli(config, "validate")
+    assert shown.code == 2, shown.said
+    assert "2 problems" in shown.said
+    assert "[activations.a] identifer: unknown key: did you mean 'identifier'?" in shown.said
+    assert "files.retention_dayz: unknown key: did you mean 'retention_days'?" in shown.said
+    assert "required key is missing" not in shown.said
