@@ -23,7 +23,7 @@ from typing import Any, TextIO
 from etl import __version__
 from etl.arrow import configure_arrow
 from etl.config import Config, load_config
-from etl.errors import AudienceSyncError, ConfigError
+from etl.errors import AudienceSyncError, ConfigError, UsageError
 from etl.logs import configure_logging, redact
 from etl.runs import RunOutcome, execute
 from etl.state import open_store
@@ -233,7 +233,8 @@ def _k8s(config: Config, args: argparse.Namespace) -> int:
     from etl.k8s import DEFAULT_IMAGE, K8sOptions, configmap_manifest, cronjob_manifests, render_yaml, scheduled_names
 
     if args.all == bool(args.names):
-        raise ConfigError([("k8s", "name the activations, or pass --all (not both)")], source=config.source)
+        raise UsageError("name the activations, or pass --all (not both)", where="k8s",
+                         hint="audience-sync k8s NAME… or audience-sync k8s --all")
     names = scheduled_names(config) if args.all else args.names
     _require(config, names)
     options = K8sOptions(image=args.image or DEFAULT_IMAGE, namespace=args.namespace, secret_name=args.secret,
@@ -295,7 +296,8 @@ def _run(config: Config, args: argparse.Namespace) -> int:
     from jobs import job_for
 
     if args.all == bool(args.names):
-        raise ConfigError([("run", "name the activations to run, or pass --all (not both)")], source=config.source)
+        raise UsageError("name the activations to run, or pass --all (not both)", where="run",
+                         hint="audience-sync run NAME… or audience-sync run --all")
     names = [n for n, a in config.activations.items() if a.enabled] if args.all else args.names
     _require(config, names)
     json_output = args.log_format == "json"

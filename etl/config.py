@@ -12,6 +12,7 @@ from __future__ import annotations
 import difflib
 import functools
 import ipaddress
+import logging
 import os
 import posixpath
 import re
@@ -39,8 +40,13 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
 from etl.errors import ConfigError
-from etl.logs import register_secret, url_secrets
+from etl.logs import redact, register_secret, url_secrets
 from etl.names import Claim, overlaps
+
+log = logging.getLogger("audience_sync.config")
+
+#: what stands for a secret written literally in the file, which is refused (never kept, never shown)
+REFUSED_SECRET = "***"
 
 DEFAULT_CONFIG = "schedules.toml"
 CONFIG_ENV = "AUDIENCE_SYNC_CONFIG"
@@ -675,11 +681,13 @@ def _interpolate(
                 problems.append(
                     (_dotted(path), f"a secret cannot be written in the file: use \"${{ENV_VAR}}\" or {key}_file")
                 )
+                out[key] = REFUSED_SECRET  # present, so that the rest of the table is checked as written
                 continue
             if key in ("url", "state_url") and isinstance(value, str) and _has_literal_password(value):
                 problems.append(
                     (_dotted(path), "the URL holds a literal password: write it as ${ENV_VAR} inside the URL")
                 )
+                out[key] = redact(value)  # the URL without its password: not also "url: required key is missing"
                 continue
             out[key] = _interpolate(value, path, environ, problems)
         return out
@@ -980,8 +988,8 @@ def _sql_problems(
         problems.append(
             (f"{where} params", f"{sql_file.name} uses :{', :'.join(sorted(missing))} which is not declared")
         )
-    if unused := declared_params - used:
-        problems.append((f"{where} params", f"declared but unused in {sql_file.name}: {', '.join(sorted(unused))}"))
+    if unused := declared_params - used:  # harmless to a run: said, not refused
+        log.warning("%s params: declared but unused in %s: %s", where, sql_file.name, ", ".join(sorted(unused)))
     return problems
 
 

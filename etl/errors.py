@@ -41,6 +41,12 @@ class ConfigError(AudienceSyncError):
         )
 
 
+class UsageError(AudienceSyncError):
+    """The command's arguments contradict each other or are missing; nothing ran."""
+
+    exit_code = 2
+
+
 class ExtractError(AudienceSyncError):
     """The warehouse refused or broke off the audience query."""
 

@@ -247,3 +247,44 @@ def test_a_misspelt_key_is_one_problem_with_the_key_meant(project: Callable[[str
     assert "[activations.a] identifer: unknown key: did you mean 'identifier'?" in shown.said
     assert "files.retention_dayz: unknown key: did you mean 'retention_days'?" in shown.said
     assert "required key is missing" not in shown.said
+
+
+def test_run_without_names_is_a_usage_error_not_a_configuration_problem(
+    demo_project: Path, cli: Callable[..., Shown]
+) -> None:
+    shown = cli(demo_project, "run")
+    assert shown.code == 2
+    assert "run: name the activations to run, or pass --all" in shown.said
+    assert "problem in the configuration" not in shown.said
+
+
+def test_a_literal_password_in_a_url_is_one_problem_and_an_unused_parameter_a_warning(
+    project: Callable[[str], Path], cli: Callable[..., Shown]
+) -> None:
+    config = project("""
+        [warehouses.dwh]
+        url = "postgresql+psycopg://etl:hunter22@db/analytics"
+
+        [destinations.d]
+        environment = "sandbox"
+        entity = "demo"
+        files = { type = "local", path = "outbox" }
+
+        [activations.a]
+        sql = "sql/vip_customers.sql"
+        destination = "d"
+        identifier = "profileId"
+        params = { min_value = 500, unused_one = 1 }
+    """)
+    shown = cli(config, "validate")
+    assert shown.code == 2 and "1 problem" in shown.said, shown.said
+    assert "[warehouses.dwh] url: the URL holds a literal password" in shown.said
+    assert "required key is missing" not in shown.said and "hunter22" not in shown.said
+    config.write_text(config.read_text().replace("etl:hunter22@db", "etl:${DWH_PASSWORD}@db"))
+    os.environ["DWH_PASSWORD"] = "x"
+    try:
+        warned = cli(config, "validate")
+    finally:
+        del os.environ["DWH_PASSWORD"]
+    assert warned.code == 0, warned.said
+    assert "declared but unused in vip_customers.sql: unused_one" in warned.err
