@@ -640,6 +640,16 @@ def _check_sections(raw: dict[str, Any], problems: list[tuple[str, str]]) -> Non
                 problems.append(
                     (f"[{table}.{name}]", "names use letters, digits, '_', '.', '-' only, at most 100 characters")
                 )
+    _check_actito_endpoints(raw.get("destinations"), problems)
+
+
+def _check_actito_endpoints(destinations: Any, problems: list[tuple[str, str]]) -> None:
+    """Said with the table's other problems, from what was written: one pass of `validate` lists them all."""
+    for name, entry in destinations.items() if isinstance(destinations, dict) else ():
+        if isinstance(entry, dict) and entry.get("type", "actito") == "actito" and not (
+                entry.get("environment") or entry.get("base_url")):
+            problems.append((f"[destinations.{name}]",
+                             "set environment (ENV-0, ENV-1, ENV-3, PREPROD, TEST, sandbox) or base_url"))
 
 
 class _LeftAsWritten(Mapping[str, str]):
@@ -825,8 +835,6 @@ def _cross_check(
         if isinstance(destination, OpenFieldDestination):
             problems.extend(_openfield_problems(destination, where))
             continue
-        if destination.environment is None and destination.base_url is None:
-            problems.append((where, "set environment (ENV-0, ENV-1, ENV-3, PREPROD, TEST, sandbox) or base_url"))
         files = destination.files
         if isinstance(files, LocalLocation) and config.path(files.path).expanduser().is_symlink():
             problems.append((f"{where} files.path", f"is a symbolic link: write the real directory, "

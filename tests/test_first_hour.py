@@ -288,3 +288,26 @@ def test_a_literal_password_in_a_url_is_one_problem_and_an_unused_parameter_a_wa
         del os.environ["DWH_PASSWORD"]
     assert warned.code == 0, warned.said
     assert "declared but unused in vip_customers.sql: unused_one" in warned.err
+
+
+def test_validate_lists_every_problem_of_a_destination_in_one_pass(
+    project: Callable[[str], Path], cli: Callable[..., Shown]
+) -> None:
+    config = project("""
+        [warehouses.demo]
+        url = "sqlite:///demo.db"
+        demo = true
+
+        [destinations.d]
+        files = { type = "local", path = "outbox" }
+
+        [activations.a]
+        sql = "sql/vip_customers.sql"
+        destination = "d"
+        identifier = "profileId"
+        params = { min_value = 500 }
+    """)
+    shown = cli(config, "validate")
+    assert shown.code == 2
+    assert "[destinations.d] entity: required key is missing" in shown.said
+    assert "[destinations.d]: set environment" in shown.said  # in the same pass, not after entity is fixed
