@@ -416,12 +416,18 @@ def _preview(config: Config, name: str, limit: int, *, json_output: bool) -> int
     result = audience.preview(config, name, sample_size=limit)
     counts = vars(result.counts)
     if json_output:
-        print(json.dumps({"activation": name, **counts, "sample": result.sample}))
+        print(json.dumps({"activation": name, **counts, "sample": result.sample,
+                          "rejected_by_reason": result.rejected_by_reason}))
         return EXIT_OK
     print(f"{name}: {counts['kept']:,} {result.columns_used} values "
           f"({counts['extracted']:,} rows read, {counts['rejected']:,} rejected, {counts['duplicates']:,} duplicates)")
     for value in result.sample:
         print(f"  {value}")
+    if result.rejected_by_reason:
+        print("not kept, by reason:")
+        width = max(len(f"{count:,}") for count in result.rejected_by_reason.values())
+        for reason, count in result.rejected_by_reason.items():
+            print(f"  {count:>{width},}  {reason}")
     return EXIT_OK
 
 

@@ -8,6 +8,7 @@ atomically, so Actito only ever sees the previous complete audience or the new c
 from __future__ import annotations
 
 import hashlib
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -36,6 +37,8 @@ class Preview:
     counts: AudienceCounts
     sample: list[str]
     columns_used: str
+    #: reason -> rows rejected for it (duplicates included), most frequent first
+    rejected_by_reason: dict[str, int]
 
 
 def cleaned_batches(config: Config, name: str, when: datetime) -> Iterator[tuple[AudienceCleaner, CleanBatch]]:
@@ -54,11 +57,15 @@ def cleaned_batches(config: Config, name: str, when: datetime) -> Iterator[tuple
 def preview(config: Config, name: str, *, sample_size: int = 10, when: datetime | None = None) -> Preview:
     sample: list[str] = []
     cleaner: AudienceCleaner | None = None
+    reasons: Counter[str] = Counter()
     for cleaner, cleaned in cleaned_batches(config, name, when or datetime.now(UTC)):
         if len(sample) < sample_size:
             sample += cleaned.identifiers.slice(0, sample_size - len(sample)).to_pylist()
+        for entry in cleaned.rejects.column("reason").value_counts().to_pylist():
+            reasons[entry["values"]] += entry["counts"]
     counts = cleaner.counts if cleaner else AudienceCounts()
-    return Preview(counts, sample, HEADER[config.activation_of(name, AudienceActivation).identifier])
+    return Preview(counts, sample, HEADER[config.activation_of(name, AudienceActivation).identifier],
+                   dict(reasons.most_common()))
 
 
 def run(context: RunContext) -> None:

@@ -311,3 +311,14 @@ def test_validate_lists_every_problem_of_a_destination_in_one_pass(
     assert shown.code == 2
     assert "[destinations.d] entity: required key is missing" in shown.said
     assert "[destinations.d]: set environment" in shown.said  # in the same pass, not after entity is fixed
+
+
+def test_preview_breaks_the_rows_not_kept_down_by_reason(demo_project: Path, cli: Callable[..., Shown]) -> None:
+    shown = cli(demo_project, "preview", "newsletter_engaged")
+    assert shown.code == 0
+    lines = shown.out.split("not kept, by reason:\n", 1)[1].splitlines()
+    counts = {line.split(None, 1)[1]: int(line.split(None, 1)[0].replace(",", "")) for line in lines}
+    assert counts["duplicate"] == 6 and "unknown top-level domain" in counts
+    assert sum(counts.values()) == 215 + 6  # every rejected row and duplicate has its reason
+    as_json = cli(demo_project, "--log-format", "json", "preview", "newsletter_engaged")
+    assert '"rejected_by_reason": {"missing": ' in as_json.out
