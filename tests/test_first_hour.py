@@ -322,3 +322,9 @@ def test_preview_breaks_the_rows_not_kept_down_by_reason(demo_project: Path, cli
     assert sum(counts.values()) == 215 + 6  # every rejected row and duplicate has its reason
     as_json = cli(demo_project, "--log-format", "json", "preview", "newsletter_engaged")
     assert '"rejected_by_reason": {"missing": ' in as_json.out
+
+
+def test_actito_check_of_an_openfield_destination_says_what_to_do(demo_project: Path, cli: Callable[..., Shown]) -> None:
+    shown = cli(demo_project, "actito", "check", "openfield_demo")
+    assert shown.code == 2
+    assert "checks Actito destinations only" in shown.said and "run --dry-run" in shown.said

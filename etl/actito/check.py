@@ -12,7 +12,7 @@ from etl.actito.connect import open_client
 from etl.actito.errors import ActitoError
 from etl.actito.imports import ActitoPreflightError, preflight
 from etl.config import Config, Destination
-from etl.errors import AudienceSyncError, ConfigError
+from etl.errors import AudienceSyncError, ConfigError, UsageError
 from etl.extract import query_columns
 
 
@@ -37,8 +37,10 @@ def check_destination(config: Config, destination: str) -> CheckReport:
         raise ConfigError([(f"destination {destination!r}", f"not in the configuration (known: {known})")],
                           source=config.source)
     if not isinstance(config.destinations[destination], Destination):
-        raise ConfigError([(f"[destinations.{destination}]", "an OpenField destination: `actito check` checks Actito's")],
-                          source=config.source)
+        raise UsageError("is an OpenField destination: `actito check` checks Actito destinations only",
+                         where=f"[destinations.{destination}]",
+                         hint="run it on an Actito destination; an OpenField one is checked by its first run "
+                              "(`audience-sync run --dry-run NAME` reads and maps its rows without sending any)")
     from jobs import import_plan
 
     report = CheckReport()

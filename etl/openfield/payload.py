@@ -127,8 +127,8 @@ class PayloadBuilder:
         self.language = language.lower()
         self.dropped = [column for column in columns if "password" in column.lower()]
         for column in self.dropped:
-            log.warning("column %s dropped: passwords are never synced to OpenField", column,
-                        extra={"fields": {"column": column}})
+            log.warning("%s: column %r is not sent: passwords are never synced to OpenField "
+                        "(leave it out of the SELECT to silence this)", where, column)
         self._mapping = _row_mapping([c for c in columns if c not in self.dropped], match_on, dict(services or {}))
         self._mapper = RowMapper(self._mapping, where=where)
         self._source = {field.target: field.source for field in self._mapping.fields}
