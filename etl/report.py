@@ -65,7 +65,7 @@ def write_report(
         body += [
             "<section class=\"overview\"><h2>Overview</h2>",
             "<table class=\"runs\"><thead><tr><th>Activation</th><th>Kind</th><th>Last run</th>"
-            "<th>Last success</th><th class=\"num\">Audience</th></tr></thead><tbody>",
+            "<th>Last success</th><th class=\"num\">Size</th></tr></thead><tbody>",
             *overview,
             "</tbody></table></section>",
             *sections,
@@ -101,7 +101,7 @@ def _overview_row(config: Config, name: str, anchor: str, recent: list[RunRecord
     activation = config.activations[name]
     last = recent[0] if recent else None
     success = successes[0] if successes else None
-    size = success.rows_delivered if success is not None else None
+    size = _size(success) if success is not None else None
     disabled = "" if activation.enabled else ' <span class="tag">disabled</span>'
     last_run = _status(last) if last else '<span class="muted">never run</span>'
     last_success = _e(_when(success.started_at)) if success else "—"
@@ -111,9 +111,17 @@ def _overview_row(config: Config, name: str, anchor: str, recent: list[RunRecord
         f"<td data-label=\"Kind\">{_e(activation.kind)}</td>"
         f"<td data-label=\"Last run\">{last_run}</td>"
         f"<td data-label=\"Last success\">{last_success}</td>"
-        f"<td data-label=\"Audience\" class=\"num\">{_count(size)}</td>"
+        f"<td data-label=\"Size\" class=\"num\">{_count(size)}</td>"
         "</tr>"
     )
+
+
+def _size(record: RunRecord) -> int | None:
+    """What the destination holds after a successful run: an audience's members; for a delta import,
+    the rows it sent plus those unchanged since (a healthy run that sends nothing is not a size of 0)."""
+    if record.rows_delivered is None:
+        return None
+    return int(record.rows_delivered) + int(record.details.get("unchanged") or 0)
 
 
 def _section(config: Config, name: str, anchor: str, recent: list[RunRecord], successes: list[RunRecord]) -> str:
@@ -130,9 +138,9 @@ def _section(config: Config, name: str, anchor: str, recent: list[RunRecord], su
         f"<h2>{_e(name)}</h2>",
         f"<p class=\"description\">{_e(activation.description)}</p>" if activation.description else "",
         "<dl>" + "".join(f"<dt>{label}</dt><dd>{value}</dd>" for label, value in facts) + "</dl>",
-        f"<h3>{'Audience size' if activation.kind == 'audience' else 'Rows delivered per run'}</h3>",
+        f"<h3>{'Audience size' if activation.kind == 'audience' else 'Rows in the table (sent + unchanged)'}</h3>",
         _chart(name, list(reversed(successes)), "Audience size" if activation.kind == "audience"
-               else "Rows delivered"),
+               else "Rows in the table"),
         "<h3>Last runs</h3>",
     ]
     if recent:
@@ -202,7 +210,7 @@ def _schedule(schedule: Schedule | None) -> str:
 
 def _chart(name: str, points: Sequence[RunRecord], measure: str) -> str:
     """An SVG line chart of rows delivered over time, oldest first; one circle per run."""
-    data = [(record.started_at, int(record.rows_delivered)) for record in points if record.rows_delivered is not None]
+    data = [(record.started_at, size) for record in points if (size := _size(record)) is not None]
     if not data:
         return "<p class=\"empty\">No successful run yet: nothing to chart.</p>"
     times = [moment.replace(tzinfo=UTC).timestamp() for moment, _ in data]
@@ -231,11 +239,13 @@ def _chart(name: str, points: Sequence[RunRecord], measure: str) -> str:
         parts.append(f"<line class=\"grid\" x1=\"{_LEFT}\" y1=\"{level:.1f}\" x2=\"{_W - _RIGHT}\" y2=\"{level:.1f}\" />")
         parts.append(f"<text class=\"axis\" x=\"{_LEFT - 6}\" y=\"{level + 4:.1f}\" text-anchor=\"end\">"
                      f"{_e(_short(round(top * fraction)))}</text>")
+    # runs of one day are told apart by their time
+    when = "%Y-%m-%d" if data[0][0].date() != data[-1][0].date() else "%Y-%m-%d %H:%M"
     parts.append(f"<text class=\"axis\" x=\"{_LEFT}\" y=\"{_H - 10}\" text-anchor=\"start\">"
-                 f"{_e(f'{data[0][0]:%Y-%m-%d}')}</text>")
+                 f"{_e(data[0][0].strftime(when))}</text>")
     if len(data) > 1:
         parts.append(f"<text class=\"axis\" x=\"{_W - _RIGHT}\" y=\"{_H - 10}\" text-anchor=\"end\">"
-                     f"{_e(f'{data[-1][0]:%Y-%m-%d}')}</text>")
+                     f"{_e(data[-1][0].strftime(when))}</text>")
         path = " ".join(f"{cx},{cy}" for cx, cy in coordinates)
         parts.append(f"<polyline class=\"line\" points=\"{path}\" />")
     for (cx, cy), (moment, count) in zip(coordinates, data):

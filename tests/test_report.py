@@ -201,3 +201,18 @@ def test_an_empty_ledger(tmp_path: Path, store: StateStore) -> None:
     assert "No successful run yet: nothing to chart." in text_of(engaged)
     assert not list(root.iter(f"{SVG}svg")) and engaged.find("table") is None
     assert "generated 2025-03-01 12:00 UTC" in text_of(root)
+
+
+def test_a_delta_sync_that_sent_nothing_shows_the_rows_it_holds_and_same_day_runs_their_time(
+    demo_project: Path, tmp_path: Path
+) -> None:
+    from etl.cli import main as cli_main
+
+    for _ in range(2):  # the second run finds nothing changed: it sends 0 rows
+        assert cli_main(["--config", str(demo_project), "run", "qualifio_profiles"]) == 0
+    page = tmp_path / "r.html"
+    assert cli_main(["--config", str(demo_project), "report", "-o", str(page)]) == 0
+    html = page.read_text()
+    profiles = next(r for r in html.split("<tr>") if ">qualifio_profiles</a>" in r)  # its overview row
+    assert 'data-label="Size" class="num">1,951<' in profiles, profiles
+    assert re.search(r'text-anchor="end">\d{4}-\d\d-\d\d \d\d:\d\d</text>', html)  # same day: the time too
