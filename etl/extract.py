@@ -220,12 +220,14 @@ def stream_batches(
     chunk_size: int,
     where: str,
     columns: ColumnChoice | None = None,
+    connect_where: str | None = None,
 ) -> Batches:
     """Run ``sql`` with bound ``params`` and yield its rows in Arrow batches of at most ``chunk_size`` rows.
 
     ``columns`` picks the columns the consumer uses: the others are dropped as early as each path
     allows (on the generic path, never converted), since an audience needs one column of what may be
     a ``SELECT *`` of hundreds. Chunks of wide rows are also cut by their size (``CHUNK_BYTES``).
+    ``connect_where`` is where a refused connection is said (the warehouse's URL, not the SQL file).
 
     Parameters the query does not use are ignored, so callers can always offer the built-in ones;
     one the query uses but ``params`` lacks is reported now, before connecting. An empty result
@@ -247,7 +249,8 @@ def stream_batches(
             hint="declare it under the activation's params, or fix its spelling in the query",
         )
     values = {name: params[name] for name in used}
-    return _guarded_batches(engine, _statement(sql), values, chunk_size, where, sql, columns)
+    return _guarded_batches(engine, _statement(sql), values, chunk_size, where, sql, columns,
+                            connect_where or where)
 
 
 def _guarded_batches(
@@ -258,6 +261,7 @@ def _guarded_batches(
     where: str,
     sql: str,
     columns: ColumnChoice | None,
+    connect_where: str,
 ) -> Batches:
     """Translate the database's errors and hand the connection back however iteration ends.
 
@@ -272,7 +276,7 @@ def _guarded_batches(
     except errors as exc:
         raise ExtractError(
             f"cannot connect to {_safe(engine.url)}: {_database_message(exc, engine.url)}",
-            where=where,
+            where=connect_where,
             hint="check the warehouse URL and that the server accepts connections from here",
         ) from None
     # kept for the early-stop handling: after an invalidation the Connection no longer reaches it
@@ -1023,6 +1027,7 @@ def activation_batches(
         chunk_size=config.chunk_size_for(name),
         where=str(config.path(activation.sql)),
         columns=columns,
+        connect_where=f"[warehouses.{config.warehouse_for(name)[0]}] url",
     )
     try:
         with closing(batches):

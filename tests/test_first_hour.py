@@ -328,3 +328,27 @@ def test_actito_check_of_an_openfield_destination_says_what_to_do(demo_project: 
     shown = cli(demo_project, "actito", "check", "openfield_demo")
     assert shown.code == 2
     assert "checks Actito destinations only" in shown.said and "run --dry-run" in shown.said
+
+
+def test_a_refused_connection_is_said_at_the_warehouse_not_the_sql_file(
+    project: Callable[[str], Path], cli: Callable[..., Shown]
+) -> None:
+    config = project("""
+        [warehouses.down]
+        url = "postgresql+psycopg://postgres@127.0.0.1:1/test"
+
+        [destinations.d]
+        environment = "sandbox"
+        entity = "demo"
+        files = { type = "local", path = "outbox" }
+
+        [activations.a]
+        sql = "sql/vip_customers.sql"
+        destination = "d"
+        identifier = "profileId"
+        params = { min_value = 500 }
+    """)
+    shown = cli(config, "run", "a")
+    assert shown.code == 1
+    assert "✗ a: [warehouses.down] url: cannot connect to" in shown.out
+    assert "vip_customers.sql: cannot connect" not in shown.said
