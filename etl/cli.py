@@ -165,7 +165,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "sandbox":
-        from etl.actito import sandbox
+        from etl.testing import actito_sandbox as sandbox  # lazy: the one command that serves a test double
 
         options = ["--port", str(args.port)]
         options += ["--fixture", args.fixture] if args.fixture else []
