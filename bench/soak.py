@@ -39,11 +39,11 @@ sys.path.insert(0, str(REPO / "tests"))  # the real SFTP and FTPS servers the te
 from dbservers import PoolWatch  # noqa: E402
 from servers import PASSWORD, FtpsBehaviour, FtpsServer, SftpBehaviour, SftpServer, make_tls_certificate  # noqa: E402
 
-from etl.actito.sandbox import ActitoSandbox, FaultStatus  # noqa: E402
 from etl.delivery import base as delivery_base  # noqa: E402
-from etl.demo import ensure_demo_warehouse  # noqa: E402
 from etl.scheduler import Scheduler  # noqa: E402
 from etl.state import StateStore  # noqa: E402
+from etl.testing.actito_sandbox import ActitoSandbox, FaultStatus  # noqa: E402
+from etl.testing.demo import ensure_demo_warehouse  # noqa: E402
 
 ZONE = ZoneInfo("Europe/Brussels")
 SANDBOX_KEY = "sandbox-demo-key"

@@ -30,7 +30,6 @@ import sqlalchemy as sa
 from sqlalchemy.engine import URL
 
 from etl.config import ActivationBase, Config
-from etl.demo import ensure_demo_warehouse
 from etl.errors import AudienceSyncError, ExtractError
 from etl.logs import redact
 
@@ -1092,6 +1091,9 @@ def _activation_engine(config: Config, name: str) -> sa.Engine:
     warehouse_name, warehouse = config.warehouse_for(name)
     url = _anchored(config, warehouse.url.get_secret_value())
     if warehouse.demo:
+        # imported here, not at the top: the runtime never loads a test double unless the configuration asks for one
+        from etl.testing import ensure_demo_warehouse
+
         ensure_demo_warehouse(url)
     return create_warehouse_engine(url, where=f"[warehouses.{warehouse_name}] url")
 

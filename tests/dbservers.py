@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import functools
 import os
+import shutil
 import threading
 import uuid
 
@@ -46,6 +47,18 @@ def unique_name(prefix: str = "t") -> str:
 
 def in_ci() -> bool:
     return os.environ.get("CI", "").strip().lower() in ("true", "1", "yes")
+
+
+def faketime(what: str) -> str:
+    """The ``faketime`` command (libfaketime); skips (fails under CI, which installs it) when missing.
+    ``what`` says what cannot be done without it."""
+    found = shutil.which("faketime")
+    if found is None:
+        message = f"faketime is not installed (Debian package faketime): {what}"
+        if in_ci():
+            pytest.fail(message + " (.ci/run installs it)")
+        pytest.skip(message)
+    return found
 
 
 def _reachable(label: str, url: str) -> str:

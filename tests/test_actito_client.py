@@ -32,7 +32,7 @@ from etl.actito.errors import (
     ActitoNotFound,
     ActitoRateLimited,
 )
-from etl.actito.sandbox import DEFAULT_FIXTURE, ActitoSandbox
+from etl.testing.actito_sandbox import DEFAULT_FIXTURE, ActitoSandbox
 
 KEY = "sandbox-demo-key"
 ENTITY = "demo"

@@ -11,9 +11,9 @@ import pytest
 import sqlalchemy as sa
 
 from etl.config import load_config
-from etl.demo import demo_customers
 from etl.runs import execute
 from etl.state import open_store
+from etl.testing.demo import demo_customers
 from jobs import audience
 
 ROWS = demo_customers(date(2026, 1, 15), count=3000)

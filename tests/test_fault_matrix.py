@@ -36,11 +36,11 @@ from servers import (
 )
 
 import dbservers
-from etl.actito.sandbox import ActitoSandbox
 from etl.config import load_config
 from etl.delivery import base as delivery_base
 from etl.runs import RunContext, RunOutcome, execute
 from etl.state import RunRecord, open_store
+from etl.testing.actito_sandbox import ActitoSandbox
 from jobs import job_for
 
 pytest_plugins = ["conftest_delivery"]

@@ -14,11 +14,11 @@ import pytest
 
 from etl.actito.check import check_destination
 from etl.actito.mapping import RowMapper, qualifio_mapping
-from etl.actito.sandbox import ActitoSandbox
 from etl.config import Config, load_config
 from etl.extract import activation_batches
 from etl.runs import RunOutcome, execute
 from etl.state import open_store
+from etl.testing.actito_sandbox import ActitoSandbox
 from jobs import job_for
 from servers import with_actito_sandbox
 
@@ -197,7 +197,7 @@ attributes = { email = "emailAddress", first_name = "firstName", shoe_size = "sh
 
 def test_check_names_a_wrong_type(tmp_path: Path) -> None:
     """An Actito table whose birthDate is an integer cannot take Qualifio's birthday."""
-    fixture = json.loads((REPO / "etl" / "actito" / "sandbox_fixture.json").read_text())
+    fixture = json.loads((REPO / "etl" / "testing" / "actito_sandbox_fixture.json").read_text())
     table = fixture["licences"][0]["entities"][0]["profileTables"][0]
     for attribute in table["attributes"]:
         if attribute["name"] == "birthDate":

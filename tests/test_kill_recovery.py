@@ -31,7 +31,6 @@ import pytest
 from etl.actito.client import ActitoClient
 from etl.actito.errors import ActitoImportError
 from etl.actito.recovery import Landed, part_reference, recover_earlier_runs, stage_sent
-from etl.actito.sandbox import ActitoSandbox
 from etl.config import load_config
 from etl.delivery.base import is_temp_name, temp_name
 from etl.files import WrittenFile
@@ -40,6 +39,7 @@ from etl.runs import RunContext
 from etl.errors import LockBusy
 from etl.leases import hold
 from etl.state import NOT_SENT, RunRecord, StateStore, leases, utcnow
+from etl.testing.actito_sandbox import ActitoSandbox
 
 pytest_plugins = ["conftest_delivery"]
 

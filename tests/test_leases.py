@@ -13,7 +13,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 import signal
 import subprocess
 import sys
@@ -27,7 +26,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from dbservers import in_ci, postgres_url
+from dbservers import faketime, postgres_url
 from etl.errors import LockBusy
 from etl.leases import hold
 from etl.state import StateStore
@@ -109,13 +108,7 @@ SKEWED = textwrap.dedent("""
 
 
 def _faketime() -> str:
-    found = shutil.which("faketime")
-    if found is None:
-        message = "faketime is not installed (Debian package faketime): a skewed clock cannot be simulated"
-        if in_ci():
-            pytest.fail(message + " (.ci/run installs it)")
-        pytest.skip(message)
-    return found
+    return faketime("a skewed clock cannot be simulated")
 
 
 def test_a_replica_whose_clock_runs_six_hours_ahead_cannot_take_a_live_lease() -> None:

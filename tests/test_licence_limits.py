@@ -26,13 +26,13 @@ from dbservers import postgres_url
 from concurrent.futures import ThreadPoolExecutor
 
 from etl.actito.connect import open_client
-from etl.actito.sandbox import ActitoSandbox
 from etl.config import load_config
 from etl.errors import LicenceBusy
 from etl.licence import LedgerSlots, Licence, licence_name, licence_slots
 from etl.openfield import connect as openfield
-from etl.openfield.sandbox import DEMO_APPLICATION, DEMO_PASSWORD, DEMO_TENANT, OpenFieldSandbox
 from etl.state import StateStore, database_now
+from etl.testing.actito_sandbox import ActitoSandbox
+from etl.testing.openfield_sandbox import DEMO_APPLICATION, DEMO_PASSWORD, DEMO_TENANT, OpenFieldSandbox
 from test_scheduler_replicas import shared_ledger  # noqa: F401  (a fixture: a fresh PostgreSQL schema)
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))

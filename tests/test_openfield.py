@@ -25,9 +25,9 @@ import pytest
 from etl.config import Config, load_config
 from etl.errors import ConfigError
 from etl.logs import redact
-from etl.openfield.sandbox import OpenFieldSandbox
 from etl.runs import RunOutcome, execute
 from etl.state import open_store
+from etl.testing.openfield_sandbox import OpenFieldSandbox
 from jobs import job_for
 
 REPO = Path(__file__).resolve().parent.parent

@@ -17,7 +17,7 @@ from etl.config import OPENFIELD_ROUTES
 from etl.http import RetryPolicy
 from etl.openfield.client import OpenFieldClient
 from etl.openfield.errors import OpenFieldAuthError, OpenFieldRateLimited, OpenFieldRefused
-from etl.openfield.sandbox import OpenFieldSandbox
+from etl.testing.openfield_sandbox import OpenFieldSandbox
 
 TENANT, APPLICATION, PASSWORD = "tenant-7", "app-42", "of-test-password-5d1c"
 PERSON: dict[str, Any] = {"Party": {"PartyType": "Person", "Version": 1, "LanguageId": "fr"}, "Email": "ann@example.com",

@@ -1,1 +1,1 @@
-"""Actito: the HTTP client, bulk imports, and the sandbox that stands in for Actito in tests and the demo."""
+"""Actito: the HTTP client, bulk imports, mapping and checks (the sandbox that stands in for Actito is etl.testing)."""

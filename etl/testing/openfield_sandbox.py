@@ -15,6 +15,10 @@ Faults come before authentication, except "timeout" and "disconnect", which let 
 processed (a create *does* create) and then withhold the answer: the unclear outcome that must not
 lead to a duplicate. With ``state_file`` the profiles are loaded at start and saved at `stop`, so
 the demo's OpenField survives from one CLI process to the next.
+
+It lives in ``etl.testing`` because it is a test double: the runtime loads it only through
+``etl.testing.in_process_openfield_sandbox`` (for ``environment = "sandbox"``), never on a production run; it
+ships in the package because the README demo uses it.
 """
 
 from __future__ import annotations
@@ -37,12 +41,12 @@ from typing import Any, Literal, cast
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from etl.config import OPENFIELD_ROUTES
+from etl.openfield.connect import SANDBOX_DEMO_PASSWORD as DEMO_PASSWORD
 from etl.openfield.payload import alpha3_of_alpha2
 
-#: the demo's tenant, application and password: demo values, not secrets
+#: the demo's tenant and application (and DEMO_PASSWORD, the client's default): demo values, not secrets
 DEMO_TENANT = "demo-tenant"
 DEMO_APPLICATION = "audience-sync-demo"
-DEMO_PASSWORD = "sandbox-demo-password"
 
 FaultKind = int | Literal["timeout", "disconnect"]
 

@@ -34,7 +34,10 @@ The decisions that shape the code:
   whenever an import is created or applied and on reset or revoke, so the demo's Actito survives
   from one CLI process to the next. Tokens, faults and the clock offset stay per process.
 
-Nothing here imports the rest of audience-sync: the sandbox is the other side of the wire.
+Nothing here imports the rest of audience-sync: the sandbox is the other side of the wire. It lives
+in ``etl.testing`` because it is a test double: the runtime loads it only through
+``etl.testing.in_process_actito_sandbox`` (for ``environment = "sandbox"``) and the ``sandbox``
+command, never on a production run; it ships in the package because the README demo uses it.
 """
 
 from __future__ import annotations
@@ -79,7 +82,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 __all__ = ["ActitoSandbox", "DEFAULT_FIXTURE", "MAX_FILE_BYTES", "main"]
 
 #: the fixture used when none is given: one entity "demo", API key "sandbox-demo-key"
-DEFAULT_FIXTURE = Path(__file__).with_name("sandbox_fixture.json")
+DEFAULT_FIXTURE = Path(__file__).with_name("actito_sandbox_fixture.json")
 
 #: the layout of a state file; a file of another version is ignored like one of another fixture
 _STATE_VERSION = 1
@@ -2190,9 +2193,9 @@ def _host_argument(host: str) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m etl.actito.sandbox --port 8765 [--fixture F] [--state-file S]``: serve until SIGINT or SIGTERM."""
+    """``python -m etl.testing.actito_sandbox --port 8765 [--fixture F] [--state-file S]``: serve until SIGINT or SIGTERM."""
     parser = argparse.ArgumentParser(
-        prog="python -m etl.actito.sandbox",
+        prog="python -m etl.testing.actito_sandbox",
         description="Run the Actito sandbox (Actito's API as docs/actito-wire.md describes it) on loopback.",
     )
     parser.add_argument("--host", default="127.0.0.1", type=_host_argument,

@@ -4,6 +4,9 @@ It exists so that the README demo runs on a fresh machine with no database serve
 every cleaning rule has something to bite on: mixed case, stray spaces, ``mailto:`` prefixes,
 duplicates, addresses Actito would refuse, and missing values. Generated deterministically (fixed
 seed) with dates relative to the day it is created, so the sample audiences are never empty.
+
+It lives in ``etl.testing`` because it is a test double (it stands in for a warehouse): the runtime
+loads it only through ``etl.testing.ensure_demo_warehouse``, for a warehouse with ``demo = true``.
 """
 
 from __future__ import annotations

@@ -1,0 +1,76 @@
+"""Test doubles: the Actito sandbox, the OpenField sandbox and the demo warehouse.
+
+They live here, apart from the runtime, because they stand in for what a production run talks to
+(Actito, OpenField, a warehouse) so that the tests, the benchmarks and the README demo run with no
+licence and no database server. A production run never needs them, so it never loads them: the
+runtime reaches this package only through the functions below, each imported inside the one
+runtime function that needs it, and only when the configuration asks for a double:
+
+* ``in_process_actito_sandbox`` — ``etl.actito.connect.in_process_sandbox_url``, for ``environment = "sandbox"``;
+* ``in_process_openfield_sandbox`` — ``etl.openfield.connect.in_process_sandbox_url``, for ``environment = "sandbox"``;
+* ``ensure_demo_warehouse`` — ``etl.extract._activation_engine``, for a warehouse with ``demo = true``;
+* ``etl.testing.actito_sandbox.main`` — ``etl.cli``'s ``sandbox`` command.
+
+``lint-imports`` (``[tool.importlinter]`` in pyproject.toml, run by ``.ci/run``) fails on any other
+import of this package from ``etl`` or ``jobs``. Tests and benchmarks import the modules directly.
+"""
+
+from __future__ import annotations
+
+import atexit
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar, cast
+
+if TYPE_CHECKING:
+    from etl.testing.actito_sandbox import ActitoSandbox
+    from etl.testing.openfield_sandbox import OpenFieldSandbox
+
+
+class _Sandbox(Protocol):
+    def start(self) -> str: ...
+    def stop(self) -> None: ...
+
+
+_SandboxT = TypeVar("_SandboxT", bound=_Sandbox)
+
+#: one sandbox per state file (a process normally has one configuration, hence one sandbox per kind)
+_sandboxes: dict[Path, _Sandbox] = {}
+_sandbox_lock = threading.Lock()
+
+
+def _started_once(state_file: Path, create: Callable[[Path], _SandboxT]) -> _SandboxT:
+    """This process's sandbox for ``state_file``: created and started on first use, stopped at exit.
+    Shared by the Actito and OpenField sandboxes (each has its own state file)."""
+    state_file = state_file.absolute()
+    with _sandbox_lock:
+        sandbox = _sandboxes.get(state_file)
+        if sandbox is None:
+            sandbox = create(state_file)
+            sandbox.start()
+            atexit.register(sandbox.stop)
+            _sandboxes[state_file] = sandbox
+        return cast(_SandboxT, sandbox)
+
+
+def in_process_actito_sandbox(state_file: Path) -> ActitoSandbox:
+    """This process's Actito sandbox (default fixture) keeping its state in ``state_file``, started on first use."""
+    from etl.testing.actito_sandbox import ActitoSandbox
+
+    return _started_once(state_file, lambda path: ActitoSandbox(state_file=path))
+
+
+def in_process_openfield_sandbox(state_file: Path, **options: Any) -> OpenFieldSandbox:
+    """This process's OpenField sandbox keeping its profiles in ``state_file``, started on first use;
+    ``options`` (tenant, application, credentials, routes) are those of its first caller."""
+    from etl.testing.openfield_sandbox import OpenFieldSandbox
+
+    return _started_once(state_file, lambda path: OpenFieldSandbox(state_file=path, **options))
+
+
+def ensure_demo_warehouse(url: str) -> bool:
+    """Create the demo warehouse behind a ``sqlite:///`` URL if it is missing or older; True if created."""
+    from etl.testing.demo import ensure_demo_warehouse as ensure
+
+    return ensure(url)

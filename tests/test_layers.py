@@ -1,0 +1,78 @@
+"""The layer rules of pyproject.toml's [tool.importlinter], and proof that they bite.
+
+``lint-imports`` (run by .ci/run) keeps the test doubles (etl.testing) out of the runtime but for
+the lazy hooks its contracts list, and Actito's code independent of OpenField's. A contract that
+always passes would prove nothing, so each hook is taken out of a copy of the configuration in turn
+and the linter must then fail, naming the import; and a fresh interpreter that loads the whole
+runtime must have loaded no test double.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+PYPROJECT = REPO / "pyproject.toml"
+
+
+def _contracts() -> list[dict[str, Any]]:
+    contracts: list[dict[str, Any]] = tomllib.loads(PYPROJECT.read_text("utf-8"))["tool"]["importlinter"]["contracts"]
+    return contracts
+
+
+def _runtime_hooks() -> list[str]:
+    (contract,) = [c for c in _contracts() if c["type"] == "forbidden" and c["source_modules"] == ["etl.*"]]
+    assert contract["forbidden_modules"] == ["etl.testing"]
+    hooks: list[str] = contract["ignore_imports"]
+    return hooks
+
+
+def lint_imports(config: Path) -> subprocess.CompletedProcess[str]:
+    """``lint-imports`` of this interpreter's environment on ``config``, over this checkout's packages."""
+    command = Path(sys.executable).with_name("lint-imports")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+    return subprocess.run([str(command), "--no-cache", str(config)], capture_output=True, text=True, timeout=300,
+                          cwd=REPO, env=env)
+
+
+def test_the_shipped_contracts_are_kept() -> None:
+    done = lint_imports(PYPROJECT)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert f"Contracts: {len(_contracts())} kept, 0 broken." in done.stdout
+
+
+@pytest.mark.parametrize("hook", _runtime_hooks())
+def test_without_a_hook_s_exception_the_linter_fails_and_names_the_import(hook: str, tmp_path: Path) -> None:
+    lines = PYPROJECT.read_text("utf-8").splitlines(keepends=True)
+    kept = [line for line in lines if f'"{hook}"' not in line]
+    assert len(kept) == len(lines) - 1, f"{hook} is not on one line of pyproject.toml"
+    config = tmp_path / "pyproject.toml"
+    config.write_text("".join(kept), "utf-8")
+    done = lint_imports(config)
+    assert done.returncode == 1, done.stdout + done.stderr
+    importer, imported = (side.strip() for side in hook.split("->"))
+    assert "BROKEN" in done.stdout
+    assert f"{importer} -> {imported}" in done.stdout, done.stdout
+
+
+def test_the_runtime_loads_no_test_double() -> None:
+    """Every runtime module imported (the CLI, the scheduler, every job): nothing of etl.testing comes with them."""
+    probe = ("import importlib, pkgutil, sys\n"
+             "def load(name):\n"
+             "    package = importlib.import_module(name)\n"
+             "    for module in pkgutil.iter_modules(package.__path__, name + '.'):\n"
+             "        if module.name not in ('etl.testing', 'etl.__main__'):\n"
+             "            load(module.name) if module.ispkg else importlib.import_module(module.name)\n"
+             "load('etl'); load('jobs')\n"
+             "print(len(sys.modules), sorted(m for m in sys.modules if m.startswith('etl.testing')))\n")
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert done.returncode == 0, done.stderr
+    loaded, doubles = done.stdout.split(" ", 1)
+    assert int(loaded) > 100 and doubles.strip() == "[]"
