@@ -479,7 +479,7 @@ class Scheduler:
         running ones get the shutdown grace, then their ``stop`` event is set and they end "interrupted"
         at their next chunk. A second one sets ``stop`` at once; runs that still do not end within
         ``ESCALATION_WAIT`` are abandoned (the process exits 130; their ledger rows stay "running"
-        and their locks expire). SIGHUP reloads the configuration.
+        and their leases expire). SIGHUP reloads the configuration.
         """
         previous = self._install_handlers()
         try:
@@ -547,7 +547,7 @@ class Scheduler:
 
     def _abandon(self) -> None:
         log.error("runs still in progress after the second stop signal: exiting without them "
-                  "(their ledger rows stay 'running'; their locks expire after settings.lock_ttl_minutes)",
+                  "(their ledger rows stay 'running'; their leases expire after settings.lock_ttl_minutes)",
                   extra={"fields": {"running": self.running}})
         for handler in logging.getLogger().handlers:
             handler.flush()

@@ -171,7 +171,8 @@ class ImportRecord:
 
 
 class StateStore:
-    """Run records and locks; one instance per process, safe to share between threads."""
+    """Run records, imports and schedule slots (leases: etl.leases); one instance per process, safe to
+    share between threads."""
 
     def __init__(self, url: str) -> None:
         self.url = url
