@@ -20,14 +20,18 @@ from pathlib import Path
 from collections.abc import Sequence
 from typing import Any, TextIO
 
+from typing import TYPE_CHECKING
+
 from etl import __version__
-from etl.arrow import configure_arrow
-from etl.config import Config, load_config
 from etl.errors import AudienceSyncError, ConfigError, UsageError
 from etl.logs import configure_logging, redact
-from etl.runs import RunOutcome, execute
-from etl.state import open_store
-from etl.history import count, runs_table, show_run, sizes_table, table
+
+if TYPE_CHECKING:
+    from etl.config import Config
+    from etl.runs import RunOutcome
+
+# Everything else is imported by the command that needs it: `--help`, `validate` or `history` must not
+# pay for pyarrow, numpy, SQLAlchemy's engine or the job kinds (guarded by tests/test_first_hour.py).
 
 EXIT_OK, EXIT_FAILED, EXIT_CONFIG, EXIT_LOCKED, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 
@@ -149,7 +153,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     configure_logging(args.log_format, logging.INFO if args.verbose else logging.WARNING)
     if args.debug:  # the tracebacks of internal errors, which runs log at DEBUG
         logging.getLogger("audience_sync").setLevel(logging.DEBUG)
-    configure_arrow()
     try:
         return _dispatch(args)
     except AudienceSyncError as exc:
@@ -173,6 +176,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _dispatch(args: argparse.Namespace) -> int:
+    if args.command in ("run", "preview", "schedule", "actito") or getattr(args, "connect", False):
+        from etl.arrow import configure_arrow  # commands that read rows
+
+        configure_arrow()
     if args.command == "init":  # there is no configuration yet
         return _init(Path(args.directory), args.warehouse_url)
     if args.command == "sandbox":
@@ -187,6 +194,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         from etl.scheduler import main as schedule_main
 
         return schedule_main(Path(args.config) if args.config else None, preview=args.preview, count=args.count)
+    from etl.config import load_config
+
     config = load_config(args.config, ledger_only=args.command in ("history", "show", "report"))
     if args.command == "validate":
         if args.connect:
@@ -213,6 +222,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         return _k8s(config, args)
     if args.command == "report":
         from etl.report import write_report
+        from etl.state import open_store
 
         store = open_store(config)
         try:
@@ -293,6 +303,8 @@ def _require(config: Config, names: Sequence[str], *, kind: str | None = None) -
 
 
 def _run(config: Config, args: argparse.Namespace) -> int:
+    from etl.runs import execute
+    from etl.state import open_store
     from jobs import job_for
 
     if args.all == bool(args.names):
@@ -371,6 +383,8 @@ def _outcome_json(outcome: RunOutcome) -> dict[str, Any]:
 
 
 def _summary(outcomes: Sequence[RunOutcome]) -> str:
+    from etl.history import count, table
+
     rows = []
     for o in outcomes:
         r = o.results
@@ -432,6 +446,9 @@ def _preview(config: Config, name: str, limit: int, *, json_output: bool) -> int
 
 
 def _history(config: Config, args: argparse.Namespace) -> int:
+    from etl.history import runs_table, sizes_table
+    from etl.state import open_store
+
     if args.name:
         _require(config, [args.name])
     store = open_store(config)
@@ -451,6 +468,9 @@ def _history(config: Config, args: argparse.Namespace) -> int:
 
 
 def _show(config: Config, run_id: str, *, json_output: bool) -> int:
+    from etl.history import show_run
+    from etl.state import open_store
+
     store = open_store(config)
     try:
         record = store.get_run(run_id)
