@@ -253,9 +253,11 @@ def test_a_thread_keeps_its_ledger_slot_between_requests_and_gives_it_back_once_
     worker = threading.Thread(target=another_thread)
     worker.start()
     assert entered.wait(10)
-    assert seen[0] != first  # another thread takes a slot of its own
+    assert seen[0] == first and len(rows()) == 1  # another thread of the process takes the parked slot
+    with parked.held() as second:  # while it is busy, this thread needs one of its own
+        assert second != first and len(rows()) == 2
     time.sleep(0.4)
-    assert rows() == [(seen[0].slot, seen[0].owner)]  # ours, idle, was given back; the busy one is kept
+    assert rows() == [(first.slot, first.owner)]  # the idle one was given back; the busy one is kept
     leave.set()
     worker.join()
     time.sleep(0.4)
