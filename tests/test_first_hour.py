@@ -352,3 +352,14 @@ def test_a_refused_connection_is_said_at_the_warehouse_not_the_sql_file(
     assert shown.code == 1
     assert "✗ a: [warehouses.down] url: cannot connect to" in shown.out
     assert "vip_customers.sql: cannot connect" not in shown.said
+
+
+def test_help_imports_none_of_the_heavy_libraries() -> None:
+    """`audience-sync --help` answers at once: the command line imports what a command needs only when
+    that command runs (measured: 0.05 s, from 0.5 s when it loaded SQLAlchemy, pyarrow and numpy)."""
+    probe = ("import sys; from etl.cli import main\n"
+             "try:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
+             "print(sorted(m for m in ('sqlalchemy', 'pyarrow', 'numpy', 'pandas', 'pydantic') if m in sys.modules))")
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().splitlines()[-1] == "[]"
