@@ -19,6 +19,16 @@ from etl import __version__
 from etl.k8s import DEFAULT_IMAGE, RUN_AS
 
 
+def one_audience(warehouse: str = 'url = "sqlite:///demo.db"\ndemo = true', *, name: str = "demo",
+                 destination: str = 'environment = "sandbox"\nentity = "demo"\nfiles = { type = "local", path = "outbox" }',
+                 params: str = "min_value = 500", settings: str = "") -> str:
+    """A configuration of one profileId audience (the shipped vip_customers.sql), parts replaced by a test."""
+    return (f"[settings]\n{settings}\n\n" if settings else "") + (
+        f"[warehouses.{name}]\n{warehouse}\n\n[destinations.d]\n{destination}\n\n"
+        f'[activations.a]\nsql = "sql/vip_customers.sql"\ndestination = "d"\nidentifier = "profileId"\n'
+        f"params = {{ {params} }}\n")
+
+
 def test_init_writes_a_configuration_that_validates_previews_and_runs(
     cli: Callable[..., Shown], tmp_path: Path
 ) -> None:
@@ -127,22 +137,9 @@ def test_the_image_command_writes_nothing_outside_its_state_volume(image_like: P
 def test_reading_the_history_needs_no_actito_key_or_warehouse_password(
     project: Callable[[str], Path], cli: Callable[..., Shown], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    config = project("""
-        [warehouses.dwh]
-        url = "postgresql+psycopg://etl:${DWH_PASSWORD}@127.0.0.1:5432/test"
-
-        [destinations.d]
-        environment = "ENV-0"
-        entity = "acme"
-        api_key = "${ACTITO_API_KEY}"
-        files = { type = "local", path = "outbox" }
-
-        [activations.a]
-        sql = "sql/vip_customers.sql"
-        destination = "d"
-        identifier = "profileId"
-        params = { min_value = 500 }
-    """)
+    config = project(one_audience('url = "postgresql+psycopg://etl:${DWH_PASSWORD}@127.0.0.1:5432/test"', name="dwh",
+                                  destination='environment = "ENV-0"\nentity = "acme"\napi_key = "${ACTITO_API_KEY}"\n'
+                                              'files = { type = "local", path = "outbox" }'))
     monkeypatch.delenv("ACTITO_API_KEY", raising=False)
     monkeypatch.delenv("DWH_PASSWORD", raising=False)
     for command in (["history"], ["report", "-o", str(config.parent / "r.html")]):
@@ -155,25 +152,7 @@ def test_reading_the_history_needs_no_actito_key_or_warehouse_password(
 def test_the_history_of_a_shared_ledger_still_needs_its_password(
     project: Callable[[str], Path], cli: Callable[..., Shown], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    config = project("""
-        [settings]
-        state_url = "postgresql+psycopg://etl:${STATE_PASSWORD}@127.0.0.1:5432/test"
-
-        [warehouses.demo]
-        url = "sqlite:///demo.db"
-        demo = true
-
-        [destinations.d]
-        environment = "sandbox"
-        entity = "demo"
-        files = { type = "local", path = "outbox" }
-
-        [activations.a]
-        sql = "sql/vip_customers.sql"
-        destination = "d"
-        identifier = "profileId"
-        params = { min_value = 500 }
-    """)
+    config = project(one_audience(settings='state_url = "postgresql+psycopg://etl:${STATE_PASSWORD}@127.0.0.1:5432/test"'))
     monkeypatch.delenv("STATE_PASSWORD", raising=False)
     shown = cli(config, "history")
     assert shown.code == 2 and "environment variable STATE_PASSWORD is not set" in shown.said
@@ -225,22 +204,8 @@ def test_validate_connect_on_the_shipped_demo_plans_every_query(demo_project: Pa
 
 
 def test_a_misspelt_key_is_one_problem_with_the_key_meant(project: Callable[[str], Path], cli: Callable[..., Shown]) -> None:
-    config = project("""
-        [warehouses.demo]
-        url = "sqlite:///demo.db"
-        demo = true
-
-        [destinations.d]
-        environment = "sandbox"
-        entity = "demo"
-        files = { type = "local", path = "outbox", retention_dayz = 3 }
-
-        [activations.a]
-        sql = "sql/vip_customers.sql"
-        destination = "d"
-        identifer = "profileId"
-        params = { min_value = 500 }
-    """)
+    config = project(one_audience().replace('path = "outbox" }', 'path = "outbox", retention_dayz = 3 }')
+                     .replace("identifier =", "identifer ="))
     shown = cli(config, "validate")
     assert shown.code == 2, shown.said
     assert "2 problems" in shown.said
@@ -261,21 +226,8 @@ def test_run_without_names_is_a_usage_error_not_a_configuration_problem(
 def test_a_literal_password_in_a_url_is_one_problem_and_an_unused_parameter_a_warning(
     project: Callable[[str], Path], cli: Callable[..., Shown]
 ) -> None:
-    config = project("""
-        [warehouses.dwh]
-        url = "postgresql+psycopg://etl:hunter22@db/analytics"
-
-        [destinations.d]
-        environment = "sandbox"
-        entity = "demo"
-        files = { type = "local", path = "outbox" }
-
-        [activations.a]
-        sql = "sql/vip_customers.sql"
-        destination = "d"
-        identifier = "profileId"
-        params = { min_value = 500, unused_one = 1 }
-    """)
+    config = project(one_audience('url = "postgresql+psycopg://etl:hunter22@db/analytics"', name="dwh",
+                                  params="min_value = 500, unused_one = 1"))
     shown = cli(config, "validate")
     assert shown.code == 2 and "1 problem" in shown.said, shown.said
     assert "[warehouses.dwh] url: the URL holds a literal password" in shown.said
@@ -293,20 +245,7 @@ def test_a_literal_password_in_a_url_is_one_problem_and_an_unused_parameter_a_wa
 def test_validate_lists_every_problem_of_a_destination_in_one_pass(
     project: Callable[[str], Path], cli: Callable[..., Shown]
 ) -> None:
-    config = project("""
-        [warehouses.demo]
-        url = "sqlite:///demo.db"
-        demo = true
-
-        [destinations.d]
-        files = { type = "local", path = "outbox" }
-
-        [activations.a]
-        sql = "sql/vip_customers.sql"
-        destination = "d"
-        identifier = "profileId"
-        params = { min_value = 500 }
-    """)
+    config = project(one_audience(destination='files = { type = "local", path = "outbox" }'))
     shown = cli(config, "validate")
     assert shown.code == 2
     assert "[destinations.d] entity: required key is missing" in shown.said
@@ -333,21 +272,7 @@ def test_actito_check_of_an_openfield_destination_says_what_to_do(demo_project: 
 def test_a_refused_connection_is_said_at_the_warehouse_not_the_sql_file(
     project: Callable[[str], Path], cli: Callable[..., Shown]
 ) -> None:
-    config = project("""
-        [warehouses.down]
-        url = "postgresql+psycopg://postgres@127.0.0.1:1/test"
-
-        [destinations.d]
-        environment = "sandbox"
-        entity = "demo"
-        files = { type = "local", path = "outbox" }
-
-        [activations.a]
-        sql = "sql/vip_customers.sql"
-        destination = "d"
-        identifier = "profileId"
-        params = { min_value = 500 }
-    """)
+    config = project(one_audience('url = "postgresql+psycopg://postgres@127.0.0.1:1/test"', name="down"))
     shown = cli(config, "run", "a")
     assert shown.code == 1
     assert "✗ a: [warehouses.down] url: cannot connect to" in shown.out
