@@ -153,8 +153,23 @@ def ledger(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[sa.Engine
     store.close()
 
 
+_made: list[LedgerSlots] = []
+
+
 def slots(engine: sa.Engine, size: int = 2, **options: float) -> LedgerSlots:
-    return LedgerSlots(engine, "actito:test/demo", size, **{"lease": 60.0, "wait_seconds": 0.5, **options})
+    made = LedgerSlots(engine, "actito:test/demo", size, **{"lease": 60.0, "wait_seconds": 0.5, **options})
+    _made.append(made)
+    return made
+
+
+@pytest.fixture(autouse=True)
+def _slots_given_back() -> Iterator[None]:
+    """Leases a test kept on purpose are given back after it, so no renewer thread outlives its ledger."""
+    yield
+    while _made:
+        made = _made.pop()
+        for lease in list(made._held):
+            made.release(lease)
 
 
 def test_slots_run_out_then_wait_then_fail_clearly(ledger: sa.Engine) -> None:
