@@ -10,7 +10,7 @@ snapshot. Wall time is the whole process (interpreter start and imports included
 its ``ru_maxrss``.
 
 Cases:
-- **audience-sync**: ``etl.diffs.MemberSnapshot`` with the identifiers of who entered and who left
+- **audience-sync**: ``etl.transform.members.MemberSnapshot`` with the identifiers of who entered and who left
   (what a membership delivery needs): 64-bit hashes in sorted numpy arrays, the file and the
   snapshot read a batch (a row group) at a time;
 - **audience-sync-counts**: the same, counts only (what a file audience needs);
@@ -74,7 +74,7 @@ def emails(ids: np.ndarray) -> pa.Array:
 def generate(directory: Path, members: int, common: int, seed: int = 5) -> None:
     """previous.parquet: a sorted zstd snapshot (audience-sync's own in previous-audience-sync.parquet);
     current.csv: the new audience as a run delivers it, shuffled."""
-    from etl.diffs import MemberSnapshot, StagedMembers
+    from etl.transform.members import MemberSnapshot, StagedMembers
 
     rng = np.random.default_rng(seed)
     total = 2 * members - common
@@ -108,7 +108,7 @@ def _current(directory: Path) -> pa.Array:
 
 def _case_audience_sync(directory: Path, previous: Path, target: Path, *, identifiers: bool = True) -> dict[str, int]:
     """As a run: the members staged chunk by chunk (of about CHUNK members) as they stream, then compared."""
-    from etl.diffs import MemberSnapshot, StagedMembers
+    from etl.transform.members import MemberSnapshot, StagedMembers
 
     with StagedMembers(target) as staged:
         for batch in _chunks(directory):

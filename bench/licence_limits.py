@@ -48,7 +48,7 @@ DRIVER = """
 import logging, sys
 from pathlib import Path
 from etl.logs import configure_logging
-from etl.scheduler import main
+from etl.runtime.scheduler import main
 configure_logging("json", logging.INFO)
 sys.exit(main(Path(sys.argv[1]), preview=False))
 """

@@ -39,10 +39,10 @@ sys.path.insert(0, str(REPO / "tests"))  # the real SFTP and FTPS servers the te
 from dbservers import PoolWatch  # noqa: E402
 from servers import PASSWORD, FtpsBehaviour, FtpsServer, SftpBehaviour, SftpServer, make_tls_certificate  # noqa: E402
 
-from etl.delivery import base as delivery_base  # noqa: E402
-from etl.licence import IDLE_SECONDS  # noqa: E402
-from etl.scheduler import Scheduler  # noqa: E402
-from etl.state import StateStore  # noqa: E402
+from etl.destinations.filedrop import base as delivery_base  # noqa: E402
+from etl.destinations.licence import IDLE_SECONDS  # noqa: E402
+from etl.runtime.scheduler import Scheduler  # noqa: E402
+from etl.runtime.ledger import StateStore  # noqa: E402
 from etl.testing.actito_sandbox import ActitoSandbox, FaultStatus  # noqa: E402
 from etl.testing.demo import ensure_demo_warehouse  # noqa: E402
 
@@ -64,7 +64,7 @@ class Sample:
 
 
 def sample(runs: int, pools: PoolWatch) -> Sample:
-    """The process as it stands, once kept licence slots went back (etl.licence: after IDLE_SECONDS)
+    """The process as it stands, once kept licence slots went back (etl.destinations.licence: after IDLE_SECONDS)
     and after a garbage collection (an unreachable socket is not a leak)."""
     time.sleep(2 * IDLE_SECONDS)
     gc.collect()

@@ -28,7 +28,7 @@ from etl.logs import configure_logging, redact
 
 if TYPE_CHECKING:
     from etl.config import Config
-    from etl.runs import RunOutcome
+    from etl.runtime.runs import RunOutcome
 
 # Everything else is imported by the command that needs it: `--help`, `validate` or `history` must not
 # pay for pyarrow, numpy, SQLAlchemy's engine or the job kinds (guarded by tests/test_first_hour.py).
@@ -177,7 +177,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _dispatch(args: argparse.Namespace) -> int:
     if args.command in ("run", "preview", "schedule", "actito") or getattr(args, "connect", False):
-        from etl.arrow import configure_arrow  # commands that read rows
+        from etl.runtime.arrow import configure_arrow  # commands that read rows
 
         configure_arrow()
     if args.command == "init":  # there is no configuration yet
@@ -191,7 +191,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         options += ["--latency-seconds", str(args.latency_seconds)]
         return sandbox.main(options)
     if args.command == "schedule":  # loads (and reloads) the configuration itself
-        from etl.scheduler import main as schedule_main
+        from etl.runtime.scheduler import main as schedule_main
 
         return schedule_main(Path(args.config) if args.config else None, preview=args.preview, count=args.count)
     from etl.config import load_config
@@ -213,7 +213,7 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "show":
         return _show(config, args.run_id, json_output=args.log_format == "json")
     if args.command == "setup-sheet":
-        from etl.setup_sheet import setup_sheet
+        from etl.ops.setup_sheet import setup_sheet
 
         _require(config, [args.name], kind="audience")
         print(setup_sheet(config, args.name))
@@ -221,8 +221,8 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "k8s":
         return _k8s(config, args)
     if args.command == "report":
-        from etl.report import write_report
-        from etl.state import open_store
+        from etl.ops.report import write_report
+        from etl.runtime.ledger import open_store
 
         store = open_store(config)
         try:
@@ -231,7 +231,7 @@ def _dispatch(args: argparse.Namespace) -> int:
             store.close()
         return EXIT_OK
     if args.command == "actito":
-        from etl.actito.check import check_destination
+        from etl.destinations.actito.check import check_destination
 
         report = check_destination(config, args.destination)
         print(report.text())
@@ -240,7 +240,7 @@ def _dispatch(args: argparse.Namespace) -> int:
 
 
 def _k8s(config: Config, args: argparse.Namespace) -> int:
-    from etl.k8s import DEFAULT_IMAGE, K8sOptions, configmap_manifest, cronjob_manifests, render_yaml, scheduled_names
+    from etl.ops.k8s import DEFAULT_IMAGE, K8sOptions, configmap_manifest, cronjob_manifests, render_yaml, scheduled_names
 
     if args.all == bool(args.names):
         raise UsageError("name the activations, or pass --all (not both)", where="k8s",
@@ -275,7 +275,7 @@ def _check_queries(config: Config) -> None:
 
 
 def _init(directory: Path, warehouse_url: str | None) -> int:
-    from etl.starter import write_starter
+    from etl.ops.starter import write_starter
 
     started = write_starter(directory, warehouse_url)
     print(f"wrote {started.config} and {started.sql}")
@@ -303,8 +303,8 @@ def _require(config: Config, names: Sequence[str], *, kind: str | None = None) -
 
 
 def _run(config: Config, args: argparse.Namespace) -> int:
-    from etl.runs import execute
-    from etl.state import open_store
+    from etl.runtime.runs import execute
+    from etl.runtime.ledger import open_store
     from jobs import job_for
 
     if args.all == bool(args.names):
@@ -383,7 +383,7 @@ def _outcome_json(outcome: RunOutcome) -> dict[str, Any]:
 
 
 def _summary(outcomes: Sequence[RunOutcome]) -> str:
-    from etl.history import count, table
+    from etl.ops.history import count, table
 
     rows = []
     for o in outcomes:
@@ -446,8 +446,8 @@ def _preview(config: Config, name: str, limit: int, *, json_output: bool) -> int
 
 
 def _history(config: Config, args: argparse.Namespace) -> int:
-    from etl.history import runs_table, sizes_table
-    from etl.state import open_store
+    from etl.ops.history import runs_table, sizes_table
+    from etl.runtime.ledger import open_store
 
     if args.name:
         _require(config, [args.name])
@@ -468,8 +468,8 @@ def _history(config: Config, args: argparse.Namespace) -> int:
 
 
 def _show(config: Config, run_id: str, *, json_output: bool) -> int:
-    from etl.history import show_run
-    from etl.state import open_store
+    from etl.ops.history import show_run
+    from etl.runtime.ledger import open_store
 
     store = open_store(config)
     try:

@@ -6,10 +6,10 @@ import importlib
 
 from typing import TYPE_CHECKING
 
-from etl.runs import JobBody
+from etl.runtime.runs import JobBody
 
 if TYPE_CHECKING:
-    from etl.actito.imports import ImportPlan
+    from etl.destinations.actito.imports import ImportPlan
     from etl.config import Config
 
 KINDS = ("audience", "profiles", "subscriptions", "interactions")

@@ -16,13 +16,13 @@ from pathlib import Path
 from typing import Any
 
 from etl.config import AudienceActivation, Config, Destination
-from etl.delivery.factory import open_deliverer
-from etl.diffs import MemberDiff, MemberSnapshot, StagedMembers
+from etl.destinations.filedrop.factory import open_deliverer
+from etl.transform.members import MemberDiff, MemberSnapshot, StagedMembers
 from etl.extract import activation_batches, local_time
 from etl.files import CsvFileWriter, RejectWriter, WrittenFile, final_file_name, name_matcher, write_manifest
 from etl.errors import AudienceSyncError, FileTooLarge
-from etl.runs import RunContext
-from etl.state import open_store
+from etl.runtime.runs import RunContext
+from etl.runtime.ledger import open_store
 from etl.transform import HEADER, AudienceCleaner, AudienceCounts, CleanBatch
 
 KIND = "audience"

@@ -3,10 +3,10 @@ INTERACTIONS, upserted on the table's primary key and linked to profiles by its 
 
 from __future__ import annotations
 
-from etl.actito.imports import ImportPlan, MappingFactory, run_plan, target_for
-from etl.actito.mapping import qualifio_interaction_mapping
+from etl.destinations.actito.imports import ImportPlan, MappingFactory, run_plan, target_for
+from etl.destinations.actito.mapping import qualifio_interaction_mapping
 from etl.config import Config, InteractionsActivation
-from etl.runs import RunContext
+from etl.runtime.runs import RunContext
 from jobs.profiles import by_name
 
 KIND = "interactions"

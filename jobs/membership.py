@@ -3,7 +3,7 @@
 Each run imports the members who entered since the last delivered run and deletes those who left
 (DinMo's way of keeping a list in sync), so marketers target ``audience = '<name>'`` in a
 segmentation without any file transfer location. Who entered and who left comes from the
-activation's members snapshot (etl/diffs.py), replaced only once both imports are done.
+activation's members snapshot (etl/transform/members.py), replaced only once both imports are done.
 """
 
 from __future__ import annotations
@@ -14,16 +14,16 @@ from dataclasses import replace
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from etl.actito.client import Table
-from etl.actito.connect import open_client
-from etl.actito.imports import ImportTarget, preflight, rule_for, send_rows
-from etl.actito.mapping import Mapping, explicit_mapping
-from etl.actito.recovery import Landed, discard_sent, recover_earlier_runs
+from etl.destinations.actito.client import Table
+from etl.destinations.actito.connect import open_client
+from etl.destinations.actito.imports import ImportTarget, preflight, rule_for, send_rows
+from etl.destinations.actito.mapping import Mapping, explicit_mapping
+from etl.destinations.actito.recovery import Landed, discard_sent, recover_earlier_runs
 from etl.config import AudienceActivation, Destination
-from etl.diffs import MemberDiff, MemberSnapshot
+from etl.transform.members import MemberDiff, MemberSnapshot
 from etl.extract import local_time
 from etl.files import RejectWriter
-from etl.runs import RunContext
+from etl.runtime.runs import RunContext
 from etl.transform import HEADER
 
 

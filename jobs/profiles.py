@@ -8,11 +8,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from etl.actito.client import Table
-from etl.actito.imports import ImportPlan, MappingFactory, rule_for, run_plan, target_for
-from etl.actito.mapping import Mapping, explicit_mapping, qualifio_mapping
+from etl.destinations.actito.client import Table
+from etl.destinations.actito.imports import ImportPlan, MappingFactory, rule_for, run_plan, target_for
+from etl.destinations.actito.mapping import Mapping, explicit_mapping, qualifio_mapping
 from etl.config import Config, ImportActivationBase, OpenFieldDestination, ProfilesActivation
-from etl.runs import RunContext
+from etl.runtime.runs import RunContext
 
 KIND = "profiles"
 
@@ -48,7 +48,7 @@ def run(context: RunContext) -> None:
     """Into an Actito profile table by bulk imports, or into OpenField profile by profile."""
     activation = context.config.activation_of(context.activation, ProfilesActivation)
     if isinstance(context.config.destinations[activation.destination], OpenFieldDestination):
-        from etl.openfield import sync  # loaded only when an OpenField destination is used
+        from etl.destinations.openfield import sync  # loaded only when an OpenField destination is used
 
         sync.run(context)
         return

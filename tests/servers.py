@@ -44,7 +44,7 @@ with warnings.catch_warnings():
     from pyftpdlib.ioloop import IOLoop
     from pyftpdlib.servers import FTPServer
 
-from etl.delivery import Deliverer, FtpsDeliverer, SftpDeliverer
+from etl.destinations.filedrop import Deliverer, FtpsDeliverer, SftpDeliverer
 
 HOST = "127.0.0.1"
 #: the password every test server accepts, so that a test can check it never shows

@@ -23,8 +23,8 @@ from typing import Any, Literal
 
 import pytest
 
-from etl.actito.client import MAX_UPLOAD_BYTES, ActitoClient, Attribute, LineError
-from etl.actito.errors import (
+from etl.destinations.actito.client import MAX_UPLOAD_BYTES, ActitoClient, Attribute, LineError
+from etl.destinations.actito.errors import (
     ActitoAuthError,
     ActitoBudgetExhausted,
     ActitoError,

@@ -1,6 +1,6 @@
 """Alerts against real servers on 127.0.0.1: a webhook receiver (http.server) and an SMTP server (aiosmtpd).
 
-Runs go through `etl.runs.execute` and a real ledger, so that "previous run" means what it will
+Runs go through `etl.runtime.runs.execute` and a real ledger, so that "previous run" means what it will
 mean in production.
 """
 
@@ -25,12 +25,12 @@ from aiosmtpd.smtp import AuthResult, LoginPassword
 from pydantic import SecretStr
 from servers import HOST, make_tls_certificate, silent_server, unused_port
 
-from etl import alerts as alerts_module
-from etl.alerts import Alert, alert_for, previous_status, send_alert, webhook_payload
+from etl.ops import alerts as alerts_module
+from etl.ops.alerts import Alert, alert_for, previous_status, send_alert, webhook_payload
 from etl.config import Alerts, Config, EmailAlerts, Settings
 from etl.errors import AudienceSyncError
-from etl.runs import RunContext, RunOutcome, execute
-from etl.state import StateStore
+from etl.runtime.runs import RunContext, RunOutcome, execute
+from etl.runtime.ledger import StateStore
 
 #: the token part of the webhook URL: it must never be shown anywhere
 TOKEN = "T0KEN-b7c1e9f2a4d6-SECRET"

@@ -1,4 +1,4 @@
-"""Process-wide pyarrow settings of the command line (etl/arrow.py)."""
+"""Process-wide pyarrow settings of the command line (etl/runtime/arrow.py)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import sys
 
 CHECK = """
 import sys
-from etl.arrow import configure_arrow
+from etl.runtime.arrow import configure_arrow
 
 configure_arrow()
 import pyarrow as pa
@@ -32,7 +32,7 @@ def test_a_run_pays_neither_for_pandas_nor_for_mimallocs_kept_pages() -> None:
 
 def test_an_allocator_chosen_by_the_user_is_kept() -> None:
     check = (
-        "from etl.arrow import configure_arrow; configure_arrow(); import pyarrow as pa; "
+        "from etl.runtime.arrow import configure_arrow; configure_arrow(); import pyarrow as pa; "
         "assert pa.default_memory_pool().backend_name == 'mimalloc'"
     )
     environment = {**os.environ, "ARROW_DEFAULT_MEMORY_POOL": "mimalloc"}

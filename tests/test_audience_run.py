@@ -15,9 +15,9 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 
-from etl.leases import hold
+from etl.runtime.leases import hold
 from etl.config import load_config
-from etl.state import StateStore
+from etl.runtime.ledger import StateStore
 from etl.transform import email_rejection_reasons
 
 

@@ -19,9 +19,9 @@ import pytest
 import sqlalchemy as sa
 
 import dbservers
-from etl.actito.mapping import FieldRule, apply_rule
+from etl.destinations.actito.mapping import FieldRule, apply_rule
 from etl.errors import FileWriteError
-from etl.snapshots import replace_parquet
+from etl.transform.delta import replace_parquet
 from conftest import Shown
 from test_transform import INVALID
 

@@ -11,8 +11,8 @@ import pytest
 import sqlalchemy as sa
 
 from etl.config import load_config
-from etl.runs import execute
-from etl.state import open_store
+from etl.runtime.runs import execute
+from etl.runtime.ledger import open_store
 from etl.testing.demo import demo_customers
 from jobs import audience
 

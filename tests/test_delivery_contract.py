@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from servers import PASSWORD, TEMP_PREFIX, DiskFull, Location, age, leftovers, watch
 
-from etl.delivery.base import temp_name
+from etl.destinations.filedrop.base import temp_name
 from etl.errors import DeliveryError
 
 pytest_plugins = ["conftest_delivery"]

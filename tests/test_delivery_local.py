@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 from servers import leftovers
 
-from etl.delivery import DeliveredFile, LocalDeliverer
-from etl.delivery.base import temp_name
+from etl.destinations.filedrop import DeliveredFile, LocalDeliverer
+from etl.destinations.filedrop.base import temp_name
 from etl.errors import DeliveryError
 
 pytest_plugins = ["conftest_delivery"]

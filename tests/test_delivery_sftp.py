@@ -21,7 +21,7 @@ from servers import (
     write_private_key,
 )
 
-from etl.delivery import DeliveredFile, SftpDeliverer
+from etl.destinations.filedrop import DeliveredFile, SftpDeliverer
 from etl.errors import DeliveryError
 
 pytest_plugins = ["conftest_delivery"]

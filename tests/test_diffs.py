@@ -16,9 +16,9 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
-from etl.diffs import MemberSnapshot, StagedMembers
+from etl.transform.members import MemberSnapshot, StagedMembers
 from etl.transform import AudienceCleaner, hash_identifiers
-from etl.state import RunRecord, StateStore
+from etl.runtime.ledger import RunRecord, StateStore
 
 
 def cli(config: Path, *args: str) -> subprocess.CompletedProcess[str]:

@@ -37,9 +37,9 @@ from servers import (
 
 import dbservers
 from etl.config import load_config
-from etl.delivery import base as delivery_base
-from etl.runs import RunContext, RunOutcome, execute
-from etl.state import RunRecord, open_store
+from etl.destinations.filedrop import base as delivery_base
+from etl.runtime.runs import RunContext, RunOutcome, execute
+from etl.runtime.ledger import RunRecord, open_store
 from etl.testing.actito_sandbox import ActitoSandbox
 from jobs import job_for
 

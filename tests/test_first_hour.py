@@ -16,7 +16,7 @@ import pytest
 
 from conftest import REPO, Shown
 from etl import __version__
-from etl.k8s import DEFAULT_IMAGE, RUN_AS
+from etl.ops.k8s import DEFAULT_IMAGE, RUN_AS
 
 
 def one_audience(warehouse: str = 'url = "sqlite:///demo.db"\ndemo = true', *, name: str = "demo",

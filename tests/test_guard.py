@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from etl.state import StateStore
+from etl.runtime.ledger import StateStore
 
 
 def cli(config: Path, *args: str) -> subprocess.CompletedProcess[str]:

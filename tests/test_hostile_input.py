@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from conftest import Shown
-from etl.scheduler import Scheduler
+from etl.runtime.scheduler import Scheduler
 
 DEMO_ACTIVATION = """
 [settings]

@@ -12,12 +12,12 @@ from pathlib import Path
 
 import pytest
 
-from etl.actito.check import check_destination
-from etl.actito.mapping import RowMapper, qualifio_mapping
+from etl.destinations.actito.check import check_destination
+from etl.destinations.actito.mapping import RowMapper, qualifio_mapping
 from etl.config import Config, load_config
 from etl.extract import activation_batches
-from etl.runs import RunOutcome, execute
-from etl.state import open_store
+from etl.runtime.runs import RunOutcome, execute
+from etl.runtime.ledger import open_store
 from etl.testing.actito_sandbox import ActitoSandbox
 from jobs import job_for
 from servers import with_actito_sandbox

@@ -16,7 +16,7 @@ from kubernetes.client import ApiClient
 from etl import cli
 from etl.config import load_config
 from etl.errors import ConfigError
-from etl.k8s import (
+from etl.ops.k8s import (
     CONFIG_KEY,
     EXIT_CONFIG,
     EXIT_FAILED,

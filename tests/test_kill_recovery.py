@@ -1,7 +1,7 @@
 """SIGKILL a real run at every checkpoint, run again, and the result converges.
 
 Each test runs the real CLI in a child process; ``AUDIENCE_SYNC_KILL_AT`` makes that process SIGKILL
-itself at one named point (etl/runs.py, a fault-injection hook for tests), and the SFTP mid-upload
+itself at one named point (etl/runtime/runs.py, a fault-injection hook for tests), and the SFTP mid-upload
 case is killed from outside while a slow server is still receiving the file. After the rerun:
 exactly the expected file is delivered (sha256 as in its manifest), no temporary or partial file is
 left anywhere, the previous file stayed in place until the new one replaced it, the ledger marks
@@ -28,17 +28,17 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from etl.actito.client import ActitoClient
-from etl.actito.errors import ActitoImportError
-from etl.actito.recovery import Landed, part_reference, recover_earlier_runs, stage_sent
+from etl.destinations.actito.client import ActitoClient
+from etl.destinations.actito.errors import ActitoImportError
+from etl.destinations.actito.recovery import Landed, part_reference, recover_earlier_runs, stage_sent
 from etl.config import load_config
-from etl.delivery.base import is_temp_name, temp_name
+from etl.destinations.filedrop.base import is_temp_name, temp_name
 from etl.files import WrittenFile
-from etl.history import runs_table, show_run
-from etl.runs import RunContext
+from etl.ops.history import runs_table, show_run
+from etl.runtime.runs import RunContext
 from etl.errors import LockBusy
-from etl.leases import hold
-from etl.state import NOT_SENT, RunRecord, StateStore, leases, utcnow
+from etl.runtime.leases import hold
+from etl.runtime.ledger import NOT_SENT, RunRecord, StateStore, leases, utcnow
 from etl.testing.actito_sandbox import ActitoSandbox
 
 pytest_plugins = ["conftest_delivery"]

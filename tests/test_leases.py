@@ -28,8 +28,8 @@ import pytest
 
 from dbservers import faketime, postgres_url
 from etl.errors import LockBusy
-from etl.leases import hold
-from etl.state import StateStore
+from etl.runtime.leases import hold
+from etl.runtime.ledger import StateStore
 from test_kill_recovery import Project, assert_delivered, members_sql
 
 pytest_plugins = ["conftest_delivery"]
@@ -40,8 +40,8 @@ HOLDER = textwrap.dedent("""
     import json, os, sys, time
     from datetime import timedelta
     from etl.errors import LockBusy
-    from etl.leases import acquire
-    from etl.state import StateStore
+    from etl.runtime.leases import acquire
+    from etl.runtime.ledger import StateStore
 
     url, activation, marker, seconds = sys.argv[1], sys.argv[2], sys.argv[3], float(sys.argv[4])
     store = StateStore(url)
@@ -95,8 +95,8 @@ SKEWED = textwrap.dedent("""
     import sys
     from datetime import timedelta
     from etl.errors import LockBusy
-    from etl.leases import acquire
-    from etl.state import StateStore
+    from etl.runtime.leases import acquire
+    from etl.runtime.ledger import StateStore
 
     try:
         acquire(StateStore(sys.argv[1]), sys.argv[2], "skewed-run", timedelta(minutes=5))

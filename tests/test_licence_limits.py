@@ -26,12 +26,12 @@ import sqlalchemy as sa
 from dbservers import postgres_url
 from concurrent.futures import ThreadPoolExecutor
 
-from etl.actito.connect import open_client
+from etl.destinations.actito.connect import open_client
 from etl.config import load_config
 from etl.errors import LicenceBusy
-from etl.licence import LedgerSlots, Licence, licence_name, licence_slots
-from etl.openfield import connect as openfield
-from etl.state import StateStore, database_now
+from etl.destinations.licence import LedgerSlots, Licence, licence_name, licence_slots
+from etl.destinations.openfield import connect as openfield
+from etl.runtime.ledger import StateStore, database_now
 from etl.testing.actito_sandbox import ActitoSandbox
 from etl.testing.openfield_sandbox import DEMO_APPLICATION, DEMO_PASSWORD, DEMO_TENANT, OpenFieldSandbox
 from test_scheduler_replicas import shared_ledger  # noqa: F401  (a fixture: a fresh PostgreSQL schema)
@@ -242,7 +242,7 @@ def test_a_ledger_failing_at_release_does_not_fail_the_answered_request(
 def test_a_thread_keeps_its_ledger_slot_between_requests_and_gives_it_back_once_idle(ledger: sa.Engine) -> None:
     """Two ledger writes per request made 4,000 OpenField requests 15 s slower on SQLite: a thread keeps
     its slot for its next request, and an idle slot goes back within a fraction of a second."""
-    from etl.licence import ParkedSlots
+    from etl.destinations.licence import ParkedSlots
 
     name = f"actito:test/{uuid.uuid4().hex[:8]}"  # its own licence: other tests' slots stay out of sight
     parked = ParkedSlots(LedgerSlots(ledger, name, 2, lease=60.0, wait_seconds=0.5), idle_seconds=0.2)

@@ -13,7 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from etl.actito.mapping import (
+from etl.destinations.actito.mapping import (
     REJECTS_SCHEMA,
     RULES,
     FieldMap,

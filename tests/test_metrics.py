@@ -18,12 +18,12 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from servers import HOST, unused_port
 
-from etl import alerts as alerts_module
-from etl import metrics as metrics_module
+from etl.ops import alerts as alerts_module
+from etl.ops import metrics as metrics_module
 from etl.config import Metrics
-from etl.metrics import MetricsError, push, write_textfile
-from etl.runs import RunOutcome
-from etl.state import StateStore
+from etl.ops.metrics import MetricsError, push, write_textfile
+from etl.runtime.runs import RunOutcome
+from etl.runtime.ledger import StateStore
 
 T0 = 1_760_000_000.0
 

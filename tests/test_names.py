@@ -21,11 +21,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from conftest import Shown
-from etl.activation_state import MEMBERS, ROWS, state_file
-from etl.delivery.base import TEMP_PREFIX, is_temp_name
+from etl.runtime.activation_state import MEMBERS, ROWS, state_file
+from etl.destinations.filedrop.base import TEMP_PREFIX, is_temp_name
 from etl.files import final_file_name, name_matcher
-from etl.names import Claim, literal_prefix, literal_tail, overlaps, owned_names, tails_can_meet
-from etl.state import StateStore
+from etl.files.names import Claim, literal_prefix, literal_tail, overlaps, owned_names, tails_can_meet
+from etl.runtime.ledger import StateStore
 
 pytest_plugins = ["conftest_delivery"]
 

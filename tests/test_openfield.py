@@ -25,8 +25,8 @@ import pytest
 from etl.config import Config, load_config
 from etl.errors import ConfigError
 from etl.logs import redact
-from etl.runs import RunOutcome, execute
-from etl.state import open_store
+from etl.runtime.runs import RunOutcome, execute
+from etl.runtime.ledger import open_store
 from etl.testing.openfield_sandbox import OpenFieldSandbox
 from jobs import job_for
 
@@ -318,7 +318,7 @@ def demo_rows(project: Path) -> list[sqlite3.Row]:
 
 
 def expected_demo_payload(row: sqlite3.Row) -> dict[str, Any]:
-    """The payload of one accepted demo row, computed here without etl.openfield."""
+    """The payload of one accepted demo row, computed here without etl.destinations.openfield."""
     alpha3 = {"BE": "BEL", "FR": "FRA", "NL": "NLD", "LU": "LUX", "DE": "DEU"}
     birthday = date.fromisoformat(row["birthday"]).strftime("%d%m%Y") if row["birthday"] else None
     payload: dict[str, Any] = {

@@ -14,9 +14,9 @@ import pytest
 import requests
 
 from etl.config import OPENFIELD_ROUTES
-from etl.http import RetryPolicy
-from etl.openfield.client import OpenFieldClient
-from etl.openfield.errors import OpenFieldAuthError, OpenFieldRateLimited, OpenFieldRefused
+from etl.destinations.http import RetryPolicy
+from etl.destinations.openfield.client import OpenFieldClient
+from etl.destinations.openfield.errors import OpenFieldAuthError, OpenFieldRateLimited, OpenFieldRefused
 from etl.testing.openfield_sandbox import OpenFieldSandbox
 
 TENANT, APPLICATION, PASSWORD = "tenant-7", "app-42", "of-test-password-5d1c"

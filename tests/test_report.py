@@ -17,8 +17,8 @@ import pytest
 from pydantic import SecretStr
 
 from etl.config import AudienceActivation, Config, Destination, ProfilesActivation, Schedule, Warehouse
-from etl.report import write_report
-from etl.state import StateStore
+from etl.ops.report import write_report
+from etl.runtime.ledger import StateStore
 
 EVIL = '<script>alert("x")</script>'
 SVG = "{http://www.w3.org/2000/svg}"

@@ -7,7 +7,7 @@ from __future__ import annotations
 from datetime import timedelta
 from pathlib import Path
 
-from etl.state import runs, utcnow
+from etl.runtime.ledger import runs, utcnow
 from test_kill_recovery import Project, members_sql
 
 

@@ -39,7 +39,7 @@ def sandbox() -> Iterator[ActitoSandbox]:
 
 
 class Api:
-    """A minimal hand-written client: the tests must not depend on etl.actito.client."""
+    """A minimal hand-written client: the tests must not depend on etl.destinations.actito.client."""
 
     def __init__(self, sandbox: ActitoSandbox, key: str = KEY) -> None:
         self.base = sandbox.url

@@ -26,10 +26,10 @@ from apscheduler.triggers.calendarinterval import CalendarIntervalTrigger
 from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 
-from etl.leases import hold
+from etl.runtime.leases import hold
 from etl.config import load_config
 from etl.errors import AudienceSyncError, ConfigError
-from etl.scheduler import (
+from etl.runtime.scheduler import (
     Scheduler,
     WholeDaysTrigger,
     build_triggers,
@@ -37,7 +37,7 @@ from etl.scheduler import (
     next_runs,
     slot_key,
 )
-from etl.state import StateStore, slots
+from etl.runtime.ledger import StateStore, slots
 
 REPO = Path(__file__).resolve().parent.parent
 BRUSSELS = ZoneInfo("Europe/Brussels")
@@ -57,7 +57,7 @@ DRIVER = """
 import logging, sys
 from pathlib import Path
 from etl.logs import configure_logging
-from etl.scheduler import main
+from etl.runtime.scheduler import main
 configure_logging("json", logging.INFO)
 sys.exit(main(Path(sys.argv[1]), preview=False))
 """

@@ -25,7 +25,7 @@ import pytest
 import sqlalchemy as sa
 
 from dbservers import postgres_url
-from etl.state import StateStore
+from etl.runtime.ledger import StateStore
 
 pytestmark = pytest.mark.postgres
 
@@ -37,7 +37,7 @@ DRIVER = """
 import logging, sys
 from pathlib import Path
 from etl.logs import configure_logging
-from etl.scheduler import main
+from etl.runtime.scheduler import main
 configure_logging("json", logging.INFO)
 sys.exit(main(Path(sys.argv[1]), preview=False))
 """

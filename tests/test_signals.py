@@ -8,7 +8,7 @@ import sys
 import time
 from pathlib import Path
 
-from etl.state import StateStore
+from etl.runtime.ledger import StateStore
 
 CONFIG = """
 [settings]

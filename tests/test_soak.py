@@ -17,7 +17,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
 
 import soak  # noqa: E402
 
-from etl.delivery import base as delivery_base  # noqa: E402
+from etl.destinations.filedrop import base as delivery_base  # noqa: E402
 
 RUNS = 30
 WARM = 10

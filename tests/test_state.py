@@ -9,8 +9,8 @@ import pytest
 import sqlalchemy as sa
 
 from etl.errors import LockBusy, StateError
-from etl.leases import hold
-from etl.state import StateStore, leases, utcnow
+from etl.runtime.leases import hold
+from etl.runtime.ledger import StateStore, leases, utcnow
 
 
 @pytest.fixture(params=["sqlite", "postgres"])

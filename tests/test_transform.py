@@ -43,7 +43,7 @@ def clean_one(value: object) -> tuple[str | None, str | None]:
 
 
 def test_the_shipped_tld_list_is_ianas_with_its_version_line() -> None:
-    text = importlib.resources.files("etl").joinpath("data", "tlds.txt").read_text(encoding="ascii")
+    text = importlib.resources.files("etl.values").joinpath("data", "tlds.txt").read_text(encoding="ascii")
     assert re.match(r"# Version \d{10}, Last Updated ", text.splitlines()[0])
     assert {"com", "be", "uk", "xn--p1ai", "museum"} <= TLDS
     assert not {"invalid", "localhost", "example", "c", ""} & TLDS

@@ -6,8 +6,8 @@ licence and no database server. A production run never needs them, so it never l
 runtime reaches this package only through the functions below, each imported inside the one
 runtime function that needs it, and only when the configuration asks for a double:
 
-* ``in_process_actito_sandbox`` — ``etl.actito.connect.in_process_sandbox_url``, for ``environment = "sandbox"``;
-* ``in_process_openfield_sandbox`` — ``etl.openfield.connect.in_process_sandbox_url``, for ``environment = "sandbox"``;
+* ``in_process_actito_sandbox`` — ``etl.destinations.actito.connect.in_process_sandbox_url``, for ``environment = "sandbox"``;
+* ``in_process_openfield_sandbox`` — ``etl.destinations.openfield.connect.in_process_sandbox_url``, for ``environment = "sandbox"``;
 * ``ensure_demo_warehouse`` — ``etl.extract._activation_engine``, for a warehouse with ``demo = true``;
 * ``etl.testing.actito_sandbox.main`` — ``etl.cli``'s ``sandbox`` command.
 

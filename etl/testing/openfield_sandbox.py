@@ -41,8 +41,8 @@ from typing import Any, Literal, cast
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from etl.config import OPENFIELD_ROUTES
-from etl.openfield.connect import SANDBOX_DEMO_PASSWORD as DEMO_PASSWORD
-from etl.openfield.payload import alpha3_of_alpha2
+from etl.destinations.openfield.connect import SANDBOX_DEMO_PASSWORD as DEMO_PASSWORD
+from etl.destinations.openfield.payload import alpha3_of_alpha2
 
 #: the demo's tenant and application (and DEMO_PASSWORD, the client's default): demo values, not secrets
 DEMO_TENANT = "demo-tenant"

@@ -1,0 +1,692 @@
+"""The HTTP client for Actito's REST API: discovery, bulk imports (ETL executions), their status and report.
+
+It follows docs/actito-wire.md to the letter; what that page tags [guess] is gathered in
+`ActitoWire`, so a real licence that answers differently needs configuration, not code.
+
+Why it is built the way it is:
+
+* **All retries are ours (etl.destinations.http, shared with the OpenField client), none urllib3's.**
+  urllib3's ``Retry`` re-sends a POST body badly (a streamed multipart body hangs until the read timeout, a generator body is re-sent
+  empty and accepted: data silently lost — measured, see shared/engineering-notes.md). The
+  session is mounted with ``max_retries=0`` and every retry below rebuilds what it sends.
+* **Safe calls (GET) are retried** with exponential backoff and full jitter on 429, 5xx and
+  connection errors, honouring ``Retry-After`` up to ``retry_after_max``.
+* **An import POST is never blindly repeated.** It is re-sent only when the first attempt was
+  certainly refused (a 429, a 401 before the token was renewed, or a connection that was never
+  opened). After an ambiguous outcome (read timeout, connection reset after sending, 5xx) the
+  client first looks the execution up by the ``reference`` it put in the definition and only
+  sends again if Actito has none, so a flaky network never doubles an import. The daily import
+  quota (a 429 whose message says so) is never retried: it only resets the next day.
+* **The upload is streamed** (requests-toolbelt ``MultipartEncoder``): ``files=`` would hold the
+  whole file (up to 100 MB, twice over while encoding) in memory; the encoder reads it in chunks
+  and knows its length, so requests sends a Content-Length, not chunked encoding. It is rebuilt,
+  and the file reopened, for each attempt.
+* **Limits are kept on our side, per licence** so Actito never has to refuse us: the client
+  sends through an `etl.destinations.licence.Licence` — at most 5 requests in flight (Actito answers 429 to
+  the 6th concurrent request of a licence) and at most 90 calls in any sliding minute (Actito
+  allows 100 and slows the excess) — shared by every client of the licence (`connect.open_client`
+  takes it from the process-wide registry, with slots in the ledger for other processes).
+* **The token** from ``GET /auth/token`` is cached in the licence (one token for all its
+  clients), renewed 60 s before it expires, and renewed once more when a call answers 401
+  (Actito's clock, a revoked token); a second 401 is a real auth problem. One thread renews, the
+  others wait for its token.
+* **The API key never leaves the process in text**: it is registered with `etl.logs` for log
+  redaction and scrubbed from every message the client builds; errors name the route template,
+  never a header.
+* Every call has ``timeout=(connect, read)``, sends ``Accept: application/json`` and surfaces
+  Actito's own error text, read defensively because the error body shape is not documented.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import time
+import uuid
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import quote
+
+import requests
+from requests_toolbelt import MultipartEncoder  # type: ignore[import-untyped]
+
+from etl.destinations.actito.errors import (
+    ActitoAuthError,
+    ActitoBudgetExhausted,
+    ActitoError,
+    ActitoImportError,
+    ActitoNotFound,
+    ActitoRateLimited,
+)
+from etl.config import ACTITO_ENVIRONMENTS
+from etl.errors import AudienceSyncError
+from etl.destinations.http import ApiClient, RetryPolicy, Scrubber, Transport, failure_text, json_of, unreachable_text
+from etl.destinations.licence import Licence
+
+log = logging.getLogger("audience_sync.actito")
+
+#: Actito's hosts by configuration name (docs/actito-wire.md "Hosts"); "sandbox" has no fixed URL.
+ENVIRONMENTS: Mapping[str, str] = ACTITO_ENVIRONMENTS
+
+#: Actito refuses an uploaded file (as sent, so compressed) over 100 MB, read as 100,000,000 bytes
+#: by docs/actito-wire.md (the reading etl.files cuts parts at): checked before uploading, so a file
+#: that would be refused is not sent at all.
+MAX_UPLOAD_BYTES = 100_000_000
+
+#: renew the token when fewer than this many seconds of its life are left
+TOKEN_RENEW_AHEAD = 60.0
+
+#: Actito's documented limits per licence: a 6th concurrent call is refused (429); calls over 100 in
+#: a minute are slowed. In flight: all 5, since our slot is held from before the request is sent
+#: until its answer is read, a window that contains Actito's own count of it. Per minute: 90, a
+#: margin for Actito's minute not being ours and for the other processes sharing the licence,
+#: whose minute windows are their own (only concurrency is shared through the ledger).
+MAX_IN_FLIGHT = 5
+CALLS_PER_MINUTE = 90
+#: seconds to open a connection and between two bytes of an answer: also sizes the ledger lease
+CONNECT_TIMEOUT = 10.0
+READ_TIMEOUT = 60.0
+
+
+# Route templates: the literal text of ``where`` in every error, so no id, URL or secret leaks
+# into a message and a failure is easy to grep for.
+_TOKEN = "/auth/token"
+_ENTITIES = "/entities/v5/entities"
+_PROFILE_TABLES = "/profile-table-structure/v5/entities/{entity}/profile-tables"
+_PROFILE_TABLE = _PROFILE_TABLES + "/{tableId}"
+_CUSTOM_TABLES = "/custom-table-structure/v5/entities/{entity}/custom-tables"
+_CUSTOM_TABLE = _CUSTOM_TABLES + "/{tableId}"
+_EXECUTIONS = "/mass-imports/v5/entities/{entity}/etl-executions"
+_EXECUTION = _EXECUTIONS + "/{executionId}"
+_TRIGGER = "/mass-imports/v5/entities/{entity}/etls/{etlId}/trigger-execution"
+
+_CONTENT_TYPES = {".csv": "text/csv", ".txt": "text/csv", ".gz": "application/gzip", ".zip": "application/zip"}
+
+
+@dataclass(frozen=True)
+class ActitoWire:
+    """Everything docs/actito-wire.md tags [guess], so a real licence that differs is a setting.
+
+    The defaults are exactly what that page (and the project's sandbox) says.
+    """
+
+    entities_key: str = "entities"
+    profile_tables_key: str = "profileTables"
+    custom_tables_key: str = "customTables"
+    #: wrapper key of ``GET .../etl-executions?reference=``
+    executions_key: str = "executions"
+    #: query parameter and definition field carrying our idempotency key
+    reference_field: str = "reference"
+    definition_part: str = "definition"
+    file_part: str = "inputFile"
+    #: appended to the execution route to read its per-line report
+    report_suffix: str = "/report"
+    report_errors_key: str = "errors"
+    success_statuses: frozenset[str] = frozenset({"SUCCESS"})
+    partial_statuses: frozenset[str] = frozenset({"PARTIAL_SUCCESS"})
+    error_statuses: frozenset[str] = frozenset({"ERROR"})
+    #: a 429 whose message matches this is the daily import quota, not a transient limit
+    budget_message: str = r"daily\s+import\s+(limit|quota)"
+
+
+@dataclass(frozen=True)
+class Attribute:
+    """One attribute of a table; ``value_type`` and ``max_length`` only for CUSTOM attributes."""
+
+    name: str
+    type: str
+    value_type: str | None
+    unique: bool
+    mandatory: bool
+    max_length: int | None
+
+
+@dataclass(frozen=True)
+class Table:
+    """A profile table or a custom table, as discovered: what an import may target and map to."""
+
+    id: str
+    name: str
+    kind: Literal["profile", "custom"]
+    attributes: tuple[Attribute, ...]
+    #: subscription names (profile tables); the fixed technical values an import column maps to
+    subscriptions: tuple[str, ...]
+    #: ``INTERACTIONS`` or ``STANDARD`` for custom tables, None for profile tables
+    custom_type: str | None
+    primary_key: str | None
+    foreign_keys: tuple[dict[str, str], ...]
+
+    def attribute(self, name: str) -> Attribute | None:
+        """The attribute called ``name``, or None."""
+        return next((a for a in self.attributes if a.name == name), None)
+
+
+@dataclass(frozen=True)
+class Execution:
+    """One ETL execution: status PENDING / RUNNING / SUCCESS / PARTIAL_SUCCESS / ERROR (or one we do not know)."""
+
+    id: str
+    reference: str | None
+    status: str
+    #: lines, created, updated, rejected (empty until Actito has counted)
+    counts: dict[str, int] = field(default_factory=dict)
+    message: str | None = None
+
+
+@dataclass(frozen=True)
+class LineError:
+    """One rejected line of an import; ``line`` counts the header as line 1, so data row k is line k+1."""
+
+    line: int
+    column: str | None
+    value: str | None
+    message: str
+
+
+class ActitoClient(ApiClient):
+    """A connection to one Actito entity with one API key; a context manager, safe to share across threads."""
+
+    def __init__(
+        self,
+        *,
+        base_url: str,
+        entity: str,
+        api_key: str,
+        max_concurrency: int = MAX_IN_FLIGHT,
+        calls_per_minute: int = CALLS_PER_MINUTE,
+        connect_timeout: float = CONNECT_TIMEOUT,
+        read_timeout: float = READ_TIMEOUT,
+        max_attempts: int = 6,
+        backoff_base: float = 0.5,
+        backoff_max: float = 30,
+        retry_after_max: float = 120,
+        sleep: Callable[[float], None] = time.sleep,
+        monotonic: Callable[[], float] = time.monotonic,
+        wire: ActitoWire | None = None,
+        licence: Licence | None = None,
+    ) -> None:
+        """``base_url`` is a URL or a name of `ENVIRONMENTS`; ``sleep``/``monotonic`` are injectable for tests.
+
+        ``licence``: the limits and token cache shared with the licence's other clients (see
+        `connect.open_client`); without one the client has its own, of ``max_concurrency`` in
+        flight and ``calls_per_minute`` (defaults: `MAX_IN_FLIGHT`, `CALLS_PER_MINUTE`).
+        """
+        if not api_key:
+            raise ValueError("api_key is empty")
+        resolved = ENVIRONMENTS.get(base_url, base_url)
+        if not resolved.startswith(("http://", "https://")):
+            if base_url in ENVIRONMENTS:
+                raise ValueError(f"the Actito environment {base_url!r} has no fixed URL: pass the URL it listens on")
+            raise ValueError(f"Actito base_url {base_url!r} is neither a URL nor a known environment")
+        self.base_url = resolved.rstrip("/")
+        self.entity = entity
+        self.wire = wire or ActitoWire()
+        self._api_key = api_key
+        self._scrub = Scrubber(api_key)
+        self._sleep = sleep
+        self._monotonic = monotonic
+        self._budget = re.compile(self.wire.budget_message, re.IGNORECASE)
+        self._licence = licence or Licence(
+            service="Actito", name=f"{self.base_url} {entity}", max_in_flight=max_concurrency,
+            calls_per_minute=calls_per_minute, sleep=sleep, monotonic=monotonic,
+        )
+        self._http = Transport(
+            service="Actito", log=log, scrub=self._scrub, licence=self._licence, connect_timeout=connect_timeout,
+            read_timeout=read_timeout, policy=RetryPolicy(max_attempts, backoff_base, backoff_max, retry_after_max),
+            sleep=sleep,
+        )
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def __repr__(self) -> str:
+        return f"ActitoClient(base_url={self.base_url!r}, entity={self.entity!r})"
+
+    # ------------------------------------------------------------------ discovery
+
+    def entities(self) -> list[dict[str, Any]]:
+        """The entities the licence sees: ``[{"id", "name", "comment"}]``."""
+        body = self._get(_ENTITIES)
+        return [dict(e) for e in _list_in(body, self.wire.entities_key) if isinstance(e, Mapping)]
+
+    def profile_tables(self) -> list[Table]:
+        body = self._get(_PROFILE_TABLES, entity=self.entity)
+        return [_table(t, "profile") for t in _list_in(body, self.wire.profile_tables_key) if isinstance(t, Mapping)]
+
+    def profile_table(self, id_or_name: str) -> Table:
+        """A profile table by id, or by name (Actito addresses tables by id; people know them by name)."""
+        return self._one_table(id_or_name, "profile")
+
+    def custom_tables(self) -> list[Table]:
+        body = self._get(_CUSTOM_TABLES, entity=self.entity)
+        return [_table(t, "custom") for t in _list_in(body, self.wire.custom_tables_key) if isinstance(t, Mapping)]
+
+    def custom_table(self, id_or_name: str) -> Table:
+        """A custom table by id, or by name."""
+        return self._one_table(id_or_name, "custom")
+
+    def _one_table(self, id_or_name: str, kind: Literal["profile", "custom"]) -> Table:
+        # By id first (one call, the usual case); on 404 list the tables and resolve the name.
+        one, listing = (_PROFILE_TABLE, self.profile_tables) if kind == "profile" else (_CUSTOM_TABLE, self.custom_tables)
+        try:
+            return _table(self._get(one, entity=self.entity, tableId=id_or_name), kind)
+        except ActitoNotFound as not_found:
+            tables = listing()
+            match = [t for t in tables if t.id == id_or_name or t.name == id_or_name]
+            if not match:
+                match = [t for t in tables if t.name.casefold() == id_or_name.casefold()]
+            if len(match) == 1:
+                return match[0]
+            known = ", ".join(f"{t.id} ({t.name})" for t in tables) or "none"
+            what = (
+                f"{len(match)} {kind} tables are called {id_or_name!r}"
+                if match
+                else f"no {kind} table has the id or name {id_or_name!r}"
+            )
+            raise ActitoNotFound(
+                f"{what}; tables of entity {self.entity!r}: {known}",
+                where=not_found.where,
+                hint="use one of the table ids listed",
+                status=404,
+                actito_message=not_found.actito_message,
+            ) from None
+
+    # ------------------------------------------------------------------ imports
+
+    def start_import(self, definition: Mapping[str, Any], file: Path, *, etl_id: str | None = None) -> Execution:
+        """Upload ``file`` as one ETL execution and return it (usually PENDING); never imports it twice.
+
+        Without ``etl_id``: the one-shot form, ``definition`` sent as the JSON part. With it: the
+        ETL's ``trigger-execution``, which takes only the file and the reference. Either way the
+        definition's ``reference`` (generated if absent, and returned in ``Execution.reference``)
+        is how an ambiguous attempt is found again: give it a value stable across re-runs of the
+        same run and part so that even a crashed process can look it up.
+        """
+        wire = self.wire
+        definition = dict(definition)
+        reference = str(definition.get(wire.reference_field) or f"audience-sync-{uuid.uuid4().hex}")
+        definition[wire.reference_field] = reference
+        if etl_id is None:
+            template, path = _EXECUTIONS, {"entity": self.entity}
+            first_part: tuple[str, Any] = (wire.definition_part, (None, _json_bytes(definition), "application/json"))
+        else:
+            template, path = _TRIGGER, {"entity": self.entity, "etlId": etl_id}
+            first_part = (wire.reference_field, reference)
+        where = f"Actito POST {template}"
+        url = self._url(template, path)
+        try:
+            size = file.stat().st_size
+        except OSError as exc:
+            raise ActitoError(f"cannot read the import file {file}: {exc.strerror or exc}", where=where) from None
+        if size > MAX_UPLOAD_BYTES:
+            raise ActitoError(
+                f"{file.name} is {size} bytes; Actito refuses an import file over 100 MB",
+                where=where,
+                hint="split the import into several files, or compress it (GZIP/ZIP)",
+            )
+        content_type = _CONTENT_TYPES.get(file.suffix.lower(), "application/octet-stream")
+
+        used: list[str] = []
+
+        def once() -> requests.Response:
+            used.append(self._token())
+            try:
+                stream = file.open("rb")
+            except OSError as exc:
+                raise ActitoError(f"cannot read the import file {file}: {exc.strerror or exc}", where=where) from None
+            with stream:
+                # rebuilt for each attempt: a body read once cannot be sent again
+                encoder = MultipartEncoder(fields=[first_part, (wire.file_part, (file.name, stream, content_type))])
+                return self._send("POST", url, token=used[-1], data=encoder,
+                                  headers={"Content-Type": encoder.content_type})
+
+        def unknown(reason: str, status: int | None, lookup_error: AudienceSyncError) -> ActitoError:
+            return ActitoError(
+                f"the import's outcome is unknown ({reason}) and looking up reference "
+                f"{reference!r} failed: {lookup_error.what}",
+                where=where,
+                hint=f"look for an execution with reference {reference!r} in Actito before sending the file again",
+                status=status,
+                actito_message=getattr(lookup_error, "actito_message", ""),
+            )
+
+        def absent(last: AudienceSyncError) -> ActitoError:
+            assert isinstance(last, ActitoError)
+            return type(last)(
+                f"{last.what}; Actito has no execution with reference {reference!r}",
+                where=where,
+                hint="nothing was imported, so the run can safely be repeated later",
+                status=last.status,
+                actito_message=last.actito_message,
+            )
+
+        outcome = self._http.post_once(
+            where, once,
+            lookup=lambda: self._find_by_reference(reference),
+            failed=lambda response, attempts: self._http_error(where, response, attempts=attempts),
+            unreachable=lambda exc, attempts: self._unreachable(where, exc, attempts),
+            unknown=unknown, absent=absent, again=self._renewal(used),
+            final=lambda error: isinstance(error, ActitoBudgetExhausted),
+        )
+        if not isinstance(outcome, requests.Response):
+            log.info("Actito import found by reference after an unanswered upload",
+                     extra={"fields": {"reference": reference, "execution": outcome.id}})
+            return outcome
+        created = _execution(self._json(where, outcome), reference=reference)
+        if not created.id:
+            raise ActitoError(
+                f"HTTP {outcome.status_code} without an execution id (reference {reference!r})",
+                where=where,
+                hint="check the base URL and the wire settings; look the reference up in Actito",
+                status=outcome.status_code,
+            )
+        return created
+
+    def find_execution(self, reference: str) -> Execution | None:
+        """The execution created with ``reference``, or None: how a re-run checks what a crashed run left."""
+        return self._find_by_reference(reference)
+
+    def _find_by_reference(self, reference: str) -> Execution | None:
+        body = self._get(_EXECUTIONS, query={self.wire.reference_field: reference}, entity=self.entity)
+        # filter again on our side: a server that ignored the query would list every execution
+        matches = [
+            e
+            for e in _list_in(body, self.wire.executions_key)
+            if isinstance(e, Mapping) and str(e.get(self.wire.reference_field)) == reference
+        ]
+        if not matches:
+            return None
+        if len(matches) > 1:
+            # a reused reference (it should be unique per import): the newest is the likeliest ours
+            log.warning(
+                "several Actito executions carry the same reference",
+                extra={"fields": {"reference": reference, "ids": [str(m.get("id")) for m in matches]}},
+            )
+        newest = max(range(len(matches)), key=lambda i: (str(matches[i].get("createdAt") or ""), i))
+        return _execution(matches[newest])
+
+    def execution(self, execution_id: str) -> Execution:
+        """The execution's current status, counts and message."""
+        return _execution(self._get(_EXECUTION, entity=self.entity, executionId=execution_id))
+
+    def wait_for(
+        self, execution_id: str, *, timeout: float = 3600, poll_initial: float = 1.0, poll_max: float = 30.0
+    ) -> Execution:
+        """Poll until the execution ends; SUCCESS or PARTIAL_SUCCESS is returned, ERROR raises.
+
+        The interval doubles from ``poll_initial`` up to ``poll_max``: a short import is seen
+        finished within a second, a long one costs few calls against the per-minute budget. A
+        status we do not know counts as still running (Actito documents only SUCCESS), until
+        ``timeout``, when it fails loudly instead of hanging a scheduled run.
+        """
+        wire = self.wire
+        where = f"Actito GET {_EXECUTION}"
+        deadline = self._monotonic() + timeout
+        delay = poll_initial
+        while True:
+            current = self.execution(execution_id)
+            status = current.status.upper()
+            if status in wire.success_statuses or status in wire.partial_statuses:
+                return current
+            if status in wire.error_statuses:
+                said = self._scrub(current.message or "no message")
+                raise ActitoImportError(
+                    f"import execution {execution_id} ended in {current.status}: {said}",
+                    where=where,
+                    hint="nothing was imported; fix the file or the definition (see Actito's message) and run again",
+                    actito_message=said,
+                )
+            left = deadline - self._monotonic()
+            if left <= 0:
+                raise ActitoImportError(
+                    f"import execution {execution_id} is still {current.status} after {timeout:g} s",
+                    where=where,
+                    hint="Actito may be slow: check the execution in Actito, or raise the wait timeout; "
+                    "do not re-send the file before it has ended",
+                )
+            self._sleep(min(delay, left))
+            delay = min(delay * 2, poll_max)
+
+    def report(self, execution_id: str) -> list[LineError]:
+        """The rejected lines of an execution (empty when none was rejected)."""
+        body = self._get(_EXECUTION + self.wire.report_suffix, entity=self.entity, executionId=execution_id)
+        lines: list[LineError] = []
+        for item in _list_in(body, self.wire.report_errors_key):
+            if not isinstance(item, Mapping):
+                continue
+            try:
+                line = int(item.get("line", 0))
+            except (TypeError, ValueError):
+                line = 0
+            lines.append(
+                LineError(
+                    line=line,
+                    column=_opt_str(item.get("column")),
+                    value=_opt_str(item.get("value")),
+                    message=str(item.get("message") or ""),
+                )
+            )
+        return lines
+
+    # ------------------------------------------------------------------ token
+
+    def _token(self) -> str:
+        """A valid access token from the licence's cache, fetched or renewed by one thread while the others wait."""
+        token = self._licence.tokens.get(self._api_key, self._new_token)
+        self._scrub.add_token(token)
+        return token
+
+    def _new_token(self) -> tuple[str, float]:
+        """A fresh token and how long it may be used: renewed 60 s ahead, a short-lived one halfway."""
+        body = self._get(_TOKEN, use_key=True)
+        token = body.get("accessToken") if isinstance(body, Mapping) else None
+        if not isinstance(token, str) or not token:
+            raise ActitoAuthError(
+                "Actito answered the token request without an accessToken",
+                where=f"Actito GET {_TOKEN}",
+                hint="check the base URL: it may not point at Actito",
+                status=200,
+            )
+        self._scrub.add_token(token)
+        lifetime = _seconds(body.get("expiresIn"))
+        log.debug("Actito token obtained", extra={"fields": {"expires_in_s": lifetime}})
+        return token, lifetime - min(TOKEN_RENEW_AHEAD, lifetime / 2)
+
+    def _invalidate(self, token: str) -> None:
+        """Forget ``token`` after a 401, unless another thread has already replaced it."""
+        self._licence.tokens.forget(self._api_key, token)
+
+    # ------------------------------------------------------------------ transport
+
+    def _url(self, template: str, path: Mapping[str, str]) -> str:
+        return self.base_url + template.format(**{k: quote(str(v), safe="") for k, v in path.items()})
+
+    def _send(self, method: str, url: str, *, token: str | None, **kwargs: Any) -> requests.Response:
+        """One HTTP exchange inside our concurrency and pacing limits; no retry here."""
+        return self._http.send(method, url, authorization=self._api_key if token is None else f"Bearer {token}",
+                               **kwargs)
+
+    def _renewal(self, used: list[str]) -> Callable[[requests.Response], bool]:
+        """True once for a 401 to a call made with a token: the token is forgotten and the call sent again."""
+        renewed = False
+
+        def again(response: requests.Response) -> bool:
+            nonlocal renewed
+            if response.status_code != 401 or not used or renewed:
+                return False
+            renewed = True
+            self._invalidate(used[-1])
+            return True
+
+        return again
+
+    def _get(
+        self, template: str, *, query: Mapping[str, str] | None = None, use_key: bool = False, **path: str
+    ) -> Any:
+        """A safe call: retried on 429, 5xx and connection errors; a 401 renews the token once."""
+        where = f"Actito GET {template}"
+        url = self._url(template, path)
+        used: list[str] = []
+
+        def once() -> requests.Response:
+            token = None if use_key else self._token()
+            if token is not None:
+                used.append(token)
+            return self._send("GET", url, token=token, params=query)
+
+        response = self._http.call(
+            where, once,
+            failed=lambda answer, attempts: self._http_error(where, answer, attempts=attempts),
+            unreachable=lambda exc, attempts: self._unreachable(where, exc, attempts),
+            again=self._renewal(used),
+        )
+        return self._json(where, response)
+
+    def _json(self, where: str, response: requests.Response) -> Any:
+        return json_of(response, lambda what: ActitoError(
+            self._scrub(what), where=where, hint="check the base URL: it may not point at Actito's API",
+            status=response.status_code,
+        ))
+
+    def _http_error(self, where: str, response: requests.Response, *, attempts: int = 1) -> ActitoError:
+        """The typed error for a non-2xx answer, carrying Actito's own words."""
+        status = response.status_code
+        what, said = failure_text(response, self._scrub, attempts)
+        cls: type[ActitoError] = ActitoError
+        hint = ""
+        if status == 401:
+            cls = ActitoAuthError
+            hint = "check the Actito API key: it may be wrong, revoked, or belong to another licence"
+        elif status == 403:
+            cls = ActitoAuthError
+            hint = "the API key's licence lacks the right for this call: check the key and the licence in Actito"
+        elif status == 404:
+            cls = ActitoNotFound
+            hint = f"check the entity name ({self.entity!r}) and the ids in the configuration"
+        elif status == 429 and self._budget.search(said):
+            cls = ActitoBudgetExhausted
+            hint = "the table's daily import quota is used up; the next day's run will go through (not retried)"
+        elif status == 429:
+            cls = ActitoRateLimited
+            hint = "Actito kept refusing for too many requests; another job may share the licence — run later"
+        elif status == 400:
+            hint = "Actito refused the request as invalid; it is not retried unchanged"
+        elif status == 406:
+            hint = "Actito wants Accept: application/json"
+        elif status >= 500:
+            hint = "Actito's side failed; a later run may go through"
+        return cls(what, where=where, hint=hint, status=status, actito_message=said)
+
+    def _unreachable(self, where: str, exc: BaseException | None, attempts: int) -> ActitoError:
+        what, hint = unreachable_text("Actito", self.base_url, exc, attempts, self._scrub,
+                                      "check the network, the proxy and the base URL / environment name")
+        return ActitoError(what, where=where, hint=hint)
+
+
+# ---------------------------------------------------------------------- helpers
+
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$", re.IGNORECASE)
+_UNIT = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def _seconds(value: Any) -> float:
+    """A token lifetime: ``"900s"`` as Actito sends it, or a bare number; 15 minutes when unreadable."""
+    if isinstance(value, (int, float)) and value > 0:
+        return float(value)
+    match = _DURATION.match(str(value)) if value is not None else None
+    if match:
+        seconds = float(match.group(1)) * _UNIT[(match.group(2) or "s").lower()]
+        if seconds > 0:
+            return seconds
+    log.warning("unreadable Actito token lifetime, assuming 900 s", extra={"fields": {"expiresIn": str(value)}})
+    return 900.0
+
+
+def _json_bytes(value: Mapping[str, Any]) -> bytes:
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+
+
+def _list_in(body: Any, key: str) -> list[Any]:
+    if isinstance(body, Mapping):
+        value = body.get(key)
+        return list(value) if isinstance(value, list) else []
+    return list(body) if isinstance(body, list) else []
+
+
+def _opt_str(value: Any) -> str | None:
+    return None if value is None else str(value)
+
+
+def _opt_int(value: Any) -> int | None:
+    try:
+        return None if value is None or isinstance(value, bool) else int(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def _attribute(raw: Mapping[str, Any]) -> Attribute:
+    restriction = raw.get("valueRestriction")
+    return Attribute(
+        name=str(raw.get("name", "")),
+        type=str(raw.get("type", "CUSTOM")),
+        value_type=_opt_str(raw.get("valueType")),
+        unique=bool(raw.get("unique", False)),
+        mandatory=bool(raw.get("mandatory", False)),
+        max_length=_opt_int(restriction.get("maxLength")) if isinstance(restriction, Mapping) else None,
+    )
+
+
+def _names(items: Iterable[Any]) -> tuple[str, ...]:
+    names: list[str] = []
+    for item in items:
+        if isinstance(item, Mapping) and item.get("name") is not None:
+            names.append(str(item["name"]))
+        elif isinstance(item, str):
+            names.append(item)
+    return tuple(names)
+
+
+def _table(raw: Any, kind: Literal["profile", "custom"]) -> Table:
+    if not isinstance(raw, Mapping):
+        raw = {}
+    attributes = raw.get("attributes")
+    subscriptions = raw.get("subscriptions")
+    foreign_keys = raw.get("foreignKeys")
+    return Table(
+        id=str(raw.get("id", "")),
+        name=str(raw.get("name", raw.get("id", ""))),
+        kind=kind,
+        attributes=tuple(_attribute(a) for a in attributes if isinstance(a, Mapping))
+        if isinstance(attributes, list)
+        else (),
+        subscriptions=_names(subscriptions) if isinstance(subscriptions, list) else (),
+        custom_type=_opt_str(raw.get("type")) if kind == "custom" else None,
+        primary_key=_opt_str(raw.get("primaryKeyAttribute")) if kind == "custom" else None,
+        foreign_keys=tuple(
+            {str(k): str(v) for k, v in fk.items()} for fk in foreign_keys if isinstance(fk, Mapping)
+        )
+        if isinstance(foreign_keys, list)
+        else (),
+    )
+
+
+def _execution(raw: Any, *, reference: str | None = None) -> Execution:
+    """An Execution from a status, a creation answer (``{"id", "reference"}``: PENDING) or a search hit."""
+    if not isinstance(raw, Mapping):
+        raw = {}
+    counts: dict[str, int] = {}
+    if isinstance(raw.get("counts"), Mapping):
+        for key, value in raw["counts"].items():
+            number = _opt_int(value)
+            if number is not None:
+                counts[str(key)] = number
+    return Execution(
+        id=str(raw.get("id", "")),
+        reference=_opt_str(raw.get("reference")) or reference,
+        status=str(raw.get("status") or "PENDING"),
+        counts=counts,
+        message=_opt_str(raw.get("message")),
+    )

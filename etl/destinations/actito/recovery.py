@@ -1,0 +1,140 @@
+"""What a run that died (SIGKILL, OOM, a lost host) or failed midway left in flight in Actito.
+
+An import is irreversible and costs one of the table's daily imports, so a rerun must never send a
+part that Actito already has. Two records make that possible. Before each upload the ledger holds
+the part's reference (PENDING), so whatever happens next the reference can be looked up in Actito;
+and before the first upload the run dir holds, per file sent, the rows it carries in file order (a
+"sent" Parquet file: row hashes for a delta snapshot, identifiers for audience membership), so the
+rows of the parts that landed can be committed to the snapshot later, by whichever run gets there.
+
+The next run of the activation (it holds the lock, so nothing else touches these) first resolves
+every import the ledger never saw finish — waits for it if Actito has it, marks it NOT_SENT if not —
+and then commits the rows of the parts that landed, so its own delta does not send them again.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from etl.destinations.actito.client import ActitoClient
+from etl.destinations.actito.errors import ActitoImportError
+from etl.files import WrittenFile
+from etl.runtime.runs import RunContext
+from etl.runtime.ledger import NOT_SENT, ImportRecord, StateStore, open_store
+
+log = logging.getLogger("audience_sync.actito")
+
+_SENT_SUFFIX = "sent.parquet"
+_PARTS_KEY, _LABEL_KEY, _FINGERPRINT_KEY = b"audience_sync_parts", b"audience_sync_label", b"audience_sync_fingerprint"
+
+
+def part_reference(run_id: str, label: str, number: int) -> str:
+    """Our reference of one uploaded part: stable, so the run's successor can look it up."""
+    return f"{run_id}-{label}{number}"
+
+
+@dataclass(frozen=True)
+class Landed:
+    """Rows an earlier run sent that Actito now holds, in the order they were sent."""
+
+    run_id: str
+    #: which of the run's sends ("" for an import activation, "entered-"/"left-" for membership)
+    label: str
+    rows: pa.Table
+    #: the snapshot fingerprint (mapping, mode ...) the rows were sent under
+    fingerprint: str
+
+
+def stage_sent(context: RunContext, label: str, rows: pa.Table, parts: Sequence[WrittenFile], fingerprint: str) -> None:
+    """Keep, before anything is uploaded, the rows each part carries: what a snapshot commit needs."""
+    metadata = {_PARTS_KEY: json.dumps([part.rows for part in parts]).encode(), _LABEL_KEY: label.encode(),
+                _FINGERPRINT_KEY: fingerprint.encode()}
+    path = _sent_path(context.run_dir, context.activation, label)
+    partial = path.with_name(f".{path.name}.partial")
+    pq.write_table(rows.replace_schema_metadata(metadata), partial)
+    os.chmod(partial, 0o600)
+    partial.replace(path)
+
+
+def discard_sent(context: RunContext) -> None:
+    """The run's snapshot is committed: its "sent" files are no longer needed."""
+    for path in context.run_dir.glob(f"{context.activation}.*{_SENT_SUFFIX}"):
+        path.unlink(missing_ok=True)
+
+
+def recover_earlier_runs(
+    context: RunContext, client: ActitoClient, timeout: float, commit: Callable[[Landed], None]
+) -> None:
+    """Resolve the imports earlier runs left unfinished, then ``commit`` the rows of every part that landed.
+
+    Raises (and keeps everything for the next run) when an import cannot be resolved yet, e.g. it is
+    still running in Actito after ``timeout``: sending its rows again would import them twice."""
+    store = open_store(context.config)
+    try:
+        resolved = [_resolve(client, store, record, timeout)
+                    for record in store.unfinished_imports(context.activation, excluding_run=context.run_id)]
+        if resolved:
+            context.details["recovered_imports"] = resolved
+        runs_dir = context.run_dir.parent
+        for path in sorted(runs_dir.glob(f"*/{context.activation}.*{_SENT_SUFFIX}")):
+            if path.parent != context.run_dir:
+                landed = _landed_rows(client, store, path)
+                if landed.rows.num_rows:
+                    commit(landed)
+                    log.info("rows of run %s that reached Actito committed to the snapshot: %d", landed.run_id,
+                             landed.rows.num_rows, extra={"fields": {"activation": context.activation}})
+                path.unlink()
+    finally:
+        store.close()
+
+
+def _resolve(client: ActitoClient, store: StateStore, record: ImportRecord, timeout: float) -> dict[str, Any]:
+    """Learn the outcome of one import: found by reference if its execution id never reached the ledger."""
+    execution_id = record.execution_id
+    if not execution_id:
+        found = client.find_execution(record.reference)
+        if found is None:
+            store.finish_import(record.reference, NOT_SENT, {})
+            return {"reference": record.reference, "status": NOT_SENT}
+        execution_id = found.id
+        store.record_import(record.reference, execution_id)
+    try:
+        final = client.wait_for(execution_id, timeout=timeout)
+    except ActitoImportError:
+        final = client.execution(execution_id)
+        if final.status.upper() not in client.wire.error_statuses:
+            raise  # still running: its rows must not be sent again before it ends
+    store.finish_import(record.reference, final.status, final.counts)
+    log.info("import %s of run %s, left in flight, ended %s", record.reference, record.run_id, final.status,
+             extra={"fields": {"execution": execution_id, "activation": record.activation}})
+    return {"reference": record.reference, "id": execution_id, "status": final.status, "counts": final.counts}
+
+
+def _landed_rows(client: ActitoClient, store: StateStore, path: Path) -> Landed:
+    table = pq.read_table(path)
+    metadata = table.schema.metadata or {}
+    label = metadata.get(_LABEL_KEY, b"").decode()
+    run_id = path.parent.name
+    statuses = store.import_statuses(run_id)
+    landed_statuses = client.wire.success_statuses | client.wire.partial_statuses
+    slices, offset = [], 0
+    for number, rows in enumerate(json.loads(metadata.get(_PARTS_KEY, b"[]")), start=1):
+        if statuses.get(part_reference(run_id, label, number), "").upper() in landed_statuses:
+            slices.append(table.slice(offset, rows))
+        offset += rows
+    rows_landed = pa.concat_tables(slices) if slices else table.slice(0, 0)
+    return Landed(run_id, label, rows_landed.replace_schema_metadata(None),
+                  metadata.get(_FINGERPRINT_KEY, b"").decode())
+
+
+def _sent_path(run_dir: Path, activation: str, label: str) -> Path:
+    return run_dir / f"{activation}.{label}{_SENT_SUFFIX}"

@@ -1,0 +1,494 @@
+"""What every file transfer location must guarantee, whatever the protocol.
+
+Actito polls the location on its own schedule, so it may look at the directory at any moment of a
+delivery. The contract below makes sure it only ever sees complete files: each file is written
+under a temporary name that Actito ignores, checked, and only then renamed over the final name in
+one step. Protocol classes provide the few primitive operations (upload, size, rename, remove,
+list) and say which of their failures are a broken connection (``DeliveryInterrupted``); the
+ordering, the checks, the reconnect-and-retry after a broken connection (``RETRY``) and the
+clean-up on failure live here once, so the three protocols cannot drift apart. What the two
+network protocols share beyond that (a server address, a login name, a directory, a timeout, and
+how they say so) is ``RemoteDeliverer``.
+"""
+
+from __future__ import annotations
+
+import abc
+import logging
+import posixpath
+import random
+import re
+import socket
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from types import TracebackType
+from typing import ClassVar, Self
+from urllib.parse import quote
+
+from etl.errors import DeliveryError, DeliveryInterrupted
+
+log = logging.getLogger("audience_sync.delivery")
+
+#: Every temporary name starts with this, so leftovers of a crashed run can be recognised and
+#: removed by retention without ever touching a file someone else put in the directory. The dot
+#: keeps them out of most listings and out of Actito's file-name patterns.
+TEMP_PREFIX = ".audience-sync-"
+TEMP_SUFFIX = ".part"
+
+_UNSAFE_IN_NAME = re.compile(r"[^A-Za-z0-9._-]")
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How a delivery whose connection broke is attempted again (`DeliveryInterrupted` only).
+
+    Refusals and configuration problems (credentials, host key, certificate, directory,
+    permissions, a full disk) are never retried: the same attempt would fail the same way, and the
+    next scheduled run tries again anyway. A connection cut during an upload is the typical
+    passing failure of long transfers, so it gets a few quick reconnections, each pause doubling
+    (with jitter, so several jobs cut together do not reconnect together), all bounded by
+    ``attempts``.
+    """
+
+    attempts: int = 3
+    first_pause: float = 2.0
+    max_pause: float = 30.0
+
+    def pause(self, attempt: int) -> float:
+        """Seconds to wait after failed attempt number ``attempt`` (1-based)."""
+        ceiling = min(self.max_pause, self.first_pause * 2 ** (attempt - 1))
+        return random.uniform(ceiling / 2, ceiling)
+
+
+#: the policy every deliverer follows; read at each delivery, so tests can shorten its pauses
+RETRY = RetryPolicy()
+
+
+def temp_name(run_id: str, name: str) -> str:
+    """Temporary name of ``name`` during run ``run_id``.
+
+    The run id is part of the name so that two runs delivering the same file never write into
+    each other's temporary file; it is reduced to safe characters because it reaches FTP command
+    lines and remote paths verbatim.
+    """
+    return f"{TEMP_PREFIX}{_UNSAFE_IN_NAME.sub('_', run_id)}-{name}{TEMP_SUFFIX}"
+
+
+def is_temp_name(name: str) -> bool:
+    return name.startswith(TEMP_PREFIX)
+
+
+#: a temporary name as `temp_name` builds it for a run id of `etl.runtime.runs.new_run_id`
+_TEMP_OF_RUN = re.compile(rf"^{re.escape(TEMP_PREFIX)}(\d{{8}}T\d{{6}}Z-[0-9a-f]+)-(.+){re.escape(TEMP_SUFFIX)}$")
+
+
+def temp_name_parts(name: str) -> tuple[str, str] | None:
+    """(run id, final name) of a temporary name, or None if it is not one of ours."""
+    found = _TEMP_OF_RUN.match(name)
+    return (found[1], found[2]) if found else None
+
+
+@dataclass(frozen=True)
+class DeliveredFile:
+    """One file as it now exists at the location, for the run ledger and the run report."""
+
+    #: final remote file name
+    name: str
+    #: bytes, as verified on the remote side
+    size: int
+    #: URL-ish address for people; never contains credentials
+    location: str
+
+
+@dataclass(frozen=True)
+class _Planned:
+    local: Path
+    name: str
+    temp: str
+    size: int
+
+
+class Deliverer(abc.ABC):
+    """A connection to one file transfer location; use it as a context manager.
+
+    Connecting in ``__enter__`` (not in ``__init__``) lets a configuration be turned into a
+    deliverer and described without touching the network, and ``__exit__`` always releases the
+    connection, even when a delivery failed.
+    """
+
+    def __init__(self) -> None:
+        self._connected = False
+
+    # ------------------------------------------------------------------ context manager
+
+    def __enter__(self) -> Self:
+        self.connect()
+        self._connected = True
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self._connected = False
+        try:
+            self.close()
+        except Exception:  # closing must never hide the error that ended the block
+            log.debug("error while closing %s", self.describe(), exc_info=True)
+
+    # ------------------------------------------------------------------ what protocols provide
+
+    @abc.abstractmethod
+    def connect(self) -> None:
+        """Open the connection and check that the target directory is usable; raise DeliveryError if not."""
+
+    @abc.abstractmethod
+    def close(self) -> None:
+        """Release the connection; may be called after a failed or partial ``connect``."""
+
+    @abc.abstractmethod
+    def describe(self) -> str:
+        """One line for a setup sheet or a log: protocol, address, directory, how trust is checked. No secrets."""
+
+    @abc.abstractmethod
+    def _location(self, name: str) -> str:
+        """Address of ``name`` in the target directory, for people (no credentials)."""
+
+    @abc.abstractmethod
+    def _upload(self, local: Path, remote_name: str) -> None:
+        """Write the local file to ``remote_name`` in the target directory, replacing it if present."""
+
+    @abc.abstractmethod
+    def _remote_size(self, remote_name: str) -> int:
+        """Size in bytes of ``remote_name`` as the server reports it."""
+
+    @abc.abstractmethod
+    def _replace(self, temp: str, final: str) -> None:
+        """Rename ``temp`` to ``final``, replacing ``final``; atomically where the protocol allows."""
+
+    @abc.abstractmethod
+    def _remove(self, remote_name: str) -> None:
+        """Delete one file of the target directory."""
+
+    @abc.abstractmethod
+    def _modified_files(self, wanted: Callable[[str], bool]) -> Iterator[tuple[str, datetime]]:
+        """(name, aware modification time) of the regular files of the target directory whose name is wanted.
+
+        ``wanted`` is applied before any per-file request, so that protocols which need one round
+        trip per modification time (FTP's MDTM) only pay it for candidate files.
+        """
+
+    # ------------------------------------------------------------------ the contract
+
+    def deliver(
+        self, files: Sequence[Path], run_id: str, *, all_uploaded: Callable[[], None] | None = None
+    ) -> list[DeliveredFile]:
+        """Put ``files`` in the target directory under their own names, all or nothing as far as possible.
+
+        Every file is uploaded under a temporary name and its remote size checked before *any*
+        final name is touched, so a failed transfer (network, disk full, permissions) leaves the
+        previous delivery fully in place and the temporary files are removed. A connection that
+        breaks during the uploads is reconnected and the uploads start again, within `RETRY`.
+        Renames follow the order of ``files``: a manifest listed last only appears once the files
+        it describes are in place. A failure during the renames themselves (rare: the uploads
+        already succeeded) names the files that were already replaced. ``all_uploaded`` is called
+        between the two phases: where a run records that its files are at the location but not yet
+        in place, and checks that it may still replace them; if it raises, the temporary files are
+        removed and nothing is renamed.
+        """
+        self._require_connected()
+        plan = self._plan(files, run_id)
+        self._upload_retrying(plan)
+        if all_uploaded is not None:
+            try:
+                all_uploaded()  # also where a run that lost its lease stops: nothing renamed yet
+            except BaseException:
+                self._discard(item.temp for item in plan)
+                raise
+
+        delivered: list[DeliveredFile] = []
+        for index, item in enumerate(plan):
+            try:
+                self._replace(item.temp, item.name)
+            except BaseException as exc:
+                self._discard(later.temp for later in plan[index:])
+                if delivered and isinstance(exc, DeliveryError):
+                    done = ", ".join(d.name for d in delivered)
+                    raise DeliveryError(
+                        exc.what,
+                        where=exc.where,
+                        hint=f"{done} {'was' if len(delivered) == 1 else 'were'} already replaced; "
+                        f"the other files were not. {exc.hint}".strip(),
+                    ) from exc
+                raise
+            delivered.append(DeliveredFile(name=item.name, size=item.size, location=self._location(item.name)))
+            log.info("delivered %s (%d bytes) to %s", item.name, item.size, delivered[-1].location)
+        return delivered
+
+    def _upload_retrying(self, plan: Sequence[_Planned]) -> None:
+        """Upload every temporary file; after a broken connection, reconnect and upload them all again.
+
+        The temporary names do not change between attempts, so a new attempt overwrites what a cut
+        one left. A reconnection that fails for another reason (the server now refuses the login,
+        say) ends the delivery with that error at once.
+        """
+        policy = RETRY
+        attempt = 1
+        while True:
+            try:
+                self._upload_all(plan)
+                return
+            except DeliveryInterrupted as exc:
+                if attempt >= policy.attempts:
+                    self._clean_up_after_cut(plan)
+                    raise DeliveryInterrupted(
+                        f"{exc.what}; gave up after {attempt} attempts",
+                        where=exc.where,
+                        hint="nothing was replaced: the previous files are still in place; "
+                        "check the network and the server, the next run tries again",
+                    ) from None
+                pause = policy.pause(attempt)
+                log.warning(
+                    "delivery interrupted, reconnecting: %s", exc.message(),
+                    extra={"fields": {"attempt": attempt, "max_attempts": policy.attempts, "wait_s": round(pause, 2)}},
+                )
+                time.sleep(pause)
+                attempt += 1
+                self._reconnect()
+
+    def _upload_all(self, plan: Sequence[_Planned]) -> None:
+        uploaded: list[_Planned] = []
+        try:
+            for item in plan:
+                # recorded before the upload so that a partial temporary file is cleaned up too
+                uploaded.append(item)
+                self._upload(item.local, item.temp)
+                remote_size = self._remote_size(item.temp)
+                if remote_size != item.size:
+                    raise DeliveryError(
+                        f"the uploaded copy of {item.name} has {remote_size} bytes instead of {item.size}",
+                        where=self._location(item.temp),
+                        hint="the transfer was cut short (connection or server disk); "
+                        "the previous file was left in place, run again",
+                    )
+        except DeliveryInterrupted as exc:
+            # the connection is gone, so nothing can be removed over it: the caller reconnects
+            # and either uploads again over the same temporary names or cleans them up
+            raise DeliveryInterrupted(exc.what, where=self._location(uploaded[-1].name), hint=exc.hint) from None
+        except BaseException:
+            self._discard(item.temp for item in uploaded)
+            raise
+
+    def _reconnect(self) -> None:
+        self._connected = False
+        self.close()
+        self.connect()
+        self._connected = True
+
+    def _clean_up_after_cut(self, plan: Sequence[_Planned]) -> None:
+        """Best effort, on a new connection: the cut one cannot remove what it left."""
+        try:
+            self._reconnect()
+        except Exception as exc:
+            log.debug("could not reconnect to remove temporary files: %s", exc)
+            return
+        self._discard(item.temp for item in plan)
+
+    def discard_leftovers(self, is_ours: Callable[[str], bool], run_id: str) -> list[str]:
+        """Remove temporary files that earlier runs of ours left behind (killed mid-upload); return their names.
+
+        Only temporary names of another run whose final name ``is_ours`` qualifies: the caller holds
+        the activation's lock, so no live run is writing them, and another activation's are left alone.
+        """
+        self._require_connected()
+
+        def leftover(name: str) -> bool:
+            parts = temp_name_parts(name)
+            return parts is not None and parts[0] != run_id and is_ours(parts[1])
+
+        names = [name for name, _ in self._modified_files(leftover)]
+        self._discard(names)
+        return names
+
+    def remove_stale(self, is_ours: Callable[[str], bool], current: Iterable[str]) -> list[str]:
+        """Remove the activation's own files that are not part of its ``current`` delivery; return their names.
+
+        Called once the new files are in place, so the location holds a complete audience throughout
+        and afterwards only the current one: Actito's file synchronisation takes the last file as the
+        whole audience, and a stale part or an older file left beside it would be read as current by
+        anyone (or any pattern) looking at the directory. Temporary names are `discard_leftovers`'
+        business. A file that cannot be removed fails the delivery (after trying the others): the
+        location would not hold what the manifest lists, and the next run tries again.
+        """
+        self._require_connected()
+        keep = set(current)
+        stale = [name for name, _ in self._modified_files(
+            lambda name: is_ours(name) and name not in keep and not is_temp_name(name))]
+        failed: dict[str, DeliveryError] = {}
+        for name in stale:
+            try:
+                self._remove(name)
+            except DeliveryError as exc:
+                failed[name] = exc
+        if failed:
+            first = next(iter(failed.values()))
+            raise DeliveryError(f"cannot remove {', '.join(failed)}, left over from an earlier delivery: {first.what}",
+                                where=first.where,
+                                hint="the new files are in place; remove the old ones by hand or fix the "
+                                     "permissions, the next run tries again")
+        return stale
+
+    def apply_retention(self, is_ours: Callable[[str], bool], older_than: datetime) -> list[str]:
+        """Delete our own old files so the location does not grow forever; return the names removed.
+
+        Only files for which ``is_ours`` is true, and temporary names whose final name it is true for,
+        are candidates: the directory is usually shared with other activations, other senders and
+        Actito itself. A file that cannot be removed is logged and skipped, because housekeeping must
+        not turn a delivery that succeeded into a failed run.
+        """
+        self._require_connected()
+        if older_than.tzinfo is None or older_than.utcoffset() is None:
+            raise ValueError("older_than must be timezone-aware")
+
+        def candidate(name: str) -> bool:
+            parts = temp_name_parts(name)
+            return is_ours(parts[1] if parts else name)
+
+        removed: list[str] = []
+        for name, modified in list(self._modified_files(candidate)):
+            if modified >= older_than:
+                continue
+            try:
+                self._remove(name)
+            except DeliveryError as exc:
+                log.warning("retention could not remove %s: %s", name, exc)
+                continue
+            removed.append(name)
+            log.info("retention removed %s (modified %s)", name, modified.isoformat())
+        return removed
+
+    # ------------------------------------------------------------------ helpers
+
+    def _require_connected(self) -> None:
+        if not self._connected:
+            raise RuntimeError(f"{type(self).__name__} must be used inside a 'with' block")
+
+    def _plan(self, files: Sequence[Path], run_id: str) -> list[_Planned]:
+        """Check everything that can be checked locally before a single byte is sent."""
+        plan: list[_Planned] = []
+        seen: dict[str, Path] = {}
+        for path in files:
+            name = path.name
+            if not name or is_temp_name(name) or any(ord(c) < 32 or c == "\x7f" for c in name):
+                raise DeliveryError(
+                    f"cannot deliver a file named {name!r}",
+                    where=str(path),
+                    hint=f"names must not be empty, contain control characters or start with {TEMP_PREFIX!r}",
+                )
+            if name in seen:
+                raise DeliveryError(
+                    f"two files to deliver are both named {name}",
+                    where=f"{seen[name]} and {path}",
+                    hint="the remote directory is flat: give every file of a run its own name",
+                )
+            seen[name] = path
+            try:
+                if not path.is_file():
+                    raise FileNotFoundError(path)
+                size = path.stat().st_size
+            except OSError:
+                raise DeliveryError(
+                    "the file to deliver does not exist or is not a regular file",
+                    where=str(path),
+                    hint="it should have been written by this run just before; check the run directory",
+                ) from None
+            plan.append(_Planned(local=path, name=name, temp=temp_name(run_id, name), size=size))
+        return plan
+
+    def _discard(self, temps: Iterable[str]) -> None:
+        """Best effort: a leftover is only untidy (retention removes it later), never wrong."""
+        for name in temps:
+            try:
+                self._remove(name)
+            except Exception as exc:  # the original error matters more
+                log.debug("could not remove temporary file %s: %s", name, exc)
+
+
+class RemoteDeliverer(Deliverer):
+    """A directory on a server reached over the network (SFTP, FTPS).
+
+    Holds what both protocols are configured with, except the credentials, which differ; builds
+    the addresses shown to people, which name the user but never carry a secret; and makes sure a
+    failed ``connect`` releases whatever it had opened.
+    """
+
+    #: scheme of the addresses shown to people ("sftp", "ftps")
+    scheme: ClassVar[str]
+
+    def __init__(self, *, host: str, port: int, username: str, remote_dir: str, timeout: float) -> None:
+        super().__init__()
+        self._host = host
+        self._port = port
+        self._username = username
+        self._remote_dir = remote_dir or "."
+        self._timeout = timeout
+        #: absolute directory as the server resolved it; set on connect
+        self._dir: str | None = None
+
+    @property
+    def _server(self) -> str:
+        host = f"[{self._host}]" if ":" in self._host else self._host  # an IPv6 address in a URL
+        return f"{self.scheme}://{quote(self._username, safe='')}@{host}:{self._port}"
+
+    @property
+    def _directory(self) -> str:
+        """The target directory: as the server resolved it once connected, as configured before."""
+        return self._dir or self._remote_dir
+
+    def _path(self, name: str) -> str:
+        return posixpath.join(self._directory, name)
+
+    def _location(self, name: str) -> str:
+        path = self._path(name)
+        return f"{self._server}{path if path.startswith('/') else '/' + path}"
+
+    def connect(self) -> None:
+        try:
+            self._open()
+        except BaseException:
+            self.close()
+            raise
+        log.debug("connected to %s, directory %s", self._server, self._dir)
+
+    @abc.abstractmethod
+    def _open(self) -> None:
+        """Connect, log in, check the target directory and set ``_dir``; ``close`` cleans up if this raises."""
+
+    def _unreachable(self, exc: OSError) -> DeliveryError:
+        """The server could not be reached at all: a time-out or a host name that does not resolve."""
+        if isinstance(exc, socket.gaierror):
+            return DeliveryError(
+                f"cannot resolve the host name ({exc.strerror})", where=self._server, hint="check the host"
+            )
+        return DeliveryError(
+            f"no answer within {self._timeout:g} s",
+            where=self._server,
+            hint="check host and port, and that a firewall lets this machine through",
+        )
+
+    def _reason(self, exc: BaseException) -> str:
+        """Why a request failed, for a message: the server's own words, or the time-out."""
+        if isinstance(exc, TimeoutError):
+            return f"no answer within {self._timeout:g} s"
+        if isinstance(exc, EOFError) and not str(exc):
+            return "closed by the server"
+        return str(exc).strip().rstrip(":") or type(exc).__name__  # paramiko: "Server connection dropped: "
+
+
+def utc_from_timestamp(seconds: float) -> datetime:
+    return datetime.fromtimestamp(seconds, UTC)

@@ -1,0 +1,52 @@
+"""From a configured OpenField destination to a connected client.
+
+``environment = "sandbox"`` talks to the project's OpenField sandbox (``etl.testing``, loaded only
+then), started in this process on first use and stopped (its profiles saved to
+``<state_dir>/openfield-sandbox/state.json``) at exit, so the demo needs no OpenField account and
+one run's profiles are there for the next.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from etl.config import Config, OpenFieldDestination
+from etl.destinations.licence import licence_for
+from etl.destinations.openfield.client import CONNECT_TIMEOUT, READ_TIMEOUT, OpenFieldClient
+
+#: the OpenField sandbox's password when the destination names none; a demo value, not a secret
+SANDBOX_DEMO_PASSWORD = "sandbox-demo-password"
+
+
+def sandbox_state_file(config: Config) -> Path:
+    return config.state_dir / "openfield-sandbox" / "state.json"
+
+
+def in_process_sandbox_url(config: Config, destination: OpenFieldDestination, password: str) -> str:
+    """The URL of this process's OpenField sandbox for the configuration, started on first use, stopped at exit."""
+    # imported here, not at the top: the runtime never loads a test double unless the configuration asks for one
+    from etl.testing import in_process_openfield_sandbox
+
+    return in_process_openfield_sandbox(
+        sandbox_state_file(config), tenant_id=destination.tenant_id, application_id=destination.application_id,
+        username=destination.username, password=password, routes=destination.routes.model_dump(),
+    ).url
+
+
+def open_client(config: Config, destination_name: str) -> OpenFieldClient:
+    destination = config.destination_of(destination_name, OpenFieldDestination)
+    password = destination.password.get_secret_value() if destination.password else SANDBOX_DEMO_PASSWORD
+    url = in_process_sandbox_url(config, destination, password) if destination.environment == "sandbox" else destination.url
+    assert url is not None  # validated: url, or environment = "sandbox"
+    # one set of limits per tenant, shared by every run of this process and, through the ledger's
+    # slots, by every process: the first destination of a tenant sets them
+    licence = licence_for(
+        config, service="OpenField", url=url, account=destination.tenant_id,
+        max_in_flight=destination.max_concurrency, calls_per_minute=destination.calls_per_minute,
+        connect_timeout=CONNECT_TIMEOUT, read_timeout=READ_TIMEOUT,
+    )
+    return OpenFieldClient(
+        base_url=url, tenant_id=destination.tenant_id, application_id=destination.application_id,
+        username=destination.username, password=password, routes=destination.routes.model_dump(),
+        match_on=destination.match_on, licence=licence,
+    )

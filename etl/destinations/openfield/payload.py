@@ -1,0 +1,313 @@
+"""Warehouse rows → OpenField profile payloads, in the formats of Qualifio's OpenField integration (seed 002).
+
+Columns are named by Qualifio's variables (any case): ``email``, ``username``, ``firstname``,
+``lastname``, ``country``, ``locality``, ``zipcode`` (or ``zip``), ``address`` (plus ``number``,
+appended to it: OpenField's address is "street name + number"), ``gender``, ``civility``,
+``birthday``, ``language`` (the campaign's: Party.LanguageId), a participation time
+(``participated_at`` or ``participation_date``: each opt-in's ActivationDate) and opt-ins
+``optin_<name>`` (or any column listed in the activation's ``subscriptions``).
+
+Values are checked first by etl.destinations.actito.mapping's rules, reused as they are (e-mail, date,
+date-time, language, yes/no, string lengths), then put in OpenField's formats here:
+
+* gender → ``H``/``F``: ``H``, ``M``, ``male``, ``man``, ``homme`` → H; ``F``, ``female``, ``woman``,
+  ``femme`` → F (any case). Anything else is rejected: OpenField takes only H and F.
+* civility → ``M``/``MME``: ``M``, ``Mr``, ``Mr.``, ``Monsieur`` → M; ``MME``, ``Mme``, ``Mrs``,
+  ``Madame`` → MME. ``Ms``, ``Mlle``, ``Dr`` ... are rejected rather than guessed.
+* country → ISO 3166-1 alpha-3: alpha-2 codes are converted (BE → BEL, etl/values/data/iso3166-alpha3.txt),
+  alpha-3 codes checked against the same list; names (``Belgium``) and UK/EL are rejected.
+* birthday → ``DDMMYYYY``; participation time → ``YYYY-MM-DDTHH:MM:SS``; language → lower case.
+* an opt-in given (yes, true, 1, Y) becomes one ``Services`` entry; one not given, or empty, none.
+  An opt-in given on a row without a participation time is rejected: its consent time is unknown.
+
+Passwords are never synced: a column whose name contains "password" is dropped, with a warning,
+before any value is read. Any other column this module does not know is an error listing them
+all, as for the Qualifio preset: a column in the SELECT is data someone expects in OpenField.
+A rejected row goes to the run's reject file with its source row number and the reason.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.resources
+import json
+import logging
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from etl.destinations.actito.mapping import (
+    MAX_STRING,
+    FieldMap,
+    FieldRule,
+    MappingError,
+    RowMapper,
+    SubscriptionMap,
+    qualifio_subscription_name,
+)
+from etl.destinations.actito.mapping import Mapping as RowMapping
+
+log = logging.getLogger("audience_sync.openfield")
+
+#: Qualifio variable (lower case) → (OpenField field, rule of etl.destinations.actito.mapping)
+FIELDS: dict[str, tuple[str, FieldRule]] = {
+    "email": ("Email", "email"),
+    "username": ("UserName", "string"),
+    "firstname": ("FirstName", "string"),
+    "lastname": ("LastName", "string"),
+    "country": ("Country", "string"),
+    "locality": ("Locality", "string"),
+    "zipcode": ("ZipCode", "string"),
+    "zip": ("ZipCode", "string"),
+    "address": ("Address", "string"),
+    "number": ("AddressNumber", "string"),
+    "gender": ("Gender", "string"),
+    "civility": ("Civility", "string"),
+    "birthday": ("BirthDate", "date"),
+    "language": ("LanguageId", "language"),
+    "participated_at": ("ActivationDate", "datetime"),
+    "participation_date": ("ActivationDate", "datetime"),
+}
+OPTIN_PREFIX = "optin_"
+#: a value check and conversion: (text as etl.destinations.actito.mapping wrote it) -> (value for OpenField, why not)
+_Conversion = Callable[[pa.Array], tuple[pa.Array, pa.Array]]
+SERVICE_TYPE = "OPTINS"
+#: fields that are not sent as they are: folded into Party, Address or Services
+_NOT_PROFILE_FIELDS = frozenset({"AddressNumber", "LanguageId", "ActivationDate"})
+
+GENDERS: dict[str, str] = {"H": "H", "M": "H", "MALE": "H", "MAN": "H", "HOMME": "H",
+                           "F": "F", "FEMALE": "F", "WOMAN": "F", "FEMME": "F"}
+CIVILITIES: dict[str, str] = {"M": "M", "MR": "M", "MR.": "M", "MONSIEUR": "M",
+                              "MME": "MME", "MME.": "MME", "MRS": "MME", "MRS.": "MME", "MADAME": "MME"}
+
+
+@functools.cache
+def alpha3_of_alpha2() -> dict[str, str]:
+    """ISO 3166-1 alpha-2 → alpha-3 (read once from etl/values/data/iso3166-alpha3.txt)."""
+    text = importlib.resources.files("etl.values").joinpath("data", "iso3166-alpha3.txt").read_text(encoding="utf-8")
+    rows = (line.split("\t") for line in text.splitlines() if line and not line.startswith("#"))
+    return {row[0]: row[1] for row in rows}
+
+
+@dataclass(frozen=True)
+class Profile:
+    """One profile to send: its source row, its key value (what `find` looks for) and its payload."""
+
+    row: int
+    key: str
+    payload: dict[str, object]
+
+
+@dataclass(frozen=True)
+class PayloadBatch:
+    profiles: list[Profile]
+    #: row, value, reason: one row per rejected source row
+    rejects: pa.Table
+
+
+class PayloadBuilder:
+    """Builds the payloads of one query's chunks (stateful: numbers source rows across chunks)."""
+
+    def __init__(
+        self,
+        columns: Sequence[str],
+        *,
+        match_on: str,
+        party_version: int,
+        language: str,
+        services: Mapping[str, str] | None = None,
+        where: str = "",
+    ) -> None:
+        """``services``: source column → ServiceId, beside the ``optin_<name>`` columns (whose ServiceId
+        is ``<Name>``, as Qualifio pairs ``optin_newsletter`` with ``Newsletter``)."""
+        self.match_on = match_on
+        self.party_version = party_version
+        self.language = language.lower()
+        self.dropped = [column for column in columns if "password" in column.lower()]
+        for column in self.dropped:
+            log.warning("%s: column %r is not sent: passwords are never synced to OpenField "
+                        "(leave it out of the SELECT to silence this)", where, column)
+        self._mapping = _row_mapping([c for c in columns if c not in self.dropped], match_on, dict(services or {}))
+        self._mapper = RowMapper(self._mapping, where=where)
+        self._source = {field.target: field.source for field in self._mapping.fields}
+        self._services = [(s.column, s.source, s.subscription) for s in self._mapping.subscriptions]
+
+    def fingerprint_parts(self) -> list[object]:
+        """What changes every payload when it changes (so the delta snapshot starts over)."""
+        return [self._mapping, self.match_on, self.party_version, self.language]
+
+    def build(self, batch: pa.RecordBatch) -> PayloadBatch:
+        mapped = self._mapper.map(batch)
+        rows = mapped.rows
+        converted = {name: rows.column(name).combine_chunks() for name in rows.column_names}
+        reason = pa.nulls(rows.num_rows, pa.string())
+        value = pa.nulls(rows.num_rows, pa.string())
+        for target, check in _CONVERSIONS.items():
+            if target not in converted:
+                continue
+            written, why = check(converted[target])
+            converted[target] = written
+            reason, value = _first_reason(reason, value, why, f"{self._source[target]}: ", rows.column(target))
+        reason = self._undated_optins(rows, reason)
+        keep = pc.is_null(reason)
+        kept = rows.filter(keep)
+        later_rejects = pa.table({
+            "row": mapped.source_rows.filter(pc.invert(keep)),
+            "value": value.filter(pc.invert(keep)),
+            "reason": reason.filter(pc.invert(keep)),
+        })
+        profiles = list(self._profiles({k: v.filter(keep) for k, v in converted.items()},
+                                       mapped.source_rows.filter(keep), kept.num_rows))
+        rejects = pa.concat_tables([mapped.rejects.select(["row", "value", "reason"]), later_rejects])
+        return PayloadBatch(profiles, rejects.sort_by("row"))
+
+    def _undated_optins(self, rows: pa.Table, reason: pa.Array) -> pa.Array:
+        if not self._services:
+            return reason
+        when = rows.column("ActivationDate").combine_chunks()
+        for column, source, _ in self._services:
+            given = pc.fill_null(pc.equal(rows.column(column).combine_chunks(), "Y"), False)
+            undated = pc.and_(given, pc.is_null(when))
+            reason = pc.if_else(pc.and_(pc.is_null(reason), undated),
+                                f"{source}: given, but {self._source['ActivationDate']} is empty: "
+                                "OpenField needs the consent time (ActivationDate)", reason)
+        return reason
+
+    def _profiles(self, columns: dict[str, pa.Array], source_rows: pa.Array, count: int) -> Iterator[Profile]:
+        values = {name: array.to_pylist() for name, array in columns.items()}
+        numbers = source_rows.to_pylist()
+        for i in range(count):
+            row = {name: column[i] for name, column in values.items()}
+            yield Profile(numbers[i], str(row[self.match_on]), self._payload(row))
+
+    def _payload(self, row: dict[str, str | None]) -> dict[str, object]:
+        payload: dict[str, object] = {
+            "Party": {"PartyType": "Person", "Version": self.party_version,
+                      "LanguageId": (row.get("LanguageId") or self.language).lower()},
+        }
+        for name, value in row.items():
+            if value is not None and name not in _NOT_PROFILE_FIELDS and not name.startswith(_SERVICE_COLUMN):
+                payload[name] = value
+        if row.get("Address") and row.get("AddressNumber"):
+            payload["Address"] = f"{row['Address']} {row['AddressNumber']}"
+        services = [
+            {"ActivationDate": row["ActivationDate"], "ServiceId": service, "ServiceStatus": True,
+             "ServiceTypeId": SERVICE_TYPE}
+            for column, _, service in self._services if row.get(column) == "Y"
+        ]
+        if services:
+            payload["Services"] = services
+        return payload
+
+
+def payload_text(payload: Mapping[str, object]) -> str:
+    """The payload as sent: compact JSON, keys in their order (also what the delta snapshot hashes)."""
+    return json.dumps(payload, ensure_ascii=False, separators=(",", ":"))
+
+
+# --------------------------------------------------------------------------------------- the mapping
+
+_SERVICE_COLUMN = "subscription_"
+
+
+def _row_mapping(columns: Sequence[str], match_on: str, services: dict[str, str]) -> RowMapping:
+    """Which column feeds which field, checked before any row is read (every problem at once)."""
+    fields: list[FieldMap] = []
+    subscriptions: list[SubscriptionMap] = []
+    unknown: list[str] = []
+    for column in columns:
+        lower = column.lower()
+        if column in services:
+            subscriptions.append(SubscriptionMap(column, services[column]))
+        elif lower.startswith(OPTIN_PREFIX) and qualifio_subscription_name(column):
+            subscriptions.append(SubscriptionMap(column, qualifio_subscription_name(column)))
+        elif lower in FIELDS:
+            target, rule = FIELDS[lower]
+            fields.append(FieldMap(column, target, rule, MAX_STRING, required=target == match_on))
+        else:
+            unknown.append(column)
+    problems = []
+    if unknown:
+        problems.append(
+            f"{', '.join(map(repr, unknown))}: not a field of the OpenField profile (known: "
+            f"{', '.join(FIELDS)}, optin_<name>, or a column listed in the activation's subscriptions)"
+        )
+    if missing := [source for source in services if source not in columns]:
+        problems.append(f"subscriptions name {', '.join(map(repr, missing))}, which the query does not return")
+    targets = {field.target for field in fields}
+    if match_on not in targets:
+        wanted = next(name for name, (target, _) in FIELDS.items() if target == match_on)
+        problems.append(f"the profiles are matched on {match_on} (match_on) but the query has no {wanted!r} column")
+    if subscriptions and "ActivationDate" not in targets:
+        problems.append("opt-in columns need the participation time: add participated_at (or participation_date)")
+    if problems:
+        raise MappingError(problems, hint="alias the SQL columns to Qualifio's variable names, or remove them")
+    return RowMapping(key=match_on, fields=tuple(fields), subscriptions=tuple(subscriptions))
+
+
+# --------------------------------------------------------------------------------------- OpenField's formats
+
+
+def _from_words(words: Mapping[str, str], what: str) -> _Conversion:
+    keys, targets = pa.array(list(words), pa.string()), pa.array(list(words.values()), pa.string())
+
+    def convert(text: pa.Array) -> tuple[pa.Array, pa.Array]:
+        position = pc.index_in(pc.utf8_upper(text), value_set=keys)
+        bad = pc.and_(pc.is_valid(text), pc.is_null(position))
+        return pc.take(targets, position), _why(bad, text, what)
+
+    return convert
+
+
+def _country(text: pa.Array) -> tuple[pa.Array, pa.Array]:
+    table = alpha3_of_alpha2()
+    code = pc.utf8_upper(text)
+    alpha2 = pc.index_in(code, value_set=pa.array(list(table), pa.string()))
+    alpha3 = pc.fill_null(pc.is_in(code, value_set=pa.array(list(table.values()), pa.string())), False)
+    written = pc.if_else(alpha3, code, pc.take(pa.array(list(table.values()), pa.string()), alpha2))
+    bad = pc.and_(pc.is_valid(text), pc.is_null(written))
+    hint = pc.if_else(pc.equal(code, "UK"), " (the United Kingdom is GB or GBR)",
+                      pc.if_else(pc.equal(code, "EL"), " (Greece is GR or GRC)", ""))
+    return written, _why(bad, text, "an ISO 3166-1 country code (alpha-2 BE or alpha-3 BEL)", hint)
+
+
+def _birthday(text: pa.Array) -> tuple[pa.Array, pa.Array]:
+    """``yyyy-MM-dd`` (as the date rule wrote it) → ``DDMMYYYY``."""
+    day, month, year = (pc.utf8_slice_codeunits(text, a, b) for a, b in ((8, 10), (5, 7), (0, 4)))
+    return pc.binary_join_element_wise(day, month, year, ""), pa.nulls(len(text), pa.string())
+
+
+def _activation_date(text: pa.Array) -> tuple[pa.Array, pa.Array]:
+    """``yyyy-MM-dd HH:mm:ss`` (as the date-time rule wrote it) → ``yyyy-MM-ddTHH:mm:ss``."""
+    return pc.replace_substring(text, " ", "T", max_replacements=1), pa.nulls(len(text), pa.string())
+
+
+def _language(text: pa.Array) -> tuple[pa.Array, pa.Array]:
+    return pc.utf8_lower(text), pa.nulls(len(text), pa.string())
+
+
+def _why(bad: pa.Array, text: pa.Array, what: str, hint: pa.Array | str = "") -> pa.Array:
+    reasons = pc.binary_join_element_wise("'", text, f"' is not {what}", hint, "")
+    return pc.if_else(pc.fill_null(bad, False), reasons, pa.scalar(None, pa.string()))
+
+
+def _first_reason(
+    reason: pa.Array, value: pa.Array, why: pa.Array, prefix: str, text: pa.ChunkedArray
+) -> tuple[pa.Array, pa.Array]:
+    """Keep each row's first reason (fields in order), with the value as the warehouse had it."""
+    new = pc.and_(pc.is_null(reason), pc.is_valid(why))
+    return (pc.if_else(new, pc.binary_join_element_wise(prefix, why, ""), reason),
+            pc.if_else(new, text.combine_chunks(), value))
+
+
+#: OpenField field → its conversion from the string etl.destinations.actito.mapping's rule wrote (in this order)
+_CONVERSIONS: dict[str, _Conversion] = {
+    "Country": _country,
+    "Gender": _from_words(GENDERS, "a gender OpenField takes (H or F; M, male, female, homme, femme are read)"),
+    "Civility": _from_words(CIVILITIES, "a civility OpenField takes (M or MME; Mr, Mrs, Monsieur, Madame are read)"),
+    "BirthDate": _birthday,
+    "ActivationDate": _activation_date,
+    "LanguageId": _language,
+}

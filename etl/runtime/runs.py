@@ -1,0 +1,325 @@
+"""The life of one run, whatever the job kind: lock, record, time the steps, end in one status.
+
+Job kinds only describe their steps; this module guarantees the rest for all of them — that two
+processes never run one activation at once, that every run leaves exactly one ledger row with a
+final status, and that an unexpected exception is recorded as a failure with a readable message
+instead of escaping as a traceback.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import secrets
+import shutil
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from etl.config import Config
+from etl.errors import AudienceSyncError, LeaseLost, LockBusy
+from etl.files import private_directory
+from etl.runtime.leases import Lease, hold
+from etl.logs import redact
+from etl.runtime.ledger import StateStore
+
+log = logging.getLogger("audience_sync.run")
+
+#: The states a run passes through, recorded in the ledger (``details.checkpoint``) as each is reached,
+#: so that a run that dies (SIGKILL, OOM, power loss) shows where it stopped and the next run of the
+#: activation knows what to resolve. See docs/deploy.md, "Crashes and recovery".
+CHECKPOINTS = ("extracted", "written", "delivered", "confirmed", "recorded")
+
+#: Fault injection, for tests only: a run whose environment sets this to a checkpoint, or to
+#: ``chunk`` (after the first extracted chunk) or ``posted`` (an import POST answered, its execution
+#: id not yet in the ledger), SIGKILLs its own process there — a real crash at a known point.
+KILL_AT_ENV = "AUDIENCE_SYNC_KILL_AT"
+#: The same points, but the process stops itself (SIGSTOP: every thread, the lease heartbeat too)
+#: until someone sends it SIGCONT — a stalled run, as a frozen VM or a long GC pause makes one.
+STALL_AT_ENV = "AUDIENCE_SYNC_STALL_AT"
+
+
+def kill_point(name: str) -> None:
+    """Die (or stall) here, as abruptly as a process can, if the fault-injection variables ask for it."""
+    if os.environ.get(KILL_AT_ENV) == name:
+        os.kill(os.getpid(), signal.SIGKILL)
+    if os.environ.get(STALL_AT_ENV) == name:
+        os.kill(os.getpid(), signal.SIGSTOP)
+
+
+def new_run_id(started_at: datetime) -> str:
+    """Sortable and readable: the UTC start second plus a random suffix for runs started together."""
+    return f"{started_at.astimezone(UTC):%Y%m%dT%H%M%SZ}-{secrets.token_hex(3)}"
+
+
+@dataclass
+class RunContext:
+    """What a job kind's body sees: its identity, its scratch directory, and where to put results."""
+
+    config: Config
+    activation: str
+    run_id: str
+    started_at: datetime
+    dry_run: bool
+    run_dir: Path
+    progress: Callable[[str, dict[str, int]], None] = lambda activation, counts: None
+    #: step name -> seconds
+    steps: dict[str, float] = field(default_factory=dict)
+    #: columns of the ledger row (rows_extracted, file_name, ...) set by the job
+    results: dict[str, Any] = field(default_factory=dict)
+    #: free-form facts kept in the ledger's details (files, locations, reject file ...)
+    details: dict[str, Any] = field(default_factory=dict)
+    #: set by a scheduler shutting down: the run stops at its next chunk, recorded as interrupted
+    stop: threading.Event | None = None
+    #: `run --force`: deliver even when a safety guard (e.g. the shrink guard) would stop the run
+    force: bool = False
+    #: the ledger, where checkpoints are recorded as they are reached
+    store: StateStore | None = None
+    #: the activation's lease this run holds (None for a preview)
+    lease: Lease | None = None
+
+    def tick(self, counts: dict[str, int]) -> None:
+        """Called between chunks: report progress, and stop here if asked to (nothing is delivered then)."""
+        if self.stop is not None and self.stop.is_set():
+            raise RunInterrupted("stopped by a shutdown before it finished; nothing was delivered")
+        if self.lease is not None and self.lease.lost.is_set():
+            raise self.lease.lost_error(None)
+        self.progress(self.activation, counts)
+        kill_point("chunk")
+
+    def fence(self) -> None:
+        """Called before every irreversible step (a rename into place, a removal, a snapshot replace,
+        an import POST): renews the lease, or stops the run with LeaseLost if another run took it."""
+        if self.lease is not None:
+            self.lease.fence()
+
+    def checkpoint(self, name: str) -> None:
+        """The run reached ``name`` (one of CHECKPOINTS): written to the ledger at once, with the
+        details known so far (files and their sha256 ...), before the run goes on. The write is
+        fenced: a run that lost its lease stops here."""
+        self.details["checkpoint"] = name
+        if self.store is not None:
+            self.store.save_progress(self.run_id, {**self.details, "steps": self.steps}, fence=self.lease,
+                                     **self.results)
+        kill_point(name)
+
+    @contextmanager
+    def step(self, name: str) -> Iterator[None]:
+        began = time.perf_counter()
+        log.info("step %s started", name, extra={"fields": {"activation": self.activation, "run_id": self.run_id}})
+        try:
+            yield
+        finally:
+            self.steps[name] = round(time.perf_counter() - began, 3)
+
+
+class RunInterrupted(Exception):
+    """A run asked to stop (scheduler shutdown) stops between chunks, before delivering anything."""
+
+
+@dataclass(frozen=True)
+class RunOutcome:
+    activation: str
+    run_id: str | None
+    status: str  # succeeded | failed | interrupted | locked
+    dry_run: bool
+    duration_s: float
+    results: dict[str, Any]
+    details: dict[str, Any]
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "succeeded"
+
+
+JobBody = Callable[[RunContext], None]
+
+
+def execute(
+    config: Config,
+    store: StateStore,
+    activation: str,
+    kind: str,
+    body: JobBody,
+    *,
+    dry_run: bool = False,
+    progress: Callable[[str, dict[str, int]], None] | None = None,
+    now: datetime | None = None,
+    stop: threading.Event | None = None,
+    force: bool = False,
+) -> RunOutcome:
+    """Run ``body`` under the activation's lock and record it; never raises for a failed run."""
+    started_at = now or datetime.now(UTC)
+    run_id = new_run_id(started_at)
+    ttl = timedelta(minutes=config.settings.lock_ttl_minutes)
+    began = time.perf_counter()
+    try:
+        with hold(store, activation, run_id, ttl) as lease:
+            context = RunContext(config, activation, run_id, started_at, dry_run,
+                                 config.state_dir / "runs" / activation / run_id, stop=stop, force=force,
+                                 store=store, lease=lease)
+            if progress is not None:
+                context.progress = progress
+            return _run_locked(context, store, kind, body, began)
+    except LockBusy as busy:
+        log.warning(busy.message(), extra={"fields": {"activation": activation}})
+        return RunOutcome(activation, None, "locked", dry_run, 0.0, {}, {}, busy.message())
+
+
+def _run_locked(context: RunContext, store: StateStore, kind: str, body: JobBody, began: float) -> RunOutcome:
+    config, activation, run_id, dry_run = context.config, context.activation, context.run_id, context.dry_run
+    run_dir, stop = context.run_dir, context.stop
+    recovered = mark_dead_runs(store, activation, run_id, run_dir.parent)
+    store.start_run(run_id, activation, kind, dry_run=dry_run, started_at=context.started_at.replace(tzinfo=None))
+    if recovered:
+        context.details["recovered"] = recovered
+    fields = {"activation": activation, "run_id": run_id}
+    status, error = "succeeded", None
+    try:
+        private_directory(run_dir, root=config.state_dir)
+        body(context)
+    except AudienceSyncError as exc:
+        status, error = "failed", redact(exc.message())
+    except RunInterrupted as exc:
+        status, error = "interrupted", str(exc)
+    except KeyboardInterrupt:
+        status, error = "interrupted", "interrupted by the user or a signal"
+    except Exception as exc:  # a bug of ours: record it, keep the traceback in the log, not on the user's screen
+        status, error = "failed", redact(_unexpected(exc))
+        log.debug("internal error", exc_info=True, extra={"fields": fields})
+    pruned = prune_runs(store, config, activation, run_dir.parent, current=run_id)
+    if pruned:
+        context.details["pruned_runs"] = pruned
+    duration = round(time.perf_counter() - began, 3)
+    context.details["steps"] = context.steps
+    if status == "succeeded":
+        context.details["checkpoint"] = "recorded"
+    status, error = _record(context, status, error, duration)
+    kill_point("recorded")
+    level = logging.INFO if status == "succeeded" else logging.ERROR
+    log.log(level, "run %s%s", status, f": {error}" if error else "", extra={"fields": {**fields, **context.results}})
+    outcome = RunOutcome(activation, run_id, status, dry_run, duration, context.results, context.details, error)
+    announce(config, store, outcome)
+    if status == "interrupted" and stop is None:  # Ctrl-C on a one-shot run ends the command too
+        raise KeyboardInterrupt
+    return outcome
+
+
+def _record(context: RunContext, status: str, error: str | None, duration: float) -> tuple[str, str | None]:
+    """Write the run's final row under its lease; a run that lost it (whatever it then failed on, a
+    successor having removed its files, say) is recorded as such instead, never as succeeded."""
+    store, lease = context.store, context.lease
+    assert store is not None and lease is not None
+    values = {"finished_at": datetime.now(UTC).replace(tzinfo=None), "duration_s": duration,
+              "details": context.details, **context.results}
+    try:
+        store.finish_run(context.run_id, status, fence=lease, error=error, **values)
+    except LeaseLost as lost:
+        status, error = "failed", lost.message()
+        context.details["lease"] = "lost"
+        store.finish_run(context.run_id, status, error=error, **values)
+    return status, error
+
+
+#: a write that fails for one of these is the machine's state, not a bug: said so wherever it happens
+_DISK_ERRNOS = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is used up",
+                errno.EROFS: "the file system is read-only"}
+
+
+def _unexpected(exc: Exception) -> str:
+    """The message of an exception no layer turned into an AudienceSyncError."""
+    if isinstance(exc, OSError) and exc.errno in _DISK_ERRNOS:
+        where = f" writing {exc.filename}" if exc.filename else ""
+        return f"{_DISK_ERRNOS[exc.errno]} ({exc.strerror}{where}) — free some space or fix the volume, then run again"
+    return f"internal error ({type(exc).__name__}: {exc}) — please report it"
+
+
+def mark_dead_runs(store: StateStore, activation: str, run_id: str, runs_dir: Path) -> list[str]:
+    """Close the ledger rows of earlier runs that died while running, and remove their partial local files.
+
+    Called with the activation's lock held, so a run still marked running is no longer alive (its
+    process was killed or its host went down). What such a run left in flight elsewhere (an Actito
+    import, a temporary file at the location) is resolved by the job itself before it goes on."""
+    dead_ids: list[str] = []
+    for dead in store.unfinished_runs(activation):
+        stopped = dead.details.get("checkpoint") or "starting"
+        error = (f"the process died after '{stopped}' (killed or crashed) or stalled past its lease; "
+                 f"run {run_id} recovered it")
+        store.finish_run(dead.run_id, "interrupted", finished_at=datetime.now(UTC).replace(tzinfo=None),
+                         error=error, details={**dead.details, "recovered_by": run_id})
+        _remove_partial_files(runs_dir / dead.run_id)
+        log.warning("run %s of %s had died: %s", dead.run_id, activation, error,
+                    extra={"fields": {"activation": activation, "run_id": run_id, "dead_run_id": dead.run_id}})
+        dead_ids.append(dead.run_id)
+    return dead_ids
+
+
+def prune_runs(store: StateStore, config: Config, activation: str, runs_dir: Path, *, current: str) -> list[str]:
+    """Remove the local files of the activation's old runs: data minimisation.
+
+    Each run keeps its audience file, rejects and member lists under ``runs/ACTIVATION/RUN_ID/``:
+    personal data that must not be kept longer than needed (at 10M rows, gigabytes a run). A run's
+    directory goes once it is older than ``settings.run_retention_days``, unless it is one of the last
+    ``settings.keep_runs`` runs, still marked running, or has an import whose outcome is not yet known
+    (its successor needs the rows it sent). Its ledger row stays: counts, not people. Never fails the run."""
+    settings = config.settings
+    cutoff = datetime.now(UTC).replace(tzinfo=None) - timedelta(days=settings.run_retention_days)
+    try:
+        records = store.runs(activation, limit=100_000)
+        needed = {current, *(r.run_id for r in records[: settings.keep_runs])}
+        needed |= {r.run_id for r in records if r.status == "running"}
+        needed |= {i.run_id for i in store.unfinished_imports(activation, excluding_run=current)}
+        started = {r.run_id: r.started_at for r in records}
+        pruned = []
+        for path in sorted(runs_dir.iterdir()) if runs_dir.is_dir() else []:
+            if path.name in needed or path.is_symlink() or not path.is_dir():
+                continue
+            when = started.get(path.name) or datetime.fromtimestamp(path.stat().st_mtime, UTC).replace(tzinfo=None)
+            if when < cutoff:
+                shutil.rmtree(path)
+                pruned.append(path.name)
+    except (OSError, AudienceSyncError) as exc:
+        log.warning("old runs' files not pruned: %s", exc, extra={"fields": {"activation": activation}})
+        return []
+    if pruned:
+        log.info("removed the files of %d run(s) older than %g days", len(pruned), settings.run_retention_days,
+                 extra={"fields": {"activation": activation}})
+    return pruned
+
+
+def _remove_partial_files(run_dir: Path) -> None:
+    """Files a writer had not finished (hidden ``.partial`` / ``.tmp`` names): never complete, never used."""
+    if not run_dir.is_dir():
+        return
+    for path in run_dir.iterdir():
+        if path.name.startswith(".") and path.name.endswith((".partial", ".tmp", ".repack")):
+            path.unlink(missing_ok=True)
+
+
+def announce(config: Config, store: StateStore, outcome: RunOutcome) -> None:
+    """Alerts and metrics after every recorded run, whoever started it (CLI, cron, scheduler).
+    Neither may fail the run: problems are logged as warnings."""
+    from etl.ops.alerts import alert_for, previous_status, send_alert
+    from etl.ops.metrics import MetricsError, push, write_textfile
+
+    if outcome.run_id is None or outcome.dry_run:
+        return
+    alert = alert_for(outcome, previous_status(store, outcome.activation, outcome.run_id))
+    if alert is not None:
+        send_alert(config.alerts, alert)
+    metrics = config.metrics
+    if metrics.textfile is not None:
+        try:
+            write_textfile(metrics.model_copy(update={"textfile": config.path(metrics.textfile)}), [outcome], store)
+        except MetricsError as exc:
+            log.warning("metrics textfile not written: %s", exc.message())
+    if metrics.pushgateway_url:
+        push(metrics, [outcome], store)

@@ -1,0 +1,286 @@
+"""Who entered and who left an audience since its last delivered run.
+
+Every audience activation keeps a snapshot of the identifiers it last delivered (Parquet, zstd,
+mode 0600). Each run compares its audience with it: a membership delivery imports who entered and
+deletes who left, the ledger and the history show both counts, and the shrink guard tells whether
+a fall is real churn (many left, some entered) or a broken query (many left, none entered). The
+new snapshot is staged in the run's directory and moved into place only after a successful
+delivery, atomically, so a failed or dry run never moves it.
+
+Bounded memory: the comparison works on 64-bit hashes of the identifiers in sorted numpy arrays
+(at most 16 bytes a member), and the identifiers themselves are never all in memory: the next
+snapshot is written batch by batch while the run writes its file, and the previous one is read a
+row group at a time. Each row group is sorted by hash and carries the hashes next to the
+identifiers, so each side costs one read of a numeric column. 10M against 10M: docs/benchmarks.md,
+"Diffs", measured against pyarrow's left-anti join on the strings and DuckDB's anti-join.
+
+Why not sorted alphabetically: sorting 10M strings takes pyarrow 13 s or more and needs them all
+in memory at once; hash order comes with the comparison. The file is then about four times larger
+(e-mails in random order compress less, and the hashes are stored): 167 MB against 41 MB for 10M.
+
+Collisions: two different identifiers sharing a 64-bit hash are taken for one member. With n on
+each side the chance that such a pair exists is about n² / 2⁶⁴, 5e-6 for 10M against 10M; it
+would hide one entry (or one departure) for one run.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from etl.runtime.activation_state import MEMBERS, state_file
+from etl.errors import StateError
+from etl.files import create_private, write_error
+from etl.transform import hash_identifiers
+
+MEMBER, HASH = "member", "hash"
+_SCHEMA = pa.schema([(MEMBER, pa.string()), (HASH, pa.uint64())])
+#: the stored hashes are reused only if this version's hash function gives these same values
+_PROBES = pa.array(["", "a", "someone@example.org", "1234567890123", "é" * 21])
+_HASH_CHECK = b"audience_sync_hash_check"
+#: members gathered into one row group (about 2 MB of e-mails): few row groups, little memory
+ROW_GROUP_ROWS = 65_536
+
+
+@dataclass(frozen=True)
+class MemberDiff:
+    """How many entered and left since the last delivery; the identifiers too when asked for."""
+
+    size: int
+    entered: int
+    left: int
+    #: the next snapshot, staged until the delivery succeeded
+    staged: Path
+    #: False when there was no snapshot to compare with (a first run, or a lost state directory):
+    #: everyone counts as entered then
+    compared: bool = True
+    entered_members: pa.Array | None = None
+    left_members: pa.Array | None = None
+
+    def counts(self) -> dict[str, int]:
+        return {"entered": self.entered, "left": self.left}
+
+
+class MemberSnapshot:
+    """The identifiers an activation last delivered, on disk."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    @classmethod
+    def of(cls, state_dir: Path, activation: str) -> MemberSnapshot:
+        return cls(state_file(state_dir, activation, MEMBERS))
+
+    def diff(self, current: StagedMembers, *, identifiers: bool = False) -> MemberDiff:
+        """Compare the members staged by this run with the snapshot. ``identifiers``: also return who
+        entered and who left, not only how many.
+
+        Both sides are compared as whole sorted arrays (a search with sorted keys walks the other
+        array almost in order: measured 6 times faster than with unsorted keys), which holds two hash
+        arrays at once, 16 bytes a member; the identifiers are then found row group by row group
+        against the hashes of who entered or left, usually a small array."""
+        return self._diff(current.path, identifiers)
+
+    def rediff(self, diff: MemberDiff) -> MemberDiff:
+        """The same staged members compared again, after `apply_landed` changed the snapshot."""
+        return self._diff(diff.staged, diff.entered_members is not None)
+
+    @contextmanager
+    def _reading(self) -> Iterator[None]:
+        """A snapshot that is a link, or that cannot be read, is said as such: never read through a link
+        planted in the state directory, never an internal error."""
+        if self.path.is_symlink():
+            raise StateError("the members snapshot is a symbolic link: runs never read or write through one",
+                             where=str(self.path), hint="remove it; the next run then compares with no snapshot "
+                                                        "(every member counts as entered)")
+        try:
+            yield
+        except (pa.ArrowException, OSError) as exc:
+            raise StateError(f"the members snapshot cannot be read ({exc})", where=str(self.path),
+                             hint="it is damaged: remove it; the next run then compares with no snapshot "
+                                  "(every member counts as entered)") from None
+
+    def _diff(self, staged: Path, identifiers: bool) -> MemberDiff:
+        with self._reading():
+            return self._compare(staged, identifiers)
+
+    def _compare(self, staged: Path, identifiers: bool) -> MemberDiff:
+        current_sorted, previous_sorted = _sorted_hashes(staged), _sorted_hashes(self.path)
+        entered = current_sorted[~_sorted_present(current_sorted, previous_sorted)]
+        left = previous_sorted[~_sorted_present(previous_sorted, current_sorted)]
+        diff = MemberDiff(len(current_sorted), len(entered), len(left), staged, compared=self.path.exists())
+        del current_sorted, previous_sorted
+        if not identifiers:
+            return diff
+        return replace(diff, entered_members=_members_among(staged, entered),
+                       left_members=_members_among(self.path, left))
+
+    def apply_landed(self, added: pa.Array, removed: pa.Array) -> None:
+        """Members a run that died got into (or out of) Actito without living to replace the snapshot:
+        applied to it, so that the next diff is taken against what Actito really holds. Rare (after a
+        crash mid-delivery), so the snapshot is simply rewritten, a row group at a time."""
+        with self._reading():
+            self._rewrite(added, removed)
+
+    def _rewrite(self, added: pa.Array, removed: pa.Array) -> None:
+        known = _sorted_hashes(self.path)
+        removed_hashes = np.sort(hash_identifiers(removed)) if len(removed) else np.empty(0, np.uint64)
+        rewritten = self.path.with_name(f".{self.path.name}.recovering")
+        with StagedMembers(rewritten) as members:
+            if self.path.exists():
+                file = pq.ParquetFile(self.path)
+                for index in range(file.num_row_groups):
+                    group = file.read_row_group(index, columns=[MEMBER]).column(MEMBER).combine_chunks()
+                    members.add(group.filter(pa.array(~_present(hash_identifiers(group), removed_hashes))))
+            if len(added):
+                members.add(added.filter(pa.array(~_present(hash_identifiers(added), known))))
+        rewritten.replace(self.path)
+
+    def replace(self, diff: MemberDiff) -> None:
+        """Move the staged snapshot into place (a rename: a crash leaves the old one or the new one)."""
+        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        diff.staged.replace(self.path)
+
+
+class StagedMembers:
+    """The next snapshot, written batch by batch as the run writes its file: batches are gathered into
+    row groups of about ROW_GROUP_ROWS members, each sorted by hash and holding its hashes, so nothing
+    accumulates in memory while the audience streams."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._pending: list[pa.Array] = []
+        self._pending_hashes: list[np.ndarray] = []
+        self._pending_rows = 0
+        with self._writing():
+            path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            self._handle = create_private(path)
+            check = {_HASH_CHECK: hash_identifiers(_PROBES).tobytes()}
+            # every value is distinct and the hashes are random: a dictionary, compressing the hashes or
+            # min/max statistics nobody filters on are wasted work
+            self._writer = pq.ParquetWriter(self._handle, _SCHEMA.with_metadata(check), use_dictionary=False,
+                                            compression={MEMBER: "zstd", HASH: "none"}, write_statistics=False)
+
+    @contextmanager
+    def _writing(self) -> Iterator[None]:
+        """A full disk or a permission problem is the user's to fix: said as such, with the file."""
+        try:
+            yield
+        except OSError as exc:
+            raise write_error(self.path, exc) from exc
+
+    def add(self, members: pa.Array | pa.ChunkedArray, hashes: np.ndarray | None = None) -> None:
+        """``hashes``: `hash_identifiers` of ``members`` if the caller has them (the cleaner does)."""
+        if not len(members):
+            return
+        if isinstance(members, pa.ChunkedArray):
+            members = members.combine_chunks()
+        if not pa.types.is_string(members.type):
+            members = pc.cast(members, pa.string())  # profileIds: the text the file holds
+        self._pending.append(members)
+        self._pending_hashes.append(hash_identifiers(members) if hashes is None else hashes)
+        self._pending_rows += len(members)
+        if self._pending_rows >= ROW_GROUP_ROWS:
+            self._flush()
+
+    def _flush(self) -> None:
+        """One row group of the batches gathered so far: gathered, because a row group per small
+        chunk (chunk_size = 100) made 3,000 row groups of a 300k audience, each with its own
+        metadata to write and to read back, and the diff ten times slower."""
+        if not self._pending:
+            return
+        members, hashes = pa.concat_arrays(self._pending), np.concatenate(self._pending_hashes)
+        self._pending, self._pending_hashes, self._pending_rows = [], [], 0
+        order = np.argsort(hashes)
+        # one row group, whatever its size (pyarrow would split one of over 1,048,576 rows, and the
+        # halves would no longer be sorted on their own)
+        with self._writing():
+            self._writer.write_table(pa.table([members.take(pa.array(order)), hashes[order]], schema=_SCHEMA),
+                                     row_group_size=len(members))
+
+    def close(self) -> None:
+        if not self._handle.closed:
+            with self._writing():
+                try:
+                    self._flush()
+                    self._writer.close()
+                finally:
+                    self._handle.close()
+
+    def __enter__(self) -> StagedMembers:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _sorted_hashes(path: Path) -> np.ndarray:
+    """All the hashes of a snapshot file, sorted, in one array allocated once."""
+    if not path.exists():
+        return np.empty(0, np.uint64)
+    hashes = np.empty(pq.ParquetFile(path).metadata.num_rows, np.uint64)
+    start = 0
+    for group in _row_groups(path):
+        hashes[start:start + len(group)] = group
+        start += len(group)
+    hashes.sort()
+    return hashes
+
+
+def _row_groups(path: Path) -> Iterator[np.ndarray]:
+    """Each row group's hashes; recomputed from the identifiers if the hash function changed."""
+    file = pq.ParquetFile(path)
+    stored = _hashes_stored(file)
+    for index in range(file.num_row_groups):
+        if stored:
+            yield file.read_row_group(index, columns=[HASH]).column(HASH).to_numpy()
+        else:
+            yield hash_identifiers(file.read_row_group(index, columns=[MEMBER]).column(MEMBER))
+
+
+def _hashes_stored(file: pq.ParquetFile) -> bool:
+    """Whether the file's hashes are this version's (an older snapshot holds the identifiers only)."""
+    return (file.schema_arrow.metadata or {}).get(_HASH_CHECK) == hash_identifiers(_PROBES).tobytes()
+
+
+def _present(values: np.ndarray, sorted_set: np.ndarray) -> np.ndarray:
+    """For each value, whether it is in ``sorted_set`` (sorted ascending; fastest when ``values`` is too)."""
+    if not len(sorted_set):
+        return np.zeros(len(values), dtype=bool)
+    positions = np.searchsorted(sorted_set, values)
+    positions[positions == len(sorted_set)] = 0
+    return sorted_set[positions] == values  # type: ignore[no-any-return]
+
+
+def _sorted_present(values: np.ndarray, sorted_set: np.ndarray, block: int = 1 << 14) -> np.ndarray:
+    """``_present`` for sorted ``values``: each block of them is searched only in the slice of
+    ``sorted_set`` its range spans, which stays in the CPU cache (2 to 3 times faster on 10M)."""
+    found = np.empty(len(values), dtype=bool)
+    for start in range(0, len(values), block):
+        part = values[start:start + block]
+        low, high = np.searchsorted(sorted_set, part[0]), np.searchsorted(sorted_set, part[-1], side="right")
+        found[start:start + block] = _present(part, sorted_set[low:high])
+    return found
+
+
+def _members_among(path: Path, hashes: np.ndarray) -> pa.Array:
+    """The identifiers of a snapshot file whose hashes are among ``hashes`` (sorted); each row
+    group's identifiers and hashes are read in one call (a third less work than two)."""
+    if not path.exists() or not len(hashes):
+        return pa.array([], pa.string())
+    file = pq.ParquetFile(path)
+    stored = _hashes_stored(file)
+    found = []
+    for index in range(file.num_row_groups):
+        group = file.read_row_group(index, columns=[MEMBER, HASH] if stored else [MEMBER])
+        members = group.column(MEMBER).combine_chunks()
+        group_hashes = group.column(HASH).to_numpy() if stored else hash_identifiers(members)
+        found.append(members.filter(pa.array(_present(group_hashes, hashes))))
+    return pa.concat_arrays(found)
