@@ -29,6 +29,7 @@ from etl.files import private_directory
 from etl.runtime.leases import Lease, hold
 from etl.logs import redact
 from etl.runtime.ledger import StateStore
+from etl.runtime.results import Delivery
 
 log = logging.getLogger("audience_sync.run")
 
@@ -84,6 +85,8 @@ class RunContext:
     store: StateStore | None = None
     #: the activation's lease this run holds (None for a preview)
     lease: Lease | None = None
+    #: the destination's own account of what it delivered, set by the destination
+    delivery: Delivery | None = None
 
     def tick(self, counts: dict[str, int]) -> None:
         """Called between chunks: report progress, and stop here if asked to (nothing is delivered then)."""
