@@ -158,7 +158,7 @@ def _case_duckdb(directory: Path, previous: Path, target: Path) -> dict[str, int
 
 
 def _case_numpy_setdiff1d(directory: Path, previous: Path, target: Path) -> dict[str, int]:
-    from etl.transform import hash_identifiers
+    from etl.transform.dedupe import hash_identifiers
 
     current = _current(directory)
     now = hash_identifiers(current)

@@ -261,7 +261,7 @@ def _check_queries(config: Config) -> None:
     """``validate --connect``: every warehouse reached and every query planned, or every problem at once."""
     from etl.config import AudienceActivation
     from etl.extract import check_queries
-    from etl.transform import AudienceCleaner
+    from etl.transform.audience import AudienceCleaner
 
     def choose(name: str, columns: list[str]) -> None:
         activation = config.activations[name]

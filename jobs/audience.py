@@ -23,7 +23,7 @@ from etl.files import CsvFileWriter, RejectWriter, WrittenFile, final_file_name,
 from etl.errors import AudienceSyncError, FileTooLarge
 from etl.runtime.runs import RunContext
 from etl.runtime.ledger import open_store
-from etl.transform import HEADER, AudienceCleaner, AudienceCounts, CleanBatch
+from etl.transform.audience import HEADER, AudienceCleaner, AudienceCounts, CleanBatch
 
 KIND = "audience"
 #: a writer's max_bytes that never cuts a part: an audience file is one file (see refuse_too_large)

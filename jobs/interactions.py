@@ -4,7 +4,7 @@ INTERACTIONS, upserted on the table's primary key and linked to profiles by its 
 from __future__ import annotations
 
 from etl.destinations.actito.imports import ImportPlan, MappingFactory, run_plan, target_for
-from etl.destinations.actito.mapping import qualifio_interaction_mapping
+from etl.destinations.actito.presets import qualifio_interaction_mapping
 from etl.config import Config, InteractionsActivation
 from etl.runtime.runs import RunContext
 from jobs.profiles import by_name

@@ -17,14 +17,14 @@ import pyarrow.compute as pc
 from etl.destinations.actito.client import Table
 from etl.destinations.actito.connect import open_client
 from etl.destinations.actito.imports import ImportTarget, preflight, rule_for, send_rows
-from etl.destinations.actito.mapping import Mapping, explicit_mapping
+from etl.transform.mapping import Mapping, explicit_mapping
 from etl.destinations.actito.recovery import Landed, discard_sent, recover_earlier_runs
 from etl.config import AudienceActivation, Destination
 from etl.transform.members import MemberDiff, MemberSnapshot
 from etl.extract import local_time
 from etl.files import RejectWriter
 from etl.runtime.runs import RunContext
-from etl.transform import HEADER
+from etl.transform.audience import HEADER
 
 
 def deliver_membership(

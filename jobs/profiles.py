@@ -10,7 +10,8 @@ from collections.abc import Sequence
 
 from etl.destinations.actito.client import Table
 from etl.destinations.actito.imports import ImportPlan, MappingFactory, rule_for, run_plan, target_for
-from etl.destinations.actito.mapping import Mapping, explicit_mapping, qualifio_mapping
+from etl.destinations.actito.presets import qualifio_mapping
+from etl.transform.mapping import Mapping, explicit_mapping
 from etl.config import Config, ImportActivationBase, OpenFieldDestination, ProfilesActivation
 from etl.runtime.runs import RunContext
 

@@ -7,7 +7,7 @@ profile Actito does not know is not propagated, and Actito's report lists it as 
 from __future__ import annotations
 
 from etl.destinations.actito.imports import ImportPlan, MappingFactory, run_plan, target_for
-from etl.destinations.actito.mapping import didomi_mapping
+from etl.destinations.actito.presets import didomi_mapping
 from etl.config import Config, SubscriptionsActivation
 from etl.runtime.runs import RunContext
 from jobs.profiles import by_name

@@ -18,7 +18,7 @@ import pytest
 from etl.runtime.leases import hold
 from etl.config import load_config
 from etl.runtime.ledger import StateStore
-from etl.transform import email_rejection_reasons
+from etl.values.email import email_rejection_reasons
 
 
 def cli(config: Path, *args: str) -> subprocess.CompletedProcess[str]:

@@ -19,7 +19,7 @@ import pytest
 import sqlalchemy as sa
 
 import dbservers
-from etl.destinations.actito.mapping import FieldRule, apply_rule
+from etl.values.rules import FieldRule, apply_rule
 from etl.errors import FileWriteError
 from etl.transform.delta import replace_parquet
 from conftest import Shown

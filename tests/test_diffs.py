@@ -17,7 +17,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from etl.transform.members import MemberSnapshot, StagedMembers
-from etl.transform import AudienceCleaner, hash_identifiers
+from etl.transform.audience import AudienceCleaner
+from etl.transform.dedupe import hash_identifiers
 from etl.runtime.ledger import RunRecord, StateStore
 
 

@@ -16,15 +16,9 @@ import pyarrow as pa
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from etl.transform import (
-    DUPLICATE,
-    EMAIL_REASONS,
-    PROFILE_ID_REASONS,
-    AudienceCleaner,
-    email_rejection_reasons,
-    known_tlds,
-    normalise_emails,
-)
+from etl.transform.audience import DUPLICATE, AudienceCleaner
+from etl.values.email import EMAIL_REASONS, email_rejection_reasons, known_tlds, normalise_emails
+from etl.values.ids import PROFILE_ID_REASONS
 
 TLDS = frozenset(known_tlds().to_pylist())
 LOCAL_CHARACTERS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789.!#$%&'*+-/=?^_`{|}~")

@@ -104,7 +104,7 @@ def test_debug_shows_the_traceback_of_an_internal_error_during_a_run(
 ) -> None:
     config = project(DEMO_ACTIVATION)
     # a bug planted in this process only: the cleaner raises something no layer turns into a user error
-    plant = ("import etl.transform as t, etl.cli as c, sys\n"
+    plant = ("import etl.transform.audience as t, etl.cli as c, sys\n"
              "def broken(self, batch): raise ZeroDivisionError('planted')\n"
              "t.AudienceCleaner.clean = broken\n"
              "sys.exit(c.main(sys.argv[1:]))\n")

@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 
 from etl.destinations.actito.check import check_destination
-from etl.destinations.actito.mapping import RowMapper, qualifio_mapping
+from etl.destinations.actito.presets import qualifio_mapping
+from etl.transform.mapping import RowMapper
 from etl.config import Config, load_config
 from etl.extract import activation_batches
 from etl.runtime.runs import RunOutcome, execute

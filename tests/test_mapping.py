@@ -13,24 +13,20 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from etl.destinations.actito.mapping import (
+from etl.destinations.actito.presets import didomi_mapping, qualifio_interaction_mapping, qualifio_mapping
+from etl.transform.mapping import (
     REJECTS_SCHEMA,
-    RULES,
     FieldMap,
-    FieldRule,
     Mapping,
     MappingError,
     RowMapper,
     SubscriptionMap,
-    apply_rule,
-    country_codes,
-    didomi_mapping,
     explicit_mapping,
-    language_codes,
-    qualifio_interaction_mapping,
-    qualifio_mapping,
     qualifio_subscription_name,
 )
+from etl.values.countries import country_codes
+from etl.values.languages import language_codes
+from etl.values.rules import RULES, FieldRule, apply_rule
 from etl.errors import TransformError
 
 COUNTRIES = set(country_codes().to_pylist())

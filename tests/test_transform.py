@@ -14,19 +14,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from etl.errors import TransformError
-from etl.transform import (
-    DUPLICATE,
-    EMAIL_REASONS,
-    HEADER,
-    PROFILE_ID_REASONS,
-    AudienceCleaner,
-    ONE_PASS_MIN_VALUES,
-    AudienceCounts,
-    SeenHashes,
-    email_rejection_reasons,
-    known_tlds,
-    normalise_emails,
-)
+from etl.transform.audience import DUPLICATE, HEADER, AudienceCleaner, AudienceCounts
+from etl.transform.dedupe import SeenHashes
+from etl.values.email import EMAIL_REASONS, ONE_PASS_MIN_VALUES, email_rejection_reasons, known_tlds, normalise_emails
+from etl.values.ids import PROFILE_ID_REASONS
 
 TLDS = set(known_tlds().to_pylist())
 

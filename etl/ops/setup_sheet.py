@@ -15,7 +15,7 @@ from apscheduler.triggers.cron import CronTrigger
 from etl.config import AudienceActivation, Config, Destination, FtpsLocation, LocalLocation, SftpLocation, parse_interval
 from etl.files import final_file_name
 from etl.runtime.ledger import open_store
-from etl.transform import HEADER
+from etl.transform.audience import HEADER
 
 _SEPARATORS = {",": "comma (,)", ";": "semicolon (;)", "\t": "tab"}
 

@@ -42,7 +42,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 from etl.config import OPENFIELD_ROUTES
 from etl.destinations.openfield.connect import SANDBOX_DEMO_PASSWORD as DEMO_PASSWORD
-from etl.destinations.openfield.payload import alpha3_of_alpha2
+from etl.values.countries import alpha3_of_alpha2
 
 #: the demo's tenant and application (and DEMO_PASSWORD, the client's default): demo values, not secrets
 DEMO_TENANT = "demo-tenant"

@@ -38,7 +38,7 @@ import pyarrow.parquet as pq
 from etl.runtime.activation_state import MEMBERS, state_file
 from etl.errors import StateError
 from etl.files import create_private, write_error
-from etl.transform import hash_identifiers
+from etl.transform.dedupe import hash_identifiers
 
 MEMBER, HASH = "member", "hash"
 _SCHEMA = pa.schema([(MEMBER, pa.string()), (HASH, pa.uint64())])

@@ -25,14 +25,15 @@ import pyarrow.compute as pc
 from etl.destinations.actito.client import ActitoClient, Attribute, Execution, Table
 from etl.destinations.actito.connect import open_client
 from etl.destinations.actito.errors import ActitoBudgetExhausted, ActitoError
-from etl.destinations.actito.mapping import FieldMap, FieldRule, Mapping, RowMapper
+from etl.transform.mapping import FieldMap, Mapping, RowMapper
+from etl.values.rules import FieldRule
 from etl.destinations.actito.recovery import Landed, discard_sent, part_reference, recover_earlier_runs, stage_sent
 from etl.config import Config, Destination, ImportActivationBase
 from etl.extract import activation_batches
 from etl.files import Compression, CsvFileWriter, RejectWriter, WrittenFile
 from etl.runtime.runs import RunContext, kill_point
 from etl.runtime.ledger import open_store
-from etl.transform import SeenHashes
+from etl.transform.dedupe import SeenHashes
 from etl.runtime.activation_state import ROWS, state_file
 from etl.transform.delta import RowSnapshot, fingerprint, key_hashes, row_hashes
 

@@ -7,8 +7,8 @@ appended to it: OpenField's address is "street name + number"), ``gender``, ``ci
 (``participated_at`` or ``participation_date``: each opt-in's ActivationDate) and opt-ins
 ``optin_<name>`` (or any column listed in the activation's ``subscriptions``).
 
-Values are checked first by etl.destinations.actito.mapping's rules, reused as they are (e-mail, date,
-date-time, language, yes/no, string lengths), then put in OpenField's formats here:
+Values are checked first by the value rules of etl.values, through etl.transform.mapping (e-mail,
+date, date-time, language, yes/no, string lengths), then put in OpenField's formats here:
 
 * gender → ``H``/``F``: ``H``, ``M``, ``male``, ``man``, ``homme`` → H; ``F``, ``female``, ``woman``,
   ``femme`` → F (any case). Anything else is rejected: OpenField takes only H and F.
@@ -28,8 +28,6 @@ A rejected row goes to the run's reject file with its source row number and the 
 
 from __future__ import annotations
 
-import functools
-import importlib.resources
 import json
 import logging
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -38,20 +36,25 @@ from dataclasses import dataclass
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from etl.destinations.actito.mapping import (
+from etl.transform.mapping import (
     MAX_STRING,
+    QUALIFIO_OPTIN_PREFIX,
+    SUBSCRIPTION_PREFIX,
     FieldMap,
-    FieldRule,
     MappingError,
     RowMapper,
     SubscriptionMap,
+    first_reasons,
     qualifio_subscription_name,
 )
-from etl.destinations.actito.mapping import Mapping as RowMapping
+from etl.transform.mapping import Mapping as RowMapping
+from etl.values.countries import alpha3_of_alpha2
+from etl.values.rules import FieldRule
+from etl.values.text import STRING, concat, nulls
 
 log = logging.getLogger("audience_sync.openfield")
 
-#: Qualifio variable (lower case) → (OpenField field, rule of etl.destinations.actito.mapping)
+#: Qualifio variable (lower case) → (OpenField field, rule of etl.values.rules)
 FIELDS: dict[str, tuple[str, FieldRule]] = {
     "email": ("Email", "email"),
     "username": ("UserName", "string"),
@@ -70,8 +73,7 @@ FIELDS: dict[str, tuple[str, FieldRule]] = {
     "participated_at": ("ActivationDate", "datetime"),
     "participation_date": ("ActivationDate", "datetime"),
 }
-OPTIN_PREFIX = "optin_"
-#: a value check and conversion: (text as etl.destinations.actito.mapping wrote it) -> (value for OpenField, why not)
+#: a value check and conversion: (text as its rule wrote it) -> (value for OpenField, why not)
 _Conversion = Callable[[pa.Array], tuple[pa.Array, pa.Array]]
 SERVICE_TYPE = "OPTINS"
 #: fields that are not sent as they are: folded into Party, Address or Services
@@ -81,14 +83,6 @@ GENDERS: dict[str, str] = {"H": "H", "M": "H", "MALE": "H", "MAN": "H", "HOMME":
                            "F": "F", "FEMALE": "F", "WOMAN": "F", "FEMME": "F"}
 CIVILITIES: dict[str, str] = {"M": "M", "MR": "M", "MR.": "M", "MONSIEUR": "M",
                               "MME": "MME", "MME.": "MME", "MRS": "MME", "MRS.": "MME", "MADAME": "MME"}
-
-
-@functools.cache
-def alpha3_of_alpha2() -> dict[str, str]:
-    """ISO 3166-1 alpha-2 → alpha-3 (read once from etl/values/data/iso3166-alpha3.txt)."""
-    text = importlib.resources.files("etl.values").joinpath("data", "iso3166-alpha3.txt").read_text(encoding="utf-8")
-    rows = (line.split("\t") for line in text.splitlines() if line and not line.startswith("#"))
-    return {row[0]: row[1] for row in rows}
 
 
 @dataclass(frozen=True)
@@ -142,14 +136,14 @@ class PayloadBuilder:
         mapped = self._mapper.map(batch)
         rows = mapped.rows
         converted = {name: rows.column(name).combine_chunks() for name in rows.column_names}
-        reason = pa.nulls(rows.num_rows, pa.string())
-        value = pa.nulls(rows.num_rows, pa.string())
+        reason, value = nulls(rows.num_rows), nulls(rows.num_rows)
         for target, check in _CONVERSIONS.items():
             if target not in converted:
                 continue
             written, why = check(converted[target])
             converted[target] = written
-            reason, value = _first_reason(reason, value, why, f"{self._source[target]}: ", rows.column(target))
+            reason, new = first_reasons(reason, why, f"{self._source[target]}: ")
+            value = pc.if_else(new, rows.column(target).combine_chunks(), value)
         reason = self._undated_optins(rows, reason)
         keep = pc.is_null(reason)
         kept = rows.filter(keep)
@@ -188,7 +182,7 @@ class PayloadBuilder:
                       "LanguageId": (row.get("LanguageId") or self.language).lower()},
         }
         for name, value in row.items():
-            if value is not None and name not in _NOT_PROFILE_FIELDS and not name.startswith(_SERVICE_COLUMN):
+            if value is not None and name not in _NOT_PROFILE_FIELDS and not name.startswith(SUBSCRIPTION_PREFIX):
                 payload[name] = value
         if row.get("Address") and row.get("AddressNumber"):
             payload["Address"] = f"{row['Address']} {row['AddressNumber']}"
@@ -209,9 +203,6 @@ def payload_text(payload: Mapping[str, object]) -> str:
 
 # --------------------------------------------------------------------------------------- the mapping
 
-_SERVICE_COLUMN = "subscription_"
-
-
 def _row_mapping(columns: Sequence[str], match_on: str, services: dict[str, str]) -> RowMapping:
     """Which column feeds which field, checked before any row is read (every problem at once)."""
     fields: list[FieldMap] = []
@@ -221,7 +212,7 @@ def _row_mapping(columns: Sequence[str], match_on: str, services: dict[str, str]
         lower = column.lower()
         if column in services:
             subscriptions.append(SubscriptionMap(column, services[column]))
-        elif lower.startswith(OPTIN_PREFIX) and qualifio_subscription_name(column):
+        elif lower.startswith(QUALIFIO_OPTIN_PREFIX) and qualifio_subscription_name(column):
             subscriptions.append(SubscriptionMap(column, qualifio_subscription_name(column)))
         elif lower in FIELDS:
             target, rule = FIELDS[lower]
@@ -251,7 +242,7 @@ def _row_mapping(columns: Sequence[str], match_on: str, services: dict[str, str]
 
 
 def _from_words(words: Mapping[str, str], what: str) -> _Conversion:
-    keys, targets = pa.array(list(words), pa.string()), pa.array(list(words.values()), pa.string())
+    keys, targets = pa.array(list(words), STRING), pa.array(list(words.values()), STRING)
 
     def convert(text: pa.Array) -> tuple[pa.Array, pa.Array]:
         position = pc.index_in(pc.utf8_upper(text), value_set=keys)
@@ -276,33 +267,24 @@ def _country(text: pa.Array) -> tuple[pa.Array, pa.Array]:
 def _birthday(text: pa.Array) -> tuple[pa.Array, pa.Array]:
     """``yyyy-MM-dd`` (as the date rule wrote it) → ``DDMMYYYY``."""
     day, month, year = (pc.utf8_slice_codeunits(text, a, b) for a, b in ((8, 10), (5, 7), (0, 4)))
-    return pc.binary_join_element_wise(day, month, year, ""), pa.nulls(len(text), pa.string())
+    return concat(day, month, year), nulls(len(text))
 
 
 def _activation_date(text: pa.Array) -> tuple[pa.Array, pa.Array]:
     """``yyyy-MM-dd HH:mm:ss`` (as the date-time rule wrote it) → ``yyyy-MM-ddTHH:mm:ss``."""
-    return pc.replace_substring(text, " ", "T", max_replacements=1), pa.nulls(len(text), pa.string())
+    return pc.replace_substring(text, " ", "T", max_replacements=1), nulls(len(text))
 
 
 def _language(text: pa.Array) -> tuple[pa.Array, pa.Array]:
-    return pc.utf8_lower(text), pa.nulls(len(text), pa.string())
+    return pc.utf8_lower(text), nulls(len(text))
 
 
 def _why(bad: pa.Array, text: pa.Array, what: str, hint: pa.Array | str = "") -> pa.Array:
-    reasons = pc.binary_join_element_wise("'", text, f"' is not {what}", hint, "")
-    return pc.if_else(pc.fill_null(bad, False), reasons, pa.scalar(None, pa.string()))
+    reasons = concat("'", text, f"' is not {what}", hint)
+    return pc.if_else(pc.fill_null(bad, False), reasons, pa.scalar(None, STRING))
 
 
-def _first_reason(
-    reason: pa.Array, value: pa.Array, why: pa.Array, prefix: str, text: pa.ChunkedArray
-) -> tuple[pa.Array, pa.Array]:
-    """Keep each row's first reason (fields in order), with the value as the warehouse had it."""
-    new = pc.and_(pc.is_null(reason), pc.is_valid(why))
-    return (pc.if_else(new, pc.binary_join_element_wise(prefix, why, ""), reason),
-            pc.if_else(new, text.combine_chunks(), value))
-
-
-#: OpenField field → its conversion from the string etl.destinations.actito.mapping's rule wrote (in this order)
+#: OpenField field → its conversion from the string its rule wrote (in this order)
 _CONVERSIONS: dict[str, _Conversion] = {
     "Country": _country,
     "Gender": _from_words(GENDERS, "a gender OpenField takes (H or F; M, male, female, homme, femme are read)"),

@@ -43,7 +43,7 @@ from etl.runtime.runs import RunContext
 from etl.runtime.ledger import open_store
 from etl.runtime.activation_state import ROWS, state_file
 from etl.transform.delta import RowSnapshot, fingerprint, key_hashes, row_hashes
-from etl.transform import SeenHashes
+from etl.transform.dedupe import SeenHashes
 
 log = logging.getLogger("audience_sync.openfield")
 

@@ -1,0 +1,227 @@
+"""Presets: the column conventions of Actito's partners' integrations, as mappings.
+
+Qualifio's variable names (:func:`qualifio_mapping` for profiles, :func:`qualifio_interaction_mapping`
+for participations) and Didomi's consents (:func:`didomi_mapping`). A preset maps only the columns
+present, and a column it does not know is an error listing every such column, never silently
+dropped: a column in the SELECT is data someone expects in Actito.
+"""
+
+from __future__ import annotations
+
+import collections.abc as cabc
+from collections.abc import Sequence
+from types import MappingProxyType
+
+from etl.transform.mapping import (
+    MAX_STRING,
+    QUALIFIO_OPTIN_PREFIX,
+    FieldMap,
+    Mapping,
+    MappingError,
+    SubscriptionMap,
+    qualifio_subscription_name,
+    rule_of,
+    subscription_maps,
+)
+from etl.values.rules import FieldRule
+from etl.values.text import listing
+
+_NO_RULES: cabc.Mapping[str, FieldRule] = MappingProxyType({})
+
+#: Qualifio's variable → (Actito attribute, rule, max length), from Qualifio's integration page
+QUALIFIO_FIELDS: dict[str, tuple[str, FieldRule, int | None]] = {
+    "firstname": ("firstName", "string", 64),
+    "lastname": ("lastName", "string", 64),
+    "email": ("emailAddress", "email", MAX_STRING),
+    "address": ("addressStreet", "string", 225),
+    "number": ("addressNumber", "string", 10),
+    "box": ("addressBox", "string", 10),
+    "zip": ("addressPostalCode", "string", 10),
+    "locality": ("addressLocality", "string", 50),
+    "country": ("addressCountry", "country", MAX_STRING),
+    "birthday": ("birthDate", "date", MAX_STRING),
+    "gender": ("sex", "sex", MAX_STRING),
+    "function": ("profession", "string", MAX_STRING),
+    "phone": ("telephoneNumber", "phone", MAX_STRING),
+    "company": ("company", "string", MAX_STRING),
+}
+QUALIFIO_CUSTOM_PREFIX = "actito_"
+
+
+def qualifio_mapping(
+    columns: Sequence[str], *, key: str = "emailAddress", rules: cabc.Mapping[str, FieldRule] = _NO_RULES
+) -> Mapping:
+    """Qualifio's variable names → Actito, as Qualifio's own integration maps them.
+
+    Standard variables (``firstname`` ... ``company``, any case) → the standard attributes;
+    ``actito_<name>`` → the custom attribute ``<name>`` (``string`` unless ``rules`` — keyed by
+    attribute name, e.g. from the Actito table — says otherwise); ``optin_<name>`` → subscription
+    (see :func:`qualifio_subscription_name`). Only the columns present are mapped.
+
+    Decision: any other column is an error, listing them. A column in the SELECT is data someone
+    expects in Actito; dropping it silently would hide a typo (``firstame``, ``optin-news``) until a
+    marketer notices the empty attribute. The fix is one alias or one deleted line.
+    """
+    fields: list[FieldMap] = []
+    subscriptions: list[SubscriptionMap] = []
+    unknown: list[str] = []
+    problems: list[str] = []
+    for column in columns:
+        lower = column.lower()
+        if lower in QUALIFIO_FIELDS:
+            target, rule, length = QUALIFIO_FIELDS[lower]
+            fields.append(FieldMap(column, target, rule, length, required=target == key))
+        elif lower.startswith(QUALIFIO_CUSTOM_PREFIX):
+            target = column[len(QUALIFIO_CUSTOM_PREFIX):]
+            if not target:
+                problems.append(f"column {column!r}: no attribute name after {QUALIFIO_CUSTOM_PREFIX!r}")
+                continue
+            rule = rule_of(target, rules)
+            fields.append(FieldMap(column, target, rule, MAX_STRING, required=target == key))
+        elif lower.startswith(QUALIFIO_OPTIN_PREFIX):
+            name = qualifio_subscription_name(column)
+            if not name:
+                problems.append(f"column {column!r}: no subscription name after {QUALIFIO_OPTIN_PREFIX!r}")
+                continue
+            subscriptions.append(SubscriptionMap(column, name))
+        else:
+            unknown.append(column)
+    if unknown:
+        problems.append(
+            f"{listing(unknown)} {'is not a Qualifio variable' if len(unknown) == 1 else 'are not Qualifio variables'}"
+            " "
+            f"(known: {', '.join(QUALIFIO_FIELDS)}, actito_<name>, optin_<name>)"
+        )
+    if key not in {f.target for f in fields}:
+        source = next((v for v, (t, _, _) in QUALIFIO_FIELDS.items() if t == key), QUALIFIO_CUSTOM_PREFIX + key)
+        problems.append(f"the key {key!r} has no column: select the Qualifio variable {source!r}")
+    if problems:
+        raise MappingError(
+            problems,
+            hint="rename a column actito_<name> to send it as the attribute <name>, optin_<name> for the "
+            "subscription <Name>, or remove it from the SELECT",
+        )
+    return Mapping(key=key, fields=tuple(fields), subscriptions=tuple(subscriptions))
+
+
+#: the column Didomi matches users on
+DIDOMI_USER_ID = "organization_user_id"
+
+
+def didomi_mapping(
+    columns: Sequence[str],
+    *,
+    user_key: str,
+    subscriptions: cabc.Mapping[str, str],
+    metadata_columns: Sequence[str] = (),
+) -> Mapping:
+    """Consents as Didomi's integration sends them: the user's key, its subscriptions, its metadata.
+
+    The key column is Didomi's ``organization_user_id`` (or, without one, a column named like the
+    ``user_key`` attribute); ``subscriptions`` maps source columns to subscription names;
+    ``metadata_columns`` become attributes of the same name (``string``, as Didomi's metadata
+    properties are). Decision: any other column is an error, as for Qualifio — Didomi sends
+    every metadata property, but here "metadata" is what the activation lists, so an extra column
+    is a mistake to point at rather than an attribute to invent.
+    """
+    by_lower: dict[str, list[str]] = {}
+    for column in columns:
+        by_lower.setdefault(column.lower(), []).append(column)
+    problems: list[str] = []
+    key_column = next(
+        (by_lower[name.lower()][0] for name in (DIDOMI_USER_ID, user_key) if name.lower() in by_lower), None
+    )
+    if key_column is None:
+        problems.append(
+            f"no column for the user key: expected {DIDOMI_USER_ID!r} (Didomi's) or {user_key!r} "
+            f"(columns: {listing(list(columns)) or 'none'})"
+        )
+    for source in [*subscriptions, *metadata_columns]:
+        if source not in columns:
+            problems.append(f"column {source!r} is not in the query (columns: {listing(list(columns)) or 'none'})")
+    used = {key_column, *subscriptions, *metadata_columns}
+    unknown = [column for column in columns if column not in used]
+    if unknown:
+        problems.append(
+            f"{listing(unknown)}: neither the user key, a subscription nor a metadata column "
+            "(list it under metadata to send it as an attribute, or remove it from the SELECT)"
+        )
+    if problems:
+        raise MappingError(problems)
+    assert key_column is not None
+    fields = [FieldMap(key_column, user_key, rule_of(user_key), required=True)]
+    fields += [FieldMap(column, column, "string") for column in metadata_columns]
+    return Mapping(
+        key=user_key,
+        fields=tuple(fields),
+        subscriptions=subscription_maps(subscriptions),
+    )
+
+
+
+#: the campaign fields of Qualifio's integration: Actito question → (rule, max length)
+QUALIFIO_INTERACTION_FIELDS: dict[str, tuple[FieldRule, int | None]] = {
+    "source": ("string", MAX_STRING),
+    "updateSource": ("string", MAX_STRING),
+    "way": ("string", MAX_STRING),
+    "date": ("datetime", None),
+    "surveyName": ("string", MAX_STRING),
+    "surveyType": ("integer", None),
+    "surveyDate": ("date", None),
+    "motherLanguage": ("language", None),
+    "deviceName": ("string", MAX_STRING),
+    "userAgent": ("string", MAX_STRING),
+}
+#: accepted names of the participation id column (the interaction's key) and of the e-mail link
+QUALIFIO_PARTICIPATION_COLUMNS = ("participationId", "participation_id")
+QUALIFIO_EMAIL_COLUMNS = ("emailAddress", "email", "email_address")
+
+
+def qualifio_interaction_mapping(
+    columns: Sequence[str], *, key: str = "participationId", email: str = "emailAddress"
+) -> Mapping:
+    """One Qualifio participation → one record of an INTERACTIONS custom table.
+
+    The participation id (``participationId`` / ``participation_id``) is the key (attribute
+    ``key``, the table's primary key); the participant's e-mail (``email``, ``emailAddress``,
+    ``email_address``) links the record to its profile and is required. The campaign fields of
+    Qualifio's page, named as Actito's questions (any case), follow their rules: ``date``
+    date-time, ``surveyDate`` date, ``surveyType`` integer, ``motherLanguage`` ISO 639-1.
+
+    Decision: ``userAgent`` keeps Actito's 255-character string limit. Real user agents are
+    usually 100–200 characters; a longer one is rejected with its row rather than cut, as every
+    string is (a table declared with a lower ``maxLength`` tightens it at pre-flight). Other
+    columns are an error, as in :func:`qualifio_mapping`.
+    """
+    known = {name.lower(): name for name in QUALIFIO_INTERACTION_FIELDS}
+    participation = {name.lower() for name in QUALIFIO_PARTICIPATION_COLUMNS}
+    emails = {name.lower() for name in QUALIFIO_EMAIL_COLUMNS}
+    key_fields: list[FieldMap] = []
+    email_fields: list[FieldMap] = []
+    fields: list[FieldMap] = []
+    unknown: list[str] = []
+    for column in columns:
+        lower = column.lower()
+        if lower in participation:
+            key_fields.append(FieldMap(column, key, "string", required=True))
+        elif lower in emails:
+            email_fields.append(FieldMap(column, email, "email", required=True))
+        elif lower in known:
+            rule, length = QUALIFIO_INTERACTION_FIELDS[known[lower]]
+            fields.append(FieldMap(column, known[lower], rule, length))
+        else:
+            unknown.append(column)
+    problems = []
+    if not key_fields:
+        problems.append(f"no participation id column (one of {listing(list(QUALIFIO_PARTICIPATION_COLUMNS))})")
+    if not email_fields:
+        problems.append(f"no e-mail column to link the participant (one of {listing(list(QUALIFIO_EMAIL_COLUMNS))})")
+    if unknown:
+        problems.append(
+            f"{listing(unknown)}: not a campaign field of Qualifio's integration "
+            f"(known: {', '.join(QUALIFIO_INTERACTION_FIELDS)})"
+        )
+    if problems:
+        raise MappingError(problems, hint="alias the columns in the SQL to these names, or remove them from the SELECT")
+    return Mapping(key=key, fields=(*key_fields, *email_fields, *fields))
+

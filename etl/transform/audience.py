@@ -1,0 +1,236 @@
+"""Clean audience identifiers chunk by chunk: pick the column, normalise, validate, deduplicate.
+
+Everything on the hot path is vectorised (``pyarrow.compute`` and numpy); no Python loop runs
+per row. The cleaner keeps state across the chunks of one stream: the identifier column chosen
+on the first chunk, the 1-based row number of the next source row, the counts, and the memory
+of identifiers already kept (for deduplication over the whole stream, not per chunk).
+
+E-mail addresses (``identifier = "email"``) follow :mod:`etl.values.email`, Actito profile ids
+(``identifier = "profileId"``) :mod:`etl.values.ids`: the same rules as every other stage.
+
+Deduplication: the first occurrence of an identifier (after normalisation) is kept; later ones
+are dropped, counted in ``counts.duplicates`` and listed in ``rejects`` with reason
+``duplicate``, so the reject file accounts for every dropped row (see :mod:`etl.transform.dedupe`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from etl.errors import TransformError
+from etl.transform.dedupe import SeenHashes, hash_identifiers
+from etl.values.email import email_rejection_reasons, normalise_emails
+from etl.values.ids import profile_ids
+from etl.values.text import as_text, listing
+
+IdentifierKind = Literal["email", "profileId"]
+
+#: the column header Actito matches on, per identifier kind
+HEADER: dict[IdentifierKind, str] = {"email": "emailAddress", "profileId": "profileId"}
+
+#: column names recognised without configuration, in order of preference (case-insensitive)
+ALIASES: dict[IdentifierKind, tuple[str, ...]] = {
+    "email": ("emailAddress", "email", "email_address", "mail"),
+    "profileId": ("profileId", "profile_id", "actito_profile_id"),
+}
+
+DUPLICATE = "duplicate"
+
+REJECTS_SCHEMA = pa.schema([("row", pa.int64()), ("value", pa.string()), ("reason", pa.string())])
+
+
+@dataclass
+class AudienceCounts:
+    """Rows seen so far: extracted = kept + rejected + duplicates."""
+
+    extracted: int = 0
+    rejected: int = 0
+    duplicates: int = 0
+    kept: int = 0
+
+
+@dataclass(frozen=True)
+class CleanBatch:
+    #: string identifiers, normalised, valid, not seen earlier in the stream
+    identifiers: pa.Array
+    #: every dropped row: row (1-based over the stream), value (original, as text), reason
+    rejects: pa.Table = field(default_factory=REJECTS_SCHEMA.empty_table)
+    #: `hash_identifiers` of ``identifiers``, computed for the dedupe: the members snapshot reuses them
+    hashes: np.ndarray = field(default_factory=lambda: np.empty(0, np.uint64))
+
+
+class AudienceCleaner:
+    """Turn the chunks of one audience query into clean, unique identifiers (stateful)."""
+
+    def __init__(self, kind: IdentifierKind, *, column: str | None = None, where: str = "") -> None:
+        if kind not in HEADER:
+            raise ValueError(f"unknown identifier kind {kind!r}: use one of {', '.join(HEADER)}")
+        self.kind: IdentifierKind = kind
+        self.column = column
+        self.where = where
+        self.counts = AudienceCounts()
+        self.column_used: str | None = None
+        self._seen = SeenHashes()
+        self._next_row = 1
+
+    def clean(self, batch: pa.RecordBatch | pa.Table) -> CleanBatch:
+        name = self.identifier_column(batch.schema.names)
+        raw = batch.column(batch.schema.names.index(name))
+        if isinstance(raw, pa.ChunkedArray):
+            raw = raw.combine_chunks()
+        _check_column_type(self.kind, name, raw.type, self.where)
+        rows = len(raw)
+        first_row = self._next_row
+        self._next_row += rows
+        text = as_text(raw, "the identifier column")
+
+        if self.kind == "email":
+            identifiers = normalise_emails(text)
+            reasons = email_rejection_reasons(identifiers)
+        else:
+            identifiers, reasons = profile_ids(raw, text)
+
+        valid = pc.is_null(reasons)
+        valid_positions = np.flatnonzero(valid.to_numpy(zero_copy_only=False))
+        candidates = identifiers.take(pa.array(valid_positions, pa.int64()))
+        candidate_hashes = hash_identifiers(candidates)
+        keep = self._seen.add_new(candidate_hashes)
+        kept = candidates.filter(pa.array(keep))
+        duplicate_positions = valid_positions[~keep]
+
+        invalid = pc.invert(valid)
+        invalid_positions = np.flatnonzero(invalid.to_numpy(zero_copy_only=False))
+        positions = np.concatenate([invalid_positions, duplicate_positions])
+        reasons_out = pa.concat_arrays(
+            [
+                reasons.filter(invalid),
+                pa.array(np.full(len(duplicate_positions), DUPLICATE, dtype=object), pa.string()),
+            ]
+        )
+        order = np.argsort(positions, kind="stable")
+        positions = positions[order]
+        rejects = pa.table(
+            [
+                pa.array(positions + first_row, pa.int64()),
+                text.take(pa.array(positions, pa.int64())),
+                reasons_out.take(pa.array(order, pa.int64())),
+            ],
+            schema=REJECTS_SCHEMA,
+        )
+
+        self.counts.extracted += rows
+        self.counts.rejected += len(invalid_positions)
+        self.counts.duplicates += len(duplicate_positions)
+        self.counts.kept += len(kept)
+        return CleanBatch(identifiers=kept, rejects=rejects, hashes=candidate_hashes[keep])
+
+    def identifier_column(self, names: list[str]) -> str:
+        """The column holding the identifiers, chosen once by name (the first chunk's)."""
+        if self.column_used is not None:
+            if self.column_used not in names:
+                raise TransformError(
+                    f"a later chunk of the result has no column {self.column_used!r} (columns: {listing(names)})",
+                    where=self.where,
+                )
+            return self.column_used
+        chosen = self._choose_column(names)
+        if names.count(chosen) > 1:
+            raise TransformError(
+                f"the query returns two columns named {chosen!r}",
+                where=self.where,
+                hint="give each column a distinct name in the SQL",
+            )
+        self.column_used = chosen
+        return chosen
+
+    def _choose_column(self, names: list[str]) -> str:
+        if not names:
+            raise TransformError("the query returns no columns", where=self.where)
+        by_lower: dict[str, list[str]] = {}
+        for name in names:
+            by_lower.setdefault(name.lower(), []).append(name)
+        hint = (
+            f"alias the column in the SQL (e.g. SELECT {_example(self.kind)} AS \"{HEADER[self.kind]}\") "
+            "or set identifier_column in the activation"
+        )
+        if self.column is not None:
+            if self.column in names:
+                return self.column
+            found = _one_of_columns(by_lower.get(self.column.lower(), []), f"identifier_column {self.column!r} matches", self.where)
+            if found:
+                return found
+            raise TransformError(
+                f"identifier_column {self.column!r} is not a column of the query (columns: {listing(names)})",
+                where=self.where,
+                hint=hint,
+            )
+        for alias in ALIASES[self.kind]:
+            found = _one_of_columns(by_lower.get(alias.lower(), []), f"the {_what(self.kind)} could be in", self.where)
+            if found:
+                return found
+        if len(names) == 1:
+            return names[0]
+        raise TransformError(
+            f"cannot tell which column holds the {_what(self.kind)}: the query returns {listing(names)}",
+            where=self.where,
+            hint=hint,
+        )
+
+
+def _holds_text(kind: pa.DataType) -> bool:
+    return (pa.types.is_string(kind) or pa.types.is_large_string(kind) or pa.types.is_string_view(kind)
+            or pa.types.is_null(kind))
+
+
+def _column_type_fits(kind: IdentifierKind, column_type: pa.DataType) -> bool:
+    """Whether a column of this type can hold identifiers of this kind at all (its values are then
+    checked one by one). E-mails: text, or bytes (MySQL VARBINARY, a bytea) read as UTF-8.
+    Profile ids: integers, whole floats and decimals, or text of digits."""
+    if pa.types.is_dictionary(column_type):
+        column_type = column_type.value_type
+    if _holds_text(column_type):
+        return True
+    if kind == "email":
+        return pa.types.is_binary(column_type) or pa.types.is_large_binary(column_type) or pa.types.is_binary_view(
+            column_type)
+    return pa.types.is_integer(column_type) or pa.types.is_floating(column_type) or pa.types.is_decimal(column_type)
+
+
+def _check_column_type(kind: IdentifierKind, name: str, column_type: pa.DataType, where: str) -> None:
+    """A date, a number or a flag in the e-mail column is the wrong column, not a million dirty rows:
+    say so once instead of rejecting every row (and delivering an empty audience)."""
+    if _column_type_fits(kind, column_type):
+        return
+    plural = "e-mail addresses" if kind == "email" else "Actito profile ids"
+    wanted = "text" if kind == "email" else "integers, or text of digits"
+    raise TransformError(
+        f"the identifier column {name!r} has type {column_type}, which cannot hold {plural}",
+        where=where,
+        hint=f"select the column that holds the {plural} ({wanted}), or set identifier_column",
+    )
+
+
+def _one_of_columns(matches: list[str], what: str, where: str) -> str | None:
+    """The one column matching a name case-insensitively; None if none; an error if several do."""
+    if len(matches) > 1:
+        raise TransformError(
+            f"{what} several columns: {listing(matches)}",
+            where=where,
+            hint="give the columns names that differ by more than case, or set identifier_column",
+        )
+    return matches[0] if matches else None
+
+
+
+
+def _what(kind: IdentifierKind) -> str:
+    return "e-mail address" if kind == "email" else "Actito profile id"
+
+
+def _example(kind: IdentifierKind) -> str:
+    return "email" if kind == "email" else "customer_profile_id"

@@ -1,0 +1,189 @@
+"""Deduplication over a whole stream: 64-bit hashes of the identifiers, and the set of those kept.
+
+The first occurrence of an identifier (after normalisation) is kept; later ones are dropped. The
+hashes are computed from the Arrow buffers without a Python object per value, and the set keeps
+8 bytes per identifier whatever the identifiers' width (see :class:`SeenHashes`).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+
+def _splitmix64(seed: int, count: int) -> list[int]:
+    """``count`` well-mixed 64-bit constants from ``seed`` (SplitMix64): the same on every platform and version."""
+    mask = (1 << 64) - 1
+    out = []
+    for _ in range(count):
+        seed = (seed + 0x9E3779B97F4A7C15) & mask
+        z = seed
+        z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & mask
+        z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & mask
+        out.append(z ^ (z >> 31))
+    return out
+
+
+#: odd multipliers of the identifier hash: the length's, then one per 8-byte word position (cycling after 32)
+_HASH_MULTIPLIERS = np.array([value | 1 for value in _splitmix64(0x5EED, 33)], dtype=np.uint64)
+
+
+def hash_identifiers(values: pa.Array) -> np.ndarray:
+    """A 64-bit hash of each string's UTF-8 bytes, as a numpy uint64 array (nulls hash as empty strings).
+
+    Vectorised over the Arrow buffers, without a Python object per value: the bytes are read as
+    little-endian 8-byte words (the last one zero-padded), and each word is folded into the
+    running hash through an odd multiplier and the MurmurHash3 finaliser, starting from the
+    length. Every step is a bijection of the running hash, so two identifiers of the same length
+    that differ in one word never collide; otherwise the hash behaves as a random 64-bit value.
+    """
+    if isinstance(values, pa.ChunkedArray):
+        values = values.combine_chunks()
+    count = len(values)
+    if count == 0:
+        return np.empty(0, np.uint64)
+    if not (pa.types.is_string(values.type) or pa.types.is_large_string(values.type)):
+        values = pc.cast(values, pa.string())
+    offset_type = np.int64 if pa.types.is_large_string(values.type) else np.int32
+    offsets = np.frombuffer(values.buffers()[1], offset_type)[values.offset : values.offset + count + 1]
+    offsets = offsets.astype(np.int64)
+    first, last = int(offsets[0]), int(offsets[-1])
+    data = np.zeros(last - first + 8, np.uint8)  # 8 bytes of padding: a word may start at the last byte
+    if last > first:
+        data[: last - first] = np.frombuffer(values.buffers()[2], np.uint8)[first:last]
+    words = np.ndarray(buffer=data, dtype="<u8", shape=(last - first + 1,), strides=(1,))  # a word at every byte
+    starts = offsets[:-1] - first
+    lengths = np.diff(offsets)
+    if values.null_count:
+        lengths[pc.is_null(values).to_numpy(zero_copy_only=False)] = 0
+    with np.errstate(over="ignore"):
+        hashes = _fmix64(lengths.astype(np.uint64) * _HASH_MULTIPLIERS[0] + np.uint64(0x5EED))
+        rows = np.flatnonzero(lengths > 0)
+        position = 0
+        while len(rows):
+            word = words[starts[rows] + position]
+            left = lengths[rows] - position
+            partial = left < 8
+            if partial.any():  # keep only the string's own bytes of its last word
+                shift = (8 - left[partial]).astype(np.uint64) * np.uint64(8)
+                word[partial] = (word[partial] << shift) >> shift
+            multiplier = _HASH_MULTIPLIERS[1 + (position // 8) % 32]
+            if len(rows) == count:
+                hashes = _fmix64(hashes + word * multiplier)
+            else:
+                hashes[rows] = _fmix64(hashes[rows] + word * multiplier)
+            position += 8
+            rows = rows[lengths[rows] > position]
+    return hashes
+
+
+def _fmix64(h: np.ndarray) -> np.ndarray:
+    """MurmurHash3's 64-bit finaliser (a bijection with full avalanche), in place."""
+    h ^= h >> np.uint64(33)
+    h *= np.uint64(0xFF51AFD7ED558CCD)
+    h ^= h >> np.uint64(33)
+    h *= np.uint64(0xC4CEB9FE1A85EC53)
+    h ^= h >> np.uint64(33)
+    return h
+
+
+class SeenHashes:
+    """The set of 64-bit hashes of every identifier kept so far, with vectorised membership.
+
+    Memory is 8 bytes per kept identifier whatever the identifiers' width (plus a transient copy
+    while two runs merge). The hashes live in a few sorted numpy arrays whose sizes roughly
+    halve from the first to the last (a log-structured merge): a new chunk's hashes are appended
+    as one more sorted run, and the last two runs are merged while the newer one is at least
+    half the size of the older, so each hash is merged O(log n) times. A run of
+    ``MERGE_LIMIT`` hashes or more is not merged any further: a merge holds both runs and their
+    copy at once, so merging the largest runs would raise the peak memory of a large audience.
+    So there are O(n / MERGE_LIMIT + log n) runs; membership is one
+    ``searchsorted`` per run.
+
+    In front of the runs, a bitmap of ``FILTER_BITS`` bits (8 MB) has the bit of each kept hash
+    set (its top bits pick it): a hash whose bit is clear was never kept, and only the others are
+    searched for in the runs. While few bits are set, most new identifiers skip the search.
+
+    Collisions: two different identifiers share a 64-bit hash with probability about
+    n² / 2⁶⁵ over n kept identifiers — about 3·10⁻⁶ for 10 million. A collision would drop the
+    later identifier as a "duplicate" (visible in the reject file), never add a wrong one.
+    """
+
+    #: runs of this many hashes (8 MB) or more are left as they are
+    MERGE_LIMIT = 1 << 20
+    #: bits of the bitmap in front of the runs (a power of two)
+    FILTER_BITS = 1 << 26
+
+    def __init__(self) -> None:
+        self._runs: list[np.ndarray] = []
+        self._filter: np.ndarray | None = None  # made at the first hash kept
+        self._filter_shift = np.uint64(64 - (self.FILTER_BITS.bit_length() - 1))
+
+    def __len__(self) -> int:
+        return sum(len(run) for run in self._runs)
+
+    def contains(self, hashes: np.ndarray) -> np.ndarray:
+        found = np.zeros(len(hashes), dtype=bool)
+        if self._filter is None:
+            return found
+        places, masks = self._filter_bits(hashes)
+        maybe = np.flatnonzero(self._filter[places] & masks)
+        if len(maybe) == 0:
+            return found
+        candidates = hashes[maybe]
+        seen = np.zeros(len(candidates), dtype=bool)
+        for run in self._runs:
+            positions = np.searchsorted(run, candidates)
+            np.minimum(positions, len(run) - 1, out=positions)  # past the end: compared with the last, unequal
+            seen |= run[positions] == candidates
+        found[maybe] = seen
+        return found
+
+    def add_new(self, hashes: np.ndarray) -> np.ndarray:
+        """Mark which hashes are new (first occurrence in ``hashes``, never seen before) and remember them."""
+        keep = np.zeros(len(hashes), dtype=bool)
+        if len(hashes) == 0:
+            return keep
+        unique, first = _unique_first(hashes)
+        new = ~self.contains(unique)
+        keep[first[new]] = True
+        self._add_sorted(unique[new])
+        return keep
+
+    def _filter_bits(self, hashes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The byte of the bitmap for each hash, and the mask of its bit in that byte."""
+        bits = (hashes >> self._filter_shift).astype(np.int64)
+        return bits >> 3, np.left_shift(np.uint8(1), (bits & 7).astype(np.uint8))
+
+    def _add_sorted(self, run: np.ndarray) -> None:
+        if len(run) == 0:
+            return
+        if self._filter is None:
+            self._filter = np.zeros(self.FILTER_BITS // 8, dtype=np.uint8)
+        places, masks = self._filter_bits(run)  # sorted, as the run is
+        starts = np.flatnonzero(np.concatenate(([True], places[1:] != places[:-1])))
+        self._filter[places[starts]] |= np.bitwise_or.reduceat(masks, starts)
+        self._runs.append(run)
+        while (
+            len(self._runs) > 1
+            and 2 * len(self._runs[-1]) >= len(self._runs[-2])
+            and len(self._runs[-2]) < self.MERGE_LIMIT
+        ):
+            newer = self._runs.pop()
+            older = self._runs.pop()
+            merged = np.concatenate([older, newer])
+            merged.sort(kind="stable")  # two sorted runs: timsort merges them in linear time
+            self._runs.append(merged)
+
+
+def _unique_first(hashes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``np.unique(hashes, return_index=True)``: the sorted distinct values and each one's first position.
+
+    The same result from an unstable sort (cheaper than the stable one ``np.unique``
+    needs for first positions): the first position of a value is the least of its positions.
+    """
+    order = np.argsort(hashes)
+    ordered = hashes[order]
+    starts = np.flatnonzero(np.concatenate(([True], ordered[1:] != ordered[:-1])))
+    return ordered[starts], np.minimum.reduceat(order, starts)

@@ -1,0 +1,129 @@
+"""Dates and date-times, written ``yyyy-MM-dd`` and ``yyyy-MM-dd HH:mm:ss``.
+
+``date``: date columns; timestamp columns (their date, in the column's own time zone); strings
+``yyyy-MM-dd`` optionally followed by a time (``T`` or space, ``HH:mm[:ss[.fff]]``, no zone),
+whose date is taken once the time too is valid. Impossible calendar dates (``1990-02-31``,
+``1900-02-29``) are rejected.
+Decision: ``dd/MM/yyyy`` is **rejected**, not read. ``03/04/1990`` is the 3rd of April in
+Belgium and the 4th of March in the United States; a birth date silently wrong is worse than a
+rejected row whose reason says what to fix (format it in the SQL: ``to_char``/``strftime``).
+
+``datetime``: timestamp columns (wall-clock time in the column's time zone; fractions of a second
+dropped, rounding down); date columns and date-only strings (at ``00:00:00``); strings
+``yyyy-MM-dd[T| ]HH:mm[:ss[.fff]]``. A string with a zone (``Z``, ``+02:00``) is rejected: which
+zone the destination reads the value in is not documented, so converting it is left to the SQL
+(``AT TIME ZONE``), where it is visible.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from etl.values.text import STRING, concat, explain, quote, trim
+
+
+_DATE_SHAPE = r"^\d{4}-\d{2}-\d{2}$"
+_DATETIME_SHAPE = r"^\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2}$"
+#: a date, optionally with a time of day (checked here: its date alone must not hide a broken time)
+_DATE_TEXT = (
+    r"^(?P<date>\d{4}-\d{2}-\d{2})"
+    r"(?:[ T](?P<hm>(?:[01]\d|2[0-3]):[0-5]\d)(?::(?P<s>[0-5]\d)(?:\.\d+)?)?)?$"
+)
+
+
+_DAYS_IN_MONTH = np.array([0, 31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31], dtype=np.int64)
+
+
+def _real_calendar(candidates: pa.Array, shape: str) -> pa.Array:
+    """True where the text has the shape (``yyyy-MM-dd`` with or without `` HH:mm:ss``) and names a
+    day that exists (``1990-02-31`` and ``1900-02-29`` do not) at a valid time of day.
+
+    Arrow's own string → timestamp cast is strict about calendars and fast, so it is tried first;
+    only when it refuses some value does arithmetic on the digits' fixed positions (numpy) find
+    which. (``strptime`` is no help: it rolls 1990-02-31 over to 1990-03-03.)
+    """
+    shaped = pc.fill_null(pc.match_substring_regex(candidates, shape), False)
+    if not pc.any(shaped).as_py():
+        return shaped
+    safe = pc.if_else(shaped, candidates, "2000-01-01 00:00:00" if shape == _DATETIME_SHAPE else "2000-01-01")
+    try:  # Arrow's own parser is strict about calendars: when it reads every value, all are real
+        pc.cast(safe, pa.timestamp("s"))
+        return shaped
+    except pa.ArrowInvalid:
+        pass  # at least one is not: find which
+
+    def number(start: int, stop: int) -> np.ndarray:
+        digits = pc.utf8_slice_codeunits(safe, start, stop)
+        return np.asarray(pc.cast(digits, pa.int64()).to_numpy(zero_copy_only=False), dtype=np.int64)
+
+    year, month, day = number(0, 4), number(5, 7), number(8, 10)
+    leap = (year % 4 == 0) & ((year % 100 != 0) | (year % 400 == 0))
+    month_ok = (month >= 1) & (month <= 12)
+    days = _DAYS_IN_MONTH[np.where(month_ok, month, 0)] + ((month == 2) & leap)
+    ok = month_ok & (day >= 1) & (day <= days)
+    if shape == _DATETIME_SHAPE:
+        ok &= (number(11, 13) <= 23) & (number(14, 16) <= 59) & (number(17, 19) <= 59)
+    return pc.and_(shaped, pa.array(ok))
+
+
+#: the seconds since 1970 of 0001-01-01 00:00:00 and 9999-12-31 23:59:59: four-digit years only
+_FIRST_SECOND, _LAST_SECOND = -62135596800, 253402300799
+
+
+def _date_candidates(raw: pa.Array, text: pa.Array, with_time: bool) -> tuple[pa.Array, pa.Array, pa.Array]:
+    """(value present, canonical text, text is a real date or date-time) for the date rules.
+
+    Typed columns are written by casts (several times faster than ``strftime``) and can only
+    fail by a year outside 0001–9999. Strings already in the canonical shape — what most
+    warehouses return — are taken as they are; only the others are taken apart by the regex.
+    """
+    kind = raw.type
+    width = 19 if with_time else 10
+    if pa.types.is_date(kind) or pa.types.is_timestamp(kind):
+        if pa.types.is_date(kind):
+            seconds = pc.cast(pc.cast(raw, pa.date32()), pa.timestamp("s"))
+        else:
+            local = pc.local_timestamp(raw) if kind.tz else raw  # the wall-clock time of the column's zone
+            seconds = pc.cast(pc.floor_temporal(local, unit="second"), pa.timestamp("s"))
+        count = pc.cast(seconds, pa.int64())
+        inside = pc.and_(pc.greater_equal(count, _FIRST_SECOND), pc.less_equal(count, _LAST_SECOND))
+        safe = pc.if_else(inside, seconds, pa.scalar(0, pa.timestamp("s")))
+        written = pc.utf8_slice_codeunits(pc.cast(safe, STRING), 0, width)
+        return pc.is_valid(raw), written, pc.fill_null(inside, False)
+    trimmed = trim(text)
+    shape = _DATETIME_SHAPE if with_time else _DATE_SHAPE
+    canonical = pc.fill_null(pc.match_substring_regex(trimmed, shape), False)
+    other = pc.and_(pc.is_valid(trimmed), pc.invert(canonical))
+    candidates = trimmed
+    if pc.any(other).as_py():
+        candidates = pc.replace_with_mask(trimmed, other, _canonical_dates(pc.filter(trimmed, other), with_time))
+    return pc.is_valid(trimmed), candidates, _real_calendar(candidates, shape)
+
+
+def _canonical_dates(values: pa.Array, with_time: bool) -> pa.Array:
+    """``yyyy-MM-dd[T| ]HH:mm[:ss[.fff]]`` → ``yyyy-MM-dd`` or ``yyyy-MM-dd HH:mm:ss`` (None if not that)."""
+    parts = pc.extract_regex(values, _DATE_TEXT)
+    day = pc.struct_field(parts, "date")
+    if not with_time:
+        return day
+    hm, seconds = pc.struct_field(parts, "hm"), pc.struct_field(parts, "s")
+    time = concat(
+        pc.if_else(pc.equal(hm, ""), "00:00", hm), ":", pc.if_else(pc.equal(seconds, ""), "00", seconds)
+    )
+    return concat(day, " ", time)
+
+
+def date_rule(raw: pa.Array, text: pa.Array) -> tuple[pa.Array, pa.Array]:
+    present, candidates, ok = _date_candidates(raw, text, with_time=False)
+    bad = pc.and_(present, pc.invert(ok))
+    return candidates, explain(bad, lambda m: concat(quote(pc.filter(text, m)), " is not a date (yyyy-MM-dd)"))
+
+
+def datetime_rule(raw: pa.Array, text: pa.Array) -> tuple[pa.Array, pa.Array]:
+    present, candidates, ok = _date_candidates(raw, text, with_time=True)
+    bad = pc.and_(present, pc.invert(ok))
+    return candidates, explain(
+        bad, lambda m: concat(quote(pc.filter(text, m)), " is not a date-time (yyyy-MM-dd HH:mm:ss)")
+    )
