@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import collections.abc as cabc
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
 
@@ -335,3 +335,29 @@ def qualifio_subscription_name(variable: str) -> str:
     (the rest kept as written: ``optin_SMS`` → ``SMS``), as Qualifio's page pairs them."""
     name = variable[len(QUALIFIO_OPTIN_PREFIX):].replace("_", " ").strip()
     return name[:1].upper() + name[1:]
+
+
+#: what a preset makes of one column: a field, a subscription, a problem (its text), or None (unknown)
+ColumnUse = FieldMap | SubscriptionMap | str | None
+
+
+def sort_columns(
+    columns: Sequence[str], use: Callable[[str], ColumnUse]
+) -> tuple[list[FieldMap], list[SubscriptionMap], list[str], list[str]]:
+    """(fields, subscriptions, unknown columns, problems): each column sorted by what ``use`` made
+    of it, in column order, so a preset reports every column it cannot map at once."""
+    fields: list[FieldMap] = []
+    subscriptions: list[SubscriptionMap] = []
+    unknown: list[str] = []
+    problems: list[str] = []
+    for column in columns:
+        found = use(column)
+        if isinstance(found, FieldMap):
+            fields.append(found)
+        elif isinstance(found, SubscriptionMap):
+            subscriptions.append(found)
+        elif isinstance(found, str):
+            problems.append(found)
+        else:
+            unknown.append(column)
+    return fields, subscriptions, unknown, problems

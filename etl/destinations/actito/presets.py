@@ -15,12 +15,14 @@ from types import MappingProxyType
 from etl.transform.mapping import (
     MAX_STRING,
     QUALIFIO_OPTIN_PREFIX,
+    ColumnUse,
     FieldMap,
     Mapping,
     MappingError,
     SubscriptionMap,
     qualifio_subscription_name,
     rule_of,
+    sort_columns,
     subscription_maps,
 )
 from etl.values.rules import FieldRule
@@ -62,30 +64,7 @@ def qualifio_mapping(
     expects in Actito; dropping it silently would hide a typo (``firstame``, ``optin-news``) until a
     marketer notices the empty attribute. The fix is one alias or one deleted line.
     """
-    fields: list[FieldMap] = []
-    subscriptions: list[SubscriptionMap] = []
-    unknown: list[str] = []
-    problems: list[str] = []
-    for column in columns:
-        lower = column.lower()
-        if lower in QUALIFIO_FIELDS:
-            target, rule, length = QUALIFIO_FIELDS[lower]
-            fields.append(FieldMap(column, target, rule, length, required=target == key))
-        elif lower.startswith(QUALIFIO_CUSTOM_PREFIX):
-            target = column[len(QUALIFIO_CUSTOM_PREFIX):]
-            if not target:
-                problems.append(f"column {column!r}: no attribute name after {QUALIFIO_CUSTOM_PREFIX!r}")
-                continue
-            rule = rule_of(target, rules)
-            fields.append(FieldMap(column, target, rule, MAX_STRING, required=target == key))
-        elif lower.startswith(QUALIFIO_OPTIN_PREFIX):
-            name = qualifio_subscription_name(column)
-            if not name:
-                problems.append(f"column {column!r}: no subscription name after {QUALIFIO_OPTIN_PREFIX!r}")
-                continue
-            subscriptions.append(SubscriptionMap(column, name))
-        else:
-            unknown.append(column)
+    fields, subscriptions, unknown, problems = sort_columns(columns, lambda column: _qualifio_use(column, key, rules))
     if unknown:
         problems.append(
             f"{listing(unknown)} {'is not a Qualifio variable' if len(unknown) == 1 else 'are not Qualifio variables'}"
@@ -102,6 +81,24 @@ def qualifio_mapping(
             "subscription <Name>, or remove it from the SELECT",
         )
     return Mapping(key=key, fields=tuple(fields), subscriptions=tuple(subscriptions))
+
+
+def _qualifio_use(column: str, key: str, rules: cabc.Mapping[str, FieldRule]) -> ColumnUse:
+    lower = column.lower()
+    if lower in QUALIFIO_FIELDS:
+        target, rule, length = QUALIFIO_FIELDS[lower]
+        return FieldMap(column, target, rule, length, required=target == key)
+    if lower.startswith(QUALIFIO_CUSTOM_PREFIX):
+        target = column[len(QUALIFIO_CUSTOM_PREFIX):]
+        if not target:
+            return f"column {column!r}: no attribute name after {QUALIFIO_CUSTOM_PREFIX!r}"
+        return FieldMap(column, target, rule_of(target, rules), MAX_STRING, required=target == key)
+    if lower.startswith(QUALIFIO_OPTIN_PREFIX):
+        name = qualifio_subscription_name(column)
+        if not name:
+            return f"column {column!r}: no subscription name after {QUALIFIO_OPTIN_PREFIX!r}"
+        return SubscriptionMap(column, name)
+    return None
 
 
 #: the column Didomi matches users on
@@ -151,11 +148,7 @@ def didomi_mapping(
     assert key_column is not None
     fields = [FieldMap(key_column, user_key, rule_of(user_key), required=True)]
     fields += [FieldMap(column, column, "string") for column in metadata_columns]
-    return Mapping(
-        key=user_key,
-        fields=tuple(fields),
-        subscriptions=subscription_maps(subscriptions),
-    )
+    return Mapping(key=user_key, fields=tuple(fields), subscriptions=subscription_maps(subscriptions))
 
 
 
@@ -194,27 +187,27 @@ def qualifio_interaction_mapping(
     columns are an error, as in :func:`qualifio_mapping`.
     """
     known = {name.lower(): name for name in QUALIFIO_INTERACTION_FIELDS}
-    participation = {name.lower() for name in QUALIFIO_PARTICIPATION_COLUMNS}
-    emails = {name.lower() for name in QUALIFIO_EMAIL_COLUMNS}
-    key_fields: list[FieldMap] = []
-    email_fields: list[FieldMap] = []
-    fields: list[FieldMap] = []
-    unknown: list[str] = []
-    for column in columns:
+    #: the key's columns first, then the e-mail's, then the campaign fields
+    rank = {**dict.fromkeys(map(str.lower, QUALIFIO_PARTICIPATION_COLUMNS), 0),
+            **dict.fromkeys(map(str.lower, QUALIFIO_EMAIL_COLUMNS), 1)}
+
+    def use(column: str) -> ColumnUse:
         lower = column.lower()
-        if lower in participation:
-            key_fields.append(FieldMap(column, key, "string", required=True))
-        elif lower in emails:
-            email_fields.append(FieldMap(column, email, "email", required=True))
-        elif lower in known:
+        if rank.get(lower) == 0:
+            return FieldMap(column, key, "string", required=True)
+        if rank.get(lower) == 1:
+            return FieldMap(column, email, "email", required=True)
+        if lower in known:
             rule, length = QUALIFIO_INTERACTION_FIELDS[known[lower]]
-            fields.append(FieldMap(column, known[lower], rule, length))
-        else:
-            unknown.append(column)
-    problems = []
-    if not key_fields:
+            return FieldMap(column, known[lower], rule, length)
+        return None
+
+    fields, _, unknown, problems = sort_columns(columns, use)
+    fields.sort(key=lambda field: rank.get(field.source.lower(), 2))
+    ranks = {rank.get(field.source.lower()) for field in fields}
+    if 0 not in ranks:
         problems.append(f"no participation id column (one of {listing(list(QUALIFIO_PARTICIPATION_COLUMNS))})")
-    if not email_fields:
+    if 1 not in ranks:
         problems.append(f"no e-mail column to link the participant (one of {listing(list(QUALIFIO_EMAIL_COLUMNS))})")
     if unknown:
         problems.append(
@@ -223,5 +216,5 @@ def qualifio_interaction_mapping(
         )
     if problems:
         raise MappingError(problems, hint="alias the columns in the SQL to these names, or remove them from the SELECT")
-    return Mapping(key=key, fields=(*key_fields, *email_fields, *fields))
+    return Mapping(key=key, fields=tuple(fields))
 

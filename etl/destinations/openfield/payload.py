@@ -40,12 +40,14 @@ from etl.transform.mapping import (
     MAX_STRING,
     QUALIFIO_OPTIN_PREFIX,
     SUBSCRIPTION_PREFIX,
+    ColumnUse,
     FieldMap,
     MappingError,
     RowMapper,
     SubscriptionMap,
     first_reasons,
     qualifio_subscription_name,
+    sort_columns,
 )
 from etl.transform.mapping import Mapping as RowMapping
 from etl.values.countries import alpha3_of_alpha2
@@ -205,21 +207,19 @@ def payload_text(payload: Mapping[str, object]) -> str:
 
 def _row_mapping(columns: Sequence[str], match_on: str, services: dict[str, str]) -> RowMapping:
     """Which column feeds which field, checked before any row is read (every problem at once)."""
-    fields: list[FieldMap] = []
-    subscriptions: list[SubscriptionMap] = []
-    unknown: list[str] = []
-    for column in columns:
+
+    def use(column: str) -> ColumnUse:
         lower = column.lower()
         if column in services:
-            subscriptions.append(SubscriptionMap(column, services[column]))
-        elif lower.startswith(QUALIFIO_OPTIN_PREFIX) and qualifio_subscription_name(column):
-            subscriptions.append(SubscriptionMap(column, qualifio_subscription_name(column)))
-        elif lower in FIELDS:
+            return SubscriptionMap(column, services[column])
+        if lower.startswith(QUALIFIO_OPTIN_PREFIX) and qualifio_subscription_name(column):
+            return SubscriptionMap(column, qualifio_subscription_name(column))
+        if lower in FIELDS:
             target, rule = FIELDS[lower]
-            fields.append(FieldMap(column, target, rule, MAX_STRING, required=target == match_on))
-        else:
-            unknown.append(column)
-    problems = []
+            return FieldMap(column, target, rule, MAX_STRING, required=target == match_on)
+        return None
+
+    fields, subscriptions, unknown, problems = sort_columns(columns, use)
     if unknown:
         problems.append(
             f"{', '.join(map(repr, unknown))}: not a field of the OpenField profile (known: "
