@@ -1,6 +1,2 @@
-"""The transform stage: warehouse rows made into what a destination is sent.
-
-audience.py cleans and deduplicates audience identifiers (dedupe.py holds the stream-wide set);
-mapping.py maps rows to a destination's fields through the value rules of etl.values; members.py
-and delta.py keep the snapshots that turn a full extract into what changed.
-"""
+"""The transform stage: audience cleaning (audience.py, dedupe.py), rows mapped to a destination's
+fields (mapping.py), and the snapshots that turn a full extract into what changed (members.py, delta.py)."""

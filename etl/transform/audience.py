@@ -1,16 +1,10 @@
 """Clean audience identifiers chunk by chunk: pick the column, normalise, validate, deduplicate.
 
-Everything on the hot path is vectorised (``pyarrow.compute`` and numpy); no Python loop runs
-per row. The cleaner keeps state across the chunks of one stream: the identifier column chosen
-on the first chunk, the 1-based row number of the next source row, the counts, and the memory
-of identifiers already kept (for deduplication over the whole stream, not per chunk).
-
-E-mail addresses (``identifier = "email"``) follow :mod:`etl.values.email`, Actito profile ids
-(``identifier = "profileId"``) :mod:`etl.values.ids`: the same rules as every other stage.
-
-Deduplication: the first occurrence of an identifier (after normalisation) is kept; later ones
-are dropped, counted in ``counts.duplicates`` and listed in ``rejects`` with reason
-``duplicate``, so the reject file accounts for every dropped row (see :mod:`etl.transform.dedupe`).
+Vectorised (``pyarrow.compute`` and numpy): no Python loop runs per row. The cleaner keeps state
+across the chunks of one stream: the column chosen on the first chunk, the 1-based number of the
+next source row, the counts, and the identifiers kept (deduplication is over the whole stream: a
+later occurrence is rejected as ``duplicate``, so the reject file accounts for every dropped row).
+E-mails follow :mod:`etl.values.email`, profile ids :mod:`etl.values.ids`.
 """
 
 from __future__ import annotations
@@ -26,7 +20,7 @@ from etl.errors import TransformError
 from etl.transform.dedupe import SeenHashes, hash_identifiers
 from etl.values.email import email_rejection_reasons, normalise_emails
 from etl.values.ids import profile_ids
-from etl.values.text import as_text, listing
+from etl.values.text import as_text, decoded, listing
 
 IdentifierKind = Literal["email", "profileId"]
 
@@ -80,9 +74,7 @@ class AudienceCleaner:
 
     def clean(self, batch: pa.RecordBatch | pa.Table) -> CleanBatch:
         name = self.identifier_column(batch.schema.names)
-        raw = batch.column(batch.schema.names.index(name))
-        if isinstance(raw, pa.ChunkedArray):
-            raw = raw.combine_chunks()
+        raw = decoded(batch.column(batch.schema.names.index(name)))
         _check_column_type(self.kind, name, raw.type, self.where)
         rows = len(raw)
         first_row = self._next_row
@@ -106,22 +98,12 @@ class AudienceCleaner:
         invalid = pc.invert(valid)
         invalid_positions = np.flatnonzero(invalid.to_numpy(zero_copy_only=False))
         positions = np.concatenate([invalid_positions, duplicate_positions])
-        reasons_out = pa.concat_arrays(
-            [
-                reasons.filter(invalid),
-                pa.array(np.full(len(duplicate_positions), DUPLICATE, dtype=object), pa.string()),
-            ]
-        )
+        duplicates = pa.array(np.full(len(duplicate_positions), DUPLICATE, dtype=object), pa.string())
+        reasons_out = pa.concat_arrays([reasons.filter(invalid), duplicates])
         order = np.argsort(positions, kind="stable")
         positions = positions[order]
-        rejects = pa.table(
-            [
-                pa.array(positions + first_row, pa.int64()),
-                text.take(pa.array(positions, pa.int64())),
-                reasons_out.take(pa.array(order, pa.int64())),
-            ],
-            schema=REJECTS_SCHEMA,
-        )
+        rejects = pa.table([pa.array(positions + first_row, pa.int64()), text.take(pa.array(positions, pa.int64())),
+                            reasons_out.take(pa.array(order, pa.int64()))], schema=REJECTS_SCHEMA)
 
         self.counts.extracted += rows
         self.counts.rejected += len(invalid_positions)

@@ -1,9 +1,5 @@
-"""Deduplication over a whole stream: 64-bit hashes of the identifiers, and the set of those kept.
-
-The first occurrence of an identifier (after normalisation) is kept; later ones are dropped. The
-hashes are computed from the Arrow buffers without a Python object per value, and the set keeps
-8 bytes per identifier whatever the identifiers' width (see :class:`SeenHashes`).
-"""
+"""Deduplication over a whole stream: 64-bit hashes of the identifiers (from the Arrow buffers, no
+Python object per value) and the set of those kept, 8 bytes each whatever their width."""
 
 from __future__ import annotations
 
@@ -91,15 +87,12 @@ def _fmix64(h: np.ndarray) -> np.ndarray:
 class SeenHashes:
     """The set of 64-bit hashes of every identifier kept so far, with vectorised membership.
 
-    Memory is 8 bytes per kept identifier whatever the identifiers' width (plus a transient copy
-    while two runs merge). The hashes live in a few sorted numpy arrays whose sizes roughly
-    halve from the first to the last (a log-structured merge): a new chunk's hashes are appended
-    as one more sorted run, and the last two runs are merged while the newer one is at least
-    half the size of the older, so each hash is merged O(log n) times. A run of
-    ``MERGE_LIMIT`` hashes or more is not merged any further: a merge holds both runs and their
-    copy at once, so merging the largest runs would raise the peak memory of a large audience.
-    So there are O(n / MERGE_LIMIT + log n) runs; membership is one
-    ``searchsorted`` per run.
+    The hashes live in sorted numpy arrays whose sizes roughly halve from the first to the last
+    (a log-structured merge): a chunk's hashes are one more sorted run, and the last two runs are
+    merged while the newer is at least half the older, so each hash is merged O(log n) times. A
+    run of ``MERGE_LIMIT`` hashes or more is merged no further (a merge holds both runs and their
+    copy at once: the largest would raise the peak memory), so membership is one ``searchsorted``
+    in each of O(n / MERGE_LIMIT + log n) runs.
 
     In front of the runs, a bitmap of ``FILTER_BITS`` bits (8 MB) has the bit of each kept hash
     set (its top bits pick it): a hash whose bit is clear was never kept, and only the others are

@@ -1,22 +1,12 @@
 """Map warehouse rows to the columns a destination is sent, every value checked by its rule.
 
 A :class:`Mapping` says what one activation sends: the key field, the field columns
-(:class:`FieldMap`: source column, target field, format rule of :mod:`etl.values.rules`) and the
-subscription columns (:class:`SubscriptionMap`). A :class:`RowMapper` applies it to the streamed
-chunks of the query. A value that breaks its rule rejects its whole row, with a reason naming the
-source column, the value and the rule, so nothing broken is ever sent.
-
-Everything that depends on the column *names* is checked once, when the mapping is built
-(:class:`MappingError`, every problem listed at once); per row only values are checked. On the
-hot path each rule is a handful of whole-column ``pyarrow.compute`` passes; the Python loops run
-over fields, never over rows. The wording of a reject (which check failed first) is computed only
-for the rows that fail, which are few.
-
-A field with ``required=True`` — always the key — rejects a row where it is empty ("missing").
-
-Names (checked when the mapping is built): a field name is 1 to 64 characters from
-``A-Z a-z 0-9 _``, fields and subscriptions are unique, the key is one of the fields. A
-subscription travels as a column ``subscription_<name>`` of ``Y``/``N``.
+(:class:`FieldMap`: source column, target, rule of :mod:`etl.values.rules`) and the subscription
+columns (:class:`SubscriptionMap`, ``subscription_<name>`` of ``Y``/``N``). Everything that depends
+on the column *names* is checked once, when the mapping is built (:class:`MappingError`, every
+problem at once); per row, :class:`RowMapper` checks only values. A value that breaks its rule
+rejects its whole row (a required field — always the key — also when it is empty), with a reason
+naming the source column, the value and the rule, so nothing broken is ever sent.
 """
 
 from __future__ import annotations
@@ -24,7 +14,7 @@ from __future__ import annotations
 import collections.abc as cabc
 import re
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from types import MappingProxyType
 
 import numpy as np
@@ -77,8 +67,6 @@ class MappingError(TransformError):
             what = f"{len(self.problems)} problems in the mapping:\n{listing}"
         super().__init__(what, where=where, hint=hint)
 
-
-# --------------------------------------------------------------------------- what one activation sends
 
 
 @dataclass(frozen=True)
@@ -161,21 +149,14 @@ class Mapping:
 
 
 def _mapping_problems(mapping: Mapping) -> list[str]:
-    problems: list[str] = []
-    targets: dict[str, list[str]] = {}
-    for field in mapping.fields:
-        targets.setdefault(field.target, []).append(field.source)
-        if not _NAME.fullmatch(field.target):
-            problems.append(
-                f"column {field.source!r} → attribute {field.target!r}: an attribute name is 1 to {MAX_NAME} "
-                "characters, only letters A-Z a-z, digits and _"
-            )
-    for target, sources in targets.items():
-        if len(sources) > 1:
-            problems.append(f"attribute {target!r} is fed by several columns: {listing(sources)}")
-    names: dict[str, list[str]] = {}
+    targets = list(dict.fromkeys(field.target for field in mapping.fields))
+    problems = [
+        f"column {field.source!r} → attribute {field.target!r}: an attribute name is 1 to {MAX_NAME} "
+        "characters, only letters A-Z a-z, digits and _"
+        for field in mapping.fields if not _NAME.fullmatch(field.target)
+    ]
+    problems += _fed_twice("attribute", [(field.target, field.source) for field in mapping.fields])
     for subscription in mapping.subscriptions:
-        names.setdefault(subscription.subscription, []).append(subscription.source)
         name = subscription.subscription
         if not name or name != name.strip() or any(ord(c) < 32 for c in name):
             problems.append(
@@ -184,17 +165,23 @@ def _mapping_problems(mapping: Mapping) -> list[str]:
             )
         if subscription.column in targets:
             problems.append(f"subscription {name!r}: its file column {subscription.column!r} is also an attribute")
-    for name, sources in names.items():
-        if len(sources) > 1:
-            problems.append(f"subscription {name!r} is fed by several columns: {listing(sources)}")
+    problems += _fed_twice("subscription", [(s.subscription, s.source) for s in mapping.subscriptions])
     if not mapping.key:
         problems.append("no key attribute: an import matches rows on one")
     elif mapping.key not in targets:
         problems.append(
-            f"the key {mapping.key!r} is not among the mapped attributes ({listing(list(targets)) or 'none'}): "
+            f"the key {mapping.key!r} is not among the mapped attributes ({listing(targets) or 'none'}): "
             f"a column must feed it"
         )
     return problems
+
+
+def _fed_twice(what: str, names_and_sources: list[tuple[str, str]]) -> list[str]:
+    sources: dict[str, list[str]] = {}
+    for name, source in names_and_sources:
+        sources.setdefault(name, []).append(source)
+    return [f"{what} {name!r} is fed by several columns: {listing(fed)}"
+            for name, fed in sources.items() if len(fed) > 1]
 
 
 @dataclass(frozen=True)
@@ -210,15 +197,6 @@ class MappedBatch:
     source_rows: pa.Array
 
 
-@dataclass(frozen=True)
-class _Step:
-    source: str
-    column: str
-    rule: FieldRule
-    max_length: int | None
-    required: bool
-
-
 class RowMapper:
     """Map the chunks of one query (stateful: the 1-based number of the next source row)."""
 
@@ -227,11 +205,9 @@ class RowMapper:
         self.where = where
         self._next_row = 1
         key = mapping.key_field
-        steps = [_Step(key.source, key.target, key.rule, key.max_length, True)]
-        steps += [_Step(f.source, f.target, f.rule, f.max_length, f.required) for f in mapping.fields if f is not key]
-        steps += [_Step(s.source, s.column, "yes_no", None, False) for s in mapping.subscriptions]
         #: key first: a row is explained by its key's problem before any other
-        self._steps = tuple(steps)
+        self._steps = (replace(key, required=True), *(f for f in mapping.fields if f is not key),
+                       *(FieldMap(s.source, s.column, "yes_no", None) for s in mapping.subscriptions))
         self._columns = mapping.output_columns()
 
     def map(self, batch: pa.RecordBatch | pa.Table) -> MappedBatch:
@@ -250,7 +226,7 @@ class RowMapper:
             if step.source not in texts:
                 texts[step.source] = column_text(raw, step.source)
             out, why = checked(step.rule, raw, texts[step.source], step.max_length, step.required)
-            written[step.column] = out
+            written[step.target] = out
             if pc.any(pc.is_valid(why)).as_py():
                 failing = True
                 reason, new = first_reasons(reason, why, f"{step.source}: ")
@@ -265,15 +241,8 @@ class RowMapper:
         kept = np.flatnonzero(keep.to_numpy(zero_copy_only=False))
         dropped = np.flatnonzero(~keep.to_numpy(zero_copy_only=False))
         dropped_rows = pa.array(dropped, pa.int64())
-        rejects = pa.table(
-            [
-                pa.array(dropped + first_row, pa.int64()),
-                column.take(dropped_rows),
-                value.take(dropped_rows),
-                reason.take(dropped_rows),
-            ],
-            schema=REJECTS_SCHEMA,
-        )
+        rejects = pa.table([pa.array(dropped + first_row, pa.int64()), column.take(dropped_rows),
+                            value.take(dropped_rows), reason.take(dropped_rows)], schema=REJECTS_SCHEMA)
         return MappedBatch(table.filter(keep), rejects, pa.array(kept + first_row, pa.int64()))
 
     def _check_columns(self, names: list[str]) -> None:
@@ -296,7 +265,6 @@ class RowMapper:
                 where=self.where,
                 hint="give each column a distinct name in the SQL",
             )
-
 
 
 def first_reasons(reason: pa.Array, why: pa.Array, prefix: str) -> tuple[pa.Array, pa.Array]:

@@ -13,7 +13,7 @@ import functools
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from etl.values.reference import code_list, reference_rows
+from etl.values import code_list, reference_rows
 from etl.values.text import concat, explain, first_reason, quote, trim
 
 

@@ -21,8 +21,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from etl.values.text import STRING, concat, explain, quote, trim
-
+from etl.values.text import STRING, concat, explain, saying, trim
 
 _DATE_SHAPE = r"^\d{4}-\d{2}-\d{2}$"
 _DATETIME_SHAPE = r"^\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2}$"
@@ -31,8 +30,6 @@ _DATE_TEXT = (
     r"^(?P<date>\d{4}-\d{2}-\d{2})"
     r"(?:[ T](?P<hm>(?:[01]\d|2[0-3]):[0-5]\d)(?::(?P<s>[0-5]\d)(?:\.\d+)?)?)?$"
 )
-
-
 _DAYS_IN_MONTH = np.array([0, 31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31], dtype=np.int64)
 
 
@@ -109,21 +106,18 @@ def _canonical_dates(values: pa.Array, with_time: bool) -> pa.Array:
     if not with_time:
         return day
     hm, seconds = pc.struct_field(parts, "hm"), pc.struct_field(parts, "s")
-    time = concat(
-        pc.if_else(pc.equal(hm, ""), "00:00", hm), ":", pc.if_else(pc.equal(seconds, ""), "00", seconds)
-    )
-    return concat(day, " ", time)
+    return concat(day, " ", pc.if_else(pc.equal(hm, ""), "00:00", hm), ":",
+                  pc.if_else(pc.equal(seconds, ""), "00", seconds))
 
 
 def date_rule(raw: pa.Array, text: pa.Array) -> tuple[pa.Array, pa.Array]:
-    present, candidates, ok = _date_candidates(raw, text, with_time=False)
-    bad = pc.and_(present, pc.invert(ok))
-    return candidates, explain(bad, lambda m: concat(quote(pc.filter(text, m)), " is not a date (yyyy-MM-dd)"))
+    return _dates(raw, text, with_time=False, what=" is not a date (yyyy-MM-dd)")
 
 
 def datetime_rule(raw: pa.Array, text: pa.Array) -> tuple[pa.Array, pa.Array]:
-    present, candidates, ok = _date_candidates(raw, text, with_time=True)
-    bad = pc.and_(present, pc.invert(ok))
-    return candidates, explain(
-        bad, lambda m: concat(quote(pc.filter(text, m)), " is not a date-time (yyyy-MM-dd HH:mm:ss)")
-    )
+    return _dates(raw, text, with_time=True, what=" is not a date-time (yyyy-MM-dd HH:mm:ss)")
+
+
+def _dates(raw: pa.Array, text: pa.Array, *, with_time: bool, what: str) -> tuple[pa.Array, pa.Array]:
+    present, candidates, ok = _date_candidates(raw, text, with_time)
+    return candidates, explain(pc.and_(present, pc.invert(ok)), saying(text, what))

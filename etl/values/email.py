@@ -42,7 +42,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from etl.values.reference import reference_text
+from etl.values import reference_text
 from etl.values.text import MISSING, NOT_UTF8, STRING, as_text, concat, explain, first_reason, quote
 
 #: Actito stores strings of at most this many characters
@@ -63,22 +63,8 @@ UNKNOWN_TLD = "unknown top-level domain"
 INVALID_EMAIL = "invalid e-mail address"  # never expected: every failure above is more precise
 
 #: every reason an e-mail address can be rejected with, most basic first
-EMAIL_REASONS = (
-    MISSING,
-    NOT_UTF8,
-    TOO_LONG,
-    NO_AT,
-    SEVERAL_AT,
-    NOTHING_BEFORE_AT,
-    NOTHING_AFTER_AT,
-    BAD_LOCAL_CHARACTER,
-    DOUBLE_DOT,
-    EDGE_DOT,
-    BAD_DOMAIN,
-    NO_DOT_IN_DOMAIN,
-    SHORT_TLD,
-    UNKNOWN_TLD,
-)
+EMAIL_REASONS = (MISSING, NOT_UTF8, TOO_LONG, NO_AT, SEVERAL_AT, NOTHING_BEFORE_AT, NOTHING_AFTER_AT,
+                 BAD_LOCAL_CHARACTER, DOUBLE_DOT, EDGE_DOT, BAD_DOMAIN, NO_DOT_IN_DOMAIN, SHORT_TLD, UNKNOWN_TLD)
 
 _LOCAL_CHARS = r"a-z0-9!#$%&'*+/=?^_`{|}~-"  # Actito's local-part characters, lowercase after normalising
 _ATOM = f"[{_LOCAL_CHARS}]+"
@@ -197,6 +183,5 @@ def email_rule(raw: pa.Array, text: pa.Array) -> tuple[pa.Array, pa.Array]:
     reasons = email_rejection_reasons(emails)
     bad = pc.and_(pc.is_valid(emails), pc.is_valid(reasons))
     return emails, explain(
-        bad,
-        lambda m: concat(quote(pc.filter(text, m)), " is not an accepted e-mail address: ", pc.filter(reasons, m)),
+        bad, lambda m: concat(quote(pc.filter(text, m)), " is not an accepted e-mail address: ", pc.filter(reasons, m))
     )

@@ -13,8 +13,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from etl.values.numbers import INT64_MAX
-from etl.values.text import MISSING, decoded, first_reason
+from etl.values.numbers import INT64_MAX, digits_beyond
+from etl.values.text import MISSING, STRING, decoded, first_reason
 
 NOT_A_NUMBER = "not a number"
 HAS_SIGN = "sign not allowed"
@@ -26,6 +26,7 @@ TOO_LARGE = "too large (beyond 9223372036854775807)"
 
 #: every reason a profile id can be rejected with
 PROFILE_ID_REASONS = (MISSING, NOT_A_NUMBER, HAS_SIGN, HAS_DECIMAL_POINT, NOT_WHOLE, NEGATIVE, ZERO, TOO_LARGE)
+
 
 def profile_ids(raw: pa.Array, text: pa.Array) -> tuple[pa.Array, pa.Array]:
     """(canonical id or null, reason or null) per value."""
@@ -40,23 +41,20 @@ def profile_ids(raw: pa.Array, text: pa.Array) -> tuple[pa.Array, pa.Array]:
     return _digit_ids(text, allow_zero_fraction=False)
 
 
+def _kept(ids: pa.Array, reasons: pa.Array) -> tuple[pa.Array, pa.Array]:
+    """The ids of the values without a reason, null for the others; and the reasons."""
+    return pc.if_else(pc.is_null(reasons), ids, pa.scalar(None, STRING)), reasons
+
+
 def _integer_ids(raw: pa.Array) -> tuple[pa.Array, pa.Array]:
     never = pa.array(np.zeros(len(raw), dtype=bool))
-    if pa.types.is_unsigned_integer(raw.type):
-        too_large = pc.greater(pc.cast(raw, pa.uint64()), pa.scalar(np.iinfo(np.int64).max, pa.uint64()))
-        negative = never
-    else:
-        too_large, negative = never, pc.less(raw, 0)
-    reasons = first_reason(
-        [
-            (pc.is_null(raw), MISSING),
-            (negative, NEGATIVE),
-            (pc.equal(raw, pa.scalar(0, raw.type)), ZERO),
-            (too_large, TOO_LARGE),
-        ],
-        None,
-    )
-    return pc.if_else(pc.is_null(reasons), pc.cast(raw, pa.string()), pa.scalar(None, pa.string())), reasons
+    unsigned = pa.types.is_unsigned_integer(raw.type)
+    int64_max = pa.scalar(np.iinfo(np.int64).max, pa.uint64())
+    too_large = pc.greater(pc.cast(raw, pa.uint64()), int64_max) if unsigned else never
+    negative = never if unsigned else pc.less(raw, 0)
+    reasons = first_reason([(pc.is_null(raw), MISSING), (negative, NEGATIVE),
+                            (pc.equal(raw, pa.scalar(0, raw.type)), ZERO), (too_large, TOO_LARGE)], None)
+    return _kept(pc.cast(raw, STRING), reasons)
 
 
 def _float_ids(raw: pa.Array) -> tuple[pa.Array, pa.Array]:
@@ -74,9 +72,8 @@ def _float_ids(raw: pa.Array) -> tuple[pa.Array, pa.Array]:
         ],
         None,
     )
-    ok = pc.is_null(reasons)
-    whole = pc.cast(pc.if_else(ok, values, 1.0), pa.int64())  # every remaining value is integral and in range
-    return pc.if_else(ok, pc.cast(whole, pa.string()), pa.scalar(None, pa.string())), reasons
+    whole = pc.cast(pc.if_else(pc.is_null(reasons), values, 1.0), pa.int64())  # each kept one is integral, in range
+    return _kept(pc.cast(whole, STRING), reasons)
 
 
 def _digit_ids(text: pa.Array, *, allow_zero_fraction: bool) -> tuple[pa.Array, pa.Array]:
@@ -103,15 +100,9 @@ def _digit_ids(text: pa.Array, *, allow_zero_fraction: bool) -> tuple[pa.Array, 
             (pc.equal(sign, "+"), HAS_SIGN),
             (pc.equal(sign, "-"), ZERO),  # "-0": negative zero is still zero
             (pc.equal(digits, ""), ZERO),
-            (
-                pc.or_kleene(
-                    pc.greater(pc.utf8_length(digits), len(INT64_MAX)),
-                    pc.and_kleene(pc.equal(pc.utf8_length(digits), len(INT64_MAX)), pc.greater(digits, INT64_MAX)),
-                ),
-                TOO_LARGE,
-            ),
+            (digits_beyond(digits, INT64_MAX), TOO_LARGE),
         ],
         None,
     )
-    return pc.if_else(pc.is_null(reasons), digits, pa.scalar(None, pa.string())), reasons
+    return _kept(digits, reasons)
 

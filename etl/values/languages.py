@@ -11,8 +11,8 @@ import functools
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from etl.values.reference import code_list
-from etl.values.text import concat, explain, quote, trim
+from etl.values import code_list
+from etl.values.text import explain, saying, trim
 
 
 @functools.cache
@@ -29,6 +29,4 @@ def language_rule(raw: pa.Array, text: pa.Array) -> tuple[pa.Array, pa.Array]:
     value = pc.utf8_upper(pc.struct_field(pc.extract_regex(trimmed, _LANGUAGE_TAG), "language"))
     known = pc.fill_null(pc.is_in(value, value_set=language_codes()), False)
     bad = pc.and_(pc.is_valid(trimmed), pc.invert(known))
-    return value, explain(
-        bad, lambda m: concat(quote(pc.filter(text, m)), " is not an ISO 639-1 language code (e.g. FR)")
-    )
+    return value, explain(bad, saying(text, " is not an ISO 639-1 language code (e.g. FR)"))

@@ -18,9 +18,16 @@ import pyarrow.compute as pc
 
 from etl.values.text import STRING, concat, explain, first_reason, nulls, quote, trim
 
-
 INT64_MAX = str(np.iinfo(np.int64).max)
 _INTEGER_TEXT = r"^(?P<sign>[+-]?)0*(?P<digits>[0-9]+?)(?:\.0*)?$"
+
+
+def digits_beyond(digits: pa.Array, limit: pa.Array | str) -> pa.Array:
+    """Whether unsigned digits without leading zeros exceed ``limit`` (as long as INT64_MAX):
+    a longer number does; one as long does if it sorts after it."""
+    length = pc.utf8_length(digits)
+    return pc.or_kleene(pc.greater(length, len(INT64_MAX)),
+                        pc.and_kleene(pc.equal(length, len(INT64_MAX)), pc.greater(digits, limit)))
 
 
 def integer_rule(raw: pa.Array, text: pa.Array) -> tuple[pa.Array, pa.Array]:
@@ -34,11 +41,7 @@ def integer_rule(raw: pa.Array, text: pa.Array) -> tuple[pa.Array, pa.Array]:
     sign, digits = pc.struct_field(parts, "sign"), pc.struct_field(parts, "digits")
     negative = pc.and_(pc.equal(sign, "-"), pc.not_equal(digits, "0"))
     limit = pc.if_else(negative, "9223372036854775808", INT64_MAX)
-    length = pc.utf8_length(digits)
-    too_large = pc.or_(
-        pc.greater(length, len(INT64_MAX)),
-        pc.and_(pc.equal(length, len(INT64_MAX)), pc.greater(digits, limit)),
-    )
+    too_large = digits_beyond(digits, limit)
     value = pc.if_else(negative, concat("-", digits), digits)
     bad_shape = pc.and_(pc.is_valid(trimmed), pc.is_null(parts))
     bad = pc.or_(bad_shape, pc.fill_null(too_large, False))

@@ -1,15 +1,9 @@
 """The format rules a field can follow, by name, and one field's whole check.
 
-Each rule reads a whole column twice over — as it came (``raw``: its type decides how a date or a
-number is read) and as text — and returns, per value, what to write (or None) and why not (or
-None). The written value of a row that has a reason is never sent: the row is rejected, with a
-reason naming the value and the rule, so nothing broken reaches a destination that would refuse
-it later, with a line number of an uploaded file instead of a warehouse row. Which rule
-accepts what is said in each rule's module.
-
-``string``: any column, as text; trimmed (Unicode white space); empty → None. Values are never
-truncated (see ``max_length`` in :func:`checked`): a cut name or address is wrong data that
-looks right.
+A rule reads a column as it came (its type decides how a date or a number is read) and as text,
+and returns per value what to write (or None) and why not (or None); a row with a reason is
+rejected, never sent. Which rule accepts what is said in each rule's module; ``string`` takes any
+text, trimmed, empty → None, and is never truncated: a cut name is wrong data that looks right.
 """
 
 from __future__ import annotations
@@ -20,14 +14,13 @@ from typing import Literal, get_args
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from etl.values.choices import boolean_rule, sex_rule, yes_no_rule
 from etl.values.countries import country_rule
 from etl.values.dates import date_rule, datetime_rule
 from etl.values.email import email_rule
-from etl.values.flags import boolean_rule, yes_no_rule
 from etl.values.languages import language_rule
 from etl.values.numbers import decimal_rule, integer_rule
 from etl.values.phone import phone_rule
-from etl.values.sex import sex_rule
 from etl.values.text import MISSING, NOT_UTF8, STRING, as_text, decoded, nulls, trim
 
 FieldRule = Literal[

@@ -1,9 +1,5 @@
 """Any warehouse column read as text, and the vectorised pieces every value rule is built from.
-
-A rule reads a whole column at once (``pyarrow.compute``) and returns, per value, what to write
-and why not. The wording of a reason is computed only for the values that fail (see
-:func:`explain`): they are few, and building text for every row would cost more than the check.
-"""
+A reason's wording is built only for the values that fail (:func:`explain`): they are few."""
 
 from __future__ import annotations
 
@@ -50,6 +46,11 @@ def explain(bad: pa.Array, build: Callable[[pa.Array], pa.Array]) -> pa.Array:
     if not pc.any(bad).as_py():
         return reasons
     return pc.replace_with_mask(reasons, bad, build(bad))
+
+
+def saying(text: pa.Array, what: str) -> Callable[[pa.Array], pa.Array]:
+    """For :func:`explain`: each bad value quoted, followed by ``what`` is wrong with it."""
+    return lambda mask: concat(quote(pc.filter(text, mask)), what)
 
 
 def first_reason(checks: Sequence[tuple[pa.Array, pa.Array | str]], otherwise: pa.Array | str | None) -> pa.Array:

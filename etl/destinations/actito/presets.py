@@ -1,10 +1,7 @@
-"""Presets: the column conventions of Actito's partners' integrations, as mappings.
+"""Presets: the column conventions of Actito's partners' integrations (Qualifio, Didomi) as mappings.
 
-Qualifio's variable names (:func:`qualifio_mapping` for profiles, :func:`qualifio_interaction_mapping`
-for participations) and Didomi's consents (:func:`didomi_mapping`). A preset maps only the columns
-present, and a column it does not know is an error listing every such column, never silently
-dropped: a column in the SELECT is data someone expects in Actito.
-"""
+A preset maps only the columns present, and a column it does not know is an error listing every
+such column, never silently dropped: a column in the SELECT is data someone expects in Actito."""
 
 from __future__ import annotations
 
@@ -12,19 +9,9 @@ import collections.abc as cabc
 from collections.abc import Sequence
 from types import MappingProxyType
 
-from etl.transform.mapping import (
-    MAX_STRING,
-    QUALIFIO_OPTIN_PREFIX,
-    ColumnUse,
-    FieldMap,
-    Mapping,
-    MappingError,
-    SubscriptionMap,
-    qualifio_subscription_name,
-    rule_of,
-    sort_columns,
-    subscription_maps,
-)
+from etl.transform.mapping import (MAX_STRING, QUALIFIO_OPTIN_PREFIX, ColumnUse, FieldMap, Mapping, MappingError,
+                                   SubscriptionMap, qualifio_subscription_name, rule_of, sort_columns,
+                                   subscription_maps)
 from etl.values.rules import FieldRule
 from etl.values.text import listing
 

@@ -36,19 +36,9 @@ from dataclasses import dataclass
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from etl.transform.mapping import (
-    MAX_STRING,
-    QUALIFIO_OPTIN_PREFIX,
-    SUBSCRIPTION_PREFIX,
-    ColumnUse,
-    FieldMap,
-    MappingError,
-    RowMapper,
-    SubscriptionMap,
-    first_reasons,
-    qualifio_subscription_name,
-    sort_columns,
-)
+from etl.transform.mapping import (MAX_STRING, QUALIFIO_OPTIN_PREFIX, SUBSCRIPTION_PREFIX, ColumnUse, FieldMap,
+                                   MappingError, RowMapper, SubscriptionMap, first_reasons, qualifio_subscription_name,
+                                   sort_columns)
 from etl.transform.mapping import Mapping as RowMapping
 from etl.values.countries import alpha3_of_alpha2
 from etl.values.rules import FieldRule
@@ -203,8 +193,6 @@ def payload_text(payload: Mapping[str, object]) -> str:
     return json.dumps(payload, ensure_ascii=False, separators=(",", ":"))
 
 
-# --------------------------------------------------------------------------------------- the mapping
-
 def _row_mapping(columns: Sequence[str], match_on: str, services: dict[str, str]) -> RowMapping:
     """Which column feeds which field, checked before any row is read (every problem at once)."""
 
@@ -238,8 +226,6 @@ def _row_mapping(columns: Sequence[str], match_on: str, services: dict[str, str]
     return RowMapping(key=match_on, fields=tuple(fields), subscriptions=tuple(subscriptions))
 
 
-# --------------------------------------------------------------------------------------- OpenField's formats
-
 
 def _from_words(words: Mapping[str, str], what: str) -> _Conversion:
     keys, targets = pa.array(list(words), STRING), pa.array(list(words.values()), STRING)
@@ -255,28 +241,28 @@ def _from_words(words: Mapping[str, str], what: str) -> _Conversion:
 def _country(text: pa.Array) -> tuple[pa.Array, pa.Array]:
     table = alpha3_of_alpha2()
     code = pc.utf8_upper(text)
-    alpha2 = pc.index_in(code, value_set=pa.array(list(table), pa.string()))
-    alpha3 = pc.fill_null(pc.is_in(code, value_set=pa.array(list(table.values()), pa.string())), False)
-    written = pc.if_else(alpha3, code, pc.take(pa.array(list(table.values()), pa.string()), alpha2))
+    alpha2s, alpha3s = pa.array(list(table), STRING), pa.array(list(table.values()), STRING)
+    alpha3 = pc.fill_null(pc.is_in(code, value_set=alpha3s), False)
+    written = pc.if_else(alpha3, code, pc.take(alpha3s, pc.index_in(code, value_set=alpha2s)))
     bad = pc.and_(pc.is_valid(text), pc.is_null(written))
     hint = pc.if_else(pc.equal(code, "UK"), " (the United Kingdom is GB or GBR)",
                       pc.if_else(pc.equal(code, "EL"), " (Greece is GR or GRC)", ""))
     return written, _why(bad, text, "an ISO 3166-1 country code (alpha-2 BE or alpha-3 BEL)", hint)
 
 
-def _birthday(text: pa.Array) -> tuple[pa.Array, pa.Array]:
+def _always(convert: Callable[[pa.Array], pa.Array]) -> _Conversion:
+    """A conversion of values their rule already checked: it cannot fail."""
+    return lambda text: (convert(text), nulls(len(text)))
+
+
+def _birthday(text: pa.Array) -> pa.Array:
     """``yyyy-MM-dd`` (as the date rule wrote it) → ``DDMMYYYY``."""
-    day, month, year = (pc.utf8_slice_codeunits(text, a, b) for a, b in ((8, 10), (5, 7), (0, 4)))
-    return concat(day, month, year), nulls(len(text))
+    return concat(*(pc.utf8_slice_codeunits(text, a, b) for a, b in ((8, 10), (5, 7), (0, 4))))
 
 
-def _activation_date(text: pa.Array) -> tuple[pa.Array, pa.Array]:
+def _activation_date(text: pa.Array) -> pa.Array:
     """``yyyy-MM-dd HH:mm:ss`` (as the date-time rule wrote it) → ``yyyy-MM-ddTHH:mm:ss``."""
-    return pc.replace_substring(text, " ", "T", max_replacements=1), nulls(len(text))
-
-
-def _language(text: pa.Array) -> tuple[pa.Array, pa.Array]:
-    return pc.utf8_lower(text), nulls(len(text))
+    return pc.replace_substring(text, " ", "T", max_replacements=1)
 
 
 def _why(bad: pa.Array, text: pa.Array, what: str, hint: pa.Array | str = "") -> pa.Array:
@@ -289,7 +275,7 @@ _CONVERSIONS: dict[str, _Conversion] = {
     "Country": _country,
     "Gender": _from_words(GENDERS, "a gender OpenField takes (H or F; M, male, female, homme, femme are read)"),
     "Civility": _from_words(CIVILITIES, "a civility OpenField takes (M or MME; Mr, Mrs, Monsieur, Madame are read)"),
-    "BirthDate": _birthday,
-    "ActivationDate": _activation_date,
-    "LanguageId": _language,
+    "BirthDate": _always(_birthday),
+    "ActivationDate": _always(_activation_date),
+    "LanguageId": _always(pc.utf8_lower),
 }
