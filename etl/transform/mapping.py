@@ -63,15 +63,14 @@ class MappingError(TransformError):
         if len(self.problems) == 1:
             what = self.problems[0]
         else:
-            listing = "\n".join(f"  - {problem}" for problem in self.problems)
-            what = f"{len(self.problems)} problems in the mapping:\n{listing}"
+            lines = "\n".join(f"  - {problem}" for problem in self.problems)
+            what = f"{len(self.problems)} problems in the mapping:\n{lines}"
         super().__init__(what, where=where, hint=hint)
-
 
 
 @dataclass(frozen=True)
 class FieldMap:
-    """One source column → one Actito attribute, through one format rule."""
+    """One source column → one attribute of the destination, through one format rule."""
 
     source: str
     target: str
