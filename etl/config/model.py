@@ -264,7 +264,6 @@ Activation = Annotated[
         custom_error_message="kind must be one of 'audience', 'profiles', 'subscriptions', 'interactions'",
     ),
 ]
-ImportActivation = ProfilesActivation | SubscriptionsActivation | InteractionsActivation
 
 
 _KindT = TypeVar("_KindT", AudienceActivation, ProfilesActivation, SubscriptionsActivation, InteractionsActivation,

@@ -11,8 +11,7 @@ import sqlalchemy as sa
 
 from etl.config import Config
 from etl.errors import AudienceSyncError, ExtractError
-from etl.extract.engine import activation_engine, safe_url
-from etl.extract.failures import database_message
+from etl.extract.engine import activation_engine, database_message, safe_url
 from etl.extract.params import query_params
 from etl.extract.stream import stream_batches
 

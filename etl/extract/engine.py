@@ -1,11 +1,15 @@
 """Warehouse engines: a SQLAlchemy engine for a URL (or an error saying what to install or fix), the
-read-only session an audience query runs in, and the engine of an activation's warehouse."""
+read-only session an audience query runs in, the engine of an activation's warehouse, and database
+failures as ExtractErrors carrying the database's own message, never a password and never the SQL
+echo that drivers append."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
 import sqlalchemy as sa
 from sqlalchemy.engine import URL
 
@@ -74,7 +78,7 @@ def create_warehouse_engine(url: str, *, where: str) -> sa.Engine:
         ) from None
     except (sa.exc.ArgumentError, TypeError, ValueError) as exc:
         raise ExtractError(
-            f"unusable warehouse URL {safe}: {first_line(str(exc), parsed)}", where=where
+            f"unusable warehouse URL {safe}: {_first_line(str(exc), parsed)}", where=where
         ) from None
     if engine.dialect.name == "sqlite":
         sa.event.listen(engine, "connect", _lenient_sqlite_text)
@@ -92,7 +96,7 @@ def safe_url(url: URL) -> str:
     return redact(url.render_as_string(hide_password=True))
 
 
-def first_line(text: str, url: URL) -> str:
+def _first_line(text: str, url: URL) -> str:
     lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
     line = lines[0] if lines else "(no message)"
     password = url.password
@@ -156,7 +160,7 @@ def read_only(connection: sa.Connection) -> None:
     """An audience query only reads: ``preview`` promises to write nothing, and a run must never change
     the warehouse (a ``DROP`` or ``CREATE TABLE … AS`` pasted into an audience file). The database
     enforces it, not a parse of the SQL. DuckDB has no read-only transaction: its parser says what
-    each statement is (`refuse_duckdb_writes`), and its path always rolls back besides."""
+    each statement is (`etl.extract.duckdb_reader`), and its path always rolls back besides."""
     statement = _READ_ONLY.get(connection.dialect.name)
     if statement is not None:
         connection.exec_driver_sql(statement)
@@ -192,3 +196,65 @@ def _anchored(config: Config, url: str) -> str:
         if url.startswith(prefix) and not url[len(prefix) :].startswith(("/", ":memory:")) and url != prefix:
             return prefix + str(config.path(Path(url[len(prefix) :])))
     return url
+
+
+# --------------------------------------------------------------------------- failures
+
+_QUERY_HINT = "fix the query, then try it with `audience-sync preview NAME`"
+
+# ``:name::type`` — sqlalchemy.text() does not take ``:name`` before ``::`` as a parameter (see below)
+_CAST_AFTER_PARAMETER = re.compile(r"(?<![:\w\\]):(\w+)::(\w+)")
+
+#: what a read-only refusal says, per dialect, to explain it instead of showing the bare error
+_READ_ONLY_REFUSALS = ("read-only transaction", "read only transaction", "readonly database",
+                       "attempt to write a readonly", "query_only")
+
+
+def database_errors(engine: sa.Engine) -> tuple[type[BaseException], ...]:
+    """What a database call may raise: SQLAlchemy's errors, the driver's own (fast paths call it directly)."""
+    errors: list[type[BaseException]] = [sa.exc.SQLAlchemyError, pa.ArrowException]
+    driver_error = getattr(engine.dialect.loaded_dbapi, "Error", None)
+    if isinstance(driver_error, type) and issubclass(driver_error, BaseException):
+        errors.append(driver_error)
+    return tuple(errors)
+
+
+def query_error(exc: BaseException, url: URL, where: str, sql: str) -> ExtractError:
+    message = database_message(exc, url)
+    if isinstance(exc, sa.exc.ResourceClosedError):
+        return ExtractError(
+            "the query returns no rows (is it a SELECT?)", where=where, hint="an audience query must be a SELECT"
+        )
+    if isinstance(exc, sa.exc.DBAPIError) and exc.connection_invalidated:
+        return ExtractError(
+            f"the connection to the warehouse broke off: {message}",
+            where=where,
+            hint="the query itself may be fine; run again once the warehouse is reachable",
+        )
+    if any(refusal in message.lower() for refusal in _READ_ONLY_REFUSALS):
+        return ExtractError(
+            f"the query tried to write to the warehouse, which audience SQL may not: {message}",
+            where=where,
+            hint="audience SQL runs in a read-only transaction: keep it to one SELECT (or WITH … SELECT); "
+                 "build tables with your warehouse's own tools (dbt, scheduled SQL)",
+        )
+    casts = _CAST_AFTER_PARAMETER.findall(sql)
+    if casts:
+        name, type_ = casts[0]
+        hint = (
+            f"text() does not take :{name} before '::' as a parameter: write CAST(:{name} AS {type_}), "
+            "then try it with `audience-sync preview NAME`"
+        )
+        return ExtractError(message, where=where, hint=hint)
+    return ExtractError(message, where=where, hint=_QUERY_HINT)
+
+
+def database_message(exc: BaseException, url: URL) -> str:
+    """The database's own words: the driver's first line, without SQLAlchemy's SQL echo or a password."""
+    original = exc.orig if isinstance(exc, sa.exc.DBAPIError) and exc.orig is not None else exc
+    args: tuple[Any, ...] = getattr(original, "args", ())
+    if len(args) >= 2 and isinstance(args[0], int) and isinstance(args[1], str):
+        text = f"{args[1]} (error {args[0]})"  # PyMySQL: (code, message)
+    else:
+        text = str(original)
+    return _first_line(text, url)

@@ -15,8 +15,8 @@ from etl.config import Config
 from etl.config.sql import text_statement
 from etl.errors import ExtractError
 from etl.extract.duckdb_reader import duckdb_batches
-from etl.extract.engine import activation_engine, end_read_only, read_only, safe_url
-from etl.extract.failures import database_errors, database_message, query_error
+from etl.extract.engine import (activation_engine, database_errors, database_message, end_read_only, query_error,
+                                read_only, safe_url)
 from etl.extract.generic import Batches, ColumnChoice, FastPath, sqlalchemy_batches
 from etl.extract.params import bound_values, query_params
 from etl.extract.postgres import postgres_batches

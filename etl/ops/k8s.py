@@ -37,6 +37,7 @@ from typing import Any
 import yaml
 
 from etl.config import Config, parse_interval
+from etl.config.base import VARIABLE
 from etl import __version__
 from etl.errors import ConfigError
 
@@ -56,7 +57,6 @@ DEFAULT_IMAGE = f"audience-sync:{__version__}"
 SUCCESSFUL_JOBS_KEPT = 3
 FAILED_JOBS_KEPT = 5
 
-_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 _DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
 _CONFIGMAP_KEY = re.compile(r"^[-._a-zA-Z0-9]+$")
 _QUANTITY = re.compile(r"^[0-9]+(\.[0-9]+)?(m|k|M|G|T|P|E|Ki|Mi|Gi|Ti|Pi|Ei)?$")
@@ -504,7 +504,7 @@ def _references(node: Any) -> Iterator[str]:
         for item in node:
             yield from _references(item)
     elif isinstance(node, str):
-        yield from _VAR.findall(node)
+        yield from VARIABLE.findall(node)
 
 
 def _tables(raw: dict[str, Any]) -> Iterator[tuple[str, Any]]:
