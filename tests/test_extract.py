@@ -18,7 +18,7 @@ import pytest
 import sqlalchemy as sa
 
 import dbservers
-from etl import extract
+from etl.extract import postgres, stream
 from etl.errors import ExtractError
 from etl.extract import bind_parameter_names, create_warehouse_engine, stream_batches
 
@@ -358,7 +358,7 @@ def test_early_close_and_consumer_errors_release_the_connection(warehouse: Wareh
 
 def test_postgres_streams_through_a_server_side_cursor(monkeypatch: pytest.MonkeyPatch) -> None:
     """The generic path, which PostgreSQL takes when the COPY fast path cannot be used (see below)."""
-    monkeypatch.delitem(extract._FAST_PATHS, "postgresql")
+    monkeypatch.delitem(stream._FAST_PATHS, "postgresql")
     engine = create_warehouse_engine(dbservers.postgres_url(), where="wh")
     sessions: list[Any] = []
     sa.event.listen(engine, "checkout", lambda dbapi_connection, record, proxy: sessions.append(dbapi_connection))
@@ -566,7 +566,7 @@ def copies(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, str]]:
     ``query`` the SQL we built, before psycopg binds the values: empty when the generic path ran."""
     started: list[tuple[str, str]] = []
     for how, name in (("adbc", "_adbc_reader"), ("csv", "_csv_copy_reader")):
-        original = getattr(extract, name)
+        original = getattr(postgres, name)
 
         def recording(raw: Any, query: str, *args: Any, _how: str = how, _original: Any = original) -> Any:
             reader = _original(raw, query, *args)
@@ -574,7 +574,7 @@ def copies(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, str]]:
                 started.append((_how, query))
             return reader
 
-        monkeypatch.setattr(extract, name, recording)
+        monkeypatch.setattr(postgres, name, recording)
     return started
 
 
@@ -593,7 +593,7 @@ def _generic_read(
 ) -> list[pa.RecordBatch]:  # fmt: skip
     """What the generic SQLAlchemy path gives for the same query (the reference of the fast path)."""
     with monkeypatch.context() as patch:
-        patch.delitem(extract._FAST_PATHS, "postgresql")
+        patch.delitem(stream._FAST_PATHS, "postgresql")
         return _read(engine, sql, params, chunk_size)
 
 

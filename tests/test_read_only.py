@@ -138,9 +138,9 @@ def test_a_wide_result_is_read_in_chunks_bounded_by_bytes_and_only_the_used_colu
 ) -> None:
     """``SELECT *`` of many columns when the audience needs one: 50k-row chunks of 500 columns once
     took 5 GB. Chunks are cut by their size, and the unused columns are never converted."""
-    import etl.extract
+    import etl.extract.generic
 
-    monkeypatch.setattr(etl.extract, "CHUNK_BYTES", 1 << 20)
+    monkeypatch.setattr(etl.extract.generic, "CHUNK_BYTES", 1 << 20)
     columns = 50
     with sqlite3.connect(tmp_path / "wide.db") as db:
         db.execute("CREATE TABLE w (email TEXT, " + ", ".join(f"c{i} TEXT" for i in range(columns - 1)) + ")")

@@ -23,8 +23,10 @@ from __future__ import annotations
 import re
 import string
 from collections import deque
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Literal
 
 #: ``$`` followed by a run of Java date-pattern letters (y M d H m s), as Actito writes dates
 PLACEHOLDER = re.compile(r"\$([yMdHms]+)")
@@ -38,6 +40,7 @@ MANIFEST_SUFFIX = ".manifest.json"
 PART_INFIX = "_part"
 
 Chars = frozenset[str]
+Compression = Literal["none", "gzip", "zip"]
 
 
 def letter_groups(run: str) -> list[str]:
@@ -143,7 +146,7 @@ def _letter(character: str, fold: bool) -> Chars:
 
 
 def _placeholder(language: NameLanguage, state: int, group: str, fold: bool) -> int:
-    """Append what `etl.files.render_file_name` writes for one letter group (``yyyy``, ``MM``, ``MMM``…)."""
+    """Append what `render_file_name` writes for one letter group (``yyyy``, ``MM``, ``MMM``…)."""
     letter, width = group[0], len(group)
     if letter == "M" and width >= 3:
         return language._either(state, (month[:3] if width == 3 else month for month in MONTHS), fold)
@@ -231,7 +234,7 @@ class Claim:
 
     activation: str
     pattern: str
-    #: the location's canonical identity (see `etl.config.location_identity`)
+    #: the location's canonical identity (see the locations' ``identity`` in `etl.config.destinations`)
     location: tuple[str, ...]
     #: the location for people
     shown: str
@@ -266,3 +269,73 @@ def _language(cache: dict[int, NameLanguage], claim: Claim) -> NameLanguage:
     if id(claim) not in cache:
         cache[id(claim)] = owned_names(claim.pattern, fold=True)
     return cache[id(claim)]
+
+
+# --------------------------------------------------------------------------- rendering and checking names
+
+_SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*\.csv")
+MAX_NAME_LENGTH = 200
+
+
+def _render_group(group: str, when: datetime) -> str:
+    letter, width = group[0], len(group)
+    if letter == "y":
+        return f"{when.year % 100:02d}" if width == 2 else f"{when.year:0{width}d}"
+    if letter == "M" and width >= 3:
+        name = MONTHS[when.month - 1]
+        return name[:3] if width == 3 else name
+    value = {"M": when.month, "d": when.day, "H": when.hour, "m": when.minute, "s": when.second}[letter]
+    return f"{value:0{width}d}"
+
+
+def render_file_name(pattern: str, when: datetime) -> str:
+    """Fill Actito-style date placeholders: ``audience_$yyyyMMdd.csv`` -> ``audience_20260131.csv``.
+
+    A placeholder is ``$`` followed by a run of Java date-pattern letters: ``y`` year (``yy`` two
+    digits), ``M`` month (``MMM`` ``Jan``, ``MMMM`` ``January``), ``d`` day, ``H`` hour (0-23),
+    ``m`` minute, ``s`` second; a letter repeated n times is zero-padded to n digits. The run is
+    as long as the letters go: ``$yyyyMMddHHmmss`` is one placeholder.
+    """
+    return PLACEHOLDER.sub(lambda m: "".join(_render_group(g, when) for g in letter_groups(m.group(1))), pattern)
+
+
+def name_pattern_problem(pattern: str) -> str | None:
+    """None if ``pattern`` can name audience files, else what is wrong with it."""
+    if not pattern:
+        return "the file name is empty"
+    if "/" in pattern or "\\" in pattern:
+        return "must be a file name, without / or \\ (the directory is the destination's)"
+    if ".." in pattern:
+        return "must not contain '..'"
+    if pattern.startswith("."):
+        return "must not start with a dot (hidden files are ignored by file synchronisations)"
+    if not pattern.endswith(".csv"):
+        return "must end in .csv (compression adds .gz or makes it .zip)"
+    rendered = render_file_name(pattern, datetime(2000, 1, 1))
+    if "$" in rendered:
+        return "a $ must start a date placeholder such as $yyyyMMdd (letters y M d H m s)"
+    if len(render_file_name(pattern, datetime(2000, 12, 31, 23, 59, 59))) > MAX_NAME_LENGTH:
+        return f"must be at most {MAX_NAME_LENGTH} characters"
+    if not _SAFE_NAME.fullmatch(rendered):
+        return (
+            "may only use letters A-Z a-z, digits, '.', '_' and '-' (and $ date placeholders), "
+            "starting with a letter or digit"
+        )
+    return None
+
+
+def name_matcher(pattern: str) -> Callable[[str], bool]:
+    """True for exactly the names ``pattern``'s activation can leave at its location: the name rendered on
+    any date (each placeholder with the digit count `render_file_name` writes), with any compression's
+    extension, as parts of earlier versions (``_part001``…) or as its manifest."""
+    return owned_names(pattern).matches
+
+
+def final_file_name(pattern: str, when: datetime, compression: Compression) -> str:
+    """The name of the delivered file: rendered, then ``.gz`` added (gzip) or ``.csv`` -> ``.zip``."""
+    name = render_file_name(pattern, when)
+    if compression == "gzip":
+        return name + ".gz"
+    if compression == "zip":
+        return (name[: -len(".csv")] if name.endswith(".csv") else name) + ".zip"
+    return name

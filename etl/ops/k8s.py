@@ -36,7 +36,8 @@ from typing import Any
 
 import yaml
 
-from etl.config import AudienceActivation, Config, Destination, LocalLocation, parse_interval
+from etl.config import Config, parse_interval
+from etl.config.base import VARIABLE
 from etl import __version__
 from etl.errors import ConfigError
 
@@ -56,7 +57,6 @@ DEFAULT_IMAGE = f"audience-sync:{__version__}"
 SUCCESSFUL_JOBS_KEPT = 3
 FAILED_JOBS_KEPT = 5
 
-_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 _DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
 _CONFIGMAP_KEY = re.compile(r"^[-._a-zA-Z0-9]+$")
 _QUANTITY = re.compile(r"^[0-9]+(\.[0-9]+)?(m|k|M|G|T|P|E|Ki|Mi|Gi|Ti|Pi|Ei)?$")
@@ -111,52 +111,70 @@ def cronjob_manifests(config: Config, names: Sequence[str], options: K8sOptions)
     manifests: list[dict[str, Any]] = []
     for name in dict.fromkeys(names):  # keep the order, drop repeats
         where = f"[activations.{name}]"
-        activation = config.activations.get(name)
-        if activation is None:
-            known = ", ".join(sorted(config.activations)) or "none"
-            problems.append((f"activation {name!r}", f"not in the configuration (known: {known})"))
+        try:
+            k8s_name, schedule = _schedule(config, name, where, seen)
+            if config.activations[name].needs_lasting_state and options.state_volume_claim is None:
+                raise _Refused(where, _LASTING_STATE)
+            problems += _ephemeral_problems(config, name, where, options)
+            variables = _pod_variables(raw, config, name, every_variable, where, options)
+        except _Refused as refused:
+            problems.append(refused.problem)
             continue
-        if activation.schedule is None:
-            problems.append((where, "has no schedule: add schedule = { cron = \"...\" } or { every = \"6h\" }"))
-            continue
-        k8s_name = cronjob_name(name)
-        if k8s_name in seen:
-            other = seen[k8s_name]
-            problems.append((where, f"its Kubernetes name {k8s_name!r} is also the one of [activations.{other}]: "
-                                    "rename one of them"))
-            continue
-        seen[k8s_name] = name
-        schedule = activation.schedule.cron
-        if schedule is not None and (problem := _cron_problem(schedule)) is not None:
-            problems.append((f"{where} schedule.cron", problem))
-            continue
-        if schedule is None:
-            every = activation.schedule.every or ""
-            schedule = every_as_cron(every)
-            if schedule is None:
-                problems.append((f"{where} schedule.every", _every_refusal(every)))
-                continue
-        if _needs_lasting_state(config, name) and options.state_volume_claim is None:
-            problems.append((where, 'delivery = "membership" compares each run with the members the previous run kept '
-                                    "in the state directory: on an emptyDir, members who leave would never be "
-                                    "removed. Give a PersistentVolumeClaim for it (--state-claim NAME)"))
-            continue
-        problems += _ephemeral_problems(config, name, where, options)
-        own = _activation_variables(raw, config, name)
-        if options.all_secrets:
-            variables = sorted(every_variable)
-        else:
-            variables = sorted(own)
-            if missing := {var: table for var, table in every_variable.items() if var not in own}:
-                listed = ", ".join(f"{var} ({table})" for var, table in sorted(missing.items()))
-                problems.append((where, f"`audience-sync run` reads the whole file, which also references {listed}: "
-                                        "the pod would stop with exit code 2 without them. Hand every pod every "
-                                        "variable (--all-secrets), or keep the other tables in another file"))
-                continue
         manifests.append(_cronjob(config, name, k8s_name, schedule, variables, files, options))
     if problems:
         raise ConfigError(problems, source=config.source)
     return manifests
+
+
+class _Refused(Exception):
+    """An activation that cannot become a CronJob, and why (its other checks are skipped)."""
+
+    def __init__(self, where: str, what: str) -> None:
+        super().__init__(what)
+        self.problem = (where, what)
+
+
+_LASTING_STATE = ('delivery = "membership" compares each run with the members the previous run kept in the state '
+                  "directory: on an emptyDir, members who leave would never be removed. Give a "
+                  "PersistentVolumeClaim for it (--state-claim NAME)")
+
+
+def _schedule(config: Config, name: str, where: str, seen: dict[str, str]) -> tuple[str, str]:
+    """(Kubernetes name, cron schedule) of an activation; ``seen`` maps the names given so far to their activation."""
+    activation = config.activations.get(name)
+    if activation is None:
+        known = ", ".join(sorted(config.activations)) or "none"
+        raise _Refused(f"activation {name!r}", f"not in the configuration (known: {known})")
+    if activation.schedule is None:
+        raise _Refused(where, "has no schedule: add schedule = { cron = \"...\" } or { every = \"6h\" }")
+    k8s_name = cronjob_name(name)
+    if k8s_name in seen:
+        raise _Refused(where, f"its Kubernetes name {k8s_name!r} is also the one of [activations.{seen[k8s_name]}]: "
+                              "rename one of them")
+    seen[k8s_name] = name
+    schedule = activation.schedule.cron
+    if schedule is not None and (problem := _cron_problem(schedule)) is not None:
+        raise _Refused(f"{where} schedule.cron", problem)
+    if schedule is None:
+        every = activation.schedule.every or ""
+        schedule = every_as_cron(every)
+        if schedule is None:
+            raise _Refused(f"{where} schedule.every", _every_refusal(every))
+    return k8s_name, schedule
+
+
+def _pod_variables(raw: dict[str, Any], config: Config, name: str, every_variable: dict[str, str], where: str,
+                   options: K8sOptions) -> list[str]:
+    """The variables handed to the activation's pod: its own, or every one with ``all_secrets``."""
+    if options.all_secrets:
+        return sorted(every_variable)
+    own = _activation_variables(raw, config, name)
+    if missing := {var: table for var, table in every_variable.items() if var not in own}:
+        listed = ", ".join(f"{var} ({table})" for var, table in sorted(missing.items()))
+        raise _Refused(where, f"`audience-sync run` reads the whole file, which also references {listed}: "
+                              "the pod would stop with exit code 2 without them. Hand every pod every "
+                              "variable (--all-secrets), or keep the other tables in another file")
+    return sorted(own)
 
 
 def configmap_manifest(config: Config, options: K8sOptions) -> dict[str, Any]:
@@ -269,6 +287,30 @@ def _cronjob(config: Config, name: str, k8s_name: str, schedule: str, variables:
     if activation.schedule.every is not None:
         annotations["audience-sync/every"] = activation.schedule.every
     volumes, mounts = _volumes(config, name, files, options)
+    job_spec = {
+        "backoffLimit": options.backoff_limit,
+        "podFailurePolicy": {"rules": _pod_failure_rules()},
+        "template": {"metadata": {"labels": dict(labels)},
+                     "spec": _pod_spec(config, _container(name, variables, mounts, options), volumes)},
+    }
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "CronJob",
+        "metadata": _metadata(k8s_name, options, labels, annotations),
+        "spec": {
+            "schedule": schedule,
+            "timeZone": activation.schedule.timezone,
+            "concurrencyPolicy": "Forbid",
+            "startingDeadlineSeconds": options.starting_deadline_seconds,
+            "successfulJobsHistoryLimit": SUCCESSFUL_JOBS_KEPT,
+            "failedJobsHistoryLimit": FAILED_JOBS_KEPT,
+            "suspend": not activation.enabled,
+            "jobTemplate": {"metadata": {"labels": dict(labels)}, "spec": job_spec},
+        },
+    }
+
+
+def _container(name: str, variables: list[str], mounts: list[dict[str, Any]], options: K8sOptions) -> dict[str, Any]:
     container: dict[str, Any] = {
         "name": CONTAINER_NAME,
         "image": options.image,
@@ -295,7 +337,11 @@ def _cronjob(config: Config, name: str, k8s_name: str, schedule: str, variables:
         "capabilities": {"drop": ["ALL"]},
     }
     container["volumeMounts"] = mounts
-    pod_spec: dict[str, Any] = {
+    return container
+
+
+def _pod_spec(config: Config, container: dict[str, Any], volumes: list[dict[str, Any]]) -> dict[str, Any]:
+    return {
         "restartPolicy": "Never",
         "automountServiceAccountToken": False,
         # a one-shot run gets its shutdown grace to finish, then some time to record how it ended
@@ -310,26 +356,6 @@ def _cronjob(config: Config, name: str, k8s_name: str, schedule: str, variables:
         },
         "containers": [container],
         "volumes": volumes,
-    }
-    job_spec = {
-        "backoffLimit": options.backoff_limit,
-        "podFailurePolicy": {"rules": _pod_failure_rules()},
-        "template": {"metadata": {"labels": dict(labels)}, "spec": pod_spec},
-    }
-    return {
-        "apiVersion": "batch/v1",
-        "kind": "CronJob",
-        "metadata": _metadata(k8s_name, options, labels, annotations),
-        "spec": {
-            "schedule": schedule,
-            "timeZone": activation.schedule.timezone,
-            "concurrencyPolicy": "Forbid",
-            "startingDeadlineSeconds": options.starting_deadline_seconds,
-            "successfulJobsHistoryLimit": SUCCESSFUL_JOBS_KEPT,
-            "failedJobsHistoryLimit": FAILED_JOBS_KEPT,
-            "suspend": not activation.enabled,
-            "jobTemplate": {"metadata": {"labels": dict(labels)}, "spec": job_spec},
-        },
     }
 
 
@@ -429,11 +455,11 @@ def _scratch_dirs(config: Config, name: str) -> Iterator[tuple[str, PurePosixPat
     if warehouse.demo and url.startswith("sqlite:///") and database and not database.startswith(":memory:"):
         # the demo database is built on first use, next to where the URL points
         yield "demo-warehouse", _pod_path(Path(database)).parent
-    destination = config.destinations[activation.destination]
-    if (isinstance(activation, AudienceActivation) and activation.delivery == "file"
-            and isinstance(destination, Destination) and isinstance(destination.files, LocalLocation)):
+    location = config.destinations[activation.destination].file_location
+    outbox = location.local_directory if location is not None and activation.delivers_file else None
+    if outbox is not None:
         # a local "file transfer location" in a pod is only a placeholder: see docs/deploy.md
-        yield "outbox", _pod_path(destination.files.path)
+        yield "outbox", _pod_path(outbox)
     if config.metrics.textfile is not None:
         # read relative to the working directory, which is CONFIG_DIR in the pod
         yield "metrics", _pod_path(config.metrics.textfile).parent
@@ -452,12 +478,6 @@ def _ephemeral_problems(config: Config, name: str, where: str, options: K8sOptio
         problems.append((where, "its destination is a local directory, which in a pod is an emptyDir Actito never "
                                 "sees: use an sftp or ftps location, or --ephemeral-state for a trial"))
     return problems
-
-
-def _needs_lasting_state(config: Config, name: str) -> bool:
-    """Whether a run is wrong, not only slower, when the previous run's snapshot is gone."""
-    activation = config.activations[name]
-    return isinstance(activation, AudienceActivation) and activation.delivery == "membership"
 
 
 # --------------------------------------------------------------------------- secrets
@@ -484,7 +504,7 @@ def _references(node: Any) -> Iterator[str]:
         for item in node:
             yield from _references(item)
     elif isinstance(node, str):
-        yield from _VAR.findall(node)
+        yield from VARIABLE.findall(node)
 
 
 def _tables(raw: dict[str, Any]) -> Iterator[tuple[str, Any]]:

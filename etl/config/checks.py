@@ -1,0 +1,151 @@
+"""Cross-checks: what each table cannot see alone — references between tables, SQL files and their
+parameters, destinations' own needs, and file names two activations would share at one location."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
+
+from etl.config.base import Problem
+from etl.config.model import Config
+from etl.config.sql import BUILTIN_PARAMS, bind_parameter_names
+from etl.files.names import Claim, name_pattern_problem, overlaps
+
+log = logging.getLogger("audience_sync.config")
+
+#: file.max_bytes is the ceiling of the one file an audience delivers (never split): nothing to cap without one
+_MAX_BYTES_UNUSED = ('not used with delivery = "membership": members are imported through Actito\'s API and no '
+                     "file is delivered; remove it")
+
+
+def cross_check(config: Config, declared: dict[str, set[str]], raw_activations: dict[str, Any]) -> list[Problem]:
+    """References between tables and to files. Activations are read raw, so that an activation with a
+    typo in one key still has its SQL file, parameters and references checked; a reference to a
+    declared but invalid table was already reported."""
+    problems = _warehouse_problems(config)
+    for name, destination in config.destinations.items():
+        problems += destination.problems(config.base_dir, f"[destinations.{name}]")
+    claims: list[Claim] = []
+    lowered: dict[str, str] = {}
+    sql_parameters: dict[Path, set[str] | str] = {}  # many activations share one SQL file: read and parse it once
+    for name, raw in raw_activations.items():
+        if not isinstance(raw, dict):
+            continue
+        where = f"[activations.{name}]"
+        if name.lower() in lowered:
+            problems.append((where, f"same name as [activations.{lowered[name.lower()]}] apart from case"))
+        lowered[name.lower()] = name
+        problems += _reference_problems(config, declared, raw, where)
+        if raw.get("kind", "audience") == "audience":
+            problems += _audience_file_problems(config, name, raw, where, claims)
+        if isinstance(raw.get("sql"), str):
+            params = raw["params"] if isinstance(raw.get("params"), dict) else {}
+            problems += _sql_problems(config.path(Path(raw["sql"])), set(params), where, sql_parameters)
+    return problems + _name_overlaps(claims)
+
+
+def _warehouse_problems(config: Config) -> list[Problem]:
+    problems: list[Problem] = []
+    for name, warehouse in config.warehouses.items():
+        try:
+            make_url(warehouse.url.get_secret_value())
+        except (ArgumentError, ValueError):  # ValueError: a port that is no number, often a '@' or ':' in a value
+            problems.append((f"[warehouses.{name}] url", "not a SQLAlchemy URL (e.g. postgresql+psycopg://host/db); "
+                                                         "percent-encode reserved characters in values (@ as %40, "
+                                                         ": as %3A, / as %2F)"))
+            continue
+        if warehouse.demo and not warehouse.url.get_secret_value().startswith("sqlite:///"):
+            problems.append((f"[warehouses.{name}] demo", "the demo warehouse is a SQLite file: use a sqlite:/// URL"))
+    return problems
+
+
+def _reference_problems(config: Config, declared: dict[str, set[str]], raw: dict[str, Any], where: str
+                        ) -> list[Problem]:
+    """The activation's warehouse and destination exist, and the destination takes what it delivers."""
+    problems: list[Problem] = []
+    warehouse_ref, destination_ref = raw.get("warehouse"), raw.get("destination")
+    if isinstance(warehouse_ref, str) and warehouse_ref not in declared["warehouses"]:
+        problems.append((f"{where} warehouse", f"no [warehouses.{warehouse_ref}] table"))
+    if isinstance(destination_ref, str) and destination_ref not in declared["destinations"]:
+        problems.append((f"{where} destination", f"no [destinations.{destination_ref}] table"))
+    elif isinstance(destination_ref, str) and destination_ref in config.destinations:
+        problems += config.destinations[destination_ref].activation_problems(destination_ref, raw, where)
+    return problems
+
+
+def _audience_file_problems(config: Config, name: str, raw: dict[str, Any], where: str, claims: list[Claim]
+                            ) -> list[Problem]:
+    """The audience's file options; the names it claims at its location are added to ``claims``."""
+    problems: list[Problem] = []
+    file_options: dict[str, Any] = raw["file"] if isinstance(raw.get("file"), dict) else {}
+    if "max_bytes" in file_options and raw.get("delivery", "file") == "membership":
+        problems.append((f"{where} file.max_bytes", _MAX_BYTES_UNUSED))
+    pattern = file_options.get("name") or f"{name}.csv"
+    if isinstance(pattern, str):
+        if (problem := name_pattern_problem(pattern)) is not None:
+            problems.append((f"{where} file.name", problem))
+        elif (claim := _file_claim(config, name, pattern, raw)) is not None:
+            claims.append(claim)
+    return problems
+
+
+def _file_claim(config: Config, name: str, pattern: str, raw: dict[str, Any]) -> Claim | None:
+    """The names an audience delivered as a file claims at its destination's location (None for a
+    membership delivery, which writes no file there, or a destination already reported)."""
+    destination_ref = raw.get("destination")
+    destination = config.destinations.get(destination_ref) if isinstance(destination_ref, str) else None
+    location = destination.file_location if destination is not None else None
+    if raw.get("delivery", "file") != "file" or location is None:
+        return None
+    identity, shown = location.identity(config.base_dir)
+    return Claim(name, pattern, identity, shown, str(destination_ref))
+
+
+def _name_overlaps(claims: list[Claim]) -> list[Problem]:
+    """Two activations whose files can ever have the same name at one location: the last run would
+    win, and each one's clean-up would remove the other's delivery."""
+    return [(f"[activations.{second.activation}] file.name", _overlap_text(first, second, example))
+            for first, second, example in overlaps(claims)]
+
+
+def _overlap_text(first: Claim, second: Claim, example: str) -> str:
+    clash = (f"same file name as [activations.{first.activation}] ({first.pattern!r})"
+             if first.pattern == second.pattern else
+             f"{second.pattern!r} and {first.pattern!r} of [activations.{first.activation}] can both write {example}")
+    destinations = (f"[destinations.{second.destination}]" if first.destination == second.destination else
+                    f"[destinations.{second.destination}] and [destinations.{first.destination}] are one directory")
+    return (f"{clash} at {second.shown} ({destinations}): every name at a location belongs to one activation, "
+            "whose runs replace and remove it; give one of them another file name or another directory")
+
+
+def _sql_problems(sql_file: Path, declared_params: set[str], where: str, parsed: dict[Path, set[str] | str]
+                  ) -> list[Problem]:
+    """Parameters used but not declared, or declared but unused; ``parsed`` holds each file's
+    parameters (or why it cannot be read) across the activations of one load."""
+    if sql_file not in parsed:
+        parsed[sql_file] = _sql_parameters(sql_file)
+    used = parsed[sql_file]
+    if isinstance(used, str):
+        return [(f"{where} sql", used)]
+    problems = []
+    if missing := used - declared_params - BUILTIN_PARAMS:
+        problems.append(
+            (f"{where} params", f"{sql_file.name} uses :{', :'.join(sorted(missing))} which is not declared")
+        )
+    if unused := declared_params - used:  # harmless to a run: said, not refused
+        log.warning("%s params: declared but unused in %s: %s", where, sql_file.name, ", ".join(sorted(unused)))
+    return problems
+
+
+def _sql_parameters(sql_file: Path) -> set[str] | str:
+    """The parameters a SQL file binds, or the problem that prevents reading it."""
+    if not sql_file.is_file():
+        return f"no such file: {sql_file}"
+    try:
+        return bind_parameter_names(sql_file.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        return f"{sql_file} is not UTF-8 text"

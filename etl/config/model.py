@@ -1,0 +1,318 @@
+"""The tables of ``schedules.toml`` as typed models: settings, alerts, metrics, warehouses, schedules,
+activations, and the whole configuration."""
+
+from __future__ import annotations
+
+import functools
+import re
+from datetime import UTC, date, datetime
+from pathlib import Path
+from typing import Annotated, Any, Literal, TypeVar
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from pydantic import Discriminator, Field, SecretStr, Tag, field_validator, model_validator
+
+from etl.config.base import ConfigModel, anchored
+from etl.config.destinations import AnyDestination, Destination, OpenFieldDestination
+
+DEFAULT_CONFIG = "schedules.toml"
+
+_DestinationT = TypeVar("_DestinationT", Destination, OpenFieldDestination)
+
+
+# --------------------------------------------------------------------------- schedules
+
+
+class Schedule(ConfigModel):
+    """When an activation runs: a cron expression or a fixed interval, in an IANA time zone."""
+
+    cron: str | None = None
+    every: str | None = None
+    timezone: str = "UTC"
+
+    @field_validator("every")
+    @classmethod
+    def _every(cls, value: str | None) -> str | None:
+        if value is not None:
+            parse_interval(value)
+        return value
+
+    @field_validator("cron")
+    @classmethod
+    def _cron(cls, value: str | None) -> str | None:
+        if value is not None and (problem := _crontab_problem(value)) is not None:
+            raise ValueError(problem)
+        return value
+
+    @model_validator(mode="after")
+    def _one_rule(self) -> Schedule:
+        if (self.cron is None) == (self.every is None):
+            raise ValueError('give exactly one of cron = "M H DoM Mon DoW" or every = "6h"')
+        return self
+
+    @field_validator("timezone")
+    @classmethod
+    def _zone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"unknown time zone {value!r}: use an IANA name such as 'Europe/Brussels'") from None
+        return value
+
+
+@functools.lru_cache(maxsize=4096)
+def _crontab_problem(expression: str) -> str | None:
+    """Why a cron expression is invalid, or None. Cached: a thousand activations share a few dozen
+    expressions, and building APScheduler's trigger is most of the cost of validating a schedule."""
+    from apscheduler.triggers.cron import CronTrigger
+
+    try:
+        CronTrigger.from_crontab(expression, timezone=UTC)
+    except ValueError as exc:
+        return f"{expression!r} is not a valid cron expression ({exc})"
+    return None
+
+
+_INTERVAL = re.compile(r"^\s*(\d+)\s*([smhd])\s*$")
+_INTERVAL_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_interval(text: str) -> int:
+    """Seconds in an interval such as ``90s``, ``15m``, ``6h`` or ``1d``."""
+    match = _INTERVAL.match(text)
+    if not match or int(match.group(1)) == 0:
+        raise ValueError(f"interval {text!r} is not a positive number followed by s, m, h or d (e.g. '6h')")
+    return int(match.group(1)) * _INTERVAL_SECONDS[match.group(2)]
+
+
+# --------------------------------------------------------------------------- top-level tables
+
+
+class Settings(ConfigModel):
+    state_dir: Path = Path("var/state")
+    state_url: SecretStr | None = None
+    chunk_size: int = Field(default=50_000, ge=100, le=5_000_000)
+    lock_ttl_minutes: float = Field(default=360, ge=0.1)
+    #: a run's local files (its audience file, rejects, members) are removed this long after it started
+    run_retention_days: float = Field(default=14, ge=0)
+    #: ... except those of the activation's last few runs, whatever their age
+    keep_runs: int = Field(default=2, ge=1)
+    #: the scheduler still starts a run this late (after downtime, a busy previous run); later, the slot is skipped
+    misfire_grace_seconds: int = Field(default=900, ge=1)
+    #: on SIGTERM, how long a running activation may take to finish before it is stopped (recorded interrupted)
+    shutdown_grace_seconds: int = Field(default=120, ge=0)
+
+
+class EmailAlerts(ConfigModel):
+    host: str
+    port: int = Field(default=587, ge=1, le=65535)
+    username: str | None = None
+    password: SecretStr | None = None
+    sender: str
+    recipients: list[str] = Field(min_length=1)
+    security: Literal["starttls", "ssl", "none"] = "starttls"
+    timeout: float = Field(default=30.0, gt=0)
+
+
+class Alerts(ConfigModel):
+    """Where failures, recoveries and guard stops are announced."""
+
+    webhook_url: SecretStr | None = None  # JSON POST, Slack-compatible ({"text": ...})
+    email: EmailAlerts | None = None
+    events: list[Literal["failure", "recovery", "guard"]] = ["failure", "recovery", "guard"]
+
+
+class Metrics(ConfigModel):
+    """Prometheus metrics: a textfile for node_exporter and/or a push to a Pushgateway."""
+
+    textfile: Path | None = None
+    pushgateway_url: str | None = None
+    job: str = "audience_sync"
+
+
+class Warehouse(ConfigModel):
+    url: SecretStr
+    demo: bool = False
+    chunk_size: int | None = Field(default=None, ge=100, le=5_000_000)
+
+
+# --------------------------------------------------------------------------- activations
+
+
+class FileOptions(ConfigModel):
+    name: str | None = None
+    separator: Literal[",", ";", "\t"] = ","
+    compression: Literal["none", "gzip", "zip"] = "none"
+    max_bytes: int = Field(default=100_000_000, ge=10_000, le=100_000_000)
+
+
+ParamValue = str | int | float | bool | date | datetime
+
+
+class ActivationBase(ConfigModel):
+    description: str = ""
+    sql: Path
+    warehouse: str | None = None
+    destination: str
+    params: dict[str, ParamValue] = Field(default_factory=dict)
+    schedule: Schedule | None = None
+    enabled: bool = True
+
+    @field_validator("params", mode="before")
+    @classmethod
+    def _integers_fit_64_bits(cls, params: Any) -> Any:
+        """Every warehouse driver binds at most a 64-bit integer; a larger one failed deep in the driver."""
+        if isinstance(params, dict):
+            for name, value in params.items():
+                if isinstance(value, int) and not isinstance(value, bool) and not -(2**63) <= value < 2**63:
+                    raise ValueError(f"{name} = {value} does not fit a 64-bit integer: no warehouse can bind it")
+        return params
+
+    @property
+    def delivers_file(self) -> bool:
+        """Whether a run leaves a file at the destination's file location."""
+        return False
+
+    @property
+    def needs_lasting_state(self) -> bool:
+        """Whether a run is wrong, not only slower, when the previous run's snapshot is gone."""
+        return False
+
+
+class AudienceActivation(ActivationBase):
+    """An audience: one identifier column delivered as a file Actito's saved targetings reference."""
+
+    kind: Literal["audience"] = "audience"
+    identifier: Literal["email", "profileId"]
+    identifier_column: str | None = None
+    file: FileOptions = FileOptions()
+    #: "file": the file goes to the destination's file transfer location (External Target List);
+    #: "membership": members who entered or left since the last run are imported into a custom table
+    delivery: Literal["file", "membership"] = "file"
+    membership_table: str = "audience_members"
+    #: refuse to deliver when the audience falls by more than this share of the last delivered run
+    #: (1 turns the guard off); an empty audience after a non-empty one is always refused; `run --force` overrides
+    max_shrink: float = Field(default=0.5, ge=0, le=1)
+
+    @property
+    def delivers_file(self) -> bool:
+        return self.delivery == "file"
+
+    @property
+    def needs_lasting_state(self) -> bool:
+        """A membership delivery compares each run with the members the previous run kept."""
+        return self.delivery == "membership"
+
+
+ImportMode = Literal["CREATE_UPDATE", "UPDATE_ONLY", "CREATE_ONLY"]
+
+
+class ImportActivationBase(ActivationBase):
+    """Rows imported into an Actito table by ETL executions; only rows that changed since the last
+    successful run are sent (``delta = false`` sends everything every time)."""
+
+    table: str | None = None  # required for Actito; an OpenField destination has no tables
+    attributes: dict[str, str] = Field(default_factory=dict)  # source column -> Actito attribute
+    empty_values: Literal["keep", "clear"] = "keep"
+    etl_id: str | None = None
+    delta: bool = True
+    compression: Literal["none", "gzip", "zip"] = "gzip"
+    import_timeout_minutes: int = Field(default=60, ge=1)
+
+
+class ProfilesActivation(ImportActivationBase):
+    kind: Literal["profiles"]
+    key: str = "emailAddress"
+    mode: ImportMode = "CREATE_UPDATE"
+    preset: Literal["qualifio"] | None = None
+    subscriptions: dict[str, str] = Field(default_factory=dict)  # source column -> subscription name
+
+
+class SubscriptionsActivation(ImportActivationBase):
+    """Consents as Actito subscriptions, as Didomi's integration does (``upsert_mode = false``: a
+    consent for an unknown profile is not propagated and no profile is created)."""
+
+    kind: Literal["subscriptions"]
+    key: str = "emailAddress"
+    upsert_mode: bool = False
+    preset: Literal["didomi"] | None = None
+    subscriptions: dict[str, str] = Field(min_length=1)
+    metadata: list[str] = Field(default_factory=list)  # source columns also sent as profile attributes
+
+
+class InteractionsActivation(ImportActivationBase):
+    kind: Literal["interactions"]
+    preset: Literal["qualifio"] | None = None
+
+
+#: the activations' kinds, as written in the file
+KINDS = ("audience", "profiles", "subscriptions", "interactions")
+
+
+def _activation_kind(value: Any) -> str:
+    return str(value.get("kind", "audience")) if isinstance(value, dict) else str(getattr(value, "kind", "audience"))
+
+
+Activation = Annotated[
+    Annotated[AudienceActivation, Tag("audience")]
+    | Annotated[ProfilesActivation, Tag("profiles")]
+    | Annotated[SubscriptionsActivation, Tag("subscriptions")]
+    | Annotated[InteractionsActivation, Tag("interactions")],
+    Discriminator(
+        _activation_kind,
+        custom_error_type="activation_kind",
+        custom_error_message="kind must be one of 'audience', 'profiles', 'subscriptions', 'interactions'",
+    ),
+]
+
+
+_KindT = TypeVar("_KindT", AudienceActivation, ProfilesActivation, SubscriptionsActivation, InteractionsActivation,
+                  ImportActivationBase)
+
+
+# --------------------------------------------------------------------------- the configuration
+
+
+class Config(ConfigModel):
+    settings: Settings = Settings()
+    alerts: Alerts = Alerts()
+    metrics: Metrics = Metrics()
+    warehouses: dict[str, Warehouse]
+    destinations: dict[str, AnyDestination]
+    activations: dict[str, Activation]
+    #: directory of the configuration file; relative paths in it are relative to this
+    base_dir: Path = Path(".")
+    source: str = DEFAULT_CONFIG
+
+    def path(self, value: Path) -> Path:
+        return anchored(self.base_dir, value)
+
+    @property
+    def state_dir(self) -> Path:
+        return self.path(self.settings.state_dir)
+
+    def warehouse_for(self, activation_name: str) -> tuple[str, Warehouse]:
+        chosen = self.activations[activation_name].warehouse or next(iter(self.warehouses))
+        return chosen, self.warehouses[chosen]
+
+    def sql_text(self, activation_name: str) -> str:
+        return self.path(self.activations[activation_name].sql).read_text(encoding="utf-8")
+
+    def activation_of(self, activation_name: str, kind: type[_KindT]) -> _KindT:
+        activation = self.activations[activation_name]
+        if not isinstance(activation, kind):
+            raise TypeError(f"{activation_name} is a {activation.kind} activation")
+        return activation
+
+    def destination_of(self, destination_name: str, kind: type[_DestinationT]) -> _DestinationT:
+        destination = self.destinations[destination_name]
+        if not isinstance(destination, kind):
+            raise TypeError(f"{destination_name} is a {destination.type} destination")
+        return destination
+
+    def file_name_pattern(self, activation_name: str) -> str:
+        activation = self.activation_of(activation_name, AudienceActivation)
+        return activation.file.name or f"{activation_name}.csv"
+
+    def chunk_size_for(self, activation_name: str) -> int:
+        return self.warehouse_for(activation_name)[1].chunk_size or self.settings.chunk_size

@@ -1,0 +1,68 @@
+"""Queries checked without reading their rows: the columns an activation's query returns, and
+`validate --connect`'s pass over every warehouse and query."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from contextlib import closing
+from datetime import UTC, datetime
+
+import sqlalchemy as sa
+
+from etl.config import Config
+from etl.errors import AudienceSyncError, ExtractError
+from etl.extract.engine import activation_engine, database_message, safe_url
+from etl.extract.params import query_params
+from etl.extract.stream import stream_batches
+
+
+def query_columns(config: Config, name: str) -> list[str]:
+    """The column names of an activation's query, without reading its rows (the query is wrapped in
+    a subquery that selects nothing, which every tested dialect plans without executing the scan)."""
+    activation = config.activations[name]
+    engine = activation_engine(config, name)
+    sql = config.sql_text(name).strip().rstrip(";")
+    probe = f"SELECT * FROM (\n{sql}\n) audience_sync_probe WHERE 1 = 0"
+    try:
+        batches = stream_batches(engine, probe, query_params(activation, datetime.now(UTC)), chunk_size=1,
+                                 where=str(config.path(activation.sql)))
+        with closing(batches):
+            first = next(batches, None)
+        return first.schema.names if first is not None else []
+    finally:
+        engine.dispose()
+
+
+def check_queries(config: Config, choose: Callable[[str, list[str]], None]) -> list[tuple[str, str]]:
+    """`validate --connect`: connect to each warehouse once and plan each activation's query without
+    reading a row; ``choose(name, columns)`` raises if the job cannot use those columns. Returns every
+    problem, located at the warehouse's URL (a connection refused: said once, not per query) or at
+    the activation's SQL file."""
+    problems: list[tuple[str, str]] = []
+    unreachable: set[str] = set()
+    for name in config.activations:
+        warehouse_name, _ = config.warehouse_for(name)
+        if warehouse_name in unreachable:
+            continue
+        where = f"[warehouses.{warehouse_name}] url"
+        try:
+            engine = activation_engine(config, name)
+        except ExtractError as exc:
+            problems.append((where, exc.what))
+            unreachable.add(warehouse_name)
+            continue
+        try:
+            with engine.connect():
+                pass
+        except sa.exc.SQLAlchemyError as exc:
+            problems.append((where, f"cannot connect to {safe_url(engine.url)}: {database_message(exc, engine.url)}"))
+            unreachable.add(warehouse_name)
+            continue
+        finally:
+            engine.dispose()
+        try:
+            choose(name, query_columns(config, name))
+        except AudienceSyncError as exc:
+            problems.append((f"[activations.{name}] sql ({config.activations[name].sql})",
+                             f"{exc.what}{f' — {exc.hint}' if exc.hint else ''}"))
+    return problems

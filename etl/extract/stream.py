@@ -1,0 +1,159 @@
+"""Streaming a query's rows as Arrow record batches, bounded in memory by ``chunk_size`` rows (and
+``CHUNK_BYTES``), never by the size of the result; each dialect through the generic path or its fast path."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import closing
+from datetime import datetime
+from typing import Any
+
+import pyarrow as pa
+import sqlalchemy as sa
+
+from etl.config import Config
+from etl.config.sql import text_statement
+from etl.errors import ExtractError
+from etl.extract.duckdb_reader import duckdb_batches
+from etl.extract.engine import (activation_engine, database_errors, database_message, end_read_only, query_error,
+                                read_only, safe_url)
+from etl.extract.generic import Batches, ColumnChoice, FastPath, sqlalchemy_batches
+from etl.extract.params import bound_values, query_params
+from etl.extract.postgres import postgres_batches
+
+
+def stream_batches(
+    engine: sa.Engine,
+    sql: str,
+    params: Mapping[str, object],
+    *,
+    chunk_size: int,
+    where: str,
+    columns: ColumnChoice | None = None,
+    connect_where: str | None = None,
+) -> Batches:
+    """Run ``sql`` with bound ``params`` and yield its rows in Arrow batches of at most ``chunk_size`` rows.
+
+    ``columns`` picks the columns the consumer uses: the others are dropped as early as each path
+    allows (on the generic path, never converted), since an audience needs one column of what may be
+    a ``SELECT *`` of hundreds. Chunks of wide rows are also cut by their size (``CHUNK_BYTES``).
+    ``connect_where`` is where a refused connection is said (the warehouse's URL, not the SQL file).
+
+    Parameters the query does not use are ignored, so callers can always offer the built-in ones;
+    one the query uses but ``params`` lacks is reported now, before connecting. An empty result
+    yields one empty batch, so that the consumer still sees the column names.
+
+    The connection is taken at the first ``next()`` and given back when the rows are exhausted,
+    on an error, or when the generator is closed; a consumer that may stop early should close it
+    (``contextlib.closing``) rather than wait for garbage collection.
+    """
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be at least 1, not {chunk_size}")
+    values = bound_values(sql, params, where)
+    return _guarded_batches(engine, text_statement(sql), values, chunk_size, where, sql, columns,
+                            connect_where or where)
+
+
+def _guarded_batches(
+    engine: sa.Engine,
+    statement: sa.TextClause,
+    values: dict[str, Any],
+    chunk_size: int,
+    where: str,
+    sql: str,
+    columns: ColumnChoice | None,
+    connect_where: str,
+) -> Batches:
+    """Translate the database's errors and hand the connection back however iteration ends.
+
+    Only the database calls sit inside ``try``: an exception thrown in by the consumer at a
+    ``yield`` is the consumer's, not the warehouse's.
+    """
+    dialect = engine.dialect
+    errors = database_errors(engine)
+    path = _FAST_PATHS.get(dialect.name, sqlalchemy_batches)
+    try:
+        connection = engine.connect()
+    except errors as exc:
+        raise ExtractError(
+            f"cannot connect to {safe_url(engine.url)}: {database_message(exc, engine.url)}",
+            where=connect_where,
+            hint="check the warehouse URL and that the server accepts connections from here",
+        ) from None
+    # kept for the early-stop handling: after an invalidation the Connection no longer reaches it
+    dbapi_connection = connection.connection.dbapi_connection
+    source: Batches | None = None
+    finished = False
+    try:
+        try:
+            read_only(connection)
+        except errors as exc:
+            raise query_error(exc, engine.url, where, sql) from exc
+        source = path(connection, statement, values, chunk_size, columns)
+        while True:
+            try:
+                batch = next(source)
+            except StopIteration:
+                finished = True
+                break
+            except errors as exc:
+                raise query_error(exc, engine.url, where, sql) from exc
+            # a driver's batch size is a hint to some drivers: cut anything larger, without copying
+            for start in range(0, batch.num_rows, chunk_size):
+                yield batch.slice(start, chunk_size)
+            if batch.num_rows == 0:
+                yield batch
+    finally:
+        if not finished:
+            abandon = _ABANDON.get(dialect.driver)
+            if abandon is not None:
+                abandon(connection, dbapi_connection)
+        if source is not None:
+            source.close()
+        end_read_only(connection)
+        connection.close()
+
+
+def _abandon_pymysql(connection: sa.Connection, dbapi_connection: Any) -> None:
+    """Drop an unbuffered PyMySQL result without reading it to the end.
+
+    Closing it normally reads and discards every remaining row, however many are left;
+    closing the socket instead makes the server stop, and the connection is invalidated, never
+    reused. PyMySQL's flag is cleared first, also after a lost connection: otherwise its cursor
+    later tries to drain the closed socket and prints errors from a destructor.
+    """
+    pending = getattr(dbapi_connection, "_result", None)
+    if pending is None or not getattr(pending, "unbuffered_active", False):
+        return
+    pending.unbuffered_active = False
+    if not connection.invalidated:
+        connection.invalidate()
+
+
+#: per-dialect fast paths, by SQLAlchemy dialect name; the rest use ``sqlalchemy_batches``
+_FAST_PATHS: dict[str, FastPath] = {"duckdb": duckdb_batches, "postgresql": postgres_batches}
+#: per-driver handling of a result left unread (consumer stopped early, or an error): by driver name
+_ABANDON: dict[str, Callable[[sa.Connection, Any], None]] = {"pymysql": _abandon_pymysql}
+
+
+def activation_batches(
+    config: Config, name: str, when: datetime, *, columns: ColumnChoice | None = None
+) -> Iterator[pa.RecordBatch]:
+    """Stream an activation's query from its warehouse (only ``columns``, if given); the connection is
+    released as soon as the consumer stops, even when a later step fails."""
+    activation = config.activations[name]
+    engine = activation_engine(config, name)
+    batches = stream_batches(
+        engine,
+        config.sql_text(name),
+        query_params(activation, when),
+        chunk_size=config.chunk_size_for(name),
+        where=str(config.path(activation.sql)),
+        columns=columns,
+        connect_where=f"[warehouses.{config.warehouse_for(name)[0]}] url",
+    )
+    try:
+        with closing(batches):
+            yield from batches
+    finally:
+        engine.dispose()

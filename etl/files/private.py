@@ -1,0 +1,101 @@
+"""Private files: every file that holds personal data (run files, snapshots, spools, deliveries to a
+local directory, reports) is created here, mode 0600, never through a link, synced before it counts."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import BinaryIO
+
+from etl.errors import FileWriteError
+
+FILE_MODE = 0o600
+
+
+#: flags of every file we create: a new file, never one that exists (a symbolic link planted at the name
+#: included: O_EXCL does not follow it, O_NOFOLLOW says so twice)
+CREATE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+
+
+def create_private(path: Path) -> BinaryIO:
+    """A new file at ``path``, mode 0600 whatever the umask, opened for binary writing. Whatever was at
+    ``path`` (an older file, a link) is removed first, never written through. The one way every writer
+    of personal data (run files, snapshots, spools, deliveries to a local directory) creates a file."""
+    path.unlink(missing_ok=True)
+    fd = os.open(path, CREATE_FLAGS, FILE_MODE)
+    try:
+        os.fchmod(fd, FILE_MODE)
+        return open(fd, "wb", buffering=1 << 20)
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def private_directory(path: Path, *, root: Path) -> Path:
+    """Create ``path`` and the directories between ``root`` and it, mode 0700, refusing a symbolic link
+    on the way: a link planted in the state directory (``runs/<activation>`` -> ``/etc``) would
+    otherwise have a run write its files wherever it points. ``root`` itself is the operator's
+    choice and may be a link."""
+    try:
+        root.mkdir(mode=0o700, parents=True, exist_ok=True)
+    except OSError as exc:
+        raise write_error(root, exc) from exc
+    current = root
+    for part in path.relative_to(root).parts:
+        current = current / part
+        try:
+            current.mkdir(mode=0o700)
+        except FileExistsError:
+            if current.is_symlink() or not current.is_dir():
+                raise FileWriteError(
+                    f"{'is a symbolic link' if current.is_symlink() else 'exists and is not a directory'}: "
+                    "runs only write into real directories of their own",
+                    where=str(current),
+                    hint=f"remove {current}; the next run creates it again",
+                ) from None
+        except OSError as exc:
+            raise write_error(current, exc) from exc
+    return path
+
+
+def sync_close(handle: BinaryIO) -> None:
+    handle.flush()
+    os.fsync(handle.fileno())
+    handle.close()
+
+
+def _sync_directory(directory: Path) -> None:
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass  # some file systems cannot sync a directory; the files themselves are synced
+    finally:
+        os.close(fd)
+
+
+def write_error(path: Path, exc: OSError) -> FileWriteError:
+    reason = exc.strerror or str(exc)
+    return FileWriteError(f"cannot write the file: {reason}", where=str(path), hint="check free space and permissions")
+
+
+def replace_text(path: Path, text: str, *, mode: int) -> None:
+    """Replace a file's content atomically: readers (node_exporter, a browser, Actito) see the old file
+    or the new one, never half of one. The temporary file is hidden and in the same directory, since a
+    rename is only atomic within one file system; its mode is set before anyone can open it."""
+    fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        os.fchmod(fd, mode)
+        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+    _sync_directory(path.parent)
