@@ -8,7 +8,7 @@ runtime function that needs it, and only when the configuration asks for a doubl
 
 * ``in_process_actito_sandbox`` — ``etl.destinations.actito.connect.in_process_sandbox_url``, for ``environment = "sandbox"``;
 * ``in_process_openfield_sandbox`` — ``etl.destinations.openfield.connect.in_process_sandbox_url``, for ``environment = "sandbox"``;
-* ``ensure_demo_warehouse`` — ``etl.extract._activation_engine``, for a warehouse with ``demo = true``;
+* ``ensure_demo_warehouse`` — ``etl.extract.engine.activation_engine``, for a warehouse with ``demo = true``;
 * ``etl.testing.actito_sandbox.main`` — ``etl.cli``'s ``sandbox`` command.
 
 ``lint-imports`` (``[tool.importlinter]`` in pyproject.toml, run by ``.ci/run``) fails on any other
