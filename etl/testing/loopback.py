@@ -1,9 +1,5 @@
-"""What the Actito and OpenField sandboxes share: a threaded HTTP server on loopback and a queue of faults.
-
-Both sandboxes are real servers on real sockets (the client's HTTP stack is what gets exercised),
-both must never be reachable from another machine (they accept well-known demo credentials), and
-both let a test make the next requests fail in the ways a remote service does.
-"""
+"""What the Actito and OpenField sandboxes share: a threaded HTTP server on loopback only (they accept
+well-known demo credentials) and the queue of faults a test injects."""
 
 from __future__ import annotations
 

@@ -9,13 +9,7 @@ gets exercised, and what an import did can be read back afterwards.
 
 What it implements is docs/actito-wire.md, route for route; where that page left a choice open the
 decision is made here *and* written back into that page (the client is written against the page).
-The modules, each with the decisions that shape it:
-
-* ``server`` — `ActitoSandbox`: lifecycle, one request from socket to answer, faults, limits, controls;
-* ``routes`` — the API routes; ``wire`` — reading requests (bodies, multipart) and error answers;
-* ``engine`` — imports, applied lazily in creation order; ``rules`` — what a value or definition must be;
-* ``model``, ``state``, ``fixture``, ``persistence`` — the data, its lock, its start and its state file;
-* ``command`` — ``python -m etl.testing.actito`` and the ``sandbox`` command.
+Each module says the decisions that shape it; `server.ActitoSandbox` is where a test starts.
 
 Nothing here imports the rest of audience-sync: the sandbox is the other side of the wire. It lives
 in ``etl.testing`` because it is a test double: the runtime loads it only through

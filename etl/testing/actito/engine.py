@@ -320,7 +320,6 @@ def _plan(entity: Entity, definition: Definition, file: str | None, header: list
 
 
 def _parse_cells(definition: Definition, plan: Plan, cells: list[str]) -> Line:
-    """Validate one line's cells."""
     line = Line([], {}, {}, {})
     for column, cell in zip(plan.columns, cells):
         if column.subscription is not None:

@@ -9,7 +9,6 @@ from typing import Any
 
 
 def moment(seconds: float) -> str:
-    """Actito's way of writing a point in time (UTC)."""
     return datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%d %H:%M:%S")
 
 
@@ -180,7 +179,6 @@ class Execution:
         return "PENDING" if now - self.started < processing / 2 else "RUNNING"
 
     def view(self, status: str) -> dict[str, Any]:
-        """What the execution routes answer."""
         return {
             "id": self.id,
             "reference": self.reference,
@@ -232,7 +230,6 @@ class Entity:
         return found
 
     def tables_view(self) -> dict[str, Any]:
-        """The profiles and records of every table, as plain JSON (copies)."""
         return {
             "profileTables": {t.id: [p.view() for p in t.profiles.values()] for t in self.profile_tables.values()},
             "customTables": {t.id: [copy.deepcopy(r) for r in t.records.values()]

@@ -26,25 +26,11 @@ _COMPRESSIONS = ("NONE", "GZIP", "ZIP")
 _MAX_STRING = 255
 
 #: validation rule of each predefined attribute type, then of each custom ``valueType``
-PREDEFINED_RULES = {
-    "EMAIL_ADDRESS": "email",
-    "FIRSTNAME": "string",
-    "LASTNAME": "string",
-    "SEX": "sex",
-    "BIRTHDATE": "date",
-    "PHONE_NUMBER": "phone",
-    "ADDRESS_COUNTRY": "country",
-    "MOTHER_LANGUAGE": "language",
-    "TITLE": "title",
-}
-VALUE_TYPE_RULES = {
-    "STRING": "string",
-    "INTEGER": "integer",
-    "DECIMAL": "decimal",
-    "BOOLEAN": "boolean",
-    "DATE": "date",
-    "TIMESTAMP": "timestamp",
-}
+PREDEFINED_RULES = {"EMAIL_ADDRESS": "email", "FIRSTNAME": "string", "LASTNAME": "string", "SEX": "sex",
+                    "BIRTHDATE": "date", "PHONE_NUMBER": "phone", "ADDRESS_COUNTRY": "country",
+                    "MOTHER_LANGUAGE": "language", "TITLE": "title"}
+VALUE_TYPE_RULES = {"STRING": "string", "INTEGER": "integer", "DECIMAL": "decimal", "BOOLEAN": "boolean",
+                    "DATE": "date", "TIMESTAMP": "timestamp"}
 
 _EMAIL_LOCAL = re.compile(r"[A-Za-z0-9!#$%&'*+\-/=?^_`{|}~.]+")
 _DOMAIN_LABEL = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?")
@@ -54,13 +40,6 @@ _DECIMAL = re.compile(r"-?[0-9]+(?:\.[0-9]+)?")
 _DATE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
 _TIMESTAMP = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2} [0-9]{2}:[0-9]{2}:[0-9]{2}")
 _INT64 = 2**63
-
-#: rules a value meets by matching a pattern, with the reason a value that does not is rejected
-_PATTERN_RULES = {
-    "phone": (re.compile(r"\+[0-9]{8,15}"), "not an international phone number (+ and 8 to 15 digits)"),
-    "country": (re.compile(r"[A-Z]{2}"), "not an ISO 3166-1 alpha-2 country code"),
-    "language": (re.compile(r"[A-Za-z]{2}"), "not an ISO 639-1 language code"),
-}
 
 
 # ---------------------------------------------------------------------------------------- values
@@ -82,28 +61,8 @@ def convert(attribute: Attr, text: str) -> tuple[Any, str | None]:
     if rule == "boolean":
         flag = YES_NO.get(text.upper())
         return (flag, None) if flag is not None else (None, "not a boolean (TRUE/FALSE, Y/N, 1/0)")
-    problem = _text_problem(rule, text)
-    return (None, problem) if problem is not None else (text, None)
-
-
-def _text_problem(rule: str, text: str) -> str | None:
-    """Why ``text`` breaks a rule whose values are kept as text, or None when it meets it."""
-    if rule == "string":
-        return None
-    if rule in _PATTERN_RULES:
-        pattern, reason = _PATTERN_RULES[rule]
-        return None if pattern.fullmatch(text) is not None else reason
-    if rule == "email":
-        return None if _valid_email(text) else "invalid e-mail address"
-    if rule == "sex":
-        return None if text in ("M", "F") else "sex must be M or F"
-    if rule == "title":
-        return None if text in ("Mr", "Mrs", "Ms") else "title must be Mr, Mrs or Ms"
-    if rule == "date":
-        return None if _valid_date(text) else "not a date (yyyy-MM-dd)"
-    if rule == "timestamp":
-        return None if _valid_timestamp(text) else "not a date-time (yyyy-MM-dd HH:mm:ss)"
-    raise AssertionError(f"unknown rule {rule}")
+    valid, reason = _TEXT_RULES[rule]
+    return (text, None) if valid(text) else (None, reason)
 
 
 def _valid_email(text: str) -> bool:
@@ -140,6 +99,25 @@ def _parses(parse: Callable[[str], object], text: str) -> bool:
     except ValueError:
         return False
     return True
+
+
+def _matches(pattern: str) -> Callable[[str], bool]:
+    compiled = re.compile(pattern)
+    return lambda text: compiled.fullmatch(text) is not None
+
+
+#: each rule whose values are stored as text: the test a value must pass, and why one that fails is rejected
+_TEXT_RULES: dict[str, tuple[Callable[[str], bool], str]] = {
+    "string": (lambda text: True, ""),
+    "email": (_valid_email, "invalid e-mail address"),
+    "sex": (lambda text: text in ("M", "F"), "sex must be M or F"),
+    "title": (lambda text: text in ("Mr", "Mrs", "Ms"), "title must be Mr, Mrs or Ms"),
+    "phone": (_matches(r"\+[0-9]{8,15}"), "not an international phone number (+ and 8 to 15 digits)"),
+    "country": (_matches(r"[A-Z]{2}"), "not an ISO 3166-1 alpha-2 country code"),
+    "language": (_matches(r"[A-Za-z]{2}"), "not an ISO 639-1 language code"),
+    "date": (_valid_date, "not a date (yyyy-MM-dd)"),
+    "timestamp": (_valid_timestamp, "not a date-time (yyyy-MM-dd HH:mm:ss)"),
+}
 
 
 # ---------------------------------------------------------------------------------------- definitions
@@ -205,7 +183,6 @@ def _target(raw: Mapping[str, Any], entity: Entity, problems: _Problems
 
 
 def _file_format(raw: Mapping[str, Any], problems: _Problems) -> tuple[Any, str, str]:
-    """The separator, encoding and compression of ``format``."""
     fmt = raw.get("format", {})
     if not isinstance(fmt, Mapping):
         problems.add("format", "must be an object")

@@ -27,15 +27,8 @@ from etl.testing.actito.model import moment
 from etl.testing.actito.routes import ApiRoutes
 from etl.testing.actito.state import DEFAULT_FIXTURE, MAX_FILE_BYTES, SandboxState, Settings, read_fixture
 from etl.testing.actito.wire import ClientGone, HttpError, Request, Response, check_accept
-from etl.testing.loopback import (
-    Fault,
-    FaultQueue,
-    FaultStatus,
-    LoopbackHandler,
-    LoopbackServer,
-    loopback_address,
-    send_json,
-)
+from etl.testing.loopback import Fault, FaultQueue, FaultStatus, LoopbackHandler, LoopbackServer, \
+    loopback_address, send_json
 
 _CONTROL_BODY_LIMIT = 1_000_000
 
@@ -355,7 +348,6 @@ class ActitoSandbox:
 
 
 def _closing(error: HttpError) -> Response:
-    """The error's answer, telling the client the connection closes after it."""
     response = error.response()
     response.headers["Connection"] = "close"
     return response

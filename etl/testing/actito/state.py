@@ -129,12 +129,12 @@ class SandboxState:
             self._file.restore(self)
 
     def save(self) -> None:
-        """Rewrite the state file, if any (caller holds the lock)."""
+        """Caller holds the lock."""
         if self._file is not None:
             self._file.save(self)
 
     def load(self) -> None:
-        """(Re)build every piece of state from the fixture."""
+        """(Re)build every piece of state from the fixture: at start, and on reset."""
         fixture = load_fixture(self._fixture)
         with self.lock:
             self.keys = fixture.keys
