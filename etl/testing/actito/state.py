@@ -177,6 +177,7 @@ class SandboxState:
 #: the fixture used when none is given: one entity "demo", API key "sandbox-demo-key"
 DEFAULT_FIXTURE = Path(__file__).with_name("fixture.json")
 
+
 @dataclass
 class Fixture:
     """What a fixture starts with: API key → licence, entities by name, the next profile id to give."""
@@ -271,14 +272,9 @@ def _load_attrs(table_raw: Mapping[str, Any], table_id: str) -> dict[str, Attr]:
 
 def _load_entity(raw: Any, licence: str) -> Entity:
     name = _fixture_str(raw, "name", "entity")
-    profile_tables = {}
-    for table_raw in raw.get("profileTables") or []:
-        table = _load_profile_table(table_raw, name)
-        profile_tables[table.id] = table
-    custom_tables = {}
-    for table_raw in raw.get("customTables") or []:
-        custom = _load_custom_table(table_raw, name, profile_tables)
-        custom_tables[custom.id] = custom
+    profile_tables = {t.id: t for t in (_load_profile_table(r, name) for r in raw.get("profileTables") or [])}
+    custom_tables = {t.id: t for t in (_load_custom_table(r, name, profile_tables)
+                                       for r in raw.get("customTables") or [])}
     listed = {"id": int(raw.get("id", 0)), "name": name, "comment": str(raw.get("comment", ""))}
     entity = Entity(name=name, licence=licence, listed=listed, profile_tables=profile_tables,
                     custom_tables=custom_tables, etls={})
@@ -295,13 +291,9 @@ def _load_entity(raw: Any, licence: str) -> Entity:
 def _load_profile_table(table_raw: Any, entity: str) -> ProfileTable:
     table_id = _fixture_str(table_raw, "id", f"profile table of {entity}")
     attributes = _load_attrs(table_raw, table_id)
-    subscriptions = table_raw.get("subscriptions") or []
-    table = ProfileTable(
-        id=table_id,
-        name=str(table_raw.get("name", table_id)),
-        attributes=attributes,
-        subscriptions=[str(s["name"] if isinstance(s, Mapping) else s) for s in subscriptions],
-    )
+    subscriptions = [str(s["name"] if isinstance(s, Mapping) else s) for s in table_raw.get("subscriptions") or []]
+    table = ProfileTable(id=table_id, name=str(table_raw.get("name", table_id)), attributes=attributes,
+                         subscriptions=subscriptions)
     table.index = {a.name: {} for a in attributes.values() if a.unique}
     return table
 
