@@ -18,8 +18,8 @@ from etl.config import Config, load_config
 from etl.extract import activation_batches
 from etl.runtime.runs import RunOutcome, execute
 from etl.runtime.ledger import open_store
-from etl.testing.actito.state import DEFAULT_FIXTURE
 from etl.testing.actito.server import ActitoSandbox
+from etl.testing.actito.state import DEFAULT_FIXTURE
 from jobs import job_for
 from servers import with_actito_sandbox
 

@@ -23,8 +23,8 @@ from typing import Any
 import pytest
 import requests
 
-from etl.testing.actito.state import DEFAULT_FIXTURE
 from etl.testing.actito.server import ActitoSandbox
+from etl.testing.actito.state import DEFAULT_FIXTURE
 
 KEY = "sandbox-demo-key"
 E = "demo"
