@@ -41,7 +41,7 @@ import sqlalchemy as sa
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from etl.testing.actito_sandbox import ActitoSandbox  # noqa: E402  (this checkout's sandbox, whatever --source is)
+from etl.testing.actito.server import ActitoSandbox  # noqa: E402  (this checkout's sandbox, whatever --source is)
 
 #: the scheduler as `audience-sync schedule` runs it, logging JSON lines
 DRIVER = """

@@ -43,7 +43,8 @@ from etl.destinations.filedrop import base as delivery_base  # noqa: E402
 from etl.destinations.licence import IDLE_SECONDS  # noqa: E402
 from etl.runtime.scheduler import Scheduler  # noqa: E402
 from etl.runtime.ledger import StateStore  # noqa: E402
-from etl.testing.actito_sandbox import ActitoSandbox, FaultStatus  # noqa: E402
+from etl.testing.actito.server import ActitoSandbox  # noqa: E402
+from etl.testing.loopback import FaultStatus  # noqa: E402
 from etl.testing.demo import ensure_demo_warehouse  # noqa: E402
 
 ZONE = ZoneInfo("Europe/Brussels")

@@ -183,7 +183,7 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "init":  # there is no configuration yet
         return _init(Path(args.directory), args.warehouse_url)
     if args.command == "sandbox":
-        from etl.testing import actito_sandbox as sandbox  # lazy: the one command that serves a test double
+        from etl.testing.actito import server as sandbox  # lazy: the one command that serves a test double
 
         options = ["--port", str(args.port)]
         options += ["--fixture", args.fixture] if args.fixture else []

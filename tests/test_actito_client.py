@@ -32,7 +32,8 @@ from etl.destinations.actito.errors import (
     ActitoNotFound,
     ActitoRateLimited,
 )
-from etl.testing.actito_sandbox import DEFAULT_FIXTURE, ActitoSandbox
+from etl.testing.actito.server import ActitoSandbox
+from etl.testing.actito.state import DEFAULT_FIXTURE
 
 KEY = "sandbox-demo-key"
 ENTITY = "demo"

@@ -40,7 +40,7 @@ from etl.config import load_config
 from etl.destinations.filedrop import base as delivery_base
 from etl.runtime.runs import RunContext, RunOutcome, execute
 from etl.runtime.ledger import RunRecord, open_store
-from etl.testing.actito_sandbox import ActitoSandbox
+from etl.testing.actito.server import ActitoSandbox
 from jobs import job_for
 
 pytest_plugins = ["conftest_delivery"]

@@ -19,7 +19,8 @@ from etl.config import Config, load_config
 from etl.extract import activation_batches
 from etl.runtime.runs import RunOutcome, execute
 from etl.runtime.ledger import open_store
-from etl.testing.actito_sandbox import ActitoSandbox
+from etl.testing.actito.server import ActitoSandbox
+from etl.testing.actito.state import DEFAULT_FIXTURE
 from jobs import job_for
 from servers import with_actito_sandbox
 
@@ -198,7 +199,7 @@ attributes = { email = "emailAddress", first_name = "firstName", shoe_size = "sh
 
 def test_check_names_a_wrong_type(tmp_path: Path) -> None:
     """An Actito table whose birthDate is an integer cannot take Qualifio's birthday."""
-    fixture = json.loads((REPO / "etl" / "testing" / "actito_sandbox_fixture.json").read_text())
+    fixture = json.loads(DEFAULT_FIXTURE.read_text())
     table = fixture["licences"][0]["entities"][0]["profileTables"][0]
     for attribute in table["attributes"]:
         if attribute["name"] == "birthDate":

@@ -39,7 +39,7 @@ from etl.runtime.runs import RunContext
 from etl.errors import LockBusy
 from etl.runtime.leases import hold
 from etl.runtime.ledger import NOT_SENT, RunRecord, StateStore, leases, utcnow
-from etl.testing.actito_sandbox import ActitoSandbox
+from etl.testing.actito.server import ActitoSandbox
 
 pytest_plugins = ["conftest_delivery"]
 

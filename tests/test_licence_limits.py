@@ -32,7 +32,7 @@ from etl.errors import LicenceBusy
 from etl.destinations.licence import LedgerSlots, Licence, licence_name, licence_slots
 from etl.destinations.openfield import connect as openfield
 from etl.runtime.ledger import StateStore, database_now
-from etl.testing.actito_sandbox import ActitoSandbox
+from etl.testing.actito.server import ActitoSandbox
 from etl.testing.openfield_sandbox import DEMO_APPLICATION, DEMO_PASSWORD, DEMO_TENANT, OpenFieldSandbox
 from test_scheduler_replicas import shared_ledger  # noqa: F401  (a fixture: a fresh PostgreSQL schema)
 

@@ -23,7 +23,8 @@ from typing import Any
 import pytest
 import requests
 
-from etl.testing.actito_sandbox import DEFAULT_FIXTURE, ActitoSandbox
+from etl.testing.actito.server import ActitoSandbox
+from etl.testing.actito.state import DEFAULT_FIXTURE
 
 KEY = "sandbox-demo-key"
 E = "demo"
@@ -727,7 +728,7 @@ def test_a_state_file_of_another_fixture_is_not_loaded(tmp_path: Path, caplog: p
         old_ids = {e["id"] for e in first.executions(E)}
     other = json.loads(DEFAULT_FIXTURE.read_text(encoding="utf-8"))
     other["licences"][0]["entities"][0]["comment"] = "another Actito"
-    with caplog.at_level(logging.WARNING, logger="etl.testing.actito_sandbox"):
+    with caplog.at_level(logging.WARNING, logger="etl.testing.actito.state"):
         with ActitoSandbox(other, clock=lambda: T0, processing_seconds=0.05, state_file=state_file) as second:
             assert second.profiles(E, "customers") == [] and second.executions(E) == []
             final, _ = Api(second).run(csv_bytes("emailAddress", "new@example.com"))

@@ -23,7 +23,7 @@ import sqlalchemy as sa
 
 import dbservers
 from etl.extract import create_warehouse_engine, stream_batches
-from etl.testing.actito_sandbox import ActitoSandbox
+from etl.testing.actito.server import ActitoSandbox
 from servers import HOST, make_tls_certificate
 
 REPO = Path(__file__).resolve().parent.parent
@@ -174,7 +174,7 @@ table = "customers"
 def test_the_sandbox_refuses_to_listen_beyond_loopback(host: str) -> None:
     with pytest.raises(ValueError, match="loopback only"):
         ActitoSandbox(host=host)
-    done = subprocess.run([sys.executable, "-m", "etl.testing.actito_sandbox", "--host", host, "--port", "0"],
+    done = subprocess.run([sys.executable, "-m", "etl.testing.actito", "--host", host, "--port", "0"],
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 2 and "listens on loopback only" in done.stderr and "Traceback" not in done.stderr
 

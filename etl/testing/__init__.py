@@ -9,7 +9,7 @@ runtime function that needs it, and only when the configuration asks for a doubl
 * ``in_process_actito_sandbox`` — ``etl.destinations.actito.connect.in_process_sandbox_url``, for ``environment = "sandbox"``;
 * ``in_process_openfield_sandbox`` — ``etl.destinations.openfield.connect.in_process_sandbox_url``, for ``environment = "sandbox"``;
 * ``ensure_demo_warehouse`` — ``etl.extract.engine.activation_engine``, for a warehouse with ``demo = true``;
-* ``etl.testing.actito_sandbox.main`` — ``etl.cli``'s ``sandbox`` command.
+* ``etl.testing.actito.server.main`` — ``etl.cli``'s ``sandbox`` command.
 
 ``lint-imports`` (``[tool.importlinter]`` in pyproject.toml, run by ``.ci/run``) fails on any other
 import of this package from ``etl`` or ``jobs``. Tests and benchmarks import the modules directly.
@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar, cast
 
 if TYPE_CHECKING:
-    from etl.testing.actito_sandbox import ActitoSandbox
+    from etl.testing.actito.server import ActitoSandbox
     from etl.testing.openfield_sandbox import OpenFieldSandbox
 
 
@@ -56,7 +56,7 @@ def _started_once(state_file: Path, create: Callable[[Path], _SandboxT]) -> _San
 
 def in_process_actito_sandbox(state_file: Path) -> ActitoSandbox:
     """This process's Actito sandbox (default fixture) keeping its state in ``state_file``, started on first use."""
-    from etl.testing.actito_sandbox import ActitoSandbox
+    from etl.testing.actito.server import ActitoSandbox
 
     return _started_once(state_file, lambda path: ActitoSandbox(state_file=path))
 

@@ -1,4 +1,4 @@
-"""The demo warehouse: a SQLite file of ~10k customers with the dirt real CRMs carry.
+"""The demo warehouse: a SQLite file of customers with the dirt real CRMs carry.
 
 It exists so that the README demo runs on a fresh machine with no database server, and so that
 every cleaning rule has something to bite on: mixed case, stray spaces, ``mailto:`` prefixes,
@@ -191,7 +191,7 @@ def _build_participations(db: sqlite3.Connection, customers: list[DemoCustomer],
                consent_promotions TEXT, preferred_language TEXT, updated_at TEXT)"""
     )
     participation_id = 900_000
-    # civility and password come from their own generator, so the other columns stay as they were
+    # civility and password come from their own generator: the other columns' draws do not depend on them
     sso = random.Random(SEED + 2)
     for customer in customers[:2500]:
         email = customer.email.strip().lower() if customer.email else None

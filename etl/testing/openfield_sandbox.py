@@ -24,31 +24,28 @@ ships in the package because the README demo uses it.
 from __future__ import annotations
 
 import base64
-import contextlib
 import binascii
+import contextlib
 import itertools
 import json
 import os
 import re
-import socket
 import threading
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
 from datetime import datetime
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
-from typing import Any, Literal, cast
+from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from etl.config import OPENFIELD_ROUTES
 from etl.destinations.openfield.connect import SANDBOX_DEMO_PASSWORD as DEMO_PASSWORD
 from etl.values.countries import alpha3_of_alpha2
+from etl.testing.loopback import Fault, FaultQueue, FaultStatus, LoopbackHandler, LoopbackServer, send_json
 
 #: the demo's tenant and application (and DEMO_PASSWORD, the client's default): demo values, not secrets
 DEMO_TENANT = "demo-tenant"
 DEMO_APPLICATION = "audience-sync-demo"
-
-FaultKind = int | Literal["timeout", "disconnect"]
 
 _FIELDS = {"Party", "Email", "UserName", "FirstName", "LastName", "Country", "Locality", "ZipCode", "Address",
            "Gender", "Civility", "BirthDate", "Services"}
@@ -56,15 +53,6 @@ _INDEXED = frozenset({"Email", "UserName"})
 _SERVICE_FIELDS = {"ActivationDate", "ServiceId", "ServiceStatus", "ServiceTypeId"}
 _EMAIL = re.compile(r"[^@\s]+@[^@\s]+\.[A-Za-z]{2,}")
 _MAX_STRING = 255
-
-
-@dataclass
-class _Fault:
-    kind: FaultKind
-    remaining: int
-    method: str
-    path_contains: str
-    retry_after: float | None
 
 
 class _Refused(Exception):
@@ -101,12 +89,11 @@ class OpenFieldSandbox:
         #: the most API requests in flight at once (the sandbox has one tenant); `reset_peak` restarts it
         self.peak_in_flight = 0
         self._profiles: dict[str, dict[str, Any]] = {}
-        self._faults: list[_Fault] = []
+        self._faults = FaultQueue()
         #: (method, path with query, status) of every request; status 0 = closed without an answer
         self.request_log: list[tuple[str, str, int]] = []
         self._stopping = threading.Event()
-        self._server: ThreadingHTTPServer | None = None
-        self._thread: threading.Thread | None = None
+        self._server: LoopbackServer | None = None
         #: (field, value casefolded) -> profile ids, for the fields profiles are found by
         self._index: dict[tuple[str, str], list[str]] = {}
         if state_file is not None and state_file.exists():
@@ -118,24 +105,16 @@ class OpenFieldSandbox:
 
     def start(self) -> str:
         """Listen on 127.0.0.1, a free port, in a daemon thread; return the base URL."""
-        server = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
-        server.daemon_threads = True
-        server.sandbox = self  # type: ignore[attr-defined]
-        self._server = server
-        self._thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05},
-                                        name="openfield-sandbox", daemon=True)
-        self._thread.start()
-        return self.url
+        self._server = LoopbackServer("127.0.0.1", 0, _Handler, self._serve)
+        return self._server.start("openfield-sandbox")
 
     def stop(self) -> None:
-        """Stop listening, wake withheld answers, and save the profiles to the state file (if any)."""
+        """Stop listening, end open connections, wake withheld answers, and save the profiles to the state
+        file (if any)."""
         self._stopping.set()
         server, self._server = self._server, None
         if server is not None:
-            server.shutdown()
-            server.server_close()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
+            server.close()
         self.save()
 
     def __enter__(self) -> OpenFieldSandbox:
@@ -149,8 +128,7 @@ class OpenFieldSandbox:
     def url(self) -> str:
         if self._server is None:
             raise RuntimeError("the OpenField sandbox is not started")
-        host, port = self._server.server_address[:2]
-        return f"http://{host!s}:{port}"
+        return self._server.url
 
     def save(self) -> None:
         """Write the profiles to the state file atomically (mode 0600: they are personal data)."""
@@ -180,15 +158,14 @@ class OpenFieldSandbox:
         with self._lock:
             return self._store(None, _validated(payload))
 
-    def inject_faults(self, kind: FaultKind, count: int, *, method: str = "", path_contains: str = "",
+    def inject_faults(self, kind: FaultStatus, count: int, *, method: str = "", path_contains: str = "",
                       retry_after: float | None = None) -> None:
         """The next ``count`` requests matching ``method`` (any if empty) and ``path_contains`` fail.
 
         An HTTP status is answered at once, before authentication, with ``Retry-After`` if given.
         ``"timeout"``: processed, then the answer is withheld ``fault_delay_seconds`` and the
         connection closed; ``"disconnect"``: processed, then closed at once without an answer."""
-        with self._lock:
-            self._faults.append(_Fault(kind, count, method.upper(), path_contains, retry_after))
+        self._faults.add(Fault(kind, count, path_contains, retry_after, method.upper()))
 
     def reset_peak(self) -> None:
         """Count the peak afresh, from the requests in flight now."""
@@ -210,14 +187,14 @@ class OpenFieldSandbox:
             with self._lock:
                 self._in_flight -= 1
 
-    def _serve(self, handler: _Handler) -> None:
+    def _serve(self, handler: BaseHTTPRequestHandler) -> None:
         method, raw_path = handler.command, handler.path
         length = int(handler.headers.get("Content-Length") or 0)
         body = handler.rfile.read(length) if length else b""
-        fault = self._take_fault(method, raw_path)
-        if fault is not None and isinstance(fault.kind, int):
-            headers = {} if fault.retry_after is None else {"Retry-After": f"{fault.retry_after:g}"}
-            return self._answer(handler, fault.kind, {"Message": f"injected fault: HTTP {fault.kind}"}, headers)
+        fault = self._faults.take(method, raw_path)
+        if fault is not None and isinstance(fault.status, int):
+            return self._answer(handler, fault.status, {"Message": f"injected fault: HTTP {fault.status}"},
+                                fault.headers())
         try:
             with self._in_flight_now():
                 status, answer = self._api(handler, method, raw_path, body)
@@ -227,32 +204,18 @@ class OpenFieldSandbox:
             return self._answer(handler, status, answer)
         with self._lock:  # logged now: the client may have given up before the answer is dropped
             self.request_log.append((method, raw_path, 0))
-        if fault.kind == "timeout":
+        if fault.status == "timeout":
             self._stopping.wait(self.fault_delay_seconds)
         handler.close_connection = True
 
-    def _answer(self, handler: _Handler, status: int, body: Any, headers: Mapping[str, str] | None = None) -> None:
+    def _answer(self, handler: BaseHTTPRequestHandler, status: int, body: Any,
+                headers: Mapping[str, str] | None = None) -> None:
         with self._lock:
             self.request_log.append((handler.command, handler.path, status))
-        data = json.dumps(body, ensure_ascii=False).encode("utf-8")
-        handler.send_response(status)
-        for name, value in {**(headers or {}), "Content-Type": "application/json",
-                            "Content-Length": str(len(data))}.items():
-            handler.send_header(name, value)
-        if status == 401:
-            handler.send_header("WWW-Authenticate", 'Basic realm="OpenField"')
-        handler.end_headers()
-        handler.wfile.write(data)
+        challenge = {"WWW-Authenticate": 'Basic realm="OpenField"'} if status == 401 else {}
+        send_json(handler, status, body, {**(headers or {}), **challenge})
 
-    def _take_fault(self, method: str, path: str) -> _Fault | None:
-        with self._lock:
-            for fault in self._faults:
-                if fault.remaining > 0 and fault.method in ("", method) and fault.path_contains in path:
-                    fault.remaining -= 1
-                    return fault
-        return None
-
-    def _api(self, handler: _Handler, method: str, raw_path: str, body: bytes) -> tuple[int, Any]:
+    def _api(self, handler: BaseHTTPRequestHandler, method: str, raw_path: str, body: bytes) -> tuple[int, Any]:
         self._authenticate(handler.headers.get("Authorization", ""))
         split = urlsplit(raw_path)
         for name, route_method, pattern in self._routes:
@@ -308,23 +271,11 @@ class OpenFieldSandbox:
             self._index[(field, str(old[field]).casefold())].remove(profile_id)
 
 
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
+class _Handler(LoopbackHandler):
     server_version = "OpenFieldSandbox/1.0"
-    disable_nagle_algorithm = True
     timeout = 60
 
-    def _dispatch(self) -> None:
-        sandbox = cast(OpenFieldSandbox, self.server.sandbox)  # type: ignore[attr-defined]
-        try:
-            sandbox._serve(self)
-        except (ConnectionError, socket.timeout):
-            self.close_connection = True
-
-    do_GET = do_POST = do_PUT = do_PATCH = _dispatch  # noqa: N815 (http.server's naming)
-
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
-        """Quiet: tests read `OpenFieldSandbox.request_log`."""
+    do_GET = do_POST = do_PUT = do_PATCH = LoopbackHandler.dispatch  # noqa: N815 (http.server's naming)
 
 
 def _compile(route: str) -> tuple[str, re.Pattern[str]]:
