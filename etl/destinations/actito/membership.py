@@ -10,21 +10,49 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import replace
+from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from etl.config import AudienceActivation, Config, Destination
 from etl.destinations.actito.client import Table
 from etl.destinations.actito.connect import open_client
 from etl.destinations.actito.imports import ImportTarget, preflight, rule_for, send_rows
 from etl.destinations.actito.mapping import Mapping, explicit_mapping
 from etl.destinations.actito.recovery import Landed, discard_sent, recover_earlier_runs
-from etl.config import AudienceActivation, Destination
-from etl.transform.members import MemberDiff, MemberSnapshot
+from etl.destinations.base import written_locally
 from etl.extract import local_time
-from etl.files import RejectWriter
+from etl.files import RejectWriter, WrittenFile
+from etl.runtime.results import Delivery
 from etl.runtime.runs import RunContext
 from etl.transform import HEADER
+from etl.transform.members import MemberDiff, MemberSnapshot
+
+
+class ActitoMembership:
+    """An audience's members as rows of an Actito custom table; its file stays in the run's directory."""
+
+    wants_members = True
+
+    def __init__(self, config: Config, name: str) -> None:
+        self._activation = config.activation_of(name, AudienceActivation)
+
+    def accept(self, written: WrittenFile) -> None:
+        """Any size: the members go by imports, not as this file."""
+
+    def deliver(self, context: RunContext, files: list[Path], snapshot: MemberSnapshot, diff: MemberDiff) -> MemberDiff:
+        return deliver_membership(context, self._activation, snapshot, diff)
+
+    def describe(self, context: RunContext) -> Delivery:
+        details = context.details
+        if "membership_table" not in details:
+            return written_locally("actito", context)
+        return Delivery("actito", f"Actito table '{details['membership_table']}'",
+                        f"{details['entered']:,} members entered, {details['left']:,} left")
+
+    def close(self) -> None:
+        """The client is opened and closed around the imports."""
 
 
 def deliver_membership(
