@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 from etl.runtime.runs import JobBody
 
 if TYPE_CHECKING:
-    from etl.destinations.actito.destination import ImportPlan
+    from etl.destinations.actito.imports import ImportPlan
     from etl.config import Config
 
 KINDS = ("audience", "profiles", "subscriptions", "interactions")

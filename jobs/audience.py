@@ -13,7 +13,6 @@ from contextlib import closing
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
 from etl.config import AudienceActivation, Config
 from etl.destinations import open_audience
@@ -96,22 +95,25 @@ def _record_written(
     """The manifest beside the file, and what was written into the run's results; returns the manifest."""
     sql_sha256 = hashlib.sha256(context.config.path(activation.sql).read_bytes()).hexdigest()
     manifest_path = context.run_dir / f"{_stem(file_name)}.manifest.json"
-    write_manifest(manifest_path, _manifest(context, activation, written, counts, sql_sha256))
-    context.results.update(
-        rows_extracted=counts.extracted,
-        rows_rejected=counts.rejected,
-        rows_duplicate=counts.duplicates,
-        rows_delivered=0,
-        file_name=written[0].path.name,
-        sha256=written[0].sha256,
-    )
-    context.details.update(
-        files=[{"name": f.path.name, "rows": f.rows, "bytes": f.size, "sha256": f.sha256} for f in written],
-        local_dir=str(context.run_dir),
-        rejects_file=str(_rejects_path(context)),
-        manifest=str(manifest_path),
-        sql_sha256=sql_sha256,
-    )
+    files = [{"name": f.path.name, "rows": f.rows, "bytes": f.size, "sha256": f.sha256} for f in written]
+    write_manifest(manifest_path, {
+        "activation": context.activation,
+        "run_id": context.run_id,
+        "generated_at": context.started_at.astimezone(UTC).isoformat(timespec="seconds"),
+        "identifier": HEADER[activation.identifier],
+        "rows": sum(f.rows for f in written),
+        "rows_extracted": counts.extracted,
+        "rows_rejected": counts.rejected,
+        "rows_duplicate": counts.duplicates,
+        "sql_file": activation.sql.as_posix(),
+        "sql_sha256": sql_sha256,
+        "files": files,
+    })
+    context.results.update(rows_extracted=counts.extracted, rows_rejected=counts.rejected,
+                           rows_duplicate=counts.duplicates, rows_delivered=0, file_name=written[0].path.name,
+                           sha256=written[0].sha256)
+    context.details.update(files=files, local_dir=str(context.run_dir), rejects_file=str(_rejects_path(context)),
+                           manifest=str(manifest_path), sql_sha256=sql_sha256)
     return manifest_path
 
 
@@ -188,25 +190,3 @@ def _stem(file_name: str) -> str:
         if file_name.endswith(suffix):
             return file_name[: -len(suffix)]
     return file_name
-
-
-def _manifest(
-    context: RunContext,
-    activation: AudienceActivation,
-    written: list[WrittenFile],
-    counts: AudienceCounts,
-    sql_sha256: str,
-) -> dict[str, Any]:
-    return {
-        "activation": context.activation,
-        "run_id": context.run_id,
-        "generated_at": context.started_at.astimezone(UTC).isoformat(timespec="seconds"),
-        "identifier": HEADER[activation.identifier],
-        "rows": sum(f.rows for f in written),
-        "rows_extracted": counts.extracted,
-        "rows_rejected": counts.rejected,
-        "rows_duplicate": counts.duplicates,
-        "sql_file": activation.sql.as_posix(),
-        "sql_sha256": sql_sha256,
-        "files": [{"name": f.path.name, "rows": f.rows, "bytes": f.size, "sha256": f.sha256} for f in written],
-    }

@@ -39,7 +39,8 @@ def _deliver(context: RunContext, destination: RowDestination) -> None:
     batches = activation_batches(config, name, context.started_at)
     first = next(batches, None)
     row_format = destination.preflight(context, first.schema.names if first is not None else [])
-    snapshot_path = state_file(config.state_dir, name, ROWS) if config.activation_of(name, ImportActivationBase).delta else None
+    delta = config.activation_of(name, ImportActivationBase).delta
+    snapshot_path = state_file(config.state_dir, name, ROWS) if delta else None
     destination.recover(context, snapshot_path)
     snapshot = RowSnapshot(snapshot_path, row_format.fingerprint) if snapshot_path else None
     rejects_path = context.run_dir / f"{name}.rejects.csv"

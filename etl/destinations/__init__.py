@@ -17,7 +17,7 @@ def open_rows(config: Config, name: str) -> RowDestination:
         from etl.destinations.openfield.sync import OpenFieldProfiles
 
         return OpenFieldProfiles(config, name)
-    from etl.destinations.actito.destination import ActitoImports
+    from etl.destinations.actito.imports import ActitoImports
 
     return ActitoImports(config, name)
 

@@ -1,13 +1,11 @@
 """What every destination does for a run, so a job composes stages and destinations without knowing
 which vendor is behind an activation.
 
-A run that sends rows (profiles, subscriptions, interactions) has one shape whatever the vendor:
-check the destination against the query's columns before a row is read, resolve what an earlier
-run left in flight, stage what changed, make sure today's budget allows it, send, and say what was
-delivered. An audience run writes its file first and hands it (and the members diff) over.
-
-``describe`` returns the destination's own account of a successful run: the line people read is
-``where``, followed by ``: summary`` when there is a summary.
+A run that sends rows has one shape whatever the vendor: check the destination against the query's
+columns before a row is read, resolve what an earlier run left in flight, stage what changed, make
+sure today's budget allows it, send. An audience run writes its file first and hands it over.
+``describe`` is the destination's account of a successful run: people read ``where``, then
+``: summary`` when there is one.
 """
 
 from __future__ import annotations
@@ -30,38 +28,29 @@ if TYPE_CHECKING:  # the vendors' light modules (errors, payloads) import this p
 
 
 class Destination(Protocol):
-    def describe(self, context: RunContext) -> Delivery:
-        """What a successful run (a dry run included) delivered, from the run's results and details."""
-        ...
+    def describe(self, context: RunContext) -> Delivery: ...
 
     def close(self) -> None:
-        """Let go of what the destination holds open for the run (a client, its licence slots)."""
-        ...
+        """Let go of what the destination holds for the run (a client and its licence slots)."""
 
 
 class RowDestination(Destination, Protocol):
-    """Where an import activation's rows go, row by row or by bulk imports."""
+    """Where an import activation's rows go, one by one or by bulk imports."""
 
     def preflight(self, context: RunContext, columns: list[str]) -> RowFormat:
-        """Check credentials, table and every mapped column before extracting; how rows are mapped."""
-        ...
+        """Check credentials, table and every mapped column before a row is read."""
 
     def recover(self, context: RunContext, snapshot_path: Path | None) -> None:
-        """Resolve what earlier runs left in flight; rows they got through go into the snapshot at
-        ``snapshot_path`` (None: the activation keeps no snapshot)."""
-        ...
+        """Resolve what earlier runs left in flight; rows they got through go into the snapshot."""
 
     def staging(self, context: RunContext) -> AbstractContextManager[Callable[[pa.Table], None]]:
-        """Where the rows to send are staged while the query streams: yields the writer of each chunk."""
-        ...
+        """Where the rows to send are written while the query streams."""
 
     def reserve(self, context: RunContext, staged: Staged) -> None:
         """Refuse, before anything is sent, a run that today's budget cannot carry through."""
-        ...
 
     def send(self, context: RunContext, staged: Staged, snapshot: RowSnapshot | None, rejects: RejectWriter) -> None:
-        """Send the staged rows (a dry run sends none), list the rows refused, then move the snapshot."""
-        ...
+        """Send (a dry run sends nothing), list the rows refused, then move the snapshot."""
 
 
 class AudienceDestination(Destination, Protocol):
@@ -72,21 +61,16 @@ class AudienceDestination(Destination, Protocol):
 
     def accept(self, written: WrittenFile) -> None:
         """Refuse, before anything is delivered, an audience file the destination could not take."""
-        ...
 
-    def deliver(
-        self, context: RunContext, files: list[Path], snapshot: MemberSnapshot, diff: MemberDiff
-    ) -> MemberDiff:
-        """Deliver the audience, then replace the members snapshot; return the diff delivered."""
-        ...
+    def deliver(self, context: RunContext, files: list[Path], snapshot: MemberSnapshot, diff: MemberDiff) -> MemberDiff:
+        """Deliver, then replace the members snapshot; return the diff delivered."""
 
 
 def refuse_over_budget(
     error: type[AudienceSyncError], *, needs: str, used: int, needed: int, allowed: int, scope: str = "",
     where: str, hint: str,
 ) -> None:
-    """A run that would go over the day's budget is refused before it sends anything, rather than
-    stopped halfway through: what it needs and what is used today say which."""
+    """Refused before anything is sent rather than stopped halfway through."""
     if used + needed > allowed:
         raise error(f"this run needs {needs} but {used} of the {allowed} allowed today{scope} are used",
                     where=where, hint=hint)

@@ -1,10 +1,10 @@
-"""What Actito already holds, per activation, so a run sends only what changed.
+"""What a destination already holds, per activation, so a run sends only what changed.
 
-Imports count against a daily quota per table and every line costs Actito work, so a sync that
-re-sends an unchanged table each run is both slow and wasteful. A snapshot keeps, for each key
+Actito imports count against a daily quota per table and OpenField counts every request, so a sync
+that re-sends an unchanged table each run is both slow and wasteful. A snapshot keeps, for each key
 sent, a 64-bit hash of the row as sent; the next run sends a row only if its key is new or its
-hash differs. It is replaced only after Actito has finished the imports of a run, so a failed run
-is simply sent again next time. A change of mapping (columns, names, mode) invalidates it.
+hash differs. It is replaced only with what the destination took, so a failed run is simply sent
+again next time. A change of mapping (columns, names, mode) invalidates it.
 
 64-bit hashes: the chance that two different rows collide among 10 million is about 3e-6; such a
 collision would skip one changed row until it changes again.
@@ -113,7 +113,7 @@ class MappedRows:
     #: what is staged for sending, one row per source row kept
     rows: pa.Table
     #: the key each row is matched on in the destination
-    keys: pa.Array | pa.ChunkedArray
+    keys: pa.ChunkedArray
     #: the warehouse row (1-based) each row comes from, to name it in the reject file
     source_rows: pa.Array | pa.ChunkedArray
     #: row, value, reason: rows the destination would refuse
@@ -197,7 +197,7 @@ def stage_changes(
         changed = first & (snapshot.changed(key_hash, row_hash) if snapshot is not None else True)
         mask = pa.array(changed)
         write(mapped.rows.filter(mask))
-        staged.add(np.asarray(mapped.source_rows.filter(mask)), _one_chunk(mapped.keys.filter(mask)),
+        staged.add(np.asarray(mapped.source_rows.filter(mask)), mapped.keys.filter(mask).combine_chunks(),
                    key_hash[changed], row_hash[changed])
         counts["rejected"] += duplicates
         counts["duplicates"] += duplicates
@@ -208,6 +208,3 @@ def stage_changes(
     context.details.update(unchanged=counts["unchanged"], to_send=staged.count)
     return staged
 
-
-def _one_chunk(keys: pa.Array | pa.ChunkedArray) -> pa.Array:
-    return keys.combine_chunks() if isinstance(keys, pa.ChunkedArray) else keys

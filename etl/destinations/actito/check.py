@@ -10,9 +10,8 @@ from dataclasses import dataclass, field
 
 from etl.config import Config, Destination
 from etl.destinations.actito.connect import open_client
-from etl.destinations.actito.destination import import_plan
 from etl.destinations.actito.errors import ActitoError
-from etl.destinations.actito.imports import ActitoPreflightError, preflight
+from etl.destinations.actito.imports import ActitoPreflightError, import_plan, preflight
 from etl.errors import AudienceSyncError, ConfigError, UsageError
 from etl.extract import query_columns
 

@@ -1,7 +1,7 @@
 """Putting audience files in place at a file transfer location, atomically, over local disk, SFTP or FTPS.
 
 The deliverers are imported when first named: a run delivering to local disk never loads paramiko
-(0.1-0.2 s of its start-up) or ftplib.
+or ftplib.
 """
 
 from __future__ import annotations
