@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import io
 import json
-import logging
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import closing, contextmanager
@@ -42,8 +41,6 @@ from etl.runtime.ledger import open_store
 from etl.runtime.results import Delivery
 from etl.runtime.runs import RunContext
 from etl.transform.delta import MappedRows, RowSnapshot, Staged, fingerprint
-
-log = logging.getLogger("audience_sync.openfield")
 
 #: requests one profile costs: find, then create or update
 REQUESTS_PER_PROFILE = 2
