@@ -1,8 +1,7 @@
-"""Audience activations: warehouse SQL -> clean identifier file -> file transfer location.
+"""Audience activations: warehouse SQL -> clean identifier file -> its destination.
 
-The file is what an Actito External Target List (a saved targeting's File module, "Use reference")
-reads; it is written completely and checked locally before anything is delivered, and delivered
-atomically, so Actito only ever sees the previous complete audience or the new complete one.
+The file is written completely and checked locally before anything is delivered; the destination
+then puts it in place (or imports who entered and left) and replaces the members snapshot.
 """
 
 from __future__ import annotations
@@ -10,26 +9,24 @@ from __future__ import annotations
 import hashlib
 from collections import Counter
 from collections.abc import Iterator
+from contextlib import closing
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
-from etl.config import AudienceActivation, Config, Destination
-from etl.destinations.filedrop.factory import open_deliverer
-from etl.transform.members import MemberDiff, MemberSnapshot, StagedMembers
+from etl.config import AudienceActivation, Config
+from etl.destinations import open_audience
+from etl.errors import AudienceSyncError
 from etl.extract import activation_batches, local_time
-from etl.files import CsvFileWriter, RejectWriter, WrittenFile, final_file_name, name_matcher, write_manifest
-from etl.errors import AudienceSyncError, FileTooLarge
-from etl.runtime.runs import RunContext
+from etl.files import CsvFileWriter, RejectWriter, WrittenFile, final_file_name, write_manifest
 from etl.runtime.ledger import open_store
+from etl.runtime.runs import RunContext
 from etl.transform.audience import HEADER, AudienceCleaner, AudienceCounts, CleanBatch
+from etl.transform.members import MemberDiff, MemberSnapshot, StagedMembers
 
 KIND = "audience"
-#: a writer's max_bytes that never cuts a part: an audience file is one file (see refuse_too_large)
+#: a writer's max_bytes that never cuts a part: an audience file is one file (its destination may refuse it)
 UNSPLIT = 1 << 62
-#: Actito refuses files bigger than this
-ACTITO_MAX_BYTES = 100_000_000
 
 
 @dataclass(frozen=True)
@@ -70,51 +67,58 @@ def preview(config: Config, name: str, *, sample_size: int = 10, when: datetime 
 
 def run(context: RunContext) -> None:
     """The body of an audience run: extract → clean → write → deliver → retention."""
-    config, name = context.config, context.activation
-    activation = config.activation_of(name, AudienceActivation)
-    pattern = config.file_name_pattern(name)
-    file_name = final_file_name(pattern, local_time(activation, context.started_at), activation.file.compression)
-    rejects_path = context.run_dir / f"{name}.rejects.csv"
+    with closing(open_audience(context.config, context.activation)) as destination:
+        config, name = context.config, context.activation
+        activation = config.activation_of(name, AudienceActivation)
+        file_name = final_file_name(config.file_name_pattern(name), local_time(activation, context.started_at),
+                                    activation.file.compression)
+        snapshot = MemberSnapshot.of(config.state_dir, name)
+        with context.step("extract"), StagedMembers(context.run_dir / f"{name}.members.parquet") as members:
+            written, counts = _write_audience(context, activation, file_name, members)
+        destination.accept(written[0])
+        manifest_path = _record_written(context, activation, file_name, written, counts)
+        context.checkpoint("written")
+        with context.step("diff"):
+            diff = snapshot.diff(members, identifiers=destination.wants_members)
+        context.details.update(diff.counts())  # a dry run reports the would-be diff too
+        if not context.dry_run:
+            check_shrink(context, activation, diff.size, diff)
+            diff = destination.deliver(context, [f.path for f in written] + [manifest_path], snapshot, diff)
+            context.results["rows_delivered"] = diff.size
+        context.delivery = destination.describe(context)
 
-    snapshot = MemberSnapshot.of(config.state_dir, name)
-    with context.step("extract"), StagedMembers(context.run_dir / f"{name}.members.parquet") as members:
-        written, counts = _write_audience(context, activation, file_name, rejects_path, members)
-    if activation.delivery == "file":
-        refuse_too_large(activation, name, written[0])
-    sql_sha256 = hashlib.sha256(config.path(activation.sql).read_bytes()).hexdigest()
+
+def _record_written(
+    context: RunContext, activation: AudienceActivation, file_name: str, written: list[WrittenFile],
+    counts: AudienceCounts,
+) -> Path:
+    """The manifest beside the file, and what was written into the run's results; returns the manifest."""
+    sql_sha256 = hashlib.sha256(context.config.path(activation.sql).read_bytes()).hexdigest()
     manifest_path = context.run_dir / f"{_stem(file_name)}.manifest.json"
-    write_manifest(manifest_path, _manifest(context, activation, written, counts, sql_sha256))
-    context.results.update(
-        rows_extracted=counts.extracted,
-        rows_rejected=counts.rejected,
-        rows_duplicate=counts.duplicates,
-        rows_delivered=0,
-        file_name=written[0].path.name,
-        sha256=written[0].sha256,
-    )
-    context.details.update(
-        files=[{"name": f.path.name, "rows": f.rows, "bytes": f.size, "sha256": f.sha256} for f in written],
-        local_dir=str(context.run_dir),
-        rejects_file=str(rejects_path),
-        manifest=str(manifest_path),
-        sql_sha256=sql_sha256,
-    )
-    context.checkpoint("written")
-    with context.step("diff"):
-        diff = snapshot.diff(members, identifiers=activation.delivery == "membership")
-    context.details.update(diff.counts())  # a dry run reports the would-be diff too
-    if context.dry_run:
-        return
-    check_shrink(context, activation, diff.size, diff)
-    if activation.delivery == "membership":
-        from jobs.membership import deliver_membership  # loads the Actito client only when needed
+    files = [{"name": f.path.name, "rows": f.rows, "bytes": f.size, "sha256": f.sha256} for f in written]
+    write_manifest(manifest_path, {
+        "activation": context.activation,
+        "run_id": context.run_id,
+        "generated_at": context.started_at.astimezone(UTC).isoformat(timespec="seconds"),
+        "identifier": HEADER[activation.identifier],
+        "rows": sum(f.rows for f in written),
+        "rows_extracted": counts.extracted,
+        "rows_rejected": counts.rejected,
+        "rows_duplicate": counts.duplicates,
+        "sql_file": activation.sql.as_posix(),
+        "sql_sha256": sql_sha256,
+        "files": files,
+    })
+    context.results.update(rows_extracted=counts.extracted, rows_rejected=counts.rejected,
+                           rows_duplicate=counts.duplicates, rows_delivered=0, file_name=written[0].path.name,
+                           sha256=written[0].sha256)
+    context.details.update(files=files, local_dir=str(context.run_dir), rejects_file=str(_rejects_path(context)),
+                           manifest=str(manifest_path), sql_sha256=sql_sha256)
+    return manifest_path
 
-        diff = deliver_membership(context, activation, snapshot, diff)
-    else:
-        _deliver(context, [f.path for f in written] + [manifest_path], pattern)
-        context.fence()
-        snapshot.replace(diff)  # only now: after a failed delivery, the next run compares with the old members
-    context.results["rows_delivered"] = diff.size
+
+def _rejects_path(context: RunContext) -> Path:
+    return context.run_dir / f"{context.activation}.rejects.csv"
 
 
 class GuardStop(AudienceSyncError):
@@ -154,27 +158,8 @@ def check_shrink(context: RunContext, activation: AudienceActivation, size: int,
                     hint="check the query and its source tables; if the change is real, run again with --force")
 
 
-def refuse_too_large(activation: AudienceActivation, name: str, written: WrittenFile) -> None:
-    """An audience file bigger than ``file.max_bytes`` is refused, never split into parts: Actito's file
-    synchronisation takes the last file that appears as the whole audience, so a second part would
-    replace the first as the targeting instead of adding to it. Refused before anything is delivered,
-    so the previous delivery stays in place."""
-    limit = activation.file.max_bytes
-    if written.size <= limit:
-        return
-    raise FileTooLarge(
-        f"not delivered: the audience file is {written.size:,} bytes ({written.rows:,} rows), over "
-        f"file.max_bytes = {limit:,}; an audience is always delivered as one file (Actito reads the last file "
-        f"as the whole audience) and Actito refuses files over {ACTITO_MAX_BYTES:,} bytes (100 MB)",
-        where=f"[activations.{name}] file.max_bytes",
-        hint='set compression = "gzip" in [activations.' + name + '.file] (identifiers shrink several times)'
-             + ("" if limit >= ACTITO_MAX_BYTES else f" or raise file.max_bytes (at most {ACTITO_MAX_BYTES:,})")
-             + "; the previous delivery is still in place",
-    )
-
-
 def _write_audience(
-    context: RunContext, activation: AudienceActivation, file_name: str, rejects_path: Path, members: StagedMembers
+    context: RunContext, activation: AudienceActivation, file_name: str, members: StagedMembers
 ) -> tuple[list[WrittenFile], AudienceCounts]:
     counts = AudienceCounts()
     with (
@@ -184,9 +169,9 @@ def _write_audience(
             header=HEADER[activation.identifier],
             separator=activation.file.separator,
             compression=activation.file.compression,
-            max_bytes=UNSPLIT,  # one file whatever its size; refuse_too_large applies file.max_bytes
+            max_bytes=UNSPLIT,  # one file whatever its size; the destination may refuse it
         ) as writer,
-        RejectWriter(rejects_path) as rejects,
+        RejectWriter(_rejects_path(context)) as rejects,
     ):
         for cleaner, cleaned in cleaned_batches(context.config, context.activation, context.started_at):
             writer.write(cleaned.identifiers)
@@ -200,51 +185,8 @@ def _write_audience(
     return written, counts
 
 
-def _deliver(context: RunContext, paths: list[Path], pattern: str) -> None:
-    destination = context.config.destination_of(context.config.activations[context.activation].destination, Destination)
-    location = destination.files
-    assert location is not None  # validated: an audience destination has a files location
-    is_ours = name_matcher(pattern)  # exactly this activation's names: validate keeps them apart from others'
-    with context.step("deliver"), open_deliverer(context.config, location) as deliverer:
-        context.fence()  # removals and renames from here on: only while the activation is still ours
-        leftovers = deliverer.discard_leftovers(is_ours, context.run_id)  # of a run killed mid-upload
-        if leftovers:
-            context.details["leftovers_removed"] = leftovers
-        delivered = deliverer.deliver(paths, context.run_id, all_uploaded=lambda: context.checkpoint("delivered"))
-        context.details["delivered"] = [{"name": d.name, "bytes": d.size, "location": d.location} for d in delivered]
-        context.checkpoint("confirmed")
-        # only now, with the new files in place: the location never lacks a complete audience
-        context.details["stale_removed"] = deliverer.remove_stale(is_ours, [d.name for d in delivered])
-        if location.retention_days:
-            context.fence()
-            cutoff = datetime.now(UTC) - timedelta(days=location.retention_days)
-            context.details["retention_removed"] = deliverer.apply_retention(is_ours, cutoff)
-
-
 def _stem(file_name: str) -> str:
     for suffix in (".csv.gz", ".csv", ".zip"):
         if file_name.endswith(suffix):
             return file_name[: -len(suffix)]
     return file_name
-
-
-def _manifest(
-    context: RunContext,
-    activation: AudienceActivation,
-    written: list[WrittenFile],
-    counts: AudienceCounts,
-    sql_sha256: str,
-) -> dict[str, Any]:
-    return {
-        "activation": context.activation,
-        "run_id": context.run_id,
-        "generated_at": context.started_at.astimezone(UTC).isoformat(timespec="seconds"),
-        "identifier": HEADER[activation.identifier],
-        "rows": sum(f.rows for f in written),
-        "rows_extracted": counts.extracted,
-        "rows_rejected": counts.rejected,
-        "rows_duplicate": counts.duplicates,
-        "sql_file": activation.sql.as_posix(),
-        "sql_sha256": sql_sha256,
-        "files": [{"name": f.path.name, "rows": f.rows, "bytes": f.size, "sha256": f.sha256} for f in written],
-    }

@@ -1,56 +1,57 @@
-"""Profile attributes and subscriptions, from the warehouse into an Actito profile table.
+"""Profile attributes and subscriptions, from the warehouse into a profile table (Actito) or profile
+by profile (OpenField); the shape every import activation's run has.
 
-Columns map to attributes by a preset (``qualifio``: Qualifio's variable names), by an explicit
-``attributes`` table, or — by default — by name: alias the SQL columns to Actito's attribute names.
+Columns map to attributes as the destination decides (Actito: a preset, an explicit ``attributes``
+table, or by name: alias the SQL columns to the attributes' names).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from contextlib import closing
+from itertools import chain
 
-from etl.destinations.actito.client import Table
-from etl.destinations.actito.imports import ImportPlan, MappingFactory, rule_for, run_plan, target_for
-from etl.destinations.actito.presets import qualifio_mapping
-from etl.transform.mapping import Mapping, explicit_mapping
-from etl.config import Config, ImportActivationBase, OpenFieldDestination, ProfilesActivation
+from etl.config import ImportActivationBase
+from etl.destinations import open_rows
+from etl.destinations.base import RowDestination
+from etl.extract import activation_batches
+from etl.files import RejectWriter
+from etl.runtime.activation_state import ROWS, state_file
 from etl.runtime.runs import RunContext
+from etl.transform.delta import RowSnapshot, stage_changes
 
 KIND = "profiles"
 
 
-def by_name(
-    activation: ImportActivationBase, key: str, subscriptions: dict[str, str], extra: Sequence[str] = ()
-) -> MappingFactory:
-    """Explicit ``attributes`` if given, else every column named like an attribute of the table."""
-
-    def build(columns: Sequence[str], table: Table) -> Mapping:
-        attributes = dict(activation.attributes) or {
-            column: column for column in columns if column not in subscriptions
-        }
-        attributes.update({column: column for column in extra})
-        rules = {attribute.name: rule_for(attribute) for attribute in table.attributes}
-        return explicit_mapping(key, attributes, subscriptions, rules)
-
-    return build
-
-
-def plan(config: Config, name: str) -> ImportPlan:
-    activation = config.activation_of(name, ProfilesActivation)
-    mapping_for: MappingFactory = (
-        (lambda columns, table: qualifio_mapping(columns, key=activation.key))
-        if activation.preset == "qualifio"
-        else by_name(activation, activation.key, activation.subscriptions)
-    )
-    target = target_for(config, name, custom=False, mode=activation.mode)
-    return ImportPlan(activation.destination, target, mapping_for)
-
-
 def run(context: RunContext) -> None:
-    """Into an Actito profile table by bulk imports, or into OpenField profile by profile."""
-    activation = context.config.activation_of(context.activation, ProfilesActivation)
-    if isinstance(context.config.destinations[activation.destination], OpenFieldDestination):
-        from etl.destinations.openfield import sync  # loaded only when an OpenField destination is used
+    deliver_rows(context)
 
-        sync.run(context)
-        return
-    run_plan(context, plan(context.config, context.activation))
+
+def deliver_rows(context: RunContext) -> None:
+    """The body of a profiles / subscriptions / interactions run: preflight → recover → stage what
+    changed → budget → send; the snapshot moves only with what the destination took."""
+    with closing(open_rows(context.config, context.activation)) as destination:
+        _deliver(context, destination)
+        context.delivery = destination.describe(context)
+
+
+def _deliver(context: RunContext, destination: RowDestination) -> None:
+    config, name = context.config, context.activation
+    batches = activation_batches(config, name, context.started_at)
+    first = next(batches, None)
+    row_format = destination.preflight(context, first.schema.names if first is not None else [])
+    delta = config.activation_of(name, ImportActivationBase).delta
+    snapshot_path = state_file(config.state_dir, name, ROWS) if delta else None
+    destination.recover(context, snapshot_path)
+    snapshot = RowSnapshot(snapshot_path, row_format.fingerprint) if snapshot_path else None
+    rejects_path = context.run_dir / f"{name}.rejects.csv"
+    context.details["rejects_file"] = str(rejects_path)
+    with RejectWriter(rejects_path) as rejects:
+        with context.step("extract"), destination.staging(context) as write:
+            staged = stage_changes(context, chain([first] if first else [], batches), row_format, snapshot,
+                                   rejects, write)
+        if not staged.count:
+            context.results["rows_delivered"] = 0
+            context.details["note"] = "nothing changed since the last successful run: nothing sent"
+            return
+        destination.reserve(context, staged)
+        destination.send(context, staged, snapshot, rejects)

@@ -28,7 +28,7 @@ from servers import (
     sftp_deliverer,
 )
 
-from etl.destinations.filedrop import LocalDeliverer
+from etl.destinations.filedrop.local import LocalDeliverer
 
 PROTOCOLS = ("local", "sftp", "ftps")
 

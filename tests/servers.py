@@ -44,7 +44,9 @@ with warnings.catch_warnings():
     from pyftpdlib.ioloop import IOLoop
     from pyftpdlib.servers import FTPServer
 
-from etl.destinations.filedrop import Deliverer, FtpsDeliverer, SftpDeliverer
+from etl.destinations.filedrop.base import Deliverer
+from etl.destinations.filedrop.ftps import FtpsDeliverer
+from etl.destinations.filedrop.sftp import SftpDeliverer
 
 HOST = "127.0.0.1"
 #: the password every test server accepts, so that a test can check it never shows

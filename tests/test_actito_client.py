@@ -23,7 +23,8 @@ from typing import Any, Literal
 
 import pytest
 
-from etl.destinations.actito.client import MAX_UPLOAD_BYTES, ActitoClient, Attribute, LineError
+from etl.destinations.actito.client import MAX_UPLOAD_BYTES, ActitoClient
+from etl.destinations.actito.tables import Attribute, LineError
 from etl.destinations.actito.errors import (
     ActitoAuthError,
     ActitoBudgetExhausted,

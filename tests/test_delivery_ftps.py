@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 from servers import HOST, FtpsBehaviour, FtpsServer, ftps_deliverer, make_tls_certificate, silent_server, unused_port
 
-from etl.destinations.filedrop import DeliveredFile, FtpsDeliverer
+from etl.destinations.filedrop.base import DeliveredFile
+from etl.destinations.filedrop.ftps import FtpsDeliverer
 from etl.errors import DeliveryError
 
 pytest_plugins = ["conftest_delivery"]

@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 from servers import leftovers
 
-from etl.destinations.filedrop import DeliveredFile, LocalDeliverer
+from etl.destinations.filedrop.base import DeliveredFile
+from etl.destinations.filedrop.local import LocalDeliverer
 from etl.destinations.filedrop.base import temp_name
 from etl.errors import DeliveryError
 

@@ -21,7 +21,8 @@ from servers import (
     write_private_key,
 )
 
-from etl.destinations.filedrop import DeliveredFile, SftpDeliverer
+from etl.destinations.filedrop.base import DeliveredFile
+from etl.destinations.filedrop.sftp import SftpDeliverer
 from etl.errors import DeliveryError
 
 pytest_plugins = ["conftest_delivery"]

@@ -1,1 +1,35 @@
-"""destinations"""
+"""Which destination an activation has: picked here, once, from its destination's configuration.
+
+Each vendor's package is imported when an activation first needs it: an audience delivered as a
+file never loads the Actito client, a profiles run into Actito never loads OpenField's.
+"""
+
+from __future__ import annotations
+
+from etl.config import AudienceActivation, Config, Destination, OpenFieldDestination
+from etl.destinations.base import AudienceDestination, RowDestination
+
+
+def open_rows(config: Config, name: str) -> RowDestination:
+    """The destination of an import activation (profiles, subscriptions, interactions)."""
+    destination = config.destinations[config.activations[name].destination]
+    if isinstance(destination, OpenFieldDestination):
+        from etl.destinations.openfield.sync import OpenFieldProfiles
+
+        return OpenFieldProfiles(config, name)
+    from etl.destinations.actito.imports import ActitoImports
+
+    return ActitoImports(config, name)
+
+
+def open_audience(config: Config, name: str) -> AudienceDestination:
+    """The destination of an audience activation: a file at its location, or members in an Actito table."""
+    activation = config.activation_of(name, AudienceActivation)
+    config.destination_of(activation.destination, Destination)  # validated: audiences go to Actito
+    if activation.delivery == "membership":
+        from etl.destinations.actito.membership import ActitoMembership
+
+        return ActitoMembership(config, name)
+    from etl.destinations.filedrop.factory import FileDrop
+
+    return FileDrop(config, name)

@@ -1,10 +1,10 @@
-"""What Actito already holds, per activation, so a run sends only what changed.
+"""What a destination already holds, per activation, so a run sends only what changed.
 
-Imports count against a daily quota per table and every line costs Actito work, so a sync that
-re-sends an unchanged table each run is both slow and wasteful. A snapshot keeps, for each key
+Actito imports count against a daily quota per table and OpenField counts every request, so a sync
+that re-sends an unchanged table each run is both slow and wasteful. A snapshot keeps, for each key
 sent, a 64-bit hash of the row as sent; the next run sends a row only if its key is new or its
-hash differs. It is replaced only after Actito has finished the imports of a run, so a failed run
-is simply sent again next time. A change of mapping (columns, names, mode) invalidates it.
+hash differs. It is replaced only with what the destination took, so a failed run is simply sent
+again next time. A change of mapping (columns, names, mode) invalidates it.
 
 64-bit hashes: the chance that two different rows collide among 10 million is about 3e-6; such a
 collision would skip one changed row until it changes again.
@@ -13,15 +13,20 @@ collision would skip one changed row until it changes again.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from etl.files import create_private, private_directory
+from etl.files import RejectWriter, create_private, private_directory
+from etl.runtime.runs import RunContext
+from etl.transform.dedupe import SeenHashes
 
 _FINGERPRINT_KEY = b"audience_sync_fingerprint"
 
@@ -99,3 +104,107 @@ def replace_parquet(path: Path, table: pa.Table) -> None:
     with create_private(partial) as out:
         pq.write_table(table, out, compression="zstd")
     partial.replace(path)
+
+
+@dataclass(frozen=True)
+class MappedRows:
+    """One chunk as a destination would send it."""
+
+    #: what is staged for sending, one row per source row kept
+    rows: pa.Table
+    #: the key each row is matched on in the destination
+    keys: pa.ChunkedArray
+    #: the warehouse row (1-based) each row comes from, to name it in the reject file
+    source_rows: pa.Array | pa.ChunkedArray
+    #: row, value, reason: rows the destination would refuse
+    rejects: pa.Table
+    #: the columns whose hash says whether a row changed
+    hashed: pa.Table
+
+
+class RowFormat(Protocol):
+    """How a destination maps the query's chunks, checked against it before a row is read."""
+
+    #: the key's name, as the reject file names it
+    key_name: str
+    #: what the rows as sent depend on: a snapshot taken under another fingerprint starts over
+    fingerprint: str
+
+    def map(self, batch: pa.RecordBatch) -> MappedRows: ...
+
+
+@dataclass
+class Staged:
+    """What a run staged for sending, in staging order: kept to map a destination's refusals back to
+    warehouse rows, and to update the snapshot with what landed."""
+
+    source_rows: list[np.ndarray] = field(default_factory=list)
+    keys: list[pa.Array] = field(default_factory=list)
+    key_hashes: list[np.ndarray] = field(default_factory=list)
+    row_hashes: list[np.ndarray] = field(default_factory=list)
+    count: int = 0
+
+    def add(self, rows: np.ndarray, keys: pa.Array, key_hash: np.ndarray, row_hash: np.ndarray) -> None:
+        self.source_rows.append(rows)
+        self.keys.append(keys)
+        self.key_hashes.append(key_hash)
+        self.row_hashes.append(row_hash)
+        self.count += len(rows)
+
+    def all_source_rows(self) -> np.ndarray:
+        return np.concatenate(self.source_rows) if self.source_rows else np.empty(0, np.int64)
+
+    def all_keys(self) -> pa.Array:
+        return pa.concat_arrays(self.keys) if self.keys else pa.array([], pa.string())
+
+    def hashes(self) -> pa.Table:
+        """Key and row hash of every staged row: what a snapshot keeps of it."""
+        empty = np.empty(0, np.uint64)
+        return pa.table({"key": np.concatenate([empty, *self.key_hashes]),
+                         "row": np.concatenate([empty, *self.row_hashes])})
+
+
+def stage_changes(
+    context: RunContext,
+    batches: Iterable[pa.RecordBatch],
+    row_format: RowFormat,
+    snapshot: RowSnapshot | None,
+    rejects: RejectWriter,
+    write: Callable[[pa.Table], None],
+) -> Staged:
+    """Map every chunk, reject what the destination would refuse, keep the first row of each key
+    (as audiences keep the first) and, of those, the rows that changed since the snapshot; ``write``
+    stages them."""
+    counts = {"extracted": 0, "rejected": 0, "unchanged": 0, "sent": 0, "duplicates": 0}
+    staged = Staged()
+    seen_keys = SeenHashes()
+    for batch in batches:
+        mapped = row_format.map(batch)
+        counts["extracted"] += batch.num_rows
+        counts["rejected"] += mapped.rejects.num_rows
+        rejects.write(mapped.rejects)
+        key_hash, row_hash = key_hashes(mapped.keys), row_hashes(mapped.hashed)
+        first = seen_keys.add_new(key_hash)
+        duplicates = int((~first).sum())
+        if duplicates:
+            repeated = pa.array(~first)
+            rejects.write(pa.table({
+                "row": mapped.source_rows.filter(repeated),
+                "value": pc.cast(mapped.keys.filter(repeated), pa.string()),
+                "reason": pa.array([f"duplicate {row_format.key_name}: an earlier row has it"] * duplicates,
+                                   pa.string()),
+            }))
+        changed = first & (snapshot.changed(key_hash, row_hash) if snapshot is not None else True)
+        mask = pa.array(changed)
+        write(mapped.rows.filter(mask))
+        staged.add(np.asarray(mapped.source_rows.filter(mask)), mapped.keys.filter(mask).combine_chunks(),
+                   key_hash[changed], row_hash[changed])
+        counts["rejected"] += duplicates
+        counts["duplicates"] += duplicates
+        counts["unchanged"] += int((first & ~changed).sum())
+        counts["sent"] = staged.count
+        context.tick({**counts, "kept": staged.count})
+    context.results.update(rows_extracted=counts["extracted"], rows_rejected=counts["rejected"])
+    context.details.update(unchanged=counts["unchanged"], to_send=staged.count)
+    return staged
+

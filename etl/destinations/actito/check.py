@@ -8,10 +8,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from etl.config import Config, Destination
 from etl.destinations.actito.connect import open_client
 from etl.destinations.actito.errors import ActitoError
-from etl.destinations.actito.imports import ActitoPreflightError, preflight
-from etl.config import Config, Destination
+from etl.destinations.actito.imports import ActitoPreflightError, import_plan, preflight
 from etl.errors import AudienceSyncError, ConfigError, UsageError
 from etl.extract import query_columns
 
@@ -41,8 +41,6 @@ def check_destination(config: Config, destination: str) -> CheckReport:
                          where=f"[destinations.{destination}]",
                          hint="run it on an Actito destination; an OpenField one is checked by its first run "
                               "(`audience-sync run --dry-run NAME` reads and maps its rows without sending any)")
-    from jobs import import_plan
-
     report = CheckReport()
     entity = config.destination_of(destination, Destination).entity
     with open_client(config, destination) as client:

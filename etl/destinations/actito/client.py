@@ -6,9 +6,9 @@ It follows docs/actito-wire.md to the letter; what that page tags [guess] is gat
 Why it is built the way it is:
 
 * **All retries are ours (etl.destinations.http, shared with the OpenField client), none urllib3's.**
-  urllib3's ``Retry`` re-sends a POST body badly (a streamed multipart body hangs until the read timeout, a generator body is re-sent
-  empty and accepted: data silently lost — measured, see shared/engineering-notes.md). The
-  session is mounted with ``max_retries=0`` and every retry below rebuilds what it sends.
+  urllib3's ``Retry`` re-sends a POST body badly (a streamed multipart body hangs until the read
+  timeout, a generator body is re-sent empty and accepted: data silently lost). The session is mounted
+  with ``max_retries=0`` and every retry below rebuilds what it sends.
 * **Safe calls (GET) are retried** with exponential backoff and full jitter on 429, 5xx and
   connection errors, honouring ``Retry-After`` up to ``retry_after_max``.
 * **An import POST is never blindly repeated.** It is re-sent only when the first attempt was
@@ -44,8 +44,7 @@ import logging
 import re
 import time
 import uuid
-from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import quote
@@ -64,6 +63,9 @@ from etl.destinations.actito.errors import (
 from etl.config import ACTITO_ENVIRONMENTS
 from etl.errors import AudienceSyncError
 from etl.destinations.http import ApiClient, RetryPolicy, Scrubber, Transport, failure_text, json_of, unreachable_text
+from etl.destinations.actito.tables import (
+    ActitoWire, Execution, LineError, Table, execution_of, list_in, opt_str, table_of,
+)
 from etl.destinations.licence import Licence
 
 log = logging.getLogger("audience_sync.actito")
@@ -103,87 +105,21 @@ _EXECUTIONS = "/mass-imports/v5/entities/{entity}/etl-executions"
 _EXECUTION = _EXECUTIONS + "/{executionId}"
 _TRIGGER = "/mass-imports/v5/entities/{entity}/etls/{etlId}/trigger-execution"
 
+#: by HTTP status, the error and what to do (-1: a 429 that is the daily import quota)
+_FAILURES: dict[int, tuple[type[ActitoError], str]] = {
+    401: (ActitoAuthError, "check the Actito API key: it may be wrong, revoked, or belong to another licence"),
+    403: (ActitoAuthError,
+          "the API key's licence lacks the right for this call: check the key and the licence in Actito"),
+    404: (ActitoNotFound, "check the entity name ({entity!r}) and the ids in the configuration"),
+    -1: (ActitoBudgetExhausted,
+         "the table's daily import quota is used up; the next day's run will go through (not retried)"),
+    429: (ActitoRateLimited,
+          "Actito kept refusing for too many requests; another job may share the licence — run later"),
+    400: (ActitoError, "Actito refused the request as invalid; it is not retried unchanged"),
+    406: (ActitoError, "Actito wants Accept: application/json"),
+}
+
 _CONTENT_TYPES = {".csv": "text/csv", ".txt": "text/csv", ".gz": "application/gzip", ".zip": "application/zip"}
-
-
-@dataclass(frozen=True)
-class ActitoWire:
-    """Everything docs/actito-wire.md tags [guess], so a real licence that differs is a setting.
-
-    The defaults are exactly what that page (and the project's sandbox) says.
-    """
-
-    entities_key: str = "entities"
-    profile_tables_key: str = "profileTables"
-    custom_tables_key: str = "customTables"
-    #: wrapper key of ``GET .../etl-executions?reference=``
-    executions_key: str = "executions"
-    #: query parameter and definition field carrying our idempotency key
-    reference_field: str = "reference"
-    definition_part: str = "definition"
-    file_part: str = "inputFile"
-    #: appended to the execution route to read its per-line report
-    report_suffix: str = "/report"
-    report_errors_key: str = "errors"
-    success_statuses: frozenset[str] = frozenset({"SUCCESS"})
-    partial_statuses: frozenset[str] = frozenset({"PARTIAL_SUCCESS"})
-    error_statuses: frozenset[str] = frozenset({"ERROR"})
-    #: a 429 whose message matches this is the daily import quota, not a transient limit
-    budget_message: str = r"daily\s+import\s+(limit|quota)"
-
-
-@dataclass(frozen=True)
-class Attribute:
-    """One attribute of a table; ``value_type`` and ``max_length`` only for CUSTOM attributes."""
-
-    name: str
-    type: str
-    value_type: str | None
-    unique: bool
-    mandatory: bool
-    max_length: int | None
-
-
-@dataclass(frozen=True)
-class Table:
-    """A profile table or a custom table, as discovered: what an import may target and map to."""
-
-    id: str
-    name: str
-    kind: Literal["profile", "custom"]
-    attributes: tuple[Attribute, ...]
-    #: subscription names (profile tables); the fixed technical values an import column maps to
-    subscriptions: tuple[str, ...]
-    #: ``INTERACTIONS`` or ``STANDARD`` for custom tables, None for profile tables
-    custom_type: str | None
-    primary_key: str | None
-    foreign_keys: tuple[dict[str, str], ...]
-
-    def attribute(self, name: str) -> Attribute | None:
-        """The attribute called ``name``, or None."""
-        return next((a for a in self.attributes if a.name == name), None)
-
-
-@dataclass(frozen=True)
-class Execution:
-    """One ETL execution: status PENDING / RUNNING / SUCCESS / PARTIAL_SUCCESS / ERROR (or one we do not know)."""
-
-    id: str
-    reference: str | None
-    status: str
-    #: lines, created, updated, rejected (empty until Actito has counted)
-    counts: dict[str, int] = field(default_factory=dict)
-    message: str | None = None
-
-
-@dataclass(frozen=True)
-class LineError:
-    """One rejected line of an import; ``line`` counts the header as line 1, so data row k is line k+1."""
-
-    line: int
-    column: str | None
-    value: str | None
-    message: str
 
 
 class ActitoClient(ApiClient):
@@ -249,11 +185,11 @@ class ActitoClient(ApiClient):
     def entities(self) -> list[dict[str, Any]]:
         """The entities the licence sees: ``[{"id", "name", "comment"}]``."""
         body = self._get(_ENTITIES)
-        return [dict(e) for e in _list_in(body, self.wire.entities_key) if isinstance(e, Mapping)]
+        return [dict(e) for e in list_in(body, self.wire.entities_key) if isinstance(e, Mapping)]
 
     def profile_tables(self) -> list[Table]:
         body = self._get(_PROFILE_TABLES, entity=self.entity)
-        return [_table(t, "profile") for t in _list_in(body, self.wire.profile_tables_key) if isinstance(t, Mapping)]
+        return [table_of(t, "profile") for t in list_in(body, self.wire.profile_tables_key) if isinstance(t, Mapping)]
 
     def profile_table(self, id_or_name: str) -> Table:
         """A profile table by id, or by name (Actito addresses tables by id; people know them by name)."""
@@ -261,7 +197,7 @@ class ActitoClient(ApiClient):
 
     def custom_tables(self) -> list[Table]:
         body = self._get(_CUSTOM_TABLES, entity=self.entity)
-        return [_table(t, "custom") for t in _list_in(body, self.wire.custom_tables_key) if isinstance(t, Mapping)]
+        return [table_of(t, "custom") for t in list_in(body, self.wire.custom_tables_key) if isinstance(t, Mapping)]
 
     def custom_table(self, id_or_name: str) -> Table:
         """A custom table by id, or by name."""
@@ -271,7 +207,7 @@ class ActitoClient(ApiClient):
         # By id first (one call, the usual case); on 404 list the tables and resolve the name.
         one, listing = (_PROFILE_TABLE, self.profile_tables) if kind == "profile" else (_CUSTOM_TABLE, self.custom_tables)
         try:
-            return _table(self._get(one, entity=self.entity, tableId=id_or_name), kind)
+            return table_of(self._get(one, entity=self.entity, tableId=id_or_name), kind)
         except ActitoNotFound as not_found:
             tables = listing()
             match = [t for t in tables if t.id == id_or_name or t.name == id_or_name]
@@ -315,20 +251,37 @@ class ActitoClient(ApiClient):
             template, path = _TRIGGER, {"entity": self.entity, "etlId": etl_id}
             first_part = (wire.reference_field, reference)
         where = f"Actito POST {template}"
-        url = self._url(template, path)
-        try:
-            size = file.stat().st_size
-        except OSError as exc:
-            raise ActitoError(f"cannot read the import file {file}: {exc.strerror or exc}", where=where) from None
-        if size > MAX_UPLOAD_BYTES:
-            raise ActitoError(
-                f"{file.name} is {size} bytes; Actito refuses an import file over 100 MB",
-                where=where,
-                hint="split the import into several files, or compress it (GZIP/ZIP)",
-            )
-        content_type = _CONTENT_TYPES.get(file.suffix.lower(), "application/octet-stream")
-
+        _check_upload(file, where)
         used: list[str] = []
+        outcome = self._http.post_once(
+            where, self._uploader(self._url(template, path), first_part, file, where, used),
+            lookup=lambda: self._find_by_reference(reference),
+            failed=lambda response, attempts: self._http_error(where, response, attempts=attempts),
+            unreachable=lambda exc, attempts: self._unreachable(where, exc, attempts),
+            unknown=lambda reason, status, lookup_error: _unknown_outcome(where, reference, reason, status,
+                                                                          lookup_error),
+            absent=lambda last: _never_arrived(where, reference, last), again=self._renewal(used),
+            final=lambda error: isinstance(error, ActitoBudgetExhausted),
+        )
+        if not isinstance(outcome, requests.Response):
+            log.info("Actito import found by reference after an unanswered upload",
+                     extra={"fields": {"reference": reference, "execution": outcome.id}})
+            return outcome
+        created = execution_of(self._json(where, outcome), reference=reference)
+        if not created.id:
+            raise ActitoError(
+                f"HTTP {outcome.status_code} without an execution id (reference {reference!r})",
+                where=where,
+                hint="check the base URL and the wire settings; look the reference up in Actito",
+                status=outcome.status_code,
+            )
+        return created
+
+    def _uploader(
+        self, url: str, first_part: tuple[str, Any], file: Path, where: str, used: list[str]
+    ) -> Callable[[], requests.Response]:
+        """One upload attempt; ``used`` collects the token each attempt sent (a 401 renews it once)."""
+        content_type = _CONTENT_TYPES.get(file.suffix.lower(), "application/octet-stream")
 
         def once() -> requests.Response:
             used.append(self._token())
@@ -338,51 +291,12 @@ class ActitoClient(ApiClient):
                 raise ActitoError(f"cannot read the import file {file}: {exc.strerror or exc}", where=where) from None
             with stream:
                 # rebuilt for each attempt: a body read once cannot be sent again
-                encoder = MultipartEncoder(fields=[first_part, (wire.file_part, (file.name, stream, content_type))])
+                file_part = (self.wire.file_part, (file.name, stream, content_type))
+                encoder = MultipartEncoder(fields=[first_part, file_part])
                 return self._send("POST", url, token=used[-1], data=encoder,
                                   headers={"Content-Type": encoder.content_type})
 
-        def unknown(reason: str, status: int | None, lookup_error: AudienceSyncError) -> ActitoError:
-            return ActitoError(
-                f"the import's outcome is unknown ({reason}) and looking up reference "
-                f"{reference!r} failed: {lookup_error.what}",
-                where=where,
-                hint=f"look for an execution with reference {reference!r} in Actito before sending the file again",
-                status=status,
-                actito_message=getattr(lookup_error, "actito_message", ""),
-            )
-
-        def absent(last: AudienceSyncError) -> ActitoError:
-            assert isinstance(last, ActitoError)
-            return type(last)(
-                f"{last.what}; Actito has no execution with reference {reference!r}",
-                where=where,
-                hint="nothing was imported, so the run can safely be repeated later",
-                status=last.status,
-                actito_message=last.actito_message,
-            )
-
-        outcome = self._http.post_once(
-            where, once,
-            lookup=lambda: self._find_by_reference(reference),
-            failed=lambda response, attempts: self._http_error(where, response, attempts=attempts),
-            unreachable=lambda exc, attempts: self._unreachable(where, exc, attempts),
-            unknown=unknown, absent=absent, again=self._renewal(used),
-            final=lambda error: isinstance(error, ActitoBudgetExhausted),
-        )
-        if not isinstance(outcome, requests.Response):
-            log.info("Actito import found by reference after an unanswered upload",
-                     extra={"fields": {"reference": reference, "execution": outcome.id}})
-            return outcome
-        created = _execution(self._json(where, outcome), reference=reference)
-        if not created.id:
-            raise ActitoError(
-                f"HTTP {outcome.status_code} without an execution id (reference {reference!r})",
-                where=where,
-                hint="check the base URL and the wire settings; look the reference up in Actito",
-                status=outcome.status_code,
-            )
-        return created
+        return once
 
     def find_execution(self, reference: str) -> Execution | None:
         """The execution created with ``reference``, or None: how a re-run checks what a crashed run left."""
@@ -393,7 +307,7 @@ class ActitoClient(ApiClient):
         # filter again on our side: a server that ignored the query would list every execution
         matches = [
             e
-            for e in _list_in(body, self.wire.executions_key)
+            for e in list_in(body, self.wire.executions_key)
             if isinstance(e, Mapping) and str(e.get(self.wire.reference_field)) == reference
         ]
         if not matches:
@@ -405,11 +319,11 @@ class ActitoClient(ApiClient):
                 extra={"fields": {"reference": reference, "ids": [str(m.get("id")) for m in matches]}},
             )
         newest = max(range(len(matches)), key=lambda i: (str(matches[i].get("createdAt") or ""), i))
-        return _execution(matches[newest])
+        return execution_of(matches[newest])
 
     def execution(self, execution_id: str) -> Execution:
         """The execution's current status, counts and message."""
-        return _execution(self._get(_EXECUTION, entity=self.entity, executionId=execution_id))
+        return execution_of(self._get(_EXECUTION, entity=self.entity, executionId=execution_id))
 
     def wait_for(
         self, execution_id: str, *, timeout: float = 3600, poll_initial: float = 1.0, poll_max: float = 30.0
@@ -453,7 +367,7 @@ class ActitoClient(ApiClient):
         """The rejected lines of an execution (empty when none was rejected)."""
         body = self._get(_EXECUTION + self.wire.report_suffix, entity=self.entity, executionId=execution_id)
         lines: list[LineError] = []
-        for item in _list_in(body, self.wire.report_errors_key):
+        for item in list_in(body, self.wire.report_errors_key):
             if not isinstance(item, Mapping):
                 continue
             try:
@@ -463,8 +377,8 @@ class ActitoClient(ApiClient):
             lines.append(
                 LineError(
                     line=line,
-                    column=_opt_str(item.get("column")),
-                    value=_opt_str(item.get("value")),
+                    column=opt_str(item.get("column")),
+                    value=opt_str(item.get("value")),
                     message=str(item.get("message") or ""),
                 )
             )
@@ -554,29 +468,12 @@ class ActitoClient(ApiClient):
         """The typed error for a non-2xx answer, carrying Actito's own words."""
         status = response.status_code
         what, said = failure_text(response, self._scrub, attempts)
-        cls: type[ActitoError] = ActitoError
-        hint = ""
-        if status == 401:
-            cls = ActitoAuthError
-            hint = "check the Actito API key: it may be wrong, revoked, or belong to another licence"
-        elif status == 403:
-            cls = ActitoAuthError
-            hint = "the API key's licence lacks the right for this call: check the key and the licence in Actito"
-        elif status == 404:
-            cls = ActitoNotFound
-            hint = f"check the entity name ({self.entity!r}) and the ids in the configuration"
-        elif status == 429 and self._budget.search(said):
-            cls = ActitoBudgetExhausted
-            hint = "the table's daily import quota is used up; the next day's run will go through (not retried)"
-        elif status == 429:
-            cls = ActitoRateLimited
-            hint = "Actito kept refusing for too many requests; another job may share the licence — run later"
-        elif status == 400:
-            hint = "Actito refused the request as invalid; it is not retried unchanged"
-        elif status == 406:
-            hint = "Actito wants Accept: application/json"
+        cls, hint = _FAILURES.get(status, (ActitoError, ""))
+        if status == 429:
+            cls, hint = _FAILURES[-1] if self._budget.search(said) else _FAILURES[429]
         elif status >= 500:
             hint = "Actito's side failed; a later run may go through"
+        hint = hint.format(entity=self.entity)
         return cls(what, where=where, hint=hint, status=status, actito_message=said)
 
     def _unreachable(self, where: str, exc: BaseException | None, attempts: int) -> ActitoError:
@@ -605,88 +502,43 @@ def _seconds(value: Any) -> float:
     return 900.0
 
 
+def _check_upload(file: Path, where: str) -> None:
+    """A file Actito would refuse for its size is not sent at all."""
+    try:
+        size = file.stat().st_size
+    except OSError as exc:
+        raise ActitoError(f"cannot read the import file {file}: {exc.strerror or exc}", where=where) from None
+    if size > MAX_UPLOAD_BYTES:
+        raise ActitoError(
+            f"{file.name} is {size} bytes; Actito refuses an import file over 100 MB",
+            where=where,
+            hint="split the import into several files, or compress it (GZIP/ZIP)",
+        )
+
+
+def _unknown_outcome(
+    where: str, reference: str, reason: str, status: int | None, lookup_error: AudienceSyncError
+) -> ActitoError:
+    return ActitoError(
+        f"the import's outcome is unknown ({reason}) and looking up reference "
+        f"{reference!r} failed: {lookup_error.what}",
+        where=where,
+        hint=f"look for an execution with reference {reference!r} in Actito before sending the file again",
+        status=status,
+        actito_message=getattr(lookup_error, "actito_message", ""),
+    )
+
+
+def _never_arrived(where: str, reference: str, last: AudienceSyncError) -> ActitoError:
+    assert isinstance(last, ActitoError)
+    return type(last)(
+        f"{last.what}; Actito has no execution with reference {reference!r}",
+        where=where,
+        hint="nothing was imported, so the run can safely be repeated later",
+        status=last.status,
+        actito_message=last.actito_message,
+    )
+
+
 def _json_bytes(value: Mapping[str, Any]) -> bytes:
     return json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
-
-
-def _list_in(body: Any, key: str) -> list[Any]:
-    if isinstance(body, Mapping):
-        value = body.get(key)
-        return list(value) if isinstance(value, list) else []
-    return list(body) if isinstance(body, list) else []
-
-
-def _opt_str(value: Any) -> str | None:
-    return None if value is None else str(value)
-
-
-def _opt_int(value: Any) -> int | None:
-    try:
-        return None if value is None or isinstance(value, bool) else int(value)
-    except (TypeError, ValueError):
-        return None
-
-
-def _attribute(raw: Mapping[str, Any]) -> Attribute:
-    restriction = raw.get("valueRestriction")
-    return Attribute(
-        name=str(raw.get("name", "")),
-        type=str(raw.get("type", "CUSTOM")),
-        value_type=_opt_str(raw.get("valueType")),
-        unique=bool(raw.get("unique", False)),
-        mandatory=bool(raw.get("mandatory", False)),
-        max_length=_opt_int(restriction.get("maxLength")) if isinstance(restriction, Mapping) else None,
-    )
-
-
-def _names(items: Iterable[Any]) -> tuple[str, ...]:
-    names: list[str] = []
-    for item in items:
-        if isinstance(item, Mapping) and item.get("name") is not None:
-            names.append(str(item["name"]))
-        elif isinstance(item, str):
-            names.append(item)
-    return tuple(names)
-
-
-def _table(raw: Any, kind: Literal["profile", "custom"]) -> Table:
-    if not isinstance(raw, Mapping):
-        raw = {}
-    attributes = raw.get("attributes")
-    subscriptions = raw.get("subscriptions")
-    foreign_keys = raw.get("foreignKeys")
-    return Table(
-        id=str(raw.get("id", "")),
-        name=str(raw.get("name", raw.get("id", ""))),
-        kind=kind,
-        attributes=tuple(_attribute(a) for a in attributes if isinstance(a, Mapping))
-        if isinstance(attributes, list)
-        else (),
-        subscriptions=_names(subscriptions) if isinstance(subscriptions, list) else (),
-        custom_type=_opt_str(raw.get("type")) if kind == "custom" else None,
-        primary_key=_opt_str(raw.get("primaryKeyAttribute")) if kind == "custom" else None,
-        foreign_keys=tuple(
-            {str(k): str(v) for k, v in fk.items()} for fk in foreign_keys if isinstance(fk, Mapping)
-        )
-        if isinstance(foreign_keys, list)
-        else (),
-    )
-
-
-def _execution(raw: Any, *, reference: str | None = None) -> Execution:
-    """An Execution from a status, a creation answer (``{"id", "reference"}``: PENDING) or a search hit."""
-    if not isinstance(raw, Mapping):
-        raw = {}
-    counts: dict[str, int] = {}
-    if isinstance(raw.get("counts"), Mapping):
-        for key, value in raw["counts"].items():
-            number = _opt_int(value)
-            if number is not None:
-                counts[str(key)] = number
-    return Execution(
-        id=str(raw.get("id", "")),
-        reference=_opt_str(raw.get("reference")) or reference,
-        status=str(raw.get("status") or "PENDING"),
-        counts=counts,
-        message=_opt_str(raw.get("message")),
-    )

@@ -1,43 +1,44 @@
-"""Bulk imports into an Actito table: map rows → keep what changed → CSV parts → ETL executions →
-per-row outcomes.
+"""Rows into an Actito table by bulk imports: pre-flight → CSV parts → ETL executions → per-row outcomes.
 
 Everything Actito would refuse is refused here first — the table and every mapped column are
 checked against Actito's own structure before a row is read (pre-flight), and each value against
 its format rule — so an import either applies or names what it could not apply, line by line,
 mapped back to the warehouse row. The daily quota is counted in our own ledger and never burnt.
+
+The mapping is chosen here, from the activation's kind and preset (Qualifio's variables, Didomi's
+consents, or columns named like the table's attributes), so a job never names a partner.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import logging
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import closing, contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from itertools import chain
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 
-from etl.destinations.actito.client import ActitoClient, Attribute, Execution, Table
+from etl.config import (
+    Config, Destination, ImportActivationBase, InteractionsActivation, ProfilesActivation, SubscriptionsActivation,
+)
+from etl.destinations.actito.client import ActitoClient
 from etl.destinations.actito.connect import open_client
 from etl.destinations.actito.errors import ActitoBudgetExhausted, ActitoError
-from etl.transform.mapping import FieldMap, Mapping, RowMapper
-from etl.values.rules import FieldRule
+from etl.destinations.actito.presets import didomi_mapping, qualifio_interaction_mapping, qualifio_mapping
 from etl.destinations.actito.recovery import Landed, discard_sent, part_reference, recover_earlier_runs, stage_sent
-from etl.config import Config, Destination, ImportActivationBase
-from etl.extract import activation_batches
+from etl.destinations.actito.tables import Attribute, Execution, Table
+from etl.destinations.base import refuse_over_budget
 from etl.files import Compression, CsvFileWriter, RejectWriter, WrittenFile
-from etl.runtime.runs import RunContext, kill_point
 from etl.runtime.ledger import open_store
-from etl.transform.dedupe import SeenHashes
-from etl.runtime.activation_state import ROWS, state_file
-from etl.transform.delta import RowSnapshot, fingerprint, key_hashes, row_hashes
-
-log = logging.getLogger("audience_sync.actito")
+from etl.runtime.results import Delivery
+from etl.runtime.runs import RunContext, kill_point
+from etl.transform.delta import MappedRows, RowSnapshot, Staged, fingerprint
+from etl.transform.mapping import FieldMap, Mapping, RowMapper, explicit_mapping
+from etl.values.rules import FieldRule
 
 #: builds the mapping from the query's columns and the Actito table they go to
 MappingFactory = Callable[[Sequence[str], Table], Mapping]
@@ -80,16 +81,6 @@ class ImportTarget:
     compression: Compression
     timeout_seconds: float
     daily_budget: int
-    delta: bool
-
-
-@dataclass(frozen=True)
-class ImportPlan:
-    """What a job kind decides; everything after (pre-flight, delta, files, imports) is shared."""
-
-    destination: str
-    target: ImportTarget
-    mapping_for: MappingFactory
 
 
 class ActitoPreflightError(ActitoError):
@@ -156,23 +147,6 @@ _RULE_OF_TYPE: dict[str, FieldRule] = {
 }
 
 
-def target_for(config: Config, name: str, *, custom: bool, mode: str) -> ImportTarget:
-    activation = config.activation_of(name, ImportActivationBase)
-    destination = config.destination_of(activation.destination, Destination)
-    return ImportTarget(
-        entity=destination.entity,
-        table=activation.table or "",  # validated: an Actito import names its table
-        custom=custom,
-        mode=mode,
-        empty_values=activation.empty_values,
-        etl_id=activation.etl_id,
-        compression=activation.compression,
-        timeout_seconds=activation.import_timeout_minutes * 60.0,
-        daily_budget=destination.daily_import_budget,
-        delta=activation.delta,
-    )
-
-
 def _field_problem(field: FieldMap, attribute: Attribute | None, table: Table, *, custom: bool) -> str | None:
     if field.target in _TECHNICAL and not custom:  # in a custom table, profileId is an ordinary link
         return f"column {field.source} → {field.target}: a technical attribute set by Actito, it cannot be imported"
@@ -187,180 +161,38 @@ def _field_problem(field: FieldMap, attribute: Attribute | None, table: Table, *
     return None
 
 
-@dataclass
-class _Sent:
-    """What was written for Actito, kept to map report lines back and to update the snapshot."""
-
-    source_rows: list[np.ndarray] = dataclasses.field(default_factory=list)
-    keys: list[pa.Array] = dataclasses.field(default_factory=list)
-    key_hashes: list[np.ndarray] = dataclasses.field(default_factory=list)
-    row_hashes: list[np.ndarray] = dataclasses.field(default_factory=list)
-
-    def add(self, rows: np.ndarray, keys: pa.Array, key_hash: np.ndarray, row_hash: np.ndarray) -> None:
-        self.source_rows.append(rows)
-        self.keys.append(keys)
-        self.key_hashes.append(key_hash)
-        self.row_hashes.append(row_hash)
-
-
-def run_plan(context: RunContext, plan: ImportPlan) -> None:
-    """The body of a profiles / subscriptions / interactions run."""
-    with open_client(context.config, plan.destination) as client:
-        batches = activation_batches(context.config, context.activation, context.started_at)
-        run_import(context, client, plan.target, plan.mapping_for, batches)
-
-
-def run_import(
-    context: RunContext,
-    client: ActitoClient,
-    target: ImportTarget,
-    mapping_for: MappingFactory,
-    batches: Iterator[pa.RecordBatch],
-) -> None:
-    first = next(batches, None)
-    columns = first.schema.names if first is not None else []
-    with context.step("preflight"):
-        table, mapping = preflight(client, target, mapping_for, columns)
-    snapshot_path = state_file(context.config.state_dir, context.activation, ROWS)
-    with context.step("recover"):
-        recover_earlier_runs(context, client, target.timeout_seconds,
-                             lambda landed: _commit_landed(snapshot_path, landed) if target.delta else None)
-    snapshot = None
-    if target.delta:
-        snapshot = RowSnapshot(snapshot_path, fingerprint([table.id, target.mode, target.empty_values, mapping]))
-    rejects_path = context.run_dir / f"{context.activation}.rejects.csv"
-    with context.step("extract"), RejectWriter(rejects_path) as rejects:
-        written, sent = _write_delta(context, mapping, target.compression, chain([first] if first else [], batches), snapshot, rejects)
-        context.details.update(rejects_file=str(rejects_path), table=table.id)
-        if not written or not sum(f.rows for f in written):
-            context.results["rows_delivered"] = 0
-            context.details["note"] = "nothing changed since the last successful run: nothing sent"
-            rejects.close()
-            return
-        _check_budget(context, target, table, len(written))
-        if context.dry_run:
-            context.details["note"] = f"dry run: {len(written)} file(s) written, nothing sent to Actito"
-            rejects.close()
-            return
-        hashes = pa.table({"key": np.concatenate(sent.key_hashes), "row": np.concatenate(sent.row_hashes)})
-        with context.step("import"):
-            accepted, refused = _send(context, client, target, table, mapping, written, sent, rejects,
-                                      staged=hashes if snapshot else None,
-                                      staged_fingerprint=snapshot.fingerprint if snapshot else "")
-        context.results["rows_delivered"] = accepted
-        context.results["rows_rejected"] = context.results.get("rows_rejected", 0) + refused
-        context.details["refused_by_actito"] = refused
-        rejects.close()
-    if snapshot is not None:
-        # refused rows too: sent again unchanged they would be refused again, each time costing one
-        # of the table's daily imports; a refused row is sent again as soon as it changes
-        snapshot.stage(hashes.column("key").to_numpy(), hashes.column("row").to_numpy())
-        context.fence()
-        snapshot.commit()
-        discard_sent(context)
-
-
-def _commit_landed(snapshot_path: Path, landed: Landed) -> None:
-    """Rows an earlier run got into Actito but never recorded: into the snapshot, as if it had finished."""
-    snapshot = RowSnapshot(snapshot_path, landed.fingerprint)
-    snapshot.stage(landed.rows.column("key").to_numpy(), landed.rows.column("row").to_numpy())
-    snapshot.commit()
-
-
-def _write_delta(
-    context: RunContext,
-    mapping: Mapping,
-    compression: Compression,
-    batches: Iterator[pa.RecordBatch],
-    snapshot: RowSnapshot | None,
-    rejects: RejectWriter,
-) -> tuple[list[WrittenFile], _Sent]:
-    mapper = RowMapper(mapping, where=str(context.config.path(context.config.activations[context.activation].sql)))
-    counts = {"extracted": 0, "rejected": 0, "unchanged": 0, "sent": 0}
-    sent = _Sent()
-    seen_keys = SeenHashes()
-    with CsvFileWriter(
-        context.run_dir,
-        f"{context.activation}.csv",
-        header=mapping.output_columns(),
-        compression=compression,
-    ) as writer:
-        for batch in batches:
-            mapped = mapper.map(batch)
-            counts["extracted"] += batch.num_rows
-            counts["rejected"] += mapped.rejects.num_rows
-            rejects.write(mapped.rejects.select(["row", "value", "reason"]))
-            key_hash = key_hashes(mapped.rows.column(mapping.key))
-            row_hash = row_hashes(mapped.rows)
-            first = seen_keys.add_new(key_hash)
-            if not first.all():  # one row per key and run, the first one, as audiences keep the first
-                duplicates = pa.array(~first)
-                rejects.write(pa.table({
-                    "row": mapped.source_rows.filter(duplicates),
-                    "value": pc.cast(mapped.rows.column(mapping.key).filter(duplicates), pa.string()),
-                    "reason": pa.array([f"duplicate {mapping.key}: an earlier row has it"] * int((~first).sum())),
-                }))
-                counts["rejected"] += int((~first).sum())
-            changed = first & (snapshot.changed(key_hash, row_hash) if snapshot else True)
-            mask = pa.array(changed)
-            writer.write(mapped.rows.filter(mask))
-            sent.add(
-                np.asarray(mapped.source_rows.filter(mask)),
-                mapped.rows.column(mapping.key).filter(mask).combine_chunks(),
-                key_hash[changed],
-                row_hash[changed],
-            )
-            counts["unchanged"] += int((first & ~changed).sum())
-            counts["sent"] += int(changed.sum())
-            context.tick({**counts, "kept": counts["sent"], "duplicates": 0})
-        context.checkpoint("extracted")
-        written = writer.close()
-    context.results.update(rows_extracted=counts["extracted"], rows_rejected=counts["rejected"])
-    context.details.update(unchanged=counts["unchanged"], to_send=counts["sent"],
-                           files=[{"name": f.path.name, "rows": f.rows, "sha256": f.sha256} for f in written])
-    if written:
-        context.results.update(file_name=written[0].path.name, sha256=written[0].sha256)
-    return written, sent
-
-
-def _check_budget(context: RunContext, target: ImportTarget, table: Table, parts: int) -> None:
-    """Refuse before sending rather than let Actito refuse midway through a multi-part import."""
-    store = open_store(context.config)
-    try:
+def check_budget(context: RunContext, target: ImportTarget, table: Table, parts: int) -> None:
+    """Actito would refuse an import midway through a multi-part run: the day's imports come from the ledger."""
+    with closing(open_store(context.config)) as store:
         used = store.imports_on(target.entity, table.id, datetime.now(UTC).date())
-    finally:
-        store.close()
-    if used + parts > target.daily_budget:
-        raise ActitoBudgetExhausted(
-            f"this run needs {parts} import(s) but {used} of the {target.daily_budget} allowed today "
-            f"on table '{table.id}' are used",
-            where=f"Actito table '{table.id}' of entity '{target.entity}'",
-            hint="wait for tomorrow (UTC), or raise daily_import_budget if your licence allows more",
-        )
+    refuse_over_budget(
+        ActitoBudgetExhausted, needs=f"{parts} import(s)", used=used, needed=parts, allowed=target.daily_budget,
+        scope=f" on table '{table.id}'", where=f"Actito table '{table.id}' of entity '{target.entity}'",
+        hint="wait for tomorrow (UTC), or raise daily_import_budget if your licence allows more",
+    )
 
 
-def _send(
+def import_parts(
     context: RunContext,
     client: ActitoClient,
     target: ImportTarget,
     table: Table,
     mapping: Mapping,
     written: list[WrittenFile],
-    sent: _Sent,
+    staged: Staged,
     rejects: RejectWriter,
     *,
     label: str = "",
-    staged: pa.Table | None = None,
+    staged_hashes: pa.Table | None = None,
     staged_fingerprint: str = "",
 ) -> tuple[int, int]:
     """Import each part in turn; return (rows accepted, rows refused by Actito).
 
-    ``staged``: what a snapshot keeps of each row sent, in file order, saved before the first upload
-    so that a successor can commit the parts that landed if this process dies (etl.destinations.actito.recovery)."""
-    source_rows = np.concatenate(sent.source_rows)
-    keys = pa.concat_arrays(sent.keys) if sent.keys else pa.array([], pa.string())
-    if staged is not None:
-        stage_sent(context, label, staged, written, staged_fingerprint)
+    ``staged_hashes``: what a snapshot keeps of each row sent, in file order, saved before the first
+    upload so that a successor can commit the parts that landed if this process dies (see recovery)."""
+    source_rows, keys = staged.all_source_rows(), staged.all_keys()
+    if staged_hashes is not None:
+        stage_sent(context, label, staged_hashes, written, staged_fingerprint)
     context.checkpoint("written")
     store = open_store(context.config)
     executions: list[dict[str, Any]] = []
@@ -406,7 +238,7 @@ def send_rows(
     staged: pa.Table | None = None,
 ) -> tuple[int, int]:
     """Import rows built by the job itself (not read from the warehouse), e.g. audience members.
-    ``staged``: one row per row sent, what the job's snapshot needs (see `_send`)."""
+    ``staged``: one row per row sent, what the job's snapshot needs (see `import_parts`)."""
     if not rows.num_rows:
         return 0, 0
     with CsvFileWriter(
@@ -415,11 +247,12 @@ def send_rows(
     ) as writer:
         writer.write(rows.select(mapping.output_columns()))
         written = writer.close()
-    _check_budget(context, target, table, len(written))
-    sent = _Sent()
+    check_budget(context, target, table, len(written))
+    sent = Staged()
     empty = np.empty(0, np.uint64)
     sent.add(np.arange(1, rows.num_rows + 1), rows.column(mapping.key).combine_chunks(), empty, empty)
-    return _send(context, client, target, table, mapping, written, sent, rejects, label=f"{label}-", staged=staged)
+    return import_parts(context, client, target, table, mapping, written, sent, rejects, label=f"{label}-",
+                        staged_hashes=staged)
 
 
 def _definition(
@@ -459,3 +292,161 @@ def _report_rejects(line_errors: Sequence[Any], offset: int, source_rows: np.nda
 def _execution_details(execution: Execution, part: WrittenFile, refused: int) -> dict[str, Any]:
     return {"id": execution.id, "reference": execution.reference, "status": execution.status, "file": part.path.name,
             "rows": part.rows, "refused": refused, "counts": execution.counts}
+
+
+@dataclass(frozen=True)
+class ImportPlan:
+    """Where an import activation's rows land and how its columns map to the table."""
+
+    destination: str
+    target: ImportTarget
+    mapping_for: MappingFactory
+
+
+def import_plan(config: Config, name: str) -> ImportPlan:
+    """The plan of an import activation (profiles, subscriptions, interactions)."""
+    activation = config.activation_of(name, ImportActivationBase)
+    destination = config.destination_of(activation.destination, Destination)
+    mode = "CREATE_UPDATE"
+    if isinstance(activation, SubscriptionsActivation) and not activation.upsert_mode:
+        mode = "UPDATE_ONLY"
+    elif isinstance(activation, ProfilesActivation):
+        mode = activation.mode
+    target = ImportTarget(
+        entity=destination.entity, table=activation.table or "",  # validated: an Actito import names its table
+        custom=isinstance(activation, InteractionsActivation), mode=mode, empty_values=activation.empty_values,
+        etl_id=activation.etl_id, compression=activation.compression,
+        timeout_seconds=activation.import_timeout_minutes * 60.0, daily_budget=destination.daily_import_budget,
+    )
+    return ImportPlan(activation.destination, target, _mapping_for(activation))
+
+
+def _mapping_for(activation: ImportActivationBase) -> MappingFactory:
+    if isinstance(activation, ProfilesActivation) and activation.preset == "qualifio":
+        return lambda columns, table: qualifio_mapping(columns, key=activation.key)
+    if isinstance(activation, SubscriptionsActivation):
+        if activation.preset == "didomi":
+            return lambda columns, table: didomi_mapping(
+                columns, user_key=activation.key, subscriptions=activation.subscriptions,
+                metadata_columns=activation.metadata,
+            )
+        return _by_name(activation, activation.key, activation.subscriptions, extra=activation.metadata)
+    if isinstance(activation, InteractionsActivation):
+        if activation.preset == "qualifio":
+            return lambda columns, table: qualifio_interaction_mapping(
+                columns, key=table.primary_key or "participationId")
+        return lambda columns, table: _by_name(activation, table.primary_key or "", {})(columns, table)
+    assert isinstance(activation, ProfilesActivation)
+    return _by_name(activation, activation.key, activation.subscriptions)
+
+
+def _by_name(
+    activation: ImportActivationBase, key: str, subscriptions: dict[str, str], extra: Sequence[str] = ()
+) -> MappingFactory:
+    """Explicit ``attributes`` if given, else every column named like an attribute of the table."""
+
+    def build(columns: Sequence[str], table: Table) -> Mapping:
+        attributes = dict(activation.attributes) or {
+            column: column for column in columns if column not in subscriptions
+        }
+        attributes.update({column: column for column in extra})
+        rules = {attribute.name: rule_for(attribute) for attribute in table.attributes}
+        return explicit_mapping(key, attributes, subscriptions, rules)
+
+    return build
+
+
+class _TableRows:
+    """The query's chunks as rows of the table, each value held to the attribute's rule."""
+
+    def __init__(self, mapping: Mapping, fingerprint_: str, where: str) -> None:
+        self.mapping = mapping
+        self.key_name = mapping.key
+        self.fingerprint = fingerprint_
+        self._mapper = RowMapper(mapping, where=where)
+
+    def map(self, batch: pa.RecordBatch) -> MappedRows:
+        mapped = self._mapper.map(batch)
+        return MappedRows(rows=mapped.rows, keys=mapped.rows.column(self.mapping.key),
+                          source_rows=mapped.source_rows, rejects=mapped.rejects, hashed=mapped.rows)
+
+
+class ActitoImports:
+    """Rows into an Actito profile or custom table: CSV parts, one ETL execution each."""
+
+    def __init__(self, config: Config, name: str) -> None:
+        self._plan = import_plan(config, name)
+        self._client = open_client(config, self._plan.destination)
+        self._table: Table | None = None
+        self._mapping: Mapping | None = None
+        self._parts: list[WrittenFile] = []
+
+    def preflight(self, context: RunContext, columns: list[str]) -> _TableRows:
+        target = self._plan.target
+        with context.step("preflight"):
+            self._table, self._mapping = preflight(self._client, target, self._plan.mapping_for, columns)
+        context.details["table"] = self._table.id
+        where = str(context.config.path(context.config.activations[context.activation].sql))
+        return _TableRows(self._mapping, fingerprint([self._table.id, target.mode, target.empty_values,
+                                                      self._mapping]), where)
+
+    def recover(self, context: RunContext, snapshot_path: Path | None) -> None:
+        with context.step("recover"):
+            recover_earlier_runs(context, self._client, self._plan.target.timeout_seconds,
+                                 lambda landed: _commit_landed(snapshot_path, landed) if snapshot_path else None)
+
+    @contextmanager
+    def staging(self, context: RunContext) -> Iterator[Callable[[pa.Table], None]]:
+        assert self._mapping is not None  # after preflight
+        with CsvFileWriter(context.run_dir, f"{context.activation}.csv", header=self._mapping.output_columns(),
+                           compression=self._plan.target.compression) as writer:
+            yield writer.write
+            context.checkpoint("extracted")
+            self._parts = writer.close()
+        context.details["files"] = [{"name": f.path.name, "rows": f.rows, "sha256": f.sha256} for f in self._parts]
+        if self._parts:
+            context.results.update(file_name=self._parts[0].path.name, sha256=self._parts[0].sha256)
+
+    def reserve(self, context: RunContext, staged: Staged) -> None:
+        assert self._table is not None  # after preflight
+        check_budget(context, self._plan.target, self._table, len(self._parts))
+
+    def send(self, context: RunContext, staged: Staged, snapshot: RowSnapshot | None, rejects: RejectWriter) -> None:
+        assert self._table is not None and self._mapping is not None  # after preflight
+        if context.dry_run:
+            context.details["note"] = f"dry run: {len(self._parts)} file(s) written, nothing sent to Actito"
+            return
+        hashes = staged.hashes()
+        with context.step("import"):
+            accepted, refused = import_parts(
+                context, self._client, self._plan.target, self._table, self._mapping, self._parts, staged,
+                rejects, staged_hashes=hashes if snapshot else None,
+                staged_fingerprint=snapshot.fingerprint if snapshot else "")
+        context.results["rows_delivered"] = accepted
+        context.results["rows_rejected"] = context.results.get("rows_rejected", 0) + refused
+        context.details["refused_by_actito"] = refused
+        if snapshot is not None:
+            # refused rows too: sent again unchanged they would be refused again, each time costing one
+            # of the table's daily imports; a refused row is sent again as soon as it changes
+            snapshot.stage(hashes.column("key").to_numpy(), hashes.column("row").to_numpy())
+            context.fence()
+            snapshot.commit()
+            discard_sent(context)
+
+    def describe(self, context: RunContext) -> Delivery:
+        details = context.details
+        sent = f"{details.get('to_send', 0):,} changed rows sent" if not context.dry_run else "dry run, nothing sent"
+        if details.get("refused_by_actito"):
+            sent += f" ({details['refused_by_actito']:,} refused by Actito, listed in the rejects file)"
+        return Delivery("actito", f"Actito table '{details['table']}'",
+                        f"{sent}, {details.get('unchanged', 0):,} unchanged")
+
+    def close(self) -> None:
+        self._client.close()
+
+
+def _commit_landed(snapshot_path: Path, landed: Landed) -> None:
+    """Rows an earlier run got into Actito but never recorded: into the snapshot, as if it had finished."""
+    snapshot = RowSnapshot(snapshot_path, landed.fingerprint)
+    snapshot.stage(landed.rows.column("key").to_numpy(), landed.rows.column("row").to_numpy())
+    snapshot.commit()

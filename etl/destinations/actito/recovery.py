@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,7 +26,7 @@ import pyarrow.parquet as pq
 
 from etl.destinations.actito.client import ActitoClient
 from etl.destinations.actito.errors import ActitoImportError
-from etl.files import WrittenFile
+from etl.files import WrittenFile, create_private
 from etl.runtime.runs import RunContext
 from etl.runtime.ledger import NOT_SENT, ImportRecord, StateStore, open_store
 
@@ -60,8 +59,8 @@ def stage_sent(context: RunContext, label: str, rows: pa.Table, parts: Sequence[
                 _FINGERPRINT_KEY: fingerprint.encode()}
     path = _sent_path(context.run_dir, context.activation, label)
     partial = path.with_name(f".{path.name}.partial")
-    pq.write_table(rows.replace_schema_metadata(metadata), partial)
-    os.chmod(partial, 0o600)
+    with create_private(partial) as out:
+        pq.write_table(rows.replace_schema_metadata(metadata), out)
     partial.replace(path)
 
 

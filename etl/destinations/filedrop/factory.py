@@ -1,13 +1,88 @@
-"""Turns a validated ``files`` table of a destination into a connected-on-enter Deliverer."""
+"""An audience file put in place at its destination's file transfer location.
+
+The file is what an Actito External Target List (a saved targeting's File module, "Use reference")
+reads; it is delivered atomically, so Actito only ever sees the previous complete audience or the
+new complete one.
+"""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from pydantic import SecretStr
 
-from etl.config import Config, FileLocation, FtpsLocation, LocalLocation, SftpLocation
+from etl.config import AudienceActivation, Config, Destination, FileLocation, FtpsLocation, LocalLocation, SftpLocation
+from etl.destinations.base import written_locally
 from etl.destinations.filedrop.base import Deliverer
+from etl.errors import FileTooLarge
+from etl.files import WrittenFile, name_matcher
+from etl.runtime.results import Delivery
+from etl.runtime.runs import RunContext
+from etl.transform.members import MemberDiff, MemberSnapshot
+
+#: Actito refuses files bigger than this
+ACTITO_MAX_BYTES = 100_000_000
+
+
+class FileDrop:
+    """An audience as one file (and its manifest) at the destination's file transfer location."""
+
+    wants_members = False
+
+    def __init__(self, config: Config, name: str) -> None:
+        self._name = name
+        self._activation = config.activation_of(name, AudienceActivation)
+        location = config.destination_of(self._activation.destination, Destination).files
+        assert location is not None  # validated: an audience destination has a files location
+        self._location = location
+
+    def accept(self, written: WrittenFile) -> None:
+        """An audience file bigger than ``file.max_bytes`` is refused, never split into parts: Actito's
+        file synchronisation takes the last file that appears as the whole audience, so a second part
+        would replace the first as the targeting instead of adding to it."""
+        limit, name = self._activation.file.max_bytes, self._name
+        if written.size <= limit:
+            return
+        raise FileTooLarge(
+            f"not delivered: the audience file is {written.size:,} bytes ({written.rows:,} rows), over "
+            f"file.max_bytes = {limit:,}; an audience is always delivered as one file (Actito reads the last file "
+            f"as the whole audience) and Actito refuses files over {ACTITO_MAX_BYTES:,} bytes (100 MB)",
+            where=f"[activations.{name}] file.max_bytes",
+            hint='set compression = "gzip" in [activations.' + name + '.file] (identifiers shrink several times)'
+                 + ("" if limit >= ACTITO_MAX_BYTES else f" or raise file.max_bytes (at most {ACTITO_MAX_BYTES:,})")
+                 + "; the previous delivery is still in place",
+        )
+
+    def deliver(self, context: RunContext, files: list[Path], snapshot: MemberSnapshot, diff: MemberDiff) -> MemberDiff:
+        """Deliver, then replace the snapshot: after a failed delivery the next run compares with the old members."""
+        is_ours = name_matcher(context.config.file_name_pattern(self._name))  # exactly this activation's names
+        with context.step("deliver"), open_deliverer(context.config, self._location) as deliverer:
+            context.fence()  # removals and renames from here on: only while the activation is still ours
+            leftovers = deliverer.discard_leftovers(is_ours, context.run_id)  # of a run killed mid-upload
+            if leftovers:
+                context.details["leftovers_removed"] = leftovers
+            delivered = deliverer.deliver(files, context.run_id, all_uploaded=lambda: context.checkpoint("delivered"))
+            context.details["delivered"] = [{"name": d.name, "bytes": d.size, "location": d.location}
+                                            for d in delivered]
+            context.checkpoint("confirmed")
+            # only now, with the new files in place: the location never lacks a complete audience
+            context.details["stale_removed"] = deliverer.remove_stale(is_ours, [d.name for d in delivered])
+            if self._location.retention_days:
+                context.fence()
+                cutoff = datetime.now(UTC) - timedelta(days=self._location.retention_days)
+                context.details["retention_removed"] = deliverer.apply_retention(is_ours, cutoff)
+        context.fence()
+        snapshot.replace(diff)
+        return diff
+
+    def describe(self, context: RunContext) -> Delivery:
+        delivered = context.details.get("delivered", [])
+        return Delivery("filedrop", str(delivered[0]["location"]), "") if delivered else \
+            written_locally("filedrop", context)
+
+    def close(self) -> None:
+        """A deliverer is connected only while it delivers."""
 
 
 def _plain(secret: SecretStr | None) -> str | None:
@@ -19,7 +94,7 @@ def _resolved(config: Config, path: Path | None) -> Path | None:
 
 
 def open_deliverer(config: Config, location: FileLocation) -> Deliverer:
-    # each kind's module is imported when used: paramiko alone took 0.1-0.2 s of every local run
+    # each kind's module is imported when used: a local delivery never loads paramiko
     if isinstance(location, LocalLocation):
         from etl.destinations.filedrop.local import LocalDeliverer
 

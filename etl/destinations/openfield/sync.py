@@ -1,4 +1,4 @@
-"""A profiles run into OpenField: rows → payloads → what changed → budget → find, then create or update.
+"""Profiles into OpenField: rows → payloads → what changed → budget → find, then create or update.
 
 The same rules as an Actito import, with OpenField's own wire:
 
@@ -8,7 +8,7 @@ The same rules as an Actito import, with OpenField's own wire:
 * **Budget**: every attempt counts; the requests of the day (UTC) are summed from the ledger, and a
   run that would go over ``daily_request_budget`` (two requests a profile: find, then create or
   update) is refused before anything is sent.
-* **Nothing held in memory**: the payloads to send are spooled to a 0600 JSON-lines file in the
+* **Payloads not held in memory**: the payloads to send are spooled to a 0600 JSON-lines file in the
   run's directory while the query streams, then sent from it.
 * **Rejects**: a value OpenField would refuse never leaves (etl.destinations.openfield.payload); a profile that
   OpenField still refuses (400, 409, 422) is rejected with its reason and the run goes on; any
@@ -17,132 +17,122 @@ The same rules as an Actito import, with OpenField's own wire:
 
 from __future__ import annotations
 
-import json
-import logging
 import io
-from collections.abc import Iterator
+import json
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import closing
-from dataclasses import dataclass, field
+from contextlib import closing, contextmanager
 from datetime import UTC, datetime
-from itertools import chain, islice
+from itertools import islice
 from pathlib import Path
 from typing import IO
 
 import numpy as np
 import pyarrow as pa
 
-from etl.config import OpenFieldDestination, ProfilesActivation
-from etl.extract import activation_batches
-from etl.files import RejectWriter, create_private
+from etl.config import Config, OpenFieldDestination, ProfilesActivation
+from etl.destinations.base import refuse_over_budget
 from etl.destinations.openfield.client import OpenFieldClient, Outcome
 from etl.destinations.openfield.connect import open_client
 from etl.destinations.openfield.errors import OpenFieldBudgetExhausted, OpenFieldRefused
 from etl.destinations.openfield.payload import PayloadBuilder, Profile, payload_text
-from etl.runtime.runs import RunContext
+from etl.files import RejectWriter, create_private
 from etl.runtime.ledger import open_store
-from etl.runtime.activation_state import ROWS, state_file
-from etl.transform.delta import RowSnapshot, fingerprint, key_hashes, row_hashes
-from etl.transform.dedupe import SeenHashes
-
-log = logging.getLogger("audience_sync.openfield")
+from etl.runtime.results import Delivery
+from etl.runtime.runs import RunContext
+from etl.transform.delta import MappedRows, RowSnapshot, Staged, fingerprint
 
 #: requests one profile costs: find, then create or update
 REQUESTS_PER_PROFILE = 2
 
 
-@dataclass
-class _Pending:
-    """What was spooled to send: counts, and per profile (in spool order) its hashes for the snapshot."""
+class _Payloads:
+    """The query's chunks as OpenField payloads, one per profile, hashed as sent."""
 
-    key_hashes: list[np.ndarray] = field(default_factory=list)
-    row_hashes: list[np.ndarray] = field(default_factory=list)
-    count: int = 0
+    def __init__(self, builder: PayloadBuilder, fingerprint_: str) -> None:
+        self._builder = builder
+        self.key_name = builder.match_on
+        self.fingerprint = fingerprint_
+
+    def map(self, batch: pa.RecordBatch) -> MappedRows:
+        built = self._builder.build(batch)
+        profiles = built.profiles
+        rows = pa.table({"row": pa.array([p.row for p in profiles], pa.int64()),
+                         "key": pa.array([p.key for p in profiles], pa.string()),
+                         "payload": pa.array([payload_text(p.payload) for p in profiles], pa.string())})
+        return MappedRows(rows=rows, keys=rows.column("key"), source_rows=rows.column("row"), rejects=built.rejects,
+                          hashed=rows.select(["payload"]))
 
 
-def run(context: RunContext) -> None:
-    """The body of a profiles run whose destination is OpenField."""
-    config, name = context.config, context.activation
-    activation = config.activation_of(name, ProfilesActivation)
-    destination = config.destination_of(activation.destination, OpenFieldDestination)
-    batches = activation_batches(config, name, context.started_at)
-    first = next(batches, None)
-    builder = PayloadBuilder(
-        first.schema.names if first is not None else [], match_on=destination.match_on,
-        party_version=destination.party_version, language=destination.language,
-        services=activation.subscriptions, where=str(config.path(activation.sql)),
-    )
-    snapshot = None
-    if activation.delta:
-        snapshot = RowSnapshot(
-            state_file(config.state_dir, name, ROWS),
-            fingerprint(["openfield", destination.tenant_id, destination.application_id, activation.mode,
-                         *builder.fingerprint_parts()]),
+class OpenFieldProfiles:
+    """Profiles pushed one by one to an OpenField tenant, from a spool written while the query streams."""
+
+    def __init__(self, config: Config, name: str) -> None:
+        self._activation = config.activation_of(name, ProfilesActivation)
+        self._destination = config.destination_of(self._activation.destination, OpenFieldDestination)
+
+    def preflight(self, context: RunContext, columns: list[str]) -> _Payloads:
+        destination, activation = self._destination, self._activation
+        builder = PayloadBuilder(
+            columns, match_on=destination.match_on, party_version=destination.party_version,
+            language=destination.language, services=activation.subscriptions,
+            where=str(context.config.path(activation.sql)),
         )
-    spool = context.run_dir / f"{name}.profiles.jsonl"
-    rejects_path = context.run_dir / f"{name}.rejects.csv"
-    context.details.update(openfield=destination.tenant_id, rejects_file=str(rejects_path),
-                           dropped_columns=builder.dropped)
-    with RejectWriter(rejects_path) as rejects:
-        with context.step("extract"):
-            pending = _spool(context, builder, chain([first] if first else [], batches), snapshot, rejects, spool)
-        if not pending.count:
-            context.results["rows_delivered"] = 0
-            context.details["note"] = "nothing changed since the last successful run: nothing sent"
-            return
-        _check_budget(context, activation.destination, destination, pending.count * REQUESTS_PER_PROFILE)
+        context.details.update(openfield=destination.tenant_id, dropped_columns=builder.dropped)
+        return _Payloads(builder, fingerprint(["openfield", destination.tenant_id, destination.application_id,
+                                               activation.mode, *builder.fingerprint_parts()]))
+
+    def recover(self, context: RunContext, snapshot_path: Path | None) -> None:
+        """Nothing is left in flight: each profile that landed was put in the snapshot as it landed."""
+
+    @contextmanager
+    def staging(self, context: RunContext) -> Iterator[Callable[[pa.Table], None]]:
+        with _private_text(self._spool(context)) as out:
+            def write(rows: pa.Table) -> None:
+                for row, key, text in zip(*(rows.column(name).to_pylist() for name in ("row", "key", "payload"))):
+                    out.write(json.dumps({"row": row, "key": key}) + "\t" + text + "\n")
+
+            yield write
+
+    def reserve(self, context: RunContext, staged: Staged) -> None:
+        """Every attempt counts: the requests of the day (UTC) are summed from the ledger."""
+        config, name = context.config, self._activation.destination
+        needed = staged.count * REQUESTS_PER_PROFILE
+        activations = {activation for activation, a in config.activations.items() if a.destination == name}
+        with closing(open_store(config)) as store:
+            runs_today = store.runs(since=datetime.now(UTC).date(), limit=100_000)
+        used = sum(int(record.details.get("requests", 0)) for record in runs_today
+                   if record.activation in activations and record.run_id != context.run_id)
+        context.details["requests_today_before"] = used
+        refuse_over_budget(
+            OpenFieldBudgetExhausted, needs=f"up to {needed} requests ({staged.count} profiles)", used=used,
+            needed=needed, allowed=self._destination.daily_request_budget,
+            where=f"[destinations.{name}] daily_request_budget",
+            hint="wait for tomorrow (UTC), or raise daily_request_budget if your OpenField contract allows more",
+        )
+
+    def send(self, context: RunContext, staged: Staged, snapshot: RowSnapshot | None, rejects: RejectWriter) -> None:
         if context.dry_run:
-            context.details["note"] = f"dry run: {pending.count} profile(s) to send, nothing sent to OpenField"
+            context.details["note"] = f"dry run: {staged.count} profile(s) to send, nothing sent to OpenField"
             return
-        with context.step("send"), open_client(config, activation.destination) as client:
-            _send_all(context, client, activation, spool, pending, snapshot, rejects)
+        with context.step("send"), open_client(context.config, self._activation.destination) as client:
+            _send_all(context, client, self._activation, self._spool(context), staged, snapshot, rejects)
 
+    def describe(self, context: RunContext) -> Delivery:
+        details, where = context.details, f"OpenField tenant '{self._destination.tenant_id}'"
+        if context.dry_run or "created" not in details:
+            return Delivery("openfield", where, f"{details.get('to_send', 0):,} changed profiles"
+                            f"{' (dry run, nothing sent)' if context.dry_run else ''}, "
+                            f"{details.get('unchanged', 0):,} unchanged")
+        return Delivery("openfield", where, f"{details['created']:,} created, {details['updated']:,} updated, "
+                                            f"{details.get('unchanged', 0):,} unchanged")
 
-def _spool(
-    context: RunContext,
-    builder: PayloadBuilder,
-    batches: Iterator[pa.RecordBatch],
-    snapshot: RowSnapshot | None,
-    rejects: RejectWriter,
-    spool: Path,
-) -> _Pending:
-    """Map every chunk, keep the first row of each key that changed, and write it to the spool."""
-    counts = {"extracted": 0, "rejected": 0, "unchanged": 0, "sent": 0, "duplicates": 0}
-    pending = _Pending()
-    seen = SeenHashes()
-    with _private_text(spool) as out:
-        for batch in batches:
-            built = builder.build(batch)
-            counts["extracted"] += batch.num_rows
-            rejects.write(built.rejects)
-            counts["rejected"] += built.rejects.num_rows
-            profiles = built.profiles
-            keys = key_hashes(pa.array([p.key for p in profiles], pa.string()))
-            texts = [payload_text(p.payload) for p in profiles]
-            rows = row_hashes(pa.table({"payload": pa.array(texts, pa.string())}))
-            first = seen.add_new(keys)
-            duplicates = [p for p, is_first in zip(profiles, first) if not is_first]
-            rejects.write(pa.table({
-                "row": pa.array([p.row for p in duplicates], pa.int64()),
-                "value": pa.array([p.key for p in duplicates], pa.string()),
-                "reason": pa.array([f"duplicate {builder.match_on}: an earlier row has it"] * len(duplicates),
-                                   pa.string()),
-            }))
-            changed = first & (snapshot.changed(keys, rows) if snapshot is not None else True)
-            for index in np.flatnonzero(changed):
-                profile = profiles[index]
-                out.write(json.dumps({"row": profile.row, "key": profile.key}) + "\t" + texts[index] + "\n")
-            pending.key_hashes.append(keys[changed])
-            pending.row_hashes.append(rows[changed])
-            pending.count += int(changed.sum())
-            counts["rejected"] += len(duplicates)
-            counts["duplicates"] += len(duplicates)
-            counts["unchanged"] += int((first & ~changed).sum())
-            counts["sent"] = pending.count
-            context.tick({**counts, "kept": pending.count})
-    context.results.update(rows_extracted=counts["extracted"], rows_rejected=counts["rejected"])
-    context.details.update(unchanged=counts["unchanged"], to_send=pending.count)
-    return pending
+    def close(self) -> None:
+        """The client is opened and closed around the sends."""
+
+    @staticmethod
+    def _spool(context: RunContext) -> Path:
+        return context.run_dir / f"{context.activation}.profiles.jsonl"
 
 
 def _send_all(
@@ -150,7 +140,7 @@ def _send_all(
     client: OpenFieldClient,
     activation: ProfilesActivation,
     spool: Path,
-    pending: _Pending,
+    pending: Staged,
     snapshot: RowSnapshot | None,
     rejects: RejectWriter,
 ) -> None:
@@ -193,7 +183,8 @@ def _send_all(
             # what OpenField now holds, even if the run stops halfway: the next run resends only the rest
             # (unless another run took the activation over: its snapshot stands)
             context.fence()
-            snapshot.stage(np.concatenate(pending.key_hashes)[delivered], np.concatenate(pending.row_hashes)[delivered])
+            hashes = pending.hashes()
+            snapshot.stage(hashes.column("key").to_numpy()[delivered], hashes.column("row").to_numpy()[delivered])
             snapshot.commit()
 
 
@@ -209,22 +200,3 @@ def _private_text(path: Path) -> IO[str]:
     """A new text file only its owner can read: the payloads are personal data."""
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     return io.TextIOWrapper(create_private(path), encoding="utf-8")
-
-
-def _check_budget(context: RunContext, destination_name: str, destination: OpenFieldDestination, needed: int) -> None:
-    """Refuse before sending rather than stop halfway through: today's requests come from the ledger."""
-    config = context.config
-    activations = {name for name, a in config.activations.items() if a.destination == destination_name}
-    today = datetime.now(UTC).date()
-    with closing(open_store(config)) as store:
-        runs_today = store.runs(since=today, limit=100_000)
-    used = sum(int(record.details.get("requests", 0)) for record in runs_today
-               if record.activation in activations and record.run_id != context.run_id)
-    context.details["requests_today_before"] = used
-    if used + needed > destination.daily_request_budget:
-        raise OpenFieldBudgetExhausted(
-            f"this run needs up to {needed} requests ({needed // REQUESTS_PER_PROFILE} profiles) but {used} of the "
-            f"{destination.daily_request_budget} allowed today are used",
-            where=f"[destinations.{destination_name}] daily_request_budget",
-            hint="wait for tomorrow (UTC), or raise daily_request_budget if your OpenField contract allows more",
-        )

@@ -1,0 +1,122 @@
+"""Audience membership as rows of an Actito custom table, instead of a file on a transfer location.
+
+Each run imports the members who entered since the last delivered run and deletes those who left
+(DinMo's way of keeping a list in sync), so marketers target ``audience = '<name>'`` in a
+segmentation without any file transfer location. Who entered and who left comes from the
+activation's members snapshot (etl/transform/members.py), replaced only once both imports are done.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import replace
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from etl.config import AudienceActivation, Config, Destination
+from etl.destinations.actito.client import ActitoClient
+from etl.destinations.actito.connect import open_client
+from etl.destinations.actito.imports import ImportTarget, preflight, rule_for, send_rows
+from etl.destinations.actito.recovery import Landed, discard_sent, recover_earlier_runs
+from etl.destinations.actito.tables import Table
+from etl.destinations.base import written_locally
+from etl.extract import local_time
+from etl.files import RejectWriter, WrittenFile
+from etl.runtime.results import Delivery
+from etl.runtime.runs import RunContext
+from etl.transform.audience import HEADER
+from etl.transform.mapping import Mapping, explicit_mapping
+from etl.transform.members import MemberDiff, MemberSnapshot
+
+
+class ActitoMembership:
+    """An audience's members as rows of an Actito custom table; its file stays in the run's directory."""
+
+    wants_members = True
+
+    def __init__(self, config: Config, name: str) -> None:
+        self._activation = activation = config.activation_of(name, AudienceActivation)
+        destination = config.destination_of(activation.destination, Destination)
+        self._target = ImportTarget(
+            entity=destination.entity, table=activation.membership_table, custom=True, mode="CREATE_UPDATE",
+            empty_values="keep", etl_id=None, compression="gzip", timeout_seconds=3600.0,
+            daily_budget=destination.daily_import_budget,
+        )
+
+    def accept(self, written: WrittenFile) -> None:
+        """Any size: the members go by imports, not as this file."""
+
+    def deliver(self, context: RunContext, files: list[Path], snapshot: MemberSnapshot, diff: MemberDiff) -> MemberDiff:
+        """Import who entered, delete who left, then replace the members snapshot; return the diff sent."""
+        activation, target = self._activation, self._target
+        identifier = HEADER[activation.identifier]
+        since = local_time(activation, context.started_at).date().isoformat()
+        rejects_path = context.run_dir / f"{context.activation}.membership-rejects.csv"
+        with context.step("deliver"), open_client(context.config, activation.destination) as client, \
+                RejectWriter(rejects_path) as rejects:
+            diff = self._recover(context, client, snapshot, diff)
+            entered, left = diff.entered_members, diff.left_members
+            assert entered is not None and left is not None  # asked for: see wants_members
+            table, adding = preflight(client, target, _members_mapping, ["memberKey", "audience", identifier, "since"])
+            _, removing = preflight(client, _deleting(target), lambda columns, table: explicit_mapping(
+                "memberKey", {"memberKey": "memberKey"}), ["memberKey"])
+            _, refused_in = send_rows(context, client, target, table, adding,
+                                      _rows(context.activation, identifier, entered, since), rejects, label="entered",
+                                      staged=pa.table({"member": entered}))
+            _, refused_out = send_rows(context, client, _deleting(target), table, removing,
+                                       _rows(context.activation, None, left, since), rejects, label="left",
+                                       staged=pa.table({"member": left}))
+        context.fence()
+        snapshot.replace(diff)
+        discard_sent(context)  # only now: until the snapshot moved, a successor needs them
+        context.details.update(membership_table=table.id, refused=refused_in + refused_out,
+                               membership_rejects=str(rejects_path))
+        return diff
+
+    def _recover(self, context: RunContext, client: ActitoClient, snapshot: MemberSnapshot,
+                 diff: MemberDiff) -> MemberDiff:
+        """Imports an earlier run left in flight are resolved first: members it got into or out of the
+        table are applied to the snapshot and the diff is taken again, so none is imported twice and
+        none it added but that has left since stays in the table."""
+        landed: list[Landed] = []
+        recover_earlier_runs(context, client, self._target.timeout_seconds, landed.append)
+        if not landed:
+            return diff
+        for item in landed:
+            members = item.rows.column("member").combine_chunks()
+            empty = members.slice(0, 0)
+            entering = item.label.startswith("entered")
+            snapshot.apply_landed(members if entering else empty, empty if entering else members)
+        diff = snapshot.rediff(diff)
+        context.details.update(diff.counts())
+        return diff
+
+    def describe(self, context: RunContext) -> Delivery:
+        details = context.details
+        if "membership_table" not in details:
+            return written_locally("actito", context)
+        return Delivery("actito", f"Actito table '{details['membership_table']}'",
+                        f"{details['entered']:,} members entered, {details['left']:,} left")
+
+    def close(self) -> None:
+        """The client is opened and closed around the imports."""
+
+
+def _rows(audience: str, identifier: str | None, members: pa.Array, since: str) -> pa.Table:
+    keys = pc.binary_join_element_wise(pa.scalar(f"{audience}:"), members, "")
+    if identifier is None:
+        return pa.table({"memberKey": keys})
+    count = len(members)
+    return pa.table({"memberKey": keys, "audience": pa.array([audience] * count, pa.string()),
+                     identifier: members, "since": pa.array([since] * count, pa.string())})
+
+
+def _members_mapping(columns: Sequence[str], table: Table) -> Mapping:
+    rules = {attribute.name: rule_for(attribute) for attribute in table.attributes}
+    return explicit_mapping("memberKey", {name: name for name in columns}, {}, rules)
+
+
+def _deleting(target: ImportTarget) -> ImportTarget:
+    return replace(target, mode="DELETE")

@@ -1,0 +1,81 @@
+"""What every destination does for a run, so a job composes stages and destinations without knowing
+which vendor is behind an activation.
+
+A run that sends rows has one shape whatever the vendor: check the destination against the query's
+columns before a row is read, resolve what an earlier run left in flight, stage what changed, make
+sure today's budget allows it, send. An audience run writes its file first and hands it over.
+``describe`` is the destination's account of a successful run: people read ``where``, then
+``: summary`` when there is one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from pathlib import Path
+from typing import TYPE_CHECKING, Protocol
+
+from etl.errors import AudienceSyncError
+from etl.runtime.results import Delivery
+
+if TYPE_CHECKING:  # the vendors' light modules (errors, payloads) import this package without pandas
+    import pyarrow as pa
+
+    from etl.files import RejectWriter, WrittenFile
+    from etl.runtime.runs import RunContext
+    from etl.transform.delta import RowFormat, RowSnapshot, Staged
+    from etl.transform.members import MemberDiff, MemberSnapshot
+
+
+class Destination(Protocol):
+    def describe(self, context: RunContext) -> Delivery: ...
+
+    def close(self) -> None:
+        """Let go of what the destination holds for the run (a client and its licence slots)."""
+
+
+class RowDestination(Destination, Protocol):
+    """Where an import activation's rows go, one by one or by bulk imports."""
+
+    def preflight(self, context: RunContext, columns: list[str]) -> RowFormat:
+        """Check credentials, table and every mapped column before a row is read."""
+
+    def recover(self, context: RunContext, snapshot_path: Path | None) -> None:
+        """Resolve what earlier runs left in flight; rows they got through go into the snapshot."""
+
+    def staging(self, context: RunContext) -> AbstractContextManager[Callable[[pa.Table], None]]:
+        """Where the rows to send are written while the query streams."""
+
+    def reserve(self, context: RunContext, staged: Staged) -> None:
+        """Refuse, before anything is sent, a run that today's budget cannot carry through."""
+
+    def send(self, context: RunContext, staged: Staged, snapshot: RowSnapshot | None, rejects: RejectWriter) -> None:
+        """Send (a dry run sends nothing), list the rows refused, then move the snapshot."""
+
+
+class AudienceDestination(Destination, Protocol):
+    """Where an audience goes: its file, or its members' entries and exits."""
+
+    #: the members diff must carry who entered and left, not only how many
+    wants_members: bool
+
+    def accept(self, written: WrittenFile) -> None:
+        """Refuse, before anything is delivered, an audience file the destination could not take."""
+
+    def deliver(self, context: RunContext, files: list[Path], snapshot: MemberSnapshot, diff: MemberDiff) -> MemberDiff:
+        """Deliver, then replace the members snapshot; return the diff delivered."""
+
+
+def refuse_over_budget(
+    error: type[AudienceSyncError], *, needs: str, used: int, needed: int, allowed: int, scope: str = "",
+    where: str, hint: str,
+) -> None:
+    """Refused before anything is sent rather than stopped halfway through."""
+    if used + needed > allowed:
+        raise error(f"this run needs {needs} but {used} of the {allowed} allowed today{scope} are used",
+                    where=where, hint=hint)
+
+
+def written_locally(destination: str, context: RunContext) -> Delivery:
+    """A dry run's account: the files are in the run's directory, nothing left it."""
+    return Delivery(destination, f"written to {context.details.get('local_dir')} (dry run)", "")
