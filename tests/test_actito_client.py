@@ -24,7 +24,7 @@ from typing import Any, Literal
 import pytest
 
 from etl.destinations.actito.client import MAX_UPLOAD_BYTES, ActitoClient, Attribute, LineError
-from etl.destinations.actito.errors import (
+from etl.errors import (
     ActitoAuthError,
     ActitoBudgetExhausted,
     ActitoError,

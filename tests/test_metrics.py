@@ -21,7 +21,8 @@ from servers import HOST, unused_port
 from etl.ops import alerts as alerts_module
 from etl.ops import metrics as metrics_module
 from etl.config import Metrics
-from etl.ops.metrics import MetricsError, push, write_textfile
+from etl.errors import MetricsError
+from etl.ops.metrics import push, write_textfile
 from etl.runtime.runs import RunOutcome
 from etl.runtime.ledger import StateStore
 

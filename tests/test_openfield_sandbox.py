@@ -16,7 +16,7 @@ import requests
 from etl.config import OPENFIELD_ROUTES
 from etl.destinations.http import RetryPolicy
 from etl.destinations.openfield.client import OpenFieldClient
-from etl.destinations.openfield.errors import OpenFieldAuthError, OpenFieldRateLimited, OpenFieldRefused
+from etl.errors import OpenFieldAuthError, OpenFieldRateLimited, OpenFieldRefused
 from etl.testing.openfield_sandbox import OpenFieldSandbox
 
 TENANT, APPLICATION, PASSWORD = "tenant-7", "app-42", "of-test-password-5d1c"

@@ -44,7 +44,7 @@ import sqlalchemy as sa
 from etl.ops.alerts import http_post
 from etl.config import Metrics
 from etl.files import replace_text
-from etl.errors import AudienceSyncError
+from etl.errors import MetricsError
 from etl.logs import redact
 from etl.runtime.runs import RunOutcome
 from etl.runtime.ledger import RunRecord, StateStore, runs
@@ -79,10 +79,6 @@ _T = TypeVar("_T")
 Labels = tuple[tuple[str, str], ...]
 #: family -> labels (sorted) -> value
 Samples = dict[str, dict[Labels, float]]
-
-
-class MetricsError(AudienceSyncError):
-    """The metrics textfile cannot be written."""
 
 
 # --------------------------------------------------------------------------- textfile

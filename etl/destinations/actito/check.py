@@ -9,10 +9,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from etl.destinations.actito.connect import open_client
-from etl.destinations.actito.errors import ActitoError
+from etl.errors import ActitoError, AudienceSyncError, ConfigError, UsageError
 from etl.destinations.actito.imports import ActitoPreflightError, preflight
 from etl.config import Config, Destination
-from etl.errors import AudienceSyncError, ConfigError, UsageError
 from etl.extract import query_columns
 
 

@@ -53,16 +53,16 @@ from urllib.parse import quote
 import requests
 from requests_toolbelt import MultipartEncoder  # type: ignore[import-untyped]
 
-from etl.destinations.actito.errors import (
+from etl.errors import (
     ActitoAuthError,
     ActitoBudgetExhausted,
     ActitoError,
     ActitoImportError,
     ActitoNotFound,
     ActitoRateLimited,
+    AudienceSyncError,
 )
 from etl.config import ACTITO_ENVIRONMENTS
-from etl.errors import AudienceSyncError
 from etl.destinations.http import ApiClient, RetryPolicy, Scrubber, Transport, failure_text, json_of, unreachable_text
 from etl.destinations.licence import Licence
 

@@ -24,7 +24,7 @@ import pyarrow.compute as pc
 
 from etl.destinations.actito.client import ActitoClient, Attribute, Execution, Table
 from etl.destinations.actito.connect import open_client
-from etl.destinations.actito.errors import ActitoBudgetExhausted, ActitoError
+from etl.errors import ActitoBudgetExhausted, ActitoError
 from etl.destinations.actito.mapping import FieldMap, FieldRule, Mapping, RowMapper
 from etl.destinations.actito.recovery import Landed, discard_sent, part_reference, recover_earlier_runs, stage_sent
 from etl.config import Config, Destination, ImportActivationBase

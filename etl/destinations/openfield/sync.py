@@ -37,7 +37,7 @@ from etl.extract import activation_batches
 from etl.files import RejectWriter, create_private
 from etl.destinations.openfield.client import OpenFieldClient, Outcome
 from etl.destinations.openfield.connect import open_client
-from etl.destinations.openfield.errors import OpenFieldBudgetExhausted, OpenFieldRefused
+from etl.errors import OpenFieldBudgetExhausted, OpenFieldRefused
 from etl.destinations.openfield.payload import PayloadBuilder, Profile, payload_text
 from etl.runtime.runs import RunContext
 from etl.runtime.ledger import open_store
