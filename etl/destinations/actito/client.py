@@ -63,7 +63,8 @@ from etl.errors import (
     AudienceSyncError,
 )
 from etl.config import ACTITO_ENVIRONMENTS
-from etl.destinations.http import ApiClient, RetryPolicy, Scrubber, Transport, failure_text, json_of, unreachable_text
+from etl.destinations.http import ApiClient, Scrubber, Transport, failure_text, json_of, unreachable_text
+from etl.destinations.retry import RetryPolicy
 from etl.destinations.licence import Licence
 
 log = logging.getLogger("audience_sync.actito")
