@@ -55,7 +55,7 @@ class RetryPolicy:
         ceiling = min(self.max_pause, self.first_pause * 2 ** (attempt - 1))
         return random.uniform(ceiling * (1 - self.jitter), ceiling)
 
-    def run(self, once: Callable[[], _T], on_retry: OnRetry) -> _T:
+    def run(self, once: Callable[[], _T], on_retry: OnRetry = lambda exc, attempt, pause: None) -> _T:
         """``once()``'s result, calling it again after each `Retriable` error while attempts remain;
         the last error is raised as it is. ``on_retry`` is told before each pause."""
         attempt = 1

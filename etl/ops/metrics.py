@@ -41,13 +41,14 @@ from urllib.parse import quote
 
 import sqlalchemy as sa
 
-from etl.ops.alerts import http_post
 from etl.config import Metrics
+from etl.destinations.retry import RetryPolicy
 from etl.files import replace_text
 from etl.errors import MetricsError
 from etl.logs import redact
 from etl.runtime.runs import RunOutcome
 from etl.runtime.ledger import RunRecord, StateStore, runs
+from etl.ops.webhook import WEBHOOK_RETRY, http_post
 
 log = logging.getLogger("audience_sync.metrics")
 
@@ -198,7 +199,12 @@ def _replace(path: Path, text: str) -> None:
 
 
 def push(
-    metrics: Metrics, outcomes: Sequence[RunOutcome], store: StateStore | None = None, *, now: float | None = None
+    metrics: Metrics,
+    outcomes: Sequence[RunOutcome],
+    store: StateStore | None = None,
+    *,
+    now: float | None = None,
+    retry: RetryPolicy = WEBHOOK_RETRY,
 ) -> list[str]:
     """POST each reported outcome's series to ``{pushgateway_url}/metrics/job/{job}/activation/{name}``
     (push-add: series not sent keep their value, so rows and last success stay as they were after a
@@ -215,7 +221,7 @@ def push(
             body = render(_push_samples(outcome, stamp, store))
             url = f"{base}/metrics/{_group('job', metrics.job)}/{_group('activation', outcome.activation)}"
             problem = http_post(url, body.encode("utf-8"), content_type="text/plain; version=0.0.4; charset=utf-8",
-                                timeout=PUSH_TIMEOUT, what=f"metrics of {outcome.activation}")
+                                timeout=PUSH_TIMEOUT, what=f"metrics of {outcome.activation}", retry=retry)
         except Exception as exc:  # never fail a run over its metrics
             problem = f"metrics of {outcome.activation} not pushed: unexpected {type(exc).__name__}"
         if problem is not None:
