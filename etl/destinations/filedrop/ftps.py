@@ -145,6 +145,12 @@ class FtpsDeliverer(RemoteDeliverer):
     def _open(self) -> None:
         ftp = _FtpTls(context=self._context(), timeout=self._timeout)
         self._ftp = ftp
+        self._reach(ftp)
+        self._start_tls(ftp)
+        self._log_in(ftp)
+        self._enter_directory(ftp)
+
+    def _reach(self, ftp: _FtpTls) -> None:
         server = self._server
         try:
             ftp.connect(self._host, self._port)
@@ -163,6 +169,8 @@ class FtpsDeliverer(RemoteDeliverer):
                 hint="check that host and port point to an FTP server",
             ) from None
 
+    def _start_tls(self, ftp: _FtpTls) -> None:
+        server = self._server
         try:
             ftp.auth()
         except ssl.SSLCertVerificationError as exc:
@@ -196,6 +204,9 @@ class FtpsDeliverer(RemoteDeliverer):
         except _FTP_ERRORS as exc:
             raise DeliveryError(f"cannot start TLS ({self._reason(exc)})", where=server) from None
 
+    def _log_in(self, ftp: _FtpTls) -> None:
+        """Log in, then the encrypted binary data channel every transfer needs."""
+        server = self._server
         try:
             ftp.login(self._username, self._password)
         except ftplib.error_perm as exc:
@@ -216,20 +227,19 @@ class FtpsDeliverer(RemoteDeliverer):
                 f"the server refused the encrypted binary data channel ({self._reason(exc)})", where=server
             ) from None
 
+    def _enter_directory(self, ftp: _FtpTls) -> None:
+        where = f"{self._server} directory {self._remote_dir}"
         try:
             ftp.cwd(self._remote_dir)
             self._dir = ftp.pwd()
         except ftplib.error_perm as exc:
             raise DeliveryError(
                 f"cannot open the remote directory ({self._reason(exc)})",
-                where=f"{server} directory {self._remote_dir}",
+                where=where,
                 hint="create it on the server or fix remote_dir",
             ) from None
         except _FTP_ERRORS as exc:
-            raise DeliveryError(
-                f"cannot open the remote directory ({self._reason(exc)})",
-                where=f"{server} directory {self._remote_dir}",
-            ) from None
+            raise DeliveryError(f"cannot open the remote directory ({self._reason(exc)})", where=where) from None
 
     def close(self) -> None:
         ftp = self._ftp

@@ -206,62 +206,69 @@ class SftpDeliverer(RemoteDeliverer):
                 auth_timeout=self._timeout,
                 channel_timeout=self._timeout,
             )
-        except _UnknownHostKey as exc:
-            raise DeliveryError(
-                f"the server's host key ({exc.key.get_name()} {_fingerprint(exc.key)}) is not in {self._known_hosts}",
-                where=self._server,
-                hint="check the fingerprint with the server's administrator, then add the key: "
-                f"{self._keyscan_command()} (or set known_hosts to a file that has it)",
-            ) from None
-        except paramiko.BadHostKeyException as exc:
-            raise DeliveryError(
-                f"the server's host key CHANGED: it offered {exc.key.get_name()} {_fingerprint(exc.key)}, "
-                f"{self._known_hosts} expects {exc.expected_key.get_name()} {_fingerprint(exc.expected_key)}",
-                where=self._server,
-                hint="this can be a reinstalled server or an attack; confirm the new key with the server's "
-                f"administrator, then replace it: ssh-keygen -R '{self._hostkey_name}' -f {self._known_hosts} "
-                f"&& {self._keyscan_command()}",
-            ) from None
-        except paramiko.BadAuthenticationType as exc:
-            raise DeliveryError(
+        except (paramiko.SSHException, OSError, EOFError) as exc:
+            raise self._login_failure(exc, pkey) from None
+
+    def _login_failure(self, exc: Exception, pkey: paramiko.PKey | None) -> DeliveryError:
+        """What a failed ``connect`` means for the user: the host key, the login, or the server."""
+        if isinstance(exc, (_UnknownHostKey, paramiko.BadHostKeyException)):
+            return self._host_key_failure(exc)
+        if isinstance(exc, paramiko.BadAuthenticationType):
+            return DeliveryError(
                 f"the server refused the login method for user {self._username!r}",
                 where=self._server,
                 hint=f"the server accepts: {', '.join(exc.allowed_types) or 'nothing'}",
-            ) from None
-        except paramiko.AuthenticationException:
+            )
+        if isinstance(exc, paramiko.AuthenticationException):
             what = " and ".join(
                 part
                 for part, present in (("password", self._password is not None), ("key", pkey is not None))
                 if present
             )
-            raise DeliveryError(
+            return DeliveryError(
                 f"authentication failed for user {self._username!r}",
                 where=self._server,
                 hint=f"check the username and the {what}",
-            ) from None
-        except paramiko.ssh_exception.NoValidConnectionsError:
-            raise DeliveryError(
+            )
+        if isinstance(exc, paramiko.ssh_exception.NoValidConnectionsError):
+            return DeliveryError(
                 "connection refused",
                 where=self._server,
                 hint="check host and port, and that the server accepts connections from this machine",
-            ) from None
-        except (TimeoutError, socket.gaierror) as exc:
-            raise self._unreachable(exc) from None
-        except (paramiko.SSHException, OSError, EOFError) as exc:
-            # paramiko reports a silent or non-SSH peer as "Error reading SSH protocol banner", or
-            # (when the transport thread gave up first) as the puzzling "No existing session"
-            if isinstance(exc, paramiko.SSHException) and ("banner" in str(exc) or "No existing session" in str(exc)):
-                raise DeliveryError(
-                    f"the server did not greet as an SSH server (silent for {self._timeout:g} s, or closed)",
-                    where=self._server,
-                    hint="check that host and port point to an SFTP server (not FTP or HTTP), "
-                    "and that a firewall lets this machine through",
-                ) from None
-            raise DeliveryError(
-                f"cannot open an SSH session ({self._reason(exc)})",
+            )
+        if isinstance(exc, (TimeoutError, socket.gaierror)):
+            return self._unreachable(exc)
+        # paramiko reports a silent or non-SSH peer as "Error reading SSH protocol banner", or
+        # (when the transport thread gave up first) as the puzzling "No existing session"
+        if isinstance(exc, paramiko.SSHException) and ("banner" in str(exc) or "No existing session" in str(exc)):
+            return DeliveryError(
+                f"the server did not greet as an SSH server (silent for {self._timeout:g} s, or closed)",
                 where=self._server,
-                hint="check that host and port point to an SFTP server",
-            ) from None
+                hint="check that host and port point to an SFTP server (not FTP or HTTP), "
+                "and that a firewall lets this machine through",
+            )
+        return DeliveryError(
+            f"cannot open an SSH session ({self._reason(exc)})",
+            where=self._server,
+            hint="check that host and port point to an SFTP server",
+        )
+
+    def _host_key_failure(self, exc: _UnknownHostKey | paramiko.BadHostKeyException) -> DeliveryError:
+        if isinstance(exc, _UnknownHostKey):
+            return DeliveryError(
+                f"the server's host key ({exc.key.get_name()} {_fingerprint(exc.key)}) is not in {self._known_hosts}",
+                where=self._server,
+                hint="check the fingerprint with the server's administrator, then add the key: "
+                f"{self._keyscan_command()} (or set known_hosts to a file that has it)",
+            )
+        return DeliveryError(
+            f"the server's host key CHANGED: it offered {exc.key.get_name()} {_fingerprint(exc.key)}, "
+            f"{self._known_hosts} expects {exc.expected_key.get_name()} {_fingerprint(exc.expected_key)}",
+            where=self._server,
+            hint="this can be a reinstalled server or an attack; confirm the new key with the server's "
+            f"administrator, then replace it: ssh-keygen -R '{self._hostkey_name}' -f {self._known_hosts} "
+            f"&& {self._keyscan_command()}",
+        )
 
     def _check_directory(self, sftp: paramiko.SFTPClient) -> str:
         where = f"{self._server} directory {self._remote_dir}"
