@@ -25,20 +25,23 @@ An error with neither marker is left to its caller to judge.
     ├── LeaseLost (Fatal)
     ├── LicenceBusy (Retriable)
     ├── MetricsError
-    ├── ActitoError
-    │   ├── ActitoAuthError (Fatal)
-    │   ├── ActitoNotFound (Fatal)
-    │   ├── ActitoRateLimited (Retriable)
-    │   ├── ActitoImportError (Fatal)
-    │   └── ActitoBudgetExhausted (Fatal)
-    └── OpenFieldError
-        ├── OpenFieldAuthError (Fatal)
-        ├── OpenFieldRateLimited (Retriable)
-        ├── OpenFieldRefused (Fatal)
-        └── OpenFieldBudgetExhausted (Fatal)
+    └── ServiceError .................. a call to a remote API failed
+        ├── ActitoError
+        │   ├── ActitoAuthError (Fatal)
+        │   ├── ActitoNotFound (Fatal)
+        │   ├── ActitoRateLimited (Retriable)
+        │   ├── ActitoImportError (Fatal)
+        │   └── ActitoBudgetExhausted (Fatal)
+        └── OpenFieldError
+            ├── OpenFieldAuthError (Fatal)
+            ├── OpenFieldRateLimited (Retriable)
+            ├── OpenFieldRefused (Fatal)
+            └── OpenFieldBudgetExhausted (Fatal)
 """
 
 from __future__ import annotations
+
+from typing import ClassVar
 
 
 class AudienceSyncError(Exception):
@@ -141,21 +144,41 @@ class MetricsError(AudienceSyncError):
     """The metrics textfile cannot be written."""
 
 
-# ---------------------------------------------------------------------------------------------- Actito
-# ``where`` is ``"Actito <METHOD> <route template>"`` (never a URL with ids or secrets in it);
-# ``actito_message`` is what Actito said, verbatim, as a support ticket needs it. The API key and
-# access tokens are never part of these messages: the client scrubs every text it puts here.
+# ---------------------------------------------------------------------------------------------- APIs
 
 
-class ActitoError(AudienceSyncError):
-    """A call to Actito failed; ``status`` is the HTTP status (None when no answer came back)."""
+class ServiceError(AudienceSyncError):
+    """A call to a remote API failed; ``status`` is the HTTP status (None when no answer came back).
 
-    def __init__(
-        self, what: str, *, where: str = "", hint: str = "", status: int | None = None, actito_message: str = ""
-    ) -> None:
+    ``where`` is ``"<service> <METHOD> <route template>"``, never a URL with ids, e-mails or secrets
+    in it. What the service said is kept verbatim beside the message, as a support ticket needs it,
+    under the service's own name (`said_as`: ``actito_message``, ``openfield_message``). Keys and
+    tokens are never part of any of these texts: the clients scrub every text they put here."""
+
+    #: the keyword, and attribute, holding what the service said
+    said_as: ClassVar[str]
+
+    def __init__(self, what: str, *, where: str = "", hint: str = "", status: int | None = None, **said: str) -> None:
+        unexpected = ", ".join(sorted(set(said) - {self.said_as}))
+        if unexpected:
+            raise TypeError(f"{type(self).__name__} takes {self.said_as}=, not {unexpected}")
         self.status = status
-        self.actito_message = actito_message
+        setattr(self, self.said_as, said.get(self.said_as, ""))
         super().__init__(what, where=where, hint=hint)
+
+
+class ActitoError(ServiceError):
+    """A call to Actito failed."""
+
+    said_as = "actito_message"
+    actito_message: str
+
+
+class OpenFieldError(ServiceError):
+    """A call to OpenField failed."""
+
+    said_as = "openfield_message"
+    openfield_message: str
 
 
 class ActitoAuthError(ActitoError, Fatal):
@@ -176,22 +199,6 @@ class ActitoImportError(ActitoError, Fatal):
 
 class ActitoBudgetExhausted(ActitoError, Fatal):
     """The daily import quota of the table is used up: never retried, the next day's run will go through."""
-
-
-# ---------------------------------------------------------------------------------------------- OpenField
-# ``where`` is ``"OpenField <METHOD> <route template>"`` (never a URL with a profile's e-mail or a
-# secret in it); ``openfield_message`` is what OpenField said, verbatim.
-
-
-class OpenFieldError(AudienceSyncError):
-    """A call to OpenField failed; ``status`` is the HTTP status (None when no answer came back)."""
-
-    def __init__(
-        self, what: str, *, where: str = "", hint: str = "", status: int | None = None, openfield_message: str = ""
-    ) -> None:
-        self.status = status
-        self.openfield_message = openfield_message
-        super().__init__(what, where=where, hint=hint)
 
 
 class OpenFieldAuthError(OpenFieldError, Fatal):

@@ -15,6 +15,7 @@ import posixpath
 import socket
 import ssl
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -218,28 +219,26 @@ class FtpsDeliverer(RemoteDeliverer):
         except _FTP_ERRORS as exc:
             raise DeliveryError(f"cannot log in ({self._reason(exc)})", where=server) from None
 
-        try:
+        with self._failing_as("the server refused the encrypted binary data channel", server):
             ftp.prot_p()
             ftp.set_pasv(True)
             ftp.voidcmd("TYPE I")  # SIZE must count bytes, not ASCII-converted lines
-        except _FTP_ERRORS as exc:
-            raise DeliveryError(
-                f"the server refused the encrypted binary data channel ({self._reason(exc)})", where=server
-            ) from None
 
     def _enter_directory(self, ftp: _FtpTls) -> None:
         where = f"{self._server} directory {self._remote_dir}"
-        try:
+        with self._failing_as("cannot open the remote directory", where, "create it on the server or fix remote_dir"):
             ftp.cwd(self._remote_dir)
             self._dir = ftp.pwd()
-        except ftplib.error_perm as exc:
-            raise DeliveryError(
-                f"cannot open the remote directory ({self._reason(exc)})",
-                where=where,
-                hint="create it on the server or fix remote_dir",
-            ) from None
+
+    @contextmanager
+    def _failing_as(self, what: str, where: str, refused_hint: str = "") -> Iterator[None]:
+        """Any FTP failure of the block as one `DeliveryError` saying ``what`` and the server's
+        reason; a refusal (a 5xx reply) also gets ``refused_hint``."""
+        try:
+            yield
         except _FTP_ERRORS as exc:
-            raise DeliveryError(f"cannot open the remote directory ({self._reason(exc)})", where=where) from None
+            hint = refused_hint if isinstance(exc, ftplib.error_perm) else ""
+            raise DeliveryError(f"{what} ({self._reason(exc)})", where=where, hint=hint) from None
 
     def close(self) -> None:
         ftp = self._ftp
