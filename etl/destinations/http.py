@@ -108,16 +108,8 @@ class Transport:
     a call and an error are. Closing it closes only its connections, never the shared licence."""
 
     def __init__(
-        self,
-        *,
-        service: str,
-        log: logging.Logger,
-        scrub: Scrubber,
-        licence: Licence,
-        connect_timeout: float,
-        read_timeout: float,
-        policy: RetryPolicy,
-        sleep: Callable[[float], None] | None = None,
+        self, *, service: str, log: logging.Logger, scrub: Scrubber, licence: Licence, connect_timeout: float,
+        read_timeout: float, policy: RetryPolicy, sleep: Callable[[float], None] | None = None,
     ) -> None:
         """``sleep``, when given, is the pause between attempts instead of the policy's (a client
         pauses with the clock it paces its licence with)."""
@@ -141,35 +133,20 @@ class Transport:
     def send(self, method: str, url: str, *, authorization: str, **kwargs: Any) -> requests.Response:
         """One HTTP exchange inside the licence's concurrency and pacing limits; no retry here."""
         with self.licence.slot():
-            return self._session.request(
-                method, url, auth=Authorization(authorization), timeout=self._timeout, **kwargs
-            )
+            return self._session.request(method, url, auth=Authorization(authorization), timeout=self._timeout,
+                                         **kwargs)
 
     def pause(self, where: str, attempt: int, response: requests.Response | None, reason: str) -> None:
         """Sleep before the next attempt: Retry-After if the service gave one (capped), else the policy's backoff."""
         header = response.headers.get("Retry-After") if response is not None else None
         delay = self.policy.delay(attempt, retry_after(header))
-        self._log.warning(
-            f"{self.service} call failed, retrying",
-            extra={
-                "fields": {
-                    "call": where,
-                    "reason": self.scrub(reason),
-                    "attempt": attempt,
-                    "max_attempts": self.policy.attempts,
-                    "wait_s": round(delay, 3),
-                }
-            },
-        )
+        fields = {"call": where, "reason": self.scrub(reason), "attempt": attempt,
+                  "max_attempts": self.policy.attempts, "wait_s": round(delay, 3)}
+        self._log.warning(f"{self.service} call failed, retrying", extra={"fields": fields})
         self.policy.sleep(delay)
 
     def call(
-        self,
-        where: str,
-        once: Callable[[], requests.Response],
-        *,
-        failed: Failed,
-        unreachable: Unreachable,
+        self, where: str, once: Callable[[], requests.Response], *, failed: Failed, unreachable: Unreachable,
         again: Callable[[requests.Response], bool] = lambda response: False,
     ) -> requests.Response:
         """A safe call: ``once`` is sent again on 429, 5xx and connection errors; the 2xx answer is returned.
@@ -199,15 +176,8 @@ class Transport:
             return response
 
     def post_once(
-        self,
-        where: str,
-        once: Callable[[], requests.Response],
-        *,
-        lookup: Callable[[], _T | None],
-        failed: Failed,
-        unreachable: Unreachable,
-        unknown: Unknown,
-        absent: Callable[[AudienceSyncError], AudienceSyncError],
+        self, where: str, once: Callable[[], requests.Response], *, lookup: Callable[[], _T | None], failed: Failed,
+        unreachable: Unreachable, unknown: Unknown, absent: Callable[[AudienceSyncError], AudienceSyncError],
         again: Callable[[requests.Response], bool] = lambda response: False,
         final: Callable[[AudienceSyncError], bool] = lambda error: False,
     ) -> requests.Response | _T:
@@ -238,15 +208,8 @@ class Transport:
                               extra={"fields": {"call": where, "attempt": attempt + 1}})
 
     def _refused(
-        self,
-        where: str,
-        attempt: int,
-        response: requests.Response | None,
-        failure: BaseException | None,
-        *,
-        failed: Failed,
-        unreachable: Unreachable,
-        final: Callable[[AudienceSyncError], bool],
+        self, where: str, attempt: int, response: requests.Response | None, failure: BaseException | None, *,
+        failed: Failed, unreachable: Unreachable, final: Callable[[AudienceSyncError], bool],
     ) -> bool:
         """True (after the pause) when a POST was certainly not taken and may be sent again; raises
         when it was refused for good; False when its outcome is unclear."""
@@ -266,13 +229,8 @@ class Transport:
         return False
 
     def _look_up(
-        self,
-        where: str,
-        attempt: int,
-        response: requests.Response | None,
-        failure: BaseException | None,
-        lookup: Callable[[], _T | None],
-        unknown: Unknown,
+        self, where: str, attempt: int, response: requests.Response | None, failure: BaseException | None,
+        lookup: Callable[[], _T | None], unknown: Unknown,
     ) -> _T | None:
         """After an unclear outcome (a 5xx, a read timeout, a connection lost after sending) the
         service may have created it: what ``lookup`` finds, looked for before anything is sent again."""
@@ -309,9 +267,8 @@ class ApiClient:
     def __enter__(self) -> Self:
         return self
 
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
         self.close()
 
     def close(self) -> None:

@@ -111,15 +111,8 @@ class LedgerSlots:
     """At most ``size`` requests in flight on one licence across every process sharing the ledger."""
 
     def __init__(
-        self,
-        engine: sa.Engine,
-        licence: str,
-        size: int,
-        *,
-        lease: float,
-        wait_seconds: float = WAIT_SECONDS,
-        sleep: Callable[[float], None] = time.sleep,
-        monotonic: Callable[[], float] = time.monotonic,
+        self, engine: sa.Engine, licence: str, size: int, *, lease: float, wait_seconds: float = WAIT_SECONDS,
+        sleep: Callable[[float], None] = time.sleep, monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self.licence = licence
         self.size = size
@@ -327,15 +320,8 @@ class Licence:
     slot another process could use."""
 
     def __init__(
-        self,
-        *,
-        service: str,
-        name: str,
-        max_in_flight: int,
-        calls_per_minute: int,
-        ledger: LedgerSlots | None = None,
-        sleep: Callable[[float], None] = time.sleep,
-        monotonic: Callable[[], float] = time.monotonic,
+        self, *, service: str, name: str, max_in_flight: int, calls_per_minute: int, ledger: LedgerSlots | None = None,
+        sleep: Callable[[float], None] = time.sleep, monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         if max_in_flight < 1 or calls_per_minute < 1:
             raise ValueError("max_in_flight and calls_per_minute must be at least 1")
@@ -442,15 +428,8 @@ _registry_lock = threading.Lock()
 
 
 def licence_for(
-    config: Config,
-    *,
-    service: str,
-    url: str,
-    account: str,
-    max_in_flight: int,
-    calls_per_minute: int,
-    connect_timeout: float,
-    read_timeout: float,
+    config: Config, *, service: str, url: str, account: str, max_in_flight: int, calls_per_minute: int,
+    connect_timeout: float, read_timeout: float,
 ) -> Licence:
     """This process's `Licence` for (service, url, account), created on first use with slots in the
     configuration's ledger; later calls get the same object, whatever limits they pass."""

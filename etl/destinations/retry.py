@@ -1,15 +1,9 @@
 """One retry policy for everything that talks to another machine: the HTTP APIs, the webhooks of
 alerts and metrics, and the file transfer locations.
 
-Which failures are worth another attempt is said by the errors themselves (`etl.errors.Retriable`),
-not by each loop; how many attempts and how long the pauses between them are said here. The pause
-function is part of the policy, so a test passes a policy that does not wait instead of patching
-a module's clock.
-
-Pauses grow exponentially up to ``max_pause``; ``jitter`` is the share of each pause drawn at
-random (1: anywhere from nothing to the ceiling, 0: exactly the ceiling), so that several jobs
-failing together do not come back together. A server's ``Retry-After`` replaces the computed pause,
-up to ``retry_after_max`` (a server may ask for hours).
+Which failures are worth another attempt is said by the errors themselves (`etl.errors.Retriable`);
+how many attempts, and how long the pauses between them, by the policy. The pause function is part
+of the policy, so a test passes a policy that does not wait rather than patch a module's clock.
 """
 
 from __future__ import annotations
@@ -30,7 +24,10 @@ OnRetry = Callable[[Retriable, int, float], None]
 
 @dataclass(frozen=True)
 class RetryPolicy:
-    """How often and how patiently a failed attempt is made again."""
+    """How often and how patiently a failed attempt is made again. Pauses double from
+    ``first_pause`` up to ``max_pause``; ``jitter`` is the share of each drawn at random (1: from
+    nothing to the ceiling, 0: none), so that jobs failing together do not come back together. A
+    server's Retry-After replaces the pause, up to ``retry_after_max`` (a server may ask for hours)."""
 
     attempts: int = 6
     first_pause: float = 0.5

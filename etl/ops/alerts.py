@@ -37,7 +37,7 @@ from etl.config import Alerts, EmailAlerts
 from etl.destinations.retry import RetryPolicy
 from etl.logs import REDACTED, redact
 from etl.runtime.runs import RunOutcome
-from etl.runtime.ledger import RunRecord, StateStore
+from etl.runtime.ledger import StateStore
 from etl.ops.webhook import WEBHOOK_RETRY, connection_failure, http_post
 
 log = logging.getLogger("audience_sync.alerts")
@@ -100,7 +100,7 @@ def previous_status(store: StateStore, activation: str, run_id: str | None = Non
     "succeeded", "failed", "guard" for a run a guard stopped, or None when there is none.
     Dry runs, interrupted runs and runs still going are skipped. Never raises (None on a ledger error)."""
     try:
-        records = _recent_runs(store, activation)
+        records = store.runs(activation, limit=50, include_dry_runs=False)
     except Exception as exc:  # a ledger problem must not stop the alert itself
         log.warning("cannot read the previous run for alerts: %s", redact(str(exc)),
                     extra={"fields": {"activation": activation}})
@@ -113,10 +113,6 @@ def previous_status(store: StateStore, activation: str, run_id: str | None = Non
             continue
         return "guard" if guard_reason(record.details) is not None else record.status
     return None
-
-
-def _recent_runs(store: StateStore, activation: str) -> list[RunRecord]:
-    return store.runs(activation, limit=50, include_dry_runs=False)
 
 
 def guard_reason(details: Mapping[str, Any]) -> str | None:

@@ -13,7 +13,6 @@ import base64
 import socket
 import ssl
 import urllib.request
-from dataclasses import dataclass
 from http.client import HTTPException
 from typing import Any
 from urllib.error import HTTPError, URLError
@@ -42,58 +41,11 @@ class _NoRedirect(urllib.request.HTTPRedirectHandler):
         return None
 
 
-@dataclass(frozen=True)
-class _Post:
-    url: str
-    body: bytes
-    headers: dict[str, str]
-    timeout: float
-    what: str
-    #: the URL's scheme and host: all of it that may be shown
-    where: str
-
-    def once(self) -> str | None:
-        """None when the server took the body (2xx), a problem for a final answer; raises
-        `_Unavailable` when another attempt may get through."""
-        opener = urllib.request.build_opener(_NoRedirect)  # honours http(s)_proxy / no_proxy
-        try:
-            request = urllib.request.Request(self.url, data=self.body, headers=self.headers, method="POST")
-            with opener.open(request, timeout=self.timeout) as response:
-                response.read(65536)
-            return None
-        except HTTPError as exc:
-            code = exc.code
-            header = exc.headers.get("Retry-After") if exc.headers else None
-            exc.close()
-            problem = f"{self.what} not sent: {self.where} answered HTTP {code}{_http_hint(code)}"
-            if code >= 500 or code == 429:
-                raise _Unavailable(problem, float(header) if header and header.strip().isdigit() else None) from None
-            return problem
-        except (URLError, OSError, HTTPException) as exc:
-            reason = exc.reason if isinstance(exc, URLError) else exc
-            if isinstance(reason, (TimeoutError, socket.timeout)):
-                return f"{self.what} not sent: {self.where} did not answer within {self.timeout:g}s"
-            problem = f"{self.what} not sent: cannot reach {self.where} ({connection_failure(reason)})"
-            raise _Unavailable(problem) from None
-
-
 def http_post(
     url: str, body: bytes, *, content_type: str, timeout: float, what: str, retry: RetryPolicy = WEBHOOK_RETRY
 ) -> str | None:
     """POST ``body``; None when the server took it (2xx), else the problem. Credentials in the URL
     (``https://user:pass@host``) are sent as HTTP Basic authentication."""
-    post = _post_of(url, body, content_type=content_type, timeout=timeout, what=what)
-    if isinstance(post, str):
-        return post
-    try:
-        return retry.run(post.once)
-    except _Unavailable as exc:
-        retries = retry.attempts - 1
-        return exc.what + (" (after one retry)" if retries == 1 else f" (after {retries} retries)" if retries else "")
-
-
-def _post_of(url: str, body: bytes, *, content_type: str, timeout: float, what: str) -> _Post | str:
-    """The request to send, or the problem with the URL."""
     parts = urlsplit(url)
     try:
         host, port = parts.hostname, parts.port
@@ -102,12 +54,41 @@ def _post_of(url: str, body: bytes, *, content_type: str, timeout: float, what: 
     if parts.scheme not in ("http", "https") or not host:
         return f"{what} not sent: the URL is not an http:// or https:// URL"
     netloc = (f"[{host}]" if ":" in host else host) + (f":{port}" if port else "")
+    where = f"{parts.scheme}://{netloc}"  # all of the URL that may be shown
     headers = {"Content-Type": content_type, "User-Agent": f"audience-sync/{__version__}"}
     if parts.username is not None:
         pair = f"{unquote(parts.username)}:{unquote(parts.password or '')}".encode()
         headers["Authorization"] = "Basic " + base64.b64encode(pair).decode("ascii")
-    request_url = urlunsplit((parts.scheme, netloc, parts.path or "/", parts.query, ""))
-    return _Post(request_url, body, headers, timeout, what, where=f"{parts.scheme}://{netloc}")
+    request = urllib.request.Request(urlunsplit((parts.scheme, netloc, parts.path or "/", parts.query, "")),
+                                     data=body, headers=headers, method="POST")
+    try:
+        return retry.run(lambda: _post_once(request, timeout, what, where))
+    except _Unavailable as exc:
+        retries = retry.attempts - 1
+        return exc.what + (" (after one retry)" if retries == 1 else f" (after {retries} retries)" if retries else "")
+
+
+def _post_once(request: urllib.request.Request, timeout: float, what: str, where: str) -> str | None:
+    """None when the server took the body, a problem for a final answer; raises `_Unavailable`
+    when another attempt may get through."""
+    opener = urllib.request.build_opener(_NoRedirect)  # honours http(s)_proxy / no_proxy
+    try:
+        with opener.open(request, timeout=timeout) as response:
+            response.read(65536)
+        return None
+    except HTTPError as exc:
+        code = exc.code
+        header = exc.headers.get("Retry-After") if exc.headers else None
+        exc.close()
+        problem = f"{what} not sent: {where} answered HTTP {code}{_http_hint(code)}"
+        if code >= 500 or code == 429:
+            raise _Unavailable(problem, float(header) if header and header.strip().isdigit() else None) from None
+        return problem
+    except (URLError, OSError, HTTPException) as exc:
+        reason = exc.reason if isinstance(exc, URLError) else exc
+        if isinstance(reason, (TimeoutError, socket.timeout)):
+            return f"{what} not sent: {where} did not answer within {timeout:g}s"
+        raise _Unavailable(f"{what} not sent: cannot reach {where} ({connection_failure(reason)})") from None
 
 
 def _http_hint(code: int) -> str:

@@ -112,10 +112,7 @@ class Deliverer(abc.ABC):
         return self
 
     def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None,
     ) -> None:
         self._connected = False
         try:
@@ -375,11 +372,8 @@ class Deliverer(abc.ABC):
                     hint=f"names must not be empty, contain control characters or start with {TEMP_PREFIX!r}",
                 )
             if name in seen:
-                raise DeliveryError(
-                    f"two files to deliver are both named {name}",
-                    where=f"{seen[name]} and {path}",
-                    hint="the remote directory is flat: give every file of a run its own name",
-                )
+                raise DeliveryError(f"two files to deliver are both named {name}", where=f"{seen[name]} and {path}",
+                                    hint="the remote directory is flat: give every file of a run its own name")
             seen[name] = path
             try:
                 if not path.is_file():
@@ -459,11 +453,8 @@ class RemoteDeliverer(Deliverer):
             return DeliveryError(
                 f"cannot resolve the host name ({exc.strerror})", where=self._server, hint="check the host"
             )
-        return DeliveryError(
-            f"no answer within {self._timeout:g} s",
-            where=self._server,
-            hint="check host and port, and that a firewall lets this machine through",
-        )
+        return DeliveryError(f"no answer within {self._timeout:g} s", where=self._server,
+                             hint="check host and port, and that a firewall lets this machine through")
 
     def _reason(self, exc: BaseException) -> str:
         """Why a request failed, for a message: the server's own words, or the time-out."""

@@ -89,16 +89,8 @@ class FtpsDeliverer(RemoteDeliverer):
     scheme = "ftps"
 
     def __init__(
-        self,
-        *,
-        host: str,
-        port: int = 21,
-        username: str,
-        password: str,
-        remote_dir: str,
-        ca_file: Path | None = None,
-        verify_tls: bool = True,
-        timeout: float = 30.0,
+        self, *, host: str, port: int = 21, username: str, password: str, remote_dir: str, ca_file: Path | None = None,
+        verify_tls: bool = True, timeout: float = 30.0,
     ) -> None:
         super().__init__(host=host, port=port, username=username, remote_dir=remote_dir, timeout=timeout)
         self._password = password
@@ -156,19 +148,13 @@ class FtpsDeliverer(RemoteDeliverer):
         try:
             ftp.connect(self._host, self._port)
         except ConnectionRefusedError:
-            raise DeliveryError(
-                "connection refused",
-                where=server,
-                hint="check host and port (explicit FTPS usually listens on 21)",
-            ) from None
+            raise DeliveryError("connection refused", where=server,
+                                hint="check host and port (explicit FTPS usually listens on 21)") from None
         except (TimeoutError, socket.gaierror) as exc:
             raise self._unreachable(exc) from None
         except _FTP_ERRORS as exc:
-            raise DeliveryError(
-                f"cannot connect ({self._reason(exc)})",
-                where=server,
-                hint="check that host and port point to an FTP server",
-            ) from None
+            raise DeliveryError(f"cannot connect ({self._reason(exc)})", where=server,
+                                hint="check that host and port point to an FTP server") from None
 
     def _start_tls(self, ftp: _FtpTls) -> None:
         server = self._server
@@ -211,11 +197,8 @@ class FtpsDeliverer(RemoteDeliverer):
         try:
             ftp.login(self._username, self._password)
         except ftplib.error_perm as exc:
-            raise DeliveryError(
-                f"authentication failed for user {self._username!r} ({self._reason(exc)})",
-                where=server,
-                hint="check the username and the password",
-            ) from None
+            raise DeliveryError(f"authentication failed for user {self._username!r} ({self._reason(exc)})",
+                                where=server, hint="check the username and the password") from None
         except _FTP_ERRORS as exc:
             raise DeliveryError(f"cannot log in ({self._reason(exc)})", where=server) from None
 

@@ -67,18 +67,9 @@ class SftpDeliverer(RemoteDeliverer):
     scheme = "sftp"
 
     def __init__(
-        self,
-        *,
-        host: str,
-        port: int = 22,
-        username: str,
-        password: str | None = None,
-        key_file: Path | None = None,
-        key_passphrase: str | None = None,
-        known_hosts: Path | None = None,
-        verify_host_key: bool = True,
-        remote_dir: str,
-        timeout: float = 30.0,
+        self, *, host: str, port: int = 22, username: str, password: str | None = None, key_file: Path | None = None,
+        key_passphrase: str | None = None, known_hosts: Path | None = None, verify_host_key: bool = True,
+        remote_dir: str, timeout: float = 30.0,
     ) -> None:
         super().__init__(host=host, port=port, username=username, remote_dir=remote_dir, timeout=timeout)
         self._password = password
@@ -137,21 +128,15 @@ class SftpDeliverer(RemoteDeliverer):
         client.set_missing_host_key_policy(_RejectUnknown())
         if not self._known_hosts.exists():
             if self._known_hosts_given:
-                raise DeliveryError(
-                    "the known_hosts file does not exist",
-                    where=str(self._known_hosts),
-                    hint=f"create it with the server's key: {self._keyscan_command()}",
-                )
+                raise DeliveryError("the known_hosts file does not exist", where=str(self._known_hosts),
+                                    hint=f"create it with the server's key: {self._keyscan_command()}")
             return  # the default file may legitimately be absent: the key is then unknown, said below
         try:
             # into the client's own key set, not load_host_keys(): that one would also write back to the file
             client.get_host_keys().load(str(self._known_hosts))
         except (OSError, paramiko.SSHException, ValueError) as exc:
-            raise DeliveryError(
-                f"cannot read the known_hosts file ({exc})",
-                where=str(self._known_hosts),
-                hint="check that it is readable and in OpenSSH format",
-            ) from exc
+            raise DeliveryError(f"cannot read the known_hosts file ({exc})", where=str(self._known_hosts),
+                                hint="check that it is readable and in OpenSSH format") from exc
 
     def _keyscan_command(self) -> str:
         port = f"-p {self._port} " if self._port != 22 else ""
@@ -214,28 +199,19 @@ class SftpDeliverer(RemoteDeliverer):
         if isinstance(exc, (_UnknownHostKey, paramiko.BadHostKeyException)):
             return self._host_key_failure(exc)
         if isinstance(exc, paramiko.BadAuthenticationType):
-            return DeliveryError(
-                f"the server refused the login method for user {self._username!r}",
-                where=self._server,
-                hint=f"the server accepts: {', '.join(exc.allowed_types) or 'nothing'}",
-            )
+            return DeliveryError(f"the server refused the login method for user {self._username!r}", where=self._server,
+                                 hint=f"the server accepts: {', '.join(exc.allowed_types) or 'nothing'}")
         if isinstance(exc, paramiko.AuthenticationException):
             what = " and ".join(
                 part
                 for part, present in (("password", self._password is not None), ("key", pkey is not None))
                 if present
             )
-            return DeliveryError(
-                f"authentication failed for user {self._username!r}",
-                where=self._server,
-                hint=f"check the username and the {what}",
-            )
+            return DeliveryError(f"authentication failed for user {self._username!r}", where=self._server,
+                                 hint=f"check the username and the {what}")
         if isinstance(exc, paramiko.ssh_exception.NoValidConnectionsError):
-            return DeliveryError(
-                "connection refused",
-                where=self._server,
-                hint="check host and port, and that the server accepts connections from this machine",
-            )
+            return DeliveryError("connection refused", where=self._server,
+                                 hint="check host and port, and that the server accepts connections from this machine")
         if isinstance(exc, (TimeoutError, socket.gaierror)):
             return self._unreachable(exc)
         # paramiko reports a silent or non-SSH peer as "Error reading SSH protocol banner", or
@@ -247,11 +223,8 @@ class SftpDeliverer(RemoteDeliverer):
                 hint="check that host and port point to an SFTP server (not FTP or HTTP), "
                 "and that a firewall lets this machine through",
             )
-        return DeliveryError(
-            f"cannot open an SSH session ({self._reason(exc)})",
-            where=self._server,
-            hint="check that host and port point to an SFTP server",
-        )
+        return DeliveryError(f"cannot open an SSH session ({self._reason(exc)})", where=self._server,
+                             hint="check that host and port point to an SFTP server")
 
     def _host_key_failure(self, exc: _UnknownHostKey | paramiko.BadHostKeyException) -> DeliveryError:
         if isinstance(exc, _UnknownHostKey):
@@ -304,11 +277,8 @@ class SftpDeliverer(RemoteDeliverer):
 
     def _io_error(self, exc: BaseException, what: str, where: str) -> DeliveryError:
         if self._connection_broke(exc):
-            return DeliveryInterrupted(
-                f"{what}: the connection to the server broke ({self._reason(exc)})",
-                where=where,
-                hint="a network or server problem; the previous files were left in place",
-            )
+            return DeliveryInterrupted(f"{what}: the connection to the server broke ({self._reason(exc)})", where=where,
+                                       hint="a network or server problem; the previous files were left in place")
         code = getattr(exc, "errno", None)
         if code == errno.ENOENT:
             return DeliveryError(
