@@ -28,7 +28,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from pathlib import Path
 from zoneinfo import ZoneInfo
@@ -39,7 +39,7 @@ sys.path.insert(0, str(REPO / "tests"))  # the real SFTP and FTPS servers the te
 from dbservers import PoolWatch  # noqa: E402
 from servers import PASSWORD, FtpsBehaviour, FtpsServer, SftpBehaviour, SftpServer, make_tls_certificate  # noqa: E402
 
-from etl.destinations.filedrop import base as delivery_base  # noqa: E402
+from etl.destinations.filedrop.base import Deliverer  # noqa: E402
 from etl.destinations.licence import IDLE_SECONDS  # noqa: E402
 from etl.runtime.scheduler import Scheduler  # noqa: E402
 from etl.runtime.ledger import StateStore  # noqa: E402
@@ -268,7 +268,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.CRITICAL)
     logging.getLogger().handlers[0].setLevel(logging.CRITICAL)  # the runs' warnings (and the test servers') are expected
     # the shipped retry budget (3 attempts), with pauses that do not dominate the soak's time
-    delivery_base.RETRY = delivery_base.RetryPolicy(attempts=3, first_pause=0.01)
+    Deliverer.retry = replace(Deliverer.retry, first_pause=0.01)
     checkpoints = sorted({n for n in (10, 50, 100, 150) if n < args.runs} | {args.runs})
     with tempfile.TemporaryDirectory(prefix="audience-sync-soak-") as directory:
         report = soak(args.runs, seed=args.seed, checkpoints=checkpoints, root=Path(directory))

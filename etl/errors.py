@@ -1,11 +1,47 @@
-"""Typed errors shared by every stage.
+"""Every error a user can act on, in one tree.
 
-Each error carries *where* the problem is (a file, a config key, a row, a host) and *what to do*,
-so the CLI can print one readable line and pick an exit code without a traceback. Stages raise
-the subclass that names them; nothing outside ``etl.cli`` formats them for people.
+Each error carries *where* the problem is (a file, a config key, a row, a host, a call) and *what
+to do*, so the CLI can print one readable line and pick an exit code without a traceback. Stages
+raise the subclass that names them; nothing outside ``etl.cli`` formats them for people.
+
+Two marker bases say whether trying again can help, so a retry loop (`etl.destinations.retry`)
+needs no list of its own: `Retriable` for what passes (a broken connection, a rate limit),
+`Fatal` for what the same attempt would meet again (configuration, credentials, refused data).
+An error with neither marker is left to its caller to judge.
+
+    AudienceSyncError
+    ├── Fatal ......................... retrying cannot help
+    ├── Retriable ..................... transient: the same call may work at once
+    ├── ConfigError (Fatal)
+    ├── UsageError (Fatal)
+    ├── ExtractError
+    ├── TransformError (Fatal)
+    ├── FileWriteError
+    │   └── FileTooLarge (Fatal)
+    ├── DeliveryError
+    │   └── DeliveryInterrupted (Retriable)
+    ├── StateError
+    ├── LockBusy
+    ├── LeaseLost (Fatal)
+    ├── LicenceBusy (Retriable)
+    ├── MetricsError
+    └── ServiceError .................. a call to a remote API failed
+        ├── ActitoError
+        │   ├── ActitoAuthError (Fatal)
+        │   ├── ActitoNotFound (Fatal)
+        │   ├── ActitoRateLimited (Retriable)
+        │   ├── ActitoImportError (Fatal)
+        │   └── ActitoBudgetExhausted (Fatal)
+        └── OpenFieldError
+            ├── OpenFieldAuthError (Fatal)
+            ├── OpenFieldRateLimited (Retriable)
+            ├── OpenFieldRefused (Fatal)
+            └── OpenFieldBudgetExhausted (Fatal)
 """
 
 from __future__ import annotations
+
+from typing import ClassVar
 
 
 class AudienceSyncError(Exception):
@@ -25,7 +61,16 @@ class AudienceSyncError(Exception):
         return f"{text} — {self.hint}" if self.hint else text
 
 
-class ConfigError(AudienceSyncError):
+class Fatal(AudienceSyncError):
+    """Trying again cannot help: the configuration, the credentials or the data must change first."""
+
+
+class Retriable(AudienceSyncError):
+    """A passing failure (a timeout, a rate limit, a server error, a connection reset): the same
+    attempt may work at once, within a retry budget."""
+
+
+class ConfigError(Fatal):
     """The configuration cannot be used; ``problems`` lists every one found, not just the first."""
 
     exit_code = 2
@@ -41,7 +86,7 @@ class ConfigError(AudienceSyncError):
         )
 
 
-class UsageError(AudienceSyncError):
+class UsageError(Fatal):
     """The command's arguments contradict each other or are missing; nothing ran."""
 
     exit_code = 2
@@ -51,7 +96,7 @@ class ExtractError(AudienceSyncError):
     """The warehouse refused or broke off the audience query."""
 
 
-class TransformError(AudienceSyncError):
+class TransformError(Fatal):
     """The audience rows cannot be turned into identifiers (e.g. no identifier column)."""
 
 
@@ -59,7 +104,7 @@ class FileWriteError(AudienceSyncError):
     """The audience file could not be written locally (disk full, permissions, bad name)."""
 
 
-class FileTooLarge(FileWriteError):
+class FileTooLarge(FileWriteError, Fatal):
     """An audience file came out bigger than ``file.max_bytes``: it is not delivered (never split: Actito
     reads the last file as the whole audience), and the previous delivery stays in place."""
 
@@ -68,7 +113,7 @@ class DeliveryError(AudienceSyncError):
     """The file could not be put in place at the file transfer location."""
 
 
-class DeliveryInterrupted(DeliveryError):
+class DeliveryInterrupted(DeliveryError, Retriable):
     """The connection to the file transfer location broke during a transfer (reset, dropped, timed
     out, cut short): unlike a refusal or a configuration problem, the same transfer may work at
     once, so the delivery is attempted again within its retry budget."""
@@ -84,12 +129,89 @@ class LockBusy(AudienceSyncError):
     exit_code = 3
 
 
-class LeaseLost(AudienceSyncError):
+class LeaseLost(Fatal):
     """This run no longer holds its activation's lease: it stalled longer than the lease
     (``settings.lock_ttl_minutes``) and another run took the activation over. Whatever this run had
     not yet made irreversible is abandoned, so the newer run's delivery stands."""
 
 
-class LicenceBusy(AudienceSyncError):
+class LicenceBusy(Retriable):
     """Every request slot of a licence stayed held by other processes sharing the ledger for too
     long: nothing was sent by the request that waited; a later run may go through."""
+
+
+class MetricsError(AudienceSyncError):
+    """The metrics textfile cannot be written."""
+
+
+# ---------------------------------------------------------------------------------------------- APIs
+
+
+class ServiceError(AudienceSyncError):
+    """A call to a remote API failed; ``status`` is the HTTP status (None when no answer came back).
+
+    ``where`` is ``"<service> <METHOD> <route template>"``, never a URL with ids, e-mails or secrets
+    in it. What the service said is kept verbatim beside the message, as a support ticket needs it,
+    under the service's own name (`said_as`: ``actito_message``, ``openfield_message``). Keys and
+    tokens are never part of any of these texts: the clients scrub every text they put here."""
+
+    #: the keyword, and attribute, holding what the service said
+    said_as: ClassVar[str]
+
+    def __init__(self, what: str, *, where: str = "", hint: str = "", status: int | None = None, **said: str) -> None:
+        unexpected = ", ".join(sorted(set(said) - {self.said_as}))
+        if unexpected:
+            raise TypeError(f"{type(self).__name__} takes {self.said_as}=, not {unexpected}")
+        self.status = status
+        setattr(self, self.said_as, said.get(self.said_as, ""))
+        super().__init__(what, where=where, hint=hint)
+
+
+class ActitoError(ServiceError):
+    """A call to Actito failed."""
+
+    said_as = "actito_message"
+    actito_message: str
+
+
+class OpenFieldError(ServiceError):
+    """A call to OpenField failed."""
+
+    said_as = "openfield_message"
+    openfield_message: str
+
+
+class ActitoAuthError(ActitoError, Fatal):
+    """Actito refused the API key (bad, revoked, or its licence lacks the right): retrying cannot help."""
+
+
+class ActitoNotFound(ActitoError, Fatal):
+    """The entity, table, ETL or execution named does not exist (Actito also answers 404 for some auth problems)."""
+
+
+class ActitoRateLimited(ActitoError, Retriable):
+    """Actito kept answering 429 after every retry the client allows; a later run may succeed."""
+
+
+class ActitoImportError(ActitoError, Fatal):
+    """An import execution ended in ERROR (nothing was applied), or did not finish before the poll timeout."""
+
+
+class ActitoBudgetExhausted(ActitoError, Fatal):
+    """The daily import quota of the table is used up: never retried, the next day's run will go through."""
+
+
+class OpenFieldAuthError(OpenFieldError, Fatal):
+    """OpenField refused the credentials, the tenant or the application: retrying cannot help."""
+
+
+class OpenFieldRateLimited(OpenFieldError, Retriable):
+    """OpenField kept answering 429 after every retry the client allows; a later run may succeed."""
+
+
+class OpenFieldRefused(OpenFieldError, Fatal):
+    """OpenField refused one profile (400, 409, 422, or 404 for a profile gone): that row is rejected, the run goes on."""
+
+
+class OpenFieldBudgetExhausted(OpenFieldError, Fatal):
+    """The run would go over the destination's daily request budget: refused before anything is sent."""

@@ -25,7 +25,7 @@ import pytest
 
 from etl.destinations.actito.client import MAX_UPLOAD_BYTES, ActitoClient
 from etl.destinations.actito.tables import Attribute, LineError
-from etl.destinations.actito.errors import (
+from etl.errors import (
     ActitoAuthError,
     ActitoBudgetExhausted,
     ActitoError,

@@ -13,7 +13,7 @@ import logging
 import ssl
 import threading
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from email.message import EmailMessage
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -27,6 +27,7 @@ from servers import HOST, make_tls_certificate, silent_server, unused_port
 
 from etl.ops import alerts as alerts_module
 from etl.ops.alerts import Alert, alert_for, previous_status, send_alert, webhook_payload
+from etl.ops.webhook import WEBHOOK_RETRY
 from etl.config import Alerts, Config, EmailAlerts, Settings
 from etl.errors import AudienceSyncError
 from etl.runtime.runs import RunContext, RunOutcome, execute
@@ -38,9 +39,8 @@ SMTP_PASSWORD = "smtp-pa55word-never-shown"
 ACTIVATION = "newsletter_engaged"
 
 
-@pytest.fixture(autouse=True)
-def _no_retry_wait(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(alerts_module, "RETRY_DELAY", 0.0)
+#: the webhook's retry budget as shipped, without its pause
+NO_PAUSE = replace(WEBHOOK_RETRY, sleep=lambda seconds: None)
 
 
 # --------------------------------------------------------------------------- a webhook receiver
@@ -387,17 +387,17 @@ def test_a_webhook_answering_5xx_is_retried_once(webhook: WebhookReceiver, caplo
     alert = Alert("failure", ACTIVATION, "r1", f"FAILED {ACTIVATION}", "it broke", "failed", "it broke")
     alerts = Alerts(webhook_url=SecretStr(webhook.url))
     webhook.statuses = [503]
-    assert send_alert(alerts, alert) == []
+    assert send_alert(alerts, alert, retry=NO_PAUSE) == []
     assert len(webhook.requests) == 2  # the retry got through
 
     webhook.statuses = [500, 502]
-    problems = send_alert(alerts, alert)
+    problems = send_alert(alerts, alert, retry=NO_PAUSE)
     assert len(webhook.requests) == 4
     assert problems == [f"webhook alert not sent: http://{HOST}:{webhook.server.server_address[1]} answered "
                         "HTTP 502 (after one retry)"]
 
     webhook.statuses = [404]
-    problems = send_alert(alerts, alert)
+    problems = send_alert(alerts, alert, retry=NO_PAUSE)
     assert len(webhook.requests) == 5  # a 4xx is not retried
     assert "HTTP 404" in problems[0] and "token may be wrong" in problems[0]
     assert TOKEN not in caplog.text and all(TOKEN not in p for p in problems)

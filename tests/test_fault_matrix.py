@@ -16,7 +16,7 @@ import shutil
 import subprocess
 import threading
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +37,7 @@ from servers import (
 
 import dbservers
 from etl.config import load_config
-from etl.destinations.filedrop import base as delivery_base
+from etl.destinations.filedrop.base import Deliverer
 from etl.runtime.runs import RunContext, RunOutcome, execute
 from etl.runtime.ledger import RunRecord, open_store
 from etl.testing.actito.server import ActitoSandbox
@@ -58,8 +58,8 @@ SANDBOX_KEY = "sandbox-demo-key"
 
 @pytest.fixture
 def quick_retries(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The delivery retry budget as shipped (3 attempts), with pauses short enough for a test."""
-    monkeypatch.setattr(delivery_base, "RETRY", delivery_base.RetryPolicy(attempts=3, first_pause=0.05))
+    """The delivery retry budget as shipped (3 attempts), without its pauses."""
+    monkeypatch.setattr(Deliverer, "retry", replace(Deliverer.retry, sleep=lambda seconds: None))
 
 
 def one_clear_failure(shown: Shown, *words: str) -> None:

@@ -29,14 +29,13 @@ import pyarrow as pa
 import pytest
 
 from etl.destinations.actito.client import ActitoClient
-from etl.destinations.actito.errors import ActitoImportError
+from etl.errors import ActitoImportError, LockBusy
 from etl.destinations.actito.recovery import Landed, part_reference, recover_earlier_runs, stage_sent
 from etl.config import load_config
 from etl.destinations.filedrop.base import is_temp_name, temp_name
 from etl.files import WrittenFile
 from etl.ops.history import runs_table, show_run
 from etl.runtime.runs import RunContext
-from etl.errors import LockBusy
 from etl.runtime.leases import hold
 from etl.runtime.ledger import NOT_SENT, RunRecord, StateStore, leases, utcnow
 from etl.testing.actito.server import ActitoSandbox

@@ -8,7 +8,7 @@ import os
 import stat
 import threading
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -18,19 +18,19 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from servers import HOST, unused_port
 
-from etl.ops import alerts as alerts_module
 from etl.ops import metrics as metrics_module
 from etl.config import Metrics
-from etl.ops.metrics import MetricsError, push, write_textfile
+from etl.errors import MetricsError
+from etl.ops.metrics import push, write_textfile
+from etl.ops.webhook import WEBHOOK_RETRY
 from etl.runtime.runs import RunOutcome
 from etl.runtime.ledger import StateStore
 
 T0 = 1_760_000_000.0
 
 
-@pytest.fixture(autouse=True)
-def _no_retry_wait(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(alerts_module, "RETRY_DELAY", 0.0)
+#: the push's retry budget as shipped, without its pause
+NO_PAUSE = replace(WEBHOOK_RETRY, sleep=lambda seconds: None)
 
 
 def succeeded(name: str = "vip", delivered: int = 900, run_id: str = "r-ok", duration: float = 12.5) -> RunOutcome:
@@ -291,7 +291,7 @@ def pushed_samples(body: str) -> dict[tuple[str, frozenset[tuple[str, str]]], fl
 
 def test_push_adds_each_activation_under_its_grouping_key(gateway: Pushgateway) -> None:
     metrics = Metrics(pushgateway_url=gateway.url + "/", job="audience_sync")
-    assert push(metrics, [succeeded("vip"), failed("lapsed")], now=T0) == []
+    assert push(metrics, [succeeded("vip"), failed("lapsed")], now=T0, retry=NO_PAUSE) == []
     assert [(p.method, p.path) for p in gateway.received] == [
         ("POST", "/metrics/job/audience_sync/activation/vip"),
         ("POST", "/metrics/job/audience_sync/activation/lapsed"),
@@ -315,26 +315,27 @@ def test_push_with_the_ledger_sends_the_failure_count(gateway: Pushgateway, tmp_
     for run_id in ("f1", "f2"):
         store.start_run(run_id, "vip", "audience", dry_run=False, started_at=datetime(2025, 10, 2, 6, 0))
         store.finish_run(run_id, "failed", error="boom")
-    assert push(Metrics(pushgateway_url=gateway.url), [failed(run_id="f2")], store, now=T0) == []
+    assert push(Metrics(pushgateway_url=gateway.url), [failed(run_id="f2")], store, now=T0, retry=NO_PAUSE) == []
     store.close()
     assert pushed_samples(gateway.received[0].body)[("audience_sync_failures_total", frozenset())] == 2
 
 
 def test_push_problems_are_returned_not_raised_and_hide_credentials(gateway: Pushgateway) -> None:
     dead = unused_port()
-    problems = push(Metrics(pushgateway_url=f"http://{HOST}:{dead}"), [succeeded(), failed("lapsed")], now=T0)
+    problems = push(Metrics(pushgateway_url=f"http://{HOST}:{dead}"), [succeeded(), failed("lapsed")], now=T0,
+                    retry=NO_PAUSE)
     assert len(problems) == 2
     assert problems[0].startswith(f"metrics of vip not pushed: cannot reach http://{HOST}:{dead} ")
 
     gateway.statuses = [400]
     secret_url = gateway.url.replace("http://", "http://pusher:s3cret-pa55@")
-    problems = push(Metrics(pushgateway_url=secret_url), [succeeded()], now=T0)
+    problems = push(Metrics(pushgateway_url=secret_url), [succeeded()], now=T0, retry=NO_PAUSE)
     assert problems == [f"metrics of vip not pushed: {gateway.url} answered HTTP 400"]
     expected = "Basic " + base64.b64encode(b"pusher:s3cret-pa55").decode()
     assert gateway.received[0].headers["Authorization"] == expected
 
     gateway.statuses = [503]  # retried once
-    assert push(Metrics(pushgateway_url=gateway.url), [succeeded()], now=T0) == []
+    assert push(Metrics(pushgateway_url=gateway.url), [succeeded()], now=T0, retry=NO_PAUSE) == []
     assert len(gateway.received) == 3
 
 

@@ -14,9 +14,9 @@ import pytest
 import requests
 
 from etl.config import OPENFIELD_ROUTES
-from etl.destinations.http import RetryPolicy
+from etl.destinations.retry import RetryPolicy
 from etl.destinations.openfield.client import OpenFieldClient
-from etl.destinations.openfield.errors import OpenFieldAuthError, OpenFieldRateLimited, OpenFieldRefused
+from etl.errors import OpenFieldAuthError, OpenFieldRateLimited, OpenFieldRefused
 from etl.testing.openfield_sandbox import OpenFieldSandbox
 
 TENANT, APPLICATION, PASSWORD = "tenant-7", "app-42", "of-test-password-5d1c"
@@ -109,7 +109,7 @@ def test_429_and_500_on_find_are_retried_honouring_a_capped_retry_after(sandbox:
     sleeps, sleep = recording_sleep()
     sandbox.inject_faults(429, 2, method="GET", retry_after=3600)
     sandbox.inject_faults(500, 2, method="GET")
-    policy = RetryPolicy(backoff_base=1, backoff_max=4, retry_after_max=5)
+    policy = RetryPolicy(first_pause=1, max_pause=4, retry_after_max=5)
     with client_for(sandbox, sleep=sleep, policy=policy) as client:
         assert client.upsert("ann@example.com", PERSON) == "created"
     assert calls(sandbox) == [("GET", 429), ("GET", 429), ("GET", 500), ("GET", 500), ("GET", 200), ("POST", 201)]
@@ -120,7 +120,7 @@ def test_429_and_500_on_find_are_retried_honouring_a_capped_retry_after(sandbox:
 
 def test_a_429_that_never_stops_is_rate_limited_after_max_attempts(sandbox: OpenFieldSandbox) -> None:
     sandbox.inject_faults(429, 100)
-    with client_for(sandbox, sleep=lambda s: None, policy=RetryPolicy(max_attempts=3)) as client:
+    with client_for(sandbox, sleep=lambda s: None, policy=RetryPolicy(attempts=3)) as client:
         with pytest.raises(OpenFieldRateLimited) as caught:
             client.find("ann@example.com")
     assert "after 3 attempts" in caught.value.what

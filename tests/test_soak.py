@@ -9,6 +9,7 @@ show as twenty.
 from __future__ import annotations
 
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -17,7 +18,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
 
 import soak  # noqa: E402
 
-from etl.destinations.filedrop import base as delivery_base  # noqa: E402
+from etl.destinations.filedrop.base import Deliverer  # noqa: E402
 
 RUNS = 30
 WARM = 10
@@ -27,7 +28,7 @@ RSS_SLACK_MB = 25.0
 
 
 def test_thirty_scheduled_runs_with_faults_leak_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(delivery_base, "RETRY", delivery_base.RetryPolicy(attempts=3, first_pause=0.01))
+    monkeypatch.setattr(Deliverer, "retry", replace(Deliverer.retry, sleep=lambda seconds: None))
 
     report = soak.soak(RUNS, seed=SEED, checkpoints=[WARM, RUNS], root=tmp_path)
 

@@ -1,14 +1,14 @@
 """HTTP plumbing shared by the clients of remote APIs (Actito, OpenField): limits, retries, scrubbing.
 
-Why one module: the rules below were paid for once (see shared/engineering-notes.md, "HTTP") and
-every client must follow them the same way; a second copy would drift.
+Why one module: every client must follow the rules below the same way; a second copy would drift.
 
 * **No urllib3 retries.** urllib3's ``Retry`` re-sends a POST body badly (a streamed multipart
   body hangs until the read timeout, a generator body is re-sent empty and accepted: data
   silently lost). Sessions are mounted with ``max_retries=0``; every retry here asks the caller
   to rebuild what it sends.
-* **Safe calls** (`Transport.call`: GET, and PUT of a whole resource) are retried with exponential
-  backoff and full jitter on 429, 5xx and connection errors, honouring ``Retry-After`` up to a cap.
+* **Safe calls** (`Transport.call`: GET, and PUT of a whole resource) are retried on 429, 5xx and
+  connection errors, paced by the client's `etl.destinations.retry.RetryPolicy` (exponential backoff,
+  full jitter, ``Retry-After`` honoured up to a cap).
 * **A creating POST is never blindly repeated** (`Transport.post_once`). It is re-sent only when
   the first attempt was certainly refused (a 429, or a connection that was never opened); after an
   unclear outcome (read timeout, connection lost after sending, 5xx) the caller's ``lookup``
@@ -26,28 +26,23 @@ from __future__ import annotations
 
 import json
 import logging
-import random
 import re
-import threading
-import time
-from collections import deque
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import replace
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Self, TypeVar
+from typing import Any, Self, TypeVar
 
 import requests
 import requests.auth
 from requests.adapters import HTTPAdapter
 from urllib3.exceptions import ConnectTimeoutError, NewConnectionError
 
+from etl.destinations.licence import Licence
+from etl.destinations.retry import RetryPolicy
 from etl.errors import AudienceSyncError
 from etl.logs import register_secret
-
-if TYPE_CHECKING:
-    from etl.destinations.licence import Licence
 
 SCRUBBED = "***"
 #: the longest piece of a remote answer put into one of our messages
@@ -67,17 +62,8 @@ _T = TypeVar("_T")
 Failed = Callable[[requests.Response, int], AudienceSyncError]
 #: builds the error for no answer: (exception or None, attempts made) -> error
 Unreachable = Callable[[BaseException | None, int], AudienceSyncError]
-
-
-@dataclass(frozen=True)
-class RetryPolicy:
-    """How often and how patiently a call is tried again."""
-
-    max_attempts: int = 6
-    backoff_base: float = 0.5
-    backoff_max: float = 30
-    #: the longest ``Retry-After`` we honour (a server may ask for hours)
-    retry_after_max: float = 120
+#: builds the error for a POST whose outcome cannot be known: (reason, status or None, the lookup's error) -> error
+Unknown = Callable[[str, int | None, AudienceSyncError], AudienceSyncError]
 
 
 class Scrubber:
@@ -102,45 +88,6 @@ class Scrubber:
         return text
 
 
-class SlidingWindow:
-    """At most ``limit`` call starts in any ``period`` seconds, across threads.
-
-    A sliding window rather than a token bucket: a bucket of capacity N refilled at N/min lets
-    up to 2N calls through in the first minute, and services count per minute. Each caller
-    reserves its start time under the lock and sleeps outside it, so waiting callers queue in
-    order without holding the lock.
-    """
-
-    def __init__(
-        self,
-        limit: int,
-        period: float,
-        monotonic: Callable[[], float],
-        sleep: Callable[[float], None],
-        log: logging.Logger,
-        service: str,
-    ) -> None:
-        self._limit = limit
-        self._period = period
-        self._monotonic = monotonic
-        self._sleep = sleep
-        self._log = log
-        self._service = service
-        self._starts: deque[float] = deque()
-        self._lock = threading.Lock()
-
-    def acquire(self) -> None:
-        with self._lock:
-            now = self._monotonic()
-            start = now
-            if len(self._starts) >= self._limit:
-                start = max(now, self._starts.popleft() + self._period)
-            self._starts.append(start)
-        if start > now:
-            self._log.info(f"pacing {self._service} calls", extra={"fields": {"wait_s": round(start - now, 3)}})
-            self._sleep(start - now)
-
-
 class Authorization(requests.auth.AuthBase):
     """Sets the Authorization header through requests' auth hook rather than as a plain header:
     with a plain header and no ``auth``, requests lets an entry of ~/.netrc for the host replace it."""
@@ -161,27 +108,17 @@ class Transport:
     a call and an error are. Closing it closes only its connections, never the shared licence."""
 
     def __init__(
-        self,
-        *,
-        service: str,
-        log: logging.Logger,
-        scrub: Scrubber,
-        licence: Licence,
-        connect_timeout: float,
-        read_timeout: float,
-        policy: RetryPolicy,
-        sleep: Callable[[float], None] = time.sleep,
+        self, *, service: str, log: logging.Logger, scrub: Scrubber, licence: Licence, connect_timeout: float,
+        read_timeout: float, policy: RetryPolicy, sleep: Callable[[float], None] | None = None,
     ) -> None:
-        if policy.max_attempts < 1:
-            raise ValueError("max_attempts must be at least 1")
+        """``sleep``, when given, is the pause between attempts instead of the policy's (a client
+        pauses with the clock it paces its licence with)."""
         self.service = service
-        self.policy = policy
+        self.policy = policy if sleep is None else replace(policy, sleep=sleep)
         self.scrub = scrub
         self.licence = licence
         self._log = log
         self._timeout = (connect_timeout, read_timeout)
-        self._sleep = sleep
-        self._random = random.Random()
         self._session = requests.Session()
         # max_retries=0: no urllib3 retries at all, see the module docstring
         adapter = HTTPAdapter(pool_connections=1, pool_maxsize=licence.max_in_flight, max_retries=0)
@@ -196,39 +133,20 @@ class Transport:
     def send(self, method: str, url: str, *, authorization: str, **kwargs: Any) -> requests.Response:
         """One HTTP exchange inside the licence's concurrency and pacing limits; no retry here."""
         with self.licence.slot():
-            return self._session.request(
-                method, url, auth=Authorization(authorization), timeout=self._timeout, **kwargs
-            )
+            return self._session.request(method, url, auth=Authorization(authorization), timeout=self._timeout,
+                                         **kwargs)
 
     def pause(self, where: str, attempt: int, response: requests.Response | None, reason: str) -> None:
-        """Sleep before the next attempt: Retry-After if the service gave one (capped), else full jitter."""
-        policy = self.policy
-        waited = retry_after(response.headers.get("Retry-After")) if response is not None else None
-        if waited is not None:
-            delay = min(waited, policy.retry_after_max)
-        else:
-            delay = self._random.uniform(0, min(policy.backoff_max, policy.backoff_base * 2 ** (attempt - 1)))
-        self._log.warning(
-            f"{self.service} call failed, retrying",
-            extra={
-                "fields": {
-                    "call": where,
-                    "reason": self.scrub(reason),
-                    "attempt": attempt,
-                    "max_attempts": policy.max_attempts,
-                    "wait_s": round(delay, 3),
-                }
-            },
-        )
-        self._sleep(delay)
+        """Sleep before the next attempt: Retry-After if the service gave one (capped), else the policy's backoff."""
+        header = response.headers.get("Retry-After") if response is not None else None
+        delay = self.policy.delay(attempt, retry_after(header))
+        fields = {"call": where, "reason": self.scrub(reason), "attempt": attempt,
+                  "max_attempts": self.policy.attempts, "wait_s": round(delay, 3)}
+        self._log.warning(f"{self.service} call failed, retrying", extra={"fields": fields})
+        self.policy.sleep(delay)
 
     def call(
-        self,
-        where: str,
-        once: Callable[[], requests.Response],
-        *,
-        failed: Failed,
-        unreachable: Unreachable,
+        self, where: str, once: Callable[[], requests.Response], *, failed: Failed, unreachable: Unreachable,
         again: Callable[[requests.Response], bool] = lambda response: False,
     ) -> requests.Response:
         """A safe call: ``once`` is sent again on 429, 5xx and connection errors; the 2xx answer is returned.
@@ -238,21 +156,18 @@ class Transport:
         attempt = 0
         while True:
             attempt += 1
-            try:
-                response = once()
-            except requests.exceptions.SSLError as exc:
-                raise unreachable(exc, attempt) from None
-            except TRANSIENT as exc:
-                if attempt >= self.policy.max_attempts:
-                    raise unreachable(exc, attempt) from None
-                self.pause(where, attempt, None, describe(exc))
+            response, failure = _exchange(once, unreachable, attempt)
+            if response is None:
+                if self.policy.exhausted(attempt):
+                    raise unreachable(failure, attempt) from None
+                self.pause(where, attempt, None, describe(failure))
                 continue
             if not response.ok and again(response):
                 attempt -= 1
                 continue
             status = response.status_code
             if status == 429 or status >= 500:
-                if attempt >= self.policy.max_attempts:
+                if self.policy.exhausted(attempt):
                     raise failed(response, attempt)
                 self.pause(where, attempt, response, f"HTTP {status}")
                 continue
@@ -261,15 +176,8 @@ class Transport:
             return response
 
     def post_once(
-        self,
-        where: str,
-        once: Callable[[], requests.Response],
-        *,
-        lookup: Callable[[], _T | None],
-        failed: Failed,
-        unreachable: Unreachable,
-        unknown: Callable[[str, int | None, AudienceSyncError], AudienceSyncError],
-        absent: Callable[[AudienceSyncError], AudienceSyncError],
+        self, where: str, once: Callable[[], requests.Response], *, lookup: Callable[[], _T | None], failed: Failed,
+        unreachable: Unreachable, unknown: Unknown, absent: Callable[[AudienceSyncError], AudienceSyncError],
         again: Callable[[requests.Response], bool] = lambda response: False,
         final: Callable[[AudienceSyncError], bool] = lambda error: False,
     ) -> requests.Response | _T:
@@ -282,51 +190,73 @@ class Transport:
         attempt = 0
         while True:
             attempt += 1
-            response: requests.Response | None = None
-            failure: BaseException | None = None
-            try:
-                response = once()
-            except requests.exceptions.SSLError as exc:
-                raise unreachable(exc, attempt) from None
-            except TRANSIENT as exc:
-                failure = exc
+            response, failure = _exchange(once, unreachable, attempt)
             if response is not None and response.ok:
                 return response
             if response is not None and again(response):
                 attempt -= 1
                 continue
-            if response is not None and response.status_code == 429:
-                error = failed(response, attempt)
-                if final(error) or attempt >= self.policy.max_attempts:
-                    raise error
-                self.pause(where, attempt, response, "429 Too Many Requests (refused, nothing created)")
+            if self._refused(where, attempt, response, failure, failed=failed, unreachable=unreachable, final=final):
                 continue
-            if response is not None and response.status_code < 500:
-                raise failed(response, 1)
-            if failure is not None and nothing_sent(failure):
-                if attempt >= self.policy.max_attempts:
-                    raise unreachable(failure, attempt) from None
-                self.pause(where, attempt, None, f"could not connect ({type(failure).__name__}), nothing sent")
-                continue
-
-            # Unclear: a 5xx, a read timeout, a connection lost after sending. The service may have
-            # created it; look before anything is sent again.
-            reason = f"HTTP {response.status_code}" if response is not None else describe(failure)
-            self.pause(where, attempt, response, f"{reason}; outcome unknown, looking it up")
-            try:
-                found = lookup()
-            except AudienceSyncError as lookup_error:
-                raise unknown(self.scrub(reason), response.status_code if response is not None else None,
-                              lookup_error) from None
+            found = self._look_up(where, attempt, response, failure, lookup, unknown)
             if found is not None:
-                self._log.info(f"{self.service}: found what an unanswered POST created",
-                               extra={"fields": {"call": where, "after": reason}})
                 return found
-            if attempt >= self.policy.max_attempts:
+            if self.policy.exhausted(attempt):
                 last = failed(response, attempt) if response is not None else unreachable(failure, attempt)
                 raise absent(last) from None
             self._log.warning(f"{self.service}: nothing was created, sending again",
                               extra={"fields": {"call": where, "attempt": attempt + 1}})
+
+    def _refused(
+        self, where: str, attempt: int, response: requests.Response | None, failure: BaseException | None, *,
+        failed: Failed, unreachable: Unreachable, final: Callable[[AudienceSyncError], bool],
+    ) -> bool:
+        """True (after the pause) when a POST was certainly not taken and may be sent again; raises
+        when it was refused for good; False when its outcome is unclear."""
+        if response is not None and response.status_code == 429:
+            error = failed(response, attempt)
+            if final(error) or self.policy.exhausted(attempt):
+                raise error
+            self.pause(where, attempt, response, "429 Too Many Requests (refused, nothing created)")
+            return True
+        if response is not None and response.status_code < 500:
+            raise failed(response, 1)
+        if failure is not None and nothing_sent(failure):
+            if self.policy.exhausted(attempt):
+                raise unreachable(failure, attempt) from None
+            self.pause(where, attempt, None, f"could not connect ({type(failure).__name__}), nothing sent")
+            return True
+        return False
+
+    def _look_up(
+        self, where: str, attempt: int, response: requests.Response | None, failure: BaseException | None,
+        lookup: Callable[[], _T | None], unknown: Unknown,
+    ) -> _T | None:
+        """After an unclear outcome (a 5xx, a read timeout, a connection lost after sending) the
+        service may have created it: what ``lookup`` finds, looked for before anything is sent again."""
+        reason = f"HTTP {response.status_code}" if response is not None else describe(failure)
+        self.pause(where, attempt, response, f"{reason}; outcome unknown, looking it up")
+        try:
+            found = lookup()
+        except AudienceSyncError as lookup_error:
+            status = response.status_code if response is not None else None
+            raise unknown(self.scrub(reason), status, lookup_error) from None
+        if found is not None:
+            self._log.info(f"{self.service}: found what an unanswered POST created",
+                           extra={"fields": {"call": where, "after": reason}})
+        return found
+
+
+def _exchange(
+    once: Callable[[], requests.Response], unreachable: Unreachable, attempt: int
+) -> tuple[requests.Response, None] | tuple[None, BaseException]:
+    """(the answer, None), or (None, the failure worth another attempt); an untrusted certificate raises at once."""
+    try:
+        return once(), None
+    except requests.exceptions.SSLError as exc:
+        raise unreachable(exc, attempt) from None
+    except TRANSIENT as exc:
+        return None, exc
 
 
 class ApiClient:
@@ -337,9 +267,8 @@ class ApiClient:
     def __enter__(self) -> Self:
         return self
 
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
         self.close()
 
     def close(self) -> None:

@@ -1,10 +1,9 @@
 """One set of limits per licence: what Actito (and OpenField) count, counted the same way on our side.
 
 Why this module exists: Actito counts its limits — 5 concurrent calls, 100 calls a minute — per
-*licence*, not per client. When every activation run opened its own client with its own limits,
-sixteen import activations of one licence due at the same minute put sixteen calls in flight and
-half of them failed with 429 (measured, see docs/benchmarks.md). So the limits live here, once per
-licence, for every vendor alike:
+*licence*, not per client. Were the limits per client, import activations of one licence due at
+the same minute would put more calls in flight than the licence allows, and Actito would refuse
+the surplus with 429. So the limits live here, once per licence, for every vendor alike:
 
 * **In one process** (`Licence`, from the process-wide `licence_for` registry): one in-flight
   semaphore, one sliding calls-per-minute window and one token cache per licence (Actito: base URL
@@ -36,9 +35,10 @@ import socket
 import threading
 import time
 import uuid
+from collections import deque
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
@@ -47,7 +47,6 @@ import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError, OperationalError, SQLAlchemyError
 
 from etl.errors import LicenceBusy, StateError
-from etl.destinations.http import SlidingWindow
 from etl.runtime.leases import dead_local_owner
 from etl.runtime.ledger import database_now, licence_slots, open_store
 
@@ -112,15 +111,8 @@ class LedgerSlots:
     """At most ``size`` requests in flight on one licence across every process sharing the ledger."""
 
     def __init__(
-        self,
-        engine: sa.Engine,
-        licence: str,
-        size: int,
-        *,
-        lease: float,
-        wait_seconds: float = WAIT_SECONDS,
-        sleep: Callable[[float], None] = time.sleep,
-        monotonic: Callable[[], float] = time.monotonic,
+        self, engine: sa.Engine, licence: str, size: int, *, lease: float, wait_seconds: float = WAIT_SECONDS,
+        sleep: Callable[[float], None] = time.sleep, monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self.licence = licence
         self.size = size
@@ -266,17 +258,18 @@ class LedgerSlots:
 
     @contextmanager
     def _connect(self) -> Iterator[sa.Connection]:
-        try:
-            with self._engine.connect() as conn:
-                yield conn
-        except SQLAlchemyError as exc:
-            raise self._error(exc) from None
+        with self._said_as_state_error(), self._engine.connect() as conn:
+            yield conn
 
     def _write(self, statement: Callable[[sa.Connection], int]) -> int:
         """Run ``statement`` in its own short transaction; the row count it returns."""
+        with self._said_as_state_error(), self._engine.begin() as conn:
+            return statement(conn)
+
+    @contextmanager
+    def _said_as_state_error(self) -> Iterator[None]:
         try:
-            with self._engine.begin() as conn:
-                return statement(conn)
+            yield
         except SQLAlchemyError as exc:
             raise self._error(exc) from None
 
@@ -288,6 +281,36 @@ class LedgerSlots:
         )
 
 
+@dataclass
+class SlidingWindow:
+    """At most ``limit`` call starts in any ``period`` seconds, across threads.
+
+    A sliding window rather than a token bucket: a bucket of capacity N refilled at N/min lets
+    up to 2N calls through in the first minute, and services count per minute. Each caller
+    reserves its start time under the lock and sleeps outside it, so waiting callers queue in
+    order without holding the lock.
+    """
+
+    limit: int
+    period: float
+    monotonic: Callable[[], float]
+    sleep: Callable[[float], None]
+    service: str
+    _starts: deque[float] = field(default_factory=deque)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def acquire(self) -> None:
+        with self._lock:
+            now = self.monotonic()
+            start = now
+            if len(self._starts) >= self.limit:
+                start = max(now, self._starts.popleft() + self.period)
+            self._starts.append(start)
+        if start > now:
+            log.info(f"pacing {self.service} calls", extra={"fields": {"wait_s": round(start - now, 3)}})
+            self.sleep(start - now)
+
+
 class Licence:
     """The limits of one licence in this process, and its tokens: what every client of it shares.
 
@@ -297,15 +320,8 @@ class Licence:
     slot another process could use."""
 
     def __init__(
-        self,
-        *,
-        service: str,
-        name: str,
-        max_in_flight: int,
-        calls_per_minute: int,
-        ledger: LedgerSlots | None = None,
-        sleep: Callable[[float], None] = time.sleep,
-        monotonic: Callable[[], float] = time.monotonic,
+        self, *, service: str, name: str, max_in_flight: int, calls_per_minute: int, ledger: LedgerSlots | None = None,
+        sleep: Callable[[float], None] = time.sleep, monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         if max_in_flight < 1 or calls_per_minute < 1:
             raise ValueError("max_in_flight and calls_per_minute must be at least 1")
@@ -316,7 +332,7 @@ class Licence:
         self.tokens = TokenCache(monotonic)
         self._places = threading.BoundedSemaphore(max_in_flight)
         self._parked = ParkedSlots(ledger) if ledger is not None else None
-        self._window = SlidingWindow(calls_per_minute, 60.0, monotonic, sleep, log, service)
+        self._window = SlidingWindow(calls_per_minute, 60.0, monotonic, sleep, service)
 
     def __repr__(self) -> str:
         return f"Licence({self.name!r}, max_in_flight={self.max_in_flight})"
@@ -336,9 +352,8 @@ IDLE_SECONDS = 0.25
 class ParkedSlots:
     """Ledger slots kept by the process after a request, for its next one, and given back once idle.
 
-    Taking and giving back a ledger slot costs two committed writes: a few milliseconds each on a
-    SQLite ledger, which made 4,000 OpenField requests take 15 s longer (measured: the demo's
-    openfield_profiles run, 21.2 s against 6.2 s without slots). A thread that sends request after
+    Taking and giving back a ledger slot costs two committed writes, which add up over thousands of
+    short requests on a SQLite ledger. A thread that sends request after
     request (an OpenField worker, a poll loop) keeps its slot between them, and another thread of the
     process takes a parked slot before asking the ledger for one; a slot idle for
     ``IDLE_SECONDS`` goes back, so other processes wait at most that long for a slot nobody uses.
@@ -413,15 +428,8 @@ _registry_lock = threading.Lock()
 
 
 def licence_for(
-    config: Config,
-    *,
-    service: str,
-    url: str,
-    account: str,
-    max_in_flight: int,
-    calls_per_minute: int,
-    connect_timeout: float,
-    read_timeout: float,
+    config: Config, *, service: str, url: str, account: str, max_in_flight: int, calls_per_minute: int,
+    connect_timeout: float, read_timeout: float,
 ) -> Licence:
     """This process's `Licence` for (service, url, account), created on first use with slots in the
     configuration's ledger; later calls get the same object, whatever limits they pass."""
@@ -457,8 +465,6 @@ def _ledger_url(config: Config) -> str:
 
 def _open_ledger(config: Config, ledger_url: str) -> sa.Engine:
     """The ledger's engine, tables created (``licence_slots`` included, being on the same metadata)."""
-
-
     engine = open_store(config).engine
     _ledgers[ledger_url] = engine
     return engine

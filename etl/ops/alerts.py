@@ -21,28 +21,24 @@ secret: the webhook URL is a token, so only its scheme and host are ever shown.
 
 from __future__ import annotations
 
-import base64
 import json
 import logging
 import smtplib
 import socket
 import ssl
-import time
-import urllib.request
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from email.message import EmailMessage
 from email.utils import formatdate, make_msgid
-from http.client import HTTPException
 from typing import Any, Literal
-from urllib.error import HTTPError, URLError
-from urllib.parse import unquote, urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
-from etl import __version__
 from etl.config import Alerts, EmailAlerts
+from etl.destinations.retry import RetryPolicy
 from etl.logs import REDACTED, redact
 from etl.runtime.runs import RunOutcome
-from etl.runtime.ledger import RunRecord, StateStore
+from etl.runtime.ledger import StateStore
+from etl.ops.webhook import WEBHOOK_RETRY, connection_failure, http_post
 
 log = logging.getLogger("audience_sync.alerts")
 
@@ -50,10 +46,6 @@ AlertEvent = Literal["failure", "recovery", "guard"]
 
 #: seconds a webhook may take to answer
 WEBHOOK_TIMEOUT = 10.0
-#: seconds before the one retry of a webhook call (connection error, HTTP 5xx or 429)
-RETRY_DELAY = 1.0
-#: the longest Retry-After (HTTP 429/503) honoured before the retry
-MAX_RETRY_AFTER = 5.0
 #: characters of a run's error kept in an alert
 MAX_ERROR_CHARS = 1500
 
@@ -108,7 +100,7 @@ def previous_status(store: StateStore, activation: str, run_id: str | None = Non
     "succeeded", "failed", "guard" for a run a guard stopped, or None when there is none.
     Dry runs, interrupted runs and runs still going are skipped. Never raises (None on a ledger error)."""
     try:
-        records = _recent_runs(store, activation)
+        records = store.runs(activation, limit=50, include_dry_runs=False)
     except Exception as exc:  # a ledger problem must not stop the alert itself
         log.warning("cannot read the previous run for alerts: %s", redact(str(exc)),
                     extra={"fields": {"activation": activation}})
@@ -121,10 +113,6 @@ def previous_status(store: StateStore, activation: str, run_id: str | None = Non
             continue
         return "guard" if guard_reason(record.details) is not None else record.status
     return None
-
-
-def _recent_runs(store: StateStore, activation: str) -> list[RunRecord]:
-    return store.runs(activation, limit=50, include_dry_runs=False)
 
 
 def guard_reason(details: Mapping[str, Any]) -> str | None:
@@ -182,16 +170,17 @@ def _clip(text: str) -> str:
 # --------------------------------------------------------------------------- sending
 
 
-def send_alert(alerts: Alerts, alert: Alert) -> list[str]:
+def send_alert(alerts: Alerts, alert: Alert, *, retry: RetryPolicy = WEBHOOK_RETRY) -> list[str]:
     """Send ``alert`` to every configured channel (webhook, e-mail) if its event is enabled in
-    ``alerts.events``; the problems met, each also logged as a warning. Never raises."""
+    ``alerts.events``; the problems met, each also logged as a warning. Never raises. ``retry``
+    paces the webhook's attempts."""
     if alert.event not in alerts.events:
         return []
     problems: list[str] = []
     fields = {"activation": alert.activation, "run_id": alert.run_id, "event": alert.event}
     channels: list[tuple[str, Callable[[], str | None]]] = []
     if (webhook_url := alerts.webhook_url) is not None:
-        channels.append(("webhook", lambda: _send_webhook(webhook_url.get_secret_value(), alert)))
+        channels.append(("webhook", lambda: _send_webhook(webhook_url.get_secret_value(), alert, retry)))
     if (email := alerts.email) is not None:
         channels.append(("e-mail", lambda: _send_email(email, alert)))
     secrets = _secrets_of(alerts)
@@ -250,87 +239,10 @@ def _slack_escape(text: str) -> str:
     return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
-def _send_webhook(url: str, alert: Alert) -> str | None:
+def _send_webhook(url: str, alert: Alert, retry: RetryPolicy) -> str | None:
     body = json.dumps(webhook_payload(alert), ensure_ascii=False).encode("utf-8")
     return http_post(url, body, content_type="application/json; charset=utf-8", timeout=WEBHOOK_TIMEOUT,
-                     what="webhook alert")
-
-
-class _NoRedirect(urllib.request.HTTPRedirectHandler):
-    """A redirected POST would silently become a GET without its body: report it instead."""
-
-    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
-        return None
-
-
-def http_post(url: str, body: bytes, *, content_type: str, timeout: float, what: str) -> str | None:
-    """POST ``body``; None when the server took it (2xx), else a problem that names only the URL's
-    scheme and host (its path and credentials may be secrets). One retry, after `RETRY_DELAY`, on a
-    connection error, HTTP 5xx or 429; none after a timeout (the server may have the request).
-    Credentials in the URL (``https://user:pass@host``) are sent as HTTP Basic authentication."""
-    parts = urlsplit(url)
-    try:
-        host, port = parts.hostname, parts.port
-    except ValueError:
-        return f"{what} not sent: the URL has an invalid port"
-    if parts.scheme not in ("http", "https") or not host:
-        return f"{what} not sent: the URL is not an http:// or https:// URL"
-    netloc = (f"[{host}]" if ":" in host else host) + (f":{port}" if port else "")
-    where = f"{parts.scheme}://{netloc}"
-    headers = {"Content-Type": content_type, "User-Agent": f"audience-sync/{__version__}"}
-    if parts.username is not None:
-        pair = f"{unquote(parts.username)}:{unquote(parts.password or '')}".encode()
-        headers["Authorization"] = "Basic " + base64.b64encode(pair).decode("ascii")
-    request_url = urlunsplit((parts.scheme, netloc, parts.path or "/", parts.query, ""))
-    opener = urllib.request.build_opener(_NoRedirect)  # honours http(s)_proxy / no_proxy
-    problem = ""
-    for attempt in (1, 2):
-        delay = RETRY_DELAY
-        try:
-            request = urllib.request.Request(request_url, data=body, headers=headers, method="POST")
-            with opener.open(request, timeout=timeout) as response:
-                response.read(65536)
-            return None
-        except HTTPError as exc:
-            code = exc.code
-            retry_after = exc.headers.get("Retry-After") if exc.headers else None
-            exc.close()
-            problem = f"{what} not sent: {where} answered HTTP {code}{_http_hint(code)}"
-            if not (code >= 500 or code == 429):
-                return problem
-            if retry_after and retry_after.strip().isdigit():
-                delay = min(float(retry_after), MAX_RETRY_AFTER)
-        except (URLError, OSError, HTTPException) as exc:
-            reason = exc.reason if isinstance(exc, URLError) else exc
-            if isinstance(reason, (TimeoutError, socket.timeout)):
-                return f"{what} not sent: {where} did not answer within {timeout:g}s"
-            problem = f"{what} not sent: cannot reach {where} ({_reason(reason)})"
-        if attempt == 1:
-            time.sleep(delay)
-    return problem + " (after one retry)"
-
-
-def _http_hint(code: int) -> str:
-    if 300 <= code < 400:
-        return " (a redirect: configure the final URL)"
-    if code in (401, 403, 404, 410):
-        return " (check the URL: the token may be wrong, revoked or expired)"
-    return ""
-
-
-def _reason(reason: object) -> str:
-    """A connection failure in words, never the exception's text (which may hold the URL)."""
-    if isinstance(reason, ssl.SSLCertVerificationError):
-        return f"TLS certificate not trusted: {reason.verify_message}"
-    if isinstance(reason, ssl.SSLError):
-        return f"TLS failed: {reason.reason or 'handshake error'}"
-    if isinstance(reason, socket.gaierror):
-        return "unknown host"
-    if isinstance(reason, OSError) and reason.strerror:
-        return str(reason.strerror)
-    if isinstance(reason, BaseException):
-        return type(reason).__name__
-    return "connection failed"
+                     what="webhook alert", retry=retry)
 
 
 # --------------------------------------------------------------------------- e-mail
@@ -399,4 +311,4 @@ def _send_email(email: EmailAlerts, alert: Alert) -> str | None:
     except (TimeoutError, socket.timeout):
         return f"{what}: {where} did not answer within {email.timeout:g}s"
     except OSError as exc:
-        return f"{what}: cannot reach {where} ({_reason(exc)})"
+        return f"{what}: cannot reach {where} ({connection_failure(exc)})"

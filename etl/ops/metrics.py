@@ -41,13 +41,14 @@ from urllib.parse import quote
 
 import sqlalchemy as sa
 
-from etl.ops.alerts import http_post
 from etl.config import Metrics
+from etl.destinations.retry import RetryPolicy
 from etl.files import replace_text
-from etl.errors import AudienceSyncError
+from etl.errors import MetricsError
 from etl.logs import redact
 from etl.runtime.runs import RunOutcome
 from etl.runtime.ledger import RunRecord, StateStore, runs
+from etl.ops.webhook import WEBHOOK_RETRY, http_post
 
 log = logging.getLogger("audience_sync.metrics")
 
@@ -81,10 +82,6 @@ Labels = tuple[tuple[str, str], ...]
 Samples = dict[str, dict[Labels, float]]
 
 
-class MetricsError(AudienceSyncError):
-    """The metrics textfile cannot be written."""
-
-
 # --------------------------------------------------------------------------- textfile
 
 
@@ -106,7 +103,8 @@ def write_textfile(
             samples = parse(path.read_text(encoding="utf-8", errors="replace")) if path.exists() else {}
             for outcome in _reported(outcomes):
                 _update(samples, outcome, stamp, store)
-            _replace(path, render(samples))
+            # through a hidden temporary name without the .prom suffix: node_exporter never reads a half-written file
+            replace_text(path, render(samples), mode=0o644)
     except OSError as exc:
         raise MetricsError(
             f"cannot write the metrics textfile: {exc.strerror or type(exc).__name__}",
@@ -130,28 +128,29 @@ def _update(samples: Samples, outcome: RunOutcome, now: float, store: StateStore
     previous_failures = _get(samples, FAILURES, {"activation": name})
     if outcome.status == "succeeded":
         _set(samples, LAST_SUCCESS, {"activation": name}, now)
-        _set_rows(samples, name, outcome.results)
+        _drop(samples, ROWS, name)
+        _set_rows(samples, outcome.results, activation=name)
     elif store is not None:  # fill in what the file does not know (a new file) from the ledger
         needs_success = _get(samples, LAST_SUCCESS, {"activation": name}) is None
         needs_rows = not _has(samples, ROWS, name)
         if needs_success or needs_rows:
-            success = _ledger(store, name, _last_success)
+            success = _ledger(store, name, StateStore.last_success)
             if success is not None and needs_success:
                 _set(samples, LAST_SUCCESS, {"activation": name}, _timestamp(success))
             if success is not None and needs_rows:
-                _set_rows(samples, name, vars(success))
+                _drop(samples, ROWS, name)
+                _set_rows(samples, vars(success), activation=name)
     counted = _ledger(store, name, _failures) if store is not None else None
     if counted is None:
         counted = int(previous_failures or 0) + (1 if outcome.status == "failed" else 0)
     _set(samples, FAILURES, {"activation": name}, counted)
 
 
-def _set_rows(samples: Samples, activation: str, results: Mapping[str, object]) -> None:
-    _drop(samples, ROWS, activation)
+def _set_rows(samples: Samples, results: Mapping[str, object], **labels: str) -> None:
     for key, stage in STAGES.items():
         value = results.get(key)
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            _set(samples, ROWS, {"activation": activation, "stage": stage}, value)
+            _set(samples, ROWS, {**labels, "stage": stage}, value)
 
 
 def _ledger(store: StateStore, activation: str, read: Callable[[StateStore, str], _T]) -> _T | None:
@@ -163,10 +162,6 @@ def _ledger(store: StateStore, activation: str, read: Callable[[StateStore, str]
                                                                     type(exc).__name__),
                     extra={"fields": {"activation": activation}})
         return None
-
-
-def _last_success(store: StateStore, activation: str) -> RunRecord | None:
-    return store.last_success(activation)
 
 
 def _failures(store: StateStore, activation: str) -> int:
@@ -193,16 +188,12 @@ def _locked(path: Path) -> Iterator[None]:
         os.close(fd)  # releases the lock
 
 
-def _replace(path: Path, text: str) -> None:
-    # a hidden temporary name without the .prom suffix: node_exporter never reads a half-written file
-    replace_text(path, text, mode=0o644)
-
-
 # --------------------------------------------------------------------------- Pushgateway
 
 
 def push(
-    metrics: Metrics, outcomes: Sequence[RunOutcome], store: StateStore | None = None, *, now: float | None = None
+    metrics: Metrics, outcomes: Sequence[RunOutcome], store: StateStore | None = None, *, now: float | None = None,
+    retry: RetryPolicy = WEBHOOK_RETRY,
 ) -> list[str]:
     """POST each reported outcome's series to ``{pushgateway_url}/metrics/job/{job}/activation/{name}``
     (push-add: series not sent keep their value, so rows and last success stay as they were after a
@@ -219,7 +210,7 @@ def push(
             body = render(_push_samples(outcome, stamp, store))
             url = f"{base}/metrics/{_group('job', metrics.job)}/{_group('activation', outcome.activation)}"
             problem = http_post(url, body.encode("utf-8"), content_type="text/plain; version=0.0.4; charset=utf-8",
-                                timeout=PUSH_TIMEOUT, what=f"metrics of {outcome.activation}")
+                                timeout=PUSH_TIMEOUT, what=f"metrics of {outcome.activation}", retry=retry)
         except Exception as exc:  # never fail a run over its metrics
             problem = f"metrics of {outcome.activation} not pushed: unexpected {type(exc).__name__}"
         if problem is not None:
@@ -239,10 +230,7 @@ def _push_samples(outcome: RunOutcome, now: float, store: StateStore | None) -> 
         _set(samples, STATUS, {"status": status}, 1 if status == outcome.status else 0)
     if outcome.status == "succeeded":
         _set(samples, LAST_SUCCESS, {}, now)
-        for key, stage in STAGES.items():
-            value = outcome.results.get(key)
-            if isinstance(value, (int, float)) and not isinstance(value, bool):
-                _set(samples, ROWS, {"stage": stage}, value)
+        _set_rows(samples, outcome.results)
     if store is not None:
         failures = _ledger(store, outcome.activation, _failures)
         if failures is not None:

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from etl.config import Config
-from etl.errors import AudienceSyncError, LeaseLost, LockBusy
+from etl.errors import AudienceSyncError, LeaseLost, LockBusy, MetricsError
 from etl.files import private_directory
 from etl.runtime.leases import Lease, hold
 from etl.logs import redact
@@ -311,7 +311,7 @@ def announce(config: Config, store: StateStore, outcome: RunOutcome) -> None:
     """Alerts and metrics after every recorded run, whoever started it (CLI, cron, scheduler).
     Neither may fail the run: problems are logged as warnings."""
     from etl.ops.alerts import alert_for, previous_status, send_alert
-    from etl.ops.metrics import MetricsError, push, write_textfile
+    from etl.ops.metrics import push, write_textfile
 
     if outcome.run_id is None or outcome.dry_run:
         return

@@ -52,20 +52,22 @@ from urllib.parse import quote
 import requests
 from requests_toolbelt import MultipartEncoder  # type: ignore[import-untyped]
 
-from etl.destinations.actito.errors import (
+from etl.errors import (
     ActitoAuthError,
     ActitoBudgetExhausted,
     ActitoError,
     ActitoImportError,
     ActitoNotFound,
     ActitoRateLimited,
+    AudienceSyncError,
 )
 from etl.config import ACTITO_ENVIRONMENTS
 from etl.errors import AudienceSyncError
-from etl.destinations.http import ApiClient, RetryPolicy, Scrubber, Transport, failure_text, json_of, unreachable_text
+from etl.destinations.http import ApiClient, Scrubber, Transport, failure_text, json_of, unreachable_text
 from etl.destinations.actito.tables import (
     ActitoWire, Execution, LineError, Table, execution_of, list_in, opt_str, table_of,
 )
+from etl.destinations.retry import RetryPolicy
 from etl.destinations.licence import Licence
 
 log = logging.getLogger("audience_sync.actito")

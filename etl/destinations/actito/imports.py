@@ -27,7 +27,7 @@ from etl.config import (
 )
 from etl.destinations.actito.client import ActitoClient
 from etl.destinations.actito.connect import open_client
-from etl.destinations.actito.errors import ActitoBudgetExhausted, ActitoError
+from etl.errors import ActitoBudgetExhausted, ActitoError
 from etl.destinations.actito.presets import didomi_mapping, qualifio_interaction_mapping, qualifio_mapping
 from etl.destinations.actito.recovery import Landed, discard_sent, part_reference, recover_earlier_runs, stage_sent
 from etl.destinations.actito.tables import Attribute, Execution, Table

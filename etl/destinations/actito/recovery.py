@@ -25,7 +25,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from etl.destinations.actito.client import ActitoClient
-from etl.destinations.actito.errors import ActitoImportError
+from etl.errors import ActitoImportError
 from etl.files import WrittenFile, create_private
 from etl.runtime.runs import RunContext
 from etl.runtime.ledger import NOT_SENT, ImportRecord, StateStore, open_store

@@ -5,8 +5,8 @@ delivery. The contract below makes sure it only ever sees complete files: each f
 under a temporary name that Actito ignores, checked, and only then renamed over the final name in
 one step. Protocol classes provide the few primitive operations (upload, size, rename, remove,
 list) and say which of their failures are a broken connection (``DeliveryInterrupted``); the
-ordering, the checks, the reconnect-and-retry after a broken connection (``RETRY``) and the
-clean-up on failure live here once, so the three protocols cannot drift apart. What the two
+ordering, the checks, the reconnect-and-retry after a broken connection (`Deliverer.retry`) and
+the clean-up on failure live here once, so the three protocols cannot drift apart. What the two
 network protocols share beyond that (a server address, a login name, a directory, a timeout, and
 how they say so) is ``RemoteDeliverer``.
 """
@@ -16,10 +16,8 @@ from __future__ import annotations
 import abc
 import logging
 import posixpath
-import random
 import re
 import socket
-import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -28,7 +26,8 @@ from types import TracebackType
 from typing import ClassVar, Self
 from urllib.parse import quote
 
-from etl.errors import DeliveryError, DeliveryInterrupted
+from etl.destinations.retry import RetryPolicy
+from etl.errors import DeliveryError, DeliveryInterrupted, Retriable
 
 log = logging.getLogger("audience_sync.delivery")
 
@@ -39,32 +38,6 @@ TEMP_PREFIX = ".audience-sync-"
 TEMP_SUFFIX = ".part"
 
 _UNSAFE_IN_NAME = re.compile(r"[^A-Za-z0-9._-]")
-
-
-@dataclass(frozen=True)
-class RetryPolicy:
-    """How a delivery whose connection broke is attempted again (`DeliveryInterrupted` only).
-
-    Refusals and configuration problems (credentials, host key, certificate, directory,
-    permissions, a full disk) are never retried: the same attempt would fail the same way, and the
-    next scheduled run tries again anyway. A connection cut during an upload is the typical
-    passing failure of long transfers, so it gets a few quick reconnections, each pause doubling
-    (with jitter, so several jobs cut together do not reconnect together), all bounded by
-    ``attempts``.
-    """
-
-    attempts: int = 3
-    first_pause: float = 2.0
-    max_pause: float = 30.0
-
-    def pause(self, attempt: int) -> float:
-        """Seconds to wait after failed attempt number ``attempt`` (1-based)."""
-        ceiling = min(self.max_pause, self.first_pause * 2 ** (attempt - 1))
-        return random.uniform(ceiling / 2, ceiling)
-
-
-#: the policy every deliverer follows; read at each delivery, so tests can shorten its pauses
-RETRY = RetryPolicy()
 
 
 def temp_name(run_id: str, name: str) -> str:
@@ -117,7 +90,16 @@ class Deliverer(abc.ABC):
     Connecting in ``__enter__`` (not in ``__init__``) lets a configuration be turned into a
     deliverer and described without touching the network, and ``__exit__`` always releases the
     connection, even when a delivery failed.
+
+    ``retry`` is how a delivery whose connection broke (`DeliveryInterrupted`, and only that) is
+    attempted again. Refusals and configuration problems (credentials, host key, certificate,
+    directory, permissions, a full disk) are never retried: the same attempt would fail the same
+    way, and the next scheduled run tries again anyway. A connection cut during an upload is the
+    typical passing failure of long transfers, so it gets a few quick reconnections, each pause
+    doubling with jitter, so several jobs cut together do not reconnect together.
     """
+
+    retry: ClassVar[RetryPolicy] = RetryPolicy(attempts=3, first_pause=2.0, max_pause=30.0, jitter=0.5)
 
     def __init__(self) -> None:
         self._connected = False
@@ -130,10 +112,7 @@ class Deliverer(abc.ABC):
         return self
 
     def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None,
     ) -> None:
         self._connected = False
         try:
@@ -193,7 +172,7 @@ class Deliverer(abc.ABC):
         Every file is uploaded under a temporary name and its remote size checked before *any*
         final name is touched, so a failed transfer (network, disk full, permissions) leaves the
         previous delivery fully in place and the temporary files are removed. A connection that
-        breaks during the uploads is reconnected and the uploads start again, within `RETRY`.
+        breaks during the uploads is reconnected and the uploads start again, within `retry`.
         Renames follow the order of ``files``: a manifest listed last only appears once the files
         it describes are in place. A failure during the renames themselves (rare: the uploads
         already succeeded) names the files that were already replaced. ``all_uploaded`` is called
@@ -237,29 +216,31 @@ class Deliverer(abc.ABC):
         one left. A reconnection that fails for another reason (the server now refuses the login,
         say) ends the delivery with that error at once.
         """
-        policy = RETRY
-        attempt = 1
-        while True:
-            try:
-                self._upload_all(plan)
-                return
-            except DeliveryInterrupted as exc:
-                if attempt >= policy.attempts:
-                    self._clean_up_after_cut(plan)
-                    raise DeliveryInterrupted(
-                        f"{exc.what}; gave up after {attempt} attempts",
-                        where=exc.where,
-                        hint="nothing was replaced: the previous files are still in place; "
-                        "check the network and the server, the next run tries again",
-                    ) from None
-                pause = policy.pause(attempt)
-                log.warning(
-                    "delivery interrupted, reconnecting: %s", exc.message(),
-                    extra={"fields": {"attempt": attempt, "max_attempts": policy.attempts, "wait_s": round(pause, 2)}},
-                )
-                time.sleep(pause)
-                attempt += 1
+        attempts = 0
+
+        def upload_all() -> None:
+            nonlocal attempts
+            attempts += 1
+            if attempts > 1:
                 self._reconnect()
+            self._upload_all(plan)
+
+        try:
+            self.retry.run(upload_all, self._reconnecting)
+        except DeliveryInterrupted as exc:
+            self._clean_up_after_cut(plan)
+            raise DeliveryInterrupted(
+                f"{exc.what}; gave up after {attempts} attempts",
+                where=exc.where,
+                hint="nothing was replaced: the previous files are still in place; "
+                "check the network and the server, the next run tries again",
+            ) from None
+
+    def _reconnecting(self, exc: Retriable, attempt: int, pause: float) -> None:
+        log.warning(
+            "delivery interrupted, reconnecting: %s", exc.message(),
+            extra={"fields": {"attempt": attempt, "max_attempts": self.retry.attempts, "wait_s": round(pause, 2)}},
+        )
 
     def _upload_all(self, plan: Sequence[_Planned]) -> None:
         uploaded: list[_Planned] = []
@@ -391,11 +372,8 @@ class Deliverer(abc.ABC):
                     hint=f"names must not be empty, contain control characters or start with {TEMP_PREFIX!r}",
                 )
             if name in seen:
-                raise DeliveryError(
-                    f"two files to deliver are both named {name}",
-                    where=f"{seen[name]} and {path}",
-                    hint="the remote directory is flat: give every file of a run its own name",
-                )
+                raise DeliveryError(f"two files to deliver are both named {name}", where=f"{seen[name]} and {path}",
+                                    hint="the remote directory is flat: give every file of a run its own name")
             seen[name] = path
             try:
                 if not path.is_file():
@@ -475,11 +453,8 @@ class RemoteDeliverer(Deliverer):
             return DeliveryError(
                 f"cannot resolve the host name ({exc.strerror})", where=self._server, hint="check the host"
             )
-        return DeliveryError(
-            f"no answer within {self._timeout:g} s",
-            where=self._server,
-            hint="check host and port, and that a firewall lets this machine through",
-        )
+        return DeliveryError(f"no answer within {self._timeout:g} s", where=self._server,
+                             hint="check host and port, and that a firewall lets this machine through")
 
     def _reason(self, exc: BaseException) -> str:
         """Why a request failed, for a message: the server's own words, or the time-out."""

@@ -15,6 +15,7 @@ import posixpath
 import socket
 import ssl
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -88,16 +89,8 @@ class FtpsDeliverer(RemoteDeliverer):
     scheme = "ftps"
 
     def __init__(
-        self,
-        *,
-        host: str,
-        port: int = 21,
-        username: str,
-        password: str,
-        remote_dir: str,
-        ca_file: Path | None = None,
-        verify_tls: bool = True,
-        timeout: float = 30.0,
+        self, *, host: str, port: int = 21, username: str, password: str, remote_dir: str, ca_file: Path | None = None,
+        verify_tls: bool = True, timeout: float = 30.0,
     ) -> None:
         super().__init__(host=host, port=port, username=username, remote_dir=remote_dir, timeout=timeout)
         self._password = password
@@ -145,24 +138,26 @@ class FtpsDeliverer(RemoteDeliverer):
     def _open(self) -> None:
         ftp = _FtpTls(context=self._context(), timeout=self._timeout)
         self._ftp = ftp
+        self._reach(ftp)
+        self._start_tls(ftp)
+        self._log_in(ftp)
+        self._enter_directory(ftp)
+
+    def _reach(self, ftp: _FtpTls) -> None:
         server = self._server
         try:
             ftp.connect(self._host, self._port)
         except ConnectionRefusedError:
-            raise DeliveryError(
-                "connection refused",
-                where=server,
-                hint="check host and port (explicit FTPS usually listens on 21)",
-            ) from None
+            raise DeliveryError("connection refused", where=server,
+                                hint="check host and port (explicit FTPS usually listens on 21)") from None
         except (TimeoutError, socket.gaierror) as exc:
             raise self._unreachable(exc) from None
         except _FTP_ERRORS as exc:
-            raise DeliveryError(
-                f"cannot connect ({self._reason(exc)})",
-                where=server,
-                hint="check that host and port point to an FTP server",
-            ) from None
+            raise DeliveryError(f"cannot connect ({self._reason(exc)})", where=server,
+                                hint="check that host and port point to an FTP server") from None
 
+    def _start_tls(self, ftp: _FtpTls) -> None:
+        server = self._server
         try:
             ftp.auth()
         except ssl.SSLCertVerificationError as exc:
@@ -196,40 +191,37 @@ class FtpsDeliverer(RemoteDeliverer):
         except _FTP_ERRORS as exc:
             raise DeliveryError(f"cannot start TLS ({self._reason(exc)})", where=server) from None
 
+    def _log_in(self, ftp: _FtpTls) -> None:
+        """Log in, then the encrypted binary data channel every transfer needs."""
+        server = self._server
         try:
             ftp.login(self._username, self._password)
         except ftplib.error_perm as exc:
-            raise DeliveryError(
-                f"authentication failed for user {self._username!r} ({self._reason(exc)})",
-                where=server,
-                hint="check the username and the password",
-            ) from None
+            raise DeliveryError(f"authentication failed for user {self._username!r} ({self._reason(exc)})",
+                                where=server, hint="check the username and the password") from None
         except _FTP_ERRORS as exc:
             raise DeliveryError(f"cannot log in ({self._reason(exc)})", where=server) from None
 
-        try:
+        with self._failing_as("the server refused the encrypted binary data channel", server):
             ftp.prot_p()
             ftp.set_pasv(True)
             ftp.voidcmd("TYPE I")  # SIZE must count bytes, not ASCII-converted lines
-        except _FTP_ERRORS as exc:
-            raise DeliveryError(
-                f"the server refused the encrypted binary data channel ({self._reason(exc)})", where=server
-            ) from None
 
-        try:
+    def _enter_directory(self, ftp: _FtpTls) -> None:
+        where = f"{self._server} directory {self._remote_dir}"
+        with self._failing_as("cannot open the remote directory", where, "create it on the server or fix remote_dir"):
             ftp.cwd(self._remote_dir)
             self._dir = ftp.pwd()
-        except ftplib.error_perm as exc:
-            raise DeliveryError(
-                f"cannot open the remote directory ({self._reason(exc)})",
-                where=f"{server} directory {self._remote_dir}",
-                hint="create it on the server or fix remote_dir",
-            ) from None
+
+    @contextmanager
+    def _failing_as(self, what: str, where: str, refused_hint: str = "") -> Iterator[None]:
+        """Any FTP failure of the block as one `DeliveryError` saying ``what`` and the server's
+        reason; a refusal (a 5xx reply) also gets ``refused_hint``."""
+        try:
+            yield
         except _FTP_ERRORS as exc:
-            raise DeliveryError(
-                f"cannot open the remote directory ({self._reason(exc)})",
-                where=f"{server} directory {self._remote_dir}",
-            ) from None
+            hint = refused_hint if isinstance(exc, ftplib.error_perm) else ""
+            raise DeliveryError(f"{what} ({self._reason(exc)})", where=where, hint=hint) from None
 
     def close(self) -> None:
         ftp = self._ftp

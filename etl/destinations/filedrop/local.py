@@ -46,11 +46,9 @@ class LocalDeliverer(Deliverer):
     def connect(self) -> None:
         if self._path.is_symlink():
             # a link swapped in for the outbox would have the audience written wherever it points
-            raise DeliveryError(
-                f"the delivery directory is a symbolic link (to {os.readlink(self._path)})",
-                where=str(self._path),
-                hint=f"set the location's path to the real directory, {self._path.resolve()}",
-            )
+            raise DeliveryError(f"the delivery directory is a symbolic link (to {os.readlink(self._path)})",
+                                where=str(self._path),
+                                hint=f"set the location's path to the real directory, {self._path.resolve()}")
         # created on demand (private) so that a fresh installation works without a manual mkdir
         try:
             self._path.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -59,17 +57,11 @@ class LocalDeliverer(Deliverer):
                 f"cannot create the delivery directory ({exc.strerror})", where=str(self._path), hint=_hint(exc)
             ) from exc
         if not self._path.is_dir():
-            raise DeliveryError(
-                "the delivery path exists but is not a directory",
-                where=str(self._path),
-                hint="point the location at a directory",
-            )
+            raise DeliveryError("the delivery path exists but is not a directory", where=str(self._path),
+                                hint="point the location at a directory")
         if not os.access(self._path, os.W_OK | os.X_OK):
-            raise DeliveryError(
-                "the delivery directory is not writable by this process",
-                where=str(self._path),
-                hint="fix the directory's permissions or choose another path",
-            )
+            raise DeliveryError("the delivery directory is not writable by this process", where=str(self._path),
+                                hint="fix the directory's permissions or choose another path")
 
     def close(self) -> None:
         pass

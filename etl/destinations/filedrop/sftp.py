@@ -67,18 +67,9 @@ class SftpDeliverer(RemoteDeliverer):
     scheme = "sftp"
 
     def __init__(
-        self,
-        *,
-        host: str,
-        port: int = 22,
-        username: str,
-        password: str | None = None,
-        key_file: Path | None = None,
-        key_passphrase: str | None = None,
-        known_hosts: Path | None = None,
-        verify_host_key: bool = True,
-        remote_dir: str,
-        timeout: float = 30.0,
+        self, *, host: str, port: int = 22, username: str, password: str | None = None, key_file: Path | None = None,
+        key_passphrase: str | None = None, known_hosts: Path | None = None, verify_host_key: bool = True,
+        remote_dir: str, timeout: float = 30.0,
     ) -> None:
         super().__init__(host=host, port=port, username=username, remote_dir=remote_dir, timeout=timeout)
         self._password = password
@@ -137,21 +128,15 @@ class SftpDeliverer(RemoteDeliverer):
         client.set_missing_host_key_policy(_RejectUnknown())
         if not self._known_hosts.exists():
             if self._known_hosts_given:
-                raise DeliveryError(
-                    "the known_hosts file does not exist",
-                    where=str(self._known_hosts),
-                    hint=f"create it with the server's key: {self._keyscan_command()}",
-                )
+                raise DeliveryError("the known_hosts file does not exist", where=str(self._known_hosts),
+                                    hint=f"create it with the server's key: {self._keyscan_command()}")
             return  # the default file may legitimately be absent: the key is then unknown, said below
         try:
             # into the client's own key set, not load_host_keys(): that one would also write back to the file
             client.get_host_keys().load(str(self._known_hosts))
         except (OSError, paramiko.SSHException, ValueError) as exc:
-            raise DeliveryError(
-                f"cannot read the known_hosts file ({exc})",
-                where=str(self._known_hosts),
-                hint="check that it is readable and in OpenSSH format",
-            ) from exc
+            raise DeliveryError(f"cannot read the known_hosts file ({exc})", where=str(self._known_hosts),
+                                hint="check that it is readable and in OpenSSH format") from exc
 
     def _keyscan_command(self) -> str:
         port = f"-p {self._port} " if self._port != 22 else ""
@@ -206,62 +191,57 @@ class SftpDeliverer(RemoteDeliverer):
                 auth_timeout=self._timeout,
                 channel_timeout=self._timeout,
             )
-        except _UnknownHostKey as exc:
-            raise DeliveryError(
-                f"the server's host key ({exc.key.get_name()} {_fingerprint(exc.key)}) is not in {self._known_hosts}",
-                where=self._server,
-                hint="check the fingerprint with the server's administrator, then add the key: "
-                f"{self._keyscan_command()} (or set known_hosts to a file that has it)",
-            ) from None
-        except paramiko.BadHostKeyException as exc:
-            raise DeliveryError(
-                f"the server's host key CHANGED: it offered {exc.key.get_name()} {_fingerprint(exc.key)}, "
-                f"{self._known_hosts} expects {exc.expected_key.get_name()} {_fingerprint(exc.expected_key)}",
-                where=self._server,
-                hint="this can be a reinstalled server or an attack; confirm the new key with the server's "
-                f"administrator, then replace it: ssh-keygen -R '{self._hostkey_name}' -f {self._known_hosts} "
-                f"&& {self._keyscan_command()}",
-            ) from None
-        except paramiko.BadAuthenticationType as exc:
-            raise DeliveryError(
-                f"the server refused the login method for user {self._username!r}",
-                where=self._server,
-                hint=f"the server accepts: {', '.join(exc.allowed_types) or 'nothing'}",
-            ) from None
-        except paramiko.AuthenticationException:
+        except (paramiko.SSHException, OSError, EOFError) as exc:
+            raise self._login_failure(exc, pkey) from None
+
+    def _login_failure(self, exc: Exception, pkey: paramiko.PKey | None) -> DeliveryError:
+        """What a failed ``connect`` means for the user: the host key, the login, or the server."""
+        if isinstance(exc, (_UnknownHostKey, paramiko.BadHostKeyException)):
+            return self._host_key_failure(exc)
+        if isinstance(exc, paramiko.BadAuthenticationType):
+            return DeliveryError(f"the server refused the login method for user {self._username!r}", where=self._server,
+                                 hint=f"the server accepts: {', '.join(exc.allowed_types) or 'nothing'}")
+        if isinstance(exc, paramiko.AuthenticationException):
             what = " and ".join(
                 part
                 for part, present in (("password", self._password is not None), ("key", pkey is not None))
                 if present
             )
-            raise DeliveryError(
-                f"authentication failed for user {self._username!r}",
+            return DeliveryError(f"authentication failed for user {self._username!r}", where=self._server,
+                                 hint=f"check the username and the {what}")
+        if isinstance(exc, paramiko.ssh_exception.NoValidConnectionsError):
+            return DeliveryError("connection refused", where=self._server,
+                                 hint="check host and port, and that the server accepts connections from this machine")
+        if isinstance(exc, (TimeoutError, socket.gaierror)):
+            return self._unreachable(exc)
+        # paramiko reports a silent or non-SSH peer as "Error reading SSH protocol banner", or
+        # (when the transport thread gave up first) as the puzzling "No existing session"
+        if isinstance(exc, paramiko.SSHException) and ("banner" in str(exc) or "No existing session" in str(exc)):
+            return DeliveryError(
+                f"the server did not greet as an SSH server (silent for {self._timeout:g} s, or closed)",
                 where=self._server,
-                hint=f"check the username and the {what}",
-            ) from None
-        except paramiko.ssh_exception.NoValidConnectionsError:
-            raise DeliveryError(
-                "connection refused",
+                hint="check that host and port point to an SFTP server (not FTP or HTTP), "
+                "and that a firewall lets this machine through",
+            )
+        return DeliveryError(f"cannot open an SSH session ({self._reason(exc)})", where=self._server,
+                             hint="check that host and port point to an SFTP server")
+
+    def _host_key_failure(self, exc: _UnknownHostKey | paramiko.BadHostKeyException) -> DeliveryError:
+        if isinstance(exc, _UnknownHostKey):
+            return DeliveryError(
+                f"the server's host key ({exc.key.get_name()} {_fingerprint(exc.key)}) is not in {self._known_hosts}",
                 where=self._server,
-                hint="check host and port, and that the server accepts connections from this machine",
-            ) from None
-        except (TimeoutError, socket.gaierror) as exc:
-            raise self._unreachable(exc) from None
-        except (paramiko.SSHException, OSError, EOFError) as exc:
-            # paramiko reports a silent or non-SSH peer as "Error reading SSH protocol banner", or
-            # (when the transport thread gave up first) as the puzzling "No existing session"
-            if isinstance(exc, paramiko.SSHException) and ("banner" in str(exc) or "No existing session" in str(exc)):
-                raise DeliveryError(
-                    f"the server did not greet as an SSH server (silent for {self._timeout:g} s, or closed)",
-                    where=self._server,
-                    hint="check that host and port point to an SFTP server (not FTP or HTTP), "
-                    "and that a firewall lets this machine through",
-                ) from None
-            raise DeliveryError(
-                f"cannot open an SSH session ({self._reason(exc)})",
-                where=self._server,
-                hint="check that host and port point to an SFTP server",
-            ) from None
+                hint="check the fingerprint with the server's administrator, then add the key: "
+                f"{self._keyscan_command()} (or set known_hosts to a file that has it)",
+            )
+        return DeliveryError(
+            f"the server's host key CHANGED: it offered {exc.key.get_name()} {_fingerprint(exc.key)}, "
+            f"{self._known_hosts} expects {exc.expected_key.get_name()} {_fingerprint(exc.expected_key)}",
+            where=self._server,
+            hint="this can be a reinstalled server or an attack; confirm the new key with the server's "
+            f"administrator, then replace it: ssh-keygen -R '{self._hostkey_name}' -f {self._known_hosts} "
+            f"&& {self._keyscan_command()}",
+        )
 
     def _check_directory(self, sftp: paramiko.SFTPClient) -> str:
         where = f"{self._server} directory {self._remote_dir}"
@@ -297,11 +277,8 @@ class SftpDeliverer(RemoteDeliverer):
 
     def _io_error(self, exc: BaseException, what: str, where: str) -> DeliveryError:
         if self._connection_broke(exc):
-            return DeliveryInterrupted(
-                f"{what}: the connection to the server broke ({self._reason(exc)})",
-                where=where,
-                hint="a network or server problem; the previous files were left in place",
-            )
+            return DeliveryInterrupted(f"{what}: the connection to the server broke ({self._reason(exc)})", where=where,
+                                       hint="a network or server problem; the previous files were left in place")
         code = getattr(exc, "errno", None)
         if code == errno.ENOENT:
             return DeliveryError(

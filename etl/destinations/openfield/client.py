@@ -27,10 +27,10 @@ from urllib.parse import quote
 
 import requests
 
-from etl.errors import AudienceSyncError
-from etl.destinations.http import ApiClient, RetryPolicy, Scrubber, Transport, failure_text, json_of, unreachable_text
+from etl.errors import AudienceSyncError, OpenFieldAuthError, OpenFieldError, OpenFieldRateLimited, OpenFieldRefused
+from etl.destinations.http import ApiClient, Scrubber, Transport, failure_text, json_of, unreachable_text
+from etl.destinations.retry import RetryPolicy
 from etl.destinations.licence import Licence
-from etl.destinations.openfield.errors import OpenFieldAuthError, OpenFieldError, OpenFieldRateLimited, OpenFieldRefused
 
 log = logging.getLogger("audience_sync.openfield")
 

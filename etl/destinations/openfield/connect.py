@@ -45,8 +45,6 @@ def open_client(config: Config, destination_name: str) -> OpenFieldClient:
         max_in_flight=destination.max_concurrency, calls_per_minute=destination.calls_per_minute,
         connect_timeout=CONNECT_TIMEOUT, read_timeout=READ_TIMEOUT,
     )
-    return OpenFieldClient(
-        base_url=url, tenant_id=destination.tenant_id, application_id=destination.application_id,
-        username=destination.username, password=password, routes=destination.routes.model_dump(),
-        match_on=destination.match_on, licence=licence,
-    )
+    return OpenFieldClient(base_url=url, tenant_id=destination.tenant_id, application_id=destination.application_id,
+                           username=destination.username, password=password, routes=destination.routes.model_dump(),
+                           match_on=destination.match_on, licence=licence)

@@ -34,7 +34,7 @@ from etl.config import Config, OpenFieldDestination, ProfilesActivation
 from etl.destinations.base import refuse_over_budget
 from etl.destinations.openfield.client import OpenFieldClient, Outcome
 from etl.destinations.openfield.connect import open_client
-from etl.destinations.openfield.errors import OpenFieldBudgetExhausted, OpenFieldRefused
+from etl.errors import OpenFieldBudgetExhausted, OpenFieldRefused
 from etl.destinations.openfield.payload import PayloadBuilder, Profile, payload_text
 from etl.files import RejectWriter, create_private
 from etl.runtime.ledger import open_store
