@@ -16,6 +16,7 @@ An error with neither marker is left to its caller to judge.
     ├── UsageError (Fatal)
     ├── ExtractError
     ├── TransformError (Fatal)
+    │   └── MappingError (Fatal)
     ├── FileWriteError
     │   └── FileTooLarge (Fatal)
     ├── DeliveryError
@@ -23,6 +24,7 @@ An error with neither marker is left to its caller to judge.
     ├── StateError
     ├── LockBusy
     ├── LeaseLost (Fatal)
+    ├── GuardStop (Fatal)
     ├── LicenceBusy (Retriable)
     ├── MetricsError
     └── ServiceError .................. a call to a remote API failed
@@ -31,6 +33,7 @@ An error with neither marker is left to its caller to judge.
         │   ├── ActitoNotFound (Fatal)
         │   ├── ActitoRateLimited (Retriable)
         │   ├── ActitoImportError (Fatal)
+        │   ├── ActitoPreflightError (Fatal)
         │   └── ActitoBudgetExhausted (Fatal)
         └── OpenFieldError
             ├── OpenFieldAuthError (Fatal)
@@ -41,6 +44,7 @@ An error with neither marker is left to its caller to judge.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import ClassVar
 
 
@@ -98,6 +102,22 @@ class ExtractError(AudienceSyncError):
 
 class TransformError(Fatal):
     """The audience rows cannot be turned into identifiers (e.g. no identifier column)."""
+
+
+def _problem_list(problems: Sequence[str], heading: str) -> str:
+    """Every problem at once, so one fix-and-retry cycle is enough."""
+    if len(problems) == 1:
+        return problems[0]
+    lines = "\n".join(f"  - {problem}" for problem in problems)
+    return f"{len(problems)} {heading}:\n{lines}"
+
+
+class MappingError(TransformError):
+    """The columns cannot be mapped as asked; raised when the mapping is built, before any row is read."""
+
+    def __init__(self, problems: Sequence[str], *, where: str = "", hint: str = "") -> None:
+        self.problems = list(problems)
+        super().__init__(_problem_list(self.problems, "problems in the mapping"), where=where, hint=hint)
 
 
 class FileWriteError(AudienceSyncError):
@@ -215,3 +235,21 @@ class OpenFieldRefused(OpenFieldError, Fatal):
 
 class OpenFieldBudgetExhausted(OpenFieldError, Fatal):
     """The run would go over the destination's daily request budget: refused before anything is sent."""
+
+
+class ActitoPreflightError(ActitoError, Fatal):
+    """The Actito table does not match what the activation would send; nothing was sent."""
+
+    def __init__(self, problems: list[str], *, where: str) -> None:
+        self.problems = problems
+        listing = "\n".join(f"  - {problem}" for problem in problems)
+        super().__init__(
+            f"{len(problems)} problem{'s' if len(problems) != 1 else ''} before sending anything:\n{listing}",
+            where=where,
+            hint="fix the SQL aliases or the activation's mapping, or the table in Actito; "
+                 "`audience-sync actito check` repeats this check",
+        )
+
+
+class GuardStop(Fatal):
+    """A safety guard refused to deliver; the previous delivered audience stays in place."""

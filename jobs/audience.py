@@ -16,7 +16,7 @@ from pathlib import Path
 
 from etl.config import AudienceActivation, Config
 from etl.destinations import open_audience
-from etl.errors import AudienceSyncError
+from etl.errors import GuardStop
 from etl.extract import activation_batches, local_time
 from etl.files import CsvFileWriter, RejectWriter, WrittenFile, final_file_name, write_manifest
 from etl.runtime.ledger import open_store
@@ -119,10 +119,6 @@ def _record_written(
 
 def _rejects_path(context: RunContext) -> Path:
     return context.run_dir / f"{context.activation}.rejects.csv"
-
-
-class GuardStop(AudienceSyncError):
-    """A safety guard refused to deliver; the previous delivered audience stays in place."""
 
 
 def check_shrink(context: RunContext, activation: AudienceActivation, size: int, diff: MemberDiff) -> None:

@@ -14,11 +14,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from etl.destinations.actito.presets import didomi_mapping, qualifio_interaction_mapping, qualifio_mapping
+from etl.errors import MappingError
 from etl.transform.mapping import (
     REJECTS_SCHEMA,
     FieldMap,
     Mapping,
-    MappingError,
     RowMapper,
     SubscriptionMap,
     explicit_mapping,

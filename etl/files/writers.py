@@ -69,8 +69,6 @@ ZIP_DATE_TIME = (1980, 1, 1, 0, 0, 0)
 BLOCK_BYTES = 1 << 20
 GZIP_LEVEL = 1
 
-FILE_MODE = 0o600
-
 
 @dataclass(frozen=True)
 class WrittenFile:

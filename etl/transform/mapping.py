@@ -3,7 +3,7 @@
 A :class:`Mapping` says what one activation sends: the key field, the field columns
 (:class:`FieldMap`: source column, target, rule of :mod:`etl.values.rules`) and the subscription
 columns (:class:`SubscriptionMap`, ``subscription_<name>`` of ``Y``/``N``). Everything that depends
-on the column *names* is checked once, when the mapping is built (:class:`MappingError`, every
+on the column *names* is checked once, when the mapping is built (`etl.errors.MappingError`, every
 problem at once); per row, :class:`RowMapper` checks only values. A value that breaks its rule
 rejects its whole row (a required field — always the key — also when it is empty), with a reason
 naming the source column, the value and the rule, so nothing broken is ever sent.
@@ -21,7 +21,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from etl.errors import TransformError
+from etl.errors import MappingError, TransformError
 from etl.values.rules import RULES, FieldRule, checked, column_text
 from etl.values.text import concat, decoded, listing, nulls
 
@@ -52,20 +52,6 @@ PREDEFINED_RULES: dict[str, FieldRule] = {
 
 #: Qualifio's opt-in variables, ``optin_<name>``: a subscription in every destination
 QUALIFIO_OPTIN_PREFIX = "optin_"
-
-
-class MappingError(TransformError):
-    """The columns cannot be mapped as asked. Raised when the mapping is built, before any row is
-    read, with every problem found (not just the first), so one fix-and-retry cycle is enough."""
-
-    def __init__(self, problems: Sequence[str], *, where: str = "", hint: str = "") -> None:
-        self.problems = list(problems)
-        if len(self.problems) == 1:
-            what = self.problems[0]
-        else:
-            lines = "\n".join(f"  - {problem}" for problem in self.problems)
-            what = f"{len(self.problems)} problems in the mapping:\n{lines}"
-        super().__init__(what, where=where, hint=hint)
 
 
 @dataclass(frozen=True)

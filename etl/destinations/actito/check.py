@@ -10,9 +10,8 @@ from dataclasses import dataclass, field
 
 from etl.config import Config, Destination
 from etl.destinations.actito.connect import open_client
-from etl.errors import ActitoError
-from etl.destinations.actito.imports import ActitoPreflightError, import_plan, preflight
-from etl.errors import AudienceSyncError, ConfigError, UsageError
+from etl.destinations.actito.imports import import_plan, preflight
+from etl.errors import ActitoError, ActitoPreflightError, AudienceSyncError, ConfigError, UsageError
 from etl.extract import query_columns
 
 

@@ -62,7 +62,6 @@ from etl.errors import (
     AudienceSyncError,
 )
 from etl.config import ACTITO_ENVIRONMENTS
-from etl.errors import AudienceSyncError
 from etl.destinations.http import ApiClient, Scrubber, Transport, failure_text, json_of, unreachable_text
 from etl.destinations.actito.tables import (
     ActitoWire, Execution, LineError, Table, execution_of, list_in, opt_str, table_of,

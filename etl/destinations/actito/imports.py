@@ -27,7 +27,7 @@ from etl.config import (
 )
 from etl.destinations.actito.client import ActitoClient
 from etl.destinations.actito.connect import open_client
-from etl.errors import ActitoBudgetExhausted, ActitoError
+from etl.errors import ActitoBudgetExhausted, ActitoPreflightError
 from etl.destinations.actito.presets import didomi_mapping, qualifio_interaction_mapping, qualifio_mapping
 from etl.destinations.actito.recovery import Landed, discard_sent, part_reference, recover_earlier_runs, stage_sent
 from etl.destinations.actito.tables import Attribute, Execution, Table
@@ -81,20 +81,6 @@ class ImportTarget:
     compression: Compression
     timeout_seconds: float
     daily_budget: int
-
-
-class ActitoPreflightError(ActitoError):
-    """The Actito table does not match what the activation would send; nothing was sent."""
-
-    def __init__(self, problems: list[str], *, where: str) -> None:
-        self.problems = problems
-        listing = "\n".join(f"  - {problem}" for problem in problems)
-        super().__init__(
-            f"{len(problems)} problem{'s' if len(problems) != 1 else ''} before sending anything:\n{listing}",
-            where=where,
-            hint="fix the SQL aliases or the activation's mapping, or the table in Actito; "
-                 "`audience-sync actito check` repeats this check",
-        )
 
 
 def preflight(

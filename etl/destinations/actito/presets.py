@@ -9,7 +9,8 @@ import collections.abc as cabc
 from collections.abc import Sequence
 from types import MappingProxyType
 
-from etl.transform.mapping import (MAX_STRING, QUALIFIO_OPTIN_PREFIX, ColumnUse, FieldMap, Mapping, MappingError,
+from etl.errors import MappingError
+from etl.transform.mapping import (MAX_STRING, QUALIFIO_OPTIN_PREFIX, ColumnUse, FieldMap, Mapping,
                                    SubscriptionMap, qualifio_subscription_name, rule_of, sort_columns,
                                    subscription_maps)
 from etl.values.rules import FieldRule

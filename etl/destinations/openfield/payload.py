@@ -36,8 +36,9 @@ from dataclasses import dataclass
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from etl.errors import MappingError
 from etl.transform.mapping import (MAX_STRING, QUALIFIO_OPTIN_PREFIX, SUBSCRIPTION_PREFIX, ColumnUse, FieldMap,
-                                   MappingError, RowMapper, SubscriptionMap, first_reasons, qualifio_subscription_name,
+                                   RowMapper, SubscriptionMap, first_reasons, qualifio_subscription_name,
                                    sort_columns)
 from etl.transform.mapping import Mapping as RowMapping
 from etl.values.countries import alpha3_of_alpha2
