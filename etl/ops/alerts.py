@@ -38,7 +38,7 @@ from typing import Any, Literal
 from urllib.error import HTTPError, URLError
 from urllib.parse import unquote, urlsplit, urlunsplit
 
-from etl import __version__
+from etl.version import __version__
 from etl.config import Alerts, EmailAlerts
 from etl.logs import REDACTED, redact
 from etl.runtime.runs import RunOutcome

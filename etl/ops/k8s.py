@@ -37,7 +37,7 @@ from typing import Any
 import yaml
 
 from etl.config import AudienceActivation, Config, Destination, LocalLocation, parse_interval
-from etl import __version__
+from etl.version import __version__
 from etl.errors import ConfigError
 
 #: where the ConfigMap's files appear in the pod; relative paths of the configuration start here
