@@ -257,11 +257,7 @@ def _actito(config: Config, args: argparse.Namespace) -> int:
 def _k8s(config: Config, args: argparse.Namespace) -> int:
     from etl.ops.k8s import DEFAULT_IMAGE, K8sOptions, configmap_manifest, cronjob_manifests, render_yaml, scheduled_names
 
-    if args.all == bool(args.names):
-        raise UsageError("name the activations, or pass --all (not both)", where="k8s",
-                         hint="audience-sync k8s NAME… or audience-sync k8s --all")
-    names = scheduled_names(config) if args.all else args.names
-    _require(config, names)
+    names = _chosen(config, args, "k8s", "the activations", scheduled_names(config))
     options = K8sOptions(image=args.image or DEFAULT_IMAGE, namespace=args.namespace, secret_name=args.secret,
                          state_volume_claim=args.state_claim, all_secrets=args.all_secrets,
                          ephemeral_state=args.ephemeral_state)
@@ -304,6 +300,16 @@ def _init(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _chosen(config: Config, args: argparse.Namespace, command: str, what: str, every: list[str]) -> list[str]:
+    """``NAME…`` or ``--all`` (``every``), not both, each a configured activation."""
+    if args.all == bool(args.names):
+        raise UsageError(f"name {what}, or pass --all (not both)", where=command,
+                         hint=f"audience-sync {command} NAME… or audience-sync {command} --all")
+    names: list[str] = every if args.all else args.names
+    _require(config, names)
+    return names
+
+
 def _require(config: Config, names: Sequence[str], *, kind: str | None = None) -> None:
     unknown = [name for name in names if name not in config.activations]
     if unknown:
@@ -325,11 +331,8 @@ def _run(config: Config, args: argparse.Namespace) -> int:
     from etl.runtime.runs import execute
     from jobs import job_for
 
-    if args.all == bool(args.names):
-        raise UsageError("name the activations to run, or pass --all (not both)", where="run",
-                         hint="audience-sync run NAME… or audience-sync run --all")
-    names = [n for n, a in config.activations.items() if a.enabled] if args.all else args.names
-    _require(config, names)
+    names = _chosen(config, args, "run", "the activations to run",
+                    [n for n, a in config.activations.items() if a.enabled])
     json_output = args.log_format == "json"
     progress = _Progress(sys.stderr) if sys.stderr.isatty() and not json_output else None
     outcomes: list[RunOutcome] = []

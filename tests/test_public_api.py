@@ -58,3 +58,26 @@ def test_run_results_are_the_columns_a_job_set() -> None:
     assert dict(results) == {"rows_extracted": 5, "rows_delivered": 0}
     assert results.get("rows_rejected") is None and results.get("file_name", "none") == "none"
     assert results == {"rows_extracted": 5, "rows_delivered": 0} and etl.RunResults() == {}
+
+
+def test_a_run_records_its_delivery_and_tells_its_finishers(tmp_path: Path) -> None:
+    from etl.cli import _summary
+    from etl.config import Settings
+
+    config = etl.Config(settings=Settings(state_dir=tmp_path / "state"), warehouses={}, destinations={},
+                        activations={}, base_dir=tmp_path)
+    delivery = etl.Delivery("actito", "Actito table 'orders'", "3 changed rows sent, 0 unchanged")
+    finished: list[etl.RunOutcome] = []
+
+    def body(context: etl.RunContext) -> None:
+        context.results.update(rows_extracted=3, rows_delivered=3)
+        context.delivery = delivery
+
+    with etl.StateStore.in_directory(config.state_dir) as store:
+        outcome = etl.execute(config, store, "orders", "interactions", body,
+                              finishers=[lambda config, store, outcome: finished.append(outcome)])
+        (record,) = store.runs("orders")
+    assert finished == [outcome] and outcome.status is etl.RunStatus.SUCCEEDED
+    assert outcome.results == {"rows_extracted": 3, "rows_delivered": 3} and outcome.delivery == delivery
+    assert (record.status, record.rows_delivered, record.details["delivery"]) == ("succeeded", 3, delivery.as_details())
+    assert "✓ orders: Actito table 'orders': 3 changed rows sent, 0 unchanged  (rejects: None)" in _summary([outcome])
