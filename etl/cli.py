@@ -289,10 +289,9 @@ def _init(args: argparse.Namespace) -> int:
     """There is no configuration yet."""
     from etl.ops.starter import write_starter
 
-    warehouse_url = args.warehouse_url
-    started = write_starter(Path(args.directory), warehouse_url)
+    started = write_starter(Path(args.directory), args.warehouse_url)
     print(f"wrote {started.config} and {started.sql}")
-    if warehouse_url and "${WAREHOUSE_PASSWORD}" in started.config.read_text(encoding="utf-8"):
+    if args.warehouse_url and "${WAREHOUSE_PASSWORD}" in started.config.read_text(encoding="utf-8"):
         print("the warehouse password is read from $WAREHOUSE_PASSWORD (or a file named by $WAREHOUSE_PASSWORD_FILE)")
     print("next:")
     for command in started.next_commands:
@@ -492,12 +491,11 @@ def _show(config: Config, args: argparse.Namespace) -> int:
     from etl.ops.history import show_run
     from etl.runtime.ledger import open_store
 
-    run_id, json_output = args.run_id, args.log_format == "json"
     with open_store(config) as store:
-        record = store.get_run(run_id)
+        record = store.get_run(args.run_id)
     if record is None:
-        raise AudienceSyncError(f"no run {run_id!r} in the ledger", hint="see `audience-sync history` for run ids")
-    print(json.dumps(vars(record), default=str) if json_output else show_run(record))
+        raise AudienceSyncError(f"no run {args.run_id!r} in the ledger", hint="see `audience-sync history` for run ids")
+    print(json.dumps(vars(record), default=str) if args.log_format == "json" else show_run(record))
     return EXIT_OK
 
 

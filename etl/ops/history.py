@@ -42,7 +42,8 @@ def runs_table(records: Sequence[RunRecord]) -> str:
         [
             [
                 r.run_id, r.activation, r.status + (" (dry)" if r.dry_run else "")
-                + (f" at {r.details['checkpoint']}" if r.status == RunStatus.RUNNING and r.details.get("checkpoint") else ""),
+                + (f" at {r.details['checkpoint']}"
+                   if r.status == RunStatus.RUNNING and r.details.get("checkpoint") else ""),
                 f"{r.started_at:%Y-%m-%d %H:%M:%S}", count(r.rows_extracted), count(r.rows_rejected),
                 count(r.rows_delivered), f"{r.duration_s:.1f}s" if r.duration_s is not None else "",
                 (r.error or "").splitlines()[0][:80] if r.error else "",

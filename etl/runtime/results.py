@@ -1,8 +1,5 @@
-"""What a run ends as, typed: its status, and a destination's own account of what it delivered.
-
-Alerts, metrics, the report, the history and the command line all read these; before, each guessed
-from keys of a free-form ``details`` dict which destination a run had and what it did.
-"""
+"""What a run ends as, typed: its status, its counts, and a destination's own account of what it
+delivered, for alerts, metrics, the report, the history and the command line to read."""
 
 from __future__ import annotations
 
@@ -40,7 +37,7 @@ class RunResults(Mapping[str, object]):
 
     @classmethod
     def from_columns(cls, columns: Mapping[str, Any]) -> RunResults:
-        return cls(**{field.name: columns[field.name] for field in fields(cls) if columns.get(field.name) is not None})
+        return cls(**{name: columns[name] for name in _COLUMNS if columns.get(name) is not None})
 
     def __getitem__(self, key: str) -> object:
         value = getattr(self, key, None) if key in _COLUMNS else None
