@@ -1,3 +1,38 @@
-"""audience-sync: warehouse audiences, profiles and consents delivered to Actito."""
+"""audience-sync: warehouse audiences, profiles and consents delivered to Actito.
 
-__version__ = "0.1.0"
+The names below are the stable API for code and tests that drive runs themselves. Each is imported
+on first use: ``import etl`` must stay cheap, as ``audience-sync --help`` imports this package and
+loads no pandas, SQLAlchemy or pyarrow."""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING
+
+from etl.version import __version__
+
+if TYPE_CHECKING:
+    from etl.config import Config, load_config
+    from etl.errors import AudienceSyncError, ConfigError, LeaseLost, LockBusy, StateError, UsageError
+    from etl.runtime.ledger import RunRecord, StateStore, open_store
+    from etl.runtime.results import Delivery, RunResults, RunStatus
+    from etl.runtime.runs import Finisher, JobBody, RunContext, RunOutcome, execute
+
+_MODULES = {
+    "etl.config": ("Config", "load_config"),
+    "etl.errors": ("AudienceSyncError", "ConfigError", "UsageError", "StateError", "LockBusy", "LeaseLost"),
+    "etl.runtime.ledger": ("StateStore", "RunRecord", "open_store"),
+    "etl.runtime.results": ("RunStatus", "RunResults", "Delivery"),
+    "etl.runtime.runs": ("execute", "RunContext", "RunOutcome", "JobBody", "Finisher"),
+}
+_HOMES = {name: module for module, names in _MODULES.items() for name in names}
+
+__all__ = ["__version__", *_HOMES]
+
+
+def __getattr__(name: str) -> object:
+    if name not in _HOMES:
+        raise AttributeError(f"module 'etl' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_HOMES[name]), name)
+    globals()[name] = value
+    return value

@@ -15,16 +15,15 @@ import os
 import signal
 import sys
 import threading
+from collections.abc import Callable, Sequence
 from datetime import date
 from pathlib import Path
-from collections.abc import Sequence
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
-from typing import TYPE_CHECKING
-
-from etl import __version__
 from etl.errors import AudienceSyncError, ConfigError, UsageError
 from etl.logs import configure_logging, redact
+from etl.runtime.results import RunStatus
+from etl.version import __version__
 
 if TYPE_CHECKING:
     from etl.config import Config
@@ -65,42 +64,55 @@ def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     _add_global_options(common, defaults=False)
 
-    init = commands.add_parser("init", parents=[common], help="write a starter schedules.toml and SQL file")
+    def command(name: str, summary: str) -> argparse.ArgumentParser:
+        return commands.add_parser(name, parents=[common], help=summary)
+
+    # in the order `--help` lists them
+    _add_run_commands(command)
+    _add_inspect_commands(command, common)
+    _add_deploy_commands(command)
+    _add_tool_commands(command)
+    return parser
+
+
+_Command = Callable[[str, str], argparse.ArgumentParser]
+
+
+def _add_run_commands(command: _Command) -> None:
+    init = command("init", "write a starter schedules.toml and SQL file")
     init.add_argument("directory", nargs="?", default=".", metavar="DIR")
     init.add_argument("--warehouse-url", help="your warehouse's SQLAlchemy URL (default: the demo warehouse)")
 
-    run = commands.add_parser("run", parents=[common], help="run activations now")
+    run = command("run", "run activations now")
     run.add_argument("names", nargs="*", metavar="NAME")
     run.add_argument("--all", action="store_true", help="every enabled activation")
     run.add_argument("--dry-run", action="store_true", help="write the files locally, deliver nothing")
     run.add_argument("--force", action="store_true", help="deliver even if a safety guard (max_shrink) objects")
 
-    preview = commands.add_parser(
-        "preview", parents=[common], help="counts and first identifiers of an audience, nothing written"
-    )
+    preview = command("preview", "counts and first identifiers of an audience, nothing written")
     preview.add_argument("name", metavar="NAME")
     preview.add_argument("--limit", type=int, default=10, help="identifiers to show (default 10)")
 
-    validate = commands.add_parser("validate", parents=[common], help="check the configuration and report every problem")
+    validate = command("validate", "check the configuration and report every problem")
     validate.add_argument("--connect", action="store_true",
                           help="also connect to each warehouse and plan each query, reading no row")
 
-    history = commands.add_parser("history", parents=[common], help="recent runs")
+
+def _add_inspect_commands(command: _Command, common: argparse.ArgumentParser) -> None:
+    history = command("history", "recent runs")
     history.add_argument("name", nargs="?", metavar="NAME")
     history.add_argument("--limit", type=int, default=20)
-    history.add_argument("--status", choices=("running", "succeeded", "failed", "interrupted"))
+    history.add_argument("--status", choices=[status.value for status in RunStatus if status != RunStatus.LOCKED])
     history.add_argument("--since", type=_date, metavar="YYYY-MM-DD", help="runs started on or after this day (UTC)")
     history.add_argument("--sizes", action="store_true", help="audience size over time, with changes")
 
-    show = commands.add_parser("show", parents=[common], help="one run in full: steps, counts, files, rejected rows")
+    show = command("show", "one run in full: steps, counts, files, rejected rows")
     show.add_argument("run_id", metavar="RUN_ID")
 
-    sheet = commands.add_parser(
-        "setup-sheet", parents=[common], help="what to configure on the Actito side for an activation"
-    )
+    sheet = command("setup-sheet", "what to configure on the Actito side for an activation")
     sheet.add_argument("name", metavar="NAME")
 
-    actito = commands.add_parser("actito", parents=[common], help="talk to Actito")
+    actito = command("actito", "talk to Actito")
     actito_commands = actito.add_subparsers(dest="actito_command", required=True, metavar="ACTITO_COMMAND")
     check = actito_commands.add_parser(
         "check", parents=[common],
@@ -108,13 +120,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     check.add_argument("destination", metavar="DESTINATION")
 
-    schedule = commands.add_parser(
-        "schedule", parents=[common], help="run the scheduler daemon (SIGTERM stops, SIGHUP reloads)"
-    )
+
+def _add_deploy_commands(command: _Command) -> None:
+    schedule = command("schedule", "run the scheduler daemon (SIGTERM stops, SIGHUP reloads)")
     schedule.add_argument("--preview", action="store_true", help="print each activation's next run times and exit")
     schedule.add_argument("--count", type=int, default=5, help="run times to preview (default 5)")
 
-    k8s = commands.add_parser("k8s", parents=[common], help="Kubernetes CronJob manifests (YAML on stdout)")
+    k8s = command("k8s", "Kubernetes CronJob manifests (YAML on stdout)")
     k8s.add_argument("names", nargs="*", metavar="NAME")
     k8s.add_argument("--all", action="store_true", help="every activation with a schedule")
     k8s.add_argument("--image", help="the container image (default: audience-sync:VERSION, as the Dockerfile "
@@ -127,18 +139,17 @@ def build_parser() -> argparse.ArgumentParser:
                      help="accept a state directory and a local outbox that vanish with each pod (a trial)")
     k8s.add_argument("--with-config", action="store_true", help="also emit the ConfigMap of schedules.toml and sql/")
 
-    report = commands.add_parser("report", parents=[common], help="a static HTML page of recent runs and sizes")
+
+def _add_tool_commands(command: _Command) -> None:
+    report = command("report", "a static HTML page of recent runs and sizes")
     report.add_argument("--output", "-o", help="where to write it (default: report.html in the state directory)")
 
-    sandbox = commands.add_parser(
-        "sandbox", parents=[common], help="run the Actito sandbox (an emulator on loopback) in the foreground"
-    )
+    sandbox = command("sandbox", "run the Actito sandbox (an emulator on loopback) in the foreground")
     sandbox.add_argument("--port", type=int, default=8765)
     sandbox.add_argument("--fixture", help="JSON fixture of entities, tables and API keys (default: the demo one)")
     sandbox.add_argument("--state-file", help="keep the sandbox's profiles, records and imports in this JSON file")
     sandbox.add_argument("--latency-seconds", type=float, default=0.0,
                          help="how long each API request takes to answer, as a real Actito's do (default 0)")
-    return parser
 
 
 def _date(text: str) -> date:
@@ -180,73 +191,73 @@ def _dispatch(args: argparse.Namespace) -> int:
         from etl.runtime.arrow import configure_arrow  # commands that read rows
 
         configure_arrow()
-    if args.command == "init":  # there is no configuration yet
-        return _init(Path(args.directory), args.warehouse_url)
-    if args.command == "sandbox":
-        from etl.testing.actito import server as sandbox  # lazy: the one command that serves a test double
-
-        options = ["--port", str(args.port)]
-        options += ["--fixture", args.fixture] if args.fixture else []
-        options += ["--state-file", args.state_file] if args.state_file else []
-        options += ["--latency-seconds", str(args.latency_seconds)]
-        return sandbox.main(options)
-    if args.command == "schedule":  # loads (and reloads) the configuration itself
-        from etl.runtime.scheduler import main as schedule_main
-
-        return schedule_main(Path(args.config) if args.config else None, preview=args.preview, count=args.count)
+    without_config = _WITHOUT_CONFIG.get(args.command)
+    if without_config is not None:
+        return without_config(args)
     from etl.config import load_config
 
     config = load_config(args.config, ledger_only=args.command in ("history", "show", "report"))
-    if args.command == "validate":
-        if args.connect:
-            _check_queries(config)
-        print(f"{config.source}: ok — {len(config.activations)} activations, "
-              f"{len(config.destinations)} destinations, {len(config.warehouses)} warehouses"
-              + (", every query planned by its warehouse" if args.connect else ""))
-        return EXIT_OK
-    if args.command == "run":
-        return _run(config, args)
-    if args.command == "preview":
-        return _preview(config, args.name, args.limit, json_output=args.log_format == "json")
-    if args.command == "history":
-        return _history(config, args)
-    if args.command == "show":
-        return _show(config, args.run_id, json_output=args.log_format == "json")
-    if args.command == "setup-sheet":
-        from etl.ops.setup_sheet import setup_sheet
+    return _WITH_CONFIG[args.command](config, args)
 
-        _require(config, [args.name], kind="audience")
-        print(setup_sheet(config, args.name))
-        return EXIT_OK
-    if args.command == "k8s":
-        return _k8s(config, args)
-    if args.command == "report":
-        from etl.ops.report import write_report
-        from etl.runtime.ledger import open_store
 
-        store = open_store(config)
-        try:
-            print(write_report(config, store, Path(args.output) if args.output else config.state_dir / "report.html"))
-        finally:
-            store.close()
-        return EXIT_OK
-    if args.command == "actito":
-        from etl.destinations.actito.check import check_destination
+def _sandbox(args: argparse.Namespace) -> int:
+    from etl.testing.actito import server as sandbox  # lazy: the one command that serves a test double
 
-        report = check_destination(config, args.destination)
-        print(report.text())
-        return EXIT_OK if report.ok else EXIT_FAILED
-    raise AssertionError(args.command)
+    options = ["--port", str(args.port)]
+    options += ["--fixture", args.fixture] if args.fixture else []
+    options += ["--state-file", args.state_file] if args.state_file else []
+    options += ["--latency-seconds", str(args.latency_seconds)]
+    return sandbox.main(options)
+
+
+def _schedule(args: argparse.Namespace) -> int:
+    """The scheduler loads (and reloads) the configuration itself."""
+    from etl.ops.announce import announce
+    from etl.runtime.scheduler import main as schedule_main
+    from jobs import job_for
+
+    return schedule_main(Path(args.config) if args.config else None, job_for, preview=args.preview,
+                         count=args.count, finishers=(announce,))
+
+
+def _validate(config: Config, args: argparse.Namespace) -> int:
+    if args.connect:
+        _check_queries(config)
+    print(f"{config.source}: ok — {len(config.activations)} activations, "
+          f"{len(config.destinations)} destinations, {len(config.warehouses)} warehouses"
+          + (", every query planned by its warehouse" if args.connect else ""))
+    return EXIT_OK
+
+
+def _setup_sheet(config: Config, args: argparse.Namespace) -> int:
+    from etl.ops.setup_sheet import setup_sheet
+
+    _require(config, [args.name], kind="audience")
+    print(setup_sheet(config, args.name))
+    return EXIT_OK
+
+
+def _report(config: Config, args: argparse.Namespace) -> int:
+    from etl.ops.report import write_report
+    from etl.runtime.ledger import open_store
+
+    with open_store(config) as store:
+        print(write_report(config, store, Path(args.output) if args.output else config.state_dir / "report.html"))
+    return EXIT_OK
+
+
+def _actito(config: Config, args: argparse.Namespace) -> int:
+    from etl.destinations.actito.check import check_destination
+
+    report = check_destination(config, args.destination)
+    print(report.text())
+    return EXIT_OK if report.ok else EXIT_FAILED
 
 
 def _k8s(config: Config, args: argparse.Namespace) -> int:
     from etl.ops.k8s import DEFAULT_IMAGE, K8sOptions, configmap_manifest, cronjob_manifests, render_yaml, scheduled_names
 
-    if args.all == bool(args.names):
-        raise UsageError("name the activations, or pass --all (not both)", where="k8s",
-                         hint="audience-sync k8s NAME… or audience-sync k8s --all")
-    names = scheduled_names(config) if args.all else args.names
-    _require(config, names)
+    names = _chosen(config, args, "k8s", "the activations", scheduled_names(config))
     options = K8sOptions(image=args.image or DEFAULT_IMAGE, namespace=args.namespace, secret_name=args.secret,
                          state_volume_claim=args.state_claim, all_secrets=args.all_secrets,
                          ephemeral_state=args.ephemeral_state)
@@ -274,17 +285,28 @@ def _check_queries(config: Config) -> None:
         raise ConfigError(problems, source=config.source)
 
 
-def _init(directory: Path, warehouse_url: str | None) -> int:
+def _init(args: argparse.Namespace) -> int:
+    """There is no configuration yet."""
     from etl.ops.starter import write_starter
 
-    started = write_starter(directory, warehouse_url)
+    started = write_starter(Path(args.directory), args.warehouse_url)
     print(f"wrote {started.config} and {started.sql}")
-    if warehouse_url and "${WAREHOUSE_PASSWORD}" in started.config.read_text(encoding="utf-8"):
+    if args.warehouse_url and "${WAREHOUSE_PASSWORD}" in started.config.read_text(encoding="utf-8"):
         print("the warehouse password is read from $WAREHOUSE_PASSWORD (or a file named by $WAREHOUSE_PASSWORD_FILE)")
     print("next:")
     for command in started.next_commands:
         print(f"  {command}")
     return EXIT_OK
+
+
+def _chosen(config: Config, args: argparse.Namespace, command: str, what: str, every: list[str]) -> list[str]:
+    """``NAME…`` or ``--all`` (``every``), not both, each a configured activation."""
+    if args.all == bool(args.names):
+        raise UsageError(f"name {what}, or pass --all (not both)", where=command,
+                         hint=f"audience-sync {command} NAME… or audience-sync {command} --all")
+    names: list[str] = every if args.all else args.names
+    _require(config, names)
+    return names
 
 
 def _require(config: Config, names: Sequence[str], *, kind: str | None = None) -> None:
@@ -303,21 +325,18 @@ def _require(config: Config, names: Sequence[str], *, kind: str | None = None) -
 
 
 def _run(config: Config, args: argparse.Namespace) -> int:
-    from etl.runtime.runs import execute
+    from etl.ops.announce import announce
     from etl.runtime.ledger import open_store
+    from etl.runtime.runs import execute
     from jobs import job_for
 
-    if args.all == bool(args.names):
-        raise UsageError("name the activations to run, or pass --all (not both)", where="run",
-                         hint="audience-sync run NAME… or audience-sync run --all")
-    names = [n for n, a in config.activations.items() if a.enabled] if args.all else args.names
-    _require(config, names)
+    names = _chosen(config, args, "run", "the activations to run",
+                    [n for n, a in config.activations.items() if a.enabled])
     json_output = args.log_format == "json"
     progress = _Progress(sys.stderr) if sys.stderr.isatty() and not json_output else None
-    store = open_store(config)
     outcomes: list[RunOutcome] = []
-    stop = _stop_on_sigterm()
-    try:
+    with open_store(config) as store:
+        stop = _stop_on_sigterm()
         for name in names:
             if stop.is_set():
                 break
@@ -325,21 +344,20 @@ def _run(config: Config, args: argparse.Namespace) -> int:
             outcome = execute(
                 config, store, name, kind, job_for(kind),
                 dry_run=args.dry_run, progress=progress.update if progress else None, stop=stop, force=args.force,
+                finishers=(announce,),
             )
             if progress:
                 progress.clear()
             outcomes.append(outcome)
             if json_output:
                 print(json.dumps(_outcome_json(outcome), default=str), flush=True)
-    finally:
-        store.close()
     if not json_output:
         print(_summary(outcomes))
     if stop.is_set():
         return EXIT_INTERRUPTED
-    if any(o.status in ("failed", "interrupted") for o in outcomes):
+    if any(o.status in (RunStatus.FAILED, RunStatus.INTERRUPTED) for o in outcomes):
         return EXIT_FAILED
-    return EXIT_LOCKED if any(o.status == "locked" for o in outcomes) else EXIT_OK
+    return EXIT_LOCKED if any(o.status == RunStatus.LOCKED for o in outcomes) else EXIT_OK
 
 
 def _stop_on_sigterm() -> threading.Event:
@@ -390,8 +408,8 @@ def _summary(outcomes: Sequence[RunOutcome]) -> str:
         r = o.results
         rows.append([
             o.activation, o.status + (" (dry run)" if o.dry_run else ""),
-            count(r.get("rows_extracted")), count(r.get("rows_rejected")), count(r.get("rows_duplicate")),
-            count(r.get("rows_delivered")), r.get("file_name"), f"{o.duration_s:.1f}s",
+            count(r.rows_extracted), count(r.rows_rejected), count(r.rows_duplicate),
+            count(r.rows_delivered), r.file_name, f"{o.duration_s:.1f}s",
         ])
     text = table(["activation", "status", "read", "rejected", "duplicates", "delivered", "file", "time"], rows)
     notes = []
@@ -404,6 +422,10 @@ def _summary(outcomes: Sequence[RunOutcome]) -> str:
 
 
 def _where_it_went(outcome: RunOutcome) -> str:
+    """The destination's own account when it gave one; otherwise guessed from the details it kept."""
+    delivery = outcome.delivery
+    if delivery is not None:
+        return f"{delivery.where}: {delivery.summary}" if delivery.summary else delivery.where
     details = outcome.details
     if "membership_table" in details:
         return (f"Actito table '{details['membership_table']}': {details['entered']:,} members entered, "
@@ -423,9 +445,10 @@ def _where_it_went(outcome: RunOutcome) -> str:
     return str(delivered[0]["location"]) if delivered else f"written to {details.get('local_dir')} (dry run)"
 
 
-def _preview(config: Config, name: str, limit: int, *, json_output: bool) -> int:
+def _preview(config: Config, args: argparse.Namespace) -> int:
     from jobs import audience
 
+    name, limit, json_output = args.name, args.limit, args.log_format == "json"
     _require(config, [name], kind="audience")
     result = audience.preview(config, name, sample_size=limit)
     counts = vars(result.counts)
@@ -451,11 +474,8 @@ def _history(config: Config, args: argparse.Namespace) -> int:
 
     if args.name:
         _require(config, [args.name])
-    store = open_store(config)
-    try:
+    with open_store(config) as store:
         records = store.runs(args.name, status=args.status, limit=args.limit, since=args.since)
-    finally:
-        store.close()
     if args.log_format == "json":
         for record in records:
             print(json.dumps(vars(record), default=str))
@@ -467,16 +487,22 @@ def _history(config: Config, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _show(config: Config, run_id: str, *, json_output: bool) -> int:
+def _show(config: Config, args: argparse.Namespace) -> int:
     from etl.ops.history import show_run
     from etl.runtime.ledger import open_store
 
-    store = open_store(config)
-    try:
-        record = store.get_run(run_id)
-    finally:
-        store.close()
+    with open_store(config) as store:
+        record = store.get_run(args.run_id)
     if record is None:
-        raise AudienceSyncError(f"no run {run_id!r} in the ledger", hint="see `audience-sync history` for run ids")
-    print(json.dumps(vars(record), default=str) if json_output else show_run(record))
+        raise AudienceSyncError(f"no run {args.run_id!r} in the ledger", hint="see `audience-sync history` for run ids")
+    print(json.dumps(vars(record), default=str) if args.log_format == "json" else show_run(record))
     return EXIT_OK
+
+
+_WITHOUT_CONFIG: dict[str, Callable[[argparse.Namespace], int]] = {
+    "init": _init, "sandbox": _sandbox, "schedule": _schedule,
+}
+_WITH_CONFIG: dict[str, Callable[[Config, argparse.Namespace], int]] = {
+    "validate": _validate, "run": _run, "preview": _preview, "history": _history, "show": _show,
+    "setup-sheet": _setup_sheet, "k8s": _k8s, "report": _report, "actito": _actito,
+}

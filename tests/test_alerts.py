@@ -30,6 +30,7 @@ from etl.ops.alerts import Alert, alert_for, previous_status, send_alert, webhoo
 from etl.ops.webhook import WEBHOOK_RETRY
 from etl.config import Alerts, Config, EmailAlerts, Settings
 from etl.errors import AudienceSyncError
+from etl.ops.announce import announce
 from etl.runtime.runs import RunContext, RunOutcome, execute
 from etl.runtime.ledger import StateStore
 
@@ -192,7 +193,8 @@ class Activation:
 
     def run(self, body: Callable[[RunContext], None], *, dry_run: bool = False) -> RunOutcome:
         before = previous_status(self.store, self.name)
-        outcome = execute(self.config, self.store, self.name, "audience", body, dry_run=dry_run)
+        outcome = execute(self.config, self.store, self.name, "audience", body, dry_run=dry_run,
+                          finishers=(announce,))
         alert = alert_for(outcome, before) if not dry_run else None
         if alert is not None:
             self.sent.append(alert)
@@ -328,7 +330,8 @@ def test_interrupted_dry_and_locked_runs_do_not_alert_and_interruptions_do_not_h
 
     activation.run(fails())
     assert len(webhook.requests) == 1
-    outcome = execute(activation.config, activation.store, ACTIVATION, "audience", interrupted, stop=stop)
+    outcome = execute(activation.config, activation.store, ACTIVATION, "audience", interrupted, stop=stop,
+                      finishers=(announce,))
     assert outcome.status == "interrupted"
     assert alert_for(outcome, previous_status(activation.store, ACTIVATION, outcome.run_id)) is None
     assert activation.run(fails(), dry_run=True).status == "failed"  # a dry run: its user is watching

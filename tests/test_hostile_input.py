@@ -21,6 +21,7 @@ import pytest
 
 from conftest import Shown
 from etl.runtime.scheduler import Scheduler
+from jobs import job_for
 
 DEMO_ACTIVATION = """
 [settings]
@@ -61,7 +62,7 @@ def test_sighup_with_a_file_nested_hundreds_deep_keeps_the_schedule(
     project: Callable[[str], Path], caplog: pytest.LogCaptureFixture
 ) -> None:
     config = project(DEMO_ACTIVATION)
-    scheduler = Scheduler(config)
+    scheduler = Scheduler(config, job_for)
     scheduler.start(paused=True)
     try:
         config.write_text(_deep(5000))

@@ -38,6 +38,7 @@ from etl.runtime.scheduler import (
     slot_key,
 )
 from etl.runtime.ledger import StateStore, slots
+from jobs import job_for
 
 REPO = Path(__file__).resolve().parent.parent
 BRUSSELS = ZoneInfo("Europe/Brussels")
@@ -58,8 +59,9 @@ import logging, sys
 from pathlib import Path
 from etl.logs import configure_logging
 from etl.runtime.scheduler import main
+from jobs import job_for
 configure_logging("json", logging.INFO)
-sys.exit(main(Path(sys.argv[1]), preview=False))
+sys.exit(main(Path(sys.argv[1]), job_for, preview=False))
 """
 
 
@@ -263,7 +265,7 @@ def test_fire_runs_one_run_per_local_day_across_both_transitions(
                         + activation("morning", 'cron = "15 6 * * *"', rows=6)
                         + activation("daily", 'every = "1d"', rows=7))
     caplog.set_level(logging.INFO, logger="audience_sync")
-    scheduler = Scheduler(path)
+    scheduler = Scheduler(path, job_for)
     scheduler.start(paused=True)
     try:
         fired: dict[str, int] = {}
@@ -287,7 +289,7 @@ def test_fire_runs_one_run_per_local_day_across_both_transitions(
 
 
 def test_two_fires_of_the_fall_back_slot_record_one_run(tmp_path: Path) -> None:
-    scheduler = Scheduler(write_config(tmp_path, activation("night", 'cron = "30 2 * * *"')))
+    scheduler = Scheduler(write_config(tmp_path, activation("night", 'cron = "30 2 * * *"')), job_for)
     scheduler.start(paused=True)
     try:
         first = datetime(2026, 10, 25, 2, 30, tzinfo=BRUSSELS)
@@ -306,7 +308,7 @@ def test_a_slot_whose_activation_is_locked_elsewhere_is_skipped(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.INFO, logger="audience_sync")
-    scheduler = Scheduler(write_config(tmp_path, activation("night", 'cron = "30 2 * * *"')))
+    scheduler = Scheduler(write_config(tmp_path, activation("night", 'cron = "30 2 * * *"')), job_for)
     scheduler.start(paused=True)
     other = ledger(tmp_path)
     try:
@@ -322,7 +324,7 @@ def test_a_slot_whose_activation_is_locked_elsewhere_is_skipped(
 def test_jobs_carry_coalesce_max_instances_and_the_configured_misfire_grace(tmp_path: Path) -> None:
     path = write_config(tmp_path, activation("night", 'cron = "30 2 * * *"')
                         + activation("hourly", 'every = "1h"', rows=6), settings="misfire_grace_seconds = 42")
-    scheduler = Scheduler(path, clock=lambda: datetime(2026, 10, 25, 0, 10, tzinfo=BRUSSELS))
+    scheduler = Scheduler(path, job_for, clock=lambda: datetime(2026, 10, 25, 0, 10, tzinfo=BRUSSELS))
     scheduler.start(paused=True)
     try:
         jobs = {job.id: job for job in scheduler.jobs}
@@ -338,7 +340,7 @@ def test_jobs_carry_coalesce_max_instances_and_the_configured_misfire_grace(tmp_
 def test_a_start_catches_up_the_slot_just_missed_and_the_real_loop_passes_its_time(tmp_path: Path) -> None:
     """A real APScheduler loop, not paused: ``* * * * *`` fires the current minute's slot at once
     (it is within the misfire grace), and the job receives that slot's time."""
-    scheduler = Scheduler(write_config(tmp_path, activation("minutely", 'cron = "* * * * *"')))
+    scheduler = Scheduler(write_config(tmp_path, activation("minutely", 'cron = "* * * * *"')), job_for)
     before = datetime.now(BRUSSELS)
     scheduler.start()
     try:
@@ -360,7 +362,7 @@ def test_reload_refuses_a_broken_configuration_and_keeps_the_old_jobs(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     path = write_config(tmp_path, activation("a", 'cron = "0 5 * * *"') + activation("b", 'every = "2h"', rows=6))
-    scheduler = Scheduler(path)
+    scheduler = Scheduler(path, job_for)
     scheduler.start(paused=True)
     try:
         before = {job.id: (repr(job.trigger), job.next_run_time) for job in scheduler.jobs}
@@ -395,7 +397,7 @@ def test_preview_prints_the_next_runs_with_their_utc_offsets(tmp_path: Path, cap
     path = write_config(tmp_path, activation("night", 'cron = "30 2 * * *"')
                         + activation("daily", 'every = "1d"', rows=6)
                         + activation("paused", 'every = "1h"', rows=7, enabled=False))
-    assert main(path, preview=True, count=3, now=datetime(2026, 10, 24, 12, tzinfo=UTC)) == 0
+    assert main(path, job_for, preview=True, count=3, now=datetime(2026, 10, 24, 12, tzinfo=UTC)) == 0
     out = capsys.readouterr().out
     lines = out.splitlines()
     assert lines[0].split() == ["activation", "schedule", "time", "zone", "next", "runs"]
@@ -406,12 +408,12 @@ def test_preview_prints_the_next_runs_with_their_utc_offsets(tmp_path: Path, cap
     assert "every 1d at 00:00" in out and "2026-10-25 00:00 +0200" in out and "2026-10-26 00:00 +0100" in out
     assert out.rstrip().endswith("not scheduled: paused (disabled)")
 
-    assert main(path, preview=True, count=2, now=datetime(2026, 3, 28, 12, tzinfo=UTC)) == 0
+    assert main(path, job_for, preview=True, count=2, now=datetime(2026, 3, 28, 12, tzinfo=UTC)) == 0
     spring = capsys.readouterr().out
     assert "2026-03-29 03:30 +0200  02:30 does not exist that day (clocks go forward)" in spring
 
     with pytest.raises(AudienceSyncError):
-        main(path, preview=True, count=0)
+        main(path, job_for, preview=True, count=0)
 
 
 # --------------------------------------------------------------------------- signals (subprocesses)

@@ -38,8 +38,9 @@ import logging, sys
 from pathlib import Path
 from etl.logs import configure_logging
 from etl.runtime.scheduler import main
+from jobs import job_for
 configure_logging("json", logging.INFO)
-sys.exit(main(Path(sys.argv[1]), preview=False))
+sys.exit(main(Path(sys.argv[1]), job_for, preview=False))
 """
 #: start the replicas only this early in a minute, so the start-up slot and the runs are over
 #: long before the next boundary (a run still going then would make the other replica's next slot "locked")

@@ -10,8 +10,9 @@ from collections.abc import Sequence
 from itertools import islice
 from pathlib import Path
 
-from etl.runtime.runs import CHECKPOINTS
 from etl.runtime.ledger import RunRecord
+from etl.runtime.results import RunStatus
+from etl.runtime.runs import CHECKPOINTS
 
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
@@ -41,7 +42,8 @@ def runs_table(records: Sequence[RunRecord]) -> str:
         [
             [
                 r.run_id, r.activation, r.status + (" (dry)" if r.dry_run else "")
-                + (f" at {r.details['checkpoint']}" if r.status == "running" and r.details.get("checkpoint") else ""),
+                + (f" at {r.details['checkpoint']}"
+                   if r.status == RunStatus.RUNNING and r.details.get("checkpoint") else ""),
                 f"{r.started_at:%Y-%m-%d %H:%M:%S}", count(r.rows_extracted), count(r.rows_rejected),
                 count(r.rows_delivered), f"{r.duration_s:.1f}s" if r.duration_s is not None else "",
                 (r.error or "").splitlines()[0][:80] if r.error else "",
@@ -54,7 +56,7 @@ def runs_table(records: Sequence[RunRecord]) -> str:
 def sizes_table(records: Sequence[RunRecord]) -> str:
     """Audience size over time: successful delivered runs, oldest first, with the change from the previous
     and who entered and left (a change of +0 can still be 500 in and 500 out)."""
-    delivered = [r for r in reversed(records) if r.status == "succeeded" and not r.dry_run]
+    delivered = [r for r in reversed(records) if r.status == RunStatus.SUCCEEDED and not r.dry_run]
     rows: list[list[object]] = []
     previous: int | None = None
     for record in delivered:

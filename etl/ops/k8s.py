@@ -38,7 +38,7 @@ import yaml
 
 from etl.config import Config, parse_interval
 from etl.config.base import VARIABLE
-from etl import __version__
+from etl.version import __version__
 from etl.errors import ConfigError
 
 #: where the ConfigMap's files appear in the pod; relative paths of the configuration start here

@@ -14,11 +14,12 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
-from etl import __version__
-from etl.files import replace_text
 from etl.config import Config, Schedule
+from etl.files import replace_text
 from etl.logs import redact
 from etl.runtime.ledger import RunRecord, StateStore
+from etl.runtime.results import RunStatus
+from etl.version import __version__
 
 #: characters of an error shown in a table cell; the rest (up to MAX_ERROR_CHARS) behind "more"
 ERROR_PREVIEW_CHARS = 140
@@ -50,9 +51,14 @@ def write_report(
     for index, name in enumerate(config.activations):
         anchor = f"a{index}-" + re.sub(r"[^A-Za-z0-9_-]", "-", name)[:60]
         recent = store.runs(name, limit=runs_per_activation)
-        successes = store.runs(name, status="succeeded", limit=chart_runs, include_dry_runs=False)
+        successes = store.runs(name, status=RunStatus.SUCCEEDED, limit=chart_runs, include_dry_runs=False)
         overview.append(_overview_row(config, name, anchor, recent, successes))
         sections.append(_section(config, name, anchor, recent, successes))
+    _write_atomically(path, _document(config, generated, overview, sections))
+    return path
+
+
+def _document(config: Config, generated: datetime, overview: list[str], sections: list[str]) -> str:
     body = [
         "<header>",
         "<h1>audience-sync</h1>",
@@ -73,7 +79,7 @@ def write_report(
     else:
         body.append("<p class=\"empty\">No activation is configured.</p>")
     body += ["</main>", f"<footer>audience-sync {_e(__version__)}</footer>"]
-    document = "\n".join([
+    return "\n".join([
         "<!DOCTYPE html>",
         "<html lang=\"en\">",
         "<head>",
@@ -89,8 +95,6 @@ def write_report(
         "</html>",
         "",
     ])
-    _write_atomically(path, document)
-    return path
 
 
 # --------------------------------------------------------------------------- parts
@@ -183,9 +187,8 @@ def _churn(record: RunRecord) -> str:
 
 
 def _status(record: RunRecord) -> str:
-    status = record.status if record.status in ("running", "succeeded", "failed", "interrupted") else "other"
     dry = " <span class=\"tag\">dry run</span>" if record.dry_run else ""
-    return f"<span class=\"status s-{status}\">{_e(record.status)}</span>{dry}"
+    return f"<span class=\"status s-{record.status}\">{_e(record.status)}</span>{dry}"
 
 
 def _error(error: str | None) -> str:

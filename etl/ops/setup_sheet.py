@@ -115,9 +115,6 @@ def _validity(config: Config, name: str) -> str:
 
 
 def _last_delivered(config: Config, name: str) -> str:
-    store = open_store(config)
-    try:
+    with open_store(config) as store:
         last = store.last_success(name)
-    finally:
-        store.close()
     return f"{last.rows_delivered:,}" if last and last.rows_delivered is not None else "no run yet"

@@ -18,7 +18,7 @@ from typing import Any
 from urllib.error import HTTPError, URLError
 from urllib.parse import unquote, urlsplit, urlunsplit
 
-from etl import __version__
+from etl.version import __version__
 from etl.destinations.retry import RetryPolicy
 from etl.errors import Retriable
 

@@ -16,15 +16,14 @@ from types import ModuleType
 def configure_arrow() -> None:
     """A leaner allocator unless ``ARROW_DEFAULT_MEMORY_POOL`` says otherwise, and no pandas for pyarrow.
 
-    * Memory: pyarrow's default allocator (mimalloc) keeps more freed pages for reuse. Peak RSS of
-      the benchmark's run at 1M / 10M customers: mimalloc 198 / 243 MB, the system allocator 162 /
-      222 MB, jemalloc 167 / 212 MB, at the same speed (docs/benchmarks.md). jemalloc, where this
-      pyarrow build has it, else the system allocator.
+    * Memory: pyarrow's default allocator (mimalloc) keeps more freed pages for reuse, so a run
+      peaks higher at the same speed (docs/benchmarks.md). jemalloc, where this pyarrow build has
+      it, else the system allocator.
     * pandas: the first ``pa.array()`` of a run, on anything but an Arrow object, makes pyarrow
       import pandas to check whether the value is a pandas object. No audience run uses pandas,
-      and the import took 0.3 s and 40 MB of every run. pyarrow is made to find pandas missing
-      once; code that uses pandas later still imports it, and ``to_pandas()`` makes pyarrow look
-      again (it retries the import when asked to convert).
+      whose import costs every run time and memory. pyarrow is made to find pandas missing once;
+      code that uses pandas later still imports it, and ``to_pandas()`` makes pyarrow look again
+      (it retries the import when asked to convert).
     """
     import pyarrow as pa
 

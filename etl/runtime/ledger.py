@@ -13,7 +13,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -23,6 +23,7 @@ from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from etl.config import Config
 from etl.errors import StateError
 from etl.logs import redact
+from etl.runtime.results import RunStatus
 
 metadata = sa.MetaData()
 
@@ -96,8 +97,6 @@ slots = sa.Table(
     sa.Column("claimed_at", sa.DateTime, nullable=False),
 )
 
-RUN_STATUSES = ("running", "succeeded", "failed", "interrupted")
-
 #: an import's status when Actito never received it: it does not count against the daily budget
 NOT_SENT = "NOT_SENT"
 
@@ -141,7 +140,7 @@ class RunRecord:
     run_id: str
     activation: str
     kind: str
-    status: str
+    status: RunStatus
     dry_run: bool
     started_at: datetime
     finished_at: datetime | None
@@ -194,8 +193,9 @@ class StateStore:
             state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
             # created private before SQLite opens it (SQLite would use the umask); its journal files
             # take the database file's mode. Only when missing: closing any descriptor of the file
-            # drops every POSIX lock this process holds on it, SQLite's included — measured, two
-            # processes sharing the file then got "disk I/O error" (IOERR_RDLOCK, IOERR_DELETE_NOENT)
+            # drops every POSIX lock this process holds on it, SQLite's included (two processes sharing
+            # the file then get "disk I/O error"). Not etl.files.create_private: it replaces what is
+            # there, and another process may have just created the ledger and opened it
             if not ledger.exists():
                 os.close(os.open(ledger, os.O_WRONLY | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o600))
         except OSError as exc:
@@ -205,6 +205,12 @@ class StateStore:
     def close(self) -> None:
         self.engine.dispose()
 
+    def __enter__(self) -> StateStore:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
     # ------------------------------------------------------------------ runs
 
     def start_run(self, run_id: str, activation: str, kind: str, *, dry_run: bool, started_at: datetime) -> None:
@@ -213,7 +219,7 @@ class StateStore:
                 run_id=run_id,
                 activation=activation,
                 kind=kind,
-                status="running",
+                status=RunStatus.RUNNING,
                 dry_run=dry_run,
                 started_at=started_at,
                 details={},
@@ -224,17 +230,17 @@ class StateStore:
         """Keep what a running run knows so far (its checkpoint, counts, files and their sha256), so a
         run that dies leaves it readable. Only while the run is still marked running: a successor
         that took it over has closed its row."""
-        self._write(runs.update().where(runs.c.run_id == run_id, runs.c.status == "running")
+        self._write(runs.update().where(runs.c.run_id == run_id, runs.c.status == RunStatus.RUNNING)
                     .values(details=details, **values), fence=fence)
 
     def unfinished_runs(self, activation: str) -> list[RunRecord]:
         """Runs of ``activation`` still marked running: with its lock held, those processes are dead."""
-        return list(reversed(self.runs(activation, status="running", limit=1000)))
+        return list(reversed(self.runs(activation, status=RunStatus.RUNNING, limit=1000)))
 
-    def finish_run(self, run_id: str, status: str, *, fence: Fence | None = None, **values: Any) -> None:
+    def finish_run(self, run_id: str, status: RunStatus, *, fence: Fence | None = None, **values: Any) -> None:
         """The run's final row; with ``fence``, written only while the run still holds its lease, in
         the same transaction (LeaseLost otherwise), so a run taken over can never record success."""
-        if status not in RUN_STATUSES:
+        if status == RunStatus.LOCKED:  # a run that found its activation held never started
             raise ValueError(status)
         self._write(runs.update().where(runs.c.run_id == run_id).values(status=status, **values), fence=fence)
 
@@ -246,7 +252,7 @@ class StateStore:
         self,
         activation: str | None = None,
         *,
-        status: str | None = None,
+        status: RunStatus | None = None,
         limit: int = 20,
         include_dry_runs: bool = True,
         since: date | None = None,
@@ -269,7 +275,7 @@ class StateStore:
         return _record(row._mapping) if row else None
 
     def last_success(self, activation: str) -> RunRecord | None:
-        found = self.runs(activation, status="succeeded", limit=1, include_dry_runs=False)
+        found = self.runs(activation, status=RunStatus.SUCCEEDED, limit=1, include_dry_runs=False)
         return found[0] if found else None
 
     # ------------------------------------------------------------------ Actito imports
@@ -362,7 +368,7 @@ def open_store(config: Config) -> StateStore:
 
 def _create_tables(engine: sa.Engine, attempts: int = 4) -> None:
     """Create the ledger's tables, retried while another process creates them at the same moment:
-    measured, two scheduler replicas (or cron runs) starting together on an empty PostgreSQL ledger,
+    two scheduler replicas (or cron runs) starting together on an empty PostgreSQL ledger,
     one failed with 'duplicate key value violates unique constraint "pg_type_typname_nsp_index"'.
     SQLite says 'table ... already exists' (an OperationalError) when two processes sharing a
     state_dir create a table at once."""
@@ -380,6 +386,7 @@ def _create_tables(engine: sa.Engine, attempts: int = 4) -> None:
 def _record(row: sa.RowMapping) -> RunRecord:
     values = dict(row)
     values["details"] = values.get("details") or {}
+    values["status"] = RunStatus(values["status"])
     return RunRecord(**values)
 
 

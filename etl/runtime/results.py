@@ -1,13 +1,12 @@
-"""What a run ends as, typed: its status, and a destination's own account of what it delivered.
-
-Alerts, metrics, the report, the history and the command line all read these; before, each guessed
-from keys of a free-form ``details`` dict which destination a run had and what it did.
-"""
+"""What a run ends as, typed: its status, its counts, and a destination's own account of what it
+delivered, for alerts, metrics, the report, the history and the command line to read."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, fields
 from enum import StrEnum
+from typing import Any
 
 
 class RunStatus(StrEnum):
@@ -19,6 +18,41 @@ class RunStatus(StrEnum):
     FAILED = "failed"
     INTERRUPTED = "interrupted"
     LOCKED = "locked"
+
+
+@dataclass(frozen=True, eq=False)
+class RunResults(Mapping[str, object]):
+    """The counts and the file of a run: the ledger's columns, typed.
+
+    Also a Mapping of the columns a job set (unset ones are None and absent; equal to the dict of
+    them), in the ledger's column order: that is how they are written to the ledger and shown as a
+    run's JSON line."""
+
+    rows_extracted: int | None = None
+    rows_rejected: int | None = None
+    rows_duplicate: int | None = None
+    rows_delivered: int | None = None
+    file_name: str | None = None
+    sha256: str | None = None
+
+    @classmethod
+    def from_columns(cls, columns: Mapping[str, Any]) -> RunResults:
+        return cls(**{name: columns[name] for name in _COLUMNS if columns.get(name) is not None})
+
+    def __getitem__(self, key: str) -> object:
+        value = getattr(self, key, None) if key in _COLUMNS else None
+        if value is None:
+            raise KeyError(key)
+        return value
+
+    def __iter__(self) -> Iterator[str]:
+        return (name for name in _COLUMNS if getattr(self, name) is not None)
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self)
+
+
+_COLUMNS = tuple(field.name for field in fields(RunResults))
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ import shutil
 import signal
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -24,12 +24,12 @@ from pathlib import Path
 from typing import Any
 
 from etl.config import Config
-from etl.errors import AudienceSyncError, LeaseLost, LockBusy, MetricsError
+from etl.errors import AudienceSyncError, LeaseLost, LockBusy
 from etl.files import private_directory
 from etl.runtime.leases import Lease, hold
 from etl.logs import redact
 from etl.runtime.ledger import StateStore
-from etl.runtime.results import Delivery
+from etl.runtime.results import Delivery, RunResults, RunStatus
 
 log = logging.getLogger("audience_sync.run")
 
@@ -131,19 +131,26 @@ class RunInterrupted(Exception):
 class RunOutcome:
     activation: str
     run_id: str | None
-    status: str  # succeeded | failed | interrupted | locked
+    status: RunStatus
     dry_run: bool
     duration_s: float
-    results: dict[str, Any]
+    results: RunResults
     details: dict[str, Any]
     error: str | None = None
 
     @property
     def ok(self) -> bool:
-        return self.status == "succeeded"
+        return self.status == RunStatus.SUCCEEDED
+
+    @property
+    def delivery(self) -> Delivery | None:
+        """The destination's account of the delivery, as the ledger keeps it."""
+        return Delivery.from_details(self.details.get("delivery"))
 
 
 JobBody = Callable[[RunContext], None]
+#: told of every recorded run (alerts, metrics): given by the caller, as the runtime sits below etl.ops
+Finisher = Callable[[Config, StateStore, RunOutcome], None]
 
 
 def execute(
@@ -158,8 +165,10 @@ def execute(
     now: datetime | None = None,
     stop: threading.Event | None = None,
     force: bool = False,
+    finishers: Sequence[Finisher] = (),
 ) -> RunOutcome:
-    """Run ``body`` under the activation's lock and record it; never raises for a failed run."""
+    """Run ``body`` under the activation's lock and record it, then call each finisher with the
+    outcome (not for a run that found the lock taken); never raises for a failed run."""
     started_at = now or datetime.now(UTC)
     run_id = new_run_id(started_at)
     ttl = timedelta(minutes=config.settings.lock_ttl_minutes)
@@ -171,13 +180,14 @@ def execute(
                                  store=store, lease=lease)
             if progress is not None:
                 context.progress = progress
-            return _run_locked(context, store, kind, body, began)
+            return _run_locked(context, store, kind, body, began, finishers)
     except LockBusy as busy:
         log.warning(busy.message(), extra={"fields": {"activation": activation}})
-        return RunOutcome(activation, None, "locked", dry_run, 0.0, {}, {}, busy.message())
+        return RunOutcome(activation, None, RunStatus.LOCKED, dry_run, 0.0, RunResults(), {}, busy.message())
 
 
-def _run_locked(context: RunContext, store: StateStore, kind: str, body: JobBody, began: float) -> RunOutcome:
+def _run_locked(context: RunContext, store: StateStore, kind: str, body: JobBody, began: float,
+                finishers: Sequence[Finisher]) -> RunOutcome:
     config, activation, run_id, dry_run = context.config, context.activation, context.run_id, context.dry_run
     run_dir, stop = context.run_dir, context.stop
     recovered = mark_dead_runs(store, activation, run_id, run_dir.parent)
@@ -185,48 +195,58 @@ def _run_locked(context: RunContext, store: StateStore, kind: str, body: JobBody
     if recovered:
         context.details["recovered"] = recovered
     fields = {"activation": activation, "run_id": run_id}
-    status, error = "succeeded", None
-    try:
-        private_directory(run_dir, root=config.state_dir)
-        body(context)
-    except AudienceSyncError as exc:
-        status, error = "failed", redact(exc.message())
-    except RunInterrupted as exc:
-        status, error = "interrupted", str(exc)
-    except KeyboardInterrupt:
-        status, error = "interrupted", "interrupted by the user or a signal"
-    except Exception as exc:  # a bug of ours: record it, keep the traceback in the log, not on the user's screen
-        status, error = "failed", redact(_unexpected(exc))
-        log.debug("internal error", exc_info=True, extra={"fields": fields})
+    status, error = _run_body(context, body, fields)
     pruned = prune_runs(store, config, activation, run_dir.parent, current=run_id)
     if pruned:
         context.details["pruned_runs"] = pruned
     duration = round(time.perf_counter() - began, 3)
     context.details["steps"] = context.steps
-    if status == "succeeded":
+    if status == RunStatus.SUCCEEDED:
         context.details["checkpoint"] = "recorded"
-    status, error = _record(context, status, error, duration)
+    if context.delivery is not None:
+        context.details["delivery"] = context.delivery.as_details()
+    results = RunResults.from_columns(context.results)
+    status, error = _record(context, results, status, error, duration)
     kill_point("recorded")
-    level = logging.INFO if status == "succeeded" else logging.ERROR
-    log.log(level, "run %s%s", status, f": {error}" if error else "", extra={"fields": {**fields, **context.results}})
-    outcome = RunOutcome(activation, run_id, status, dry_run, duration, context.results, context.details, error)
-    announce(config, store, outcome)
-    if status == "interrupted" and stop is None:  # Ctrl-C on a one-shot run ends the command too
+    level = logging.INFO if status == RunStatus.SUCCEEDED else logging.ERROR
+    log.log(level, "run %s%s", status, f": {error}" if error else "", extra={"fields": {**fields, **results}})
+    outcome = RunOutcome(activation, run_id, status, dry_run, duration, results, context.details, error)
+    for finish in finishers:
+        finish(config, store, outcome)
+    if status == RunStatus.INTERRUPTED and stop is None:  # Ctrl-C on a one-shot run ends the command too
         raise KeyboardInterrupt
     return outcome
 
 
-def _record(context: RunContext, status: str, error: str | None, duration: float) -> tuple[str, str | None]:
+def _run_body(context: RunContext, body: JobBody, fields: dict[str, str]) -> tuple[RunStatus, str | None]:
+    """The job's body, whatever it ends on, as a status and a readable error."""
+    try:
+        private_directory(context.run_dir, root=context.config.state_dir)
+        body(context)
+    except AudienceSyncError as exc:
+        return RunStatus.FAILED, redact(exc.message())
+    except RunInterrupted as exc:
+        return RunStatus.INTERRUPTED, str(exc)
+    except KeyboardInterrupt:
+        return RunStatus.INTERRUPTED, "interrupted by the user or a signal"
+    except Exception as exc:  # a bug of ours: record it, keep the traceback in the log, not on the user's screen
+        log.debug("internal error", exc_info=True, extra={"fields": fields})
+        return RunStatus.FAILED, redact(_unexpected(exc))
+    return RunStatus.SUCCEEDED, None
+
+
+def _record(context: RunContext, results: RunResults, status: RunStatus, error: str | None,
+            duration: float) -> tuple[RunStatus, str | None]:
     """Write the run's final row under its lease; a run that lost it (whatever it then failed on, a
     successor having removed its files, say) is recorded as such instead, never as succeeded."""
     store, lease = context.store, context.lease
     assert store is not None and lease is not None
-    values = {"finished_at": datetime.now(UTC).replace(tzinfo=None), "duration_s": duration,
-              "details": context.details, **context.results}
+    values: dict[str, Any] = {"finished_at": datetime.now(UTC).replace(tzinfo=None), "duration_s": duration,
+                              "details": context.details, **results}
     try:
         store.finish_run(context.run_id, status, fence=lease, error=error, **values)
     except LeaseLost as lost:
-        status, error = "failed", lost.message()
+        status, error = RunStatus.FAILED, lost.message()
         context.details["lease"] = "lost"
         store.finish_run(context.run_id, status, error=error, **values)
     return status, error
@@ -256,7 +276,7 @@ def mark_dead_runs(store: StateStore, activation: str, run_id: str, runs_dir: Pa
         stopped = dead.details.get("checkpoint") or "starting"
         error = (f"the process died after '{stopped}' (killed or crashed) or stalled past its lease; "
                  f"run {run_id} recovered it")
-        store.finish_run(dead.run_id, "interrupted", finished_at=datetime.now(UTC).replace(tzinfo=None),
+        store.finish_run(dead.run_id, RunStatus.INTERRUPTED, finished_at=datetime.now(UTC).replace(tzinfo=None),
                          error=error, details={**dead.details, "recovered_by": run_id})
         _remove_partial_files(runs_dir / dead.run_id)
         log.warning("run %s of %s had died: %s", dead.run_id, activation, error,
@@ -278,7 +298,7 @@ def prune_runs(store: StateStore, config: Config, activation: str, runs_dir: Pat
     try:
         records = store.runs(activation, limit=100_000)
         needed = {current, *(r.run_id for r in records[: settings.keep_runs])}
-        needed |= {r.run_id for r in records if r.status == "running"}
+        needed |= {r.run_id for r in records if r.status == RunStatus.RUNNING}
         needed |= {i.run_id for i in store.unfinished_imports(activation, excluding_run=current)}
         started = {r.run_id: r.started_at for r in records}
         pruned = []
@@ -306,23 +326,3 @@ def _remove_partial_files(run_dir: Path) -> None:
         if path.name.startswith(".") and path.name.endswith((".partial", ".tmp", ".repack")):
             path.unlink(missing_ok=True)
 
-
-def announce(config: Config, store: StateStore, outcome: RunOutcome) -> None:
-    """Alerts and metrics after every recorded run, whoever started it (CLI, cron, scheduler).
-    Neither may fail the run: problems are logged as warnings."""
-    from etl.ops.alerts import alert_for, previous_status, send_alert
-    from etl.ops.metrics import push, write_textfile
-
-    if outcome.run_id is None or outcome.dry_run:
-        return
-    alert = alert_for(outcome, previous_status(store, outcome.activation, outcome.run_id))
-    if alert is not None:
-        send_alert(config.alerts, alert)
-    metrics = config.metrics
-    if metrics.textfile is not None:
-        try:
-            write_textfile(metrics.model_copy(update={"textfile": config.path(metrics.textfile)}), [outcome], store)
-        except MetricsError as exc:
-            log.warning("metrics textfile not written: %s", exc.message())
-    if metrics.pushgateway_url:
-        push(metrics, [outcome], store)

@@ -7,7 +7,7 @@ fires twice on the autumn fall-back night (both fires carry the same wall-clock 
 scheduler replica on the same shared ledger fires the same slot, and a restarted scheduler that
 catches up a recent slot finds it already done.
 
-Decisions, each measured on APScheduler 3.11.3 with Europe/Brussels (see tests/test_scheduler.py):
+Decisions, pinned with Europe/Brussels by tests/test_scheduler.py:
 
 * ``cron``: ``CronTrigger.from_crontab`` in the activation's zone. On the spring-forward day a
   daily ``30 2 * * *`` still runs once: APScheduler yields the non-existent 02:30 with the winter
@@ -42,7 +42,7 @@ import socket
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta, tzinfo
 from pathlib import Path
@@ -61,8 +61,9 @@ from apscheduler.triggers.interval import IntervalTrigger
 from etl.config import Config, Schedule, load_config, parse_interval
 from etl.config import config_path as resolve_config_path
 from etl.errors import AudienceSyncError, ConfigError
-from etl.runtime.runs import execute
 from etl.runtime.ledger import StateStore, open_store
+from etl.runtime.results import RunStatus
+from etl.runtime.runs import Finisher, JobBody, execute
 
 log = logging.getLogger("audience_sync.scheduler")
 
@@ -105,11 +106,11 @@ def _slot_of(trigger: BaseTrigger, fire_time: datetime) -> str:
 class WholeDaysTrigger(CalendarIntervalTrigger):  # type: ignore[misc]
     """``every = "Nd"``: every N days at a fixed local time (00:00), days counted from ``ANCHOR``.
 
-    Keeps CalendarIntervalTrigger's fields and repr, replaces its next-time rule (measured on
-    3.11.3): the stock rule skips a date whose time does not exist and, without a previous fire,
-    returns ``start_date``'s time even when it is long past. Here a non-existent time yields the
-    wall-clock time with the pre-transition offset — the instant one hour later, as CronTrigger
-    does — and an ambiguous one its first occurrence.
+    Keeps CalendarIntervalTrigger's fields and repr, replaces its next-time rule: the stock rule
+    skips a date whose time does not exist and, without a previous fire, returns ``start_date``'s
+    time even when it is long past. Here a non-existent time yields the wall-clock time with the
+    pre-transition offset — the instant one hour later, as CronTrigger does — and an ambiguous one
+    its first occurrence.
     """
 
     def __init__(self, days: int, *, timezone: tzinfo, hour: int = 0, minute: int = 0) -> None:
@@ -293,19 +294,24 @@ def _utcnow() -> datetime:
 class Scheduler:
     """Runs the scheduled activations until SIGTERM/SIGINT; SIGHUP reloads ``schedules.toml``.
 
-    ``clock`` gives "now" for the catch-up of recent slots and the runs' start time (tests pin it;
-    APScheduler's own loop always follows the real clock). ``stop_grace`` overrides
-    ``settings.shutdown_grace_seconds``.
+    ``job_for`` gives a job kind's body and ``finishers`` are told of every run: both come from the
+    caller, as job kinds and alerts sit above the runtime. ``clock`` gives "now" for the catch-up of
+    recent slots and the runs' start time (tests pin it; APScheduler's own loop always follows the
+    real clock). ``stop_grace`` overrides ``settings.shutdown_grace_seconds``.
     """
 
     def __init__(
         self,
         config_path: Path,
+        job_for: Callable[[str], JobBody],
         *,
+        finishers: Sequence[Finisher] = (),
         clock: Callable[[], datetime] | None = None,
         stop_grace: float | None = None,
     ) -> None:
         self.config_path = config_path
+        self._job_for = job_for
+        self._finishers = finishers
         self._clock = clock or _utcnow
         self._stop_grace = stop_grace
         self._identity = f"{socket.gethostname()}:{os.getpid()}"
@@ -456,18 +462,17 @@ class Scheduler:
 
     def _claim_and_run(self, config: Config, store: StateStore, name: str, kind: str, slot: str,
                        fields: dict[str, Any]) -> None:
-        from jobs import job_for  # the job kinds import the warehouse and Actito code: only when running
-
         try:
             if not store.claim_slot(name, slot, self._identity):
                 log.info("slot %s of %s already claimed: nothing to do", slot, name, extra={"fields": fields})
                 return
             log.info("slot %s of %s claimed: running", slot, name, extra={"fields": fields})
-            outcome = execute(config, store, name, kind, job_for(kind), stop=self._stop_event, now=self._clock())
+            outcome = execute(config, store, name, kind, self._job_for(kind), stop=self._stop_event,
+                              now=self._clock(), finishers=self._finishers)
         except AudienceSyncError as exc:  # the ledger itself failed: nothing ran, nothing to record it in
             log.error("slot %s of %s not run: %s", slot, name, exc.message(), extra={"fields": fields})
             return
-        if outcome.status == "locked":
+        if outcome.status == RunStatus.LOCKED:
             log.info("slot %s of %s skipped: another process is running it", slot, name, extra={"fields": fields})
 
     # ------------------------------------------------------------------ signals and the main loop
@@ -570,7 +575,8 @@ def _first_fire(trigger: BaseTrigger, now: datetime, grace_seconds: int) -> date
 # --------------------------------------------------------------------------- the command
 
 
-def main(config_path: Path | None, *, preview: bool, count: int = 5, now: datetime | None = None) -> int:
+def main(config_path: Path | None, job_for: Callable[[str], JobBody], *, preview: bool, count: int = 5,
+         now: datetime | None = None, finishers: Sequence[Finisher] = ()) -> int:
     """``audience-sync schedule [--preview] [--count N]``: run the scheduler, or print the next runs.
 
     Errors are AudienceSyncError (a ConfigError exits 2), left to the CLI to print. ``now`` pins the
@@ -587,4 +593,4 @@ def main(config_path: Path | None, *, preview: bool, count: int = 5, now: dateti
         logger = logging.getLogger(name)
         if logger.getEffectiveLevel() > logging.INFO:
             logger.setLevel(logging.INFO)
-    return Scheduler(path).run_forever()
+    return Scheduler(path, job_for, finishers=finishers).run_forever()
