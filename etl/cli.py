@@ -422,27 +422,11 @@ def _summary(outcomes: Sequence[RunOutcome]) -> str:
 
 
 def _where_it_went(outcome: RunOutcome) -> str:
-    """The destination's own account when it gave one; otherwise guessed from the details it kept."""
+    """The destination's own account of the delivery (every destination gives one)."""
     delivery = outcome.delivery
-    if delivery is not None:
-        return f"{delivery.where}: {delivery.summary}" if delivery.summary else delivery.where
-    details = outcome.details
-    if "membership_table" in details:
-        return (f"Actito table '{details['membership_table']}': {details['entered']:,} members entered, "
-                f"{details['left']:,} left")
-    if "openfield" in details:  # profiles pushed to OpenField
-        if outcome.dry_run or "created" not in details:
-            return (f"OpenField tenant '{details['openfield']}': {details.get('to_send', 0):,} changed profiles"
-                    f"{' (dry run, nothing sent)' if outcome.dry_run else ''}, {details.get('unchanged', 0):,} unchanged")
-        return (f"OpenField tenant '{details['openfield']}': {details['created']:,} created, "
-                f"{details['updated']:,} updated, {details.get('unchanged', 0):,} unchanged")
-    if "table" in details:  # an import into an Actito table
-        sent = f"{details.get('to_send', 0):,} changed rows sent" if not outcome.dry_run else "dry run, nothing sent"
-        if details.get("refused_by_actito"):
-            sent += f" ({details['refused_by_actito']:,} refused by Actito, listed in the rejects file)"
-        return f"Actito table '{details['table']}': {sent}, {details.get('unchanged', 0):,} unchanged"
-    delivered = details.get("delivered", [])
-    return str(delivered[0]["location"]) if delivered else f"written to {details.get('local_dir')} (dry run)"
+    if delivery is None:
+        return "delivered"
+    return f"{delivery.where}: {delivery.summary}" if delivery.summary else delivery.where
 
 
 def _preview(config: Config, args: argparse.Namespace) -> int:
