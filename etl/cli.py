@@ -201,13 +201,13 @@ def _dispatch(args: argparse.Namespace) -> int:
 
 
 def _sandbox(args: argparse.Namespace) -> int:
-    from etl.testing.actito import server as sandbox  # lazy: the one command that serves a test double
+    from etl.runtime.doubles import serve_actito_sandbox
 
     options = ["--port", str(args.port)]
     options += ["--fixture", args.fixture] if args.fixture else []
     options += ["--state-file", args.state_file] if args.state_file else []
     options += ["--latency-seconds", str(args.latency_seconds)]
-    return sandbox.main(options)
+    return serve_actito_sandbox(options)
 
 
 def _schedule(args: argparse.Namespace) -> int:

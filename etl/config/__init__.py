@@ -7,7 +7,7 @@ warehouses, destinations, schedules, file names). Secrets never come from litera
 they come from ``${ENV_VAR}`` (or ``ENV_VAR_FILE``, a mounted secret file) or from a ``*_file`` key.
 """
 
-from etl.config.destinations import (ACTITO_ENVIRONMENTS, OPENFIELD_ROUTES, AnyDestination, Destination, FileLocation,
+from etl.config.destinations import (ACTITO_ENVIRONMENTS, OPENFIELD_ROUTES, OPENFIELD_SANDBOX_PASSWORD, AnyDestination, Destination, FileLocation,
                                      FtpsLocation, LocalLocation, OpenFieldDestination, OpenFieldRoutes, SftpLocation)
 from etl.config.load import config_path, load_config
 from etl.config.model import (Activation, ActivationBase, Alerts, AudienceActivation, Config, EmailAlerts, FileOptions,
@@ -15,7 +15,7 @@ from etl.config.model import (Activation, ActivationBase, Alerts, AudienceActiva
                               Settings, SubscriptionsActivation, Warehouse, parse_interval)
 
 __all__ = [
-    "ACTITO_ENVIRONMENTS", "OPENFIELD_ROUTES", "Activation", "ActivationBase", "Alerts", "AnyDestination",
+    "ACTITO_ENVIRONMENTS", "OPENFIELD_ROUTES", "OPENFIELD_SANDBOX_PASSWORD", "Activation", "ActivationBase", "Alerts", "AnyDestination",
     "AudienceActivation", "Config", "Destination", "EmailAlerts", "FileLocation", "FileOptions", "FtpsLocation",
     "ImportActivationBase", "InteractionsActivation", "LocalLocation", "Metrics", "OpenFieldDestination",
     "OpenFieldRoutes", "ProfilesActivation", "Schedule", "Settings", "SftpLocation", "SubscriptionsActivation",

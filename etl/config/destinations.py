@@ -213,6 +213,8 @@ class Destination(_CalledOverHttp):
 
 
 #: OpenField's webservice routes as we assume them (docs/openfield-wire.md): "METHOD /path"
+#: the OpenField sandbox's password when the destination names none; a demo value, not a secret
+OPENFIELD_SANDBOX_PASSWORD = "sandbox-demo-password"
 OPENFIELD_ROUTES: dict[str, str] = {
     "find": "GET /api/{tenant_id}/{application_id}/profiles?{match_on}={value}",
     "create": "POST /api/{tenant_id}/{application_id}/profiles",

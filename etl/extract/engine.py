@@ -16,6 +16,7 @@ from sqlalchemy.engine import URL
 from etl.config import Config
 from etl.errors import ExtractError
 from etl.logs import redact
+from etl.runtime.doubles import ensure_demo_warehouse
 
 #: what to install for a missing driver module: the project's extra when we ship one
 _EXTRA_FOR_MODULE = {"psycopg": "postgres", "pymysql": "mysql", "duckdb": "duckdb", "duckdb_engine": "duckdb"}
@@ -183,9 +184,6 @@ def activation_engine(config: Config, name: str) -> sa.Engine:
     warehouse_name, warehouse = config.warehouse_for(name)
     url = _anchored(config, warehouse.url.get_secret_value())
     if warehouse.demo:
-        # imported here, not at the top: the runtime never loads a test double unless the configuration asks for one
-        from etl.testing import ensure_demo_warehouse
-
         ensure_demo_warehouse(url)
     return create_warehouse_engine(url, where=f"[warehouses.{warehouse_name}] url")
 

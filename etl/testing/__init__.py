@@ -3,16 +3,9 @@
 They live here, apart from the runtime, because they stand in for what a production run talks to
 (Actito, OpenField, a warehouse) so that the tests, the benchmarks and the README demo run with no
 licence and no database server. A production run never needs them, so it never loads them: the
-runtime reaches this package only through the functions below, each imported inside the one
-runtime function that needs it, and only when the configuration asks for a double:
-
-* ``in_process_actito_sandbox`` — ``etl.destinations.actito.connect.in_process_sandbox_url``, for ``environment = "sandbox"``;
-* ``in_process_openfield_sandbox`` — ``etl.destinations.openfield.connect.in_process_sandbox_url``, for ``environment = "sandbox"``;
-* ``ensure_demo_warehouse`` — ``etl.extract.engine.activation_engine``, for a warehouse with ``demo = true``;
-* ``etl.testing.actito.server.main`` — ``etl.cli``'s ``sandbox`` command.
-
-``lint-imports`` (``[tool.importlinter]`` in pyproject.toml, run by ``.ci/run``) fails on any other
-import of this package from ``etl`` or ``jobs``. Tests and benchmarks import the modules directly.
+runtime reaches this package only through the functions below, called by ``etl.runtime.doubles``
+(the one module ``lint-imports`` lets import it) when a configuration asks for a double. Tests and
+benchmarks import the modules directly.
 """
 
 from __future__ import annotations
@@ -74,3 +67,10 @@ def ensure_demo_warehouse(url: str) -> bool:
     from etl.testing.demo import ensure_demo_warehouse as ensure
 
     return ensure(url)
+
+
+def serve_actito_sandbox(options: list[str]) -> int:
+    """The ``sandbox`` command: an Actito sandbox served until interrupted."""
+    from etl.testing.actito.server import main
+
+    return main(options)

@@ -39,7 +39,7 @@ from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from etl.config import OPENFIELD_ROUTES
-from etl.destinations.openfield.connect import SANDBOX_DEMO_PASSWORD as DEMO_PASSWORD
+from etl.config import OPENFIELD_SANDBOX_PASSWORD as DEMO_PASSWORD
 from etl.values.countries import alpha3_of_alpha2
 from etl.testing.loopback import Fault, FaultQueue, FaultStatus, LoopbackHandler, LoopbackServer, send_json
 

@@ -14,6 +14,7 @@ from pathlib import Path
 from etl.destinations.actito.client import CALLS_PER_MINUTE, CONNECT_TIMEOUT, MAX_IN_FLIGHT, READ_TIMEOUT, ActitoClient
 from etl.config import ACTITO_ENVIRONMENTS, Config, Destination
 from etl.errors import ConfigError
+from etl.runtime.doubles import actito_sandbox_url
 from etl.destinations.licence import licence_for
 
 #: the API key of the sandbox's default fixture; a demo value, not a secret
@@ -27,10 +28,7 @@ def sandbox_state_file(config: Config) -> Path:
 
 def in_process_sandbox_url(config: Config) -> str:
     """The URL of this process's Actito sandbox for the configuration, started on first use (from its state file)."""
-    # imported here, not at the top: the runtime never loads a test double unless the configuration asks for one
-    from etl.testing import in_process_actito_sandbox
-
-    return in_process_actito_sandbox(sandbox_state_file(config)).url
+    return actito_sandbox_url(sandbox_state_file(config))
 
 
 def open_client(config: Config, destination_name: str) -> ActitoClient:

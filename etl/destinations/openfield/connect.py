@@ -10,12 +10,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from etl.config import Config, OpenFieldDestination
+from etl.config import OPENFIELD_SANDBOX_PASSWORD, Config, OpenFieldDestination
+from etl.runtime.doubles import openfield_sandbox_url
 from etl.destinations.licence import licence_for
 from etl.destinations.openfield.client import CONNECT_TIMEOUT, READ_TIMEOUT, OpenFieldClient
-
-#: the OpenField sandbox's password when the destination names none; a demo value, not a secret
-SANDBOX_DEMO_PASSWORD = "sandbox-demo-password"
 
 
 def sandbox_state_file(config: Config) -> Path:
@@ -24,18 +22,15 @@ def sandbox_state_file(config: Config) -> Path:
 
 def in_process_sandbox_url(config: Config, destination: OpenFieldDestination, password: str) -> str:
     """The URL of this process's OpenField sandbox for the configuration, started on first use, stopped at exit."""
-    # imported here, not at the top: the runtime never loads a test double unless the configuration asks for one
-    from etl.testing import in_process_openfield_sandbox
-
-    return in_process_openfield_sandbox(
+    return openfield_sandbox_url(
         sandbox_state_file(config), tenant_id=destination.tenant_id, application_id=destination.application_id,
         username=destination.username, password=password, routes=destination.routes.model_dump(),
-    ).url
+    )
 
 
 def open_client(config: Config, destination_name: str) -> OpenFieldClient:
     destination = config.destination_of(destination_name, OpenFieldDestination)
-    password = destination.password.get_secret_value() if destination.password else SANDBOX_DEMO_PASSWORD
+    password = destination.password.get_secret_value() if destination.password else OPENFIELD_SANDBOX_PASSWORD
     url = in_process_sandbox_url(config, destination, password) if destination.environment == "sandbox" else destination.url
     assert url is not None  # validated: url, or environment = "sandbox"
     # one set of limits per tenant, shared by every run of this process and, through the ledger's
