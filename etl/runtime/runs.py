@@ -97,6 +97,10 @@ class RunContext:
         self.progress(self.activation, counts)
         kill_point("chunk")
 
+    def fault_point(self, name: str) -> None:
+        """Where a destination lets the fault-injection variables crash or stall the run."""
+        kill_point(name)
+
     def fence(self) -> None:
         """Called before every irreversible step (a rename into place, a removal, a snapshot replace,
         an import POST): renews the lease, or stops the run with LeaseLost if another run took it."""

@@ -35,7 +35,7 @@ from etl.destinations.base import refuse_over_budget
 from etl.files import Compression, CsvFileWriter, RejectWriter, WrittenFile
 from etl.runtime.ledger import open_store
 from etl.runtime.results import Delivery
-from etl.runtime.runs import RunContext, kill_point
+from etl.runtime.runs import RunContext
 from etl.transform.delta import MappedRows, RowSnapshot, Staged, fingerprint
 from etl.transform.mapping import FieldMap, Mapping, RowMapper, explicit_mapping
 from etl.values.rules import FieldRule
@@ -193,7 +193,7 @@ def import_parts(
             store.intend_import(reference, context.run_id, context.activation, target.entity, table.id,
                                 datetime.now(UTC).date())
             execution = client.start_import(definition, part.path, etl_id=target.etl_id)
-            kill_point("posted")
+            context.fault_point("posted")
             store.record_import(reference, execution.id)
             context.checkpoint("delivered")
             final = client.wait_for(execution.id, timeout=target.timeout_seconds)
