@@ -34,10 +34,9 @@ def query_columns(config: Config, name: str) -> list[str]:
 
 
 def check_queries(config: Config, choose: Callable[[str, list[str]], None]) -> list[tuple[str, str]]:
-    """`validate --connect`: connect to each warehouse once and plan each activation's query without
-    reading a row; ``choose(name, columns)`` raises if the job cannot use those columns. Returns every
-    problem, located at the warehouse's URL (a connection refused: said once, not per query) or at
-    the activation's SQL file."""
+    """`validate --connect`: each warehouse connected once, each query planned without reading a row;
+    ``choose`` raises if the job cannot use the columns. Problems are located at the warehouse's URL (a
+    refused connection, said once) or at the activation's SQL file."""
     problems: list[tuple[str, str]] = []
     unreachable: set[str] = set()
     for name in config.activations:

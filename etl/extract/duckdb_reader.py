@@ -14,12 +14,8 @@ def duckdb_batches(
     connection: sa.Connection, statement: sa.TextClause, values: dict[str, Any], chunk_size: int,
     columns: ColumnChoice | None,
 ) -> Batches:
-    """DuckDB's own Arrow reader: duckdb-engine does not stream through SQLAlchemy.
-
-    The statement is compiled for the dialect, so text()'s parameter rules hold here too, and run
-    as a relation: ``execute(...).to_arrow_reader()`` copies the whole result before the first
-    batch, ``sql(...).to_arrow_reader()`` streams.
-    """
+    """Compiled for the dialect (text()'s parameter rules hold) and run as a relation: ``execute()``'s
+    Arrow reader copies the whole result before the first batch, ``sql()``'s streams."""
     compiled = statement.compile(dialect=connection.dialect)
     bound = compiled.construct_params(values)
     positional = [bound[name] for name in compiled.positiontup or ()]

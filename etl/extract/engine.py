@@ -1,7 +1,5 @@
-"""Warehouse engines: a SQLAlchemy engine for a URL (or an error saying what to install or fix), the
-read-only session an audience query runs in, the engine of an activation's warehouse, and database
-failures as ExtractErrors carrying the database's own message, never a password and never the SQL
-echo that drivers append."""
+"""Warehouse engines: an engine for a URL (or an error saying what to fix), the read-only session an
+audience query runs in, and database failures as ExtractErrors without a password or the SQL echo."""
 
 from __future__ import annotations
 
@@ -33,16 +31,9 @@ _DIALECT_PACKAGES = {"snowflake": "snowflake-sqlalchemy", "bigquery": "sqlalchem
 _FILE_DIALECTS = ("sqlite", "duckdb")
 
 
-# --------------------------------------------------------------------------- engine
-
-
 def create_warehouse_engine(url: str, *, where: str) -> sa.Engine:
-    """An engine for the warehouse URL, or an ExtractError a user can act on.
-
-    SQLAlchemy imports the driver here, not at the first query, so a missing driver is reported
-    before any work starts, with the extra to install. Messages show the URL with its password
-    masked: URLs usually carry one, interpolated from the environment.
-    """
+    """An engine for the warehouse URL, or an ExtractError a user can act on: the driver is imported here,
+    so a missing one is reported before any work starts. The URL is shown with its password masked."""
     try:
         parsed = sa.make_url(url)
     except (sa.exc.ArgumentError, ValueError) as exc:
@@ -87,9 +78,8 @@ def create_warehouse_engine(url: str, *, where: str) -> sa.Engine:
 
 
 def _lenient_sqlite_text(dbapi_connection: Any, connection_record: Any) -> None:
-    """SQLite stores whatever bytes it was given as TEXT, and sqlite3 aborts the whole query on the first
-    value that is not UTF-8. Decoded with U+FFFD in place of the bad bytes, such a value is one rejected row
-    ("not UTF-8 text") instead of a failed run."""
+    """sqlite3 aborts the whole query on the first TEXT value that is not UTF-8: decoded with U+FFFD, it
+    is one rejected row ("not UTF-8 text") instead of a failed run."""
     dbapi_connection.text_factory = lambda raw: raw.decode("utf-8", "replace")
 
 
@@ -158,10 +148,8 @@ _READ_WRITE = {
 
 
 def read_only(connection: sa.Connection) -> None:
-    """An audience query only reads: ``preview`` promises to write nothing, and a run must never change
-    the warehouse (a ``DROP`` or ``CREATE TABLE … AS`` pasted into an audience file). The database
-    enforces it, not a parse of the SQL. DuckDB has no read-only transaction: its parser says what
-    each statement is (`etl.extract.duckdb_reader`), and its path always rolls back besides."""
+    """Enforced by the database, not by a parse of the SQL: ``preview`` promises to write nothing and a run
+    must never change the warehouse. DuckDB has no read-only transaction (see `etl.extract.duckdb_reader`)."""
     statement = _READ_ONLY.get(connection.dialect.name)
     if statement is not None:
         connection.exec_driver_sql(statement)
@@ -195,8 +183,6 @@ def _anchored(config: Config, url: str) -> str:
             return prefix + str(config.path(Path(url[len(prefix) :])))
     return url
 
-
-# --------------------------------------------------------------------------- failures
 
 _QUERY_HINT = "fix the query, then try it with `audience-sync preview NAME`"
 

@@ -26,15 +26,9 @@ def sqlalchemy_batches(
     connection: sa.Connection, statement: sa.TextClause, values: dict[str, Any], chunk_size: int,
     columns: ColumnChoice | None,
 ) -> Batches:
-    """The generic path: a server-side cursor read a chunk at a time, only the used columns converted.
-
-    ``stream_results`` gives PostgreSQL a named cursor and MySQL an unbuffered SSCursor (SQLite
-    steps its cursor lazily anyway). Each read asks for an explicit number of rows: ``yield_per`` is
-    not applied to text() statements, and without a size the whole result came back at once;
-    ``max_row_buffer`` keeps SQLAlchemy's own read-ahead within a chunk too. That number is
-    ``chunk_size``, or fewer when the first rows show that a chunk of them would take more than
-    ``CHUNK_BYTES`` (a ``SELECT *`` of hundreds of text columns).
-    """
+    """A server-side cursor (``stream_results``) read a chunk at a time, only the used columns converted.
+    Each read asks for an explicit number of rows (``yield_per`` does not apply to text(); without a size
+    the whole result came back at once): ``chunk_size``, or fewer if a chunk would exceed ``CHUNK_BYTES``."""
     probe = min(chunk_size, _PROBE_ROWS)
     result = connection.execution_options(stream_results=True, max_row_buffer=probe).execute(statement, values)
     with result:
@@ -67,12 +61,8 @@ def selected(batch: pa.RecordBatch, columns: ColumnChoice | None) -> pa.RecordBa
 
 
 def to_array(values: Sequence[Any]) -> pa.Array:
-    """Arrow's inference, with text as the fallback for what it cannot hold.
-
-    A column that is NULL throughout the chunk comes out as null type; the consumer casts. Text
-    instead of an error covers SQLite's mixed-type columns, integers beyond 64 bits, decimal NaN,
-    and UUIDs (Arrow's uuid extension type cannot be cast to text by the consumer).
-    """
+    """Arrow's inference, with text as the fallback (SQLite's mixed-type columns, integers beyond 64 bits,
+    decimal NaN, UUIDs); an all-NULL chunk gives a null-typed column, which the consumer casts."""
     try:
         array = pa.array(values)
     except (pa.ArrowException, OverflowError, TypeError):

@@ -19,7 +19,6 @@ def local_time(activation: ActivationBase, when: datetime) -> datetime:
 
 
 def query_params(activation: ActivationBase, when: datetime) -> dict[str, Any]:
-    """The bound parameters of a run: the built-in :run_date and :run_at, then the declared ones."""
     local = local_time(activation, when)
     return {"run_date": local.date(), "run_at": when.astimezone(UTC).replace(tzinfo=None), **activation.params}
 

@@ -1,28 +1,10 @@
-"""PostgreSQL's fast path through psycopg 3: the query's rows by ``COPY (query) TO STDOUT``, a chunk at
-a time, one of two ways, both giving the generic path's values:
+"""PostgreSQL's fast path through psycopg 3: ``COPY (query) TO STDOUT`` a chunk at a time, with the
+generic path's values. **ADBC** when every column's Arrow form is the generic path's (binary COPY
+converted in C without the GIL, on a second session; parameters bound client-side, since bound by
+ADBC its driver returns the whole result as one batch), else **CSV COPY through psycopg**.
 
-* **ADBC** (``adbc-driver-postgresql``, the ``postgres`` extra), when every column has a type whose
-  Arrow form is the generic path's (booleans, integers, float8, text): a binary COPY read and
-  converted to Arrow in C, without the GIL, on a second session opened with the same connection
-  parameters and search_path, where psycopg's COPY makes one Python call per row and holds the GIL
-  while the cleaner needs it. psycopg binds the parameters client-side (``ClientCursor.mogrify``,
-  each value quoted as a literal, never formatted in by us), so ADBC runs a query without
-  parameters: with parameters bound by ADBC, its driver runs the query eagerly and returns the
-  whole result as one batch.
-* **CSV COPY through psycopg** otherwise (other types, ADBC not installed, or its session refused):
-  rows gathered until ``chunk_size`` and parsed by pyarrow; types other than booleans, integers,
-  floats and text are read as text and converted by psycopg's own loader, then by the generic
-  path's ``to_array``. ``cursor.copy(query, params)`` binds the parameters client-side too.
-
-Either way the query is first declared as a cursor and described (nothing runs), with server-side
-binding as on the generic path: its errors and column names (duplicates allowed) come from there. A
-float parameter would become a numeric literal (float8 when bound): such queries, other drivers than
-psycopg and non-UTF-8 connections take the generic path.
-
-Rows are read on a thread of their own, one chunk ahead of the consumer (cleaning and writing mostly
-run in Arrow and numpy without the GIL), so at most three chunks are held; back-pressure is TCP's:
-the server waits meanwhile. Early stop: the reader stops at its next chunk and the query is
-cancelled; closing the connection then rolls back.
+The query is first declared and described (nothing runs), so errors and column names come as on the
+generic path. Float parameters, other drivers and non-UTF-8 connections take the generic path.
 """
 
 from __future__ import annotations
@@ -126,9 +108,8 @@ def _csv_copy_reader(
 def _csv_copy_batches(
     raw: Any, copy_sql: Any, params: dict[str, Any], chunk_size: int, parse: Callable[[bytearray], pa.RecordBatch]
 ) -> Iterator[pa.RecordBatch]:
-    """COPY CSV rows, gathered ``chunk_size`` at a time (fewer when they reach ``CHUNK_BYTES``) and
-    parsed; leaving the ``copy`` block early
-    (the generator closed) makes psycopg cancel the query and read what was already sent."""
+    """COPY CSV rows gathered ``chunk_size`` at a time (fewer at ``CHUNK_BYTES``) and parsed; leaving the
+    ``copy`` block early makes psycopg cancel the query."""
     with raw.cursor() as cursor, cursor.copy(copy_sql, params or None) as copy:
         messages = iter(copy)
         sent = False
@@ -160,17 +141,13 @@ _END = object()
 
 
 class _ReadAhead:
-    """Runs ``produce`` (a generator of batches) on its own thread and hands them over, one ahead.
-
-    Iterating yields the batches in order, then raises what ended the reader if it failed. What
-    ``produce`` reads from belongs to the reader thread until :meth:`stop` returns.
-    """
+    """Runs ``produce`` on its own thread, one batch ahead, and re-raises what ended it. What ``produce``
+    reads from belongs to the reader thread until :meth:`stop` returns."""
 
     #: seconds the reader may take to notice a stop before ``cancel`` is called
     STOP_GRACE = 1.0
-    #: rows the psycopg COPY reader reads between two offers of the GIL to the consumer: reading is
-    #: Python code that holds the GIL, and each Arrow or numpy call of the consumer needs it back
-    #: when it returns, which otherwise waits for the interpreter's switch interval
+    #: rows read between two offers of the GIL: each Arrow or numpy call of the consumer needs it back,
+    #: and would otherwise wait for the interpreter's switch interval
     GIL_SLICE = 512
 
     def __init__(self, produce: Callable[[], Iterator[pa.RecordBatch]], cancel: Callable[[], None]) -> None:
@@ -305,11 +282,8 @@ def _adbc_batch_bytes(chunk_size: int) -> int:
 def _adbc_batches(
     statement: Any, names: list[str], types: list[pa.DataType], chunk_size: int, opened: list[Any]
 ) -> Iterator[pa.RecordBatch]:
-    """The rows in batches of exactly ``chunk_size`` (the last smaller), as the CSV COPY gives them.
-
-    An early stop cancels the query and reads on until the server has given up (what it had sent
-    already, at most socket buffers), so the query has stopped once the reader has.
-    """
+    """Batches of exactly ``chunk_size`` rows (the last smaller), as the CSV COPY gives them. An early stop
+    cancels the query and reads on until the server gives up, so the query has stopped once the reader has."""
     import adbc_driver_manager
 
     reader: pa.RecordBatchReader | None = None
@@ -395,7 +369,6 @@ def _pg_describe(raw: Any, query: str, params: dict[str, Any]) -> list[tuple[str
 
 
 def _pg_csv_parser(raw: Any, columns: list[tuple[str, int]]) -> Callable[[bytearray], pa.RecordBatch]:
-    """A function turning a block of COPY CSV rows into a batch with the generic path's values."""
     import pyarrow.csv as pacsv
     from psycopg import adapt, pq
 
@@ -438,10 +411,8 @@ def _pg_csv_parser(raw: Any, columns: list[tuple[str, int]]) -> Callable[[bytear
 
 
 def _without_trailing_semicolons(sql: str) -> str:
-    """The query without what ends it: semicolons, white space and comments, which ``COPY (...)`` refuses.
-
-    Comments are found by ``QUOTED_OR_COMMENT``, so a ``;`` or ``--`` inside quoted text stays.
-    """
+    """The query without the trailing semicolons, white space and comments ``COPY (...)`` refuses (a ``;``
+    or ``--`` inside quoted text stays)."""
     comment_starts = {match.end(): match.start() for match in QUOTED_OR_COMMENT.finditer(sql)
                       if match.group().startswith(("--", "/*"))}  # fmt: skip
     end = len(sql)

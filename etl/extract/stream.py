@@ -1,5 +1,4 @@
-"""Streaming a query's rows as Arrow record batches, bounded in memory by ``chunk_size`` rows (and
-``CHUNK_BYTES``), never by the size of the result; each dialect through the generic path or its fast path."""
+"""Streaming a query's rows as Arrow batches, each dialect through the generic path or its fast path."""
 
 from __future__ import annotations
 
@@ -32,21 +31,10 @@ def stream_batches(
     columns: ColumnChoice | None = None,
     connect_where: str | None = None,
 ) -> Batches:
-    """Run ``sql`` with bound ``params`` and yield its rows in Arrow batches of at most ``chunk_size`` rows.
-
-    ``columns`` picks the columns the consumer uses: the others are dropped as early as each path
-    allows (on the generic path, never converted), since an audience needs one column of what may be
-    a ``SELECT *`` of hundreds. Chunks of wide rows are also cut by their size (``CHUNK_BYTES``).
-    ``connect_where`` is where a refused connection is said (the warehouse's URL, not the SQL file).
-
-    Parameters the query does not use are ignored, so callers can always offer the built-in ones;
-    one the query uses but ``params`` lacks is reported now, before connecting. An empty result
-    yields one empty batch, so that the consumer still sees the column names.
-
-    The connection is taken at the first ``next()`` and given back when the rows are exhausted,
-    on an error, or when the generator is closed; a consumer that may stop early should close it
-    (``contextlib.closing``) rather than wait for garbage collection.
-    """
+    """Yield the rows of ``sql`` in Arrow batches of at most ``chunk_size`` rows, only ``columns`` (an
+    audience needs one column of what may be a ``SELECT *``). An empty result yields one empty batch, so the
+    consumer still sees the column names. A consumer that may stop early should close the generator
+    (``contextlib.closing``) to give the connection back at once, not at garbage collection."""
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be at least 1, not {chunk_size}")
     values = bound_values(sql, params, where)
@@ -64,11 +52,8 @@ def _guarded_batches(
     columns: ColumnChoice | None,
     connect_where: str,
 ) -> Batches:
-    """Translate the database's errors and hand the connection back however iteration ends.
-
-    Only the database calls sit inside ``try``: an exception thrown in by the consumer at a
-    ``yield`` is the consumer's, not the warehouse's.
-    """
+    """Translate the database's errors and hand the connection back however iteration ends. Only database
+    calls sit inside ``try``: an exception thrown in at a ``yield`` is the consumer's."""
     dialect = engine.dialect
     errors = database_errors(engine)
     path = _FAST_PATHS.get(dialect.name, sqlalchemy_batches)
@@ -115,13 +100,9 @@ def _guarded_batches(
 
 
 def _abandon_pymysql(connection: sa.Connection, dbapi_connection: Any) -> None:
-    """Drop an unbuffered PyMySQL result without reading it to the end.
-
-    Closing it normally reads and discards every remaining row, however many are left;
-    closing the socket instead makes the server stop, and the connection is invalidated, never
-    reused. PyMySQL's flag is cleared first, also after a lost connection: otherwise its cursor
-    later tries to drain the closed socket and prints errors from a destructor.
-    """
+    """Closing an unbuffered PyMySQL result reads every remaining row; closing the socket makes the server
+    stop (the connection is invalidated). PyMySQL's flag is cleared first, or its cursor later drains the
+    closed socket and prints errors from a destructor."""
     pending = getattr(dbapi_connection, "_result", None)
     if pending is None or not getattr(pending, "unbuffered_active", False):
         return

@@ -1,12 +1,7 @@
-"""Test doubles: the Actito sandbox, the OpenField sandbox and the demo warehouse.
-
-They live here, apart from the runtime, because they stand in for what a production run talks to
-(Actito, OpenField, a warehouse) so that the tests, the benchmarks and the README demo run with no
-licence and no database server. A production run never needs them, so it never loads them: the
-runtime reaches this package only through the functions below, called by ``etl.runtime.doubles``
-(the one module ``lint-imports`` lets import it) when a configuration asks for a double. Tests and
-benchmarks import the modules directly.
-"""
+"""Test doubles: the Actito sandbox, the OpenField sandbox and the demo warehouse, so the tests,
+benchmarks and README demo run with no licence and no database server. A production run never loads
+them: the runtime reaches this package only through ``etl.runtime.doubles``, the one module
+``lint-imports`` (pyproject.toml) lets import it."""
 
 from __future__ import annotations
 
@@ -34,8 +29,7 @@ _sandbox_lock = threading.Lock()
 
 
 def _started_once(state_file: Path, create: Callable[[Path], _SandboxT]) -> _SandboxT:
-    """This process's sandbox for ``state_file``: created and started on first use, stopped at exit.
-    Shared by the Actito and OpenField sandboxes (each has its own state file)."""
+    """This process's sandbox for ``state_file``: created and started on first use, stopped at exit."""
     state_file = state_file.absolute()
     with _sandbox_lock:
         sandbox = _sandboxes.get(state_file)
@@ -63,7 +57,6 @@ def in_process_openfield_sandbox(state_file: Path, **options: Any) -> OpenFieldS
 
 
 def ensure_demo_warehouse(url: str) -> bool:
-    """Create the demo warehouse behind a ``sqlite:///`` URL if it is missing or older; True if created."""
     from etl.testing.demo import ensure_demo_warehouse as ensure
 
     return ensure(url)

@@ -1,13 +1,6 @@
-"""The demo warehouse: a SQLite file of customers with the dirt real CRMs carry.
-
-It exists so that the README demo runs on a fresh machine with no database server, and so that
-every cleaning rule has something to bite on: mixed case, stray spaces, ``mailto:`` prefixes,
-duplicates, addresses Actito would refuse, and missing values. Generated deterministically (fixed
-seed) with dates relative to the day it is created, so the sample audiences are never empty.
-
-It lives in ``etl.testing`` because it is a test double (it stands in for a warehouse): the runtime
-loads it only through ``etl.testing.ensure_demo_warehouse``, for a warehouse with ``demo = true``.
-"""
+"""The demo warehouse: a SQLite file of customers with the dirt real CRMs carry, so every cleaning rule
+has something to bite on. Built from a fixed seed, with dates relative to its creation day so the
+sample audiences are never empty."""
 
 from __future__ import annotations
 
@@ -164,8 +157,6 @@ def _ascii(text: str) -> str:
     """How most shops store addresses of people with accented names: the accents dropped."""
     return unicodedata.normalize("NFKD", text).encode("ascii", "ignore").decode("ascii")
 
-
-# --------------------------------------------------------------------------- Qualifio and Didomi feeds
 
 _CAMPAIGNS = [(4101, "Summer quiz", 13), (4102, "Win a city trip", 2), (4103, "Football predictions", 7)]
 _DEVICES = ["desktop", "mobile", "mobile"]

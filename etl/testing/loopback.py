@@ -31,9 +31,8 @@ def loopback_address(host: str) -> str:
 
 
 class LoopbackServer(ThreadingHTTPServer):
-    """One daemon thread per connection (a stuck client never keeps the process alive), served from a
-    daemon thread of its own; `close` also ends the kept-alive connections, so no handler thread
-    keeps answering for a stopped sandbox."""
+    """Daemon threads only, so a stuck client never keeps the process alive; `close` also ends kept-alive
+    connections, so no handler answers for a stopped sandbox."""
 
     daemon_threads = True
     request_queue_size = 64
@@ -47,7 +46,6 @@ class LoopbackServer(ThreadingHTTPServer):
         self._thread: threading.Thread | None = None
 
     def start(self, name: str) -> str:
-        """Serve in a daemon thread; return the base URL, ``http://HOST:PORT``."""
         # a short poll so close() returns at once (tests start and stop one sandbox each)
         self._thread = threading.Thread(target=self.serve_forever, kwargs={"poll_interval": 0.05}, name=name,
                                         daemon=True)
@@ -71,7 +69,6 @@ class LoopbackServer(ThreadingHTTPServer):
         super().shutdown_request(request)
 
     def close(self) -> None:
-        """Stop listening, end the open connections and wait for the serving thread."""
         self.shutdown()
         self.server_close()
         with self._connections_lock:

@@ -1,25 +1,8 @@
-"""The OpenField sandbox: a real HTTP server on loopback that answers as docs/openfield-wire.md assumes.
+"""The OpenField sandbox: a stateful HTTP server on loopback that answers as docs/openfield-wire.md assumes.
 
-Why it exists: OpenField's webservice is not public and not reachable from development machines or
-CI, and what the client must survive — a 429, a 500, a create whose answer never comes although the
-profile was created — only shows over a real socket. So this is a small stateful server: the
-client's real HTTP stack is exercised, and what the profiles became can be read back (`state`).
-
-It is **strict** where OpenField would refuse: a payload with an unknown field (a password, say), a
-gender other than H/F, a civility other than M/MME, a birthday not DDMMYYYY, a country not ISO
-3166-1 alpha-3, a service that is not an active OPTINS entry, is answered 400 with the reasons, so
-a client that lets one through fails here rather than in production. It is **permissive** where a
-client bug should stay visible: two creates of the same e-mail make two profiles (the tests count).
-
-Faults come before authentication, except "timeout" and "disconnect", which let the request be
-processed (a create *does* create) and then withhold the answer: the unclear outcome that must not
-lead to a duplicate. With ``state_file`` the profiles are loaded at start and saved at `stop`, so
-the demo's OpenField survives from one CLI process to the next.
-
-It lives in ``etl.testing`` because it is a test double: the runtime loads it only through
-``etl.testing.in_process_openfield_sandbox`` (for ``environment = "sandbox"``), never on a production run; it
-ships in the package because the README demo uses it.
-"""
+**Strict** where OpenField would refuse (an unknown field, a birthday not DDMMYYYY, an inactive service
+...): 400 with the reasons, so a client that lets one through fails here, not in production.
+**Permissive** where a client bug should stay visible: two creates of one e-mail make two profiles."""
 
 from __future__ import annotations
 
@@ -104,13 +87,11 @@ class OpenFieldSandbox:
     # ------------------------------------------------------------------ life
 
     def start(self) -> str:
-        """Listen on 127.0.0.1, a free port, in a daemon thread; return the base URL."""
         self._server = LoopbackServer("127.0.0.1", 0, _Handler, self._serve)
         return self._server.start("openfield-sandbox")
 
     def stop(self) -> None:
-        """Stop listening, end open connections, wake withheld answers, and save the profiles to the state
-        file (if any)."""
+        """Stop listening, end open connections, wake withheld answers, save the profiles (if a state file)."""
         self._stopping.set()
         server, self._server = self._server, None
         if server is not None:
@@ -160,15 +141,12 @@ class OpenFieldSandbox:
 
     def inject_faults(self, kind: FaultStatus, count: int, *, method: str = "", path_contains: str = "",
                       retry_after: float | None = None) -> None:
-        """The next ``count`` requests matching ``method`` (any if empty) and ``path_contains`` fail.
-
-        An HTTP status is answered at once, before authentication, with ``Retry-After`` if given.
-        ``"timeout"``: processed, then the answer is withheld ``fault_delay_seconds`` and the
-        connection closed; ``"disconnect"``: processed, then closed at once without an answer."""
+        """The next ``count`` requests matching ``method`` (any if empty) and ``path_contains`` fail. A status
+        is answered before authentication; ``"timeout"`` and ``"disconnect"`` let the request be processed (a
+        create *does* create), then withhold the answer ``fault_delay_seconds`` or close at once."""
         self._faults.add(Fault(kind, count, path_contains, retry_after, method.upper()))
 
     def reset_peak(self) -> None:
-        """Count the peak afresh, from the requests in flight now."""
         with self._lock:
             self.peak_in_flight = self._in_flight
 

@@ -1,11 +1,6 @@
 """Clean audience identifiers chunk by chunk: pick the column, normalise, validate, deduplicate.
-
-Vectorised (``pyarrow.compute`` and numpy): no Python loop runs per row. The cleaner keeps state
-across the chunks of one stream: the column chosen on the first chunk, the 1-based number of the
-next source row, the counts, and the identifiers kept (deduplication is over the whole stream: a
-later occurrence is rejected as ``duplicate``, so the reject file accounts for every dropped row).
-E-mails follow :mod:`etl.values.email`, profile ids :mod:`etl.values.ids`.
-"""
+Deduplication spans the whole stream: a later occurrence is rejected as ``duplicate``, so the reject
+file accounts for every dropped row."""
 
 from __future__ import annotations
 
@@ -170,9 +165,8 @@ def _holds_text(kind: pa.DataType) -> bool:
 
 
 def _column_type_fits(kind: IdentifierKind, column_type: pa.DataType) -> bool:
-    """Whether a column of this type can hold identifiers of this kind at all (its values are then
-    checked one by one). E-mails: text, or bytes (MySQL VARBINARY, a bytea) read as UTF-8.
-    Profile ids: integers, whole floats and decimals, or text of digits."""
+    """Whether a column of this type can hold identifiers of this kind at all (bytes count as text:
+    MySQL VARBINARY, bytea); its values are then checked one by one."""
     if pa.types.is_dictionary(column_type):
         column_type = column_type.value_type
     if _holds_text(column_type):

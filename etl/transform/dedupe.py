@@ -26,14 +26,9 @@ _HASH_MULTIPLIERS = np.array([value | 1 for value in _splitmix64(0x5EED, 33)], d
 
 
 def hash_identifiers(values: pa.Array) -> np.ndarray:
-    """A 64-bit hash of each string's UTF-8 bytes, as a numpy uint64 array (nulls hash as empty strings).
-
-    Vectorised over the Arrow buffers, without a Python object per value: the bytes are read as
-    little-endian 8-byte words (the last one zero-padded), and each word is folded into the
-    running hash through an odd multiplier and the MurmurHash3 finaliser, starting from the
-    length. Every step is a bijection of the running hash, so two identifiers of the same length
-    that differ in one word never collide; otherwise the hash behaves as a random 64-bit value.
-    """
+    """A 64-bit hash of each string's UTF-8 bytes (nulls as empty strings), from the Arrow buffers. Each
+    8-byte word is folded in through an odd multiplier and the MurmurHash3 finaliser, all bijections: two
+    identifiers of the same length that differ in one word never collide."""
     if isinstance(values, pa.ChunkedArray):
         values = values.combine_chunks()
     count = len(values)
@@ -85,23 +80,10 @@ def _fmix64(h: np.ndarray) -> np.ndarray:
 
 
 class SeenHashes:
-    """The set of 64-bit hashes of every identifier kept so far, with vectorised membership.
-
-    The hashes live in sorted numpy arrays whose sizes roughly halve from the first to the last
-    (a log-structured merge): a chunk's hashes are one more sorted run, and the last two runs are
-    merged while the newer is at least half the older, so each hash is merged O(log n) times. A
-    run of ``MERGE_LIMIT`` hashes or more is merged no further (a merge holds both runs and their
-    copy at once: the largest would raise the peak memory), so membership is one ``searchsorted``
-    in each of O(n / MERGE_LIMIT + log n) runs.
-
-    In front of the runs, a bitmap of ``FILTER_BITS`` bits (8 MB) has the bit of each kept hash
-    set (its top bits pick it): a hash whose bit is clear was never kept, and only the others are
-    searched for in the runs. While few bits are set, most new identifiers skip the search.
-
-    Collisions: two different identifiers share a 64-bit hash with probability about
-    n² / 2⁶⁵ over n kept identifiers — about 3·10⁻⁶ for 10 million. A collision would drop the
-    later identifier as a "duplicate" (visible in the reject file), never add a wrong one.
-    """
+    """The set of 64-bit hashes of every identifier kept so far, with vectorised membership: sorted runs of
+    halving sizes (a log-structured merge; a run of ``MERGE_LIMIT`` or more is merged no further, as a merge
+    holds both runs and their copy), behind a bitmap that lets most new hashes skip the search. A collision
+    drops the later identifier as a "duplicate" (visible in the reject file), never adds a wrong one."""
 
     #: runs of this many hashes (8 MB) or more are left as they are
     MERGE_LIMIT = 1 << 20
@@ -171,11 +153,8 @@ class SeenHashes:
 
 
 def _unique_first(hashes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """``np.unique(hashes, return_index=True)``: the sorted distinct values and each one's first position.
-
-    The same result from an unstable sort (cheaper than the stable one ``np.unique``
-    needs for first positions): the first position of a value is the least of its positions.
-    """
+    """``np.unique(hashes, return_index=True)`` from a cheaper unstable sort: a value's first position is
+    the least of its positions."""
     order = np.argsort(hashes)
     ordered = hashes[order]
     starts = np.flatnonzero(np.concatenate(([True], ordered[1:] != ordered[:-1])))

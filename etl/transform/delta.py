@@ -1,14 +1,7 @@
-"""What a destination already holds, per activation, so a run sends only what changed.
-
-Actito imports count against a daily quota per table and OpenField counts every request, so a sync
-that re-sends an unchanged table each run is both slow and wasteful. A snapshot keeps, for each key
-sent, a 64-bit hash of the row as sent; the next run sends a row only if its key is new or its
-hash differs. It is replaced only with what the destination took, so a failed run is simply sent
-again next time. A change of mapping (columns, names, mode) invalidates it.
-
-64-bit hashes: the chance that two different rows collide among 10 million is about 3e-6; such a
-collision would skip one changed row until it changes again.
-"""
+"""What a destination already holds, per activation, so a run sends only what changed: Actito imports count
+against a daily quota and OpenField counts every request. The snapshot of row hashes is replaced only with
+what the destination took, so a failed run is sent again; a mapping change invalidates it. A hash
+collision skips one changed row until it changes again."""
 
 from __future__ import annotations
 

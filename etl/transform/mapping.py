@@ -1,13 +1,6 @@
-"""Map warehouse rows to the columns a destination is sent, every value checked by its rule.
-
-A :class:`Mapping` says what one activation sends: the key field, the field columns
-(:class:`FieldMap`: source column, target, rule of :mod:`etl.values.rules`) and the subscription
-columns (:class:`SubscriptionMap`, ``subscription_<name>`` of ``Y``/``N``). Everything that depends
-on the column *names* is checked once, when the mapping is built (`etl.errors.MappingError`, every
-problem at once); per row, :class:`RowMapper` checks only values. A value that breaks its rule
-rejects its whole row (a required field — always the key — also when it is empty), with a reason
-naming the source column, the value and the rule, so nothing broken is ever sent.
-"""
+"""Map warehouse rows to the columns a destination is sent. Column *names* are checked once, when the
+:class:`Mapping` is built; per row, only values. A value that breaks its rule rejects its whole row,
+with a reason naming the column, the value and the rule, so nothing broken is ever sent."""
 
 from __future__ import annotations
 
@@ -90,11 +83,8 @@ class SubscriptionMap:
 
 @dataclass(frozen=True)
 class Mapping:
-    """What one activation sends: the key attribute, attribute columns and subscription columns.
-
-    Validated on construction (also by ``dataclasses.replace``), so a mapping that exists can be
-    written: names Actito accepts, nothing mapped twice, the key among the attributes.
-    """
+    """What one activation sends. Validated on construction (also by ``dataclasses.replace``), so a
+    mapping that exists can be written."""
 
     #: the Actito attribute that identifies a row (a target of ``fields``), e.g. ``emailAddress``
     key: str
@@ -171,8 +161,6 @@ def _fed_twice(what: str, names_and_sources: list[tuple[str, str]]) -> list[str]
 
 @dataclass(frozen=True)
 class MappedBatch:
-    """One chunk, mapped."""
-
     #: string columns named by ``output_columns()``, values in Actito's formats, None for empty
     rows: pa.Table
     #: row (1-based source row), column (source column), value (as read), reason — one row per
@@ -279,7 +267,6 @@ def rule_of(target: str, rules: cabc.Mapping[str, FieldRule] = _NO_RULES) -> Fie
 
 
 def subscription_maps(subscriptions: cabc.Mapping[str, str]) -> tuple[SubscriptionMap, ...]:
-    """Source column → subscription name, as the mapping's subscription columns."""
     return tuple(SubscriptionMap(source, name) for source, name in subscriptions.items())
 
 

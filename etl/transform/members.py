@@ -1,27 +1,9 @@
 """Who entered and who left an audience since its last delivered run.
 
-Every audience activation keeps a snapshot of the identifiers it last delivered (Parquet, zstd,
-mode 0600). Each run compares its audience with it: a membership delivery imports who entered and
-deletes who left, the ledger and the history show both counts, and the shrink guard tells whether
-a fall is real churn (many left, some entered) or a broken query (many left, none entered). The
-new snapshot is staged in the run's directory and moved into place only after a successful
-delivery, atomically, so a failed or dry run never moves it.
-
-Bounded memory: the comparison works on 64-bit hashes of the identifiers in sorted numpy arrays
-(at most 16 bytes a member), and the identifiers themselves are never all in memory: the next
-snapshot is written batch by batch while the run writes its file, and the previous one is read a
-row group at a time. Each row group is sorted by hash and carries the hashes next to the
-identifiers, so each side costs one read of a numeric column. 10M against 10M: docs/benchmarks.md,
-"Diffs", measured against pyarrow's left-anti join on the strings and DuckDB's anti-join.
-
-Why not sorted alphabetically: sorting 10M strings takes pyarrow 13 s or more and needs them all
-in memory at once; hash order comes with the comparison. The file is then about four times larger
-(e-mails in random order compress less, and the hashes are stored): 167 MB against 41 MB for 10M.
-
-Collisions: two different identifiers sharing a 64-bit hash are taken for one member. With n on
-each side the chance that such a pair exists is about n² / 2⁶⁴, 5e-6 for 10M against 10M; it
-would hide one entry (or one departure) for one run.
-"""
+The snapshot (Parquet, mode 0600) is replaced atomically only after a successful delivery, so a failed
+or dry run never moves it. The comparison works on sorted 64-bit hashes, the identifiers streamed a row
+group at a time: memory stays bounded (figures: docs/benchmarks.md, "Diffs"). A hash collision would
+hide one entry or departure for one run."""
 
 from __future__ import annotations
 
@@ -79,13 +61,9 @@ class MemberSnapshot:
         return cls(state_file(state_dir, activation, MEMBERS))
 
     def diff(self, current: StagedMembers, *, identifiers: bool = False) -> MemberDiff:
-        """Compare the members staged by this run with the snapshot. ``identifiers``: also return who
-        entered and who left, not only how many.
-
-        Both sides are compared as whole sorted arrays (a search with sorted keys walks the other
-        array almost in order: measured 6 times faster than with unsorted keys), which holds two hash
-        arrays at once, 16 bytes a member; the identifiers are then found row group by row group
-        against the hashes of who entered or left, usually a small array."""
+        """Compare the members staged by this run with the snapshot; ``identifiers``: also who entered and
+        who left. Both sides are compared as whole sorted arrays (16 bytes a member), then the identifiers
+        are found row group by row group."""
         return self._diff(current.path, identifiers)
 
     def rediff(self, diff: MemberDiff) -> MemberDiff:
@@ -123,9 +101,8 @@ class MemberSnapshot:
                        left_members=_members_among(self.path, left))
 
     def apply_landed(self, added: pa.Array, removed: pa.Array) -> None:
-        """Members a run that died got into (or out of) Actito without living to replace the snapshot:
-        applied to it, so that the next diff is taken against what Actito really holds. Rare (after a
-        crash mid-delivery), so the snapshot is simply rewritten, a row group at a time."""
+        """Members a run that died got into (or out of) Actito: applied to the snapshot, so the next diff is
+        against what Actito holds. Rare, so the snapshot is simply rewritten."""
         with self._reading():
             self._rewrite(added, removed)
 
@@ -150,9 +127,8 @@ class MemberSnapshot:
 
 
 class StagedMembers:
-    """The next snapshot, written batch by batch as the run writes its file: batches are gathered into
-    row groups of about ROW_GROUP_ROWS members, each sorted by hash and holding its hashes, so nothing
-    accumulates in memory while the audience streams."""
+    """The next snapshot, written as the run writes its file, in row groups of about ROW_GROUP_ROWS
+    members, each sorted by hash and holding its hashes."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -191,9 +167,8 @@ class StagedMembers:
             self._flush()
 
     def _flush(self) -> None:
-        """One row group of the batches gathered so far: gathered, because a row group per small
-        chunk (chunk_size = 100) made 3,000 row groups of a 300k audience, each with its own
-        metadata to write and to read back, and the diff ten times slower."""
+        """One row group of the batches gathered so far: a row group per small chunk multiplies the metadata
+        to write and read back, and slows the diff."""
         if not self._pending:
             return
         members, hashes = pa.concat_arrays(self._pending), np.concatenate(self._pending_hashes)
@@ -260,8 +235,8 @@ def _present(values: np.ndarray, sorted_set: np.ndarray) -> np.ndarray:
 
 
 def _sorted_present(values: np.ndarray, sorted_set: np.ndarray, block: int = 1 << 14) -> np.ndarray:
-    """``_present`` for sorted ``values``: each block of them is searched only in the slice of
-    ``sorted_set`` its range spans, which stays in the CPU cache (2 to 3 times faster on 10M)."""
+    """``_present`` for sorted ``values``: each block is searched only in the slice of ``sorted_set``
+    its range spans, which stays in the CPU cache."""
     found = np.empty(len(values), dtype=bool)
     for start in range(0, len(values), block):
         part = values[start:start + block]
@@ -271,8 +246,7 @@ def _sorted_present(values: np.ndarray, sorted_set: np.ndarray, block: int = 1 <
 
 
 def _members_among(path: Path, hashes: np.ndarray) -> pa.Array:
-    """The identifiers of a snapshot file whose hashes are among ``hashes`` (sorted); each row
-    group's identifiers and hashes are read in one call (a third less work than two)."""
+    """The identifiers of a snapshot file whose hashes are among ``hashes`` (sorted)."""
     if not path.exists() or not len(hashes):
         return pa.array([], pa.string())
     file = pq.ParquetFile(path)

@@ -1,10 +1,6 @@
-"""Vendor-neutral value rules: what an e-mail address, an id, a date, a phone number, a country,
-a language or a number must look like, and how each is written, shared by every stage and
-destination so one value gets one verdict wherever it goes. The lowest layer above etl.errors.
-
-The reference lists the rules check against ship in etl/values/data (see its README): read from
-the package, never fetched at run time, so a run gives the same verdicts offline as online.
-"""
+"""Vendor-neutral value rules shared by every stage and destination, so one value gets one verdict
+wherever it goes. The reference lists ship in etl/values/data and are never fetched at run time, so
+a run gives the same verdicts offline as online."""
 
 from __future__ import annotations
 
@@ -23,6 +19,5 @@ def reference_rows(name: str) -> list[list[str]]:
 
 
 def code_list(name: str) -> pa.Array:
-    """The first column of a list, upper case, sorted and unique."""
     codes = {row[0].strip().upper() for row in reference_rows(name)}
     return pa.array(sorted(code for code in codes if code), pa.string())

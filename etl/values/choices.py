@@ -1,13 +1,6 @@
-"""Values from a short closed list of words: a sex and the two spellings of yes/no.
-
-``sex`` → ``M`` / ``F``: ``m``/``f`` in any case and with spaces around. Decision: nothing else
-(``male``, ``femme``, ``H``, ``X``) — Qualifio's integration passes only ``M`` and ``F``, and
-translating words of several languages would guess (``H`` is *homme* in French, *Herr* in German).
-
-``boolean`` → ``TRUE`` / ``FALSE`` and ``yes_no`` → ``Y`` / ``N``: boolean columns; and, in any
-case, ``true/false``, ``1/0``, ``yes/no``, ``y/n``. Null or empty → ``None``: for a subscription
-an empty cell means "no change", never "unsubscribe".
-"""
+"""Closed word lists: ``sex`` (``M``/``F``) and yes/no (``boolean``, ``yes_no``). ``sex`` takes only
+``m``/``f``: Qualifio passes only those, and translating words would guess (``H``: *homme* or *Herr*).
+An empty yes/no is None: for a subscription it means "no change", never "unsubscribe"."""
 
 from __future__ import annotations
 

@@ -1,10 +1,6 @@
-"""Countries, as ISO 3166-1 codes.
-
-The ``country`` rule writes alpha-2, upper case, validated against the 249 assigned codes
-(etl/values/data/iso3166.txt). ``UK`` and ``EL`` are rejected with a pointer to ``GB`` and ``GR``.
-Qualifio's table says "ISO 3166-2" for ``addressCountry``, but the attribute stores ISO 3166-1
-alpha-2 (``BE``); subdivision codes (``BE-BRU``) are rejected.
-"""
+"""Countries as ISO 3166-1 alpha-2, upper case; ``UK``/``EL`` are rejected with a pointer to ``GB``/``GR``.
+Subdivision codes (``BE-BRU``) are rejected: Qualifio's table says "ISO 3166-2" for ``addressCountry``,
+but the attribute stores alpha-2."""
 
 from __future__ import annotations
 

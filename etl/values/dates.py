@@ -1,19 +1,7 @@
-"""Dates and date-times, written ``yyyy-MM-dd`` and ``yyyy-MM-dd HH:mm:ss``.
-
-``date``: date columns; timestamp columns (their date, in the column's own time zone); strings
-``yyyy-MM-dd`` optionally followed by a time (``T`` or space, ``HH:mm[:ss[.fff]]``, no zone),
-whose date is taken once the time too is valid. Impossible calendar dates (``1990-02-31``,
-``1900-02-29``) are rejected.
-Decision: ``dd/MM/yyyy`` is **rejected**, not read. ``03/04/1990`` is the 3rd of April in
-Belgium and the 4th of March in the United States; a birth date silently wrong is worse than a
-rejected row whose reason says what to fix (format it in the SQL: ``to_char``/``strftime``).
-
-``datetime``: timestamp columns (wall-clock time in the column's time zone; fractions of a second
-dropped, rounding down); date columns and date-only strings (at ``00:00:00``); strings
-``yyyy-MM-dd[T| ]HH:mm[:ss[.fff]]``. A string with a zone (``Z``, ``+02:00``) is rejected: which
-zone the destination reads the value in is not documented, so converting it is left to the SQL
-(``AT TIME ZONE``), where it is visible.
-"""
+"""Dates ``yyyy-MM-dd`` and date-times ``yyyy-MM-dd HH:mm:ss``. ``dd/MM/yyyy`` is rejected, not read:
+``03/04/1990`` is April in Belgium and March in the United States, and a silently wrong birth date is
+worse than a rejected row. A string with a zone is rejected: which zone the destination reads it in is
+undocumented, so converting is left to the SQL (``AT TIME ZONE``), where it is visible."""
 
 from __future__ import annotations
 
@@ -34,13 +22,9 @@ _DAYS_IN_MONTH = np.array([0, 31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31], d
 
 
 def _real_calendar(candidates: pa.Array, shape: str) -> pa.Array:
-    """True where the text has the shape (``yyyy-MM-dd`` with or without `` HH:mm:ss``) and names a
-    day that exists (``1990-02-31`` and ``1900-02-29`` do not) at a valid time of day.
-
-    Arrow's own string → timestamp cast is strict about calendars and fast, so it is tried first;
-    only when it refuses some value does arithmetic on the digits' fixed positions (numpy) find
-    which. (``strptime`` is no help: it rolls 1990-02-31 over to 1990-03-03.)
-    """
+    """True where the text has the shape and names a real day and time (``1990-02-31`` does not).
+    Arrow's strict cast is tried first; the digits are checked only where it refuses (``strptime``
+    would roll 1990-02-31 over to 1990-03-03)."""
     shaped = pc.fill_null(pc.match_substring_regex(candidates, shape), False)
     if not pc.any(shaped).as_py():
         return shaped
@@ -70,12 +54,8 @@ _FIRST_SECOND, _LAST_SECOND = -62135596800, 253402300799
 
 
 def _date_candidates(raw: pa.Array, text: pa.Array, with_time: bool) -> tuple[pa.Array, pa.Array, pa.Array]:
-    """(value present, canonical text, text is a real date or date-time) for the date rules.
-
-    Typed columns are written by casts (several times faster than ``strftime``) and can only
-    fail by a year outside 0001–9999. Strings already in the canonical shape — what most
-    warehouses return — are taken as they are; only the others are taken apart by the regex.
-    """
+    """(value present, canonical text, text is a real date or date-time). Typed columns are cast (they
+    fail only by a year outside 0001–9999); only strings not already canonical go through the regex."""
     kind = raw.type
     width = 19 if with_time else 10
     if pa.types.is_date(kind) or pa.types.is_timestamp(kind):

@@ -1,37 +1,6 @@
-"""E-mail addresses: one normalisation and one acceptance rule, for every destination.
-
-Normalisation: trim white space (Unicode), strip a leading ``mailto:`` (any case, repeated),
-trim again, lowercase. Normalising twice gives the same result as normalising once.
-
-Validation mirrors Actito's acceptance rules for ``emailAddress`` (the strictest of the
-destinations); one reason per rejected value, the most basic failure first (see
-:data:`EMAIL_REASONS` for the exact wording)::
-
-    missing                          null, or empty after trimming
-    not UTF-8 text                   bytes from the warehouse that do not decode as UTF-8
-                                     (a blob, SQLite text); shown with U+FFFD in their place
-    longer than 255 characters       Actito stores strings of at most 255 characters
-    no @ / more than one @           exactly one @ is required
-    nothing before the @
-    nothing after the @
-    character not allowed before the @
-                                     only a-z 0-9 and . ! # $ % & ' * + - / = ? ^ _ ` { | } ~
-                                     (no accented letters, no spaces, no quotes "...")
-    two dots in a row                anywhere in the address
-    dot at the start or end of the part before the @
-    invalid domain                   labels of a-z 0-9 and '-', a label neither starts nor
-                                     ends with '-', no empty label
-    no dot after the @               Actito's shape is local@domain.suffix: ``x@localhost``
-                                     and a bare top-level domain (``x@xn--p1ai``) are refused
-    top-level domain shorter than 2 characters
-    unknown top-level domain         not in IANA's list (etl/values/data/tlds.txt); ``xn--`` IDN
-                                     top-level domains are in that list
-
-Decision — dots at the edges of the local part (``.john@x.be``, ``john.@x.be``): rejected.
-Actito's published rules do not mention them, but RFC 5322 (dot-atom) forbids them and mail
-servers refuse such addresses, so they could never be reached; rejecting them here names the
-problem instead of sending a line Actito may refuse or never deliver to.
-"""
+"""E-mail addresses: one normalisation and one acceptance rule, for every destination, mirroring
+Actito's rules for ``emailAddress`` (the strictest). Dots at the edges of the local part are rejected:
+Actito's rules do not mention them, but RFC 5322 forbids them and mail servers refuse such addresses."""
 
 from __future__ import annotations
 
@@ -72,8 +41,7 @@ _LABEL = r"[a-z0-9](?:[a-z0-9-]*[a-z0-9])?"
 #: one RE2 pass that accepts exactly the shape rules above (the top-level domain is checked apart)
 EMAIL_SHAPE = rf"^{_ATOM}(?:\.{_ATOM})*@(?:{_LABEL}\.)+{_LABEL}$"
 
-#: Below this many values the TLD is looked up apart from the shape: RE2 compiles the one-pass
-#: pattern (every TLD spelled out) at each call, which small chunks would pay once per chunk.
+#: below this many values the TLD is looked up apart: RE2 compiles the one-pass pattern at each call
 ONE_PASS_MIN_VALUES = 30_000
 
 
@@ -89,8 +57,7 @@ def normalise_emails(values: pa.Array) -> pa.Array:
     text = pc.utf8_trim_whitespace(as_text(values, "the identifier column"))
     prefixed = pc.fill_null(pc.starts_with(text, "mailto:", ignore_case=True), False)
     if pc.any(prefixed).as_py():
-        # only the values that start with mailto: are stripped, repeatedly (almost always once):
-        # a pass per repetition over those values, never a pass per row
+        # a pass per repetition over the prefixed values only, never a pass per row
         subset = text.filter(prefixed)
         while True:
             again = pc.starts_with(subset, "mailto:", ignore_case=True)
@@ -117,11 +84,8 @@ def _is_ascii(values: pa.Array) -> bool:
 
 @functools.cache
 def _acceptable_email() -> str:
-    """EMAIL_SHAPE whose last label is one of IANA's top-level domains: shape and TLD in one RE2 pass.
-
-    Every top-level domain is itself a valid label, so this accepts exactly what EMAIL_SHAPE and
-    the TLD list accept together, in one pass instead of a shape check plus a lookup.
-    """
+    """EMAIL_SHAPE whose last label is one of IANA's TLDs: shape and TLD in one RE2 pass (every TLD is
+    itself a valid label, so this accepts exactly what both accept)."""
     tlds = "|".join(re.escape(tld) for tld in sorted(known_tlds().to_pylist(), key=len, reverse=True))
     return EMAIL_SHAPE.removesuffix(f"{_LABEL}$") + f"(?:{tlds})$"
 

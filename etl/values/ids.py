@@ -1,11 +1,5 @@
-"""Actito profile ids: positive 64-bit integers, however the warehouse holds them.
-
-Accepted: integer columns; strings that are, after trimming, digits only (no sign, no decimal
-point; leading zeros are dropped: ``"007"`` -> ``"7"``); float and decimal columns only when the
-value is a whole number (``42.0`` -> ``"42"``). Rejected: nulls and empty strings (``missing``),
-zero, negatives, values beyond the signed 64-bit range, and anything else (see
-:data:`PROFILE_ID_REASONS`). Output: canonical decimal strings.
-"""
+"""Actito profile ids: positive 64-bit integers written as canonical decimal strings, whatever the
+column type (a float or decimal only when whole; ``"007"`` → ``"7"``)."""
 
 from __future__ import annotations
 

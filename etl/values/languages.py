@@ -1,8 +1,4 @@
-"""Languages, written ISO 639-1 upper case (``FR``).
-
-Validated against the 183 codes (etl/values/data/iso639-1.txt). A language tag (``fr-BE``,
-``fr_BE``, ``en-GB``) gives its primary subtag, which is by definition its ISO 639-1 code.
-"""
+"""Languages, ISO 639-1 upper case (``FR``); a tag (``fr-BE``) gives its primary subtag, which is its code."""
 
 from __future__ import annotations
 

@@ -1,14 +1,7 @@
-"""Integers and decimals, written as plain digits.
+"""Integers and decimals, written as plain digits: no ``+``, no leading zeros, never an exponent.
 
-``integer``: integer columns; whole floats (``42.0``); decimals and strings of digits with an
-optional sign and an optional all-zero fraction (``"042"``, ``"+7"``, ``"12.00"``). Written
-without sign ``+`` or leading zeros. Outside the signed 64-bit range → rejected.
-
-``decimal``: numbers and strings ``[+-]digits[.digits][e[+-]exp]``; written with a decimal point
-``.`` and never an exponent (pyarrow writes ``1e+10`` for a float; files want plain digits); an
-exponent beyond ±99 is "out of range". A decimal comma (``12,5``) is rejected: ``1,250`` may be
-one thousand two hundred and fifty or one and a quarter.
-"""
+A decimal comma (``12,5``) is rejected: ``1,250`` may be one thousand two hundred and fifty or one
+and a quarter."""
 
 from __future__ import annotations
 
@@ -126,11 +119,8 @@ def decimal_rule(raw: pa.Array, text: pa.Array) -> tuple[pa.Array, pa.Array]:
 def _expand_exponent(
     whole: pa.Array, fraction: pa.Array, exponent: pa.Array, where: pa.Array
 ) -> tuple[pa.Array, pa.Array]:
-    """Move the decimal point of ``whole.fraction`` by ``exponent`` places (where ``where``).
-
-    Vectorised by point position: rows whose point lands at the same place are cut by the same
-    slice, so the passes are one per distinct position (a few), never one per row.
-    """
+    """Move the decimal point of ``whole.fraction`` by ``exponent`` places (where ``where``): one pass
+    per distinct point position, never one per row."""
     digits = concat(whole, fraction)
     count = pc.utf8_length(digits)
     moves = pc.cast(pc.utf8_ltrim(pc.if_else(where, exponent, "0"), "+"), pa.int64())

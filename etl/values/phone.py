@@ -1,10 +1,5 @@
-"""Phone numbers, written ``+`` and 8 to 15 digits (E.164).
-
-Spaces (any Unicode space), dots, dashes and parentheses are removed; a ``(0)`` trunk prefix
-written after the country code (``+32 (0)470 ...``) is dropped, as its notation means. A number
-without ``+`` is rejected (including ``0032...``): we cannot guess the country. The country code
-cannot start with 0.
-"""
+"""Phone numbers in E.164: ``+`` and 8 to 15 digits; separators and a ``(0)`` after the country code
+are dropped. A number without ``+`` (``0032...`` included) is rejected: we cannot guess the country."""
 
 from __future__ import annotations
 

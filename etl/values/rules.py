@@ -1,10 +1,5 @@
-"""The format rules a field can follow, by name, and one field's whole check.
-
-A rule reads a column as it came (its type decides how a date or a number is read) and as text,
-and returns per value what to write (or None) and why not (or None); a row with a reason is
-rejected, never sent. Which rule accepts what is said in each rule's module; ``string`` takes any
-text, trimmed, empty → None, and is never truncated: a cut name is wrong data that looks right.
-"""
+"""The format rules a field can follow, by name, and one field's whole check; a row with a reason is
+rejected, never sent. ``string`` never truncates: a cut name is wrong data that looks right."""
 
 from __future__ import annotations
 

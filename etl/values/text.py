@@ -39,8 +39,7 @@ def trim(text: pa.Array) -> pa.Array:
 
 
 def explain(bad: pa.Array, build: Callable[[pa.Array], pa.Array]) -> pa.Array:
-    """Per row: None where ``bad`` is false, else why. ``build`` gets the mask and returns the
-    reasons of the bad rows only, so the wording is computed for the few rows that need it."""
+    """Per row: None where ``bad`` is false, else why; ``build`` words the bad rows only."""
     bad = pc.fill_null(bad, False)
     reasons = nulls(len(bad))
     if not pc.any(bad).as_py():
@@ -66,7 +65,6 @@ def _as_arg(value: pa.Array | str | None) -> pa.Array | pa.Scalar:
 
 
 def decoded(values: pa.Array | pa.ChunkedArray) -> pa.Array:
-    """One array of plain values: chunks combined, a dictionary column decoded."""
     if isinstance(values, pa.ChunkedArray):
         values = values.combine_chunks()
     if pa.types.is_dictionary(values.type):
@@ -95,5 +93,4 @@ def as_text(values: pa.Array | pa.ChunkedArray, what: str = "the column", hint: 
 
 
 def listing(names: Sequence[str]) -> str:
-    """Names quoted and comma-separated, for a message."""
     return ", ".join(repr(name) for name in names)

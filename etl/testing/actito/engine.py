@@ -1,19 +1,9 @@
-"""Imports: an upload becomes an execution, which is applied once its processing time is over.
+"""Imports: an upload becomes an execution, applied once its processing time is over.
 
-**Applied lazily, in creation order.** An execution is PENDING for the first half of
-``processing_seconds`` of real time, RUNNING for the second half, then final. Every request (and
-every inspection) first applies each execution whose time has come, oldest first, so the state is
-readable as soon as a status is final, clients have to poll, and two imports into one table are
-applied in the order they were created — without a worker thread to start, stop or race with.
-
-**Lines are records.** A report's ``line`` counts CSV records with the header as line 1, so a quoted
-value holding a newline does not shift the numbers the client maps back to rows.
-
-**ERROR is for the file, PARTIAL_SUCCESS for lines.** A file-level problem (BOM, unknown column,
-unreadable compression or encoding, malformed CSV) applies nothing and ends in ERROR; otherwise every
-good line is applied and any rejected line makes it PARTIAL_SUCCESS — even when all lines are
-rejected, so the client still fetches the report that says why.
-"""
+Every request first applies the executions whose time has come, oldest first: clients must poll and
+imports into one table apply in creation order, with no worker thread. A report's ``line`` counts CSV
+records (header = 1). A file-level problem ends in ERROR, nothing applied; any rejected line makes it
+PARTIAL_SUCCESS, even when all are, so the client still fetches the report that says why."""
 
 from __future__ import annotations
 
@@ -126,7 +116,6 @@ class ImportEngine:
         return execution
 
     def settle(self) -> None:
-        """Apply, oldest first, every execution whose processing time is over."""
         pending = self._state.pending
         now = time.monotonic()
         applied = False

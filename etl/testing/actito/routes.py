@@ -1,7 +1,4 @@
-"""Actito's V5 API routes, as docs/actito-wire.md describes them: authentication, table structures, imports.
-
-Forms of a route other than V5 (V4, un-prefixed) answer 404, as Actito's do.
-"""
+"""Actito's V5 API routes, as docs/actito-wire.md describes them; other forms (V4, un-prefixed) answer 404."""
 
 from __future__ import annotations
 
@@ -76,8 +73,6 @@ class ApiRoutes:
                 raise HttpError(401, "access token expired", headers=challenge)
             return found.licence
 
-    # ------------------------------------------------------------------ authentication, structures
-
     def token(self, request: Request, licence: str) -> Response:
         api_key = request.headers.get("Authorization", "").strip()
         token = secrets.token_urlsafe(32)
@@ -99,7 +94,6 @@ class ApiRoutes:
         return Response(200, {"entities": entities})
 
     def list_tables(self, request: Request, licence: str, kind: str, entity: str) -> Response:
-        """The profile or custom tables (``kind``) of an entity."""
         tables = self._tables(licence, kind, entity)
         return Response(200, {f"{kind}Tables": [t.published() for t in tables.values()]})
 
@@ -127,8 +121,6 @@ class ApiRoutes:
         if found is None:
             raise HttpError(404, f"ETL {etl!r} not found in entity {entity!r}")
         return found
-
-    # ------------------------------------------------------------------ imports
 
     def create_execution(self, request: Request, licence: str, entity: str) -> Response:
         """One-shot import: multipart ``definition`` (JSON) + ``inputFile``."""

@@ -1,7 +1,5 @@
-"""What Actito accepts: the rule of each attribute type for an imported value, and an import definition's shape.
-
-Written from docs/actito-wire.md, not shared with the client: the client is what these rules test.
-"""
+"""What Actito accepts, written from docs/actito-wire.md and not shared with the client: the client is
+what these rules test."""
 
 from __future__ import annotations
 
@@ -42,9 +40,6 @@ _TIMESTAMP = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2} [0-9]{2}:[0-9]{2}:[0-9]{2}"
 _INT64 = 2**63
 
 
-# ---------------------------------------------------------------------------------------- values
-
-
 def convert(attribute: Attr, text: str) -> tuple[Any, str | None]:
     """The stored value for one non-empty cell, or the reason the line is rejected."""
     if len(text) > _MAX_STRING:
@@ -66,9 +61,8 @@ def convert(attribute: Attr, text: str) -> tuple[Any, str | None]:
 
 
 def _valid_email(text: str) -> bool:
-    """Actito's shape: one @, allowed local characters, no "..", a dotted domain whose labels do not
-    start or end with "-", and a suffix of at least two letters. (Whether the suffix is a real TLD
-    is not checked here: the client rejects unknown TLDs before a file is written.)"""
+    """Actito's shape. Whether the suffix is a real TLD is not checked: the client rejects unknown TLDs
+    before a file is written."""
     local, at, domain = text.partition("@")
     if not at or not local or "@" in domain or ".." in local:
         return False
@@ -118,9 +112,6 @@ _TEXT_RULES: dict[str, tuple[Callable[[str], bool], str]] = {
     "date": (_valid_date, "not a date (yyyy-MM-dd)"),
     "timestamp": (_valid_timestamp, "not a date-time (yyyy-MM-dd HH:mm:ss)"),
 }
-
-
-# ---------------------------------------------------------------------------------------- definitions
 
 
 class _Problems:

@@ -1,9 +1,4 @@
-"""The Actito sandbox's server: one request from socket to answer, faults and limits, and the test's controls.
-
-**Faults and limits come before any processing, except "timeout".** An injected 500/429/503 is
-answered before authentication; a "timeout" fault lets the request be processed (the import *is*
-created) and then withholds the answer — the ambiguous case that must not lead to a second import.
-"""
+"""The Actito sandbox's server: one request from socket to answer, faults and limits, and the test's controls."""
 
 from __future__ import annotations
 
@@ -34,31 +29,19 @@ _CONTROL_BODY_LIMIT = 1_000_000
 
 
 class ActitoSandbox:
-    """Actito's API on loopback, stateful, with faults and a clock tests can control.
-
-    Thread-safe: the HTTP server answers each connection in its own thread, and tests inspect or
-    steer it from theirs; one lock guards all state. Start it (or use it as a context manager),
-    point a client at ``url``, and read back what imports did with `profiles`, `records` and
-    `executions` — the same data ``GET /_sandbox/state`` serves to another process. Give it a
-    ``state_file`` and that state also survives the process (see `StateFile`).
-    """
+    """Actito's API on loopback, stateful, with faults and a clock tests can control; one lock guards all
+    state. `profiles`, `records` and `executions` read back what imports did (``GET /_sandbox/state``
+    for another process)."""
 
     def __init__(self, fixture: Mapping[str, Any] | Path | None = None, *, clock: Callable[[], float] = time.time,
                  host: str = "127.0.0.1", port: int = 0, token_ttl_seconds: int = 900,
                  processing_seconds: float = 0.2, max_concurrent: int = 5, daily_imports_per_table: int = 24,
                  max_file_bytes: int = MAX_FILE_BYTES, fault_delay_seconds: float = 3.0,
                  state_file: Path | None = None, latency_seconds: float = 0.0) -> None:
-        """``clock`` drives token expiry and the daily budget's UTC date (`advance_clock` moves it);
-        import progress uses real time (``processing_seconds``) so clients really have to poll.
-        ``max_file_bytes`` exists so a test can check the 100 MB refusal with a small file, and
-        ``fault_delay_seconds`` is how long a "timeout" fault withholds its answer.
-        ``latency_seconds``: how long each API request holds its licence's concurrency slot before
-        its answer, as a real Actito takes a while, so concurrent clients really overlap and a test
-        of the per-licence limit measures something.
-
-        ``state_file``: a JSON file holding the state between processes. Loaded now if it exists
-        and was saved for this same fixture (otherwise the sandbox starts from the fixture and logs
-        why); rewritten at each change."""
+        """``clock`` drives token expiry and the daily budget's UTC date; import progress uses real time, so
+        clients really have to poll. ``max_file_bytes`` lets a test check the 100 MB refusal with a small
+        file; ``latency_seconds`` holds each request's concurrency slot, so concurrent clients really overlap.
+        ``state_file`` keeps the state between processes if saved for this same fixture (see `StateFile`)."""
         self._settings = Settings(token_ttl_seconds, processing_seconds, max_concurrent, daily_imports_per_table,
                                   max_file_bytes, fault_delay_seconds, latency_seconds)
         raw = read_fixture(fixture)
@@ -102,7 +85,6 @@ class ActitoSandbox:
 
     @property
     def url(self) -> str:
-        """The base URL, ``http://127.0.0.1:PORT``, once started."""
         if self._url is not None:
             return self._url
         raise RuntimeError("the sandbox is not started: call start() first")
@@ -166,15 +148,11 @@ class ActitoSandbox:
 
     def inject_faults(self, status: FaultStatus, count: int, path_contains: str = "", *,
                       retry_after: float | None = None) -> None:
-        """Make the next ``count`` API requests whose path (with query) contains ``path_contains`` fail.
-
-        An int status (500, 429, 503, ...) is answered at once, before authentication or any
-        processing, with ``Retry-After`` if given. ``"timeout"``: the request is processed (an
-        import is created) but the answer is withheld for ``fault_delay_seconds`` and the
-        connection then closed — a client with a shorter read timeout gives up not knowing the
-        outcome. ``"disconnect"``: processed, then closed at once without an answer.
-        Faults queue up in the order injected; ``/_sandbox/`` routes are never affected.
-        """
+        """Make the next ``count`` API requests whose path (with query) contains ``path_contains`` fail, in
+        the order injected (``/_sandbox/`` routes never). A status is answered before authentication or any
+        processing. ``"timeout"``: processed (an import is created), then the answer is withheld
+        ``fault_delay_seconds`` and the connection closed: the ambiguous outcome that must not lead to a
+        second import. ``"disconnect"``: processed, then closed at once."""
         if not (status in ("timeout", "disconnect") or (isinstance(status, int) and 400 <= status <= 599)):
             raise ValueError(f"fault status must be an HTTP error status, 'timeout' or 'disconnect', not {status!r}")
         if count < 0:
@@ -182,7 +160,6 @@ class ActitoSandbox:
         self._faults.add(Fault(status, count, path_contains, retry_after))
 
     def clear_faults(self) -> None:
-        """Forget the injected faults not yet used up."""
         self._faults.clear()
 
     def revoke(self, api_key: str) -> None:
@@ -192,9 +169,8 @@ class ActitoSandbox:
             self._state.save()
 
     def drop_attribute(self, entity: str, table: str, attribute: str) -> None:
-        """Delete an attribute of a profile table, as an Actito administrator can at any moment: an
-        import prepared against the old structure is then refused (400, the definition maps an
-        attribute the table no longer has)."""
+        """Delete a profile-table attribute, as an Actito administrator can at any moment: an import
+        prepared against the old structure is then refused (400)."""
         with self._state.lock:
             del self._state.entity(entity).profile_table(table).attributes[attribute]
 
@@ -204,9 +180,7 @@ class ActitoSandbox:
             self._state.clock_offset += seconds
 
     def reset(self) -> None:
-        """Back to the fixture: no profiles or executions beyond it, no faults, no tokens, clock restored.
-
-        Execution ids keep counting (an id is never given twice), and the state file, if any, is rewritten."""
+        """Back to the fixture, no faults, no tokens, clock restored; execution ids keep counting."""
         with self._state.lock:
             next_execution = self._state.next_execution
             self._state.load()
@@ -257,11 +231,8 @@ class ActitoSandbox:
             self.request_log.append((request.method, request.raw_path, status))
 
     def _api(self, request: Request) -> Response | None:
-        """Actito's routes: faults, Accept, authentication, the concurrency slot, then the route.
-
-        None means "close without answering" (a "timeout" or "disconnect" fault, after the request
-        was processed; the concurrency slot stays held while the answer is withheld, as it would be
-        on a server still working on it)."""
+        """Faults, Accept, authentication, the concurrency slot, then the route. None: close without
+        answering (a "timeout" or "disconnect" fault; the slot stays held meanwhile, as on a busy server)."""
         fault = self._faults.take(request.method, request.raw_path)
         if fault is not None and isinstance(fault.status, int):
             return HttpError(fault.status, f"injected fault: HTTP {fault.status}", headers=fault.headers()).response()

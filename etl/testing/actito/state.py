@@ -1,13 +1,6 @@
 """The sandbox's mutable state behind its one lock, where it starts (a fixture) and where it is kept (a state file).
-
-A fixture is plain JSON (``fixture.json`` beside this module is the demo's) so a test can write its
-own; everything in it is checked at start, so a mistake in a fixture fails there, not mid-test.
-
-With a state file, the mutable state (profiles, records, executions, counters, revoked keys) is
-loaded at start and rewritten — atomically, mode 0600, it holds personal data — whenever an import
-is created or applied and on reset or revoke, so the demo's Actito outlives one CLI process and
-meets the next. Tokens, faults and the clock offset stay per process.
-"""
+A fixture is checked at start, so a mistake fails there, not mid-test. The state file (mode 0600: personal
+data) keeps everything but tokens, faults and the clock offset, which stay per process."""
 
 from __future__ import annotations
 
@@ -61,11 +54,7 @@ class Settings:
 
 class LicenceSlots:
     """Actito's concurrency limit, per licence: a request holds a slot from authentication to its answer.
-
-    What the limits count, per licence, lets a test assert that a client stayed within them:
-    ``peak_in_flight``, the most requests in flight at once, a refused one included (a 6th attempt
-    makes it 6); ``refused``, the 429s for going over the limit; ``tokens``, the ``GET /auth/token``
-    requests; ``calls``, every authenticated API request."""
+    What it counts: `ActitoSandbox.limits`."""
 
     def __init__(self, max_concurrent: int) -> None:
         self._max = max_concurrent
@@ -100,7 +89,6 @@ class LicenceSlots:
         }
 
     def restart_counts(self) -> None:
-        """Count afresh: a peak restarts from the requests in flight now."""
         self.counts = {}
         for licence, used in self.in_flight.items():
             if used:
@@ -172,8 +160,6 @@ class SandboxState:
         return [e for e in self.entities.values() if e.licence == licence]
 
 
-# ---------------------------------------------------------------------------------------- fixture
-
 #: the fixture used when none is given: one entity "demo", API key "sandbox-demo-key"
 DEFAULT_FIXTURE = Path(__file__).with_name("fixture.json")
 
@@ -208,7 +194,6 @@ def fingerprint(raw: Mapping[str, Any]) -> str:
 
 
 def load_fixture(raw: Mapping[str, Any]) -> Fixture:
-    """Build the entities of every licence, with their seeded profiles and records."""
     licences = raw.get("licences") if isinstance(raw, Mapping) else None
     if not isinstance(licences, list) or not licences:
         raise ValueError("sandbox fixture: 'licences' must be a non-empty list")
@@ -327,9 +312,6 @@ def _load_foreign_key(fk: Any, table_id: str, attributes: Mapping[str, Attr],
     return ForeignKey(attribute, profile_table, profile_attribute)
 
 
-# ---------------------------------------------------------------------------------------- state file
-
-
 #: the layout of a state file; a file of another version is ignored like one of another fixture
 _STATE_VERSION = 1
 
@@ -339,10 +321,8 @@ EXECUTIONS_KEPT_DAYS = 14
 
 
 class StateFile:
-    """One JSON file holding a sandbox's state between processes, for one fixture (by its fingerprint).
-
-    One process at a time should use a given file: each save replaces the whole file, so of two
-    processes the last to save wins (a warning says so)."""
+    """A sandbox's state between processes, for one fixture (by its fingerprint). One process per file:
+    each save replaces the whole file, so the last to save wins (a warning says so)."""
 
     def __init__(self, path: Path, fingerprint: str) -> None:
         self.path = path
@@ -351,11 +331,8 @@ class StateFile:
         self._stamp: tuple[int, int, int] | None = None
 
     def restore(self, state: SandboxState) -> None:
-        """Load the file over the fixture's state, if it exists and is this fixture's.
-
-        Any problem (unreadable, another fixture, another layout, inconsistent content) leaves the
-        fixture's state and says so in a log line; the file is then replaced at the next change.
-        The execution counter is carried over in every case, so execution ids never repeat."""
+        """Load the file over the fixture's state if it was saved for this fixture; any problem keeps the
+        fixture's state and is logged. The execution counter is carried over always, so ids never repeat."""
         saved = self._read()
         if saved is None:
             return
@@ -400,10 +377,8 @@ class StateFile:
         return saved
 
     def save(self, state: SandboxState) -> None:
-        """Write the file, atomically: a private temporary file, then ``os.replace``.
-
-        Caller holds the lock. A failure is logged, not raised: the state in memory stays right
-        and the next change tries again."""
+        """Write the file atomically (caller holds the lock). A failure is logged, not raised: the state in
+        memory stays right and the next change tries again."""
         path = self.path
         try:
             path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)

@@ -1,9 +1,6 @@
-"""One request and its answer as the Actito sandbox reads and writes them: bodies, multipart, errors.
-
-The body is read by hand (Content-Length or chunked) rather than by a framework because an early
-answer must drain what the client is still sending — a keep-alive connection stays usable and a
-client streaming an upload reads the answer instead of a connection reset.
-"""
+"""One request and its answer as the Actito sandbox reads and writes them. The body is read by hand so
+an early answer can drain what the client still sends: the connection stays usable and a streaming
+client reads the answer, not a reset."""
 
 from __future__ import annotations
 
@@ -90,7 +87,6 @@ class Request:
         return _read_exact(rfile, length)
 
     def drain(self) -> None:
-        """Read an unread body so the connection can carry the next request."""
         if not self._done:
             self.body(0)
 
