@@ -1,8 +1,4 @@
-"""Audience activations: warehouse SQL -> clean identifier file -> its destination.
-
-The file is written completely and checked locally before anything is delivered; the destination
-then puts it in place (or imports who entered and left) and replaces the members snapshot.
-"""
+"""Audience activations: warehouse SQL -> clean identifier file, complete and checked before its destination gets it."""
 
 from __future__ import annotations
 
@@ -122,9 +118,9 @@ def _rejects_path(context: RunContext) -> Path:
 
 
 def check_shrink(context: RunContext, activation: AudienceActivation, size: int, diff: MemberDiff) -> None:
-    """An audience that suddenly shrinks is far more often a broken query or source table than a real
-    change, and delivering it would drop those people from every campaign that targets it. The refusal
-    says how many left and entered: a broken query rarely brings anyone new, real churn does."""
+    """A sudden shrink is far more often a broken query than real churn, and would drop people from campaigns.
+
+    The refusal says how many left and entered: a broken query rarely brings anyone new, real churn does."""
     if context.force:
         return
     store = open_store(context.config)

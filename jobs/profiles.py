@@ -1,9 +1,4 @@
-"""Profile attributes and subscriptions, from the warehouse into a profile table (Actito) or profile
-by profile (OpenField); the shape every import activation's run has.
-
-Columns map to attributes as the destination decides (Actito: a preset, an explicit ``attributes``
-table, or by name: alias the SQL columns to the attributes' names).
-"""
+"""Profile attributes and subscriptions into Actito or OpenField; the shape every import activation's run has."""
 
 from __future__ import annotations
 
@@ -27,8 +22,7 @@ def run(context: RunContext) -> None:
 
 
 def deliver_rows(context: RunContext) -> None:
-    """The body of a profiles / subscriptions / interactions run: preflight → recover → stage what
-    changed → budget → send; the snapshot moves only with what the destination took."""
+    """The body of every import run; the snapshot moves only with what the destination took."""
     with closing(open_rows(context.config, context.activation)) as destination:
         _deliver(context, destination)
         context.delivery = destination.describe(context)

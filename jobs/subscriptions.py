@@ -1,8 +1,4 @@
-"""Consents from the warehouse as Actito subscriptions, the way Didomi's integration sends them.
-
-``upsert_mode = false`` (the default, as in Didomi) imports with UPDATE_ONLY: a consent for a
-profile Actito does not know is not propagated, and Actito's report lists it as such.
-"""
+"""Consents as Actito subscriptions, as Didomi sends them: by default, none for a profile Actito does not know."""
 
 from __future__ import annotations
 

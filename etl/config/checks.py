@@ -1,5 +1,4 @@
-"""Cross-checks: what each table cannot see alone — references between tables, SQL files and their
-parameters, destinations' own needs, and file names two activations would share at one location."""
+"""Cross-checks: what each table cannot see alone (references, SQL parameters, shared file names)."""
 
 from __future__ import annotations
 
@@ -23,9 +22,7 @@ _MAX_BYTES_UNUSED = ('not used with delivery = "membership": members are importe
 
 
 def cross_check(config: Config, declared: dict[str, set[str]], raw_activations: dict[str, Any]) -> list[Problem]:
-    """References between tables and to files. Activations are read raw, so that an activation with a
-    typo in one key still has its SQL file, parameters and references checked; a reference to a
-    declared but invalid table was already reported."""
+    """References between tables and to files; activations are read raw, so one typo hides no other problem."""
     problems = _warehouse_problems(config)
     for name, destination in config.destinations.items():
         problems += destination.problems(config.base_dir, f"[destinations.{name}]")
@@ -94,8 +91,7 @@ def _audience_file_problems(config: Config, name: str, raw: dict[str, Any], wher
 
 
 def _file_claim(config: Config, name: str, pattern: str, raw: dict[str, Any]) -> Claim | None:
-    """The names an audience delivered as a file claims at its destination's location (None for a
-    membership delivery, which writes no file there, or a destination already reported)."""
+    """The names an audience file claims at its location; None without a file or for a destination already reported."""
     destination_ref = raw.get("destination")
     destination = config.destinations.get(destination_ref) if isinstance(destination_ref, str) else None
     location = destination.file_location if destination is not None else None
@@ -106,8 +102,7 @@ def _file_claim(config: Config, name: str, pattern: str, raw: dict[str, Any]) ->
 
 
 def _name_overlaps(claims: list[Claim]) -> list[Problem]:
-    """Two activations whose files can ever have the same name at one location: the last run would
-    win, and each one's clean-up would remove the other's delivery."""
+    """Two activations whose files can ever share a name at one location (see `etl.files.names`)."""
     return [(f"[activations.{second.activation}] file.name", _overlap_text(first, second, example))
             for first, second, example in overlaps(claims)]
 
@@ -124,8 +119,7 @@ def _overlap_text(first: Claim, second: Claim, example: str) -> str:
 
 def _sql_problems(sql_file: Path, declared_params: set[str], where: str, parsed: dict[Path, set[str] | str]
                   ) -> list[Problem]:
-    """Parameters used but not declared, or declared but unused; ``parsed`` holds each file's
-    parameters (or why it cannot be read) across the activations of one load."""
+    """Parameters used but not declared, or declared but unused; ``parsed`` caches each file across one load."""
     if sql_file not in parsed:
         parsed[sql_file] = _sql_parameters(sql_file)
     used = parsed[sql_file]

@@ -62,8 +62,7 @@ class LocalLocation(_FileLocation):
         return self.path
 
     def identity(self, base_dir: Path) -> LocationIdentity:
-        """Two locations with the same identity are one directory however they are written
-        (``outbox``, ``./outbox``, a link to it)."""
+        """Equal for one directory however written (``outbox``, ``./outbox``, a link to it)."""
         path = str(anchored(base_dir, self.path).expanduser().resolve())
         return ("local", path), path
 
@@ -85,8 +84,7 @@ class _RemoteLocation(_FileLocation):
 
 
 def _remote_identity(location: SftpLocation | FtpsLocation) -> LocationIdentity:
-    """A host name in capitals, ``/in/`` and ``/in`` are one directory. A relative remote directory is
-    under the user's home, so the user is part of its identity."""
+    """Case-folded host, normalised path; a relative directory is under the user's home, so the user counts."""
     directory = posixpath.normpath(location.remote_dir.replace("\\", "/") or ".")
     directory = "/" + directory.lstrip("/") if directory.startswith("/") else directory
     host = location.host.lower().rstrip(".")
@@ -185,7 +183,6 @@ class Destination(_CalledOverHttp):
 
     @property
     def file_location(self) -> LocalLocation | SftpLocation | FtpsLocation | None:
-        """Where an audience delivered as a file goes."""
         return self.files
 
     def problems(self, base_dir: Path, where: str) -> list[Problem]:

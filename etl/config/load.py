@@ -41,9 +41,7 @@ def load_config(
 ) -> Config:
     """Read, interpolate and validate a configuration, raising one ConfigError that lists every problem.
 
-    ``ledger_only``: for commands that only read the ledger (`history`, `show`, `report`), a variable
-    that is not set is left as written, unless ``[settings]`` needs it (``state_url``): reading the
-    run history needs no Actito key or warehouse password."""
+    ``ledger_only``: unset variables stay as written unless ``[settings]`` needs them; history needs no keys."""
     file = config_path(path)
     environ = os.environ if environ is None else environ
     raw = _read_toml(file)
@@ -81,8 +79,7 @@ def _read_toml(file: Path) -> dict[str, Any]:
 
 
 def _validated_config(resolved: dict[str, Any], file: Path, problems: list[Problem]) -> Config:
-    """Every entry checked on its own, so that one broken table does not hide the problems of the others;
-    the configuration is built from the valid ones."""
+    """Each entry checked on its own, so one broken table does not hide the others' problems."""
     settings = _validated(TypeAdapter(Settings), resolved.get("settings", {}), ("settings",), problems) or Settings()
     alerts = _validated(TypeAdapter(Alerts), resolved.get("alerts", {}), ("alerts",), problems) or Alerts()
     metrics = _validated(TypeAdapter(Metrics), resolved.get("metrics", {}), ("metrics",), problems) or Metrics()
@@ -173,8 +170,7 @@ def _pydantic_problems(exc: ValidationError, where: tuple[str, ...]) -> list[Pro
 
 
 def _without_missing_of_typos(problems: list[Problem]) -> list[Problem]:
-    """A misspelt key is one problem, not two: "required key is missing" for the key a typo stands for
-    goes, the typo's "did you mean" says it all."""
+    """A misspelt key is one problem: its "did you mean" replaces the "required key is missing"."""
     meant = {re.sub(r"[^ .]+$", "", where) + message.split("'")[1]
              for where, message in problems if message.startswith("unknown key: did you mean")}
     return [(where, message) for where, message in problems
@@ -189,7 +185,7 @@ def _did_you_mean(key: str) -> str:
 
 @functools.cache
 def _known_keys() -> list[str]:
-    """Every key any table of the configuration accepts: the fields of every model."""
+    """Every key any table of the configuration accepts."""
     models: list[type[ConfigModel]] = [ConfigModel]
     keys: set[str] = set()
     while models:

@@ -62,8 +62,7 @@ class Schedule(ConfigModel):
 
 @functools.lru_cache(maxsize=4096)
 def _crontab_problem(expression: str) -> str | None:
-    """Why a cron expression is invalid, or None. Cached: a thousand activations share a few dozen
-    expressions, and building APScheduler's trigger is most of the cost of validating a schedule."""
+    """Why a cron expression is invalid, or None; cached, as activations share few expressions."""
     from apscheduler.triggers.cron import CronTrigger
 
     try:
@@ -170,7 +169,6 @@ class ActivationBase(ConfigModel):
 
     @property
     def delivers_file(self) -> bool:
-        """Whether a run leaves a file at the destination's file location."""
         return False
 
     @property

@@ -1,5 +1,4 @@
-"""Secrets in the configuration: ``${VAR}`` interpolation (or ``VAR_FILE``, a mounted secret file),
-``*_file`` keys, the refusal of literal secrets, and handing every secret to the log redactor."""
+"""Secrets in the configuration: ``${VAR}`` (or ``VAR_FILE``) and ``*_file`` keys; literal secrets are refused."""
 
 from __future__ import annotations
 
@@ -53,7 +52,6 @@ def interpolate(node: Any, where: tuple[str, ...], environ: Mapping[str, str], p
 
 def _interpolate_key(out: dict[str, Any], key: str, value: Any, path: tuple[str, ...], environ: Mapping[str, str],
                      problems: list[Problem]) -> None:
-    """Put into ``out`` what one key of a table stands for."""
     if key.endswith("_file") and key[: -len("_file")] in SECRET_KEYS:
         secret = _read_secret_file(interpolate(value, path, environ, problems), path, problems)
         if secret is not None:

@@ -1,5 +1,4 @@
-"""How SQL parameters are found: the one reading of ``:name`` shared by the configuration's check of
-each SQL file and by the extraction that binds them."""
+"""SQL parameters: the one reading of ``:name`` shared by the configuration's check and the extraction."""
 
 from __future__ import annotations
 
@@ -25,11 +24,7 @@ QUOTED_OR_COMMENT = re.compile(
 
 
 def bind_parameter_names(sql: str) -> set[str]:
-    """The parameters a query binds, computed exactly as the run will bind them.
-
-    sqlalchemy.text() decides (``x::int`` is a cast, ``\\:x`` an escaped colon, ``:x::int`` is *not*
-    a parameter: write ``CAST(:x AS int)``), after ``_shield`` has hidden comments and quoted text.
-    """
+    """The parameters a query binds, exactly as the run will; trap: ``:x::int`` is *not* one (``CAST(:x AS int)``)."""
     return set(text_statement(sql).compile().params)
 
 
@@ -39,13 +34,9 @@ def text_statement(sql: str) -> sa.TextClause:
 
 
 def _shield(sql: str) -> str:
-    """Escape the colons of comments and quoted text, so that text() takes none of them for a parameter.
+    """Escape the colons of comments and quoted text (``$$`` bodies too), so text() binds none of them.
 
-    text() alone binds ``:name`` wherever it appears: a ``-- uses :min_days`` comment would become a
-    ``?`` the database does not count, and a parameter named only in a comment would pass the
-    configuration check as used. Escaping rather than removing keeps the SQL the database sees, and
-    its line numbers, unchanged. Dollar-quoted bodies count as quoted text too: the PostgreSQL fast
-    paths bind values client-side as '…' literals, and a value holding ``$$`` inside a ``$$…$$`` body
-    would close it.
+    Otherwise a ``-- uses :min_days`` comment becomes a ``?`` the database does not count. Escaping,
+    not removing, keeps the SQL and its line numbers unchanged.
     """
     return QUOTED_OR_COMMENT.sub(lambda match: re.sub(r"(?<!\\):", r"\\:", match.group()), sql)

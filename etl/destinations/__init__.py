@@ -1,8 +1,4 @@
-"""Which destination an activation has: picked here, once, from its destination's configuration.
-
-Each vendor's package is imported when an activation first needs it: an audience delivered as a
-file never loads the Actito client, a profiles run into Actito never loads OpenField's.
-"""
+"""Which destination an activation has, picked once; a vendor's package is imported only when needed."""
 
 from __future__ import annotations
 

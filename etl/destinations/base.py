@@ -1,11 +1,7 @@
-"""What every destination does for a run, so a job composes stages and destinations without knowing
-which vendor is behind an activation.
+"""What every destination does for a run, so a job composes stages without knowing the vendor.
 
-A run that sends rows has one shape whatever the vendor: check the destination against the query's
-columns before a row is read, resolve what an earlier run left in flight, stage what changed, make
-sure today's budget allows it, send. An audience run writes its file first and hands it over.
-``describe`` is the destination's account of a successful run: people read ``where``, then
-``: summary`` when there is one.
+A row run has one shape whatever the vendor: preflight, recover, stage, reserve, send. People read
+``describe`` as ``where``, then ``: summary`` when there is one.
 """
 
 from __future__ import annotations

@@ -1,21 +1,10 @@
-"""File name patterns: their date placeholders, which names an activation owns at a location, and
-whether two activations' names can meet. Standard library only, so that loading a configuration
-(which checks names) stays light.
+"""File name patterns: their date placeholders, the names an activation owns at a location, and overlaps.
 
-A file transfer location is shared: several activations (and other senders) drop files into one
-directory, and each activation's clean-up removes the files it owns that are not its current
-delivery. That is only safe if ownership is exact and exclusive: an activation must never take
-another's file for its own, and two activations must never be able to write the same name (the
-last run would win, and each one's clean-up would delete the other's files).
-
-So a file name pattern is turned into the language of every name its activation can leave at a
-location: the rendered name with each compression's extension, the manifest beside it, and the
-``_partNNN`` names earlier versions split big audiences into. The language is a small automaton
-built from the pattern's atoms (a literal character, a digit, a month name); `NameLanguage.matches`
-is the exact matcher the clean-ups use, and `NameLanguage.common_name` intersects two automata to
-find a name both can produce, which `validate` reports as an overlap. The intersection is exact
-over these atoms; digits stand for any digit (``$MM`` as ``\\d\\d``), which can only make two
-patterns overlap that in fact never meet (``a_$MM.csv`` and ``a_13.csv``), never the reverse.
+A location is shared and each activation's clean-up deletes the files it owns, so ownership must be exact
+and exclusive: two activations that could write one name would delete each other's files. A pattern
+becomes an automaton of every name it can leave; intersecting two finds a shared name. Digits stand for
+any digit, which can only report an overlap that never happens, never miss one. Standard library only:
+loading a configuration checks names.
 """
 
 from __future__ import annotations
@@ -36,7 +25,7 @@ DIGITS = frozenset(string.digits)
 #: what a delivered audience file may end with, whatever the compression it was delivered with
 EXTENSIONS = (".csv", ".csv.gz", ".zip")
 MANIFEST_SUFFIX = ".manifest.json"
-#: how earlier versions named the parts of a split audience: ``<stem>_part001<ext>``, 3 digits or more
+#: parts of a split audience as earlier versions named them (still owned): ``<stem>_part001<ext>``
 PART_INFIX = "_part"
 
 Chars = frozenset[str]
@@ -50,14 +39,11 @@ def letter_groups(run: str) -> list[str]:
 
 @dataclass
 class NameLanguage:
-    """A nondeterministic automaton over characters: state 0 is the start, ``final`` the only accepting
-    state; ``edges[s]`` lists (characters, next state), ``skips[s]`` the states reached reading nothing."""
+    """A nondeterministic automaton: state 0 starts, ``final`` accepts; ``skips[s]`` are epsilon moves."""
 
     edges: list[list[tuple[Chars, int]]] = field(default_factory=lambda: [[]])
     skips: list[list[int]] = field(default_factory=lambda: [[]])
     final: int = 0
-
-    # -- building
 
     def _new_state(self) -> int:
         self.edges.append([])
@@ -81,8 +67,6 @@ class NameLanguage:
             self.skips[self._word(start, word, fold)].append(end)
         return end
 
-    # -- reading
-
     def _closure(self, states: Iterable[int]) -> set[int]:
         todo = list(states)
         seen = set(todo)
@@ -94,7 +78,7 @@ class NameLanguage:
         return seen
 
     def matches(self, name: str) -> bool:
-        """True if ``name`` is one of this language's names (exactly: no prefix, no other digit count)."""
+        """Exactly: no prefix, no other digit count."""
         current = self._closure([0])
         for character in name:
             current = self._closure(end for state in current for chars, end in self.edges[state] if character in chars)
@@ -106,8 +90,7 @@ class NameLanguage:
         return self.matches(name)
 
     def common_name(self, other: NameLanguage) -> str | None:
-        """A name both languages hold, or None if they share none: a breadth-first walk of the product
-        automaton (pairs of states), which is finite because each automaton is."""
+        """A name both languages hold, or None: a breadth-first walk of the product automaton."""
         start = (0, 0)
         came_from: dict[tuple[int, int], tuple[tuple[int, int], str] | None] = {start: None}
         todo = deque([start])
@@ -176,10 +159,9 @@ def _stem(language: NameLanguage, pattern: str, fold: bool) -> int:
 
 
 def owned_names(pattern: str, *, fold: bool = False) -> NameLanguage:
-    """Every name an audience activation with this file name pattern can have left at its location:
-    ``<stem><ext>``, ``<stem>_partNNN<ext>`` (earlier versions' parts) and ``<stem>.manifest.json``,
-    for each compression's extension. ``fold``: letters match either case (for the overlap check: some
-    servers fold case, so ``VIP.csv`` and ``vip.csv`` may be one file there)."""
+    """Every name the pattern's activation can have left, parts and manifest included.
+
+    ``fold`` matches either case, for the overlap check: some servers fold ``VIP.csv`` and ``vip.csv`` together."""
     language = NameLanguage()
     stem = _stem(language, pattern, fold)
     manifest = language._word(stem, MANIFEST_SUFFIX, fold)
@@ -197,14 +179,13 @@ def owned_names(pattern: str, *, fold: bool = False) -> NameLanguage:
 
 
 def literal_prefix(pattern: str) -> str:
-    """The pattern's characters before its first placeholder, lower-cased: two patterns can only share
-    a name if one's prefix starts the other's, which spares comparing every pair of a big location."""
+    """Lower-cased text before the first placeholder: names can only meet if one prefix starts the other."""
     found = PLACEHOLDER.search(pattern)
     return (pattern[: found.start()] if found else pattern.removesuffix(".csv")).lower()
 
 
 def literal_tail(pattern: str) -> str:
-    """The stem's characters after its last placeholder, lower-cased: every name's stem ends with them."""
+    """Lower-cased text of the stem after its last placeholder."""
     stem = pattern.removesuffix(".csv")
     found = list(PLACEHOLDER.finditer(stem))
     return (stem[found[-1].end() :] if found else stem).lower()
@@ -215,13 +196,10 @@ def _one_ends_the_other(first: str, second: str) -> bool:
 
 
 def tails_can_meet(first: str, second: str) -> bool:
-    """False only if no name of the pattern with literal tail ``first`` can equal one with tail ``second``
-    (a necessary condition, cheap enough to test every pair of a location before intersecting).
+    """False only if no name with literal tail ``first`` can equal one with tail ``second``.
 
-    Two equal names end with the same extension; before it, either both stems (each with or without the
-    same ``_partNNN``: the part numbers must then be as long) are equal, so one tail ends the other; or
-    one stem is the other's plus ``_partNNN``, so the plain one's tail, less its trailing digits, is
-    empty or ends (or is ended by) the other's tail followed by ``_part``."""
+    A cheap necessary condition, tested on every pair before the costly intersection; ``_partNNN``
+    names make it more than "one tail ends the other"."""
     if _one_ends_the_other(first, second):
         return True
     return any(not (bare := plain.rstrip(string.digits)) or _one_ends_the_other(bare, parted + PART_INFIX)
@@ -245,9 +223,7 @@ class Claim:
 def overlaps(claims: Sequence[Claim]) -> list[tuple[Claim, Claim, str]]:
     """Every pair of claims on one location whose names can coincide, with a name both can write.
 
-    Claims are sorted by (location, literal prefix) so that only pairs where one prefix starts the
-    other are looked at, and of those only pairs whose literal tails can meet are intersected: a
-    thousand activations sharing a prefix (``aud_$yyyyMMdd_segment17.csv``) validate in a second."""
+    Only pairs whose prefixes and tails can meet are intersected, so big locations stay fast."""
     ordered = sorted(claims, key=lambda claim: (claim.location, literal_prefix(claim.pattern)))
     languages: dict[int, NameLanguage] = {}
     found = []
@@ -289,13 +265,7 @@ def _render_group(group: str, when: datetime) -> str:
 
 
 def render_file_name(pattern: str, when: datetime) -> str:
-    """Fill Actito-style date placeholders: ``audience_$yyyyMMdd.csv`` -> ``audience_20260131.csv``.
-
-    A placeholder is ``$`` followed by a run of Java date-pattern letters: ``y`` year (``yy`` two
-    digits), ``M`` month (``MMM`` ``Jan``, ``MMMM`` ``January``), ``d`` day, ``H`` hour (0-23),
-    ``m`` minute, ``s`` second; a letter repeated n times is zero-padded to n digits. The run is
-    as long as the letters go: ``$yyyyMMddHHmmss`` is one placeholder.
-    """
+    """Fill Actito-style date placeholders: ``$`` and a run of Java date-pattern letters (``$yyyyMMdd``)."""
     return PLACEHOLDER.sub(lambda m: "".join(_render_group(g, when) for g in letter_groups(m.group(1))), pattern)
 
 
@@ -325,9 +295,7 @@ def name_pattern_problem(pattern: str) -> str | None:
 
 
 def name_matcher(pattern: str) -> Callable[[str], bool]:
-    """True for exactly the names ``pattern``'s activation can leave at its location: the name rendered on
-    any date (each placeholder with the digit count `render_file_name` writes), with any compression's
-    extension, as parts of earlier versions (``_part001``…) or as its manifest."""
+    """True for exactly the names ``pattern``'s activation can leave at its location (see `owned_names`)."""
     return owned_names(pattern).matches
 
 

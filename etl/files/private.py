@@ -1,5 +1,4 @@
-"""Private files: every file that holds personal data (run files, snapshots, spools, deliveries to a
-local directory, reports) is created here, mode 0600, never through a link, synced before it counts."""
+"""Every file holding personal data is created here: mode 0600, never through a link, synced before it counts."""
 
 from __future__ import annotations
 
@@ -13,15 +12,12 @@ from etl.errors import FileWriteError
 FILE_MODE = 0o600
 
 
-#: flags of every file we create: a new file, never one that exists (a symbolic link planted at the name
-#: included: O_EXCL does not follow it, O_NOFOLLOW says so twice)
+#: a new file, never one that exists: O_EXCL refuses a planted symbolic link too
 CREATE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
 
 
 def create_private(path: Path) -> BinaryIO:
-    """A new file at ``path``, mode 0600 whatever the umask, opened for binary writing. Whatever was at
-    ``path`` (an older file, a link) is removed first, never written through. The one way every writer
-    of personal data (run files, snapshots, spools, deliveries to a local directory) creates a file."""
+    """A new file, mode 0600 whatever the umask; whatever was at ``path`` (a link) is removed, never written through."""
     path.unlink(missing_ok=True)
     fd = os.open(path, CREATE_FLAGS, FILE_MODE)
     try:
@@ -33,10 +29,9 @@ def create_private(path: Path) -> BinaryIO:
 
 
 def private_directory(path: Path, *, root: Path) -> Path:
-    """Create ``path`` and the directories between ``root`` and it, mode 0700, refusing a symbolic link
-    on the way: a link planted in the state directory (``runs/<activation>`` -> ``/etc``) would
-    otherwise have a run write its files wherever it points. ``root`` itself is the operator's
-    choice and may be a link."""
+    """Create ``path`` below ``root``, mode 0700, refusing a symbolic link on the way (``runs/x`` -> ``/etc``).
+
+    ``root`` itself is the operator's choice and may be a link."""
     try:
         root.mkdir(mode=0o700, parents=True, exist_ok=True)
     except OSError as exc:
@@ -84,9 +79,7 @@ def write_error(path: Path, exc: OSError) -> FileWriteError:
 
 
 def replace_text(path: Path, text: str, *, mode: int) -> None:
-    """Replace a file's content atomically: readers (node_exporter, a browser, Actito) see the old file
-    or the new one, never half of one. The temporary file is hidden and in the same directory, since a
-    rename is only atomic within one file system; its mode is set before anyone can open it."""
+    """Replace a file atomically: readers see the old file or the new one, never half of one."""
     fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         os.fchmod(fd, mode)

@@ -1,42 +1,10 @@
-"""CSV files as Actito reads them (audience files and import files, cut into parts under a size limit),
-and reject files for analysts.
+"""CSV files as Actito reads them, cut into parts under a size limit, and reject files for analysts.
 
-The audience file (Actito "File format for imports and target lists")
-    * UTF-8 without BOM; first line the header (``emailAddress`` or ``profileId``); one column.
-    * The configured one-character separator (``,`` ``;`` or tab). With one column it only
-      matters for quoting: RFC 4180 quoting *where needed* — a value holding the separator, a
-      double quote, CR or LF is enclosed in double quotes with inner quotes doubled; every
-      other value (every valid e-mail address and profile id) is written bare.
-    * Line endings: LF (``\\n``) after every line, the last one included. RFC 4180 names CRLF,
-      but Actito's readers accept either, LF is what the warehouse tools and pyarrow write,
-      and a consumer that splits lines on LF never sees a stray CR glued to the identifier.
-      ``line_ending="\\r\\n"`` switches a writer to CRLF should a reader ever insist.
-    * Compression: none; gzip (isal, level 1; gzip header with mtime 0 and no file name); or
-      zip with one CSV member named like the file with ``.csv`` (zipfile's deflate, fixed
-      date 1980-01-01 00:00:00, zip64 records).
-    * Deterministic: identical identifiers give byte-identical files whatever the batch
-      boundaries, because the row stream is re-cut into blocks at fixed byte offsets
-      (``block_bytes``) before anything reaches a compressor, and parts are cut only at
-      block boundaries.
-
-Size limit and parts
-    Actito refuses files over 100 MB. Before a block is written the writer checks that the
-    current file, once finished, cannot exceed ``max_bytes`` even if the block compressed
-    badly; if it could, the file is finished and the next part starts (with its own header).
-    * none: the exact size plus the block.
-    * gzip: the stream is sync-flushed after every block, so the size on disk is exact; the
-      reserve is the block's worst-case deflate size plus the gzip trailer.
-    * zip: zlib only emits output when a deflate block ends, so everything fed before the last
-      write that made the file grow is already on disk; the reserve is the worst-case size of
-      what was fed since, plus the block, plus the zip trailer and central directory. That
-      reserve is a few hundred KB: negligible at 100 MB, but with a small ``max_bytes`` zip
-      parts come out well below the limit (never above it).
-    Parts are named ``<stem>_part001<ext>``, ``_part002``... only when there is more than one;
-    a single file keeps the plain name (files are written under hidden temporary names and
-    renamed at :meth:`CsvFileWriter.close`).
-
-Files are created with mode 0600 and fsync'd before they are renamed into place; a failure
-inside the ``with`` block removes every partial file.
+LF line endings, not RFC 4180's CRLF: Actito accepts either, and a reader splitting on LF never sees a
+CR glued to an identifier. Output is byte-identical whatever the batch boundaries: rows are re-cut into
+blocks at fixed offsets before compression, and parts are cut only between blocks. A part is closed
+before a block could push it over ``max_bytes`` even if the block compressed badly; zip's reserve is a
+few hundred KB, so with a small ``max_bytes`` zip parts come out well below it (never above).
 """
 
 from __future__ import annotations
@@ -84,10 +52,7 @@ class WrittenFile:
 def render_lines(
     values: pa.Array | pa.ChunkedArray | pa.Table, *, separator: str = ",", line_ending: str = "\n"
 ) -> pa.Array:
-    """Each value (or table row) as one CSV line: RFC 4180 quoting where needed, then the line ending.
-
-    A single column is an identifier list and must hold no null; in a table a null is an empty cell.
-    """
+    """Each value (or table row) as one CSV line; a single column (identifiers) must hold no null."""
     if isinstance(values, pa.Table):
         cells = [_render_cells(column, separator) for column in values.columns]
         joined = pc.binary_join_element_wise(*cells, separator) if cells else pa.array([], pa.string())
@@ -131,7 +96,7 @@ def _deflate_bound(size: int) -> int:
 
 
 class _Part:
-    """One output file being written under its temporary name; counts what is in it."""
+    """One output file being written under its temporary name."""
 
     def __init__(self, path: Path, max_bytes: int) -> None:
         self.path = path
@@ -251,8 +216,7 @@ def _split_name(file_name: str) -> tuple[str, str]:
 
 
 class ClosingWriter:
-    """A writer used as a context manager: closed when the ``with`` block ends, or left as its kind
-    says after a failure (removed, or kept as far as it goes)."""
+    """Closed when the ``with`` block ends; after a failure removed or kept, as its kind says."""
 
     def close(self) -> object:
         raise NotImplementedError
@@ -273,11 +237,7 @@ class ClosingWriter:
 
 
 class CsvFileWriter(ClosingWriter):
-    """Write one CSV file in Actito's format (or its parts) from batches: an audience's identifiers or
-    the columns of an import.
-
-    Peak memory is one rendered batch plus one block, whatever the number of rows.
-    """
+    """One CSV file (or its parts) from batches; peak memory is one rendered batch plus one block."""
 
     def __init__(
         self,
@@ -327,8 +287,6 @@ class CsvFileWriter(ClosingWriter):
         except BaseException:
             self._abort()
             raise
-
-    # -- public
 
     def write(self, rows: pa.Array | pa.ChunkedArray | pa.Table) -> None:
         """An array of identifiers, or a table whose columns follow the header."""
@@ -390,8 +348,6 @@ class CsvFileWriter(ClosingWriter):
     def _after_failure(self) -> None:
         if not self._closed:
             self._abort()
-
-    # -- internals
 
     def _part_name(self, number: int) -> str:
         return f"{self._stem}_part{number:03d}{self._ext}"
@@ -505,12 +461,9 @@ def _shortened(values: pa.Array) -> pa.Array:
 
 
 class RejectWriter(ClosingWriter):
-    """The rows dropped from an audience, for analysts: CSV ``row,value,reason``, UTF-8, header.
+    """The rows dropped from an audience, for analysts: ``row,value,reason``, values defused and shortened.
 
-    Values are defused against spreadsheet formula injection (see :func:`defuse_formulas`) and cut
-    at ``MAX_REJECT_VALUE`` characters;
-    the file is created with mode 0600 (it holds personal data). On an exception inside the
-    ``with`` block the file is closed and kept: what it holds is correct as far as it goes.
+    Mode 0600 (personal data). On an exception the file is kept: it is correct as far as it goes.
     """
 
     COLUMNS = ("row", "value", "reason")

@@ -1,26 +1,9 @@
-"""Kubernetes CronJobs for the scheduled activations of a configuration.
+"""Kubernetes CronJobs, one per scheduled activation, each running ``audience-sync run NAME`` in a fresh pod.
 
-One ``batch/v1`` CronJob per activation runs the one-shot ``audience-sync run NAME`` in a fresh pod
-on the activation's schedule and time zone. The manifests carry what the notes on containers ask
-for: ``concurrencyPolicy: Forbid``, an explicit ``startingDeadlineSeconds`` (without it, 100 missed
-schedules stop a CronJob for good), ``restartPolicy: Never``, a small ``backoffLimit`` and a
-``podFailurePolicy`` keyed on the CLI's exit codes:
-
-* 2, a configuration error: ``FailJob`` (never retried, a retry cannot fix it);
-* 3, skipped because another process holds the activation's lock: ``Ignore`` (not a failure of this
-  run; the pod is replaced after the Job controller's back-off, so the run happens once the lock is
-  released, and the skip never uses up ``backoffLimit``);
-* 1, an activation failed: ``Count`` (retried up to ``backoffLimit``; a run is safe to repeat);
-* a pod evicted or preempted (condition ``DisruptionTarget``): ``Ignore``.
-
-The configuration file and every SQL file it references come from one ConfigMap, each mounted by
-``subPath`` at the place the file expects, under ``/etc/audience-sync``; secrets come from one Secret,
-as environment variables named like the ``${VAR}`` references of the TOML. The root filesystem is
-read-only: the state directory is a PersistentVolumeClaim (``state_volume_claim``) or else an
-emptyDir, which loses the ledger and the snapshots after every run (see docs/deploy.md).
-
-Anything that cannot become a working CronJob is refused with a ConfigError (exit code 2) that lists
-every problem, like the configuration loader does.
+``startingDeadlineSeconds`` is always set: without it, 100 missed schedules stop a CronJob for good.
+The pod failure policy is keyed on the CLI's exit codes, so a configuration error is never retried and a
+skip for a held lock never uses up ``backoffLimit``. Without a state volume claim the ledger and snapshots
+are lost after every run (docs/deploy.md). Problems are all reported in one ConfigError.
 """
 
 from __future__ import annotations
@@ -50,8 +33,7 @@ CONTAINER_NAME = "audience-sync"
 EXIT_FAILED, EXIT_CONFIG, EXIT_LOCKED = 1, 2, 3
 #: a CronJob's name is at most 52 characters: its Jobs get an 11-character suffix
 MAX_NAME = 52
-#: the pod's user and group: the Dockerfile's non-root user (any non-root id works with another image,
-#: which only needs to be world-readable)
+#: the pod's user and group: the Dockerfile's non-root user
 RUN_AS = 10001
 DEFAULT_IMAGE = f"audience-sync:{__version__}"
 SUCCESSFUL_JOBS_KEPT = 3
@@ -81,27 +63,19 @@ class K8sOptions:
     cpu_limit: str | None = None
     #: a PersistentVolumeClaim for the state directory; without it the state dir is an emptyDir
     state_volume_claim: str | None = None
-    #: accept what lives only as long as the pod: the state directory without a claim (ledger,
-    #: snapshots, the shrink guard's memory) and a local outbox (Actito never sees it) — a trial only
+    #: accept a state directory and a local outbox that live only as long as the pod — a trial only
     ephemeral_state: bool = False
-    #: hand the pod every variable the file references, not only the activation's own: needed while
-    #: ``audience-sync run`` interpolates the whole file, when other tables reference other variables
+    #: hand the pod every variable the file references, not only the activation's own
     all_secrets: bool = False
 
 
 def scheduled_names(config: Config) -> list[str]:
-    """The activations a ``--all`` should turn into CronJobs: every one with a schedule (a disabled
-    activation becomes a suspended CronJob, so that applying the output with pruning keeps it)."""
+    """Every activation with a schedule: a disabled one becomes a suspended CronJob, so pruning keeps it."""
     return [name for name, activation in config.activations.items() if activation.schedule is not None]
 
 
 def cronjob_manifests(config: Config, names: Sequence[str], options: K8sOptions) -> list[dict[str, Any]]:
-    """One ``batch/v1`` CronJob per named activation, in the order given.
-
-    Raises ConfigError listing every problem: an unknown activation or one without a schedule, an
-    ``every`` interval that no cron expression repeats evenly, two names that map to the same
-    Kubernetes name, a membership audience without a persistent state volume, files the ConfigMap
-    cannot hold, variables the pod would miss, invalid options."""
+    """One CronJob per named activation, in the order given; ConfigError lists every problem."""
     problems = _option_problems(options)
     raw = _raw_config(config)
     files, file_problems = _config_files(config)
@@ -178,9 +152,7 @@ def _pod_variables(raw: dict[str, Any], config: Config, name: str, every_variabl
 
 
 def configmap_manifest(config: Config, options: K8sOptions) -> dict[str, Any]:
-    """The ConfigMap the CronJobs mount: the configuration file under ``schedules.toml`` and each SQL
-    file it references under its file name. The file holds no secret (the loader refuses literal
-    secrets), so it can be a ConfigMap; equivalent to ``kubectl create configmap --from-file``."""
+    """The configuration file and its SQL files; a ConfigMap is safe as the loader refuses literal secrets."""
     files, problems = _config_files(config)
     if problems:
         raise ConfigError(problems, source=config.source)
@@ -196,7 +168,7 @@ def configmap_manifest(config: Config, options: K8sOptions) -> dict[str, Any]:
 
 
 def render_yaml(manifests: list[dict[str, Any]]) -> str:
-    """Multi-document YAML (each document opened by ``---``), keys in the order they were built."""
+    """Multi-document YAML, keys in the order they were built."""
     if not manifests:
         return ""
     return str(yaml.dump_all(manifests, Dumper=_Dumper, explicit_start=True, sort_keys=False, allow_unicode=True,
@@ -214,8 +186,7 @@ class _Dumper(yaml.SafeDumper):
 
 
 def cronjob_name(activation: str) -> str:
-    """A DNS-1123 name for an activation's CronJob: lowercase, ``_`` and ``.`` become ``-``, at most 52
-    characters (a longer name is cut and ends with a hash of the whole name, so it stays unique)."""
+    """A DNS-1123 name; a name over `MAX_NAME` is cut and ends with a hash of the whole, so it stays unique."""
     name = re.sub(r"[^a-z0-9-]", "-", activation.lower()).strip("-") or "activation"
     if len(name) > MAX_NAME:
         digest = hashlib.sha256(activation.encode()).hexdigest()[:8]
@@ -224,14 +195,10 @@ def cronjob_name(activation: str) -> str:
 
 
 def every_as_cron(every: str) -> str | None:
-    """The cron expression that repeats an interval, when one does: an interval that divides an hour
-    (``15m`` → ``*/15 * * * *``) or a day (``6h`` → ``0 */6 * * *``, ``1d`` → ``0 0 * * *``). Runs are
-    anchored on the hour, or on midnight of the time zone. None for any other interval (``45m``,
-    ``90m``, ``5h``, ``2d``, ``90s``), which a cron field cannot repeat evenly.
+    """The cron expression for an interval dividing an hour or a day, else None.
 
-    Cron times are wall-clock times in the CronJob's zone; the scheduler daemon counts an interval
-    shorter than a day in elapsed time, so across DST a ``2h``..``12h`` interval runs an hour apart
-    from the daemon's times for half of the year (whole days and sub-hour intervals agree)."""
+    Trap: cron is wall-clock time but the daemon counts elapsed time, so across DST a ``2h``..``12h``
+    interval runs an hour apart from the daemon's times for half of the year."""
     seconds = parse_interval(every)
     if seconds % 60:
         return None
@@ -256,8 +223,7 @@ _CRON_NAMES = frozenset(
 
 
 def _cron_problem(cron: str) -> str | None:
-    """What Kubernetes would refuse in a cron expression the configuration accepts: APScheduler also
-    reads ``last`` (the last day of the month), which Kubernetes' cron parser does not know."""
+    """What Kubernetes would refuse that APScheduler accepts, such as ``last`` (day of the month)."""
     words = {word.lower() for word in re.findall(r"[A-Za-z]+", cron)}
     if unknown := sorted(words - _CRON_NAMES):
         return (f"{cron!r} uses {', '.join(unknown)}, which Kubernetes cron schedules do not support: "
@@ -366,11 +332,9 @@ def _pod_failure_rules() -> list[dict[str, Any]]:
     return [
         # a configuration error: the next attempt would read the same file
         {"action": "FailJob", "onExitCodes": on_exit(EXIT_CONFIG)},
-        # evicted, preempted, node drained: not the run's fault
         {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]},
-        # skipped, another process holds the lock: nothing was done, try again once it is released
+        # skipped for a held lock: nothing was done, try again once it is released
         {"action": "Ignore", "onExitCodes": on_exit(EXIT_LOCKED)},
-        # an activation failed: retried up to backoffLimit (the default for any other exit code too)
         {"action": "Count", "onExitCodes": on_exit(EXIT_FAILED)},
     ]
 
@@ -424,8 +388,7 @@ def _volumes(config: Config, name: str, files: list[_File],
              options: K8sOptions) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     items = [{"key": CONFIG_KEY, "path": CONFIG_KEY}] + [{"key": f.key, "path": f.key} for f in files]
     volumes: list[dict[str, Any]] = [{"name": "config", "configMap": {"name": options.config_map, "items": items}}]
-    # each file by subPath: a volume mounted inside a ConfigMap volume cannot be created (it is read-only),
-    # and the state directory is usually relative to the configuration file
+    # by subPath: the state volume, usually under the config dir, cannot be mounted inside a read-only ConfigMap volume
     mounts: list[dict[str, Any]] = [
         {"name": "config", "mountPath": str(CONFIG_DIR / CONFIG_KEY), "subPath": CONFIG_KEY, "readOnly": True}
     ] + [{"name": "config", "mountPath": str(f.pod), "subPath": f.key, "readOnly": True} for f in files]
@@ -453,7 +416,6 @@ def _scratch_dirs(config: Config, name: str) -> Iterator[tuple[str, PurePosixPat
     url = warehouse.url.get_secret_value()
     database = url[len("sqlite:///"):]
     if warehouse.demo and url.startswith("sqlite:///") and database and not database.startswith(":memory:"):
-        # the demo database is built on first use, next to where the URL points
         yield "demo-warehouse", _pod_path(Path(database)).parent
     location = config.destinations[activation.destination].file_location
     outbox = location.local_directory if location is not None and activation.delivers_file else None

@@ -1,8 +1,4 @@
-"""`audience-sync actito check DESTINATION`: everything that can be verified before data is sent.
-
-Credentials, entity, and for each import activation of the destination its table and every
-mapped column (existence and type), using the query's real column names but none of its rows.
-"""
+"""`audience-sync actito check DESTINATION`: everything that can be verified before data is sent, reading no row."""
 
 from __future__ import annotations
 

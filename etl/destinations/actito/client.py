@@ -1,40 +1,9 @@
-"""The HTTP client for Actito's REST API: discovery, bulk imports (ETL executions), their status and report.
+"""The client for Actito's REST API (docs/actito-wire.md): discovery, bulk imports, their status and report.
 
-It follows docs/actito-wire.md to the letter; what that page tags [guess] is gathered in
-`ActitoWire`, so a real licence that answers differently needs configuration, not code.
-
-Why it is built the way it is:
-
-* **All retries are ours (etl.destinations.http, shared with the OpenField client), none urllib3's.**
-  urllib3's ``Retry`` re-sends a POST body badly (a streamed multipart body hangs until the read
-  timeout, a generator body is re-sent empty and accepted: data silently lost). The session is mounted
-  with ``max_retries=0`` and every retry below rebuilds what it sends.
-* **Safe calls (GET) are retried** with exponential backoff and full jitter on 429, 5xx and
-  connection errors, honouring ``Retry-After`` up to ``retry_after_max``.
-* **An import POST is never blindly repeated.** It is re-sent only when the first attempt was
-  certainly refused (a 429, a 401 before the token was renewed, or a connection that was never
-  opened). After an ambiguous outcome (read timeout, connection reset after sending, 5xx) the
-  client first looks the execution up by the ``reference`` it put in the definition and only
-  sends again if Actito has none, so a flaky network never doubles an import. The daily import
-  quota (a 429 whose message says so) is never retried: it only resets the next day.
-* **The upload is streamed** (requests-toolbelt ``MultipartEncoder``): ``files=`` would hold the
-  whole file (up to 100 MB, twice over while encoding) in memory; the encoder reads it in chunks
-  and knows its length, so requests sends a Content-Length, not chunked encoding. It is rebuilt,
-  and the file reopened, for each attempt.
-* **Limits are kept on our side, per licence** so Actito never has to refuse us: the client
-  sends through an `etl.destinations.licence.Licence` — at most 5 requests in flight (Actito answers 429 to
-  the 6th concurrent request of a licence) and at most 90 calls in any sliding minute (Actito
-  allows 100 and slows the excess) — shared by every client of the licence (`connect.open_client`
-  takes it from the process-wide registry, with slots in the ledger for other processes).
-* **The token** from ``GET /auth/token`` is cached in the licence (one token for all its
-  clients), renewed 60 s before it expires, and renewed once more when a call answers 401
-  (Actito's clock, a revoked token); a second 401 is a real auth problem. One thread renews, the
-  others wait for its token.
-* **The API key never leaves the process in text**: it is registered with `etl.logs` for log
-  redaction and scrubbed from every message the client builds; errors name the route template,
-  never a header.
-* Every call has ``timeout=(connect, read)``, sends ``Accept: application/json`` and surfaces
-  Actito's own error text, read defensively because the error body shape is not documented.
+Retries, limits and scrubbing follow `etl.destinations.http`. Specific to Actito: an import found
+again by its ``reference`` after an unclear outcome, so it is never doubled; the daily import quota
+(a 429 saying so) never retried; the upload streamed (``files=`` would hold up to 100 MB twice in
+memory) and rebuilt per attempt; one token per licence, renewed once on a 401.
 """
 
 from __future__ import annotations
@@ -74,19 +43,14 @@ log = logging.getLogger("audience_sync.actito")
 #: Actito's hosts by configuration name (docs/actito-wire.md "Hosts"); "sandbox" has no fixed URL.
 ENVIRONMENTS: Mapping[str, str] = ACTITO_ENVIRONMENTS
 
-#: Actito refuses an uploaded file (as sent, so compressed) over 100 MB, read as 100,000,000 bytes
-#: by docs/actito-wire.md (the reading etl.files cuts parts at): checked before uploading, so a file
-#: that would be refused is not sent at all.
+#: bytes: Actito refuses a larger upload (as sent, so compressed); etl.files cuts parts at the same size.
 MAX_UPLOAD_BYTES = 100_000_000
 
 #: renew the token when fewer than this many seconds of its life are left
 TOKEN_RENEW_AHEAD = 60.0
 
-#: Actito's documented limits per licence: a 6th concurrent call is refused (429); calls over 100 in
-#: a minute are slowed. In flight: all 5, since our slot is held from before the request is sent
-#: until its answer is read, a window that contains Actito's own count of it. Per minute: 90, a
-#: margin for Actito's minute not being ours and for the other processes sharing the licence,
-#: whose minute windows are their own (only concurrency is shared through the ledger).
+#: per licence: Actito refuses a 6th concurrent call and slows over 100 a minute; 90 leaves a margin
+#: for clocks and for other processes, whose minute windows are their own.
 MAX_IN_FLIGHT = 5
 CALLS_PER_MINUTE = 90
 #: seconds to open a connection and between two bytes of an answer: also sizes the ledger lease
@@ -94,8 +58,7 @@ CONNECT_TIMEOUT = 10.0
 READ_TIMEOUT = 60.0
 
 
-# Route templates: the literal text of ``where`` in every error, so no id, URL or secret leaks
-# into a message and a failure is easy to grep for.
+# Route templates name the call in every error, so no id, URL or secret leaks into a message.
 _TOKEN = "/auth/token"
 _ENTITIES = "/entities/v5/entities"
 _PROFILE_TABLES = "/profile-table-structure/v5/entities/{entity}/profile-tables"
@@ -145,12 +108,7 @@ class ActitoClient(ApiClient):
         wire: ActitoWire | None = None,
         licence: Licence | None = None,
     ) -> None:
-        """``base_url`` is a URL or a name of `ENVIRONMENTS`; ``sleep``/``monotonic`` are injectable for tests.
-
-        ``licence``: the limits and token cache shared with the licence's other clients (see
-        `connect.open_client`); without one the client has its own, of ``max_concurrency`` in
-        flight and ``calls_per_minute`` (defaults: `MAX_IN_FLIGHT`, `CALLS_PER_MINUTE`).
-        """
+        """``base_url`` is a URL or a name of `ENVIRONMENTS`; without a shared ``licence`` the client has its own."""
         if not api_key:
             raise ValueError("api_key is empty")
         resolved = ENVIRONMENTS.get(base_url, base_url)
@@ -176,12 +134,8 @@ class ActitoClient(ApiClient):
             sleep=sleep,
         )
 
-    # ------------------------------------------------------------------ lifecycle
-
     def __repr__(self) -> str:
         return f"ActitoClient(base_url={self.base_url!r}, entity={self.entity!r})"
-
-    # ------------------------------------------------------------------ discovery
 
     def entities(self) -> list[dict[str, Any]]:
         """The entities the licence sees: ``[{"id", "name", "comment"}]``."""
@@ -201,11 +155,9 @@ class ActitoClient(ApiClient):
         return [table_of(t, "custom") for t in list_in(body, self.wire.custom_tables_key) if isinstance(t, Mapping)]
 
     def custom_table(self, id_or_name: str) -> Table:
-        """A custom table by id, or by name."""
         return self._one_table(id_or_name, "custom")
 
     def _one_table(self, id_or_name: str, kind: Literal["profile", "custom"]) -> Table:
-        # By id first (one call, the usual case); on 404 list the tables and resolve the name.
         one, listing = (_PROFILE_TABLE, self.profile_tables) if kind == "profile" else (_CUSTOM_TABLE, self.custom_tables)
         try:
             return table_of(self._get(one, entity=self.entity, tableId=id_or_name), kind)
@@ -230,16 +182,11 @@ class ActitoClient(ApiClient):
                 actito_message=not_found.actito_message,
             ) from None
 
-    # ------------------------------------------------------------------ imports
-
     def start_import(self, definition: Mapping[str, Any], file: Path, *, etl_id: str | None = None) -> Execution:
-        """Upload ``file`` as one ETL execution and return it (usually PENDING); never imports it twice.
+        """Upload ``file`` as one ETL execution (usually PENDING); never imports it twice.
 
-        Without ``etl_id``: the one-shot form, ``definition`` sent as the JSON part. With it: the
-        ETL's ``trigger-execution``, which takes only the file and the reference. Either way the
-        definition's ``reference`` (generated if absent, and returned in ``Execution.reference``)
-        is how an ambiguous attempt is found again: give it a value stable across re-runs of the
-        same run and part so that even a crashed process can look it up.
+        The definition's ``reference`` finds an ambiguous attempt again: keep it stable across
+        re-runs of the same run and part, so that even a crashed process can look it up.
         """
         wire = self.wire
         definition = dict(definition)
@@ -323,18 +270,14 @@ class ActitoClient(ApiClient):
         return execution_of(matches[newest])
 
     def execution(self, execution_id: str) -> Execution:
-        """The execution's current status, counts and message."""
         return execution_of(self._get(_EXECUTION, entity=self.entity, executionId=execution_id))
 
     def wait_for(
         self, execution_id: str, *, timeout: float = 3600, poll_initial: float = 1.0, poll_max: float = 30.0
     ) -> Execution:
-        """Poll until the execution ends; SUCCESS or PARTIAL_SUCCESS is returned, ERROR raises.
+        """Poll (doubling interval, to spare the per-minute budget) until SUCCESS/PARTIAL_SUCCESS; ERROR raises.
 
-        The interval doubles from ``poll_initial`` up to ``poll_max``: a short import is seen
-        finished within a second, a long one costs few calls against the per-minute budget. A
-        status we do not know counts as still running (Actito documents only SUCCESS), until
-        ``timeout``, when it fails loudly instead of hanging a scheduled run.
+        An unknown status counts as running (Actito documents only SUCCESS) until ``timeout``, which raises.
         """
         wire = self.wire
         where = f"Actito GET {_EXECUTION}"
@@ -365,7 +308,7 @@ class ActitoClient(ApiClient):
             delay = min(delay * 2, poll_max)
 
     def report(self, execution_id: str) -> list[LineError]:
-        """The rejected lines of an execution (empty when none was rejected)."""
+        """The rejected lines of an execution."""
         body = self._get(_EXECUTION + self.wire.report_suffix, entity=self.entity, executionId=execution_id)
         lines: list[LineError] = []
         for item in list_in(body, self.wire.report_errors_key):
@@ -384,8 +327,6 @@ class ActitoClient(ApiClient):
                 )
             )
         return lines
-
-    # ------------------------------------------------------------------ token
 
     def _token(self) -> str:
         """A valid access token from the licence's cache, fetched or renewed by one thread while the others wait."""
@@ -412,8 +353,6 @@ class ActitoClient(ApiClient):
     def _invalidate(self, token: str) -> None:
         """Forget ``token`` after a 401, unless another thread has already replaced it."""
         self._licence.tokens.forget(self._api_key, token)
-
-    # ------------------------------------------------------------------ transport
 
     def _url(self, template: str, path: Mapping[str, str]) -> str:
         return self.base_url + template.format(**{k: quote(str(v), safe="") for k, v in path.items()})
@@ -466,7 +405,6 @@ class ActitoClient(ApiClient):
         ))
 
     def _http_error(self, where: str, response: requests.Response, *, attempts: int = 1) -> ActitoError:
-        """The typed error for a non-2xx answer, carrying Actito's own words."""
         status = response.status_code
         what, said = failure_text(response, self._scrub, attempts)
         cls, hint = _FAILURES.get(status, (ActitoError, ""))
@@ -483,7 +421,6 @@ class ActitoClient(ApiClient):
         return ActitoError(what, where=where, hint=hint)
 
 
-# ---------------------------------------------------------------------- helpers
 
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$", re.IGNORECASE)

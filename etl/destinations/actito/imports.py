@@ -1,12 +1,8 @@
 """Rows into an Actito table by bulk imports: pre-flight → CSV parts → ETL executions → per-row outcomes.
 
-Everything Actito would refuse is refused here first — the table and every mapped column are
-checked against Actito's own structure before a row is read (pre-flight), and each value against
-its format rule — so an import either applies or names what it could not apply, line by line,
-mapped back to the warehouse row. The daily quota is counted in our own ledger and never burnt.
-
-The mapping is chosen here, from the activation's kind and preset (Qualifio's variables, Didomi's
-consents, or columns named like the table's attributes), so a job never names a partner.
+What Actito would refuse is refused here first (the table before a row is read, each value against
+its rule), so an import applies or names each row it could not apply. The daily quota is counted in
+our ledger, never burnt. The mapping is chosen here, so a job never names a partner.
 """
 
 from __future__ import annotations
@@ -86,8 +82,7 @@ class ImportTarget:
 def preflight(
     client: ActitoClient, target: ImportTarget, mapping_for: MappingFactory, columns: Sequence[str]
 ) -> tuple[Table, Mapping]:
-    """Check the table and every mapped column; return the table and the mapping tightened to the
-    table's own length limits (so an over-long value is rejected here, not by Actito)."""
+    """Check the table and every mapped column; the mapping comes back tightened to the table's length limits."""
     table = client.custom_table(target.table) if target.custom else client.profile_table(target.table)
     mapping = mapping_for(columns, table)
     attributes = {attribute.name: attribute for attribute in table.attributes}
@@ -174,8 +169,7 @@ def import_parts(
 ) -> tuple[int, int]:
     """Import each part in turn; return (rows accepted, rows refused by Actito).
 
-    ``staged_hashes``: what a snapshot keeps of each row sent, in file order, saved before the first
-    upload so that a successor can commit the parts that landed if this process dies (see recovery)."""
+    ``staged_hashes`` are saved before the first upload, so a successor can commit what landed if this process dies."""
     source_rows, keys = staged.all_source_rows(), staged.all_keys()
     if staged_hashes is not None:
         stage_sent(context, label, staged_hashes, written, staged_fingerprint)
@@ -223,8 +217,7 @@ def send_rows(
     label: str,
     staged: pa.Table | None = None,
 ) -> tuple[int, int]:
-    """Import rows built by the job itself (not read from the warehouse), e.g. audience members.
-    ``staged``: one row per row sent, what the job's snapshot needs (see `import_parts`)."""
+    """Import rows built by the job itself (not read from the warehouse), e.g. audience members."""
     if not rows.num_rows:
         return 0, 0
     with CsvFileWriter(
@@ -261,8 +254,7 @@ def _definition(
 
 
 def _report_rejects(line_errors: Sequence[Any], offset: int, source_rows: np.ndarray, keys: pa.Array) -> pa.Table:
-    """Actito counts lines in the uploaded part with the header as line 1; map each back to the
-    warehouse row it came from."""
+    """Map Actito's line numbers (the header is line 1) back to warehouse rows."""
     rows, values, reasons = [], [], []
     for error in line_errors:
         index = offset + error.line - 2
@@ -290,7 +282,6 @@ class ImportPlan:
 
 
 def import_plan(config: Config, name: str) -> ImportPlan:
-    """The plan of an import activation (profiles, subscriptions, interactions)."""
     activation = config.activation_of(name, ImportActivationBase)
     destination = config.destination_of(activation.destination, Destination)
     mode = "CREATE_UPDATE"
@@ -412,8 +403,7 @@ class ActitoImports:
         context.results["rows_rejected"] = context.results.get("rows_rejected", 0) + refused
         context.details["refused_by_actito"] = refused
         if snapshot is not None:
-            # refused rows too: sent again unchanged they would be refused again, each time costing one
-            # of the table's daily imports; a refused row is sent again as soon as it changes
+            # refused rows too: resent unchanged they would be refused again, each costing a daily import
             snapshot.stage(hashes.column("key").to_numpy(), hashes.column("row").to_numpy())
             context.fence()
             snapshot.commit()

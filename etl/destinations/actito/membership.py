@@ -1,9 +1,6 @@
 """Audience membership as rows of an Actito custom table, instead of a file on a transfer location.
 
-Each run imports the members who entered since the last delivered run and deletes those who left
-(DinMo's way of keeping a list in sync), so marketers target ``audience = '<name>'`` in a
-segmentation without any file transfer location. Who entered and who left comes from the
-activation's members snapshot (etl/transform/members.py), replaced only once both imports are done.
+Each run imports who entered and deletes who left; the members snapshot is replaced only once both are done.
 """
 
 from __future__ import annotations
@@ -77,9 +74,9 @@ class ActitoMembership:
 
     def _recover(self, context: RunContext, client: ActitoClient, snapshot: MemberSnapshot,
                  diff: MemberDiff) -> MemberDiff:
-        """Imports an earlier run left in flight are resolved first: members it got into or out of the
-        table are applied to the snapshot and the diff is taken again, so none is imported twice and
-        none it added but that has left since stays in the table."""
+        """Apply what an earlier run got into or out of the table to the snapshot, then diff again.
+
+        So no member is imported twice, and none it added that has left since stays in the table."""
         landed: list[Landed] = []
         recover_earlier_runs(context, client, self._target.timeout_seconds, landed.append)
         if not landed:

@@ -43,14 +43,8 @@ def qualifio_mapping(
 ) -> Mapping:
     """Qualifio's variable names → Actito, as Qualifio's own integration maps them.
 
-    Standard variables (``firstname`` ... ``company``, any case) → the standard attributes;
-    ``actito_<name>`` → the custom attribute ``<name>`` (``string`` unless ``rules`` — keyed by
-    attribute name, e.g. from the Actito table — says otherwise); ``optin_<name>`` → subscription
-    (see :func:`qualifio_subscription_name`). Only the columns present are mapped.
-
-    Decision: any other column is an error, listing them. A column in the SELECT is data someone
-    expects in Actito; dropping it silently would hide a typo (``firstame``, ``optin-news``) until a
-    marketer notices the empty attribute. The fix is one alias or one deleted line.
+    ``actito_<name>`` → custom attribute ``<name>`` (``string`` unless ``rules`` says otherwise);
+    ``optin_<name>`` → subscription. An unknown column is an error, so a typo never hides as an empty attribute.
     """
     fields, subscriptions, unknown, problems = sort_columns(columns, lambda column: _qualifio_use(column, key, rules))
     if unknown:
@@ -102,12 +96,8 @@ def didomi_mapping(
 ) -> Mapping:
     """Consents as Didomi's integration sends them: the user's key, its subscriptions, its metadata.
 
-    The key column is Didomi's ``organization_user_id`` (or, without one, a column named like the
-    ``user_key`` attribute); ``subscriptions`` maps source columns to subscription names;
-    ``metadata_columns`` become attributes of the same name (``string``, as Didomi's metadata
-    properties are). Decision: any other column is an error, as for Qualifio — Didomi sends
-    every metadata property, but here "metadata" is what the activation lists, so an extra column
-    is a mistake to point at rather than an attribute to invent.
+    Unlike Didomi, which sends every metadata property, only the listed ``metadata_columns`` are
+    attributes: an extra column is a mistake to point at, not an attribute to invent.
     """
     by_lower: dict[str, list[str]] = {}
     for column in columns:
@@ -161,18 +151,9 @@ QUALIFIO_EMAIL_COLUMNS = ("emailAddress", "email", "email_address")
 def qualifio_interaction_mapping(
     columns: Sequence[str], *, key: str = "participationId", email: str = "emailAddress"
 ) -> Mapping:
-    """One Qualifio participation → one record of an INTERACTIONS custom table.
+    """One Qualifio participation → one record of an INTERACTIONS custom table, keyed by the participation id.
 
-    The participation id (``participationId`` / ``participation_id``) is the key (attribute
-    ``key``, the table's primary key); the participant's e-mail (``email``, ``emailAddress``,
-    ``email_address``) links the record to its profile and is required. The campaign fields of
-    Qualifio's page, named as Actito's questions (any case), follow their rules: ``date``
-    date-time, ``surveyDate`` date, ``surveyType`` integer, ``motherLanguage`` ISO 639-1.
-
-    Decision: ``userAgent`` keeps Actito's 255-character string limit. Real user agents are
-    usually 100–200 characters; a longer one is rejected with its row rather than cut, as every
-    string is (a table declared with a lower ``maxLength`` tightens it at pre-flight). Other
-    columns are an error, as in :func:`qualifio_mapping`.
+    A ``userAgent`` over Actito's 255 characters is rejected with its row, never cut, like every string.
     """
     known = {name.lower(): name for name in QUALIFIO_INTERACTION_FIELDS}
     #: the key's columns first, then the e-mail's, then the campaign fields

@@ -1,15 +1,9 @@
-"""What a run that died (SIGKILL, OOM, a lost host) or failed midway left in flight in Actito.
+"""What a run that died or failed midway left in flight in Actito.
 
-An import is irreversible and costs one of the table's daily imports, so a rerun must never send a
-part that Actito already has. Two records make that possible. Before each upload the ledger holds
-the part's reference (PENDING), so whatever happens next the reference can be looked up in Actito;
-and before the first upload the run dir holds, per file sent, the rows it carries in file order (a
-"sent" Parquet file: row hashes for a delta snapshot, identifiers for audience membership), so the
-rows of the parts that landed can be committed to the snapshot later, by whichever run gets there.
-
-The next run of the activation (it holds the lock, so nothing else touches these) first resolves
-every import the ledger never saw finish — waits for it if Actito has it, marks it NOT_SENT if not —
-and then commits the rows of the parts that landed, so its own delta does not send them again.
+An import is irreversible and costs a daily import, so a rerun must never resend a part Actito has.
+Before each upload the ledger holds the part's reference, and the run dir the rows each part carries;
+the next run (holding the lock) resolves every unfinished import by reference and commits the rows
+that landed to the snapshot, so its own delta does not send them again.
 """
 
 from __future__ import annotations
@@ -75,8 +69,7 @@ def recover_earlier_runs(
 ) -> None:
     """Resolve the imports earlier runs left unfinished, then ``commit`` the rows of every part that landed.
 
-    Raises (and keeps everything for the next run) when an import cannot be resolved yet, e.g. it is
-    still running in Actito after ``timeout``: sending its rows again would import them twice."""
+    Raises, keeping everything, while an import is unresolved: resending its rows would import them twice."""
     store = open_store(context.config)
     try:
         resolved = [_resolve(client, store, record, timeout)

@@ -1,7 +1,4 @@
-"""What Actito's API answers, as values: tables and their attributes, ETL executions, rejected lines,
-and the settings of the wire that docs/actito-wire.md tags [guess]. Read defensively: a field
-missing or of another type gives an empty value, never an exception.
-"""
+"""What Actito's API answers, as values; read defensively: a missing or mistyped field is empty, never an exception."""
 
 from __future__ import annotations
 
@@ -12,10 +9,7 @@ from typing import Any, Literal
 
 @dataclass(frozen=True)
 class ActitoWire:
-    """Everything docs/actito-wire.md tags [guess], so a real licence that differs is a setting.
-
-    The defaults are exactly what that page (and the project's sandbox) says.
-    """
+    """Everything docs/actito-wire.md tags [guess], so a real licence that differs is a setting, not code."""
 
     entities_key: str = "entities"
     profile_tables_key: str = "profileTables"
@@ -64,7 +58,6 @@ class Table:
     foreign_keys: tuple[dict[str, str], ...]
 
     def attribute(self, name: str) -> Attribute | None:
-        """The attribute called ``name``, or None."""
         return next((a for a in self.attributes if a.name == name), None)
 
 

@@ -1,9 +1,4 @@
-"""An audience file put in place at its destination's file transfer location.
-
-The file is what an Actito External Target List (a saved targeting's File module, "Use reference")
-reads; it is delivered atomically, so Actito only ever sees the previous complete audience or the
-new complete one.
-"""
+"""An audience file for an Actito External Target List, put in place atomically at its file transfer location."""
 
 from __future__ import annotations
 
@@ -38,9 +33,7 @@ class FileDrop:
         self._location = location
 
     def accept(self, written: WrittenFile) -> None:
-        """An audience file bigger than ``file.max_bytes`` is refused, never split into parts: Actito's
-        file synchronisation takes the last file that appears as the whole audience, so a second part
-        would replace the first as the targeting instead of adding to it."""
+        """Too big is refused, never split: Actito takes the last file as the whole audience, so parts would replace."""
         limit, name = self._activation.file.max_bytes, self._name
         if written.size <= limit:
             return

@@ -1,16 +1,8 @@
-"""The HTTP client for OpenField's profile webservice: find a profile by key, create it, update it.
+"""The client for OpenField's profile webservice: find a profile by key, create it, update it.
 
-The webservice is not public: routes, authentication and answers are what docs/openfield-wire.md
-assumes, and the routes are settings (``[destinations.x.routes]``). Limits, retries and scrubbing
-are `etl.destinations.http`'s, as for Actito:
-
-* **find** (GET) and **update** (PUT of the whole profile, idempotent) are retried on 429, 5xx and
-  connection errors with full-jitter backoff and a capped ``Retry-After``.
-* **create** (POST) is never blindly repeated: after an unclear outcome (5xx, read timeout, a
-  connection lost after sending) the profile is looked up by its key first, and sent again only
-  when OpenField has none, so a flaky network never creates a profile twice.
-* **Authentication** is HTTP Basic on every call (user = the application id unless configured).
-  The password is handed to the log redactor and scrubbed from every message built here.
+The webservice is not public: routes and answers are what docs/openfield-wire.md assumes, and the
+routes are settings. Retries follow `etl.destinations.http`; after an unclear create the profile is
+looked up by its key before it is sent again, so it is never created twice.
 """
 
 from __future__ import annotations
@@ -83,8 +75,7 @@ class OpenFieldClient(ApiClient):
         monotonic: Callable[[], float] = time.monotonic,
         licence: Licence | None = None,
     ) -> None:
-        """``licence``: the tenant's limits, shared with its other clients (see `connect.open_client`);
-        without one the client has its own, of ``max_concurrency`` in flight and ``calls_per_minute``."""
+        """Without a shared ``licence`` the client has its own limits."""
         if not password:
             raise ValueError("password is empty")
         if not base_url.startswith(("http://", "https://")):
@@ -114,8 +105,6 @@ class OpenFieldClient(ApiClient):
 
     def __repr__(self) -> str:
         return f"OpenFieldClient(base_url={self.base_url!r}, tenant_id={self.tenant_id!r})"
-
-    # ------------------------------------------------------------------ profiles
 
     def find(self, value: str) -> list[str]:
         """The ids of the profiles whose ``match_on`` field is ``value`` (usually none or one)."""
@@ -202,8 +191,6 @@ class OpenFieldClient(ApiClient):
         self.update(found[0], payload)
         return "updated"
 
-    # ------------------------------------------------------------------ transport
-
     def _send(self, route: Route, *, body: Mapping[str, Any] | None = None, **path: str) -> requests.Response:
         fields = {"tenant_id": self.tenant_id, "application_id": self.application_id, "match_on": self.match_on,
                   "value": "", "id": "", **path}
@@ -223,7 +210,6 @@ class OpenFieldClient(ApiClient):
     def _http_error(
         self, route: Route, response: requests.Response, *, attempts: int = 1, per_profile: bool = False
     ) -> OpenFieldError:
-        """The typed error for a non-2xx answer, carrying OpenField's own words."""
         status = response.status_code
         what, said = failure_text(response, self._scrub, attempts)
         cls: type[OpenFieldError] = OpenFieldError

@@ -1,29 +1,9 @@
-"""Warehouse rows → OpenField profile payloads, in the formats of Qualifio's OpenField integration (seed 002).
+"""Warehouse rows → OpenField profile payloads, in the formats of Qualifio's OpenField integration.
 
-Columns are named by Qualifio's variables (any case): ``email``, ``username``, ``firstname``,
-``lastname``, ``country``, ``locality``, ``zipcode`` (or ``zip``), ``address`` (plus ``number``,
-appended to it: OpenField's address is "street name + number"), ``gender``, ``civility``,
-``birthday``, ``language`` (the campaign's: Party.LanguageId), a participation time
-(``participated_at`` or ``participation_date``: each opt-in's ActivationDate) and opt-ins
-``optin_<name>`` (or any column listed in the activation's ``subscriptions``).
-
-Values are checked first by the value rules of etl.values, through etl.transform.mapping (e-mail,
-date, date-time, language, yes/no, string lengths), then put in OpenField's formats here:
-
-* gender → ``H``/``F``: ``H``, ``M``, ``male``, ``man``, ``homme`` → H; ``F``, ``female``, ``woman``,
-  ``femme`` → F (any case). Anything else is rejected: OpenField takes only H and F.
-* civility → ``M``/``MME``: ``M``, ``Mr``, ``Mr.``, ``Monsieur`` → M; ``MME``, ``Mme``, ``Mrs``,
-  ``Madame`` → MME. ``Ms``, ``Mlle``, ``Dr`` ... are rejected rather than guessed.
-* country → ISO 3166-1 alpha-3: alpha-2 codes are converted (BE → BEL, etl/values/data/iso3166-alpha3.txt),
-  alpha-3 codes checked against the same list; names (``Belgium``) and UK/EL are rejected.
-* birthday → ``DDMMYYYY``; participation time → ``YYYY-MM-DDTHH:MM:SS``; language → lower case.
-* an opt-in given (yes, true, 1, Y) becomes one ``Services`` entry; one not given, or empty, none.
-  An opt-in given on a row without a participation time is rejected: its consent time is unknown.
-
-Passwords are never synced: a column whose name contains "password" is dropped, with a warning,
-before any value is read. Any other column this module does not know is an error listing them
-all, as for the Qualifio preset: a column in the SELECT is data someone expects in OpenField.
-A rejected row goes to the run's reject file with its source row number and the reason.
+Values are checked by etl.values' rules first, then converted here. What OpenField cannot take is
+rejected, never guessed (a civility ``Dr``, a country name); so is an opt-in without a participation
+time, whose consent time is unknown. A column named like "password" is dropped before any value is
+read: passwords are never synced. Any other unknown column is an error, as for the Qualifio preset.
 """
 
 from __future__ import annotations
@@ -107,8 +87,7 @@ class PayloadBuilder:
         services: Mapping[str, str] | None = None,
         where: str = "",
     ) -> None:
-        """``services``: source column → ServiceId, beside the ``optin_<name>`` columns (whose ServiceId
-        is ``<Name>``, as Qualifio pairs ``optin_newsletter`` with ``Newsletter``)."""
+        """``services``: source column → ServiceId, beside ``optin_<name>`` (ServiceId ``<Name>``, as in Qualifio)."""
         self.match_on = match_on
         self.party_version = party_version
         self.language = language.lower()

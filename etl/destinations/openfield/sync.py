@@ -1,18 +1,8 @@
 """Profiles into OpenField: rows → payloads → what changed → budget → find, then create or update.
 
-The same rules as an Actito import, with OpenField's own wire:
-
-* **Delta**: a `RowSnapshot` of the payloads sent (hash per key); an unchanged second run sends
-  nothing. Unlike a bulk import, each profile lands on its own, so the profiles that were
-  delivered are remembered even when a later one fails the run: the next run resends only the rest.
-* **Budget**: every attempt counts; the requests of the day (UTC) are summed from the ledger, and a
-  run that would go over ``daily_request_budget`` (two requests a profile: find, then create or
-  update) is refused before anything is sent.
-* **Payloads not held in memory**: the payloads to send are spooled to a 0600 JSON-lines file in the
-  run's directory while the query streams, then sent from it.
-* **Rejects**: a value OpenField would refuse never leaves (etl.destinations.openfield.payload); a profile that
-  OpenField still refuses (400, 409, 422) is rejected with its reason and the run goes on; any
-  other failure (credentials, rate limit, network) stops the run with one clear error.
+Unlike a bulk import each profile lands on its own, so those delivered are remembered even when a
+later one fails the run. A profile OpenField refuses (400, 409, 422) is rejected and the run goes on;
+any other failure stops it.
 """
 
 from __future__ import annotations
@@ -180,8 +170,7 @@ def _send_all(
         context.results["rows_rejected"] = context.results.get("rows_rejected", 0) + outcomes["refused"]
         context.details.update(outcomes, requests=client.requests_sent)
         if snapshot is not None:
-            # what OpenField now holds, even if the run stops halfway: the next run resends only the rest
-            # (unless another run took the activation over: its snapshot stands)
+            # what OpenField now holds, even if the run stops halfway (unless another run took over)
             context.fence()
             hashes = pending.hashes()
             snapshot.stage(hashes.column("key").to_numpy()[delivered], hashes.column("row").to_numpy()[delivered])
