@@ -1,8 +1,6 @@
 """audience-sync: warehouse audiences, profiles and consents delivered to Actito.
 
-The names below are the stable API for code and tests that drive runs themselves. Each is imported
-on first use: ``import etl`` must stay cheap, as ``audience-sync --help`` imports this package and
-loads no pandas, SQLAlchemy or pyarrow."""
+The names below are the stable API, imported on first use: ``import etl`` must stay cheap for ``--help``."""
 
 from __future__ import annotations
 

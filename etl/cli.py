@@ -1,10 +1,5 @@
-"""The ``audience-sync`` command.
-
-The one place where errors become words and exit codes: every AudienceSyncError is printed as one
-message (where, what, what to do) and mapped to its exit code; a traceback only appears with
-``--debug``. Exit codes: 0 all ok, 1 an activation failed, 2 configuration error, 3 an activation
-was skipped because another process holds its lock, 130 interrupted.
-"""
+"""The ``audience-sync`` command: the one place where errors become words and exit codes (a
+traceback only with ``--debug``)."""
 
 from __future__ import annotations
 
@@ -29,8 +24,7 @@ if TYPE_CHECKING:
     from etl.config import Config
     from etl.runtime.runs import RunOutcome
 
-# Everything else is imported by the command that needs it: `--help`, `validate` or `history` must not
-# pay for pyarrow, numpy, SQLAlchemy's engine or the job kinds (guarded by tests/test_first_hour.py).
+# everything else is imported lazily: `--help` must not pay for pyarrow (tests/test_first_hour.py)
 
 EXIT_OK, EXIT_FAILED, EXIT_CONFIG, EXIT_LOCKED, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 
@@ -38,7 +32,7 @@ log = logging.getLogger("audience_sync")
 
 
 def _add_global_options(parser: argparse.ArgumentParser, *, defaults: bool) -> None:
-    """Global options, accepted before or after the command (``run --log-format json`` works too)."""
+    """Accepted before or after the command."""
 
     def default(value: object) -> object:
         return value if defaults else argparse.SUPPRESS
@@ -67,7 +61,6 @@ def build_parser() -> argparse.ArgumentParser:
     def command(name: str, summary: str) -> argparse.ArgumentParser:
         return commands.add_parser(name, parents=[common], help=summary)
 
-    # in the order `--help` lists them
     _add_run_commands(command)
     _add_inspect_commands(command, common)
     _add_deploy_commands(command)
@@ -269,7 +262,6 @@ def _k8s(config: Config, args: argparse.Namespace) -> int:
 
 
 def _check_queries(config: Config) -> None:
-    """``validate --connect``: every warehouse reached and every query planned, or every problem at once."""
     from etl.config import AudienceActivation
     from etl.extract import check_queries
     from etl.transform.audience import AudienceCleaner
@@ -300,7 +292,6 @@ def _init(args: argparse.Namespace) -> int:
 
 
 def _chosen(config: Config, args: argparse.Namespace, command: str, what: str, every: list[str]) -> list[str]:
-    """``NAME…`` or ``--all`` (``every``), not both, each a configured activation."""
     if args.all == bool(args.names):
         raise UsageError(f"name {what}, or pass --all (not both)", where=command,
                          hint=f"audience-sync {command} NAME… or audience-sync {command} --all")
@@ -361,9 +352,7 @@ def _run(config: Config, args: argparse.Namespace) -> int:
 
 
 def _stop_on_sigterm() -> threading.Event:
-    """SIGTERM (a pod being stopped, `kill`) ends the current run at its next chunk, recorded as
-    interrupted with nothing delivered, and runs no further activation; as PID 1 in a container
-    Python would otherwise ignore it."""
+    """SIGTERM ends the current run at its next chunk; as PID 1 in a container Python would ignore it."""
     stop = threading.Event()
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, lambda signum, frame: stop.set())
@@ -371,7 +360,6 @@ def _stop_on_sigterm() -> threading.Event:
 
 
 class _Progress:
-    """A one-line counter on the terminal while a long extract runs."""
 
     def __init__(self, stream: TextIO) -> None:
         self.stream = stream
@@ -422,7 +410,6 @@ def _summary(outcomes: Sequence[RunOutcome]) -> str:
 
 
 def _where_it_went(outcome: RunOutcome) -> str:
-    """The destination's own account of the delivery (every destination gives one)."""
     delivery = outcome.delivery
     if delivery is None:
         return "delivered"

@@ -1,13 +1,7 @@
 """Every error a user can act on, in one tree.
 
-Each error carries *where* the problem is (a file, a config key, a row, a host, a call) and *what
-to do*, so the CLI can print one readable line and pick an exit code without a traceback. Stages
-raise the subclass that names them; nothing outside ``etl.cli`` formats them for people.
-
-Two marker bases say whether trying again can help, so a retry loop (`etl.destinations.retry`)
-needs no list of its own: `Retriable` for what passes (a broken connection, a rate limit),
-`Fatal` for what the same attempt would meet again (configuration, credentials, refused data).
-An error with neither marker is left to its caller to judge.
+Each carries *where* and *what to do*, so the CLI prints one line without a traceback. The markers
+`Retriable` and `Fatal` tell retry loops whether trying again can help; with neither, the caller judges.
 
     AudienceSyncError
     ├── Fatal ......................... retrying cannot help
@@ -70,8 +64,7 @@ class Fatal(AudienceSyncError):
 
 
 class Retriable(AudienceSyncError):
-    """A passing failure (a timeout, a rate limit, a server error, a connection reset): the same
-    attempt may work at once, within a retry budget."""
+    """A passing failure (timeout, rate limit, reset): the same attempt may work at once."""
 
 
 class ConfigError(Fatal):
@@ -125,8 +118,7 @@ class FileWriteError(AudienceSyncError):
 
 
 class FileTooLarge(FileWriteError, Fatal):
-    """An audience file came out bigger than ``file.max_bytes``: it is not delivered (never split: Actito
-    reads the last file as the whole audience), and the previous delivery stays in place."""
+    """Bigger than ``file.max_bytes``: never split, as Actito reads the last file as the whole audience."""
 
 
 class DeliveryError(AudienceSyncError):
@@ -134,9 +126,7 @@ class DeliveryError(AudienceSyncError):
 
 
 class DeliveryInterrupted(DeliveryError, Retriable):
-    """The connection to the file transfer location broke during a transfer (reset, dropped, timed
-    out, cut short): unlike a refusal or a configuration problem, the same transfer may work at
-    once, so the delivery is attempted again within its retry budget."""
+    """The connection broke during a transfer; unlike a refusal, the same transfer may work at once."""
 
 
 class StateError(AudienceSyncError):
@@ -150,14 +140,11 @@ class LockBusy(AudienceSyncError):
 
 
 class LeaseLost(Fatal):
-    """This run no longer holds its activation's lease: it stalled longer than the lease
-    (``settings.lock_ttl_minutes``) and another run took the activation over. Whatever this run had
-    not yet made irreversible is abandoned, so the newer run's delivery stands."""
+    """Another run took the activation over after this one stalled past its lease; the newer delivery stands."""
 
 
 class LicenceBusy(Retriable):
-    """Every request slot of a licence stayed held by other processes sharing the ledger for too
-    long: nothing was sent by the request that waited; a later run may go through."""
+    """Every licence slot stayed held by other processes too long; nothing was sent."""
 
 
 class MetricsError(AudienceSyncError):
@@ -168,12 +155,8 @@ class MetricsError(AudienceSyncError):
 
 
 class ServiceError(AudienceSyncError):
-    """A call to a remote API failed; ``status`` is the HTTP status (None when no answer came back).
-
-    ``where`` is ``"<service> <METHOD> <route template>"``, never a URL with ids, e-mails or secrets
-    in it. What the service said is kept verbatim beside the message, as a support ticket needs it,
-    under the service's own name (`said_as`: ``actito_message``, ``openfield_message``). Keys and
-    tokens are never part of any of these texts: the clients scrub every text they put here."""
+    """``status`` is None when no answer came back. ``where`` is a route template, never a URL with ids
+    or secrets; what the service said is kept verbatim under `said_as` for support tickets (scrubbed)."""
 
     #: the keyword, and attribute, holding what the service said
     said_as: ClassVar[str]

@@ -1,9 +1,5 @@
-"""Logging set-up and secret redaction.
-
-Every secret the configuration resolves is registered here, and a filter on the root handler
-replaces it wherever it would be printed — log lines, exception text, JSON fields — so a key
-that reaches a message by accident (a driver echoing a URL, say) still never leaves the process.
-"""
+"""Logging set-up and secret redaction: every registered secret is replaced wherever it would be
+printed, so a key that reaches a message by accident (a driver echoing a URL) never leaves the process."""
 
 from __future__ import annotations
 
@@ -35,7 +31,7 @@ _pattern: re.Pattern[str] | None = None
 
 
 def register_secret(value: str | None) -> None:
-    """Remember a secret so that `redact` hides it; very short values are ignored (they would mask ordinary words)."""
+    """Very short values are ignored: they would mask ordinary words."""
     global _pattern
     if value and len(value) >= _MIN_SECRET_LENGTH:
         with _secrets_lock:
@@ -45,16 +41,14 @@ def register_secret(value: str | None) -> None:
 
 
 def _secrets_pattern(secrets: set[str]) -> re.Pattern[str]:
-    """Each secret as a whole token: never inside a longer word, so a password ``postgres`` does not turn
-    ``postgresql://`` into ``***ql://``, nor ``x`` every word that holds an x. Longest first, so a secret
-    that contains another is hidden whole."""
+    """Whole tokens only, so a password ``postgres`` leaves ``postgresql://`` alone; longest first, so a
+    secret containing another is hidden whole."""
     alternatives = "|".join(re.escape(secret) for secret in sorted(secrets, key=len, reverse=True))
     return re.compile(rf"(?<![A-Za-z0-9])(?:{alternatives})(?![A-Za-z0-9])")
 
 
 def redact(text: str) -> str:
-    """``text`` without secrets: URL passwords and secret query parameters by their place, whatever
-    their value, then every registered secret value where it stands as a token of its own."""
+    """URL passwords and secret query parameters by their place, then every registered secret."""
     text = _URL_PASSWORD.sub(lambda m: f"{m['head']}:{REDACTED}@", text)
     text = _QUERY_SECRET.sub(lambda m: f"{m['head']}{REDACTED}", text)
     pattern = _pattern
@@ -62,7 +56,6 @@ def redact(text: str) -> str:
 
 
 def url_secrets(url: str) -> list[str]:
-    """The secret values a URL carries (its password, its secret-looking query parameters), to register."""
     found = [m["password"] for m in _URL_PASSWORD.finditer(url)]
     found += [m["value"] for m in _QUERY_SECRET.finditer(url)]
     return [unquote(value) for value in found if value] + [value for value in found if value]
@@ -79,7 +72,6 @@ class _RedactingFilter(logging.Filter):
 
 
 class _JsonFormatter(logging.Formatter):
-    """One JSON object per line, for log collectors (Kubernetes, journald, Loki)."""
 
     def format(self, record: logging.LogRecord) -> str:
         payload: dict[str, Any] = {
@@ -108,7 +100,7 @@ class _TextFormatter(logging.Formatter):
 
 
 def configure_logging(log_format: str = "text", level: int = logging.INFO) -> None:
-    """Send logs to stderr, text or JSON lines; stdout stays free for the command's own output."""
+    """Logs go to stderr: stdout stays free for the command's own output."""
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(_JsonFormatter() if log_format == "json" else _TextFormatter())
     handler.addFilter(_RedactingFilter())

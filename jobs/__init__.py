@@ -10,7 +10,7 @@ KINDS = ("audience", "profiles", "subscriptions", "interactions")
 
 
 def job_for(kind: str) -> JobBody:
-    """The run body of a kind; imported lazily so an audience-only set-up never loads the Actito client."""
+    """Imported lazily so an audience-only set-up never loads the Actito client."""
     if kind not in KINDS:
         raise ValueError(f"unknown job kind {kind!r}")
     body: JobBody = importlib.import_module(f"jobs.{kind}").run

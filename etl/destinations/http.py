@@ -1,25 +1,8 @@
 """HTTP plumbing shared by the clients of remote APIs (Actito, OpenField): limits, retries, scrubbing.
 
-Why one module: every client must follow the rules below the same way; a second copy would drift.
-
-* **No urllib3 retries.** urllib3's ``Retry`` re-sends a POST body badly (a streamed multipart
-  body hangs until the read timeout, a generator body is re-sent empty and accepted: data
-  silently lost). Sessions are mounted with ``max_retries=0``; every retry here asks the caller
-  to rebuild what it sends.
-* **Safe calls** (`Transport.call`: GET, and PUT of a whole resource) are retried on 429, 5xx and
-  connection errors, paced by the client's `etl.destinations.retry.RetryPolicy` (exponential backoff,
-  full jitter, ``Retry-After`` honoured up to a cap).
-* **A creating POST is never blindly repeated** (`Transport.post_once`). It is re-sent only when
-  the first attempt was certainly refused (a 429, or a connection that was never opened); after an
-  unclear outcome (read timeout, connection lost after sending, 5xx) the caller's ``lookup``
-  looks for what the attempt may have created, and only if there is nothing is it sent again.
-* **Limits on our side**, so the service never has to refuse us: every exchange holds a slot of
-  the client's `etl.destinations.licence.Licence` — at most N requests in flight and M starts in any sliding
-  minute *per licence*, shared by every client of that licence in the process and, through the
-  ledger, by every process (services count per licence, not per client).
-* **Secrets never leave in text**: a `Scrubber` knows the keys and tokens of one client and
-  removes them from every message; the Authorization header is set through requests' auth hook,
-  so a ``~/.netrc`` entry cannot replace it.
+One copy so the clients cannot drift. No urllib3 retries (``max_retries=0``): its ``Retry`` re-sends
+a streamed or generator POST body empty, silently losing data; every retry here rebuilds the body.
+A creating POST is never blindly repeated (`Transport.post_once`); every exchange holds a licence slot.
 """
 
 from __future__ import annotations
@@ -67,8 +50,7 @@ Unknown = Callable[[str, int | None, AudienceSyncError], AudienceSyncError]
 
 
 class Scrubber:
-    """The secrets of one client, removed from any text it puts in a message: its keys (also handed
-    to the log redactor) and its few most recent tokens (short-lived, kept here only)."""
+    """One client's keys (also given to the log redactor) and its recent tokens, removed from any text."""
 
     def __init__(self, *keys: str) -> None:
         self._keys = tuple(key for key in keys if key)
@@ -78,7 +60,6 @@ class Scrubber:
         self._tokens: tuple[str, ...] = ()
 
     def add_token(self, token: str) -> None:
-        """Scrub ``token`` too (tokens are shared by a licence's clients: added once per client)."""
         if token not in self._tokens:
             self._tokens = (*self._tokens[-7:], token)
 
@@ -89,8 +70,7 @@ class Scrubber:
 
 
 class Authorization(requests.auth.AuthBase):
-    """Sets the Authorization header through requests' auth hook rather than as a plain header:
-    with a plain header and no ``auth``, requests lets an entry of ~/.netrc for the host replace it."""
+    """Through requests' auth hook, because a plain header can be replaced by a ~/.netrc entry."""
 
     def __init__(self, value: str) -> None:
         self._value = value
@@ -104,15 +84,13 @@ class Authorization(requests.auth.AuthBase):
 
 
 class Transport:
-    """One client's connection pool and retry rules under its licence's limits; the client says what
-    a call and an error are. Closing it closes only its connections, never the shared licence."""
+    """One client's connection pool and retry rules; closing it never closes the shared licence."""
 
     def __init__(
         self, *, service: str, log: logging.Logger, scrub: Scrubber, licence: Licence, connect_timeout: float,
         read_timeout: float, policy: RetryPolicy, sleep: Callable[[float], None] | None = None,
     ) -> None:
-        """``sleep``, when given, is the pause between attempts instead of the policy's (a client
-        pauses with the clock it paces its licence with)."""
+        """``sleep`` replaces the policy's, so a client pauses with the clock it paces its licence with."""
         self.service = service
         self.policy = policy if sleep is None else replace(policy, sleep=sleep)
         self.scrub = scrub
@@ -120,24 +98,20 @@ class Transport:
         self._log = log
         self._timeout = (connect_timeout, read_timeout)
         self._session = requests.Session()
-        # max_retries=0: no urllib3 retries at all, see the module docstring
         adapter = HTTPAdapter(pool_connections=1, pool_maxsize=licence.max_in_flight, max_retries=0)
         self._session.mount("http://", adapter)
         self._session.mount("https://", adapter)
         self._session.headers.update({"Accept": "application/json", "User-Agent": "audience-sync"})
 
     def close(self) -> None:
-        """Release the pooled connections."""
         self._session.close()
 
     def send(self, method: str, url: str, *, authorization: str, **kwargs: Any) -> requests.Response:
-        """One HTTP exchange inside the licence's concurrency and pacing limits; no retry here."""
         with self.licence.slot():
             return self._session.request(method, url, auth=Authorization(authorization), timeout=self._timeout,
                                          **kwargs)
 
     def pause(self, where: str, attempt: int, response: requests.Response | None, reason: str) -> None:
-        """Sleep before the next attempt: Retry-After if the service gave one (capped), else the policy's backoff."""
         header = response.headers.get("Retry-After") if response is not None else None
         delay = self.policy.delay(attempt, retry_after(header))
         fields = {"call": where, "reason": self.scrub(reason), "attempt": attempt,
@@ -149,10 +123,8 @@ class Transport:
         self, where: str, once: Callable[[], requests.Response], *, failed: Failed, unreachable: Unreachable,
         again: Callable[[requests.Response], bool] = lambda response: False,
     ) -> requests.Response:
-        """A safe call: ``once`` is sent again on 429, 5xx and connection errors; the 2xx answer is returned.
-
-        ``again(response)`` True means "renewed something (a token): send again without counting
-        an attempt"; any other non-2xx answer raises ``failed``."""
+        """A safe call (GET, whole PUT), retried on 429, 5xx and connection errors. ``again(response)``
+        True means a token was renewed: send again without counting an attempt."""
         attempt = 0
         while True:
             attempt += 1
@@ -181,12 +153,8 @@ class Transport:
         again: Callable[[requests.Response], bool] = lambda response: False,
         final: Callable[[AudienceSyncError], bool] = lambda error: False,
     ) -> requests.Response | _T:
-        """A POST that creates something: the 2xx answer, or what ``lookup`` found it had created.
-
-        Sent again only when certainly refused (429 unless ``final(error)``, a connection never
-        opened, or ``again`` for a renewed token). After an unclear outcome ``lookup()`` runs first:
-        if it fails, ``unknown(reason, status or None, its error)`` is raised (the outcome cannot be known); if the
-        attempts run out with nothing found, ``absent(last error)`` (nothing was created)."""
+        """Re-sent only when certainly refused; after an unclear outcome (5xx, read timeout) ``lookup()``
+        runs first, and a failing lookup raises ``unknown`` rather than risk creating it twice."""
         attempt = 0
         while True:
             attempt += 1
@@ -211,8 +179,7 @@ class Transport:
         self, where: str, attempt: int, response: requests.Response | None, failure: BaseException | None, *,
         failed: Failed, unreachable: Unreachable, final: Callable[[AudienceSyncError], bool],
     ) -> bool:
-        """True (after the pause) when a POST was certainly not taken and may be sent again; raises
-        when it was refused for good; False when its outcome is unclear."""
+        """True (after the pause) when certainly not taken; raises when refused for good; False if unclear."""
         if response is not None and response.status_code == 429:
             error = failed(response, attempt)
             if final(error) or self.policy.exhausted(attempt):
@@ -232,8 +199,6 @@ class Transport:
         self, where: str, attempt: int, response: requests.Response | None, failure: BaseException | None,
         lookup: Callable[[], _T | None], unknown: Unknown,
     ) -> _T | None:
-        """After an unclear outcome (a 5xx, a read timeout, a connection lost after sending) the
-        service may have created it: what ``lookup`` finds, looked for before anything is sent again."""
         reason = f"HTTP {response.status_code}" if response is not None else describe(failure)
         self.pause(where, attempt, response, f"{reason}; outcome unknown, looking it up")
         try:
@@ -250,7 +215,7 @@ class Transport:
 def _exchange(
     once: Callable[[], requests.Response], unreachable: Unreachable, attempt: int
 ) -> tuple[requests.Response, None] | tuple[None, BaseException]:
-    """(the answer, None), or (None, the failure worth another attempt); an untrusted certificate raises at once."""
+    """An untrusted certificate raises at once: retrying cannot fix it."""
     try:
         return once(), None
     except requests.exceptions.SSLError as exc:
@@ -272,15 +237,11 @@ class ApiClient:
         self.close()
 
     def close(self) -> None:
-        """Release the pooled connections; the client must not be used afterwards."""
         self._http.close()
 
 
-# ---------------------------------------------------------------------------------------------- helpers
-
 
 def nothing_sent(exc: BaseException) -> bool:
-    """True when the connection was never established, so the server cannot have seen the request."""
     if isinstance(exc, requests.exceptions.ConnectTimeout):
         return True
     seen: set[int] = set()
@@ -299,7 +260,7 @@ def nothing_sent(exc: BaseException) -> bool:
 
 
 def describe(exc: BaseException | None) -> str:
-    """A short text for a failure with no answer (never a URL's secrets: callers scrub it)."""
+    """Not scrubbed: callers scrub it."""
     if exc is None:
         return "no answer"
     if isinstance(exc, requests.exceptions.ReadTimeout):
@@ -313,9 +274,7 @@ def describe(exc: BaseException | None) -> str:
 def unreachable_text(
     service: str, base_url: str, exc: BaseException | None, attempts: int, scrub: Callable[[str], str], hint: str
 ) -> tuple[str, str]:
-    """(what, hint) for a call that got no answer. An untrusted TLS certificate is said as such:
-    "check the network" would send the user looking in the wrong place, and verification is never
-    the thing to switch off."""
+    """An untrusted TLS certificate is said as such: "check the network" would mislead."""
     if isinstance(exc, requests.exceptions.SSLError):
         reason = re.search(r"certificate verify failed: ([^(]*)", str(exc))
         return (
@@ -332,7 +291,6 @@ def unreachable_text(
 
 
 def json_of(response: requests.Response, not_json: Callable[[str], AudienceSyncError]) -> Any:
-    """The JSON body (``{}`` when empty); ``not_json(what)`` builds the error for a body that is not JSON."""
     if response.status_code == 204 or not response.content:
         return {}
     try:
@@ -342,14 +300,13 @@ def json_of(response: requests.Response, not_json: Callable[[str], AudienceSyncE
 
 
 def failure_text(response: requests.Response, scrub: Callable[[str], str], attempts: int = 1) -> tuple[str, str]:
-    """(what to say, what the service said) for a non-2xx answer, both scrubbed."""
     said = scrub(error_text(response))
     what = f"HTTP {response.status_code} {response.reason or ''}".rstrip() + (f": {said}" if said else "")
     return what + (f" (after {attempts} attempts)" if attempts > 1 else ""), said
 
 
 def error_text(response: requests.Response) -> str:
-    """The service's message from an error body whose shape is not documented: JSON keys, else raw text."""
+    """Error bodies have no documented shape: try the usual JSON keys, else raw text."""
     try:
         body = response.json()
     except ValueError:
@@ -382,7 +339,6 @@ def error_text(response: requests.Response) -> str:
 
 
 def retry_after(value: str | None) -> float | None:
-    """Seconds from a Retry-After header (delta-seconds or an HTTP date), or None if absent or unreadable."""
     if not value:
         return None
     try:

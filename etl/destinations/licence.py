@@ -1,27 +1,10 @@
-"""One set of limits per licence: what Actito (and OpenField) count, counted the same way on our side.
+"""One set of limits per licence, because Actito counts them per *licence*, not per client.
 
-Why this module exists: Actito counts its limits — 5 concurrent calls, 100 calls a minute — per
-*licence*, not per client. Were the limits per client, import activations of one licence due at
-the same minute would put more calls in flight than the licence allows, and Actito would refuse
-the surplus with 429. So the limits live here, once per licence, for every vendor alike:
-
-* **In one process** (`Licence`, from the process-wide `licence_for` registry): one in-flight
-  semaphore, one sliding calls-per-minute window and one token cache per licence (Actito: base URL
-  + entity; OpenField: URL + tenant), shared by every client of every run the scheduler or
-  ``run --all`` starts. Clients stay per run; closing one closes only its own connections.
-* **Across processes** (`LedgerSlots`): several CronJobs, scheduler replicas or shells sharing a
-  ledger (``state_url``, or the SQLite file of one ``state_dir``) also share the licence's
-  concurrency. A request first takes one of N numbered slot leases, rows of ``licence_slots`` in the
-  ledger: a free number by INSERT (the primary key makes it exclusive), or an expired one by a
-  conditional UPDATE. Expiry is judged on the ledger database's clock (`etl.runtime.ledger.database_now`),
-  never this host's, so a replica whose clock is off cannot steal live slots. A held lease is
-  renewed while its request runs, so even an upload longer than the lease keeps its slot; a
-  crashed holder's slot frees itself when its lease runs out (sooner if it was a process of this
-  host that is gone). When every slot is taken the request waits with short jittered sleeps, and
-  after ``wait_seconds`` fails with `LicenceBusy` rather than hang.
-
-Only concurrency is coordinated across processes: Actito refuses a 6th concurrent call (429) but
-merely slows calls over 100 a minute, so the minute window stays per process.
+In one process, `Licence` (from `licence_for`) holds the in-flight semaphore, minute window and token
+cache every client shares. Across processes sharing a ledger, `LedgerSlots` leases numbered slots,
+judging expiry on the database's clock so a host with a wrong clock cannot steal live slots. Only
+concurrency is shared across processes: Actito refuses excess concurrent calls but merely slows excess
+calls per minute.
 """
 
 from __future__ import annotations
@@ -62,17 +45,13 @@ POLL_MIN, POLL_MAX = 0.02, 0.2
 
 
 def lease_seconds(connect_timeout: float, read_timeout: float) -> float:
-    """A slot lease's life: twice the longest a request can wait without a byte moving (connect,
-    then read), and at least a minute. Renewed every quarter of it while the request runs, so a
-    long upload keeps its slot; only a holder that stopped renewing (crashed, frozen) loses it."""
+    """Twice the longest wait without a byte moving; renewal keeps long uploads, so only a dead holder loses it."""
     return max(60.0, 2 * (connect_timeout + read_timeout))
 
 
 class TokenCache:
-    """Access tokens of one licence by credential, so every client of the licence uses one token.
-
-    One thread fetches or renews while the others wait for its token (the lock is held during the
-    fetch); keyed by a digest of the credential, never the credential itself."""
+    """One token per credential for every client of the licence; the lock is held during the fetch so
+    the others wait for it. Keyed by a digest, never the credential."""
 
     def __init__(self, monotonic: Callable[[], float] = time.monotonic) -> None:
         self._monotonic = monotonic
@@ -80,7 +59,7 @@ class TokenCache:
         self._tokens: dict[str, tuple[str, float]] = {}
 
     def get(self, credential: str, fetch: Callable[[], tuple[str, float]]) -> str:
-        """The cached token for ``credential``, or ``fetch()``'s (token, seconds it may be used)."""
+        """``fetch()`` returns (token, seconds it may be used)."""
         key = _digest(credential)
         with self._lock:
             cached = self._tokens.get(key)
@@ -101,7 +80,6 @@ class TokenCache:
 
 @dataclass(frozen=True)
 class Lease:
-    """One slot of a licence held in the ledger by one request."""
 
     slot: int
     owner: str
@@ -128,7 +106,6 @@ class LedgerSlots:
 
     @contextmanager
     def held(self) -> Iterator[Lease]:
-        """Hold one slot for the block: taken before, released after, renewed meanwhile."""
         lease = self.acquire()
         try:
             yield lease
@@ -136,7 +113,6 @@ class LedgerSlots:
             self.release(lease)
 
     def acquire(self) -> Lease:
-        """Take a free or expired slot; wait (jittered short sleeps) while all are held elsewhere."""
         deadline = self._monotonic() + self._wait
         while True:
             lease = self._try_take()
@@ -157,10 +133,7 @@ class LedgerSlots:
             self._sleep(self._random.uniform(POLL_MIN, POLL_MAX))
 
     def release(self, lease: Lease) -> None:
-        """Give the slot back (only if still ours: an expired lease may have been taken over).
-
-        A ledger that cannot be written now does not fail the request that was answered: the
-        lease, no longer renewed, runs out by itself."""
+        """Only if still ours. A ledger write failure does not fail the answered request: the lease expires."""
         with self._held_lock:
             self._held.discard(lease)
         try:
@@ -170,7 +143,6 @@ class LedgerSlots:
                         extra={"fields": {"licence": self.licence, "slot": lease.slot}})
 
     def _try_take(self) -> Lease | None:
-        """One look at the ledger: a free number by INSERT, else an expired slot by conditional UPDATE."""
         with self._connect() as conn:
             now = database_now(conn)
             rows = {row.slot: row for row in conn.execute(
@@ -208,7 +180,7 @@ class LedgerSlots:
         return True
 
     def _take_over(self, lease: Lease, holder: str, expired_at: datetime) -> bool:
-        """Compare-and-set on the holder seen: of two takers of one expired slot, one wins."""
+        """Compare-and-set on the holder seen, so of two takers of one expired slot one wins."""
         def update(conn: sa.Connection) -> int:
             now = database_now(conn)
             return conn.execute(licence_slots.update().where(
@@ -219,8 +191,7 @@ class LedgerSlots:
         return self._write(update) == 1
 
     def _start_renewer(self) -> None:
-        """A daemon thread renewing every held lease each quarter of its life, while any is held
-        (the caller holds ``_held_lock``, so the thread cannot end unseen between check and start)."""
+        """The caller holds ``_held_lock``, so the thread cannot end unseen between check and start."""
         if self._renewer is None:
             self._renewer = threading.Thread(target=self._renew_while_held, name=f"lease-renewer {self.licence}",
                                              daemon=True)
@@ -239,7 +210,6 @@ class LedgerSlots:
                 log.warning("licence slot leases not renewed: %s", exc.message())
 
     def renew(self) -> None:
-        """Push back the expiry of every lease this object holds; a lease already taken over is said."""
         with self._held_lock:
             leases = list(self._held)
         for lease in leases:
@@ -262,7 +232,6 @@ class LedgerSlots:
             yield conn
 
     def _write(self, statement: Callable[[sa.Connection], int]) -> int:
-        """Run ``statement`` in its own short transaction; the row count it returns."""
         with self._said_as_state_error(), self._engine.begin() as conn:
             return statement(conn)
 
@@ -283,13 +252,8 @@ class LedgerSlots:
 
 @dataclass
 class SlidingWindow:
-    """At most ``limit`` call starts in any ``period`` seconds, across threads.
-
-    A sliding window rather than a token bucket: a bucket of capacity N refilled at N/min lets
-    up to 2N calls through in the first minute, and services count per minute. Each caller
-    reserves its start time under the lock and sleeps outside it, so waiting callers queue in
-    order without holding the lock.
-    """
+    """At most ``limit`` call starts in any ``period`` seconds. Not a token bucket: that lets 2N calls
+    through in the first minute. Callers reserve under the lock and sleep outside it."""
 
     limit: int
     period: float
@@ -312,12 +276,8 @@ class SlidingWindow:
 
 
 class Licence:
-    """The limits of one licence in this process, and its tokens: what every client of it shares.
-
-    ``slot()`` is held around each HTTP exchange: first one of the process's ``max_in_flight``
-    threads' places, then (with a ledger) one of the licence's ledger slots, then the minute
-    window's turn — so the recorded start is the real one and waiting threads never hold a ledger
-    slot another process could use."""
+    """The limits and tokens every client of one licence shares in this process. ``slot()`` takes the
+    local place before the ledger slot, so waiting threads never hold a slot another process could use."""
 
     def __init__(
         self, *, service: str, name: str, max_in_flight: int, calls_per_minute: int, ledger: LedgerSlots | None = None,
@@ -339,7 +299,6 @@ class Licence:
 
     @contextmanager
     def slot(self) -> Iterator[None]:
-        """Hold one of the licence's in-flight places (here and, with a ledger, everywhere) for one request."""
         with self._places, (self._parked.held() if self._parked is not None else nullcontext()):
             self._window.acquire()
             yield
@@ -350,14 +309,8 @@ IDLE_SECONDS = 0.25
 
 
 class ParkedSlots:
-    """Ledger slots kept by the process after a request, for its next one, and given back once idle.
-
-    Taking and giving back a ledger slot costs two committed writes, which add up over thousands of
-    short requests on a SQLite ledger. A thread that sends request after
-    request (an OpenField worker, a poll loop) keeps its slot between them, and another thread of the
-    process takes a parked slot before asking the ledger for one; a slot idle for
-    ``IDLE_SECONDS`` goes back, so other processes wait at most that long for a slot nobody uses.
-    A kept slot is still one request at most, so the licence's limit holds."""
+    """Ledger slots kept between requests (each take/give-back is two committed writes) and given back
+    after ``IDLE_SECONDS`` idle. A kept slot is still one request at most, so the limit holds."""
 
     def __init__(self, ledger: LedgerSlots, idle_seconds: float = IDLE_SECONDS) -> None:
         self._ledger = ledger
@@ -367,7 +320,7 @@ class ParkedSlots:
         self._parked: dict[Lease, float] = {}
         self._lock = threading.Lock()
         self._reaper: threading.Thread | None = None
-        atexit.register(self.release_parked)  # a process that ends gives its kept slots back at once
+        atexit.register(self.release_parked)
 
     def release_parked(self) -> None:
         with self._lock:
@@ -391,8 +344,7 @@ class ParkedSlots:
                     self._reaper.start()
 
     def _reuse(self) -> Lease | None:
-        """A parked slot not yet given back: this thread's own first, else any other of this process
-        (a thread of the process must not wait for the ledger while its neighbour's slot sits idle)."""
+        """This thread's parked slot first, else any other: no thread waits on the ledger beside an idle slot."""
         own = getattr(self._local, "lease", None)
         with self._lock:
             if own is not None and self._parked.pop(own, None) is not None:
@@ -431,8 +383,7 @@ def licence_for(
     config: Config, *, service: str, url: str, account: str, max_in_flight: int, calls_per_minute: int,
     connect_timeout: float, read_timeout: float,
 ) -> Licence:
-    """This process's `Licence` for (service, url, account), created on first use with slots in the
-    configuration's ledger; later calls get the same object, whatever limits they pass."""
+    """Created on first use; later calls get the same object, whatever limits they pass."""
     name = licence_name(service, url, account)
     ledger_url = _ledger_url(config)
     key = (name, ledger_url)
@@ -448,8 +399,7 @@ def licence_for(
 
 
 def licence_name(service: str, url: str, account: str) -> str:
-    """``actito:api.actito.com/entity``: readable in the ledger, no credentials (userinfo dropped),
-    bounded to the column's size by a digest when long."""
+    """``actito:api.actito.com/entity``: no credentials, bounded to the column's size by a digest."""
     parts = urlsplit(url)
     host = parts.hostname or ""
     if parts.port:
@@ -464,7 +414,6 @@ def _ledger_url(config: Config) -> str:
 
 
 def _open_ledger(config: Config, ledger_url: str) -> sa.Engine:
-    """The ledger's engine, tables created (``licence_slots`` included, being on the same metadata)."""
     engine = open_store(config).engine
     _ledgers[ledger_url] = engine
     return engine

@@ -1,22 +1,8 @@
 """Announcing failures, recoveries and guard stops, by webhook (Slack-compatible) and e-mail.
 
-Which runs are announced (`alert_for`):
-
-- a failed run: every time, not only the first of a series, so that nobody mistakes silence for
-  health; a repeat says so in its title ("FAILED x (again)") for mail filters and muting;
-- a run stopped by a safety guard (``details["guard"]``): a "guard" alert, not a failure one,
-  whatever status the run was recorded with, naming the guard's reason;
-- the first successful run after a failed or guard-stopped one: a recovery;
-- nothing else: not a success after a success, not an interrupted run (a shutdown or Ctrl-C is
-  somebody's deliberate act), not a run skipped because another process held the lock, and never a
-  dry run (its user is watching it).
-
-Interrupted runs are transparent for recoveries: failed, interrupted, succeeded announces the
-recovery (`previous_status` skips interrupted and dry runs when it reads the ledger).
-
-Sending (`send_alert`) never raises: an alert that cannot be sent must not fail the run. Each
-problem comes back as a line, also logged as a warning, and names the channel and host, never a
-secret: the webhook URL is a token, so only its scheme and host are ever shown.
+Every failure is announced, not only the first, so nobody mistakes silence for health. Interrupted
+runs (somebody's deliberate act) and dry runs are never announced. Sending never raises: an alert
+must not fail the run; the webhook URL is a token, so only its scheme and host are ever shown.
 """
 
 from __future__ import annotations
@@ -63,15 +49,7 @@ class Alert:
     error: str | None = None  # the run's error (or the guard's reason), for webhook consumers
 
 
-# --------------------------------------------------------------------------- which runs are announced
-
-
 def alert_for(outcome: RunOutcome, previous_status: str | None) -> Alert | None:
-    """The alert a finished run calls for, or None.
-
-    ``previous_status`` is the status of the activation's previous real run (see `previous_status`):
-    "succeeded", "failed", "guard" (a run a guard stopped, whatever its recorded status) or None.
-    """
     if outcome.dry_run or outcome.status not in ("succeeded", "failed", "interrupted"):
         return None
     name = outcome.activation
@@ -96,12 +74,11 @@ def alert_for(outcome: RunOutcome, previous_status: str | None) -> Alert | None:
 
 
 def previous_status(store: StateStore, activation: str, run_id: str | None = None) -> str | None:
-    """Status of the activation's last finished real run before ``run_id`` (or the last one at all):
-    "succeeded", "failed", "guard" for a run a guard stopped, or None when there is none.
-    Dry runs, interrupted runs and runs still going are skipped. Never raises (None on a ledger error)."""
+    """"succeeded", "failed", "guard" or None; skips interrupted runs, so they are transparent for
+    recoveries. Never raises."""
     try:
         records = store.runs(activation, limit=50, include_dry_runs=False)
-    except Exception as exc:  # a ledger problem must not stop the alert itself
+    except Exception as exc:
         log.warning("cannot read the previous run for alerts: %s", redact(str(exc)),
                     extra={"fields": {"activation": activation}})
         return None
@@ -116,8 +93,6 @@ def previous_status(store: StateStore, activation: str, run_id: str | None = Non
 
 
 def guard_reason(details: Mapping[str, Any]) -> str | None:
-    """The reason a guard gave for stopping a run: ``details["guard"]`` as a string, or a mapping
-    with ``reason`` (or ``message``) and optionally ``name``; None if no guard stopped it."""
     guard = _guard(details)
     if guard is None:
         return None
@@ -167,13 +142,8 @@ def _clip(text: str) -> str:
     return text if len(text) <= MAX_ERROR_CHARS else text[: MAX_ERROR_CHARS - 1] + "…"
 
 
-# --------------------------------------------------------------------------- sending
-
-
 def send_alert(alerts: Alerts, alert: Alert, *, retry: RetryPolicy = WEBHOOK_RETRY) -> list[str]:
-    """Send ``alert`` to every configured channel (webhook, e-mail) if its event is enabled in
-    ``alerts.events``; the problems met, each also logged as a warning. Never raises. ``retry``
-    paces the webhook's attempts."""
+    """Returns the problems met, each also logged. Never raises."""
     if alert.event not in alerts.events:
         return []
     problems: list[str] = []
@@ -216,12 +186,8 @@ def _scrub(text: str, secrets: list[str]) -> str:
     return redact(text)
 
 
-# --------------------------------------------------------------------------- webhook
-
-
 def webhook_payload(alert: Alert) -> dict[str, Any]:
-    """Slack's {"text": ...} (mrkdwn, with &, <, > escaped so that an error cannot mention @channel
-    or forge a link), plus the raw facts at the top level for other consumers."""
+    """Slack's ``text`` is escaped so an error cannot mention @channel or forge a link."""
     return {
         "text": f"*{_slack_escape(alert.title)}*\n{_slack_escape(alert.text)}",
         "event": alert.event,
@@ -243,9 +209,6 @@ def _send_webhook(url: str, alert: Alert, retry: RetryPolicy) -> str | None:
     body = json.dumps(webhook_payload(alert), ensure_ascii=False).encode("utf-8")
     return http_post(url, body, content_type="application/json; charset=utf-8", timeout=WEBHOOK_TIMEOUT,
                      what="webhook alert", retry=retry)
-
-
-# --------------------------------------------------------------------------- e-mail
 
 
 def email_message(email: EmailAlerts, alert: Alert) -> EmailMessage:

@@ -1,7 +1,5 @@
-"""Alerts and metrics after every recorded run, whoever started it (CLI, cron, scheduler).
-
-The run lifecycle takes this as one of its finishers: the runtime sits below etl.ops and cannot
-call it itself. Neither alerts nor metrics may fail the run: problems are logged as warnings."""
+"""Alerts and metrics after every recorded run, as a finisher (the runtime sits below etl.ops).
+Neither may fail the run: problems are logged as warnings."""
 
 from __future__ import annotations
 

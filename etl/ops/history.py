@@ -1,7 +1,4 @@
-"""Reading the run ledger back for people: recent runs, audience size over time, one run in full.
-
-Kept apart from the CLI so the same views serve the terminal, JSON output and the HTML report.
-"""
+"""Reading the run ledger back for people: recent runs, audience size over time, one run in full."""
 
 from __future__ import annotations
 
@@ -54,8 +51,7 @@ def runs_table(records: Sequence[RunRecord]) -> str:
 
 
 def sizes_table(records: Sequence[RunRecord]) -> str:
-    """Audience size over time: successful delivered runs, oldest first, with the change from the previous
-    and who entered and left (a change of +0 can still be 500 in and 500 out)."""
+    """Oldest first, with who entered and left: a change of +0 can still be 500 in and 500 out."""
     delivered = [r for r in reversed(records) if r.status == RunStatus.SUCCEEDED and not r.dry_run]
     rows: list[list[object]] = []
     previous: int | None = None
@@ -71,7 +67,6 @@ def sizes_table(records: Sequence[RunRecord]) -> str:
 
 
 def show_run(record: RunRecord, *, rejects_shown: int = 10) -> str:
-    """One run in full: status, step timings, counts, files and where they went, and its first rejects."""
     details = record.details
     lines = [
         f"run {record.run_id} — {record.activation} ({record.kind}){' — dry run' if record.dry_run else ''}",

@@ -1,26 +1,8 @@
-"""Prometheus metrics of the runs: a textfile for node_exporter's textfile collector, and/or a push
-to a Pushgateway. Written by hand in the text exposition format (version 0.0.4).
+"""Prometheus metrics of the runs (see ``FAMILIES``): a node_exporter textfile and/or a Pushgateway push.
 
-Series, each labelled with the activation:
-
-- ``audience_sync_rows{stage}``: rows of the activation's last *successful* run, by stage
-  (extracted, rejected, duplicate, delivered: delivered is the audience size); a failed run does
-  not change them, so a graph of the audience never drops to zero because of an outage;
-- ``audience_sync_run_duration_seconds``: duration of the last run, whatever its status;
-- ``audience_sync_last_run_timestamp_seconds``: when the last run ended (for "has it run at all?");
-- ``audience_sync_last_success_timestamp_seconds``: when the last successful run ended; only a
-  success moves it (kept from the existing file, else read from the ledger);
-- ``audience_sync_last_run_status{status}``: 1 for the last run's status, 0 for the other ones
-  (succeeded, failed, interrupted);
-- ``audience_sync_failures_total``: failed runs, counted in the ledger when one is given (else
-  the previous value plus this invocation's failures).
-
-Dry runs and runs skipped because another process held the lock are not reported.
-
-The textfile holds every activation ever reported: one invocation updates only the activations it
-ran and keeps the others' series, under a lock (``flock`` on a hidden file beside it) so that two
-invocations writing at once do not lose each other's updates; it is replaced atomically (a hidden
-temporary file that node_exporter ignores, then a rename), mode 0644.
+Rows change only on success, so an outage never drops the audience graph to zero. The textfile keeps
+every activation ever reported; one invocation updates its own under ``flock``, so concurrent writers
+do not lose each other's updates. Dry runs and lock-skipped runs are not reported.
 """
 
 from __future__ import annotations
@@ -82,17 +64,10 @@ Labels = tuple[tuple[str, str], ...]
 Samples = dict[str, dict[Labels, float]]
 
 
-# --------------------------------------------------------------------------- textfile
-
-
 def write_textfile(
     metrics: Metrics, outcomes: Sequence[RunOutcome], store: StateStore | None = None, *, now: float | None = None
 ) -> Path | None:
-    """Update the textfile with ``outcomes`` (None when ``metrics.textfile`` is not set).
-
-    A relative path is taken as it is (relative to the working directory): resolve it against the
-    configuration's directory first (``config.path(...)``). ``now`` (Unix time) stamps the runs,
-    default the current time. Raises MetricsError when the file cannot be written."""
+    """A relative path is relative to the working directory: resolve it with ``config.path`` first."""
     if metrics.textfile is None:
         return None
     path = Path(metrics.textfile)
@@ -103,7 +78,7 @@ def write_textfile(
             samples = parse(path.read_text(encoding="utf-8", errors="replace")) if path.exists() else {}
             for outcome in _reported(outcomes):
                 _update(samples, outcome, stamp, store)
-            # through a hidden temporary name without the .prom suffix: node_exporter never reads a half-written file
+            # via a hidden temporary name: node_exporter never reads a half-written file
             replace_text(path, render(samples), mode=0o644)
     except OSError as exc:
         raise MetricsError(
@@ -130,7 +105,7 @@ def _update(samples: Samples, outcome: RunOutcome, now: float, store: StateStore
         _set(samples, LAST_SUCCESS, {"activation": name}, now)
         _drop(samples, ROWS, name)
         _set_rows(samples, outcome.results, activation=name)
-    elif store is not None:  # fill in what the file does not know (a new file) from the ledger
+    elif store is not None:  # a new file: fill in from the ledger
         needs_success = _get(samples, LAST_SUCCESS, {"activation": name}) is None
         needs_rows = not _has(samples, ROWS, name)
         if needs_success or needs_rows:
@@ -154,7 +129,6 @@ def _set_rows(samples: Samples, results: Mapping[str, object], **labels: str) ->
 
 
 def _ledger(store: StateStore, activation: str, read: Callable[[StateStore, str], _T]) -> _T | None:
-    """What ``read`` finds in the ledger, or None (logged) when the ledger cannot be read."""
     try:
         return read(store, activation)
     except Exception as exc:
@@ -185,21 +159,15 @@ def _locked(path: Path) -> Iterator[None]:
         fcntl.flock(fd, fcntl.LOCK_EX)
         yield
     finally:
-        os.close(fd)  # releases the lock
-
-
-# --------------------------------------------------------------------------- Pushgateway
+        os.close(fd)
 
 
 def push(
     metrics: Metrics, outcomes: Sequence[RunOutcome], store: StateStore | None = None, *, now: float | None = None,
     retry: RetryPolicy = WEBHOOK_RETRY,
 ) -> list[str]:
-    """POST each reported outcome's series to ``{pushgateway_url}/metrics/job/{job}/activation/{name}``
-    (push-add: series not sent keep their value, so rows and last success stay as they were after a
-    failure). ``audience_sync_failures_total`` is sent only with a ``store`` to count them in. Never
-    raises: returns the problems, each also logged as a warning (the URL shown without credentials
-    or path)."""
+    """Push-add, so series not sent (rows, last success after a failure) keep their value. Never raises:
+    returns the problems, each also logged."""
     if not metrics.pushgateway_url:
         return []
     stamp = time.time() if now is None else now
@@ -221,8 +189,7 @@ def push(
 
 
 def _push_samples(outcome: RunOutcome, now: float, store: StateStore | None) -> Samples:
-    """The outcome's series without the activation label, which the grouping key carries (the
-    Pushgateway refuses a pushed label that is also in the grouping key)."""
+    """Without the activation label: the Pushgateway refuses a label also in the grouping key."""
     samples: Samples = {}
     _set(samples, DURATION, {}, outcome.duration_s)
     _set(samples, LAST_RUN, {}, now)
@@ -239,14 +206,10 @@ def _push_samples(outcome: RunOutcome, now: float, store: StateStore | None) -> 
 
 
 def _group(name: str, value: str) -> str:
-    """One grouping-key label in a URL path; a value holding '/' (or empty) takes the Pushgateway's
-    base64 form ``name@base64/value``."""
+    """A value holding '/' (or empty) takes the Pushgateway's ``name@base64/value`` form."""
     if "/" in value or not value:
         return f"{name}@base64/{base64.urlsafe_b64encode(value.encode()).decode() or '='}"
     return f"{name}/{quote(value, safe='')}"
-
-
-# --------------------------------------------------------------------------- the text format
 
 
 _SAMPLE = re.compile(r"^([A-Za-z_:][A-Za-z0-9_:]*)(?:\{(.*)\})?\s+(\S+)(?:\s+-?\d+)?\s*$")
@@ -254,7 +217,7 @@ _LABEL = re.compile(r'\s*([A-Za-z_][A-Za-z0-9_]*)\s*=\s*"((?:[^"\\]|\\.)*)"\s*,?
 
 
 def parse(text: str) -> Samples:
-    """Our own series from a textfile; lines that are not ours, or not understood, are dropped."""
+    """Lines that are not ours, or not understood, are dropped."""
     samples: Samples = {}
     for line in text.splitlines():
         if not line.strip() or line.startswith("#"):

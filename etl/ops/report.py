@@ -1,10 +1,5 @@
-"""A static HTML report of the activations and their recent runs, from the ledger.
-
-One self-contained file: no external asset, no JavaScript, inline CSS and SVG, so that it can be
-mailed, attached to a ticket or served as it is. Every value coming from the configuration or the
-ledger (names, descriptions, errors) is HTML-escaped. On a narrow screen the run tables turn into
-one card per run.
-"""
+"""A static HTML report of the activations and their recent runs, from the ledger: one self-contained
+file (no asset, no JavaScript) so it can be mailed or served as it is. Every value is HTML-escaped."""
 
 from __future__ import annotations
 
@@ -39,12 +34,7 @@ def write_report(
     chart_runs: int = 90,
     now: datetime | None = None,
 ) -> Path:
-    """Write the report to ``path`` (atomically, mode 0600) and return it.
-
-    Per activation: description, kind, destination, schedule, a chart of the audience size
-    (rows delivered by the last ``chart_runs`` successful real runs) and the last
-    ``runs_per_activation`` runs. Raises StateError if the ledger cannot be read, OSError if the
-    file cannot be written."""
+    """Raises StateError if the ledger cannot be read, OSError if the file cannot be written."""
     generated = (now or datetime.now(UTC)).astimezone(UTC)
     sections: list[str] = []
     overview: list[str] = []
@@ -97,9 +87,6 @@ def _document(config: Config, generated: datetime, overview: list[str], sections
     ])
 
 
-# --------------------------------------------------------------------------- parts
-
-
 def _overview_row(config: Config, name: str, anchor: str, recent: list[RunRecord],
                   successes: list[RunRecord]) -> str:
     activation = config.activations[name]
@@ -121,8 +108,7 @@ def _overview_row(config: Config, name: str, anchor: str, recent: list[RunRecord
 
 
 def _size(record: RunRecord) -> int | None:
-    """What the destination holds after a successful run: an audience's members; for a delta import,
-    the rows it sent plus those unchanged since (a healthy run that sends nothing is not a size of 0)."""
+    """A delta import adds the unchanged rows: a healthy run that sends nothing is not a size of 0."""
     if record.rows_delivered is None:
         return None
     return int(record.rows_delivered) + int(record.details.get("unchanged") or 0)
@@ -208,11 +194,7 @@ def _schedule(schedule: Schedule | None) -> str:
     return f"{rule} ({schedule.timezone})"
 
 
-# --------------------------------------------------------------------------- chart
-
-
 def _chart(name: str, points: Sequence[RunRecord], measure: str) -> str:
-    """An SVG line chart of rows delivered over time, oldest first; one circle per run."""
     data = [(record.started_at, size) for record in points if (size := _size(record)) is not None]
     if not data:
         return "<p class=\"empty\">No successful run yet: nothing to chart.</p>"
@@ -275,9 +257,6 @@ def _short(value: int) -> str:
             shown = f"{value / size:.1f}".rstrip("0").rstrip(".")
             return f"{shown}{suffix}"
     return str(value)
-
-
-# --------------------------------------------------------------------------- helpers
 
 
 def _e(value: object) -> str:

@@ -1,9 +1,5 @@
-"""The printed set-up sheet for the Actito side of an audience.
-
-Actito's file transfer location, file synchronisation and saved targeting are configured once, by
-hand or by an Actito expert (their API routes are not public), so the job hands the marketer the
-exact values that must match what it writes.
-"""
+"""The printed set-up sheet for the Actito side of an audience: that side is configured by hand (its
+API routes are not public), so the marketer gets the exact values that must match what the job writes."""
 
 from __future__ import annotations
 
@@ -61,8 +57,7 @@ def setup_sheet(config: Config, name: str) -> str:
 
 
 def _file_lines(pattern: str, current: str) -> list[str]:
-    """The file to point Actito at. A dated name changes and the previous one is removed after the next
-    run, so it is shown as what today's run writes, never as the file to use."""
+    """A dated name is removed after the next run, so it is shown as an example, never as the file to use."""
     if "$" not in pattern:
         return [f"   File              : {current}   (replaced whole by every run)"]
     return [f"   Today's file      : {current}   (an example: each run writes a new name and removes the one before;",

@@ -1,9 +1,5 @@
 """`audience-sync init`: a first configuration that validates and runs, to be edited from there.
-
-A new user has no ``schedules.toml`` and the README's reference is long; a commented file that already
-works (against the demo warehouse, or the user's own warehouse with a query to adapt) is the shortest
-path to a first run. It never overwrites: an existing file is the user's work.
-"""
+It never overwrites: an existing file is the user's work."""
 
 from __future__ import annotations
 
@@ -83,7 +79,6 @@ class Started:
 
 
 def write_starter(directory: Path, warehouse_url: str | None) -> Started:
-    """Write ``schedules.toml`` and one SQL file into ``directory`` (created if missing)."""
     config, sql = directory / "schedules.toml", directory / SQL_FILE
     existing = [str(path) for path in (config, sql) if path.exists()]
     if existing:

@@ -1,11 +1,6 @@
-"""One POST to a webhook (alerts) or a Pushgateway (metrics): the only HTTP the operations side sends.
-
-It never raises: a notification that cannot be sent must not fail the run, so each failure comes
-back as one line for a warning. That line names only the URL's scheme and host, because a
-webhook's path and credentials are its secret. A connection error, HTTP 5xx or 429 is tried again
-within `WEBHOOK_RETRY`; a time-out is not (the server may have the request already), nor any other
-answer (the same request would get the same one).
-"""
+"""One POST to a webhook or a Pushgateway. Never raises: a failed notification must not fail the
+run. Problems name only the URL's scheme and host (a webhook's path is its secret). A time-out is
+not retried: the server may have the request already."""
 
 from __future__ import annotations
 
@@ -27,7 +22,6 @@ WEBHOOK_RETRY = RetryPolicy(attempts=2, first_pause=1.0, max_pause=1.0, retry_af
 
 
 class _Unavailable(Retriable):
-    """A connection error, HTTP 5xx or 429 of one attempt; its ``what`` is the problem to report."""
 
     def __init__(self, problem: str, retry_after: float | None = None) -> None:
         super().__init__(problem)
@@ -44,8 +38,7 @@ class _NoRedirect(urllib.request.HTTPRedirectHandler):
 def http_post(
     url: str, body: bytes, *, content_type: str, timeout: float, what: str, retry: RetryPolicy = WEBHOOK_RETRY
 ) -> str | None:
-    """POST ``body``; None when the server took it (2xx), else the problem. Credentials in the URL
-    (``https://user:pass@host``) are sent as HTTP Basic authentication."""
+    """None when the server took it, else the problem. URL credentials are sent as HTTP Basic."""
     parts = urlsplit(url)
     try:
         host, port = parts.hostname, parts.port
@@ -69,8 +62,7 @@ def http_post(
 
 
 def _post_once(request: urllib.request.Request, timeout: float, what: str, where: str) -> str | None:
-    """None when the server took the body, a problem for a final answer; raises `_Unavailable`
-    when another attempt may get through."""
+    """Raises `_Unavailable` when another attempt may get through."""
     opener = urllib.request.build_opener(_NoRedirect)  # honours http(s)_proxy / no_proxy
     try:
         with opener.open(request, timeout=timeout) as response:
@@ -100,7 +92,7 @@ def _http_hint(code: int) -> str:
 
 
 def connection_failure(reason: object) -> str:
-    """A connection failure in words, never the exception's text (which may hold the URL)."""
+    """Never the exception's text, which may hold the URL."""
     if isinstance(reason, ssl.SSLCertVerificationError):
         return f"TLS certificate not trusted: {reason.verify_message}"
     if isinstance(reason, ssl.SSLError):

@@ -1,19 +1,8 @@
-"""Where an activation keeps its state between runs: one directory per activation.
+"""Where an activation keeps its state between runs: ``<state_dir>/activations/<name>/``.
 
-Earlier versions kept every snapshot flat in ``<state_dir>/snapshots``, named after the activation:
-``<name>.members.parquet`` for an audience's delivered members, ``<name>.parquet`` for an import's
-delta. Activation names may contain dots, so an audience ``vip`` and a profiles activation
-``vip.members`` shared ``snapshots/vip.members.parquet``, each overwriting the other's file and then
-failing to read it. Now each activation has its own directory, ``<state_dir>/activations/<name>/``,
-and a file in it is named by what it holds (`MEMBERS`, `ROWS`): two activations (whose names differ,
-in case too: validate refuses names equal apart from case) never share a path. A new root, not
-``snapshots/<name>/``: an activation named ``x.parquet`` would otherwise want a directory where the
-old flat file of ``x`` is.
-
-The first time an activation asks for a state file, its file under the old name is moved into place
-if it holds what the new name is for (its columns say so: in the shared-name case above only one of
-the two activations adopts it; the other starts afresh, as after a lost state directory). The move is
-a rename in one file system, so a crash leaves the old name or the new one, and the next run finishes.
+Flat ``snapshots/<name>[.members].parquet`` names collided for names with dots (``vip`` and
+``vip.members``). An old flat file is adopted on first use only if its columns match, so of two
+colliding activations only the owner takes it; the rename is crash-safe.
 """
 
 from __future__ import annotations
@@ -34,7 +23,6 @@ ROOT = "activations"
 
 @dataclass(frozen=True)
 class StateKind:
-    """A kind of per-activation state file: its name now, its flat name before, the columns it holds."""
 
     #: file name inside the activation's directory
     name: str
@@ -50,12 +38,10 @@ ROWS = StateKind("rows.parquet", ".parquet", frozenset({"key", "row"}))
 
 
 def activation_dir(state_dir: Path, activation: str) -> Path:
-    """The activation's own state directory, created private (0700, never through a link)."""
     return private_directory(state_dir / ROOT / activation, root=state_dir)
 
 
 def state_file(state_dir: Path, activation: str, kind: StateKind) -> Path:
-    """The path of one of the activation's state files, its old flat file moved there on first use."""
     path = activation_dir(state_dir, activation) / kind.name
     if not path.exists():
         _adopt(state_dir / "snapshots" / f"{activation}{kind.old_suffix}", path, kind)
@@ -63,7 +49,6 @@ def state_file(state_dir: Path, activation: str, kind: StateKind) -> Path:
 
 
 def _adopt(old: Path, new: Path, kind: StateKind) -> None:
-    """Move ``old`` to ``new`` if it holds ``kind``'s columns; leave it otherwise (it is another activation's)."""
     try:
         columns = set(pq.read_schema(old).names)
     except FileNotFoundError:
@@ -76,6 +61,6 @@ def _adopt(old: Path, new: Path, kind: StateKind) -> None:
                  old, new, ", ".join(sorted(columns)))
         return
     os.replace(old, new)
-    _sync_directory(new.parent)  # the rename itself is durable before the old name is forgotten
+    _sync_directory(new.parent)
     log.info("migrated %s to %s", old, new)
 

@@ -1,7 +1,4 @@
-"""Process-wide pyarrow settings, applied once by the command line before any work.
-
-Both are about a run's fixed cost and memory, not its results: files are byte-identical either way.
-"""
+"""Process-wide pyarrow settings for cost and memory, not results: files are byte-identical either way."""
 
 from __future__ import annotations
 
@@ -14,23 +11,15 @@ from types import ModuleType
 
 
 def configure_arrow() -> None:
-    """A leaner allocator unless ``ARROW_DEFAULT_MEMORY_POOL`` says otherwise, and no pandas for pyarrow.
-
-    * Memory: pyarrow's default allocator (mimalloc) keeps more freed pages for reuse, so a run
-      peaks higher at the same speed (docs/benchmarks.md). jemalloc, where this pyarrow build has
-      it, else the system allocator.
-    * pandas: the first ``pa.array()`` of a run, on anything but an Arrow object, makes pyarrow
-      import pandas to check whether the value is a pandas object. No audience run uses pandas,
-      whose import costs every run time and memory. pyarrow is made to find pandas missing once;
-      code that uses pandas later still imports it, and ``to_pandas()`` makes pyarrow look again
-      (it retries the import when asked to convert).
-    """
+    """jemalloc (mimalloc keeps more freed pages: higher peaks), unless ``ARROW_DEFAULT_MEMORY_POOL`` is
+    set; and pyarrow's first ``pa.array()`` finds pandas missing, so it does not import it for nothing
+    (``to_pandas()`` still looks again)."""
     import pyarrow as pa
 
     if "ARROW_DEFAULT_MEMORY_POOL" not in os.environ:
         try:
             pa.set_memory_pool(pa.jemalloc_memory_pool())
-        except NotImplementedError:  # not every platform's pyarrow is built with it
+        except NotImplementedError:
             pa.set_memory_pool(pa.system_memory_pool())
     if "pandas" in sys.modules:
         return  # already paid for: pyarrow may as well use it

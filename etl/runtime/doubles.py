@@ -1,10 +1,5 @@
-"""The runtime's one door into the test doubles (etl.testing).
-
-A production configuration never needs a double, so none is loaded unless it asks for one:
-``environment = "sandbox"`` (an Actito or OpenField sandbox started in this process), ``demo = true``
-(the demo warehouse), or the ``sandbox`` command. ``lint-imports`` lets this module, and no other
-module of the runtime, import etl.testing; the import waits inside each function until it is needed.
-"""
+"""The runtime's one door into the test doubles (etl.testing), imported only when a configuration
+asks for a sandbox or the demo warehouse; ``lint-imports`` allows no other runtime module to."""
 
 from __future__ import annotations
 

@@ -1,20 +1,9 @@
-"""Activation leases: one run of an activation at a time, across processes and hosts, with fencing.
+"""Activation leases: one run of an activation at a time, across hosts, with fencing.
 
-A lease is a row of the ledger, not an OS lock, because it must hold across hosts (cron on two
-machines, scheduler replicas on a shared ``state_url``) and survive a crashed holder. Three rules
-make it safe when runs overlap in time:
-
-* **Taking a lease is a compare-and-swap** on the row's fencing token, which grows by one at every
-  acquisition and is never reset (a released lease keeps its row, with no owner). Of two processes
-  that saw the same expired or free row, exactly one update matches the token it read.
-* **Expiry is judged on the ledger database's clock** (`etl.runtime.ledger.database_now`), never a host's:
-  a replica whose clock runs ahead cannot see a live lease as expired.
-* **A live run renews its lease** (a heartbeat thread, every third of the lease), and every
-  irreversible step (a rename into place, a removal, a snapshot replace, an import POST, the final
-  ledger write) first renews it with the same compare-and-swap (`Lease.fence`). A run that stalled
-  past its lease and was taken over finds a new token there and stops with `LeaseLost`; it cannot
-  deliver over its successor or record success. What remains is the moment between that check and
-  the step itself, which is covered as long as a stall lasts less than a whole lease.
+A ledger row, not an OS lock, so it holds across hosts and survives a crashed holder. Taking it is a
+compare-and-swap on a fencing token that is never reset; expiry is judged on the database's clock;
+every irreversible step first renews it (`Lease.fence`), so a run taken over after a stall stops with
+`LeaseLost` instead of delivering over its successor.
 """
 
 from __future__ import annotations
@@ -42,8 +31,6 @@ _MAX_BEAT_SECONDS = 60.0
 
 
 class Lease:
-    """A held activation lease: its fencing token, the heartbeat that keeps it, the check that guards
-    every irreversible step."""
 
     def __init__(self, store: StateStore, activation: str, owner: str, run_id: str, token: int, ttl: timedelta):
         self.store = store
@@ -57,14 +44,8 @@ class Lease:
         self._stopping = threading.Event()
         self._heartbeat: threading.Thread | None = None
 
-    # ------------------------------------------------------------------ fencing
-
     def check(self, conn: sa.Connection) -> None:
-        """Renew the lease inside ``conn``'s transaction, or raise LeaseLost if another run has taken it.
-
-        Renewing and checking are one conditional UPDATE on the token: a take-over changes the token,
-        so after one there is nothing left to renew. A lease that expired while nobody took it is
-        still this run's alone, and is simply renewed."""
+        """Renew inside ``conn``'s transaction, or LeaseLost. An expired lease nobody took is still ours."""
         now = database_now(conn)
         renewed = conn.execute(
             leases.update()
@@ -78,7 +59,6 @@ class Lease:
             raise self.lost_error(taker)
 
     def fence(self) -> None:
-        """Before an irreversible step: still ours (renewed), or LeaseLost."""
         if self.lost.is_set():
             raise self.lost_error(None)
         self.store.write_fenced(self)
@@ -91,8 +71,6 @@ class Lease:
             hint="this run stalled longer than its lease (settings.lock_ttl_minutes) and was taken over; "
                  "what the other run delivered stands. See docs/deploy.md, 'Leases'",
         )
-
-    # ------------------------------------------------------------------ heartbeat
 
     def start_heartbeat(self) -> None:
         interval = min(_MAX_BEAT_SECONDS, max(0.5, self.ttl.total_seconds() / 3))
@@ -108,7 +86,7 @@ class Lease:
                 log.error("lease of %s lost to another run", self.activation,
                           extra={"fields": {"activation": self.activation, "run_id": self.run_id}})
                 return
-            except StateError as exc:  # the ledger is briefly unreachable: the lease may still be ours
+            except StateError as exc:  # briefly unreachable: the lease may still be ours
                 log.warning("could not renew the lease: %s", exc.message(),
                             extra={"fields": {"activation": self.activation, "run_id": self.run_id}})
 
@@ -118,7 +96,7 @@ class Lease:
             self._heartbeat.join()
 
     def release(self) -> None:
-        """Free the lease, keeping its row (and token) so the next holder's token is higher."""
+        """Keeps the row (and token) so the next holder's token is higher."""
         self.stop_heartbeat()
         try:
             with self.store.engine.begin() as conn:
@@ -134,7 +112,6 @@ class Lease:
 
 @contextmanager
 def hold(store: StateStore, activation: str, run_id: str, ttl: timedelta) -> Iterator[Lease]:
-    """Hold the activation's lease for the block, renewed by a heartbeat; LockBusy if a live run holds it."""
     lease = acquire(store, activation, run_id, ttl)
     lease.start_heartbeat()
     try:
@@ -162,7 +139,7 @@ def acquire(store: StateStore, activation: str, run_id: str, ttl: timedelta) -> 
 
 
 def _take(store: StateStore, activation: str, owner: str, run_id: str, ttl: timedelta) -> int | None:
-    """The new fencing token, None after losing a race (look again), LockBusy if a live run holds it."""
+    """None after losing a race (look again)."""
     try:
         with store.engine.begin() as conn:
             now = database_now(conn)
@@ -193,8 +170,7 @@ def _busy(activation: str, row: sa.Row) -> LockBusy:
 
 
 def dead_local_owner(owner: str) -> bool:
-    """True when a lease owner (``host:pid:tag``: an activation lease, a licence's request slot) names
-    a process of this host that has ended. Another host's process cannot be checked: its lease must run out."""
+    """``host:pid:tag`` names an ended process of this host; another host's must wait for expiry."""
     parts = owner.rsplit(":", 2)
     if len(parts) != 3 or parts[0] != socket.gethostname() or not parts[1].isdigit():
         return False

@@ -1,10 +1,5 @@
-"""The run ledger, in any SQLAlchemy database: runs, Actito imports, schedule slots (and, from
-etl.runtime.leases, the activation leases).
-
-Default: a SQLite file in the state directory, so a single machine needs nothing else; a shared
-PostgreSQL URL lets several hosts (cron on two machines, scheduler replicas) see one history and
-one set of leases.
-"""
+"""The run ledger in any SQLAlchemy database: SQLite in the state directory by default; a shared
+PostgreSQL URL lets several hosts see one history and one set of leases."""
 
 from __future__ import annotations
 
@@ -116,11 +111,8 @@ _DATABASE_NOW = {
 
 
 def database_now(conn: sa.Connection) -> datetime:
-    """Naive UTC as the ledger database sees it.
-
-    Leases shared by several hosts must be judged on one clock: a replica whose clock runs hours
-    ahead would otherwise see every live lease as expired. A SQLite ledger is a local file, so its
-    clock is this host's anyway."""
+    """Naive UTC on the database's clock: leases shared by hosts must be judged on one clock, or a
+    host running ahead sees every live lease as expired."""
     query = _DATABASE_NOW.get(conn.dialect.name)
     if query is None:
         return utcnow()
@@ -129,8 +121,8 @@ def database_now(conn: sa.Connection) -> datetime:
 
 
 class Fence(Protocol):
-    """A held lease (etl.runtime.leases.Lease): ``check`` renews it inside the caller's transaction, or raises
-    LeaseLost, so a fenced write and the proof that the lease is still held commit together."""
+    """``check`` renews the lease inside the caller's transaction (or raises LeaseLost), so a fenced
+    write and the proof of the lease commit together."""
 
     def check(self, conn: sa.Connection) -> None: ...
 
@@ -170,8 +162,7 @@ class ImportRecord:
 
 
 class StateStore:
-    """Run records, imports and schedule slots (leases: etl.runtime.leases); one instance per process, safe to
-    share between threads."""
+    """One instance per process, safe to share between threads."""
 
     def __init__(self, url: str) -> None:
         self.url = url
@@ -191,11 +182,8 @@ class StateStore:
         ledger = state_dir / "state.db"
         try:
             state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-            # created private before SQLite opens it (SQLite would use the umask); its journal files
-            # take the database file's mode. Only when missing: closing any descriptor of the file
-            # drops every POSIX lock this process holds on it, SQLite's included (two processes sharing
-            # the file then get "disk I/O error"). Not etl.files.create_private: it replaces what is
-            # there, and another process may have just created the ledger and opened it
+            # created private before SQLite opens it (it would use the umask). Only when missing:
+            # closing any descriptor of the file drops this process's POSIX locks on it, SQLite's too
             if not ledger.exists():
                 os.close(os.open(ledger, os.O_WRONLY | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o600))
         except OSError as exc:
@@ -211,8 +199,6 @@ class StateStore:
     def __exit__(self, *exc_info: object) -> None:
         self.close()
 
-    # ------------------------------------------------------------------ runs
-
     def start_run(self, run_id: str, activation: str, kind: str, *, dry_run: bool, started_at: datetime) -> None:
         self._write(
             runs.insert().values(
@@ -227,25 +213,20 @@ class StateStore:
         )
 
     def save_progress(self, run_id: str, details: dict[str, Any], *, fence: Fence | None = None, **values: Any) -> None:
-        """Keep what a running run knows so far (its checkpoint, counts, files and their sha256), so a
-        run that dies leaves it readable. Only while the run is still marked running: a successor
-        that took it over has closed its row."""
+        """Only while the run is still marked running: a successor that took it over has closed its row."""
         self._write(runs.update().where(runs.c.run_id == run_id, runs.c.status == RunStatus.RUNNING)
                     .values(details=details, **values), fence=fence)
 
     def unfinished_runs(self, activation: str) -> list[RunRecord]:
-        """Runs of ``activation`` still marked running: with its lock held, those processes are dead."""
         return list(reversed(self.runs(activation, status=RunStatus.RUNNING, limit=1000)))
 
     def finish_run(self, run_id: str, status: RunStatus, *, fence: Fence | None = None, **values: Any) -> None:
-        """The run's final row; with ``fence``, written only while the run still holds its lease, in
-        the same transaction (LeaseLost otherwise), so a run taken over can never record success."""
-        if status == RunStatus.LOCKED:  # a run that found its activation held never started
+        """With ``fence``, written only while the lease is held, so a run taken over never records success."""
+        if status == RunStatus.LOCKED:
             raise ValueError(status)
         self._write(runs.update().where(runs.c.run_id == run_id).values(status=status, **values), fence=fence)
 
     def write_fenced(self, fence: Fence) -> None:
-        """Renew a lease, or learn it is lost (LeaseLost): the check before an irreversible step."""
         self._write(None, fence=fence)
 
     def runs(
@@ -278,13 +259,10 @@ class StateStore:
         found = self.runs(activation, status=RunStatus.SUCCEEDED, limit=1, include_dry_runs=False)
         return found[0] if found else None
 
-    # ------------------------------------------------------------------ Actito imports
-
     def intend_import(
         self, reference: str, run_id: str, activation: str, entity: str, table_id: str, day: date
     ) -> None:
-        """Written before the upload starts, so a process killed during or just after it leaves the
-        reference behind: the next run looks it up in Actito instead of sending the part again."""
+        """Before the upload, so after a crash the next run looks the reference up instead of re-sending."""
         self._write(
             imports.insert().values(
                 execution_id="", reference=reference, run_id=run_id, activation=activation,
@@ -293,7 +271,6 @@ class StateStore:
         )
 
     def record_import(self, reference: str, execution_id: str) -> None:
-        """Written as soon as Actito accepted the upload, so a crash while polling never loses it."""
         self._write(imports.update().where(imports.c.reference == reference)
                     .values(execution_id=execution_id, status="SUBMITTED"))
 
@@ -301,7 +278,6 @@ class StateStore:
         self._write(imports.update().where(imports.c.reference == reference).values(status=status, counts=counts))
 
     def imports_on(self, entity: str, table_id: str, day: date) -> int:
-        """Imports this ledger sent to one table on one (UTC) day: the daily quota's count."""
         query = sa.select(sa.func.count()).where(
             imports.c.entity == entity, imports.c.table_id == table_id, imports.c.day == day,
             imports.c.status != NOT_SENT,
@@ -310,8 +286,6 @@ class StateStore:
             return int(conn.execute(query).scalar_one())
 
     def unfinished_imports(self, activation: str, *, excluding_run: str) -> list[ImportRecord]:
-        """Imports of earlier runs whose outcome the ledger never learnt (PENDING: maybe not even
-        sent; SUBMITTED: sent, never seen finished), oldest first."""
         query = (sa.select(imports)
                  .where(imports.c.activation == activation, imports.c.run_id != excluding_run,
                         imports.c.status.in_(("PENDING", "SUBMITTED")))
@@ -320,16 +294,11 @@ class StateStore:
             return [ImportRecord(**dict(row._mapping)) for row in conn.execute(query)]
 
     def import_statuses(self, run_id: str) -> dict[str, str]:
-        """reference -> status of every import a run started."""
         query = sa.select(imports.c.reference, imports.c.status).where(imports.c.run_id == run_id)
         with self._connect() as conn:
             return {row.reference: row.status for row in conn.execute(query)}
 
-    # ------------------------------------------------------------------ schedule slots
-
     def claim_slot(self, activation: str, slot: str, claimed_by: str) -> bool:
-        """True for the first claimer of a scheduled slot, False for every later one (a second fire
-        of the same slot on a DST night, or another scheduler replica)."""
         try:
             self._write(slots.insert().values(activation=activation, slot=slot, claimed_by=claimed_by,
                                               claimed_at=utcnow()))
@@ -338,8 +307,6 @@ class StateStore:
                 return False
             raise
         return True
-
-    # ------------------------------------------------------------------ plumbing
 
     @contextmanager
     def _connect(self) -> Iterator[sa.Connection]:
@@ -361,17 +328,13 @@ class StateStore:
 
 
 def open_store(config: Config) -> StateStore:
-    """The configured shared ledger, else the SQLite file in the state directory."""
     url = config.settings.state_url
     return StateStore(url.get_secret_value()) if url else StateStore.in_directory(config.state_dir)
 
 
 def _create_tables(engine: sa.Engine, attempts: int = 4) -> None:
-    """Create the ledger's tables, retried while another process creates them at the same moment:
-    two scheduler replicas (or cron runs) starting together on an empty PostgreSQL ledger,
-    one failed with 'duplicate key value violates unique constraint "pg_type_typname_nsp_index"'.
-    SQLite says 'table ... already exists' (an OperationalError) when two processes sharing a
-    state_dir create a table at once."""
+    """Retried while another process creates them at the same moment (PostgreSQL: "duplicate key";
+    SQLite: "already exists")."""
     for attempt in range(1, attempts + 1):
         try:
             metadata.create_all(engine)

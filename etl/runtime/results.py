@@ -1,5 +1,4 @@
-"""What a run ends as, typed: its status, its counts, and a destination's own account of what it
-delivered, for alerts, metrics, the report, the history and the command line to read."""
+"""What a run ends as, typed: its status, its counts, and the destination's account of its delivery."""
 
 from __future__ import annotations
 
@@ -10,8 +9,7 @@ from typing import Any
 
 
 class RunStatus(StrEnum):
-    """One vocabulary for the ledger and for what a run returns. ``locked`` is never written to the
-    ledger: a run that found its activation held by another never started."""
+    """``locked`` is never written to the ledger: such a run never started."""
 
     RUNNING = "running"
     SUCCEEDED = "succeeded"
@@ -22,11 +20,7 @@ class RunStatus(StrEnum):
 
 @dataclass(frozen=True, eq=False)
 class RunResults(Mapping[str, object]):
-    """The counts and the file of a run: the ledger's columns, typed.
-
-    Also a Mapping of the columns a job set (unset ones are None and absent; equal to the dict of
-    them), in the ledger's column order: that is how they are written to the ledger and shown as a
-    run's JSON line."""
+    """The ledger's columns, typed; as a Mapping, only the columns a job set, in column order."""
 
     rows_extracted: int | None = None
     rows_rejected: int | None = None
@@ -57,10 +51,7 @@ _COLUMNS = tuple(field.name for field in fields(RunResults))
 
 @dataclass(frozen=True)
 class Delivery:
-    """A destination's description of a run's delivery, written by the destination itself.
-
-    ``where`` names the place people look (a file's URL, ``Actito table 'x'``, ``OpenField tenant
-    'y'``); ``summary`` is one line of counts for people (``1,204 changed rows sent, 3 refused``)."""
+    """Written by the destination itself: ``where`` people look, and a one-line ``summary`` of counts."""
 
     destination: str
     where: str

@@ -1,10 +1,5 @@
-"""The life of one run, whatever the job kind: lock, record, time the steps, end in one status.
-
-Job kinds only describe their steps; this module guarantees the rest for all of them — that two
-processes never run one activation at once, that every run leaves exactly one ledger row with a
-final status, and that an unexpected exception is recorded as a failure with a readable message
-instead of escaping as a traceback.
-"""
+"""The life of one run, whatever the job kind: one process per activation, exactly one ledger row
+with a final status, and an unexpected exception recorded as a readable failure, not a traceback."""
 
 from __future__ import annotations
 
@@ -33,22 +28,17 @@ from etl.runtime.results import Delivery, RunResults, RunStatus
 
 log = logging.getLogger("audience_sync.run")
 
-#: The states a run passes through, recorded in the ledger (``details.checkpoint``) as each is reached,
-#: so that a run that dies (SIGKILL, OOM, power loss) shows where it stopped and the next run of the
-#: activation knows what to resolve. See docs/deploy.md, "Crashes and recovery".
+#: recorded in ``details.checkpoint`` as reached, so the next run knows where a dead one stopped
 CHECKPOINTS = ("extracted", "written", "delivered", "confirmed", "recorded")
 
-#: Fault injection, for tests only: a run whose environment sets this to a checkpoint, or to
-#: ``chunk`` (after the first extracted chunk) or ``posted`` (an import POST answered, its execution
-#: id not yet in the ledger), SIGKILLs its own process there — a real crash at a known point.
+#: tests only: SIGKILL the process at this checkpoint, ``chunk`` (first chunk) or ``posted`` (import
+#: POST answered, its execution id not yet recorded)
 KILL_AT_ENV = "AUDIENCE_SYNC_KILL_AT"
-#: The same points, but the process stops itself (SIGSTOP: every thread, the lease heartbeat too)
-#: until someone sends it SIGCONT — a stalled run, as a frozen VM or a long GC pause makes one.
+#: tests only: SIGSTOP (the lease heartbeat too) at the same points, a stalled run
 STALL_AT_ENV = "AUDIENCE_SYNC_STALL_AT"
 
 
 def kill_point(name: str) -> None:
-    """Die (or stall) here, as abruptly as a process can, if the fault-injection variables ask for it."""
     if os.environ.get(KILL_AT_ENV) == name:
         os.kill(os.getpid(), signal.SIGKILL)
     if os.environ.get(STALL_AT_ENV) == name:
@@ -56,13 +46,13 @@ def kill_point(name: str) -> None:
 
 
 def new_run_id(started_at: datetime) -> str:
-    """Sortable and readable: the UTC start second plus a random suffix for runs started together."""
+    """Sortable; the random suffix separates runs started in the same second."""
     return f"{started_at.astimezone(UTC):%Y%m%dT%H%M%SZ}-{secrets.token_hex(3)}"
 
 
 @dataclass
 class RunContext:
-    """What a job kind's body sees: its identity, its scratch directory, and where to put results."""
+    """What a job kind's body sees."""
 
     config: Config
     activation: str
@@ -89,7 +79,7 @@ class RunContext:
     delivery: Delivery | None = None
 
     def tick(self, counts: dict[str, int]) -> None:
-        """Called between chunks: report progress, and stop here if asked to (nothing is delivered then)."""
+        """Called between chunks: stops here if asked to, before anything is delivered."""
         if self.stop is not None and self.stop.is_set():
             raise RunInterrupted("stopped by a shutdown before it finished; nothing was delivered")
         if self.lease is not None and self.lease.lost.is_set():
@@ -102,15 +92,12 @@ class RunContext:
         kill_point(name)
 
     def fence(self) -> None:
-        """Called before every irreversible step (a rename into place, a removal, a snapshot replace,
-        an import POST): renews the lease, or stops the run with LeaseLost if another run took it."""
+        """Before every irreversible step: renews the lease, or raises LeaseLost if another run took it."""
         if self.lease is not None:
             self.lease.fence()
 
     def checkpoint(self, name: str) -> None:
-        """The run reached ``name`` (one of CHECKPOINTS): written to the ledger at once, with the
-        details known so far (files and their sha256 ...), before the run goes on. The write is
-        fenced: a run that lost its lease stops here."""
+        """Written to the ledger at once, fenced: a run that lost its lease stops here."""
         self.details["checkpoint"] = name
         if self.store is not None:
             self.store.save_progress(self.run_id, {**self.details, "steps": self.steps}, fence=self.lease,
@@ -148,7 +135,6 @@ class RunOutcome:
 
     @property
     def delivery(self) -> Delivery | None:
-        """The destination's account of the delivery, as the ledger keeps it."""
         return Delivery.from_details(self.details.get("delivery"))
 
 
@@ -171,8 +157,7 @@ def execute(
     force: bool = False,
     finishers: Sequence[Finisher] = (),
 ) -> RunOutcome:
-    """Run ``body`` under the activation's lock and record it, then call each finisher with the
-    outcome (not for a run that found the lock taken); never raises for a failed run."""
+    """Finishers are not called for a run that found the lock taken; never raises for a failed run."""
     started_at = now or datetime.now(UTC)
     run_id = new_run_id(started_at)
     ttl = timedelta(minutes=config.settings.lock_ttl_minutes)
@@ -223,7 +208,6 @@ def _run_locked(context: RunContext, store: StateStore, kind: str, body: JobBody
 
 
 def _run_body(context: RunContext, body: JobBody, fields: dict[str, str]) -> tuple[RunStatus, str | None]:
-    """The job's body, whatever it ends on, as a status and a readable error."""
     try:
         private_directory(context.run_dir, root=context.config.state_dir)
         body(context)
@@ -241,8 +225,7 @@ def _run_body(context: RunContext, body: JobBody, fields: dict[str, str]) -> tup
 
 def _record(context: RunContext, results: RunResults, status: RunStatus, error: str | None,
             duration: float) -> tuple[RunStatus, str | None]:
-    """Write the run's final row under its lease; a run that lost it (whatever it then failed on, a
-    successor having removed its files, say) is recorded as such instead, never as succeeded."""
+    """A run that lost its lease is recorded as such, never as succeeded, whatever it then failed on."""
     store, lease = context.store, context.lease
     assert store is not None and lease is not None
     values: dict[str, Any] = {"finished_at": datetime.now(UTC).replace(tzinfo=None), "duration_s": duration,
@@ -262,7 +245,6 @@ _DISK_ERRNOS = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota 
 
 
 def _unexpected(exc: Exception) -> str:
-    """The message of an exception no layer turned into an AudienceSyncError."""
     if isinstance(exc, OSError) and exc.errno in _DISK_ERRNOS:
         where = f" writing {exc.filename}" if exc.filename else ""
         return f"{_DISK_ERRNOS[exc.errno]} ({exc.strerror}{where}) — free some space or fix the volume, then run again"
@@ -270,11 +252,8 @@ def _unexpected(exc: Exception) -> str:
 
 
 def mark_dead_runs(store: StateStore, activation: str, run_id: str, runs_dir: Path) -> list[str]:
-    """Close the ledger rows of earlier runs that died while running, and remove their partial local files.
-
-    Called with the activation's lock held, so a run still marked running is no longer alive (its
-    process was killed or its host went down). What such a run left in flight elsewhere (an Actito
-    import, a temporary file at the location) is resolved by the job itself before it goes on."""
+    """Called with the lock held, so a run still marked running is dead. What it left in flight
+    elsewhere is the job's to resolve."""
     dead_ids: list[str] = []
     for dead in store.unfinished_runs(activation):
         stopped = dead.details.get("checkpoint") or "starting"
@@ -290,13 +269,8 @@ def mark_dead_runs(store: StateStore, activation: str, run_id: str, runs_dir: Pa
 
 
 def prune_runs(store: StateStore, config: Config, activation: str, runs_dir: Path, *, current: str) -> list[str]:
-    """Remove the local files of the activation's old runs: data minimisation.
-
-    Each run keeps its audience file, rejects and member lists under ``runs/ACTIVATION/RUN_ID/``:
-    personal data that must not be kept longer than needed (at 10M rows, gigabytes a run). A run's
-    directory goes once it is older than ``settings.run_retention_days``, unless it is one of the last
-    ``settings.keep_runs`` runs, still marked running, or has an import whose outcome is not yet known
-    (its successor needs the rows it sent). Its ledger row stays: counts, not people. Never fails the run."""
+    """Data minimisation: run directories hold personal data. Keeps the last ``keep_runs``, running ones,
+    and those with an import of unknown outcome (the successor needs its rows). Never fails the run."""
     settings = config.settings
     cutoff = datetime.now(UTC).replace(tzinfo=None) - timedelta(days=settings.run_retention_days)
     try:
@@ -323,7 +297,6 @@ def prune_runs(store: StateStore, config: Config, activation: str, runs_dir: Pat
 
 
 def _remove_partial_files(run_dir: Path) -> None:
-    """Files a writer had not finished (hidden ``.partial`` / ``.tmp`` names): never complete, never used."""
     if not run_dir.is_dir():
         return
     for path in run_dir.iterdir():

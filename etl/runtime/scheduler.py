@@ -1,36 +1,14 @@
 """The long-running scheduler: ``audience-sync schedule`` (and ``--preview``).
 
-APScheduler 3 decides *when*; our own ledger decides *whether*. Every fire claims a logical slot —
-the activation plus the scheduled local wall-clock time — with ``StateStore.claim_slot``, and only
-the first claimer runs. That one rule covers the cases APScheduler cannot: a daily ``CronTrigger``
-fires twice on the autumn fall-back night (both fires carry the same wall-clock slot), a second
-scheduler replica on the same shared ledger fires the same slot, and a restarted scheduler that
-catches up a recent slot finds it already done.
+APScheduler decides *when*; the ledger decides *whether*: every fire claims its slot (activation +
+scheduled local wall-clock time) with ``StateStore.claim_slot`` and only the first claimer runs. That
+one rule covers the fall-back night's double cron fire, a second replica, and a restart's catch-up.
 
-Decisions, pinned with Europe/Brussels by tests/test_scheduler.py:
-
-* ``cron``: ``CronTrigger.from_crontab`` in the activation's zone. On the spring-forward day a
-  daily ``30 2 * * *`` still runs once: APScheduler yields the non-existent 02:30 with the winter
-  offset, i.e. the instant 03:30 CEST, and the slot stays ``...T02:30``. On the fall-back night it
-  yields 02:30 +02:00 and 02:30 +01:00; both are slot ``...T02:30``, so the first one runs and the
-  second is a logged no-op. Sub-daily cron patterns behave like cron: minutes of the skipped hour do
-  not run, the repeated hour runs once.
-* ``every`` of whole days (``1d``, ``2d``, ``48h``): at 00:00 local time on days counted from
-  2000-01-01, so it never drifts across DST and every replica agrees on the days. It is a
-  ``CalendarIntervalTrigger`` whose next-time rule is replaced: the stock one silently skips a day
-  whose time does not exist (midnight in zones that change at 00:00, e.g. America/Santiago) and
-  returns a first time in the past. A non-existent midnight runs at the shifted instant, as cron does.
-  For another time of day, use ``cron = "M H * * *"``.
-* ``every`` shorter than a day (or not whole days): ``IntervalTrigger``, elapsed time counted from
-  2000-01-01 00:00 local, so replicas and restarts agree on the slots. Being elapsed time, its local
-  times shift by an hour across DST, and on the fall-back night the repeated hour is a *different*
-  slot (suffixed with its offset) — skipping it would leave a one-hour hole in an hourly sync.
-  Slots are minutes, so intervals under a minute are refused.
-* No persistent job store (it pickles jobs and cannot be shared): jobs are rebuilt from
-  ``schedules.toml`` at start and on SIGHUP; at start, the most recent slot still within
-  ``misfire_grace_seconds`` is fired too, and the ledger says whether it already ran.
-* Job options: ``coalesce=True``, ``max_instances=1``, ``misfire_grace_time`` from the settings
-  (APScheduler's default of 1 s silently drops a run that is 2 s late).
+DST rules (pinned by tests/test_scheduler.py): ``cron`` runs a non-existent time at the shifted
+instant and a repeated one once; whole-day ``every`` runs at 00:00 local on days counted from
+``ANCHOR``; shorter ``every`` is elapsed time, so its repeated hour is a distinct slot (skipping it
+would leave a hole). No persistent job store: it pickles jobs and cannot be shared.
+``misfire_grace_time`` comes from settings: APScheduler's 1 s default drops a run 2 s late.
 """
 
 from __future__ import annotations
@@ -85,18 +63,13 @@ _DAY = 86_400
 
 
 def slot_key(fire_time: datetime) -> str:
-    """The slot a fire belongs to: its scheduled local wall-clock time, to the minute, without offset.
-
-    ``fire_time`` is what the trigger produced, in the activation's zone and *not* normalized: the
-    spring-forward day's non-existent 02:30 stays ``...T02:30`` (it runs at 03:30), and both 02:30s
-    of the fall-back night give the same key, so the ledger lets only the first one run.
-    """
+    """Local wall-clock minute, without offset. ``fire_time`` must *not* be normalized: both 02:30s
+    of the fall-back night must give the same key, so the ledger lets only the first one run."""
     return fire_time.strftime("%Y-%m-%dT%H:%M")
 
 
 def _slot_of(trigger: BaseTrigger, fire_time: datetime) -> str:
-    """``slot_key``, except that an elapsed-time interval's second pass through a repeated hour is its
-    own slot: those are distinct instants an hour apart, not one wall-clock time fired twice."""
+    """``slot_key``, but an interval's second pass through a repeated hour is its own slot (distinct instants)."""
     key = slot_key(fire_time)
     if isinstance(trigger, IntervalTrigger) and fire_time.fold:
         key += fire_time.strftime("%z")
@@ -104,14 +77,8 @@ def _slot_of(trigger: BaseTrigger, fire_time: datetime) -> str:
 
 
 class WholeDaysTrigger(CalendarIntervalTrigger):  # type: ignore[misc]
-    """``every = "Nd"``: every N days at a fixed local time (00:00), days counted from ``ANCHOR``.
-
-    Keeps CalendarIntervalTrigger's fields and repr, replaces its next-time rule: the stock rule
-    skips a date whose time does not exist and, without a previous fire, returns ``start_date``'s
-    time even when it is long past. Here a non-existent time yields the wall-clock time with the
-    pre-transition offset — the instant one hour later, as CronTrigger does — and an ambiguous one
-    its first occurrence.
-    """
+    """``every = "Nd"`` at 00:00 local, days counted from ``ANCHOR``. Replaces the stock next-time
+    rule, which skips a day whose midnight does not exist and returns a first time in the past."""
 
     def __init__(self, days: int, *, timezone: tzinfo, hour: int = 0, minute: int = 0) -> None:
         super().__init__(days=days, hour=hour, minute=minute, start_date=ANCHOR, timezone=timezone)
@@ -148,12 +115,10 @@ def _trigger(name: str, schedule: Schedule, source: str) -> BaseTrigger:
 
 
 def build_triggers(config: Config) -> dict[str, BaseTrigger]:
-    """One trigger per enabled activation that has a schedule; raises ConfigError listing every
-    schedule the scheduler cannot honour (the configuration itself already validated)."""
+    """One trigger per scheduled activation; ConfigError lists every schedule that cannot be honoured."""
     triggers: dict[str, BaseTrigger] = {}
     problems: list[tuple[str, str]] = []
-    # triggers keep no state (each fire time is computed from the previous one), so activations with
-    # the same schedule share one: a thousand activations use a few dozen schedules
+    # triggers are stateless, so activations with the same schedule share one
     shared: dict[Schedule, BaseTrigger] = {}
     for name, activation in config.activations.items():
         if not activation.enabled or activation.schedule is None:
@@ -209,16 +174,12 @@ def _annotated(entry: Upcoming, repeated: bool) -> Upcoming:
 
 
 def next_runs(config: Config, count: int, now: datetime) -> dict[str, list[datetime]]:
-    """The next ``count`` runs of each scheduled activation, as aware datetimes in its time zone.
-
-    The real instants (the spring-forward day's 02:30 shows as 03:30 +02:00), one per slot (the
-    fall-back night's second 02:30 is not listed: the ledger would not run it)."""
+    """The next ``count`` real instants of each scheduled activation, one per slot (as the ledger runs them)."""
     upcoming = _upcoming_of(build_triggers(config), count, now)
     return {name: [entry.at for entry in entries] for name, entries in upcoming.items()}
 
 
 def _upcoming_of(triggers: dict[str, BaseTrigger], count: int, now: datetime) -> dict[str, list[Upcoming]]:
-    """``_upcoming`` of each activation, walked once per shared trigger."""
     walked: dict[int, list[Upcoming]] = {}
     for trigger in triggers.values():
         if id(trigger) not in walked:
@@ -238,7 +199,6 @@ def _describe(schedule: Schedule) -> str:
 
 
 def format_preview(config: Config, count: int, now: datetime) -> str:
-    """What ``schedule --preview`` prints: a table of each activation's next runs with UTC offsets."""
     triggers = build_triggers(config)
     rows: list[list[str]] = []
     for name, entries in _upcoming_of(triggers, count, now).items():
@@ -266,7 +226,7 @@ def format_preview(config: Config, count: int, now: datetime) -> str:
 
 
 class _ScheduledJob:
-    """An APScheduler job as seen by one execution: calling it also passes the time it was scheduled for."""
+    """A job whose call also passes the time it was scheduled for."""
 
     def __init__(self, job: Job, scheduled: datetime) -> None:
         self._job = job
@@ -280,8 +240,7 @@ class _ScheduledJob:
 
 
 class _SlotExecutor(ThreadPoolExecutor):  # type: ignore[misc]
-    """APScheduler 3 does not tell a job function which run time it executes for; the slot needs it.
-    Jobs are coalesced, so there is one run time per submission: the latest one."""
+    """APScheduler 3 does not tell a job its run time, and the slot needs it (coalesced: the latest)."""
 
     def _do_submit_job(self, job: Job, run_times: list[datetime]) -> None:
         super()._do_submit_job(_ScheduledJob(job, run_times[-1]), run_times[-1:])
@@ -293,12 +252,8 @@ def _utcnow() -> datetime:
 
 class Scheduler:
     """Runs the scheduled activations until SIGTERM/SIGINT; SIGHUP reloads ``schedules.toml``.
-
-    ``job_for`` gives a job kind's body and ``finishers`` are told of every run: both come from the
-    caller, as job kinds and alerts sit above the runtime. ``clock`` gives "now" for the catch-up of
-    recent slots and the runs' start time (tests pin it; APScheduler's own loop always follows the
-    real clock). ``stop_grace`` overrides ``settings.shutdown_grace_seconds``.
-    """
+    ``job_for`` and ``finishers`` come from the caller because job kinds and alerts sit above the runtime;
+    ``clock`` drives catch-up and run start times only (APScheduler's loop follows the real clock)."""
 
     def __init__(
         self,
@@ -324,11 +279,9 @@ class Scheduler:
         #: set when running runs must stop at their next chunk (they end "interrupted")
         self._stop_event = threading.Event()
         self._state_lock = threading.Lock()
-        self._stopping = False  # no new runs once set
+        self._stopping = False
         self._running: dict[str, str] = {}  # activation -> slot
         self._signals: list[int] = []  # appended by handlers, read by the main loop
-
-    # ------------------------------------------------------------------ life cycle
 
     @property
     def config(self) -> Config:
@@ -346,8 +299,7 @@ class Scheduler:
             return dict(self._running)
 
     def start(self, *, paused: bool = False) -> None:
-        """Load the configuration, open the ledger and schedule the jobs; raises ConfigError.
-        ``paused``: jobs are scheduled but nothing fires by itself (tests call ``fire``)."""
+        """``paused``: jobs are scheduled but nothing fires by itself (tests call ``fire``)."""
         config = load_config(self.config_path)
         triggers = build_triggers(config)
         self._store = open_store(config)
@@ -360,8 +312,7 @@ class Scheduler:
                  extra={"fields": {"config": str(self.config_path), "replica": self._identity}})
 
     def reload(self) -> bool:
-        """Re-read ``schedules.toml`` and rebuild the jobs; an invalid file is refused with its full
-        message and the current jobs keep running. Runs in progress keep the configuration they began with."""
+        """An invalid file is refused and the current jobs keep running; runs in progress keep their configuration."""
         try:
             config = load_config(self.config_path)
             triggers = build_triggers(config)
@@ -379,7 +330,6 @@ class Scheduler:
         return True
 
     def close(self) -> None:
-        """Stop APScheduler and close the ledgers (after the runs ended)."""
         if self._aps.running:
             self._aps.shutdown(wait=True)
         for store in [*self._old_stores, *([self._store] if self._store else [])]:
@@ -395,8 +345,7 @@ class Scheduler:
         return url == old_url and (url is not None or config.state_dir == old.state_dir)
 
     def _install(self, triggers: dict[str, BaseTrigger]) -> None:
-        """Make the APScheduler jobs match ``triggers``. A new or changed schedule starts from the most
-        recent slot within the misfire grace (the ledger says whether it already ran); an unchanged
+        """A new or changed schedule starts from the latest slot within the misfire grace; an unchanged
         one keeps its next run time."""
         config = self.config
         grace = config.settings.misfire_grace_seconds
@@ -423,22 +372,14 @@ class Scheduler:
                      _slot_of(trigger, first), extra={"fields": {"activation": name}})
         self._triggers = {name: trigger for name, trigger in triggers.items() if self._aps.get_job(name)}
 
-    # ------------------------------------------------------------------ one fire
-
     def _fired(self, name: str, scheduled: datetime | None = None) -> None:
-        """What APScheduler calls; ``scheduled`` is filled in by ``_SlotExecutor`` (APScheduler checks
-        the job function's signature when the job is added, before any run time is known)."""
+        """``scheduled`` defaults to None because APScheduler checks the signature before any run time exists."""
         if scheduled is None:
             raise RuntimeError("a scheduled job ran without its scheduled time (not through _SlotExecutor)")
         self.fire(name, scheduled)
 
     def fire(self, name: str, scheduled: datetime) -> None:
-        """The job function: claim the slot in the ledger, and run only if this process claimed it.
-
-        An already claimed slot (the fall-back night's second fire, another replica, a catch-up of a
-        slot that ran) is logged and does nothing. A run whose lock another process holds is skipped
-        by ``execute`` (recorded nowhere, logged). Never raises for a failed run.
-        """
+        """Claim the slot and run only if this process claimed it. Never raises for a failed run."""
         config, store = self.config, self._store
         assert store is not None
         trigger = self._triggers.get(name)
@@ -475,17 +416,9 @@ class Scheduler:
         if outcome.status == RunStatus.LOCKED:
             log.info("slot %s of %s skipped: another process is running it", slot, name, extra={"fields": fields})
 
-    # ------------------------------------------------------------------ signals and the main loop
-
     def run_forever(self) -> int:
-        """Run until SIGTERM/SIGINT, then stop cleanly; returns the exit code (0 after a clean stop).
-
-        Handlers only record the signal; this thread acts on it. First SIGTERM/SIGINT: no new runs, the
-        running ones get the shutdown grace, then their ``stop`` event is set and they end "interrupted"
-        at their next chunk. A second one sets ``stop`` at once; runs that still do not end within
-        ``ESCALATION_WAIT`` are abandoned (the process exits 130; their ledger rows stay "running"
-        and their leases expire). SIGHUP reloads the configuration.
-        """
+        """First stop signal: no new runs, running ones get the shutdown grace, then ``stop``. A second one
+        sets ``stop`` at once and abandons runs still alive after ``ESCALATION_WAIT`` (their leases expire)."""
         previous = self._install_handlers()
         try:
             self.start()
@@ -561,8 +494,7 @@ class Scheduler:
 
 
 def _first_fire(trigger: BaseTrigger, now: datetime, grace_seconds: int) -> datetime | None:
-    """The latest slot at most ``grace_seconds`` old, else the next one: a (re)started scheduler
-    catches up a slot it just missed, and the ledger tells whether that slot already ran."""
+    """The latest slot at most ``grace_seconds`` old, else the next one (the ledger says if it ran)."""
     fire_time: datetime | None = trigger.get_next_fire_time(None, now - timedelta(seconds=grace_seconds))
     while fire_time is not None and fire_time.timestamp() <= now.timestamp():
         following: datetime | None = trigger.get_next_fire_time(fire_time, fire_time)
@@ -577,11 +509,7 @@ def _first_fire(trigger: BaseTrigger, now: datetime, grace_seconds: int) -> date
 
 def main(config_path: Path | None, job_for: Callable[[str], JobBody], *, preview: bool, count: int = 5,
          now: datetime | None = None, finishers: Sequence[Finisher] = ()) -> int:
-    """``audience-sync schedule [--preview] [--count N]``: run the scheduler, or print the next runs.
-
-    Errors are AudienceSyncError (a ConfigError exits 2), left to the CLI to print. ``now`` pins the
-    preview's starting point (tests).
-    """
+    """``audience-sync schedule``; errors are left to the CLI to print."""
     path = Path(resolve_config_path(config_path))
     if count < 1:
         raise AudienceSyncError("--count must be at least 1", where="schedule")

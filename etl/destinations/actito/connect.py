@@ -1,11 +1,5 @@
-"""From a configured destination to a connected client.
-
-A destination with ``environment = "sandbox"`` (and no ``base_url``) talks to the project's own
-Actito sandbox (``etl.testing``, loaded only then), started in this process on first use and stopped
-at exit, so the demo and a laptop trial need no licence; with ``base_url`` it talks to a sandbox (or
-proxy) running elsewhere. The in-process sandbox keeps its state in ``<state_dir>/sandbox/state.json``,
-so what one ``audience-sync run`` imported is still there for the next one, as it would be in Actito.
-"""
+"""From a configured destination to a connected client. ``environment = "sandbox"`` without
+``base_url`` starts an in-process Actito sandbox whose state persists between runs, as Actito's would."""
 
 from __future__ import annotations
 
@@ -22,12 +16,10 @@ SANDBOX_DEMO_KEY = "sandbox-demo-key"
 
 
 def sandbox_state_file(config: Config) -> Path:
-    """Where the in-process sandbox of this configuration keeps its state between processes."""
     return config.state_dir / "sandbox" / "state.json"
 
 
 def in_process_sandbox_url(config: Config) -> str:
-    """The URL of this process's Actito sandbox for the configuration, started on first use (from its state file)."""
     return actito_sandbox_url(sandbox_state_file(config))
 
 
@@ -46,8 +38,7 @@ def open_client(config: Config, destination_name: str) -> ActitoClient:
             [(f"[destinations.{destination_name}] api_key", "needed to call Actito's API: \"${ACTITO_API_KEY}\"")],
             source=config.source,
         )
-    # the licence's limits and token, shared with every other run of this process (and its slots
-    # with every process of the ledger): Actito counts per licence, not per client
+    # Actito counts per licence, not per client
     licence = licence_for(
         config, service="Actito", url=ACTITO_ENVIRONMENTS.get(base_url, base_url), account=destination.entity,
         max_in_flight=MAX_IN_FLIGHT, calls_per_minute=CALLS_PER_MINUTE, connect_timeout=CONNECT_TIMEOUT,

@@ -1,14 +1,8 @@
 """What every file transfer location must guarantee, whatever the protocol.
 
-Actito polls the location on its own schedule, so it may look at the directory at any moment of a
-delivery. The contract below makes sure it only ever sees complete files: each file is written
-under a temporary name that Actito ignores, checked, and only then renamed over the final name in
-one step. Protocol classes provide the few primitive operations (upload, size, rename, remove,
-list) and say which of their failures are a broken connection (``DeliveryInterrupted``); the
-ordering, the checks, the reconnect-and-retry after a broken connection (`Deliverer.retry`) and
-the clean-up on failure live here once, so the three protocols cannot drift apart. What the two
-network protocols share beyond that (a server address, a login name, a directory, a timeout, and
-how they say so) is ``RemoteDeliverer``.
+Actito polls the directory at any moment, so it must only ever see complete files: each is written
+under a temporary name it ignores, checked, then renamed over the final name. Protocols provide the
+primitives; ordering, checks, retry and clean-up live here once so the protocols cannot drift apart.
 """
 
 from __future__ import annotations
@@ -31,9 +25,8 @@ from etl.errors import DeliveryError, DeliveryInterrupted, Retriable
 
 log = logging.getLogger("audience_sync.delivery")
 
-#: Every temporary name starts with this, so leftovers of a crashed run can be recognised and
-#: removed by retention without ever touching a file someone else put in the directory. The dot
-#: keeps them out of most listings and out of Actito's file-name patterns.
+#: lets retention recognise our leftovers without touching others' files; the dot keeps them out
+#: of Actito's file-name patterns
 TEMP_PREFIX = ".audience-sync-"
 TEMP_SUFFIX = ".part"
 
@@ -41,12 +34,8 @@ _UNSAFE_IN_NAME = re.compile(r"[^A-Za-z0-9._-]")
 
 
 def temp_name(run_id: str, name: str) -> str:
-    """Temporary name of ``name`` during run ``run_id``.
-
-    The run id is part of the name so that two runs delivering the same file never write into
-    each other's temporary file; it is reduced to safe characters because it reaches FTP command
-    lines and remote paths verbatim.
-    """
+    """The run id keeps two runs out of each other's temporary file; it is sanitised because it
+    reaches FTP command lines verbatim."""
     return f"{TEMP_PREFIX}{_UNSAFE_IN_NAME.sub('_', run_id)}-{name}{TEMP_SUFFIX}"
 
 
@@ -85,26 +74,14 @@ class _Planned:
 
 
 class Deliverer(abc.ABC):
-    """A connection to one file transfer location; use it as a context manager.
-
-    Connecting in ``__enter__`` (not in ``__init__``) lets a configuration be turned into a
-    deliverer and described without touching the network, and ``__exit__`` always releases the
-    connection, even when a delivery failed.
-
-    ``retry`` is how a delivery whose connection broke (`DeliveryInterrupted`, and only that) is
-    attempted again. Refusals and configuration problems (credentials, host key, certificate,
-    directory, permissions, a full disk) are never retried: the same attempt would fail the same
-    way, and the next scheduled run tries again anyway. A connection cut during an upload is the
-    typical passing failure of long transfers, so it gets a few quick reconnections, each pause
-    doubling with jitter, so several jobs cut together do not reconnect together.
-    """
+    """A connection to one location, as a context manager (connecting in ``__enter__`` lets a
+    deliverer be described without the network). ``retry`` applies to a broken connection
+    (`DeliveryInterrupted`) only: refusals and configuration problems would fail the same way again."""
 
     retry: ClassVar[RetryPolicy] = RetryPolicy(attempts=3, first_pause=2.0, max_pause=30.0, jitter=0.5)
 
     def __init__(self) -> None:
         self._connected = False
-
-    # ------------------------------------------------------------------ context manager
 
     def __enter__(self) -> Self:
         self.connect()
@@ -119,8 +96,6 @@ class Deliverer(abc.ABC):
             self.close()
         except Exception:  # closing must never hide the error that ended the block
             log.debug("error while closing %s", self.describe(), exc_info=True)
-
-    # ------------------------------------------------------------------ what protocols provide
 
     @abc.abstractmethod
     def connect(self) -> None:
@@ -156,36 +131,21 @@ class Deliverer(abc.ABC):
 
     @abc.abstractmethod
     def _modified_files(self, wanted: Callable[[str], bool]) -> Iterator[tuple[str, datetime]]:
-        """(name, aware modification time) of the regular files of the target directory whose name is wanted.
-
-        ``wanted`` is applied before any per-file request, so that protocols which need one round
-        trip per modification time (FTP's MDTM) only pay it for candidate files.
-        """
-
-    # ------------------------------------------------------------------ the contract
+        """(name, aware mtime) of the wanted regular files; ``wanted`` is applied before any per-file
+        request (FTP's MDTM costs a round trip each)."""
 
     def deliver(
         self, files: Sequence[Path], run_id: str, *, all_uploaded: Callable[[], None] | None = None
     ) -> list[DeliveredFile]:
-        """Put ``files`` in the target directory under their own names, all or nothing as far as possible.
-
-        Every file is uploaded under a temporary name and its remote size checked before *any*
-        final name is touched, so a failed transfer (network, disk full, permissions) leaves the
-        previous delivery fully in place and the temporary files are removed. A connection that
-        breaks during the uploads is reconnected and the uploads start again, within `retry`.
-        Renames follow the order of ``files``: a manifest listed last only appears once the files
-        it describes are in place. A failure during the renames themselves (rare: the uploads
-        already succeeded) names the files that were already replaced. ``all_uploaded`` is called
-        between the two phases: where a run records that its files are at the location but not yet
-        in place, and checks that it may still replace them; if it raises, the temporary files are
-        removed and nothing is renamed.
-        """
+        """All or nothing as far as possible: every file is uploaded and size-checked before *any*
+        final name is touched. Renames follow the order of ``files``, so a manifest listed last appears
+        last. If ``all_uploaded`` (called between the phases) raises, nothing is renamed."""
         self._require_connected()
         plan = self._plan(files, run_id)
         self._upload_retrying(plan)
         if all_uploaded is not None:
             try:
-                all_uploaded()  # also where a run that lost its lease stops: nothing renamed yet
+                all_uploaded()
             except BaseException:
                 self._discard(item.temp for item in plan)
                 raise
@@ -210,12 +170,7 @@ class Deliverer(abc.ABC):
         return delivered
 
     def _upload_retrying(self, plan: Sequence[_Planned]) -> None:
-        """Upload every temporary file; after a broken connection, reconnect and upload them all again.
-
-        The temporary names do not change between attempts, so a new attempt overwrites what a cut
-        one left. A reconnection that fails for another reason (the server now refuses the login,
-        say) ends the delivery with that error at once.
-        """
+        """After a broken connection, reconnect and upload all again over the same temporary names."""
         attempts = 0
 
         def upload_all() -> None:
@@ -258,8 +213,7 @@ class Deliverer(abc.ABC):
                         "the previous file was left in place, run again",
                     )
         except DeliveryInterrupted as exc:
-            # the connection is gone, so nothing can be removed over it: the caller reconnects
-            # and either uploads again over the same temporary names or cleans them up
+            # nothing can be removed over a dead connection: the caller reconnects first
             raise DeliveryInterrupted(exc.what, where=self._location(uploaded[-1].name), hint=exc.hint) from None
         except BaseException:
             self._discard(item.temp for item in uploaded)
@@ -281,11 +235,7 @@ class Deliverer(abc.ABC):
         self._discard(item.temp for item in plan)
 
     def discard_leftovers(self, is_ours: Callable[[str], bool], run_id: str) -> list[str]:
-        """Remove temporary files that earlier runs of ours left behind (killed mid-upload); return their names.
-
-        Only temporary names of another run whose final name ``is_ours`` qualifies: the caller holds
-        the activation's lock, so no live run is writing them, and another activation's are left alone.
-        """
+        """Remove temporary files of other runs of this activation; safe because the caller holds its lock."""
         self._require_connected()
 
         def leftover(name: str) -> bool:
@@ -297,15 +247,8 @@ class Deliverer(abc.ABC):
         return names
 
     def remove_stale(self, is_ours: Callable[[str], bool], current: Iterable[str]) -> list[str]:
-        """Remove the activation's own files that are not part of its ``current`` delivery; return their names.
-
-        Called once the new files are in place, so the location holds a complete audience throughout
-        and afterwards only the current one: Actito's file synchronisation takes the last file as the
-        whole audience, and a stale part or an older file left beside it would be read as current by
-        anyone (or any pattern) looking at the directory. Temporary names are `discard_leftovers`'
-        business. A file that cannot be removed fails the delivery (after trying the others): the
-        location would not hold what the manifest lists, and the next run tries again.
-        """
+        """Remove the activation's files not in ``current``, once the new ones are in place: a stale file
+        beside them would be read as current. Failing to remove one fails the delivery."""
         self._require_connected()
         keep = set(current)
         stale = [name for name, _ in self._modified_files(
@@ -325,13 +268,8 @@ class Deliverer(abc.ABC):
         return stale
 
     def apply_retention(self, is_ours: Callable[[str], bool], older_than: datetime) -> list[str]:
-        """Delete our own old files so the location does not grow forever; return the names removed.
-
-        Only files for which ``is_ours`` is true, and temporary names whose final name it is true for,
-        are candidates: the directory is usually shared with other activations, other senders and
-        Actito itself. A file that cannot be removed is logged and skipped, because housekeeping must
-        not turn a delivery that succeeded into a failed run.
-        """
+        """Only ``is_ours`` files (the directory is shared); a failed removal is only logged, because
+        housekeeping must not fail a delivery that succeeded."""
         self._require_connected()
         if older_than.tzinfo is None or older_than.utcoffset() is None:
             raise ValueError("older_than must be timezone-aware")
@@ -353,14 +291,11 @@ class Deliverer(abc.ABC):
             log.info("retention removed %s (modified %s)", name, modified.isoformat())
         return removed
 
-    # ------------------------------------------------------------------ helpers
-
     def _require_connected(self) -> None:
         if not self._connected:
             raise RuntimeError(f"{type(self).__name__} must be used inside a 'with' block")
 
     def _plan(self, files: Sequence[Path], run_id: str) -> list[_Planned]:
-        """Check everything that can be checked locally before a single byte is sent."""
         plan: list[_Planned] = []
         seen: dict[str, Path] = {}
         for path in files:
@@ -398,12 +333,7 @@ class Deliverer(abc.ABC):
 
 
 class RemoteDeliverer(Deliverer):
-    """A directory on a server reached over the network (SFTP, FTPS).
-
-    Holds what both protocols are configured with, except the credentials, which differ; builds
-    the addresses shown to people, which name the user but never carry a secret; and makes sure a
-    failed ``connect`` releases whatever it had opened.
-    """
+    """A directory on a server (SFTP, FTPS); addresses name the user but never carry a secret."""
 
     #: scheme of the addresses shown to people ("sftp", "ftps")
     scheme: ClassVar[str]
@@ -425,7 +355,6 @@ class RemoteDeliverer(Deliverer):
 
     @property
     def _directory(self) -> str:
-        """The target directory: as the server resolved it once connected, as configured before."""
         return self._dir or self._remote_dir
 
     def _path(self, name: str) -> str:
@@ -448,7 +377,6 @@ class RemoteDeliverer(Deliverer):
         """Connect, log in, check the target directory and set ``_dir``; ``close`` cleans up if this raises."""
 
     def _unreachable(self, exc: OSError) -> DeliveryError:
-        """The server could not be reached at all: a time-out or a host name that does not resolve."""
         if isinstance(exc, socket.gaierror):
             return DeliveryError(
                 f"cannot resolve the host name ({exc.strerror})", where=self._server, hint="check the host"
@@ -457,7 +385,6 @@ class RemoteDeliverer(Deliverer):
                              hint="check host and port, and that a firewall lets this machine through")
 
     def _reason(self, exc: BaseException) -> str:
-        """Why a request failed, for a message: the server's own words, or the time-out."""
         if isinstance(exc, TimeoutError):
             return f"no answer within {self._timeout:g} s"
         if isinstance(exc, EOFError) and not str(exc):

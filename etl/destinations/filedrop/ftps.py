@@ -1,11 +1,6 @@
-"""FTPS (FTP with explicit TLS) file transfer location.
-
-Plain FTP would send the password and the audience in clear text, so only the TLS variant is
-offered: ``AUTH TLS`` before logging in, ``PROT P`` for the data connections, and the server's
-certificate and host name checked like a browser would unless the configuration explicitly says
-not to. Files are renamed into place with RNFR/RNTO; servers that refuse to rename over an
-existing file get DELE then rename, where a reader may briefly see no file but never a partial one.
-"""
+"""FTPS (explicit TLS) file transfer location; plain FTP is not offered, as it sends the password
+and the audience in clear text. Servers that refuse to rename over a file get DELE then rename:
+a reader may briefly see no file, never a partial one."""
 
 from __future__ import annotations
 
@@ -35,15 +30,8 @@ _FTP_ERRORS = (ftplib.Error, OSError, EOFError)
 
 
 class _TlsSocket(ssl.SSLSocket):
-    """An SSLSocket whose closing handshake may fail without failing the transfer.
-
-    ftplib ends every data connection with ``unwrap()``, and with TLS 1.3 that races the tail of
-    the handshake when the server sent nothing (an empty listing): OpenSSL then raises
-    "SHUTDOWN_WHILE_IN_INIT" or a bare "[Errno 0]" (CPython issues 75908 and bpo-34391). The
-    raised error would also skip reading the server's reply and desynchronise the control
-    connection. Whether a transfer worked is decided by that reply, and for uploads by the size
-    check, so a failed TLS goodbye is only logged.
-    """
+    """With TLS 1.3, ``unwrap()`` after an empty transfer can fail (bpo-34391) and, raised, would
+    desynchronise the control connection; the reply and size check decide success, so it is only logged."""
 
     def unwrap(self) -> socket.socket:
         try:
@@ -54,12 +42,8 @@ class _TlsSocket(ssl.SSLSocket):
 
 
 class _FtpTls(ftplib.FTP_TLS):
-    """ftplib's FTP_TLS, with data connections resuming the control connection's TLS session.
-
-    Many servers (vsftpd's ``require_ssl_reuse``, FileZilla Server, ProFTPD's
-    ``TLSOptions`` default) refuse a data connection that does not resume the control session,
-    as a protection against connection stealing; ftplib does not do it by itself.
-    """
+    """Data connections resume the control connection's TLS session, which many servers require
+    (vsftpd ``require_ssl_reuse``) and ftplib does not do by itself."""
 
     def ntransfercmd(self, cmd: str, rest: int | str | None = None) -> tuple[socket.socket, int | None]:
         conn, size = ftplib.FTP.ntransfercmd(self, cmd, rest)
@@ -82,9 +66,7 @@ def _parse_mdtm(reply: str) -> datetime | None:
 
 
 class FtpsDeliverer(RemoteDeliverer):
-    """Passive mode only, and the address the server announces for data connections is ignored in
-    favour of the control connection's (ftplib's default): servers behind NAT often announce a
-    private address that would be unreachable from here."""
+    """Passive mode, ignoring the announced data address: servers behind NAT announce a private one."""
 
     scheme = "ftps"
 
@@ -98,8 +80,6 @@ class FtpsDeliverer(RemoteDeliverer):
         self._verify_tls = verify_tls
         self._ftp: _FtpTls | None = None
 
-    # ------------------------------------------------------------------ descriptions
-
     def describe(self) -> str:
         if not self._verify_tls:
             trust = "certificate NOT verified (verify_tls = false)"
@@ -111,8 +91,6 @@ class FtpsDeliverer(RemoteDeliverer):
             f"FTPS (explicit TLS) to {self._username}@{self._host} port {self._port}, "
             f"directory {self._remote_dir}; login with password; {trust}"
         )
-
-    # ------------------------------------------------------------------ connection
 
     def _context(self) -> ssl.SSLContext:
         try:
@@ -192,7 +170,6 @@ class FtpsDeliverer(RemoteDeliverer):
             raise DeliveryError(f"cannot start TLS ({self._reason(exc)})", where=server) from None
 
     def _log_in(self, ftp: _FtpTls) -> None:
-        """Log in, then the encrypted binary data channel every transfer needs."""
         server = self._server
         try:
             ftp.login(self._username, self._password)
@@ -215,8 +192,7 @@ class FtpsDeliverer(RemoteDeliverer):
 
     @contextmanager
     def _failing_as(self, what: str, where: str, refused_hint: str = "") -> Iterator[None]:
-        """Any FTP failure of the block as one `DeliveryError` saying ``what`` and the server's
-        reason; a refusal (a 5xx reply) also gets ``refused_hint``."""
+        """A refusal (5xx) also gets ``refused_hint``."""
         try:
             yield
         except _FTP_ERRORS as exc:
@@ -235,8 +211,6 @@ class FtpsDeliverer(RemoteDeliverer):
             pass
         finally:
             ftp.close()
-
-    # ------------------------------------------------------------------ primitives
 
     @property
     def _session(self) -> _FtpTls:
@@ -261,10 +235,9 @@ class FtpsDeliverer(RemoteDeliverer):
             except ftplib.Error as exc:
                 raise self._error(exc, f"cannot upload {local.name}", remote_name) from None
             except (OSError, EOFError) as exc:
-                # the data connection broke: the server's reply on the control connection says why
-                # (e.g. "426 No space left on device"), and reading it keeps the next commands in step
+                # the control connection's reply says why ("426 No space left"); reading it keeps it in step
                 reply = self._pending_reply()
-                if reply is None:  # no word from the server either: the connection itself broke
+                if reply is None:
                     raise DeliveryInterrupted(
                         f"cannot upload {local.name}: the connection to the server broke ({self._reason(exc)})",
                         where=self._location(remote_name),

@@ -1,10 +1,4 @@
-"""A directory on this machine (or a mounted share) as the file transfer location.
-
-Useful when the Actito transfer location is mounted locally, and for trying the job end to end
-without a server. The same rules apply as for remote locations: write beside the final name,
-flush to disk, then ``os.replace`` — a rename within one directory is atomic on POSIX file
-systems, so a reader sees the old file or the new one, never a half-written one.
-"""
+"""A directory on this machine (or a mounted share) as the file transfer location."""
 
 from __future__ import annotations
 
@@ -49,7 +43,6 @@ class LocalDeliverer(Deliverer):
             raise DeliveryError(f"the delivery directory is a symbolic link (to {os.readlink(self._path)})",
                                 where=str(self._path),
                                 hint=f"set the location's path to the real directory, {self._path.resolve()}")
-        # created on demand (private) so that a fresh installation works without a manual mkdir
         try:
             self._path.mkdir(mode=0o700, parents=True, exist_ok=True)
         except OSError as exc:
@@ -100,7 +93,7 @@ class LocalDeliverer(Deliverer):
         self._sync_directory()
 
     def _sync_directory(self) -> None:
-        """Make the rename itself durable; not possible everywhere (Windows, some network shares)."""
+        """Not possible everywhere (Windows, some network shares)."""
         try:
             fd = os.open(self._path, os.O_RDONLY)
         except OSError:
@@ -116,7 +109,7 @@ class LocalDeliverer(Deliverer):
         try:
             os.remove(self._path / remote_name)
         except FileNotFoundError:
-            pass  # already gone is what we wanted
+            pass
         except OSError as exc:
             raise DeliveryError(
                 f"cannot remove {remote_name} ({exc.strerror})", where=str(self._path), hint=_hint(exc)

@@ -1,11 +1,6 @@
-"""SFTP file transfer location (the usual way to reach Actito's file transfer server).
-
-The server's host key is checked against a known_hosts file unless the configuration explicitly
-says not to: audience files are personal data, and an unchecked host key would hand them to
-whoever can intercept the connection. Files are renamed into place with the OpenSSH
-``posix-rename`` extension, which replaces the old file atomically; servers without it get a
-remove-then-rename, where a reader may briefly see no file but never a partial one.
-"""
+"""SFTP file transfer location. The host key is always checked unless explicitly disabled: audience
+files are personal data. Servers without ``posix-rename`` get remove-then-rename, where a reader may
+briefly see no file but never a partial one."""
 
 from __future__ import annotations
 
@@ -61,8 +56,7 @@ def _fingerprint(key: paramiko.PKey) -> str:
 
 
 class SftpDeliverer(RemoteDeliverer):
-    """Only the credentials and known_hosts file given are used — never an SSH agent or the keys in
-    ``~/.ssh`` — so that a run behaves the same on a laptop, a server and in a container."""
+    """Never an SSH agent or ``~/.ssh`` keys, so a run behaves the same on a laptop and in a container."""
 
     scheme = "sftp"
 
@@ -82,8 +76,6 @@ class SftpDeliverer(RemoteDeliverer):
         self._sftp: paramiko.SFTPClient | None = None
         #: None until the first rename tells whether the server has posix-rename
         self._posix_rename: bool | None = None
-
-    # ------------------------------------------------------------------ descriptions
 
     @property
     def _hostkey_name(self) -> str:
@@ -105,8 +97,6 @@ class SftpDeliverer(RemoteDeliverer):
             f"SFTP to {self._username}@{self._host} port {self._port}, directory {self._remote_dir}; "
             f"login with {' and '.join(auth) or 'no credentials'}; {trust}"
         )
-
-    # ------------------------------------------------------------------ connection
 
     def _open(self) -> None:
         client = paramiko.SSHClient()
@@ -130,7 +120,7 @@ class SftpDeliverer(RemoteDeliverer):
             if self._known_hosts_given:
                 raise DeliveryError("the known_hosts file does not exist", where=str(self._known_hosts),
                                     hint=f"create it with the server's key: {self._keyscan_command()}")
-            return  # the default file may legitimately be absent: the key is then unknown, said below
+            return  # the default file may be absent: the key is then reported unknown
         try:
             # into the client's own key set, not load_host_keys(): that one would also write back to the file
             client.get_host_keys().load(str(self._known_hosts))
@@ -183,7 +173,6 @@ class SftpDeliverer(RemoteDeliverer):
                 username=self._username,
                 password=self._password,
                 pkey=pkey,
-                # only what the configuration says: an agent or ~/.ssh keys would make runs depend on the host
                 allow_agent=False,
                 look_for_keys=False,
                 timeout=self._timeout,
@@ -195,7 +184,6 @@ class SftpDeliverer(RemoteDeliverer):
             raise self._login_failure(exc, pkey) from None
 
     def _login_failure(self, exc: Exception, pkey: paramiko.PKey | None) -> DeliveryError:
-        """What a failed ``connect`` means for the user: the host key, the login, or the server."""
         if isinstance(exc, (_UnknownHostKey, paramiko.BadHostKeyException)):
             return self._host_key_failure(exc)
         if isinstance(exc, paramiko.BadAuthenticationType):
@@ -267,8 +255,6 @@ class SftpDeliverer(RemoteDeliverer):
         if client is not None:
             client.close()
 
-    # ------------------------------------------------------------------ primitives
-
     @property
     def _session(self) -> paramiko.SFTPClient:
         if self._sftp is None:
@@ -293,7 +279,6 @@ class SftpDeliverer(RemoteDeliverer):
         return DeliveryError(f"{what} ({self._reason(exc)})", where=where)
 
     def _connection_broke(self, exc: BaseException) -> bool:
-        """A dropped link or a dead session, as opposed to an SFTP status the server answered with."""
         if isinstance(exc, (EOFError, paramiko.SSHException, ConnectionError, TimeoutError)):
             return True
         transport = self._client.get_transport() if self._client is not None else None
@@ -348,7 +333,7 @@ class SftpDeliverer(RemoteDeliverer):
             self._session.remove(self._path(remote_name))
         except (OSError, EOFError, paramiko.SSHException) as exc:
             if getattr(exc, "errno", None) == errno.ENOENT:
-                return  # already gone is what we wanted
+                return
             raise self._io_error(exc, f"cannot remove {remote_name}", self._location(remote_name)) from None
 
     def _modified_files(self, wanted: Callable[[str], bool]) -> Iterator[tuple[str, datetime]]:
@@ -367,11 +352,7 @@ class SftpDeliverer(RemoteDeliverer):
 
 
 def _unsupported(exc: OSError) -> bool:
-    """Whether a failed posix-rename means "extension unknown" rather than "rename failed".
-
-    paramiko drops the SFTP status code of anything but ENOENT/EACCES and keeps only the server's
-    text, so the server's wording is all there is to go on.
-    """
+    """"Extension unknown" vs "rename failed": paramiko keeps only the server's text, not the status code."""
     if exc.errno is not None:
         return False
     text = str(exc).lower()

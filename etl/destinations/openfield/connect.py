@@ -1,10 +1,5 @@
-"""From a configured OpenField destination to a connected client.
-
-``environment = "sandbox"`` talks to the project's OpenField sandbox (``etl.testing``, loaded only
-then), started in this process on first use and stopped (its profiles saved to
-``<state_dir>/openfield-sandbox/state.json``) at exit, so the demo needs no OpenField account and
-one run's profiles are there for the next.
-"""
+"""From a configured OpenField destination to a connected client; ``environment = "sandbox"`` starts an
+in-process sandbox whose profiles persist between runs."""
 
 from __future__ import annotations
 
@@ -21,7 +16,6 @@ def sandbox_state_file(config: Config) -> Path:
 
 
 def in_process_sandbox_url(config: Config, destination: OpenFieldDestination, password: str) -> str:
-    """The URL of this process's OpenField sandbox for the configuration, started on first use, stopped at exit."""
     return openfield_sandbox_url(
         sandbox_state_file(config), tenant_id=destination.tenant_id, application_id=destination.application_id,
         username=destination.username, password=password, routes=destination.routes.model_dump(),
@@ -33,8 +27,7 @@ def open_client(config: Config, destination_name: str) -> OpenFieldClient:
     password = destination.password.get_secret_value() if destination.password else OPENFIELD_SANDBOX_PASSWORD
     url = in_process_sandbox_url(config, destination, password) if destination.environment == "sandbox" else destination.url
     assert url is not None  # validated: url, or environment = "sandbox"
-    # one set of limits per tenant, shared by every run of this process and, through the ledger's
-    # slots, by every process: the first destination of a tenant sets them
+    # one set of limits per tenant: the first destination of a tenant sets them
     licence = licence_for(
         config, service="OpenField", url=url, account=destination.tenant_id,
         max_in_flight=destination.max_concurrency, calls_per_minute=destination.calls_per_minute,
