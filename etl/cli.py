@@ -216,9 +216,9 @@ def _schedule(args: argparse.Namespace) -> int:
 def _validate(config: Config, args: argparse.Namespace) -> int:
     if args.connect:
         _check_queries(config)
-    print(f"{config.source}: ok — {len(config.activations)} activations, "
-          f"{len(config.destinations)} destinations, {len(config.warehouses)} warehouses"
-          + (", every query planned by its warehouse" if args.connect else ""))
+    counted = ", ".join(f"{len(items)} {noun}{'' if len(items) == 1 else 's'}" for noun, items in (
+        ("activation", config.activations), ("destination", config.destinations), ("warehouse", config.warehouses)))
+    print(f"{config.source}: ok — {counted}" + (", every query planned by its warehouse" if args.connect else ""))
     return EXIT_OK
 
 
