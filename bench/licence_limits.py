@@ -45,11 +45,17 @@ from etl.testing.actito.server import ActitoSandbox  # noqa: E402  (this checkou
 
 #: the scheduler as `audience-sync schedule` runs it, logging JSON lines
 DRIVER = """
-import logging, sys
+import inspect, logging, sys
 from pathlib import Path
 from etl.logs import configure_logging
-from etl.runtime.scheduler import main
+try:
+    from etl.runtime.scheduler import main
+except ImportError:  # a --source from before the runtime package
+    from etl.scheduler import main
 configure_logging("json", logging.INFO)
+if "job_for" in inspect.signature(main).parameters:  # the CLI hands the scheduler its jobs
+    from jobs import job_for
+    sys.exit(main(Path(sys.argv[1]), job_for, preview=False))
 sys.exit(main(Path(sys.argv[1]), preview=False))
 """
 GENERATOR_SQL = """WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < :rows)

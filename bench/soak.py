@@ -41,7 +41,9 @@ from servers import PASSWORD, FtpsBehaviour, FtpsServer, SftpBehaviour, SftpServ
 
 from etl.destinations.filedrop.base import Deliverer  # noqa: E402
 from etl.destinations.licence import IDLE_SECONDS  # noqa: E402
+from etl.ops.announce import announce  # noqa: E402
 from etl.runtime.scheduler import Scheduler  # noqa: E402
+from jobs import job_for  # noqa: E402
 from etl.runtime.ledger import StateStore  # noqa: E402
 from etl.testing.actito.server import ActitoSandbox  # noqa: E402
 from etl.testing.loopback import FaultStatus  # noqa: E402
@@ -230,7 +232,7 @@ def soak(runs: int, *, seed: int, checkpoints: Sequence[int], root: Path) -> Rep
     report = Report(runs)
     began = time.perf_counter()
     with servers(root / "servers") as found, PoolWatch() as pools:
-        scheduler = Scheduler(write_project(root / "project", found))
+        scheduler = Scheduler(write_project(root / "project", found), job_for, finishers=(announce,))
         scheduler.start(paused=True)
         ledger = StateStore.in_directory(root / "project" / "var" / "state")
         faults = found.faults()
