@@ -10,6 +10,7 @@ import; and a fresh interpreter that loads the whole runtime must have loaded no
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import tomllib
@@ -32,12 +33,12 @@ def _exceptions() -> list[str]:
     return [hook for contract in _contracts() for hook in contract.get("ignore_imports", [])]
 
 
-def lint_imports(config: Path) -> subprocess.CompletedProcess[str]:
-    """``lint-imports`` of this interpreter's environment on ``config``, over this checkout's packages."""
+def lint_imports(config: Path, tree: Path = REPO) -> subprocess.CompletedProcess[str]:
+    """``lint-imports`` of this interpreter's environment on ``config``, over the packages of ``tree``."""
     command = Path(sys.executable).with_name("lint-imports")
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tree), os.environ.get("PYTHONPATH", "")])}
     return subprocess.run([str(command), "--no-cache", str(config)], capture_output=True, text=True, timeout=300,
-                          cwd=REPO, env=env)
+                          cwd=tree, env=env)
 
 
 def test_the_shipped_contracts_are_kept() -> None:
@@ -58,6 +59,25 @@ def test_without_an_exception_the_linter_fails_and_names_the_import(hook: str, t
     importer, imported = (side.strip() for side in hook.split("->"))
     assert "BROKEN" in done.stdout
     assert f"{importer} -> {imported}" in done.stdout, done.stdout
+
+
+@pytest.mark.parametrize(("module", "upward", "contract"), [
+    ("etl/runtime/runs.py", "etl.ops.alerts", "Layers"),
+    ("etl/extract/engine.py", "etl.testing.demo", "The runtime never imports the test doubles"),
+    ("etl/destinations/openfield/client.py", "etl.destinations.actito.tables", "The destinations are independent"),
+    ("jobs/audience.py", "etl.destinations.filedrop.factory", "Jobs reach a destination through its protocol"),
+])
+def test_an_import_against_the_rules_breaks_its_contract(module: str, upward: str, contract: str, tmp_path: Path) -> None:
+    """The rules bite on the code too: one import against them, added to a copy of the tree, fails the linter."""
+    for package in ("etl", "jobs"):
+        shutil.copytree(REPO / package, tmp_path / package, ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(PYPROJECT, tmp_path / "pyproject.toml")
+    target = tmp_path / module
+    target.write_text(target.read_text("utf-8") + f"\nimport {upward}  # noqa\n", "utf-8")
+    done = lint_imports(tmp_path / "pyproject.toml", tree=tmp_path)
+    assert done.returncode == 1, done.stdout + done.stderr
+    broken = done.stdout.split("Broken contracts", 1)[-1]
+    assert contract in broken and upward in broken, done.stdout
 
 
 def test_the_runtime_loads_no_test_double() -> None:
