@@ -11,14 +11,14 @@ from etl.version import __version__
 
 if TYPE_CHECKING:
     from etl.config import Config, load_config
-    from etl.errors import AudienceSyncError, ConfigError, LeaseLost, LockBusy, StateError, UsageError
+    from etl.errors import AudienceSyncError, ConfigError, Fatal, Retriable, LeaseLost, LockBusy, StateError, UsageError
     from etl.runtime.ledger import RunRecord, StateStore, open_store
     from etl.runtime.results import Delivery, RunResults, RunStatus
     from etl.runtime.runs import Finisher, JobBody, RunContext, RunOutcome, execute
 
 _MODULES = {
     "etl.config": ("Config", "load_config"),
-    "etl.errors": ("AudienceSyncError", "ConfigError", "UsageError", "StateError", "LockBusy", "LeaseLost"),
+    "etl.errors": ("AudienceSyncError", "Fatal", "Retriable", "ConfigError", "UsageError", "StateError", "LockBusy", "LeaseLost"),
     "etl.runtime.ledger": ("StateStore", "RunRecord", "open_store"),
     "etl.runtime.results": ("RunStatus", "RunResults", "Delivery"),
     "etl.runtime.runs": ("execute", "RunContext", "RunOutcome", "JobBody", "Finisher"),

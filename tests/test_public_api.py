@@ -16,7 +16,7 @@ REPO = Path(__file__).resolve().parent.parent
 STABLE_NAMES = [
     "__version__",
     "Config", "load_config",
-    "AudienceSyncError", "ConfigError", "UsageError", "StateError", "LockBusy", "LeaseLost",
+    "AudienceSyncError", "Fatal", "Retriable", "ConfigError", "UsageError", "StateError", "LockBusy", "LeaseLost",
     "StateStore", "RunRecord", "open_store",
     "RunStatus", "RunResults", "Delivery",
     "execute", "RunContext", "RunOutcome", "JobBody", "Finisher",
