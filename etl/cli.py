@@ -148,6 +148,7 @@ def _add_tool_commands(command: _Command) -> None:
 
 
 def _at_least_zero(text: str) -> int:
+    """A negative count would slice rows from the end: refused by argparse, with exit 2."""
     try:
         number = int(text)
     except ValueError:
@@ -450,6 +451,7 @@ def _preview(config: Config, args: argparse.Namespace) -> int:
 
 
 def _print_reasons(title: str, by_reason: dict[str, int], examples: dict[str, str] | None = None) -> None:
+    """Most frequent first; a reason whose value was generalised to '…' shows the first value refused for it."""
     if not by_reason:
         return
     print(title)
@@ -475,7 +477,7 @@ def _preview_rows(config: Config, args: argparse.Namespace) -> int:
         return EXIT_OK
     duplicates = f", {counts['duplicates']:,} of them duplicates" if counts["duplicates"] else ""
     unchanged = (f"; {counts['unchanged']:,} unchanged since the last run" if result.compared else
-                 "; none sent before, so every row counts as new")
+                 "; not compared with an earlier run: every row kept would be sent")
     print(f"{name} → {result.where}: {counts['to_send']:,} rows would be sent ({counts['extracted']:,} read, "
           f"{counts['rejected']:,} refused{duplicates}{unchanged})")
     print("mapped columns:")
