@@ -82,9 +82,11 @@ def _add_run_commands(command: _Command) -> None:
     run.add_argument("--dry-run", action="store_true", help="write the files locally, deliver nothing")
     run.add_argument("--force", action="store_true", help="deliver even if a safety guard (max_shrink) objects")
 
-    preview = command("preview", "counts and first identifiers of an audience, nothing written")
+    preview = command("preview", "what a run would deliver, nothing sent or written: an audience's counts and "
+                                 "first identifiers; an import's mapped columns, rows refused by reason, first rows")
     preview.add_argument("name", metavar="NAME")
-    preview.add_argument("--limit", type=int, default=10, help="identifiers to show (default 10)")
+    preview.add_argument("--limit", type=_at_least_zero, metavar="N",
+                         help="identifiers (default 10) or mapped rows (default 5) to show")
 
     validate = command("validate", "check the configuration and report every problem")
     validate.add_argument("--connect", action="store_true",
@@ -143,6 +145,17 @@ def _add_tool_commands(command: _Command) -> None:
     sandbox.add_argument("--state-file", help="keep the sandbox's profiles, records and imports in this JSON file")
     sandbox.add_argument("--latency-seconds", type=float, default=0.0,
                          help="how long each API request takes to answer, as a real Actito's do (default 0)")
+
+
+def _at_least_zero(text: str) -> int:
+    """A negative count would slice rows from the end: refused by argparse, with exit 2."""
+    try:
+        number = int(text)
+    except ValueError:
+        number = -1
+    if number < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a count (0 or more)")
+    return number
 
 
 def _date(text: str) -> date:
@@ -419,9 +432,11 @@ def _where_it_went(outcome: RunOutcome) -> str:
 def _preview(config: Config, args: argparse.Namespace) -> int:
     from jobs import audience
 
-    name, limit, json_output = args.name, args.limit, args.log_format == "json"
-    _require(config, [name], kind="audience")
-    result = audience.preview(config, name, sample_size=limit)
+    name, json_output = args.name, args.log_format == "json"
+    _require(config, [name])
+    if config.activations[name].kind != "audience":
+        return _preview_rows(config, args)
+    result = audience.preview(config, name, sample_size=10 if args.limit is None else args.limit)
     counts = vars(result.counts)
     if json_output:
         print(json.dumps({"activation": name, **counts, "sample": result.sample,
@@ -431,11 +446,56 @@ def _preview(config: Config, args: argparse.Namespace) -> int:
           f"({counts['extracted']:,} rows read, {counts['rejected']:,} rejected, {counts['duplicates']:,} duplicates)")
     for value in result.sample:
         print(f"  {value}")
-    if result.rejected_by_reason:
-        print("not kept, by reason:")
-        width = max(len(f"{count:,}") for count in result.rejected_by_reason.values())
-        for reason, count in result.rejected_by_reason.items():
-            print(f"  {count:>{width},}  {reason}")
+    _print_reasons("not kept, by reason:", result.rejected_by_reason)
+    return EXIT_OK
+
+
+def _print_reasons(title: str, by_reason: dict[str, int], examples: dict[str, str] | None = None) -> None:
+    """Most frequent first; a reason whose value was generalised to '…' shows the first value refused for it."""
+    if not by_reason:
+        return
+    print(title)
+    width = max(len(f"{count:,}") for count in by_reason.values())
+    for reason, count in by_reason.items():
+        example = (examples or {}).get(reason)
+        print(f"  {count:>{width},}  {reason}" + (f"  [first: {example!r}]" if example and "'…'" in reason else ""))
+
+
+def _preview_rows(config: Config, args: argparse.Namespace) -> int:
+    """An import activation: mapped columns, what would be sent and refused, and the first rows as mapped."""
+    from jobs import profiles
+
+    name = args.name
+    result = profiles.preview(config, name, sample_size=5 if args.limit is None else args.limit)
+    counts = result.counts
+    if args.log_format == "json":
+        print(json.dumps({"activation": name, "kind": config.activations[name].kind, "where": result.where,
+                          "columns": [vars(column) for column in result.columns], "not_sent": result.not_sent,
+                          **counts, "compared_with_last_run": result.compared, "sample": result.sample,
+                          "rejected_by_reason": result.rejected_by_reason, "examples": result.examples},
+                         default=str))
+        return EXIT_OK
+    duplicates = f", {counts['duplicates']:,} of them duplicates" if counts["duplicates"] else ""
+    unchanged = (f"; {counts['unchanged']:,} unchanged since the last run" if result.compared else
+                 "; not compared with an earlier run: every row kept would be sent")
+    print(f"{name} → {result.where}: {counts['to_send']:,} rows would be sent ({counts['extracted']:,} read, "
+          f"{counts['rejected']:,} refused{duplicates}{unchanged})")
+    print("mapped columns:")
+    targets = [f"subscription {c.target!r}" if c.role == "subscription" else c.target for c in result.columns]
+    width = max((len(column.source) for column in result.columns), default=0)
+    target_width = max(map(len, targets), default=0)
+    for column, target in zip(result.columns, targets):
+        print(f"  {column.source:<{width}} → {target:<{target_width}}  {column.rule}"
+              + ("  (key)" if column.role == "key" else ""))
+    if result.not_sent:
+        print(f"not sent: {', '.join(result.not_sent)}")
+    _print_reasons("refused, by reason:", result.rejected_by_reason, result.examples)
+    if result.sample:
+        print(f"first {len(result.sample)} rows as mapped:")
+        for row in result.sample:
+            print("  " + "  ".join(f"{key}={value}" for key, value in row.items() if value is not None))
+    print("preview only: nothing was sent, written or recorded (rows the destination itself would refuse, such as "
+          "a profile it does not know, show only when a run sends them)")
     return EXIT_OK
 
 

@@ -20,6 +20,7 @@ if TYPE_CHECKING:  # the vendors' light modules (errors, payloads) import this p
     from etl.files import RejectWriter, WrittenFile
     from etl.runtime.runs import RunContext
     from etl.transform.delta import RowFormat, RowSnapshot, Staged
+    from etl.transform.mapping import Mapping
     from etl.transform.members import MemberDiff, MemberSnapshot
 
 
@@ -35,6 +36,9 @@ class RowDestination(Destination, Protocol):
 
     def preflight(self, context: RunContext, columns: list[str]) -> RowFormat:
         """Check credentials, table and every mapped column before a row is read."""
+
+    def mapping(self) -> Mapping:
+        """After preflight: which column feeds which field, by which rule (what `preview` shows)."""
 
     def recover(self, context: RunContext, snapshot_path: Path | None) -> None:
         """Resolve what earlier runs left in flight; rows they got through go into the snapshot."""

@@ -367,6 +367,10 @@ class ActitoImports:
         return _TableRows(self._mapping, fingerprint([self._table.id, target.mode, target.empty_values,
                                                       self._mapping]), where)
 
+    def mapping(self) -> Mapping:
+        assert self._mapping is not None  # after preflight
+        return self._mapping
+
     def recover(self, context: RunContext, snapshot_path: Path | None) -> None:
         with context.step("recover"):
             recover_earlier_runs(context, self._client, self._plan.target.timeout_seconds,

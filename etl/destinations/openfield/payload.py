@@ -100,6 +100,11 @@ class PayloadBuilder:
         self._source = {field.target: field.source for field in self._mapping.fields}
         self._services = [(s.column, s.source, s.subscription) for s in self._mapping.subscriptions]
 
+    @property
+    def mapping(self) -> RowMapping:
+        """Which column feeds which field before the conversions to OpenField's formats."""
+        return self._mapping
+
     def fingerprint_parts(self) -> list[object]:
         """What changes every payload when it changes (so the delta snapshot starts over)."""
         return [self._mapping, self.match_on, self.party_version, self.language]

@@ -31,6 +31,7 @@ from etl.runtime.ledger import open_store
 from etl.runtime.results import Delivery
 from etl.runtime.runs import RunContext
 from etl.transform.delta import MappedRows, RowSnapshot, Staged, fingerprint
+from etl.transform.mapping import Mapping as RowMapping
 
 #: requests one profile costs: find, then create or update
 REQUESTS_PER_PROFILE = 2
@@ -60,6 +61,7 @@ class OpenFieldProfiles:
     def __init__(self, config: Config, name: str) -> None:
         self._activation = config.activation_of(name, ProfilesActivation)
         self._destination = config.destination_of(self._activation.destination, OpenFieldDestination)
+        self._builder: PayloadBuilder | None = None
 
     def preflight(self, context: RunContext, columns: list[str]) -> _Payloads:
         destination, activation = self._destination, self._activation
@@ -69,8 +71,13 @@ class OpenFieldProfiles:
             where=str(context.config.path(activation.sql)),
         )
         context.details.update(openfield=destination.tenant_id, dropped_columns=builder.dropped)
+        self._builder = builder
         return _Payloads(builder, fingerprint(["openfield", destination.tenant_id, destination.application_id,
                                                activation.mode, *builder.fingerprint_parts()]))
+
+    def mapping(self) -> RowMapping:
+        assert self._builder is not None  # after preflight
+        return self._builder.mapping
 
     def recover(self, context: RunContext, snapshot_path: Path | None) -> None:
         """Nothing is left in flight: each profile that landed was put in the snapshot as it landed."""
