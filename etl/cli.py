@@ -335,7 +335,7 @@ def _run(config: Config, args: argparse.Namespace) -> int:
             outcome = execute(
                 config, store, name, kind, job_for(kind),
                 dry_run=args.dry_run, progress=progress.update if progress else None, stop=stop, force=args.force,
-                finishers=(announce,),
+                finishers=(announce,), shown=not json_output,
             )
             if progress:
                 progress.clear()
@@ -403,10 +403,18 @@ def _summary(outcomes: Sequence[RunOutcome]) -> str:
     notes = []
     for o in outcomes:
         if o.error:
-            notes.append(f"✗ {o.activation}: {o.error}")
+            notes.append(_failure(o.activation, o.error))
         elif o.ok:
             notes.append(f"✓ {o.activation}: {_where_it_went(o)}  (rejects: {o.details.get('rejects_file')})")
     return text + ("\n\n" + "\n".join(notes) if notes else "")
+
+
+def _failure(activation: str, error: str) -> str:
+    """The one place a failed run's error is printed on a terminal: what happened where, then what to do."""
+    what, dash, hint = error.rpartition(" — ")
+    if not dash:
+        what, hint = error, ""
+    return f"✗ {activation} failed: {what}" + (f"\n    → {hint}" if hint else "")
 
 
 def _where_it_went(outcome: RunOutcome) -> str:
