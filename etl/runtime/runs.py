@@ -160,8 +160,8 @@ def execute(
 ) -> RunOutcome:
     """Finishers are not called for a run that found the lock taken; never raises for a failed run.
 
-    ``shown``: the caller prints the outcome itself (``run`` on a terminal), so a failure is logged at INFO
-    (seen with -v), not said twice; the scheduler and JSON logs keep it as an error record."""
+    ``shown``: the caller prints the outcome itself (``run`` on a terminal), so its error is not logged too:
+    said once. The scheduler and JSON logs keep it as an error record."""
     started_at = now or datetime.now(UTC)
     run_id = new_run_id(started_at)
     ttl = timedelta(minutes=config.settings.lock_ttl_minutes)
