@@ -379,11 +379,17 @@ class _Progress:
             self.width = 0
 
 
+#: what a run's JSON line adds to the ledger's columns: after it, the audience's size (``members``) and
+#: its changes, so rows_delivered (what this run delivered) is never read as the size
+_JSON_DETAILS = ("members", "entered", "left", "unchanged", "refused_by_actito")
+
+
 def _outcome_json(outcome: RunOutcome) -> dict[str, Any]:
     return {
         "event": "run_finished", "activation": outcome.activation, "run_id": outcome.run_id,
         "status": outcome.status, "dry_run": outcome.dry_run, "duration_s": outcome.duration_s,
         **outcome.results, "error": outcome.error,
+        **{key: outcome.details[key] for key in _JSON_DETAILS if key in outcome.details},
         "files": outcome.details.get("files", []), "rejects_file": outcome.details.get("rejects_file"),
     }
 
