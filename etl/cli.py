@@ -381,7 +381,7 @@ class _Progress:
 
 #: what a run's JSON line adds to the ledger's columns: after it, the audience's size (``members``) and
 #: its changes, so rows_delivered (what this run delivered) is never read as the size
-_JSON_DETAILS = ("members", "entered", "left", "unchanged", "refused_by_actito")
+_JSON_DETAILS = ("members", "entered", "left", "unchanged", "refused_by_actito", "still_refused")
 
 
 def _outcome_json(outcome: RunOutcome) -> dict[str, Any]:
@@ -409,18 +409,10 @@ def _summary(outcomes: Sequence[RunOutcome]) -> str:
     notes = []
     for o in outcomes:
         if o.error:
-            notes.append(_failure(o.activation, o.error))
+            notes.append(f"✗ {o.activation}: {o.error}")  # said here only: the run's log line leaves it out
         elif o.ok:
             notes.append(f"✓ {o.activation}: {_where_it_went(o)}  (rejects: {o.details.get('rejects_file')})")
     return text + ("\n\n" + "\n".join(notes) if notes else "")
-
-
-def _failure(activation: str, error: str) -> str:
-    """The one place a failed run's error is printed on a terminal: what happened where, then what to do."""
-    what, dash, hint = error.rpartition(" — ")
-    if not dash:
-        what, hint = error, ""
-    return f"✗ {activation} failed: {what}" + (f"\n    → {hint}" if hint else "")
 
 
 def _where_it_went(outcome: RunOutcome) -> str:
