@@ -12,9 +12,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from conftest import REPO
+from etl.transform.delta import RowSnapshot
 
 IMPORTS = ("qualifio_profiles", "qualifio_participations", "didomi_consents", "openfield_profiles")
 
@@ -110,3 +114,13 @@ def test_a_failed_run_stays_a_record_in_json_logs(tmp_path: Path) -> None:
     assert logged["message"].startswith("run failed: [warehouses.dwh] url: cannot connect to")
     (finished,) = [json.loads(line) for line in done.stdout.splitlines()]
     assert finished["status"] == "failed" and "[warehouses.dwh] url" in finished["error"]
+
+
+def test_a_row_snapshot_written_before_refusals_were_kept_still_loads(tmp_path: Path) -> None:
+    """An upgrade keeps the last delivery's snapshot: its rows count as accepted, none is sent again."""
+    path = tmp_path / "rows.parquet"
+    keys, rows = np.array([1, 2, 3], np.uint64), np.array([10, 20, 30], np.uint64)
+    pq.write_table(pa.table({"key": keys, "row": rows}).replace_schema_metadata(
+        {b"audience_sync_fingerprint": b"f"}), path)
+    changed, refused = RowSnapshot(path, "f").compare(keys, np.array([10, 21, 30], np.uint64))
+    assert changed.tolist() == [False, True, False] and refused.tolist() == [False, False, False]
