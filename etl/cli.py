@@ -348,7 +348,7 @@ def _run(config: Config, args: argparse.Namespace) -> int:
             outcome = execute(
                 config, store, name, kind, job_for(kind),
                 dry_run=args.dry_run, progress=progress.update if progress else None, stop=stop, force=args.force,
-                finishers=(announce,),
+                finishers=(announce,), shown=not json_output,
             )
             if progress:
                 progress.clear()
@@ -392,11 +392,17 @@ class _Progress:
             self.width = 0
 
 
+#: what a run's JSON line adds to the ledger's columns: after it, the audience's size (``members``) and
+#: its changes, so rows_delivered (what this run delivered) is never read as the size
+_JSON_DETAILS = ("members", "entered", "left", "unchanged", "refused_by_actito", "still_refused")
+
+
 def _outcome_json(outcome: RunOutcome) -> dict[str, Any]:
     return {
         "event": "run_finished", "activation": outcome.activation, "run_id": outcome.run_id,
         "status": outcome.status, "dry_run": outcome.dry_run, "duration_s": outcome.duration_s,
         **outcome.results, "error": outcome.error,
+        **{key: outcome.details[key] for key in _JSON_DETAILS if key in outcome.details},
         "files": outcome.details.get("files", []), "rejects_file": outcome.details.get("rejects_file"),
     }
 
@@ -416,7 +422,7 @@ def _summary(outcomes: Sequence[RunOutcome]) -> str:
     notes = []
     for o in outcomes:
         if o.error:
-            notes.append(f"✗ {o.activation}: {o.error}")
+            notes.append(f"✗ {o.activation}: {o.error}")  # said here only: the run's log line leaves it out
         elif o.ok:
             notes.append(f"✓ {o.activation}: {_where_it_went(o)}  (rejects: {o.details.get('rejects_file')})")
     return text + ("\n\n" + "\n".join(notes) if notes else "")

@@ -15,6 +15,7 @@ from etl.destinations import open_audience
 from etl.errors import GuardStop
 from etl.extract import activation_batches, local_time
 from etl.files import CsvFileWriter, RejectWriter, WrittenFile, final_file_name, write_manifest
+from etl.ops.history import size_after
 from etl.runtime.ledger import open_store
 from etl.runtime.runs import RunContext
 from etl.transform.audience import HEADER, AudienceCleaner, AudienceCounts, CleanBatch
@@ -80,8 +81,17 @@ def run(context: RunContext) -> None:
         if not context.dry_run:
             check_shrink(context, activation, diff.size, diff)
             diff = destination.deliver(context, [f.path for f in written] + [manifest_path], snapshot, diff)
-            context.results["rows_delivered"] = diff.size
+            context.details["members"] = diff.size
+            context.results["rows_delivered"] = _delivered(context, diff, changes_only=destination.wants_members)
         context.delivery = destination.describe(context)
+
+
+def _delivered(context: RunContext, diff: MemberDiff, *, changes_only: bool) -> int:
+    """What this run delivered: a file replaces the whole audience, so all its members; a destination
+    that takes who entered and left (a membership table) only those changes, less what it refused."""
+    if not changes_only:
+        return diff.size
+    return diff.entered + diff.left - int(context.details.get("refused") or 0)
 
 
 def _record_written(
@@ -128,7 +138,7 @@ def check_shrink(context: RunContext, activation: AudienceActivation, size: int,
         last = store.last_success(context.activation)
     finally:
         store.close()
-    previous = last.rows_delivered if last and last.rows_delivered else 0
+    previous = (size_after(last) or 0) if last else 0
     if not previous and size == 0:  # a first audience that is empty is a broken query far more often
         context.details["guard"] = {"name": "empty", "reason": "the audience is empty"}
         raise GuardStop("not delivered: the audience is empty (no row of the query holds a valid identifier)",

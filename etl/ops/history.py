@@ -33,6 +33,18 @@ def count(value: object) -> str:
     return f"{value:,}" if isinstance(value, int) else ""
 
 
+def size_after(record: RunRecord) -> int | None:
+    """What the destination holds after a successful run, which ``rows_delivered`` is not: a membership run
+    delivers who entered and left, a delta import the changed rows. Runs recorded before ``members`` was
+    kept delivered their whole audience, so their ``rows_delivered`` is that size."""
+    members = record.details.get("members")
+    if isinstance(members, int):
+        return members
+    if record.rows_delivered is None:
+        return None
+    return int(record.rows_delivered) + int(record.details.get("unchanged") or 0)
+
+
 def runs_table(records: Sequence[RunRecord]) -> str:
     return table(
         ["run id", "activation", "status", "started (UTC)", "read", "rejected", "delivered", "time", "error"],
@@ -51,18 +63,19 @@ def runs_table(records: Sequence[RunRecord]) -> str:
 
 
 def sizes_table(records: Sequence[RunRecord]) -> str:
-    """Oldest first, with who entered and left: a change of +0 can still be 500 in and 500 out."""
+    """Oldest first: the size after each delivery, with who entered and left (a change of +0 can still be
+    500 in and 500 out)."""
     delivered = [r for r in reversed(records) if r.status == RunStatus.SUCCEEDED and not r.dry_run]
     rows: list[list[object]] = []
     previous: int | None = None
     for record in delivered:
-        size = record.rows_delivered or 0
+        size = size_after(record) or 0
         change = "" if previous is None else f"{size - previous:+,}"
         share = "" if not previous else f"{(size - previous) / previous:+.1%}"
         rows.append([record.activation, f"{record.started_at:%Y-%m-%d %H:%M}", count(size), change, share,
                      count(record.details.get("entered")), count(record.details.get("left"))])
         previous = size
-    return (table(["activation", "run (UTC)", "delivered", "change", "%", "entered", "left"], rows)
+    return (table(["activation", "run (UTC)", "size", "change", "%", "entered", "left"], rows)
             if rows else "no delivered runs yet")
 
 
@@ -100,8 +113,9 @@ def show_run(record: RunRecord, *, rejects_shown: int = 10) -> str:
                      f"{count(execution.get('refused'))} refused by Actito")
     if "entered" in details:
         into = f" (table {details['membership_table']})" if "membership_table" in details else ""
+        now = f"; {count(details['members'])} members now" if "members" in details else ""
         lines.append(f"members    {count(details['entered'])} entered, {count(details['left'])} left "
-                     f"since the last delivery{into}")
+                     f"since the last delivery{into}{now}")
     if details.get("note"):
         lines.append(f"note       {details['note']}")
     lines.extend(_rejects(details.get("rejects_file"), rejects_shown))

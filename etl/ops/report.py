@@ -12,6 +12,7 @@ from pathlib import Path
 from etl.config import Config, Schedule
 from etl.files import replace_text
 from etl.logs import redact
+from etl.ops.history import size_after
 from etl.runtime.ledger import RunRecord, StateStore
 from etl.runtime.results import RunStatus
 from etl.version import __version__
@@ -92,7 +93,7 @@ def _overview_row(config: Config, name: str, anchor: str, recent: list[RunRecord
     activation = config.activations[name]
     last = recent[0] if recent else None
     success = successes[0] if successes else None
-    size = _size(success) if success is not None else None
+    size = size_after(success) if success is not None else None
     disabled = "" if activation.enabled else ' <span class="tag">disabled</span>'
     last_run = _status(last) if last else '<span class="muted">never run</span>'
     last_success = _e(_when(success.started_at)) if success else "—"
@@ -105,13 +106,6 @@ def _overview_row(config: Config, name: str, anchor: str, recent: list[RunRecord
         f"<td data-label=\"Size\" class=\"num\">{_count(size)}</td>"
         "</tr>"
     )
-
-
-def _size(record: RunRecord) -> int | None:
-    """A delta import adds the unchanged rows: a healthy run that sends nothing is not a size of 0."""
-    if record.rows_delivered is None:
-        return None
-    return int(record.rows_delivered) + int(record.details.get("unchanged") or 0)
 
 
 def _section(config: Config, name: str, anchor: str, recent: list[RunRecord], successes: list[RunRecord]) -> str:
@@ -195,7 +189,7 @@ def _schedule(schedule: Schedule | None) -> str:
 
 
 def _chart(name: str, points: Sequence[RunRecord], measure: str) -> str:
-    data = [(record.started_at, size) for record in points if (size := _size(record)) is not None]
+    data = [(record.started_at, size) for record in points if (size := size_after(record)) is not None]
     if not data:
         return "<p class=\"empty\">No successful run yet: nothing to chart.</p>"
     times = [moment.replace(tzinfo=UTC).timestamp() for moment, _ in data]

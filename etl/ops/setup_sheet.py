@@ -10,6 +10,7 @@ from apscheduler.triggers.cron import CronTrigger
 
 from etl.config import AudienceActivation, Config, Destination, FtpsLocation, LocalLocation, SftpLocation, parse_interval
 from etl.files import final_file_name
+from etl.ops.history import size_after
 from etl.runtime.ledger import open_store
 from etl.transform.audience import HEADER
 
@@ -50,7 +51,7 @@ def setup_sheet(config: Config, name: str) -> str:
         "   b. Turn on Expert mode and remove the default 'Profile' module.",
         "   c. Add a module → File → 'Use reference'; pick the file synchronisation of step 2; 'Use the file reference'.",
         f"   d. 'Attribute used to select profiles': {key}.",
-        "   e. Calculate: the count should be close to the last run's delivered rows "
+        "   e. Calculate: the count should be close to the audience size of the last run "
         f"({_last_delivered(config, name)}); then Save.",
     ]
     return "\n".join(lines)
@@ -112,4 +113,5 @@ def _validity(config: Config, name: str) -> str:
 def _last_delivered(config: Config, name: str) -> str:
     with open_store(config) as store:
         last = store.last_success(name)
-    return f"{last.rows_delivered:,}" if last and last.rows_delivered is not None else "no run yet"
+    size = size_after(last) if last else None
+    return f"{size:,}" if size is not None else "no run yet"

@@ -156,8 +156,12 @@ def execute(
     stop: threading.Event | None = None,
     force: bool = False,
     finishers: Sequence[Finisher] = (),
+    shown: bool = False,
 ) -> RunOutcome:
-    """Finishers are not called for a run that found the lock taken; never raises for a failed run."""
+    """Finishers are not called for a run that found the lock taken; never raises for a failed run.
+
+    ``shown``: the caller prints the outcome itself (``run`` on a terminal), so its error is not logged too:
+    said once. The scheduler and JSON logs keep it as an error record."""
     started_at = now or datetime.now(UTC)
     run_id = new_run_id(started_at)
     ttl = timedelta(minutes=config.settings.lock_ttl_minutes)
@@ -169,14 +173,15 @@ def execute(
                                  store=store, lease=lease)
             if progress is not None:
                 context.progress = progress
-            return _run_locked(context, store, kind, body, began, finishers)
+            return _run_locked(context, store, kind, body, began, finishers, shown)
     except LockBusy as busy:
-        log.warning(busy.message(), extra={"fields": {"activation": activation}})
+        if not shown:
+            log.warning(busy.message(), extra={"fields": {"activation": activation}})
         return RunOutcome(activation, None, RunStatus.LOCKED, dry_run, 0.0, RunResults(), {}, busy.message())
 
 
 def _run_locked(context: RunContext, store: StateStore, kind: str, body: JobBody, began: float,
-                finishers: Sequence[Finisher]) -> RunOutcome:
+                finishers: Sequence[Finisher], shown: bool) -> RunOutcome:
     config, activation, run_id, dry_run = context.config, context.activation, context.run_id, context.dry_run
     run_dir, stop = context.run_dir, context.stop
     recovered = mark_dead_runs(store, activation, run_id, run_dir.parent)
@@ -197,8 +202,9 @@ def _run_locked(context: RunContext, store: StateStore, kind: str, body: JobBody
     results = RunResults.from_columns(context.results)
     status, error = _record(context, results, status, error, duration)
     kill_point("recorded")
-    level = logging.INFO if status == RunStatus.SUCCEEDED else logging.ERROR
-    log.log(level, "run %s%s", status, f": {error}" if error else "", extra={"fields": {**fields, **results}})
+    level = logging.INFO if status == RunStatus.SUCCEEDED or shown else logging.ERROR
+    said = f": {error}" if error and not shown else ""
+    log.log(level, "run %s%s", status, said, extra={"fields": {**fields, **results}})
     outcome = RunOutcome(activation, run_id, status, dry_run, duration, results, context.details, error)
     for finish in finishers:
         finish(config, store, outcome)

@@ -1,7 +1,8 @@
 """What a destination already holds, per activation, so a run sends only what changed: Actito imports count
 against a daily quota and OpenField counts every request. The snapshot of row hashes is replaced only with
 what the destination took, so a failed run is sent again; a mapping change invalidates it. A hash
-collision skips one changed row until it changes again."""
+collision skips one changed row until it changes again. A row the destination refused is remembered as
+refused: unchanged, it is not sent again (it would be refused again) but still counted as rejected."""
 
 from __future__ import annotations
 
@@ -42,8 +43,10 @@ class RowSnapshot:
         self.fingerprint = mapping_fingerprint
         self._keys = np.empty(0, np.uint64)
         self._values = np.empty(0, np.uint64)
+        self._refused = np.empty(0, bool)
         self._staged_keys: list[np.ndarray] = []
         self._staged_values: list[np.ndarray] = []
+        self._staged_refused: list[np.ndarray] = []
         self._load()
 
     def __len__(self) -> int:
@@ -58,32 +61,40 @@ class RowSnapshot:
             return  # the mapping changed: everything is new again
         self._keys = table.column("key").to_numpy().astype(np.uint64)
         self._values = table.column("row").to_numpy().astype(np.uint64)
+        self._refused = (table.column("refused").to_numpy(zero_copy_only=False).astype(bool)
+                         if "refused" in table.column_names else np.zeros(len(self._keys), bool))
 
-    def changed(self, keys: np.ndarray, values: np.ndarray) -> np.ndarray:
-        """A mask of the rows to send: keys not seen before, or whose row hash differs."""
+    def compare(self, keys: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Two masks: the rows to send (keys not seen before, or whose row hash differs), and the
+        unchanged rows the destination refused when they were last sent."""
         if not len(self._keys):
-            return np.ones(len(keys), dtype=bool)
+            return np.ones(len(keys), dtype=bool), np.zeros(len(keys), dtype=bool)
         position = np.searchsorted(self._keys, keys)
         position[position == len(self._keys)] = 0
         known = self._keys[position] == keys
-        return ~known | (self._values[position] != values)
+        changed = ~known | (self._values[position] != values)
+        return changed, ~changed & self._refused[position]
 
-    def stage(self, keys: np.ndarray, values: np.ndarray) -> None:
-        """Remember rows sent in this run; they count only once `commit` runs."""
+    def stage(self, keys: np.ndarray, values: np.ndarray, refused: np.ndarray | None = None) -> None:
+        """Remember rows sent in this run, and which of them the destination refused; they count only
+        once `commit` runs."""
         self._staged_keys.append(keys)
         self._staged_values.append(values)
+        self._staged_refused.append(np.zeros(len(keys), bool) if refused is None else refused.astype(bool))
 
     def commit(self) -> None:
         """Merge the staged rows (newest wins) and replace the file atomically."""
         keys = np.concatenate([self._keys, *self._staged_keys])
         values = np.concatenate([self._values, *self._staged_values])
+        refused = np.concatenate([self._refused, *self._staged_refused])
         # keep the last occurrence of each key: reverse, unique (first), map back
         reverse_keys = keys[::-1]
         unique, first = np.unique(reverse_keys, return_index=True)
-        self._keys, self._values = unique, values[::-1][first]
+        self._keys, self._values, self._refused = unique, values[::-1][first], refused[::-1][first]
         self._staged_keys.clear()
         self._staged_values.clear()
-        table = pa.table({"key": self._keys, "row": self._values}).replace_schema_metadata(
+        self._staged_refused.clear()
+        table = pa.table({"key": self._keys, "row": self._values, "refused": self._refused}).replace_schema_metadata(
             {_FINGERPRINT_KEY: self.fingerprint.encode()}
         )
         replace_parquet(self.path, table)
@@ -167,8 +178,9 @@ def stage_changes(
 ) -> Staged:
     """Map every chunk, reject what the destination would refuse, keep the first row of each key
     (as audiences keep the first) and, of those, the rows that changed since the snapshot; ``write``
-    stages them."""
-    counts = {"extracted": 0, "rejected": 0, "unchanged": 0, "sent": 0, "duplicates": 0}
+    stages them. ``rows_rejected`` is the same on every run over the same data: an unchanged row the
+    destination refused before is counted again (and listed), not taken for an unchanged one."""
+    counts = {"extracted": 0, "rejected": 0, "unchanged": 0, "sent": 0, "duplicates": 0, "still_refused": 0}
     staged = Staged()
     seen_keys = SeenHashes()
     for batch in batches:
@@ -178,26 +190,35 @@ def stage_changes(
         rejects.write(mapped.rejects)
         key_hash, row_hash = key_hashes(mapped.keys), row_hashes(mapped.hashed)
         first = seen_keys.add_new(key_hash)
-        duplicates = int((~first).sum())
-        if duplicates:
-            repeated = pa.array(~first)
-            rejects.write(pa.table({
-                "row": mapped.source_rows.filter(repeated),
-                "value": pc.cast(mapped.keys.filter(repeated), pa.string()),
-                "reason": pa.array([f"duplicate {row_format.key_name}: an earlier row has it"] * duplicates,
-                                   pa.string()),
-            }))
-        changed = first & (snapshot.changed(key_hash, row_hash) if snapshot is not None else True)
+        duplicates = _reject(rejects, mapped, ~first, f"duplicate {row_format.key_name}: an earlier row has it")
+        changed, refused = (snapshot.compare(key_hash, row_hash) if snapshot is not None
+                            else (np.ones(len(key_hash), bool), np.zeros(len(key_hash), bool)))
+        changed, refused = first & changed, first & refused
+        still_refused = _reject(rejects, mapped, refused, "refused by the destination when last sent, unchanged "
+                                                          "since: not sent again until it changes")
         mask = pa.array(changed)
         write(mapped.rows.filter(mask))
         staged.add(np.asarray(mapped.source_rows.filter(mask)), mapped.keys.filter(mask).combine_chunks(),
                    key_hash[changed], row_hash[changed])
-        counts["rejected"] += duplicates
+        counts["rejected"] += duplicates + still_refused
         counts["duplicates"] += duplicates
-        counts["unchanged"] += int((first & ~changed).sum())
+        counts["still_refused"] += still_refused
+        counts["unchanged"] += int((first & ~changed & ~refused).sum())
         counts["sent"] = staged.count
         context.tick({**counts, "kept": staged.count})
     context.results.update(rows_extracted=counts["extracted"], rows_rejected=counts["rejected"])
-    context.details.update(unchanged=counts["unchanged"], to_send=staged.count)
+    context.details.update(unchanged=counts["unchanged"], to_send=staged.count, still_refused=counts["still_refused"])
     return staged
 
+
+def _reject(rejects: RejectWriter, mapped: MappedRows, mask: np.ndarray, reason: str) -> int:
+    """Lists the rows of ``mask`` in the reject file with one reason; returns how many."""
+    count = int(mask.sum())
+    if count:
+        chosen = pa.array(mask)
+        rejects.write(pa.table({
+            "row": mapped.source_rows.filter(chosen),
+            "value": pc.cast(mapped.keys.filter(chosen), pa.string()),
+            "reason": pa.array([reason] * count, pa.string()),
+        }))
+    return count

@@ -166,10 +166,12 @@ def import_parts(
     label: str = "",
     staged_hashes: pa.Table | None = None,
     staged_fingerprint: str = "",
+    refused_at: list[int] | None = None,
 ) -> tuple[int, int]:
     """Import each part in turn; return (rows accepted, rows refused by Actito).
 
-    ``staged_hashes`` are saved before the first upload, so a successor can commit what landed if this process dies."""
+    ``staged_hashes`` are saved before the first upload, so a successor can commit what landed if this process dies.
+    ``refused_at`` receives the staged positions of the refused rows, for the snapshot to remember them."""
     source_rows, keys = staged.all_source_rows(), staged.all_keys()
     if staged_hashes is not None:
         stage_sent(context, label, staged_hashes, written, staged_fingerprint)
@@ -195,6 +197,9 @@ def import_parts(
             context.checkpoint("confirmed")
             line_errors = client.report(final.id) if final.status != "SUCCESS" else []
             rejects.write(_report_rejects(line_errors, offset, source_rows, keys))
+            if refused_at is not None:
+                refused_at.extend(offset + error.line - 2 for error in line_errors
+                                  if 0 <= offset + error.line - 2 < len(source_rows))
             rejected += len(line_errors)
             accepted += part.rows - len(line_errors)
             executions.append(_execution_details(final, part, len(line_errors)))
@@ -398,17 +403,21 @@ class ActitoImports:
             context.details["note"] = f"dry run: {len(self._parts)} file(s) written, nothing sent to Actito"
             return
         hashes = staged.hashes()
+        refused_at: list[int] = []
         with context.step("import"):
             accepted, refused = import_parts(
                 context, self._client, self._plan.target, self._table, self._mapping, self._parts, staged,
                 rejects, staged_hashes=hashes if snapshot else None,
-                staged_fingerprint=snapshot.fingerprint if snapshot else "")
+                staged_fingerprint=snapshot.fingerprint if snapshot else "", refused_at=refused_at)
         context.results["rows_delivered"] = accepted
         context.results["rows_rejected"] = context.results.get("rows_rejected", 0) + refused
         context.details["refused_by_actito"] = refused
         if snapshot is not None:
-            # refused rows too: resent unchanged they would be refused again, each costing a daily import
-            snapshot.stage(hashes.column("key").to_numpy(), hashes.column("row").to_numpy())
+            # refused rows too, marked: resent unchanged they would be refused again, each costing a daily
+            # import; the next runs count them as rejected while they stay unchanged
+            flags = np.zeros(hashes.num_rows, bool)
+            flags[refused_at] = True
+            snapshot.stage(hashes.column("key").to_numpy(), hashes.column("row").to_numpy(), refused=flags)
             context.fence()
             snapshot.commit()
             discard_sent(context)
@@ -418,6 +427,8 @@ class ActitoImports:
         sent = f"{details.get('to_send', 0):,} changed rows sent" if not context.dry_run else "dry run, nothing sent"
         if details.get("refused_by_actito"):
             sent += f" ({details['refused_by_actito']:,} refused by Actito, listed in the rejects file)"
+        if details.get("still_refused"):
+            sent += f", {details['still_refused']:,} refused before and unchanged (in the rejects file)"
         return Delivery("actito", f"Actito table '{details['table']}'",
                         f"{sent}, {details.get('unchanged', 0):,} unchanged")
 

@@ -95,7 +95,8 @@ class ActitoMembership:
         if "membership_table" not in details:
             return written_locally("actito", context)
         return Delivery("actito", f"Actito table '{details['membership_table']}'",
-                        f"{details['entered']:,} members entered, {details['left']:,} left")
+                        f"{details['entered']:,} members entered, {details['left']:,} left"
+                        + (f", {details['members']:,} members now" if "members" in details else ""))
 
     def close(self) -> None:
         """The client is opened and closed around the imports."""
