@@ -424,15 +424,8 @@ def _summary(outcomes: Sequence[RunOutcome]) -> str:
         if o.error:
             notes.append(f"✗ {o.activation}: {o.error}")  # said here only: the run's log line leaves it out
         elif o.ok:
-            notes.append(f"✓ {o.activation}: {_where_it_went(o)}  (rejects: {o.details.get('rejects_file')})")
+            notes.append(f"✓ {o.activation}: {o.delivery or 'delivered'}  (rejects: {o.details.get('rejects_file')})")
     return text + ("\n\n" + "\n".join(notes) if notes else "")
-
-
-def _where_it_went(outcome: RunOutcome) -> str:
-    delivery = outcome.delivery
-    if delivery is None:
-        return "delivered"
-    return f"{delivery.where}: {delivery.summary}" if delivery.summary else delivery.where
 
 
 def _preview(config: Config, args: argparse.Namespace) -> int:

@@ -57,6 +57,9 @@ class Delivery:
     where: str
     summary: str
 
+    def __str__(self) -> str:
+        return f"{self.where}: {self.summary}" if self.summary else self.where
+
     def as_details(self) -> dict[str, str]:
         return {"destination": self.destination, "where": self.where, "summary": self.summary}
 
