@@ -97,7 +97,8 @@ def _add_inspect_commands(command: _Command, common: argparse.ArgumentParser) ->
     history = command("history", "recent runs")
     history.add_argument("name", nargs="?", metavar="NAME")
     history.add_argument("--limit", type=int, default=20)
-    history.add_argument("--status", choices=[status.value for status in RunStatus if status != RunStatus.LOCKED])
+    history.add_argument("--status", choices=[status.value for status in RunStatus
+                                                    if status not in (RunStatus.LOCKED, RunStatus.SKIPPED)])
     history.add_argument("--since", type=_date, metavar="YYYY-MM-DD", help="runs started on or after this day (UTC)")
     history.add_argument("--sizes", action="store_true", help="audience size over time, with changes")
 
@@ -331,6 +332,7 @@ def _require(config: Config, names: Sequence[str], *, kind: str | None = None) -
 def _run(config: Config, args: argparse.Namespace) -> int:
     from etl.ops.announce import announce
     from etl.runtime.ledger import open_store
+    from etl.runtime.order import dependencies, run_in_order, skipped
     from etl.runtime.runs import execute
     from jobs import job_for
 
@@ -338,23 +340,27 @@ def _run(config: Config, args: argparse.Namespace) -> int:
                     [n for n, a in config.activations.items() if a.enabled])
     json_output = args.log_format == "json"
     progress = _Progress(sys.stderr) if sys.stderr.isatty() and not json_output else None
-    outcomes: list[RunOutcome] = []
     with open_store(config) as store:
         stop = _stop_on_sigterm()
-        for name in names:
-            if stop.is_set():
-                break
+
+        def told(outcome: RunOutcome) -> RunOutcome:
+            if progress:
+                progress.clear()
+            if json_output:
+                print(json.dumps(_outcome_json(outcome), default=str), flush=True)
+            return outcome
+
+        def one(name: str) -> RunOutcome:
             kind = config.activations[name].kind
-            outcome = execute(
+            return told(execute(
                 config, store, name, kind, job_for(kind),
                 dry_run=args.dry_run, progress=progress.update if progress else None, stop=stop, force=args.force,
                 finishers=(announce,), shown=not json_output,
-            )
-            if progress:
-                progress.clear()
-            outcomes.append(outcome)
-            if json_output:
-                print(json.dumps(_outcome_json(outcome), default=str), flush=True)
+            ))
+
+        outcomes = run_in_order(names, dependencies(config, names), one,
+                                lambda name, reason: told(skipped(name, reason, dry_run=args.dry_run)),
+                                lambda outcome: outcome.status, stop=stop)
     if not json_output:
         print(_summary(outcomes))
     if stop.is_set():
@@ -421,7 +427,9 @@ def _summary(outcomes: Sequence[RunOutcome]) -> str:
     text = table(["activation", "status", "read", "rejected", "duplicates", "delivered", "file", "time"], rows)
     notes = []
     for o in outcomes:
-        if o.error:
+        if o.status == RunStatus.SKIPPED:
+            notes.append(f"– {o.activation}: skipped: {o.error}")
+        elif o.error:
             notes.append(f"✗ {o.activation}: {o.error}")  # said here only: the run's log line leaves it out
         elif o.ok:
             notes.append(f"✓ {o.activation}: {o.delivery or 'delivered'}  (rejects: {o.details.get('rejects_file')})")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import logging
 from pathlib import Path
 from typing import Any
@@ -42,7 +43,7 @@ def cross_check(config: Config, declared: dict[str, set[str]], raw_activations: 
         if isinstance(raw.get("sql"), str):
             params = raw["params"] if isinstance(raw.get("params"), dict) else {}
             problems += _sql_problems(config.path(Path(raw["sql"])), set(params), where, sql_parameters)
-    return problems + _name_overlaps(claims)
+    return problems + _name_overlaps(claims) + _after_problems(config, raw_activations)
 
 
 def _warehouse_problems(config: Config) -> list[Problem]:
@@ -143,3 +144,55 @@ def _sql_parameters(sql_file: Path) -> set[str] | str:
         return bind_parameter_names(sql_file.read_text(encoding="utf-8"))
     except UnicodeDecodeError:
         return f"{sql_file} is not UTF-8 text"
+
+
+def _after_problems(config: Config, raw_activations: dict[str, Any]) -> list[Problem]:
+    """``after`` names existing activations and draws no cycle; naming a disabled one is only said."""
+    graph: dict[str, list[str]] = {}
+    problems: list[Problem] = []
+    for name, raw in raw_activations.items():
+        after = raw.get("after") if isinstance(raw, dict) else None
+        if not isinstance(after, list):
+            continue
+        where = f"[activations.{name}] after"
+        graph[name] = [other for other in after if isinstance(other, str) and other in raw_activations]
+        for other in after:
+            if isinstance(other, str) and other not in raw_activations:
+                close = difflib.get_close_matches(other, list(raw_activations), n=1, cutoff=0.75)
+                hint = f": did you mean {close[0]!r}?" if close else f" (known: {', '.join(sorted(raw_activations))})"
+                problems.append((where, f"no activation {other!r}{hint}"))
+            elif isinstance(other, str) and _disabled(config, other) and not _disabled(config, name):
+                log.warning("%s: %s is disabled (enabled = false), so %s runs without waiting for it",
+                            where, other, name)
+    return problems + [(f"[activations.{cycle[0]}] after", f"{' → '.join(cycle)} is a cycle: none of them could "
+                        "ever start; remove one of these `after`") for cycle in _cycles(graph)]
+
+
+def _disabled(config: Config, name: str) -> bool:
+    activation = config.activations.get(name)
+    return activation is not None and not activation.enabled
+
+
+def _cycles(graph: dict[str, list[str]]) -> list[list[str]]:
+    """Each cycle of ``after`` once, as the path that closes it (``a → b → a``), found by depth-first search."""
+    cycles: list[list[str]] = []
+    done: set[str] = set()
+    for start in graph:
+        path: list[str] = []
+        stack: list[tuple[str, int]] = [(start, 0)]
+        while stack:
+            node, index = stack.pop()
+            if index == 0:
+                if node in done:
+                    continue
+                if node in path:
+                    cycles.append([*path[path.index(node):], node])
+                    continue
+                path.append(node)
+            edges = graph.get(node, [])
+            if index < len(edges):
+                stack += [(node, index + 1), (edges[index], 0)]
+            else:
+                path.pop()
+                done.add(node)
+    return cycles

@@ -156,6 +156,9 @@ class ActivationBase(ConfigModel):
     params: dict[str, ParamValue] = Field(default_factory=dict)
     schedule: Schedule | None = None
     enabled: bool = True
+    #: activations this one runs after when they run together (one `run`, one scheduler slot); it is skipped,
+    #: not run, when one of them did not succeed
+    after: list[str] = Field(default_factory=list)
 
     @field_validator("params", mode="before")
     @classmethod

@@ -9,13 +9,15 @@ from typing import Any
 
 
 class RunStatus(StrEnum):
-    """``locked`` is never written to the ledger: such a run never started."""
+    """``locked`` and ``skipped`` (``after`` an activation that did not succeed) are never written to the
+    ledger: such a run never started."""
 
     RUNNING = "running"
     SUCCEEDED = "succeeded"
     FAILED = "failed"
     INTERRUPTED = "interrupted"
     LOCKED = "locked"
+    SKIPPED = "skipped"
 
 
 @dataclass(frozen=True, eq=False)

@@ -1,0 +1,97 @@
+"""``after``: in one batch of runs (one ``run`` command, one scheduler slot), which activation waits for
+which, in what order they start, and why one is skipped. Activations with no ``after`` between them keep
+running as before: one after the other in a command, side by side in the scheduler."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Mapping, Sequence
+from typing import TypeVar
+
+from etl.config import Config
+from etl.runtime.results import RunResults, RunStatus
+from etl.runtime.runs import RunOutcome
+
+T = TypeVar("T")
+
+#: why a dependent is skipped, by the status its dependency ended with
+_WHY: dict[str, str] = {RunStatus.FAILED: "failed", RunStatus.INTERRUPTED: "was interrupted", RunStatus.SKIPPED: "was skipped",
+        RunStatus.LOCKED: "was running in another process (locked)"}
+
+
+def dependencies(config: Config, names: Sequence[str]) -> dict[str, list[str]]:
+    """Each name's ``after`` among ``names`` only: an activation that is not in the batch is not waited for."""
+    chosen = set(names)
+    return {name: [other for other in dict.fromkeys(config.activations[name].after) if other in chosen and other != name]
+            for name in names}
+
+
+def in_order(names: Sequence[str], after: Mapping[str, Sequence[str]]) -> list[str]:
+    """The names as given, each moved after what it waits for (the configuration refuses cycles)."""
+    pending, placed = list(dict.fromkeys(names)), []
+    while pending:
+        ready = next((n for n in pending if all(d in placed for d in after.get(n, ()))), pending[0])
+        pending.remove(ready)
+        placed.append(ready)
+    return placed
+
+
+def linked(names: Sequence[str], after: Mapping[str, Sequence[str]], name: str) -> list[str]:
+    """``name`` and every activation tied to it by ``after`` in either direction, in order."""
+    group, todo = {name}, [name]
+    while todo:
+        current = todo.pop()
+        for other in names:
+            if other not in group and (other in after.get(current, ()) or current in after.get(other, ())):
+                group.add(other)
+                todo.append(other)
+    return [n for n in in_order(names, after) if n in group]
+
+
+def skip_reason(name: str, after: Mapping[str, Sequence[str]], statuses: Mapping[str, str]) -> str | None:
+    """``after qualifio_profiles, which failed``, or None when every dependency succeeded."""
+    for other in after.get(name, ()):
+        status = statuses.get(other)
+        if status != RunStatus.SUCCEEDED:
+            return f"after {other}, which {_WHY.get(status or '', 'did not finish')}"
+    return None
+
+
+def run_in_order(names: Sequence[str], after: Mapping[str, Sequence[str]], run: Callable[[str], T],
+                 skip: Callable[[str, str], T], status_of: Callable[[T], str], *, parallel: bool = False,
+                 stop: threading.Event | None = None) -> list[T]:
+    """Each name runs once what it waits for ended, or is skipped with the reason; ``parallel``: a thread per
+    name, so that those with no ``after`` between them run side by side. Results in start order; with
+    ``stop`` set, the names not started yet are left out."""
+    order = in_order(names, after)
+    statuses: dict[str, str] = {}
+    results: dict[str, T] = {}
+    ended = {name: threading.Event() for name in order}
+
+    def turn(name: str) -> None:
+        try:
+            for other in after.get(name, ()):
+                ended[other].wait()
+            reason = skip_reason(name, after, statuses)
+            results[name] = skip(name, reason) if reason else run(name)
+            statuses[name] = status_of(results[name])
+        finally:
+            ended[name].set()
+
+    if parallel:
+        threads = [threading.Thread(target=turn, args=(name,), name=f"after-{name}") for name in order]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    else:
+        for name in order:
+            if stop is not None and stop.is_set():
+                break
+            turn(name)
+    return [results[name] for name in order if name in results]
+
+
+def skipped(activation: str, reason: str, *, dry_run: bool) -> RunOutcome:
+    """What a command shows of an activation it did not start; nothing is recorded in the ledger."""
+    return RunOutcome(activation, None, RunStatus.SKIPPED, dry_run, 0.0, RunResults(), {}, reason)
