@@ -40,6 +40,7 @@ from etl.config import Config, Schedule, load_config, parse_interval
 from etl.config import config_path as resolve_config_path
 from etl.errors import AudienceSyncError, ConfigError
 from etl.runtime.ledger import StateStore, open_store
+from etl.runtime.order import dependencies, linked, run_in_order
 from etl.runtime.results import RunStatus
 from etl.runtime.runs import Finisher, JobBody, execute
 
@@ -379,7 +380,8 @@ class Scheduler:
         self.fire(name, scheduled)
 
     def fire(self, name: str, scheduled: datetime) -> None:
-        """Claim the slot and run only if this process claimed it. Never raises for a failed run."""
+        """Claim the slot and run only if this process claimed it. Never raises for a failed run. Activations
+        due at the same instant and tied by ``after`` run as one group, started by the first one's fire."""
         config, store = self.config, self._store
         assert store is not None
         trigger = self._triggers.get(name)
@@ -389,32 +391,76 @@ class Scheduler:
         if activation is None or not activation.enabled or activation.schedule is None:
             log.info("slot %s of %s not started: no longer scheduled", slot, name, extra={"fields": fields})
             return
+        group, after = self._slot_group(config, name, scheduled, slot)
+        leader = next(iter(group))
+        if leader != name:
+            log.info("slot %s of %s: started by the slot of %s, which `after` ties it to", slot, name, leader,
+                     extra={"fields": fields})
+        elif len(group) == 1:
+            self._start(config, store, name, slot)
+        elif self._claim(store, name, slot, fields):  # the leader's claim is the whole group's, across replicas
+            log.info("slot %s: %s run in order (after)", slot, ", ".join(group), extra={"fields": fields})
+            run_in_order(list(group), after,
+                         lambda member: self._start(config, store, member, group[member], claimed=member == name),
+                         lambda member, reason: self._skip(member, group[member], reason), str, parallel=True)
+
+    def _slot_group(self, config: Config, name: str, scheduled: datetime, slot: str
+                    ) -> tuple[dict[str, str], dict[str, list[str]]]:
+        """``name`` and the activations due at the same instant tied to it by ``after``, in order, with their
+        slots (the first waits for none of them and runs the group), and what each waits for."""
+        every = list(self._triggers)
+        due = {name: slot}
+        for other in linked(every, dependencies(config, every), name):
+            fire_time = self._triggers[other].get_next_fire_time(None, scheduled) if other != name else None
+            if fire_time is not None and fire_time.timestamp() == scheduled.timestamp():
+                due[other] = _slot_of(self._triggers[other], fire_time)
+        after = dependencies(config, list(due))
+        return {member: due[member] for member in linked(list(due), after, name)}, after
+
+    def _start(self, config: Config, store: StateStore, name: str, slot: str, *, claimed: bool = False) -> str:
+        """Claim the slot (unless ``claimed``) and run; the status the run ended with ("locked": another's slot)."""
+        fields: dict[str, Any] = {"activation": name, "slot": slot, "replica": self._identity}
         with self._state_lock:
             if self._stopping:
                 log.info("slot %s of %s not started: the scheduler is stopping", slot, name,
                          extra={"fields": fields})
-                return
+                return RunStatus.INTERRUPTED
             self._running[name] = slot
         try:
-            self._claim_and_run(config, store, name, activation.kind, slot, fields)
+            if not claimed and not self._claim(store, name, slot, fields):
+                return RunStatus.LOCKED
+            return self._run(config, store, name, slot, fields)
         finally:
             with self._state_lock:
                 self._running.pop(name, None)
 
-    def _claim_and_run(self, config: Config, store: StateStore, name: str, kind: str, slot: str,
-                       fields: dict[str, Any]) -> None:
+    def _skip(self, name: str, slot: str, reason: str) -> str:
+        log.warning("slot %s of %s skipped: %s", slot, name, reason,
+                    extra={"fields": {"activation": name, "slot": slot, "replica": self._identity}})
+        return RunStatus.SKIPPED
+
+    def _claim(self, store: StateStore, name: str, slot: str, fields: dict[str, Any]) -> bool:
         try:
             if not store.claim_slot(name, slot, self._identity):
                 log.info("slot %s of %s already claimed: nothing to do", slot, name, extra={"fields": fields})
-                return
-            log.info("slot %s of %s claimed: running", slot, name, extra={"fields": fields})
-            outcome = execute(config, store, name, kind, self._job_for(kind), stop=self._stop_event,
+                return False
+        except AudienceSyncError as exc:  # the ledger itself failed: nothing ran, nothing to record it in
+            log.error("slot %s of %s not run: %s", slot, name, exc.message(), extra={"fields": fields})
+            return False
+        log.info("slot %s of %s claimed: running", slot, name, extra={"fields": fields})
+        return True
+
+    def _run(self, config: Config, store: StateStore, name: str, slot: str, fields: dict[str, Any]) -> str:
+        try:
+            outcome = execute(config, store, name, config.activations[name].kind,
+                              self._job_for(config.activations[name].kind), stop=self._stop_event,
                               now=self._clock(), finishers=self._finishers)
         except AudienceSyncError as exc:  # the ledger itself failed: nothing ran, nothing to record it in
             log.error("slot %s of %s not run: %s", slot, name, exc.message(), extra={"fields": fields})
-            return
+            return RunStatus.FAILED
         if outcome.status == RunStatus.LOCKED:
             log.info("slot %s of %s skipped: another process is running it", slot, name, extra={"fields": fields})
+        return outcome.status
 
     def run_forever(self) -> int:
         """First stop signal: no new runs, running ones get the shutdown grace, then ``stop``. A second one
