@@ -180,3 +180,21 @@ def test_a_slot_whose_first_fails_skips_its_dependents_and_says_why(tmp_path: Pa
         assert "slot 2026-10-26T10:00 of often skipped: after first, which failed" in caplog.text
     finally:
         scheduler.close()
+
+
+# --------------------------------------------------------------------------- Kubernetes
+
+
+def test_cronjobs_say_that_they_do_not_wait_for_each_other(demo: Path, caplog: pytest.LogCaptureFixture) -> None:
+    from etl.config import load_config
+    from etl.ops.k8s import K8sOptions, cronjob_manifests, scheduled_names
+
+    config = load_config(demo)
+    manifests = cronjob_manifests(config, scheduled_names(config), K8sOptions(state_volume_claim="state",
+                                                                            ephemeral_state=True))
+    notes = {m["metadata"]["name"]: m["metadata"]["annotations"].get("audience-sync/after-not-enforced")
+             for m in manifests}
+    assert notes["qualifio-participations"] == notes["didomi-consents"] == PROFILES
+    assert notes["qualifio-profiles"] is None
+    assert "`after` does not order them (qualifio_participations after qualifio_profiles; didomi_consents after " \
+           "qualifio_profiles)" in caplog.text

@@ -9,6 +9,7 @@ are lost after every run (docs/deploy.md). Problems are all reported in one Conf
 from __future__ import annotations
 
 import hashlib
+import logging
 import posixpath
 import re
 import tomllib
@@ -23,6 +24,8 @@ from etl.config import Config, parse_interval
 from etl.config.base import VARIABLE
 from etl.version import __version__
 from etl.errors import ConfigError
+
+log = logging.getLogger("audience_sync.k8s")
 
 #: where the ConfigMap's files appear in the pod; relative paths of the configuration start here
 CONFIG_DIR = PurePosixPath("/etc/audience-sync")
@@ -97,7 +100,18 @@ def cronjob_manifests(config: Config, names: Sequence[str], options: K8sOptions)
         manifests.append(_cronjob(config, name, k8s_name, schedule, variables, files, options))
     if problems:
         raise ConfigError(problems, source=config.source)
+    _warn_of_after(config, names)
     return manifests
+
+
+def _warn_of_after(config: Config, names: Sequence[str]) -> None:
+    """Separate CronJobs start on their own schedules: said, as ``after`` is not honoured between them."""
+    unordered = [f"{name} after {', '.join(config.activations[name].after)}" for name in dict.fromkeys(names)
+                 if config.activations[name].after and config.activations[name].enabled]
+    if unordered:
+        log.warning("each CronJob runs one activation on its own schedule, so `after` does not order them (%s): "
+                    "run those activations in one pod with `audience-sync run A B` or with `audience-sync "
+                    "schedule` (docs/deploy.md, \"Activation order\")", "; ".join(unordered))
 
 
 class _Refused(Exception):
@@ -252,6 +266,8 @@ def _cronjob(config: Config, name: str, k8s_name: str, schedule: str, variables:
     annotations = {"audience-sync/activation": name}
     if activation.schedule.every is not None:
         annotations["audience-sync/every"] = activation.schedule.every
+    if activation.after:  # said, not honoured: another CronJob is not waited for (docs/deploy.md)
+        annotations["audience-sync/after-not-enforced"] = ", ".join(activation.after)
     volumes, mounts = _volumes(config, name, files, options)
     job_spec = {
         "backoffLimit": options.backoff_limit,
