@@ -46,7 +46,8 @@ def test_importing_etl_loads_no_heavy_library() -> None:
 
 
 def test_run_statuses_and_deliveries_are_the_ledger_s_values() -> None:
-    assert [str(status) for status in etl.RunStatus] == ["running", "succeeded", "failed", "interrupted", "locked"]
+    assert [str(status) for status in etl.RunStatus] == ["running", "succeeded", "failed", "interrupted", "locked",
+                                                       "skipped"]
     delivery = etl.Delivery("actito", "Actito table 'orders'", "3 changed rows sent, 0 unchanged")
     assert etl.Delivery.from_details(delivery.as_details()) == delivery
     assert etl.Delivery.from_details({"destination": "actito"}) is None
