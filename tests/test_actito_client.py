@@ -502,14 +502,16 @@ def test_a_file_over_actitos_limit_is_actitos_400(sandboxes: Callable[..., Actit
     assert sandbox.executions(ENTITY) == []
 
 
-def test_a_recurring_etl_is_triggered_with_the_file_and_reference(sandbox: ActitoSandbox, tmp_path: Path) -> None:
+def test_a_recurring_etl_is_triggered_with_the_file_alone(sandbox: ActitoSandbox, tmp_path: Path) -> None:
     path = tmp_path / "customers.csv.gz"
     path.write_bytes(gzip.compress(b"emailAddress,firstName,subscription_Newsletter\nbob@example.com,Bob,Y\n"))
     with client_for(sandbox) as client:
-        started = client.start_import({"reference": "run-etl"}, path, etl_id="customers-upsert")
+        started = client.start_import({}, path, etl_id="customers-upsert", upload_name="people.run-etl-1.csv.gz")
         assert client.wait_for(started.id, poll_initial=0.02).status == "SUCCESS"
+        found = client.find_execution("run-etl-1", ["people.run-etl-1.csv.gz"])
+        assert found is not None and found.id == started.id
     [execution] = sandbox.executions(ENTITY)
-    assert execution["etlId"] == "customers-upsert" and execution["reference"] == "run-etl"
+    assert execution["etlId"] == "customers-upsert" and execution["fileName"] == "people.run-etl-1.csv.gz"
     assert sandbox.profiles(ENTITY, "customers")[0]["subscriptions"] == {"Newsletter": True}
 
 
@@ -572,7 +574,7 @@ def test_persistent_5xx_on_an_import_gives_up_saying_nothing_was_imported(
     with client_for(sandbox, max_attempts=3) as client, pytest.raises(ActitoError) as caught:
         client.start_import({"reference": "run-503"}, path, etl_id="customers-upsert")
     assert [s for m, p, s in sandbox.request_log if "trigger-execution" in p] == [503, 503, 503]
-    assert [s for m, p, s in calls(sandbox, "GET", EXECUTIONS + "?reference=run-503")] == [200, 200, 200]
+    assert [s for m, p, s in calls(sandbox, "GET", EXECUTIONS + "?fileName=customers.csv.gz")] == [200, 200, 200]
     assert caught.value.status == 503
     assert "no execution with reference 'run-503'" in caught.value.what
     assert "safely be repeated" in caught.value.hint

@@ -61,7 +61,7 @@ def _json(value: Any) -> Any:
 
 def _content(path: Path) -> str:
     raw = path.read_bytes()
-    if raw[:2] == b"\x1f\x8b":  # gzip: a .gz delivery, or an import file sent compressed under its .csv name
+    if raw[:2] == b"\x1f\x8b":  # gzip: a .gz delivery or import file
         return _text(gzip.decompress(raw).decode("utf-8"))
     if path.suffix == ".zip":
         with zipfile.ZipFile(path) as archive:

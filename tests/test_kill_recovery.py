@@ -11,6 +11,7 @@ outlives the killed process) holds exactly one execution per import and the expe
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import json
 import os
@@ -30,7 +31,7 @@ import pytest
 
 from etl.destinations.actito.client import ActitoClient
 from etl.errors import ActitoImportError, LockBusy
-from etl.destinations.actito.recovery import Landed, part_reference, recover_earlier_runs, stage_sent
+from etl.destinations.actito.recovery import Landed, part_reference, recover_earlier_runs, stage_sent, upload_name
 from etl.config import load_config
 from etl.destinations.filedrop.base import is_temp_name, temp_name
 from etl.files import WrittenFile
@@ -473,6 +474,34 @@ def test_an_import_still_running_in_actito_stops_the_successor_instead_of_being_
     finally:
         store.close()
     assert list(dead.run_dir.glob("*sent.parquet"))  # kept for the run that sees the import end
+
+
+def test_a_triggered_import_of_a_dead_run_is_found_by_the_name_it_was_uploaded_under(tmp_path: Path) -> None:
+    """A trigger-execution carries only the file: the successor finds the dead run's import by its file name
+    (activation, reference, extension) and commits its rows instead of sending them again."""
+    config = load_config(Project(tmp_path).config)
+    dead_id, new_id, now = "20261201T000000Z-dead00", "20261201T010000Z-new000", datetime.now(UTC)
+    dead = RunContext(config, "people", dead_id, now, False, tmp_path / "state" / "runs" / "people" / dead_id)
+    dead.run_dir.mkdir(parents=True)
+    upload = dead.run_dir / "people.csv.gz"
+    upload.write_bytes(gzip.compress(b"emailAddress,firstName\nperson1@example.com,Ann\n"))
+    stage_sent(dead, "", pa.table({"key": [1], "row": [2]}), [WrittenFile(upload, 1, 0, "")], "the-mapping")
+    reference = part_reference(dead_id, "", 1)
+    store = StateStore.in_directory(tmp_path / "state")
+    store.intend_import(reference, dead_id, "people", "demo", "customers", now.date())
+    landed: list[Landed] = []
+    successor = RunContext(config, "people", new_id, now, False, tmp_path / "state" / "runs" / "people" / new_id)
+    try:
+        with ActitoSandbox(processing_seconds=0.05) as sandbox, ActitoClient(
+                base_url=sandbox.url, entity="demo", api_key="sandbox-demo-key") as client:
+            execution = client.start_import({}, upload, etl_id="customers-upsert",  # the dead run's POST
+                                            upload_name=upload_name("people", reference, upload.name))
+            recover_earlier_runs(successor, client, 5.0, landed.append)
+            assert [e["id"] for e in sandbox.executions("demo")] == [execution.id]  # found, not sent again
+    finally:
+        store.close()
+    (only,) = landed
+    assert only.run_id == dead_id and only.rows.column("key").to_pylist() == [1]
 
 
 def test_a_location_drops_only_the_temporary_files_of_our_dead_runs(location: Location) -> None:

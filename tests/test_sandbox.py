@@ -60,16 +60,19 @@ class Api:
         return self.session.get(self.base + path, headers={**self.auth(), **(headers or {})}, timeout=5, **kwargs)
 
     def upload(
-        self, data: bytes, definition: dict[str, Any] | None = None, *, file_name: str = "import.csv",
+        self, data: bytes, definition: dict[str, Any] | None = None, *, file_name: str | None = None,
         timeout: Any = 5,
     ) -> requests.Response:
-        files: dict[str, Any] = {"inputFile": (file_name, data, "text/csv")}
+        """The file part named and typed for the definition's compression, as Actito wants it."""
+        compression = ((definition or {}).get("format") or {}).get("compression", "NONE")
+        name, content_type = FILE_FORMS.get(compression, FILE_FORMS["NONE"])
+        files: dict[str, Any] = {"inputFile": (file_name or name, data, content_type)}
         if definition is not None:
             files = {"definition": (None, json.dumps(definition), "application/json"), **files}
         return self.session.post(self.base + EXECUTIONS, headers=self.auth(), files=files, timeout=timeout)
 
-    def trigger(self, etl_id: str, data: bytes, reference: str) -> requests.Response:
-        files: dict[str, Any] = {"reference": (None, reference), "inputFile": ("import.csv.gz", data, "application/gzip")}
+    def trigger(self, etl_id: str, data: bytes, file_name: str) -> requests.Response:
+        files: dict[str, Any] = {"inputFile": (file_name, data, "application/gzip")}
         path = f"/mass-imports/v5/entities/{E}/etls/{etl_id}/trigger-execution"
         return self.session.post(self.base + path, headers=self.auth(), files=files, timeout=5)
 
@@ -90,6 +93,11 @@ class Api:
         report = self.get(f"{EXECUTIONS}/{final['id']}/report")
         assert report.status_code == 200, report.text
         return final, report.json()["errors"]
+
+
+#: per compression, the file part's name and content type
+FILE_FORMS = {"NONE": ("import.csv", "text/csv"), "GZIP": ("import.csv.gz", "application/gzip"),
+              "ZIP": ("import.zip", "application/zip")}
 
 
 def profile_definition(**overrides: Any) -> dict[str, Any]:
@@ -643,14 +651,15 @@ def test_gzip_and_zip_inputs(sandbox: ActitoSandbox) -> None:
 def test_trigger_execution_uses_the_etl_definition(sandbox: ActitoSandbox) -> None:
     api = Api(sandbox)
     data = gzip.compress(csv_bytes("emailAddress,firstName,subscription_Promotions", "etl@example.com,Eve,Y"))
-    created = api.trigger("customers-upsert", data, "etl-run-1")
+    created = api.trigger("customers-upsert", data, "etl-run-1.csv.gz")
     assert created.status_code == 201
     final = api.wait(created.json()["id"])
     assert final["status"] == "SUCCESS" and final["etlId"] == "customers-upsert"
     profile = by_email(sandbox)["etl@example.com"]
     assert profile["attributes"]["firstName"] == "Eve" and profile["subscriptions"] == {"Promotions": True}
-    assert api.get(EXECUTIONS, params={"reference": "etl-run-1"}).json()["executions"][0]["id"] == created.json()["id"]
-    assert api.trigger("no-such-etl", data, "x").status_code == 404
+    found = api.get(EXECUTIONS, params={"fileName": "etl-run-1.csv.gz"}).json()["executions"]
+    assert [e["id"] for e in found] == [created.json()["id"]]
+    assert api.trigger("no-such-etl", data, "x.csv.gz").status_code == 404
 
 
 def test_reset_returns_to_the_fixture(sandbox: ActitoSandbox) -> None:

@@ -158,6 +158,73 @@ class _CalledOverHttp(ConfigModel):
         return self
 
 
+_WIRE_NAME = r"^[A-Za-z_][A-Za-z0-9_.-]*$"
+_CONTENT_TYPE = r"^[a-z]+/[a-z0-9.+-]+$"
+
+
+class ActitoWire(ConfigModel):
+    """What docs/actito-wire.md tags [guess]: a licence that answers differently needs a setting, not code.
+
+    ``[destinations.NAME.wire]`` in schedules.toml; every key optional, the defaults are our sandbox's."""
+
+    entities_key: str = Field(default="entities", pattern=_WIRE_NAME)
+    profile_tables_key: str = Field(default="profileTables", pattern=_WIRE_NAME)
+    custom_tables_key: str = Field(default="customTables", pattern=_WIRE_NAME)
+    #: wrapper key of ``GET .../etl-executions?...``
+    executions_key: str = Field(default="executions", pattern=_WIRE_NAME)
+    #: query parameter and definition field carrying our idempotency key (one-shot imports)
+    reference_field: str = Field(default="reference", pattern=_WIRE_NAME)
+    #: query parameter and execution field naming the uploaded file: how a triggered import, whose
+    #: body is only the file, is found again (the file name carries our reference)
+    file_name_field: str = Field(default="fileName", pattern=_WIRE_NAME)
+    definition_part: str = Field(default="definition", pattern=_WIRE_NAME)
+    file_part: str = Field(default="inputFile", pattern=_WIRE_NAME)
+    #: the content type of the file part, by compression (the file name ends .csv, .csv.gz, .zip)
+    csv_content_type: str = Field(default="text/csv", pattern=_CONTENT_TYPE)
+    gzip_content_type: str = Field(default="application/gzip", pattern=_CONTENT_TYPE)
+    zip_content_type: str = Field(default="application/zip", pattern=_CONTENT_TYPE)
+    #: appended to the execution route to read its per-line report
+    report_suffix: str = Field(default="/report", pattern=r"^/[A-Za-z0-9_./-]*$")
+    report_errors_key: str = Field(default="errors", pattern=_WIRE_NAME)
+    success_statuses: frozenset[str] = frozenset({"SUCCESS"})
+    partial_statuses: frozenset[str] = frozenset({"PARTIAL_SUCCESS"})
+    error_statuses: frozenset[str] = frozenset({"ERROR"})
+    #: a 429 whose message matches this (a regular expression) is the daily import quota, not a transient limit
+    budget_message: str = r"daily\s+import\s+(limit|quota)"
+
+    @field_validator("success_statuses", "partial_statuses", "error_statuses")
+    @classmethod
+    def _statuses(cls, value: frozenset[str]) -> frozenset[str]:
+        """Compared with the upper-cased status Actito answers: written in any case, never empty."""
+        if not value or any(not status.strip() for status in value):
+            raise ValueError("list at least one status, none empty")
+        return frozenset(status.strip().upper() for status in value)
+
+    @field_validator("budget_message")
+    @classmethod
+    def _pattern(cls, value: str) -> str:
+        try:
+            re.compile(value)
+        except re.error as exc:
+            raise ValueError(f"not a regular expression: {exc}") from None
+        return value
+
+    @model_validator(mode="after")
+    def _distinct(self) -> ActitoWire:
+        """A status that both ends an import well and badly, or two parts of one name, cannot be meant."""
+        shared = (self.success_statuses & self.partial_statuses) | (self.success_statuses & self.error_statuses) \
+            | (self.partial_statuses & self.error_statuses)
+        if shared:
+            raise ValueError(f"status {sorted(shared)[0]!r} is in more than one of success_statuses, "
+                             "partial_statuses, error_statuses")
+        if self.definition_part == self.file_part:
+            raise ValueError("definition_part and file_part must differ")
+        return self
+
+    def content_type(self, compression: str) -> str:
+        return {"gzip": self.gzip_content_type, "zip": self.zip_content_type}.get(compression, self.csv_content_type)
+
+
 class Destination(_CalledOverHttp):
     """An Actito licence and the file transfer location its file synchronisation polls."""
 
@@ -173,6 +240,8 @@ class Destination(_CalledOverHttp):
     daily_import_budget: int = Field(default=24, ge=1)
     #: base_url may be http:// to another host (a TLS-terminating proxy beside this process)
     allow_insecure_http: bool = False
+    #: the parts of Actito's API its documentation leaves open (docs/actito-wire.md, [guess])
+    wire: ActitoWire = ActitoWire()
 
     @field_validator("environment")
     @classmethod

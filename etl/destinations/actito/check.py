@@ -4,11 +4,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from etl.config import Config, Destination
+from etl.config import AudienceActivation, Config, Destination
+from etl.destinations.actito.client import ActitoClient
 from etl.destinations.actito.connect import open_client
-from etl.destinations.actito.imports import import_plan, preflight
+from etl.destinations.actito.imports import import_plan, preflight, unmapped_mandatory
+from etl.destinations.actito.membership import membership_preflight, membership_target
 from etl.errors import ActitoError, ActitoPreflightError, AudienceSyncError, ConfigError, UsageError
 from etl.extract import query_columns
+from etl.transform.audience import HEADER
 
 
 @dataclass
@@ -49,17 +52,34 @@ def check_destination(config: Config, destination: str) -> CheckReport:
             report.add(False, f"entity '{entity}' not found for this API key (it sees: {', '.join(entities) or 'none'})")
             return report
         report.add(True, f"entity '{entity}'")
-        names = [n for n, a in config.activations.items() if a.destination == destination and a.kind != "audience"]
-        for name in names:
-            plan = import_plan(config, name)
-            try:
-                table, mapping = preflight(client, plan.target, plan.mapping_for, query_columns(config, name))
-            except ActitoPreflightError as exc:
-                report.lines.extend((False, f"{name}: {problem}") for problem in exc.problems)
-                continue
-            except AudienceSyncError as exc:
-                report.add(False, f"{name}: {exc.message()}")
-                continue
-            report.add(True, f"{name}: table '{table.name}', key {mapping.key}, "
-                             f"{len(mapping.fields)} attributes, {len(mapping.subscriptions)} subscriptions")
+        for name, activation in config.activations.items():
+            if activation.destination == destination:
+                _check_activation(config, client, name, report)
     return report
+
+
+def _check_activation(config: Config, client: ActitoClient, name: str, report: CheckReport) -> None:
+    """Every table the activation writes: its import table, or an audience's membership table."""
+    activation = config.activations[name]
+    try:
+        if isinstance(activation, AudienceActivation):
+            if activation.delivery != "membership":
+                return  # a file on the transfer location: no table of Actito's is written
+            target = membership_target(config, name)
+            table, mapping, _ = membership_preflight(client, target, HEADER[activation.identifier])
+        else:
+            plan = import_plan(config, name)
+            target = plan.target
+            table, mapping = preflight(client, target, plan.mapping_for, query_columns(config, name))
+    except ActitoPreflightError as exc:
+        report.lines.extend((False, f"{name}: {problem}") for problem in exc.problems)
+        return
+    except AudienceSyncError as exc:
+        report.add(False, f"{name}: {exc.message()}")
+        return
+    report.add(True, f"{name}: table '{table.name}', key {mapping.key}, "
+                     f"{len(mapping.fields)} attributes, {len(mapping.subscriptions)} subscriptions")
+    for attribute in unmapped_mandatory(table, mapping, target.mode):
+        report.add(False, f"{name}: attribute '{attribute}' of table '{table.name}' is mandatory but no column "
+                          "feeds it: Actito refuses every row that would create a "
+                          + ("record" if target.custom else "profile") + " (map a column to it)")

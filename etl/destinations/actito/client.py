@@ -13,7 +13,7 @@ import logging
 import re
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import quote
@@ -37,6 +37,7 @@ from etl.destinations.actito.tables import (
 )
 from etl.destinations.retry import RetryPolicy
 from etl.destinations.licence import Licence
+from etl.files import Compression
 
 log = logging.getLogger("audience_sync.actito")
 
@@ -83,7 +84,12 @@ _FAILURES: dict[int, tuple[type[ActitoError], str]] = {
     406: (ActitoError, "Actito wants Accept: application/json"),
 }
 
-_CONTENT_TYPES = {".csv": "text/csv", ".txt": "text/csv", ".gz": "application/gzip", ".zip": "application/zip"}
+
+
+def compression_of(file_name: str) -> Compression:
+    """What an import file holds, by its name (``.csv.gz``/``.gz``: gzip; ``.zip``: zip; else plain CSV)."""
+    lowered = file_name.lower()
+    return "gzip" if lowered.endswith(".gz") else "zip" if lowered.endswith(".zip") else "none"
 
 
 class ActitoClient(ApiClient):
@@ -182,28 +188,35 @@ class ActitoClient(ApiClient):
                 actito_message=not_found.actito_message,
             ) from None
 
-    def start_import(self, definition: Mapping[str, Any], file: Path, *, etl_id: str | None = None) -> Execution:
+    def start_import(
+        self, definition: Mapping[str, Any], file: Path, *, etl_id: str | None = None, upload_name: str | None = None
+    ) -> Execution:
         """Upload ``file`` as one ETL execution (usually PENDING); never imports it twice.
 
-        The definition's ``reference`` finds an ambiguous attempt again: keep it stable across
-        re-runs of the same run and part, so that even a crashed process can look it up.
+        A one-shot import carries its ``reference`` in the definition; a triggered one sends only the file
+        (as documented), so its ``upload_name`` (default: the file's name) is what finds it again. Keep
+        both stable across re-runs of the same run and part, so that even a crashed process can look it up.
         """
         wire = self.wire
-        definition = dict(definition)
-        reference = str(definition.get(wire.reference_field) or f"audience-sync-{uuid.uuid4().hex}")
-        definition[wire.reference_field] = reference
+        name = upload_name or file.name
         if etl_id is None:
+            definition = dict(definition)
+            reference = str(definition.get(wire.reference_field) or f"audience-sync-{uuid.uuid4().hex}")
+            definition[wire.reference_field] = reference
             template, path = _EXECUTIONS, {"entity": self.entity}
-            first_part: tuple[str, Any] = (wire.definition_part, (None, _json_bytes(definition), "application/json"))
+            parts: list[tuple[str, Any]] = [
+                (wire.definition_part, (None, _json_bytes(definition), "application/json"))]
+            lookup: Callable[[], Execution | None] = lambda: self._find(wire.reference_field, reference)
         else:
+            reference = str(definition.get(wire.reference_field) or name)
             template, path = _TRIGGER, {"entity": self.entity, "etlId": etl_id}
-            first_part = (wire.reference_field, reference)
+            parts, lookup = [], lambda: self._find(wire.file_name_field, name)
         where = f"Actito POST {template}"
         _check_upload(file, where)
         used: list[str] = []
         outcome = self._http.post_once(
-            where, self._uploader(self._url(template, path), first_part, file, where, used),
-            lookup=lambda: self._find_by_reference(reference),
+            where, self._uploader(self._url(template, path), parts, file, name, where, used),
+            lookup=lookup,
             failed=lambda response, attempts: self._http_error(where, response, attempts=attempts),
             unreachable=lambda exc, attempts: self._unreachable(where, exc, attempts),
             unknown=lambda reason, status, lookup_error: _unknown_outcome(where, reference, reason, status,
@@ -226,10 +239,12 @@ class ActitoClient(ApiClient):
         return created
 
     def _uploader(
-        self, url: str, first_part: tuple[str, Any], file: Path, where: str, used: list[str]
+        self, url: str, parts: list[tuple[str, Any]], file: Path, name: str, where: str, used: list[str]
     ) -> Callable[[], requests.Response]:
-        """One upload attempt; ``used`` collects the token each attempt sent (a 401 renews it once)."""
-        content_type = _CONTENT_TYPES.get(file.suffix.lower(), "application/octet-stream")
+        """One upload attempt; ``used`` collects the token each attempt sent (a 401 renews it once).
+
+        The file part is named and typed for what it holds (``.csv.gz``: gzip), as Actito reads it."""
+        content_type = self.wire.content_type(compression_of(name))
 
         def once() -> requests.Response:
             used.append(self._token())
@@ -239,35 +254,36 @@ class ActitoClient(ApiClient):
                 raise ActitoError(f"cannot read the import file {file}: {exc.strerror or exc}", where=where) from None
             with stream:
                 # rebuilt for each attempt: a body read once cannot be sent again
-                file_part = (self.wire.file_part, (file.name, stream, content_type))
-                encoder = MultipartEncoder(fields=[first_part, file_part])
+                file_part = (self.wire.file_part, (name, stream, content_type))
+                encoder = MultipartEncoder(fields=[*parts, file_part])
                 return self._send("POST", url, token=used[-1], data=encoder,
                                   headers={"Content-Type": encoder.content_type})
 
         return once
 
-    def find_execution(self, reference: str) -> Execution | None:
-        """The execution created with ``reference``, or None: how a re-run checks what a crashed run left."""
-        return self._find_by_reference(reference)
+    def find_execution(self, reference: str, file_names: Sequence[str] = ()) -> Execution | None:
+        """The execution created with ``reference`` (a one-shot import) or one of ``file_names`` (a triggered
+        one), or None: how a re-run checks what a crashed run left."""
+        found = self._find(self.wire.reference_field, reference)
+        for name in file_names:
+            found = found or self._find(self.wire.file_name_field, name)
+        return found
 
-    def _find_by_reference(self, reference: str) -> Execution | None:
-        body = self._get(_EXECUTIONS, query={self.wire.reference_field: reference}, entity=self.entity)
+    def _find(self, field: str, value: str) -> Execution | None:
+        body = self._get(_EXECUTIONS, query={field: value}, entity=self.entity)
         # filter again on our side: a server that ignored the query would list every execution
-        matches = [
-            e
-            for e in list_in(body, self.wire.executions_key)
-            if isinstance(e, Mapping) and str(e.get(self.wire.reference_field)) == reference
-        ]
+        matches = [e for e in list_in(body, self.wire.executions_key)
+                   if isinstance(e, Mapping) and str(e.get(field)) == value]
         if not matches:
             return None
         if len(matches) > 1:
             # a reused reference (it should be unique per import): the newest is the likeliest ours
             log.warning(
                 "several Actito executions carry the same reference",
-                extra={"fields": {"reference": reference, "ids": [str(m.get("id")) for m in matches]}},
+                extra={"fields": {field: value, "ids": [str(m.get("id")) for m in matches]}},
             )
         newest = max(range(len(matches)), key=lambda i: (str(matches[i].get("createdAt") or ""), i))
-        return execution_of(matches[newest])
+        return execution_of(matches[newest], reference=value if field == self.wire.file_name_field else None)
 
     def execution(self, execution_id: str) -> Execution:
         return execution_of(self._get(_EXECUTION, entity=self.entity, executionId=execution_id))

@@ -44,4 +44,5 @@ def open_client(config: Config, destination_name: str) -> ActitoClient:
         max_in_flight=MAX_IN_FLIGHT, calls_per_minute=CALLS_PER_MINUTE, connect_timeout=CONNECT_TIMEOUT,
         read_timeout=READ_TIMEOUT,
     )
-    return ActitoClient(base_url=base_url, entity=destination.entity, api_key=api_key, licence=licence)
+    return ActitoClient(base_url=base_url, entity=destination.entity, api_key=api_key, licence=licence,
+                        wire=destination.wire)

@@ -25,10 +25,12 @@ from etl.destinations.actito.client import ActitoClient
 from etl.destinations.actito.connect import open_client
 from etl.errors import ActitoBudgetExhausted, ActitoPreflightError
 from etl.destinations.actito.presets import didomi_mapping, qualifio_interaction_mapping, qualifio_mapping
-from etl.destinations.actito.recovery import Landed, discard_sent, part_reference, recover_earlier_runs, stage_sent
+from etl.destinations.actito.recovery import (
+    Landed, discard_sent, part_reference, recover_earlier_runs, stage_sent, upload_name,
+)
 from etl.destinations.actito.tables import Attribute, Execution, Table
 from etl.destinations.base import refuse_over_budget
-from etl.files import Compression, CsvFileWriter, RejectWriter, WrittenFile
+from etl.files import Compression, CsvFileWriter, RejectWriter, WrittenFile, final_file_name
 from etl.runtime.ledger import open_store
 from etl.runtime.results import Delivery
 from etl.runtime.runs import RunContext
@@ -115,6 +117,17 @@ def preflight(
     return table, dataclasses.replace(mapping, fields=tuple(fields))
 
 
+def unmapped_mandatory(table: Table, mapping: Mapping, mode: str) -> list[str]:
+    """Mandatory attributes no column feeds: every row that creates a profile or record is then refused.
+
+    Only an import that may create (not UPDATE_ONLY, not DELETE) needs them; the key counts as mapped."""
+    if mode in ("UPDATE_ONLY", "DELETE"):
+        return []
+    fed = {field.target for field in mapping.fields} | {mapping.key, table.primary_key or ""}
+    return [attribute.name for attribute in table.attributes
+            if attribute.mandatory and attribute.name not in fed and attribute.name not in _TECHNICAL]
+
+
 def rule_for(attribute: Attribute) -> FieldRule:
     """The format rule a value must meet to land in this attribute (for mappings without a preset)."""
     actito_type = attribute.value_type if attribute.type == "CUSTOM" else attribute.type
@@ -188,7 +201,8 @@ def import_parts(
             # the intent first: a process killed during the upload leaves a reference to look up
             store.intend_import(reference, context.run_id, context.activation, target.entity, table.id,
                                 datetime.now(UTC).date())
-            execution = client.start_import(definition, part.path, etl_id=target.etl_id)
+            execution = client.start_import(definition, part.path, etl_id=target.etl_id,
+                                            upload_name=upload_name(context.activation, reference, part.path.name))
             context.fault_point("posted")
             store.record_import(reference, execution.id)
             context.checkpoint("delivered")
@@ -226,8 +240,8 @@ def send_rows(
     if not rows.num_rows:
         return 0, 0
     with CsvFileWriter(
-        context.run_dir, f"{context.activation}.{label}.csv", header=mapping.output_columns(),
-        compression=target.compression,
+        context.run_dir, import_file_name(f"{context.activation}.{label}", target.compression),
+        header=mapping.output_columns(), compression=target.compression,
     ) as writer:
         writer.write(rows.select(mapping.output_columns()))
         written = writer.close()
@@ -237,6 +251,11 @@ def send_rows(
     sent.add(np.arange(1, rows.num_rows + 1), rows.column(mapping.key).combine_chunks(), empty, empty)
     return import_parts(context, client, target, table, mapping, written, sent, rejects, label=f"{label}-",
                         staged_hashes=staged)
+
+
+def import_file_name(stem: str, compression: Compression) -> str:
+    """An import file is named for what it holds: ``.csv``, ``.csv.gz`` or ``.zip``, on disk and as uploaded."""
+    return final_file_name(f"{stem}.csv", datetime.now(UTC), compression)
 
 
 def _definition(
@@ -384,8 +403,9 @@ class ActitoImports:
     @contextmanager
     def staging(self, context: RunContext) -> Iterator[Callable[[pa.Table], None]]:
         assert self._mapping is not None  # after preflight
-        with CsvFileWriter(context.run_dir, f"{context.activation}.csv", header=self._mapping.output_columns(),
-                           compression=self._plan.target.compression) as writer:
+        compression = self._plan.target.compression
+        with CsvFileWriter(context.run_dir, import_file_name(context.activation, compression),
+                           header=self._mapping.output_columns(), compression=compression) as writer:
             yield writer.write
             context.checkpoint("extracted")
             self._parts = writer.close()

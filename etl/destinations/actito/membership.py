@@ -34,13 +34,8 @@ class ActitoMembership:
     wants_members = True
 
     def __init__(self, config: Config, name: str) -> None:
-        self._activation = activation = config.activation_of(name, AudienceActivation)
-        destination = config.destination_of(activation.destination, Destination)
-        self._target = ImportTarget(
-            entity=destination.entity, table=activation.membership_table, custom=True, mode="CREATE_UPDATE",
-            empty_values="keep", etl_id=None, compression="gzip", timeout_seconds=3600.0,
-            daily_budget=destination.daily_import_budget,
-        )
+        self._activation = config.activation_of(name, AudienceActivation)
+        self._target = membership_target(config, name)
 
     def accept(self, written: WrittenFile) -> None:
         """Any size: the members go by imports, not as this file."""
@@ -56,9 +51,7 @@ class ActitoMembership:
             diff = self._recover(context, client, snapshot, diff)
             entered, left = diff.entered_members, diff.left_members
             assert entered is not None and left is not None  # asked for: see wants_members
-            table, adding = preflight(client, target, _members_mapping, ["memberKey", "audience", identifier, "since"])
-            _, removing = preflight(client, _deleting(target), lambda columns, table: explicit_mapping(
-                "memberKey", {"memberKey": "memberKey"}), ["memberKey"])
+            table, adding, removing = membership_preflight(client, target, identifier)
             _, refused_in = send_rows(context, client, target, table, adding,
                                       _rows(context.activation, identifier, entered, since), rejects, label="entered",
                                       staged=pa.table({"member": entered}))
@@ -100,6 +93,25 @@ class ActitoMembership:
 
     def close(self) -> None:
         """The client is opened and closed around the imports."""
+
+
+def membership_target(config: Config, name: str) -> ImportTarget:
+    """Where an audience's members land: its membership table, entered by upsert, left by DELETE."""
+    activation = config.activation_of(name, AudienceActivation)
+    destination = config.destination_of(activation.destination, Destination)
+    return ImportTarget(
+        entity=destination.entity, table=activation.membership_table, custom=True, mode="CREATE_UPDATE",
+        empty_values="keep", etl_id=None, compression="gzip", timeout_seconds=3600.0,
+        daily_budget=destination.daily_import_budget,
+    )
+
+
+def membership_preflight(client: ActitoClient, target: ImportTarget, identifier: str) -> tuple[Table, Mapping, Mapping]:
+    """The table, and the mappings of who enters and who leaves, checked as `actito check` and a run check them."""
+    table, adding = preflight(client, target, _members_mapping, ["memberKey", "audience", identifier, "since"])
+    _, removing = preflight(client, _deleting(target), lambda columns, table: explicit_mapping(
+        "memberKey", {"memberKey": "memberKey"}), ["memberKey"])
+    return table, adding, removing
 
 
 def _rows(audience: str, identifier: str | None, members: pa.Array, since: str) -> pa.Table:

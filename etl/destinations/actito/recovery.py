@@ -21,6 +21,7 @@ import pyarrow.parquet as pq
 from etl.destinations.actito.client import ActitoClient
 from etl.errors import ActitoImportError
 from etl.files import WrittenFile, create_private
+from etl.files.names import EXTENSIONS
 from etl.runtime.runs import RunContext
 from etl.runtime.ledger import NOT_SENT, ImportRecord, StateStore, open_store
 
@@ -33,6 +34,14 @@ _PARTS_KEY, _LABEL_KEY, _FINGERPRINT_KEY = b"audience_sync_parts", b"audience_sy
 def part_reference(run_id: str, label: str, number: int) -> str:
     """Our reference of one uploaded part: stable, so the run's successor can look it up."""
     return f"{run_id}-{label}{number}"
+
+
+def upload_name(activation: str, reference: str, file_name: str) -> str:
+    """The name a part is uploaded under: a triggered import sends only its file, so the name carries our
+    reference (and tells in Actito's screens which activation and run sent it); the extension says what the
+    file holds (``.csv``, ``.csv.gz``, ``.zip``), as on disk."""
+    extension = next((e for e in sorted(EXTENSIONS, key=len, reverse=True) if file_name.endswith(e)), "")
+    return f"{activation}.{reference}{extension}"
 
 
 @dataclass(frozen=True)
@@ -93,7 +102,9 @@ def _resolve(client: ActitoClient, store: StateStore, record: ImportRecord, time
     """Learn the outcome of one import: found by reference if its execution id never reached the ledger."""
     execution_id = record.execution_id
     if not execution_id:
-        found = client.find_execution(record.reference)
+        # a one-shot import by its reference, a triggered one by the name it was uploaded under
+        names = [upload_name(record.activation, record.reference, extension) for extension in EXTENSIONS]
+        found = client.find_execution(record.reference, names)
         if found is None:
             store.finish_import(record.reference, NOT_SENT, {})
             return {"reference": record.reference, "status": NOT_SENT}

@@ -6,28 +6,10 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from etl.config import ActitoWire
 
-@dataclass(frozen=True)
-class ActitoWire:
-    """Everything docs/actito-wire.md tags [guess], so a real licence that differs is a setting, not code."""
-
-    entities_key: str = "entities"
-    profile_tables_key: str = "profileTables"
-    custom_tables_key: str = "customTables"
-    #: wrapper key of ``GET .../etl-executions?reference=``
-    executions_key: str = "executions"
-    #: query parameter and definition field carrying our idempotency key
-    reference_field: str = "reference"
-    definition_part: str = "definition"
-    file_part: str = "inputFile"
-    #: appended to the execution route to read its per-line report
-    report_suffix: str = "/report"
-    report_errors_key: str = "errors"
-    success_statuses: frozenset[str] = frozenset({"SUCCESS"})
-    partial_statuses: frozenset[str] = frozenset({"PARTIAL_SUCCESS"})
-    error_statuses: frozenset[str] = frozenset({"ERROR"})
-    #: a 429 whose message matches this is the daily import quota, not a transient limit
-    budget_message: str = r"daily\s+import\s+(limit|quota)"
+__all__ = ["ActitoWire", "Attribute", "Execution", "LineError", "Table", "execution_of", "list_in", "opt_str",
+           "table_of"]
 
 
 @dataclass(frozen=True)

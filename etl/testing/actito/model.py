@@ -189,14 +189,14 @@ class Execution:
             "target": {"type": self.definition.target_type, "id": self.definition.table},
             "mode": self.definition.mode,
             "createdAt": self.created_at,
+            "fileName": self.file_name,
         }
 
     def details(self, status: str) -> dict[str, Any]:
         """What a test reads back: the view's facts with the per-line errors and the file name."""
         details = self.view(status)
         target = details.pop("target")
-        return {**details, "table": target["id"], "targetType": target["type"], "errors": copy.deepcopy(self.errors),
-                "fileName": self.file_name}
+        return {**details, "table": target["id"], "targetType": target["type"], "errors": copy.deepcopy(self.errors)}
 
     def fail(self, message: str, errors: list[dict[str, Any]], counts: dict[str, int]) -> None:
         """End in ERROR: a problem with the file as a whole, nothing applied."""

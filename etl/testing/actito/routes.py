@@ -20,7 +20,16 @@ from etl.testing.actito.wire import HttpError, Request, Response, disposition_pa
 #: room for the definition part and the multipart framing on top of the file itself
 _MULTIPART_SLACK = 1_000_000
 
-Parts = dict[str, tuple[str | None, bytes]]
+#: a multipart part by name: its file name, content type and content
+Parts = dict[str, tuple[str | None, str, bytes]]
+
+#: per compression, what the file part's name ends with and the content types it may carry [guess: Actito
+#: documents the compressions, not the multipart headers; these are the registered types (RFC 6713, IANA)]
+_FILE_FORMS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "NONE": ((".csv", ".txt"), ("text/csv", "text/plain")),
+    "GZIP": ((".gz",), ("application/gzip", "application/x-gzip")),
+    "ZIP": ((".zip",), ("application/zip", "application/x-zip-compressed")),
+}
 
 
 class ApiRoutes:
@@ -128,8 +137,11 @@ class ApiRoutes:
         parts = self._multipart(request, allowed=("definition", "inputFile"))
         if "definition" not in parts:
             raise HttpError(400, "missing multipart part 'definition'", [{"field": "definition", "message": "missing"}])
+        if parts["definition"][1] != "application/json":
+            raise HttpError(400, f"the definition part is {parts['definition'][1] or 'untyped'}: send it as "
+                                 "application/json", [{"field": "definition", "message": "wrong content type"}])
         try:
-            raw = json.loads(parts["definition"][1].decode("utf-8"))
+            raw = json.loads(parts["definition"][2].decode("utf-8"))
         except (UnicodeDecodeError, ValueError) as exc:
             raise HttpError(400, f"the definition part is not valid JSON: {exc}") from None
         definition = parse_definition(raw, found)
@@ -139,17 +151,11 @@ class ApiRoutes:
         return self._created(found, definition, reference, None, parts)
 
     def trigger(self, request: Request, licence: str, entity: str, etl: str) -> Response:
-        """Recurring import: the ETL's stored definition + multipart ``inputFile`` (+ ``reference``)."""
+        """Recurring import: the ETL's stored definition; the body carries only ``inputFile``, as documented."""
         found = self._state.licensed_entity(licence, entity)
         _, definition = self._etl(licence, entity, etl)
-        parts = self._multipart(request, allowed=("reference", "inputFile"))
-        reference = None
-        if "reference" in parts:
-            try:
-                reference = parts["reference"][1].decode("utf-8")
-            except UnicodeDecodeError:
-                raise HttpError(400, "the reference part is not UTF-8") from None
-        return self._created(found, definition, reference, etl, parts)
+        parts = self._multipart(request, allowed=("inputFile",))
+        return self._created(found, definition, None, etl, parts)
 
     def _multipart(self, request: Request, *, allowed: Sequence[str]) -> Parts:
         boundary = multipart_boundary(request)
@@ -167,10 +173,11 @@ class ApiRoutes:
                                 [{"field": name, "message": "unexpected part"}])
             if name in parts:
                 raise HttpError(400, f"multipart part {name!r} sent twice", [{"field": name, "message": "duplicate"}])
-            parts[name] = (disposition_param(headers, "filename"), content)
+            parts[name] = (disposition_param(headers, "filename"), headers.get_content_type() if
+                           headers.get("Content-Type") else "", content)
         if "inputFile" not in parts:
             raise HttpError(400, "missing multipart part 'inputFile'", [{"field": "inputFile", "message": "missing"}])
-        size = len(parts["inputFile"][1])
+        size = len(parts["inputFile"][2])
         if size > limit:
             raise HttpError(400, f"the input file is {size} bytes: over the limit of {limit} bytes "
                                  "(100 MB)", [{"field": "inputFile", "message": "file too large"}])
@@ -178,7 +185,8 @@ class ApiRoutes:
 
     def _created(self, entity: Entity, definition: Definition, reference: str | None, etl_id: str | None,
                  parts: Parts) -> Response:
-        file_name, payload = parts["inputFile"]
+        file_name, content_type, payload = parts["inputFile"]
+        _check_file_form(file_name, content_type, definition.compression)
         execution = self._engine.submit(entity, definition, reference, etl_id, file_name, payload)
         location = f"{self._url()}/mass-imports/v5/entities/{entity.name}/etl-executions/{execution.id}"
         return Response(201, {"id": execution.id, "reference": reference, "status": "PENDING"},
@@ -186,10 +194,10 @@ class ApiRoutes:
 
     def list_executions(self, request: Request, licence: str, entity: str) -> Response:
         found = self._state.licensed_entity(licence, entity)
-        wanted = request.query.get("reference")
+        wanted, named = request.query.get("reference"), request.query.get("fileName")
         with self._state.lock:
             listed = [e.view(self._engine.status(e)) for e in found.executions
-                      if wanted is None or e.reference in wanted]
+                      if (wanted is None or e.reference in wanted) and (named is None or e.file_name in named)]
         return Response(200, {"executions": listed})
 
     def _execution(self, licence: str, entity: str, execution: str) -> Execution:
@@ -213,6 +221,19 @@ class ApiRoutes:
                 raise HttpError(409, f"execution {execution} is {status}: its report exists once it has ended")
             return Response(200, {"id": found.id, "status": status, "counts": dict(found.counts),
                                   "errors": copy.deepcopy(found.errors)})
+
+
+def _check_file_form(file_name: str | None, content_type: str, compression: str) -> None:
+    """The file part is named and typed for what the definition says it holds, as Actito reads it [guess]."""
+    suffixes, types = _FILE_FORMS[compression]
+    problems = []
+    if not file_name or not file_name.lower().endswith(suffixes):
+        problems.append(f"its file name {file_name or '(none)'!r} does not end with {' or '.join(suffixes)}")
+    if content_type not in types:
+        problems.append(f"its content type {content_type or '(none)'!r} is not {' or '.join(types)}")
+    if problems:
+        raise HttpError(400, f"inputFile: the definition's compression is {compression}, but "
+                             + "; ".join(problems), [{"field": "inputFile", "message": p} for p in problems])
 
 
 _E = r"(?P<entity>[^/]+)"
