@@ -41,24 +41,12 @@ from pathlib import Path
 #: the project's root: the shipped configuration, and the tree timed unless --source says otherwise
 REPO = Path(__file__).resolve().parent.parent
 
+#: one audience whose query returns no row, from the demo warehouse to a local directory
 EMPTY_CONFIG = """\
-[settings]
-state_dir = "var/state"
-
-[warehouses.demo]
-url = "sqlite:///var/demo/warehouse.db"
-demo = true
-
-[destinations.local]
-environment = "sandbox"
-entity = "demo"
-files = { type = "local", path = "var/outbox" }
-
-[activations.empty]
-description = "An audience whose query returns no row"
-sql = "sql/empty.sql"
-destination = "local"
-identifier = "email"
+settings = { state_dir = "var/state" }
+warehouses.demo = { url = "sqlite:///var/demo/warehouse.db", demo = true }
+destinations.local = { environment = "sandbox", entity = "demo", files = { type = "local", path = "var/outbox" } }
+activations.empty = { sql = "sql/empty.sql", destination = "local", identifier = "email" }
 """
 
 
