@@ -62,6 +62,8 @@ class Case:
 
 @dataclass(frozen=True)
 class Timing:
+    """Each run's wall and CPU seconds: CPU moves less with other processes' load, so both are shown."""
+
     wall: list[float]
     cpu: list[float]
 
@@ -116,6 +118,7 @@ def measure(cases: list[Case], command: list[str], env: dict[str, str], repeat: 
 
 
 def report(cases: list[Case], timings: dict[str, Timing], loads: tuple[str, str], repeat: int) -> str:
+    """The Markdown table of docs/benchmarks.md, with the load averages that say how far to trust it."""
     lines = [
         f"Python {platform.python_version()}, {os.cpu_count()} CPUs, {platform.processor() or platform.machine()}; "
         f"load average before / after: {loads[0]} / {loads[1]}; best and median of {repeat} runs",
