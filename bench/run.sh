@@ -6,6 +6,7 @@
 #   bench/run.sh --customers 5000000 --repeat 1    # any pg_audience.py arguments replace the defaults
 #   bench/run.sh diff [diff_bench.py arguments]    # audience diffs, 10M vs 10M (no PostgreSQL needed)
 #   bench/run.sh config [config_scale.py args]     # 1,000 activations: load, validate, plan
+#   bench/run.sh startup [startup.py args]         # --help, validate, an empty audience's run (no PostgreSQL needed)
 #
 # Environment: PYTHON (the interpreter for the venv, default python3, 3.11 or later),
 # BENCH_PG_URL (default postgresql+psycopg://postgres@127.0.0.1:5432/test); psql and gzip on PATH.
@@ -19,6 +20,7 @@ venv="$here/.venv"
 case "${1:-}" in
   diff) script="diff_bench.py"; shift ;;
   config) script="config_scale.py"; shift ;;
+  startup) script="startup.py"; shift ;;
   *) script="pg_audience.py" ;;
 esac
 
@@ -39,6 +41,9 @@ if [ "$script" = "diff_bench.py" ]; then
 fi
 if [ "$script" = "config_scale.py" ]; then
   exec "$venv/bin/python" "$here/config_scale.py" "$@"
+fi
+if [ "$script" = "startup.py" ]; then
+  exec "$venv/bin/python" "$here/startup.py" --output "$here/results/startup.md" "$@"
 fi
 if [ "$#" -eq 0 ]; then
   set -- --customers 1000000 10000000 --repeat 3
