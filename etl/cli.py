@@ -394,7 +394,7 @@ class _Progress:
 
 #: what a run's JSON line adds to the ledger's columns: after it, the audience's size (``members``) and
 #: its changes, so rows_delivered (what this run delivered) is never read as the size
-_JSON_DETAILS = ("members", "entered", "left", "unchanged", "refused_by_actito", "still_refused")
+_JSON_DETAILS = ("members", "entered", "left", "unchanged", "refused_by_actito", "still_refused", "values_dropped")
 
 
 def _outcome_json(outcome: RunOutcome) -> dict[str, Any]:
@@ -415,10 +415,11 @@ def _summary(outcomes: Sequence[RunOutcome]) -> str:
         r = o.results
         rows.append([
             o.activation, o.status + (" (dry run)" if o.dry_run else ""),
-            count(r.rows_extracted), count(r.rows_rejected), count(r.rows_duplicate),
-            count(r.rows_delivered), r.file_name, f"{o.duration_s:.1f}s",
+            count(r.rows_extracted), count(r.rows_rejected), count(o.details.get("values_dropped")),
+            count(r.rows_duplicate), count(r.rows_delivered), r.file_name, f"{o.duration_s:.1f}s",
         ])
-    text = table(["activation", "status", "read", "rejected", "duplicates", "delivered", "file", "time"], rows)
+    text = table(["activation", "status", "read", "rejected", "values dropped", "duplicates", "delivered", "file",
+                  "time"], rows)
     notes = []
     for o in outcomes:
         if o.error:

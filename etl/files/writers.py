@@ -461,12 +461,14 @@ def _shortened(values: pa.Array) -> pa.Array:
 
 
 class RejectWriter(ClosingWriter):
-    """The rows dropped from an audience, for analysts: ``row,value,reason``, values defused and shortened.
+    """What was not delivered, for analysts: ``row,column,value,reason,action``, values defused and
+    shortened. ``action`` says whether the whole row was rejected or only the value dropped (the row
+    went on without it); lines written without these columns reject their row.
 
     Mode 0600 (personal data). On an exception the file is kept: it is correct as far as it goes.
     """
 
-    COLUMNS = ("row", "value", "reason")
+    COLUMNS = ("row", "column", "value", "reason", "action")
 
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
@@ -476,7 +478,7 @@ class RejectWriter(ClosingWriter):
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._file = create_private(self.path)
             self._file.write(",".join(self.COLUMNS).encode("ascii") + b"\n")
-            schema = pa.schema([("row", pa.int64()), ("value", pa.string()), ("reason", pa.string())])
+            schema = pa.schema([("row", pa.int64())] + [(name, pa.string()) for name in self.COLUMNS[1:]])
             options = pacsv.WriteOptions(include_header=False, quoting_style="needed")
             self._writer = pacsv.CSVWriter(self._file, schema, write_options=options)
         except OSError as exc:
@@ -488,12 +490,17 @@ class RejectWriter(ClosingWriter):
             raise ValueError("the reject file is already closed")
         if rejects.num_rows == 0:
             return
-        columns = [rejects.column(name).combine_chunks() for name in self.COLUMNS]
+        given = set(rejects.column_names)
+        defaults = {"column": pa.scalar(None, pa.string()), "action": pa.scalar("row rejected", pa.string())}
+        columns = [rejects.column(name).combine_chunks() if name in given
+                   else pa.array([defaults[name].as_py()] * rejects.num_rows, pa.string()) for name in self.COLUMNS]
         table = pa.table(
             [
                 pc.cast(columns[0], pa.int64()),
-                defuse_formulas(_shortened(pc.cast(columns[1], pa.string()))),
-                defuse_formulas(pc.cast(columns[2], pa.string())),  # a reason may quote Actito's words
+                defuse_formulas(pc.cast(columns[1], pa.string())),  # a column named by the SQL
+                defuse_formulas(_shortened(pc.cast(columns[2], pa.string()))),
+                defuse_formulas(pc.cast(columns[3], pa.string())),  # a reason may quote Actito's words
+                pc.cast(columns[4], pa.string()),
             ],
             schema=self._schema,
         )
