@@ -277,7 +277,7 @@ def test_an_empty_reject_file_has_its_header(tmp_path: Path) -> None:
     with RejectWriter(tmp_path / "r.csv") as rejects:
         pass
     assert rejects.rows == 0
-    assert (tmp_path / "r.csv").read_bytes() == b"row,value,reason\n"
+    assert (tmp_path / "r.csv").read_bytes() == b"row,column,value,reason,action\n"
 
 
 # --------------------------------------------------------------------------- names
