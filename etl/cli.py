@@ -472,7 +472,8 @@ def _preview_rows(config: Config, args: argparse.Namespace) -> int:
         print(json.dumps({"activation": name, "kind": config.activations[name].kind, "where": result.where,
                           "columns": [vars(column) for column in result.columns], "not_sent": result.not_sent,
                           **counts, "compared_with_last_run": result.compared, "sample": result.sample,
-                          "rejected_by_reason": result.rejected_by_reason, "examples": result.examples},
+                          "rejected_by_reason": result.rejected_by_reason,
+                          "dropped_by_reason": result.dropped_by_reason, "examples": result.examples},
                          default=str))
         return EXIT_OK
     duplicates = f", {counts['duplicates']:,} of them duplicates" if counts["duplicates"] else ""
@@ -490,6 +491,8 @@ def _preview_rows(config: Config, args: argparse.Namespace) -> int:
     if result.not_sent:
         print(f"not sent: {', '.join(result.not_sent)}")
     _print_reasons("refused, by reason:", result.rejected_by_reason, result.examples)
+    _print_reasons("values dropped (the row is sent without them), by reason:", result.dropped_by_reason,
+                   result.examples)
     if result.sample:
         print(f"first {len(result.sample)} rows as mapped:")
         for row in result.sample:
