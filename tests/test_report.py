@@ -111,7 +111,7 @@ def test_each_activation_has_its_facts_chart_and_last_runs(tmp_path: Path, store
     assert [text_of(td) for td in rows[1]][7] == "the warehouse is down"
     newest_real = [text_of(td) for td in rows[2]]
     assert newest_real[1] == "2025-10-05 06:30ok4"
-    assert newest_real[2:6] == ["42.0s", "1,065", "25", "1,040"]
+    assert newest_real[2:7] == ["42.0s", "1,065", "25", "—", "1,040"]  # an audience drops no value
     assert all(td.get("data-label") for td in rows[2])  # the labels of the phone layout
 
     profiles = section(root, "qualifio_profiles")
