@@ -400,7 +400,7 @@ class _Progress:
 
 #: what a run's JSON line adds to the ledger's columns: after it, the audience's size (``members``) and
 #: its changes, so rows_delivered (what this run delivered) is never read as the size
-_JSON_DETAILS = ("members", "entered", "left", "unchanged", "refused_by_actito", "still_refused")
+_JSON_DETAILS = ("members", "entered", "left", "unchanged", "refused_by_actito", "still_refused", "values_dropped")
 
 
 def _outcome_json(outcome: RunOutcome) -> dict[str, Any]:
@@ -421,10 +421,11 @@ def _summary(outcomes: Sequence[RunOutcome]) -> str:
         r = o.results
         rows.append([
             o.activation, o.status + (" (dry run)" if o.dry_run else ""),
-            count(r.rows_extracted), count(r.rows_rejected), count(r.rows_duplicate),
-            count(r.rows_delivered), r.file_name, f"{o.duration_s:.1f}s",
+            count(r.rows_extracted), count(r.rows_rejected), count(o.details.get("values_dropped")),
+            count(r.rows_duplicate), count(r.rows_delivered), r.file_name, f"{o.duration_s:.1f}s",
         ])
-    text = table(["activation", "status", "read", "rejected", "duplicates", "delivered", "file", "time"], rows)
+    text = table(["activation", "status", "read", "rejected", "values dropped", "duplicates", "delivered", "file",
+                  "time"], rows)
     notes = []
     for o in outcomes:
         if o.status == RunStatus.SKIPPED:
@@ -479,7 +480,8 @@ def _preview_rows(config: Config, args: argparse.Namespace) -> int:
         print(json.dumps({"activation": name, "kind": config.activations[name].kind, "where": result.where,
                           "columns": [vars(column) for column in result.columns], "not_sent": result.not_sent,
                           **counts, "compared_with_last_run": result.compared, "sample": result.sample,
-                          "rejected_by_reason": result.rejected_by_reason, "examples": result.examples},
+                          "rejected_by_reason": result.rejected_by_reason,
+                          "dropped_by_reason": result.dropped_by_reason, "examples": result.examples},
                          default=str))
         return EXIT_OK
     duplicates = f", {counts['duplicates']:,} of them duplicates" if counts["duplicates"] else ""
@@ -497,6 +499,8 @@ def _preview_rows(config: Config, args: argparse.Namespace) -> int:
     if result.not_sent:
         print(f"not sent: {', '.join(result.not_sent)}")
     _print_reasons("refused, by reason:", result.rejected_by_reason, result.examples)
+    _print_reasons("values dropped (the row is sent without them), by reason:", result.dropped_by_reason,
+                   result.examples)
     if result.sample:
         print(f"first {len(result.sample)} rows as mapped:")
         for row in result.sample:

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import closing
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from itertools import chain
 from pathlib import Path
@@ -23,7 +23,7 @@ from etl.files import RejectWriter
 from etl.runtime.activation_state import ROOT, ROWS, state_file
 from etl.runtime.runs import RunContext
 from etl.transform.delta import MappedRows, RowFormat, RowSnapshot, stage_changes
-from etl.transform.mapping import Mapping
+from etl.transform.mapping import VALUE_DROPPED, Mapping
 
 KIND = "profiles"
 
@@ -56,7 +56,7 @@ def _deliver(context: RunContext, destination: RowDestination) -> None:
     snapshot = RowSnapshot(snapshot_path, row_format.fingerprint) if snapshot_path else None
     rejects_path = context.run_dir / f"{name}.rejects.csv"
     context.details["rejects_file"] = str(rejects_path)
-    with RejectWriter(rejects_path) as rejects:
+    with RejectWriter(rejects_path, by_field=True) as rejects:
         with context.step("extract"), destination.staging(context) as write:
             staged = stage_changes(context, batches, row_format, snapshot, rejects, write)
         if not staged.count:
@@ -102,6 +102,8 @@ class RowsPreview:
     sample: list[dict[str, Any]]
     #: whether the rows were compared with those the last successful run sent
     compared: bool
+    #: reason -> invalid values that would be dropped (their rows sent without them), most frequent first
+    dropped_by_reason: dict[str, int] = field(default_factory=dict)
 
 
 def preview(config: Config, name: str, *, sample_size: int = 5, when: datetime | None = None) -> RowsPreview:
@@ -125,6 +127,7 @@ def preview(config: Config, name: str, *, sample_size: int = 5, when: datetime |
          "duplicates": counts.get("duplicates", 0), "unchanged": counts.get("unchanged", 0),
          "to_send": counts.get("sent", 0)},
         dict(reasons.counts.most_common()), reasons.examples, sampled.rows, snapshot is not None and len(snapshot) > 0,
+        dict(reasons.dropped.most_common()),
     )
 
 
@@ -189,13 +192,23 @@ class _Reasons(RejectWriter):
     def __init__(self) -> None:  # no file: RejectWriter's own __init__ would create one
         self.rows = 0
         self.counts: Counter[str] = Counter()
+        self.dropped: Counter[str] = Counter()
         self.examples: dict[str, str] = {}
 
     def write(self, rejects: pa.Table) -> None:
+        """A rejected row counts once, under its first problem; a dropped value under ``dropped``."""
         self.rows += rejects.num_rows
-        for value, reason in zip(rejects.column("value").to_pylist(), rejects.column("reason").to_pylist()):
+        actions = (rejects.column("action").to_pylist() if "action" in rejects.column_names
+                   else ["row rejected"] * rejects.num_rows)
+        previous = None
+        for row, value, reason, action in zip(rejects.column("row").to_pylist(), rejects.column("value").to_pylist(),
+                                              rejects.column("reason").to_pylist(), actions):
             general = without_value(str(reason), None if value is None else str(value))
-            self.counts[general] += 1
+            if action == VALUE_DROPPED:
+                self.dropped[general] += 1
+            elif row is None or row != previous:
+                self.counts[general] += 1
+            previous = row
             if value is not None:
                 self.examples.setdefault(general, str(value))
 

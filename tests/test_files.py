@@ -278,6 +278,9 @@ def test_an_empty_reject_file_has_its_header(tmp_path: Path) -> None:
         pass
     assert rejects.rows == 0
     assert (tmp_path / "r.csv").read_bytes() == b"row,value,reason\n"
+    with RejectWriter(tmp_path / "i.csv", by_field=True) as rejects:
+        pass
+    assert (tmp_path / "i.csv").read_bytes() == b"row,column,value,reason,action\n"
 
 
 # --------------------------------------------------------------------------- names

@@ -97,7 +97,10 @@ def test_rejected_rows_are_listed_with_their_reasons(config_path: Path, sandbox:
     outcome = run(load(config_path), "qualifio_profiles")
     with open(outcome.details["rejects_file"], newline="", encoding="utf-8") as handle:
         rejects = list(csv.DictReader(handle))
-    assert len(rejects) == outcome.results["rows_rejected"] > 0
+    rows = {row["row"] for row in rejects if row["action"] == "row rejected"}
+    dropped = [row for row in rejects if row["action"] == "value dropped"]
+    assert len(rows) == outcome.results["rows_rejected"] > 0
+    assert len(dropped) == outcome.details["values_dropped"] > 0
     reasons = " | ".join(row["reason"] for row in rejects)
     assert re.search(r"gender: 'X' is not", reasons)
     assert "birthday" in reasons and "international prefix" in reasons

@@ -23,6 +23,8 @@ from etl.transform.mapping import (
     SubscriptionMap,
     explicit_mapping,
     qualifio_subscription_name,
+    reject_counts,
+    with_policy,
 )
 from etl.values.countries import country_codes
 from etl.values.languages import language_codes
@@ -567,21 +569,46 @@ def test_rows_are_written_in_actito_formats_and_rejects_say_why() -> None:
     assert result.rows.to_pylist() == [
         {"emailAddress": "jean@example.be", "firstName": "Jean", "birthDate": "1990-05-17", "sex": "M",
          "subscription_Newsletter": "Y"},
+        # an invalid optional value is dropped: the row goes on without it
+        {"emailAddress": "marie@example.be", "firstName": "Marie", "birthDate": None, "sex": "F",
+         "subscription_Newsletter": "N"},
+        {"emailAddress": "paul@example.be", "firstName": "Paul", "birthDate": None, "sex": None,
+         "subscription_Newsletter": "Y"},
         {"emailAddress": "zoe@example.be", "firstName": "Zoë", "birthDate": "2000-02-29", "sex": None,
          "subscription_Newsletter": None},
     ]
     assert result.source_rows.type == pa.int64()
-    assert result.source_rows.to_pylist() == [1, 6]
+    assert result.source_rows.to_pylist() == [1, 2, 5, 6]
     assert result.rejects.schema == REJECTS_SCHEMA
     assert result.rejects.to_pylist() == [
         {"row": 2, "column": "birthday", "value": "31/02/1990",
-         "reason": "birthday: '31/02/1990' is not a date (yyyy-MM-dd)"},
-        # the key is checked first: one reject per row, for the first field that fails
+         "reason": "birthday: '31/02/1990' is not a date (yyyy-MM-dd)", "action": "value dropped"},
+        # the key rejects its row; every problem of the row is listed, the key's first
         {"row": 3, "column": "email", "value": "nobody",
-         "reason": "email: 'nobody' is not an accepted e-mail address: no @"},
-        {"row": 4, "column": "email", "value": None, "reason": "email: missing"},
-        {"row": 5, "column": "gender", "value": "male", "reason": "gender: 'male' is not a sex (M or F)"},
+         "reason": "email: 'nobody' is not an accepted e-mail address: no @", "action": "row rejected"},
+        {"row": 3, "column": "gender", "value": "X", "reason": "gender: 'X' is not a sex (M or F)",
+         "action": "row rejected"},
+        {"row": 4, "column": "email", "value": None, "reason": "email: missing", "action": "row rejected"},
+        {"row": 5, "column": "gender", "value": "male", "reason": "gender: 'male' is not a sex (M or F)",
+         "action": "value dropped"},
     ]
+
+
+def test_reject_row_on_a_column_rejects_its_rows_again() -> None:
+    mapping = with_policy(profile_mapping(), {"gender": "reject_row"}, "drop_value")
+    result = RowMapper(mapping).map(profile_batch(ROWS))
+    assert result.source_rows.to_pylist() == [1, 2, 6]
+    assert [(r["row"], r["action"]) for r in result.rejects.to_pylist() if r["column"] == "gender"] == [
+        (3, "row rejected"), (5, "row rejected")]
+    assert reject_counts(result.rejects) == (3, 1)
+
+
+def test_a_policy_naming_nothing_or_dropping_the_key_is_refused() -> None:
+    with pytest.raises(MappingError) as caught:
+        with_policy(profile_mapping(), {"email": "drop_value", "phone": "reject_row"}, "drop_value")
+    text = str(caught.value)
+    assert "on_invalid.email: the key or a required attribute cannot be dropped" in text
+    assert "on_invalid.phone: no column of the query nor attribute is named 'phone'" in text
 
 
 def test_the_key_is_required_even_when_its_field_says_not() -> None:
@@ -595,11 +622,11 @@ def test_row_numbers_run_on_across_chunks() -> None:
     mapper = RowMapper(profile_mapping())
     batch = profile_batch(ROWS)
     first, second, third = mapper.map(batch.slice(0, 3)), mapper.map(batch.slice(3, 0)), mapper.map(batch.slice(3))
-    assert first.source_rows.to_pylist() == [1]
+    assert first.source_rows.to_pylist() == [1, 2]
     assert second.rows.num_rows == 0 and second.rejects.num_rows == 0
     assert second.rows.column_names == profile_mapping().output_columns()
-    assert third.source_rows.to_pylist() == [6]
-    assert first.rejects.column("row").to_pylist() == [2, 3]
+    assert third.source_rows.to_pylist() == [5, 6]
+    assert first.rejects.column("row").to_pylist() == [2, 3, 3]
     assert third.rejects.column("row").to_pylist() == [4, 5]
     clean = mapper.map(profile_batch([ROWS[0], ROWS[5]]))  # a chunk without rejects takes the fast path
     assert clean.source_rows.to_pylist() == [7, 8] and clean.rejects.num_rows == 0
@@ -617,8 +644,9 @@ def test_any_chunking_gives_the_same_result(cuts: list[int], copies: int) -> Non
     assert pa.concat_tables([p.rejects for p in parts]).to_pylist() == whole.rejects.to_pylist()
     assert sum((p.source_rows.to_pylist() for p in parts), []) == whole.source_rows.to_pylist()
     # every source row is either kept or rejected, exactly once
-    kept, dropped = whole.source_rows.to_pylist(), whole.rejects.column("row").to_pylist()
-    assert sorted(kept + dropped) == list(range(1, batch.num_rows + 1))
+    kept = whole.source_rows.to_pylist()
+    dropped = {r["row"] for r in whole.rejects.to_pylist() if r["action"] == "row rejected"}
+    assert sorted(kept + list(dropped)) == list(range(1, batch.num_rows + 1))
 
 
 def test_column_types_may_change_between_chunks() -> None:
@@ -670,7 +698,8 @@ def test_a_column_that_cannot_be_text_is_named() -> None:
 def test_one_source_may_feed_two_attributes() -> None:
     mapping = Mapping(key="emailAddress", fields=(FieldMap("email", "emailAddress", "email"),
                                                   FieldMap("email", "login", max_length=12)))
-    result = RowMapper(mapping).map(pa.record_batch({"email": ["a@example.be", "abcdefghij@example.be"]}))
+    result = RowMapper(with_policy(mapping, {}, "reject_row")).map(
+        pa.record_batch({"email": ["a@example.be", "abcdefghij@example.be"]}))
     assert result.rows.to_pylist() == [{"emailAddress": "a@example.be", "login": "a@example.be"}]
     assert result.rejects.column("reason").to_pylist() == ["email: longer than 12 characters"]
 
@@ -839,7 +868,7 @@ def test_qualifio_rows_end_to_end() -> None:
             "optin_newsletter": pa.array([1, 0]), "optin_partners": pa.array([0, None], pa.int64()),
         }
     )
-    result = RowMapper(qualifio_mapping(batch.schema.names)).map(batch)
+    result = RowMapper(with_policy(qualifio_mapping(batch.schema.names), {}, "reject_row")).map(batch)
     assert result.rows.to_pylist() == [{
         "emailAddress": "jean@example.be", "firstName": "Jean", "lastName": "Dupont", "addressStreet": "Rue de la Loi",
         "addressNumber": "16", "addressBox": None, "addressPostalCode": "1000", "addressLocality": "Bruxelles",
@@ -848,7 +877,7 @@ def test_qualifio_rows_end_to_end() -> None:
     }]
     assert result.rejects.to_pylist() == [{
         "row": 2, "column": "country", "value": "Belgium",
-        "reason": "country: 'Belgium' is not an ISO 3166-1 alpha-2 country code (e.g. BE)",
+        "reason": "country: 'Belgium' is not an ISO 3166-1 alpha-2 country code (e.g. BE)", "action": "row rejected",
     }]
 
 
@@ -875,7 +904,7 @@ def test_didomi_consents_map_to_subscriptions() -> None:
         "consent_newsletter": ["true", "false", "true"], "consent_partners": ["false", None, "perhaps"],
         "consent_promotions": ["1", "0", "1"], "preferred_language": ["fr", "nl", "en"],
     })
-    result = RowMapper(mapping).map(batch)
+    result = RowMapper(with_policy(mapping, {}, "reject_row")).map(batch)
     assert [(r["subscription_Newsletter"], r["subscription_Partners"], r["subscription_Promotions"])
             for r in result.rows.to_pylist()] == [("Y", "N", "Y"), ("N", None, "N")]
     assert result.rejects.column("reason").to_pylist() == [
@@ -940,7 +969,7 @@ def test_qualifio_interactions() -> None:
         "surveyType": pa.array([13, 2]), "surveyDate": ["2024-05-17", "2024-05-17"], "motherLanguage": ["fr", "nl"],
         "deviceName": ["mobile", "desktop"], "userAgent": ["Mozilla/5.0 (demo)", "Mozilla/5.0 " + "x" * 300],
     })
-    result = RowMapper(mapping).map(batch)
+    result = RowMapper(with_policy(mapping, {}, "reject_row")).map(batch)  # the old behaviour, on request
     assert result.rows.to_pylist() == [{
         "participationId": "900001", "emailAddress": "a@example.be", "source": "Qualifio", "updateSource": "Qualifio",
         "way": "4101", "date": "2024-05-17 14:03:09", "surveyName": "Summer quiz", "surveyType": "13",

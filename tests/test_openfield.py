@@ -83,7 +83,7 @@ REJECTED = {
     5: ("Dr", "civility: 'Dr' is not a civility OpenField takes"),
     6: ("31/02/1990", "birthday: '31/02/1990' is not a date"),
     7: ("Belgium", "country: 'Belgium' is not an ISO 3166-1 country code"),
-    8: (None, "optin_newsletter: given, but participated_at is empty"),
+    8: ("Y", "optin_newsletter: given, but participated_at is empty"),
 }
 
 
@@ -112,7 +112,7 @@ class Project:
             kind = "profiles"
             sql = "people.sql"
             destination = "of"
-            {activation}
+            {activation or 'on_invalid = "reject_row"'}
             """), encoding="utf-8")
         return load_config(self.dir / "schedules.toml", environ=self.environ)
 
@@ -146,8 +146,12 @@ def held(sandbox: OpenFieldSandbox) -> dict[str, dict[str, Any]]:
 
 
 def rejects_of(outcome: RunOutcome) -> dict[int, tuple[str, str]]:
+    """Row → (value, reason) of its first problem (every problem of a row is listed)."""
+    found: dict[int, tuple[str, str]] = {}
     with open(outcome.details["rejects_file"], newline="", encoding="utf-8") as file:
-        return {int(row["row"]): (row["value"], row["reason"]) for row in csv.DictReader(file)}
+        for row in csv.DictReader(file):
+            found.setdefault(int(row["row"]), (row["value"], row["reason"]))
+    return found
 
 
 # ---------------------------------------------------------------------------------------------- one run
@@ -243,7 +247,7 @@ def test_a_dry_run_sends_nothing(project: Project) -> None:
 
 
 def test_update_only_skips_unknown_profiles(project: Project) -> None:
-    config = project.config(activation='mode = "UPDATE_ONLY"')
+    config = project.config(activation='mode = "UPDATE_ONLY"\non_invalid = "reject_row"')
     project.sandbox.add_profile({"Party": {**PARTY, "LanguageId": "fr"}, "Email": "bob@example.com"})
     outcome = project.run(config)
     assert outcome.ok, outcome.error
@@ -339,7 +343,9 @@ def expected_demo_payload(row: sqlite3.Row) -> dict[str, Any]:
 
 
 def test_the_demo_activation_lands_in_the_sandbox_exactly_as_converted(tmp_path: Path) -> None:
-    shutil.copy(REPO / "schedules.toml", tmp_path / "schedules.toml")
+    # rows with a bad value rejected whole, as before on_invalid (tests/test_field_policy.py: the default)
+    (tmp_path / "schedules.toml").write_text((REPO / "schedules.toml").read_text("utf-8").rstrip()
+                                             + '\non_invalid = "reject_row"\n', "utf-8")
     shutil.copytree(REPO / "sql", tmp_path / "sql")
     done = subprocess.run([sys.executable, "-m", "etl", "--log-format", "json", "run", "openfield_profiles"],
                           capture_output=True, text=True, timeout=300, cwd=tmp_path)

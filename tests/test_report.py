@@ -108,10 +108,10 @@ def test_each_activation_has_its_facts_chart_and_last_runs(tmp_path: Path, store
     first = [text_of(td).strip() for td in rows[0]]
     assert first[0] == "succeeded dry run"
     assert [text_of(td).strip() for td in rows[1]][0] == "failed"
-    assert [text_of(td) for td in rows[1]][6] == "the warehouse is down"
+    assert [text_of(td) for td in rows[1]][7] == "the warehouse is down"
     newest_real = [text_of(td) for td in rows[2]]
     assert newest_real[1] == "2025-10-05 06:30ok4"
-    assert newest_real[2:6] == ["42.0s", "1,065", "25", "1,040"]
+    assert newest_real[2:7] == ["42.0s", "1,065", "25", "—", "1,040"]  # an audience drops no value
     assert all(td.get("data-label") for td in rows[2])  # the labels of the phone layout
 
     profiles = section(root, "qualifio_profiles")
@@ -181,8 +181,8 @@ def test_names_descriptions_and_errors_are_escaped_everywhere(tmp_path: Path, st
     part = section(root, evil_name)
     assert text_of(part).count(f"for {EVIL} & <b>friends</b>") == 1  # shown as text, as written
     rows = part.findall("./table/tbody/tr")
-    assert text_of(rows[1][6]) == f"bad value {EVIL}"
-    details = rows[0][6].find("details")
+    assert text_of(rows[1][7]) == f"bad value {EVIL}"
+    details = rows[0][7].find("details")
     assert details is not None  # a long error is truncated, the rest behind "more"
     summary = details.find("summary")
     assert summary is not None and len(text_of(summary)) <= 141 and text_of(summary).startswith(EVIL)
@@ -214,5 +214,5 @@ def test_a_delta_sync_that_sent_nothing_shows_the_rows_it_holds_and_same_day_run
     assert cli_main(["--config", str(demo_project), "report", "-o", str(page)]) == 0
     html = page.read_text()
     profiles = next(r for r in html.split("<tr>") if ">qualifio_profiles</a>" in r)  # its overview row
-    assert 'data-label="Size" class="num">1,951<' in profiles, profiles
+    assert 'data-label="Size" class="num">2,334<' in profiles, profiles
     assert re.search(r'text-anchor="end">\d{4}-\d\d-\d\d \d\d:\d\d</text>', html)  # same day: the time too

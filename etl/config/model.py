@@ -206,6 +206,9 @@ class AudienceActivation(ActivationBase):
 
 
 ImportMode = Literal["CREATE_UPDATE", "UPDATE_ONLY", "CREATE_ONLY"]
+#: what an invalid value does: reject its whole row, or drop the value and send the row without it
+InvalidPolicy = Literal["reject_row", "drop_value"]
+_POLICIES = ("reject_row", "drop_value")
 
 
 class ImportActivationBase(ActivationBase):
@@ -219,6 +222,31 @@ class ImportActivationBase(ActivationBase):
     delta: bool = True
     compression: Literal["none", "gzip", "zip"] = "gzip"
     import_timeout_minutes: int = Field(default=60, ge=1)
+    #: one policy for every optional column, or a table column -> policy (``default``: the other columns);
+    #: the key and required attributes always reject their row
+    on_invalid: InvalidPolicy | dict[str, InvalidPolicy] = Field(default_factory=dict)
+
+    @field_validator("on_invalid", mode="before")
+    @classmethod
+    def _policies(cls, value: Any) -> Any:
+        """A wrong policy is named with its column, not as two failed union branches."""
+        given = value.items() if isinstance(value, dict) else [(None, value)]
+        for column, policy in given:
+            if policy not in _POLICIES:
+                where = f"on_invalid.{column}" if column is not None else "on_invalid"
+                raise ValueError(f"{where} = {policy!r}: use \"reject_row\" (the whole row is rejected) or "
+                                 "\"drop_value\" (the row is sent without the value)")
+        return value
+
+    def invalid_policies(self) -> tuple[dict[str, InvalidPolicy], InvalidPolicy]:
+        """(policy per named column, policy of the others). Unless chosen, an invalid optional value is
+        dropped — but with ``empty_values = "clear"`` its empty cell would erase what the destination
+        holds, so the row is rejected instead."""
+        if isinstance(self.on_invalid, str):
+            return {}, self.on_invalid
+        policies = dict(self.on_invalid)
+        default = policies.pop("default", None)
+        return policies, default or ("reject_row" if self.empty_values == "clear" else "drop_value")
 
 
 class ProfilesActivation(ImportActivationBase):

@@ -461,22 +461,26 @@ def _shortened(values: pa.Array) -> pa.Array:
 
 
 class RejectWriter(ClosingWriter):
-    """The rows dropped from an audience, for analysts: ``row,value,reason``, values defused and shortened.
+    """What was not delivered, for analysts: ``row,value,reason``, values defused and shortened. An
+    import's file (``by_field``) also says the ``column`` and the ``action``: whether the whole row was
+    rejected or only the value dropped (the row went on without it); a line without them rejects its row.
 
     Mode 0600 (personal data). On an exception the file is kept: it is correct as far as it goes.
     """
 
-    COLUMNS = ("row", "value", "reason")
+    COLUMNS: tuple[str, ...] = ("row", "value", "reason")
+    FIELD_COLUMNS: tuple[str, ...] = ("row", "column", "value", "reason", "action")
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, by_field: bool = False) -> None:
         self.path = Path(path)
         self.rows = 0
         self._closed = False
+        self.columns = self.FIELD_COLUMNS if by_field else self.COLUMNS
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._file = create_private(self.path)
-            self._file.write(",".join(self.COLUMNS).encode("ascii") + b"\n")
-            schema = pa.schema([("row", pa.int64()), ("value", pa.string()), ("reason", pa.string())])
+            self._file.write(",".join(self.columns).encode("ascii") + b"\n")
+            schema = pa.schema([("row", pa.int64())] + [(name, pa.string()) for name in self.columns[1:]])
             options = pacsv.WriteOptions(include_header=False, quoting_style="needed")
             self._writer = pacsv.CSVWriter(self._file, schema, write_options=options)
         except OSError as exc:
@@ -488,20 +492,23 @@ class RejectWriter(ClosingWriter):
             raise ValueError("the reject file is already closed")
         if rejects.num_rows == 0:
             return
-        columns = [rejects.column(name).combine_chunks() for name in self.COLUMNS]
-        table = pa.table(
-            [
-                pc.cast(columns[0], pa.int64()),
-                defuse_formulas(_shortened(pc.cast(columns[1], pa.string()))),
-                defuse_formulas(pc.cast(columns[2], pa.string())),  # a reason may quote Actito's words
-            ],
-            schema=self._schema,
-        )
+        table = pa.table([self._column(rejects, name) for name in self.columns], schema=self._schema)
         try:
             self._writer.write_table(table)
         except OSError as exc:
             raise write_error(self.path, exc) from exc
         self.rows += table.num_rows
+
+    @staticmethod
+    def _column(rejects: pa.Table, name: str) -> pa.Array:
+        """One column as written: the row number, or text defused (a reason may quote Actito's words, a
+        column is named by the SQL); a missing column or action is empty or rejects the row."""
+        if name == "row":
+            return pc.cast(rejects.column("row").combine_chunks(), pa.int64())
+        if name not in rejects.column_names:
+            return pa.array([None if name == "column" else "row rejected"] * rejects.num_rows, pa.string())
+        text = pc.cast(rejects.column(name).combine_chunks(), pa.string())
+        return defuse_formulas(_shortened(text) if name == "value" else text)
 
     def close(self) -> int:
         if not self._closed:

@@ -47,14 +47,15 @@ def size_after(record: RunRecord) -> int | None:
 
 def runs_table(records: Sequence[RunRecord]) -> str:
     return table(
-        ["run id", "activation", "status", "started (UTC)", "read", "rejected", "delivered", "time", "error"],
+        ["run id", "activation", "status", "started (UTC)", "read", "rejected", "values dropped", "delivered", "time",
+         "error"],
         [
             [
                 r.run_id, r.activation, r.status + (" (dry)" if r.dry_run else "")
                 + (f" at {r.details['checkpoint']}"
                    if r.status == RunStatus.RUNNING and r.details.get("checkpoint") else ""),
                 f"{r.started_at:%Y-%m-%d %H:%M:%S}", count(r.rows_extracted), count(r.rows_rejected),
-                count(r.rows_delivered), f"{r.duration_s:.1f}s" if r.duration_s is not None else "",
+                count(r.details.get("values_dropped")), count(r.rows_delivered), f"{r.duration_s:.1f}s" if r.duration_s is not None else "",
                 (r.error or "").splitlines()[0][:80] if r.error else "",
             ]
             for r in records
@@ -88,7 +89,8 @@ def show_run(record: RunRecord, *, rejects_shown: int = 10) -> str:
         + (f"   finished {record.finished_at:%H:%M:%S}" if record.finished_at else "")
         + (f"   ({record.duration_s:.2f}s)" if record.duration_s is not None else ""),
         f"rows       read {count(record.rows_extracted)}   rejected {count(record.rows_rejected)}   "
-        f"duplicates {count(record.rows_duplicate)}   delivered {count(record.rows_delivered)}",
+        + (f"values dropped {count(details['values_dropped'])}   " if "values_dropped" in details else "")
+        + f"duplicates {count(record.rows_duplicate)}   delivered {count(record.rows_delivered)}",
     ]
     if details.get("steps"):
         lines.append("steps      " + "   ".join(f"{step} {seconds:.2f}s" for step, seconds in details["steps"].items()))
@@ -138,5 +140,6 @@ def _rejects(path: str | None, shown: int) -> list[str]:
     if not rows:
         return ["rejects    none"]
     more = " (first ones)" if len(rows) > shown else ""
-    return [f"rejects    {path}{more}", table(["row", "value", "reason"],
-                                              [[r["row"], r["value"][:60], r["reason"]] for r in rows[:shown]])]
+    return [f"rejects    {path}{more}", table(["row", "value", "reason", "action"],
+                                              [[r["row"], r["value"][:60], r["reason"], r.get("action") or ""]
+                                               for r in rows[:shown]])]

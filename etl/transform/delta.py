@@ -21,6 +21,7 @@ import pyarrow.parquet as pq
 from etl.files import RejectWriter, create_private, private_directory
 from etl.runtime.runs import RunContext
 from etl.transform.dedupe import SeenHashes
+from etl.transform.mapping import reject_counts
 
 _FINGERPRINT_KEY = b"audience_sync_fingerprint"
 
@@ -120,7 +121,7 @@ class MappedRows:
     keys: pa.ChunkedArray
     #: the warehouse row (1-based) each row comes from, to name it in the reject file
     source_rows: pa.Array | pa.ChunkedArray
-    #: row, value, reason: rows the destination would refuse
+    #: etl.transform.mapping.REJECTS_SCHEMA: invalid values, each dropped or rejecting its row
     rejects: pa.Table
     #: the columns whose hash says whether a row changed
     hashed: pa.Table
@@ -178,15 +179,19 @@ def stage_changes(
 ) -> Staged:
     """Map every chunk, reject what the destination would refuse, keep the first row of each key
     (as audiences keep the first) and, of those, the rows that changed since the snapshot; ``write``
-    stages them. ``rows_rejected`` is the same on every run over the same data: an unchanged row the
+    stages them. A row sent without an invalid value counts in ``values_dropped``, not as rejected.
+    ``rows_rejected`` is the same on every run over the same data: an unchanged row the
     destination refused before is counted again (and listed), not taken for an unchanged one."""
-    counts = {"extracted": 0, "rejected": 0, "unchanged": 0, "sent": 0, "duplicates": 0, "still_refused": 0}
+    counts = {"extracted": 0, "rejected": 0, "unchanged": 0, "sent": 0, "duplicates": 0, "still_refused": 0,
+              "dropped": 0}
     staged = Staged()
     seen_keys = SeenHashes()
     for batch in batches:
         mapped = row_format.map(batch)
         counts["extracted"] += batch.num_rows
-        counts["rejected"] += mapped.rejects.num_rows
+        rejected, dropped = reject_counts(mapped.rejects)
+        counts["rejected"] += rejected
+        counts["dropped"] += dropped
         rejects.write(mapped.rejects)
         key_hash, row_hash = key_hashes(mapped.keys), row_hashes(mapped.hashed)
         first = seen_keys.add_new(key_hash)
@@ -207,7 +212,8 @@ def stage_changes(
         counts["sent"] = staged.count
         context.tick({**counts, "kept": staged.count})
     context.results.update(rows_extracted=counts["extracted"], rows_rejected=counts["rejected"])
-    context.details.update(unchanged=counts["unchanged"], to_send=staged.count, still_refused=counts["still_refused"])
+    context.details.update(unchanged=counts["unchanged"], to_send=staged.count, still_refused=counts["still_refused"],
+                           values_dropped=counts["dropped"])
     return staged
 
 

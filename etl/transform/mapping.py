@@ -1,6 +1,8 @@
 """Map warehouse rows to the columns a destination is sent. Column *names* are checked once, when the
-:class:`Mapping` is built; per row, only values. A value that breaks its rule rejects its whole row,
-with a reason naming the column, the value and the rule, so nothing broken is ever sent."""
+:class:`Mapping` is built; per row, only values. A value that breaks its rule is never sent: by its
+column's ``on_invalid`` policy it is dropped (the row goes on without it: one bad optional field must
+not lose a person) or it rejects its whole row (the key and required attributes always do). Every
+problem of a row is listed with the column, the value, the rule and what was done."""
 
 from __future__ import annotations
 
@@ -9,6 +11,7 @@ import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from types import MappingProxyType
+from typing import Literal, get_args
 
 import numpy as np
 import pyarrow as pa
@@ -29,9 +32,14 @@ _NAME = re.compile(rf"[A-Za-z0-9_]{{1,{MAX_NAME}}}")
 _EMPTY: cabc.Mapping[str, str] = MappingProxyType({})
 _NO_RULES: cabc.Mapping[str, FieldRule] = MappingProxyType({})
 
-REJECTS_SCHEMA = pa.schema(
-    [("row", pa.int64()), ("column", pa.string()), ("value", pa.string()), ("reason", pa.string())]
-)
+REJECTS_SCHEMA = pa.schema([("row", pa.int64()), ("column", pa.string()), ("value", pa.string()),
+                            ("reason", pa.string()), ("action", pa.string())])
+
+#: what an invalid value does: reject its whole row, or drop the value and send the row without it
+OnInvalid = Literal["reject_row", "drop_value"]
+ON_INVALID: tuple[OnInvalid, ...] = get_args(OnInvalid)
+#: the ``action`` of a reject line
+ROW_REJECTED, VALUE_DROPPED = "row rejected", "value dropped"
 
 #: predefined attributes and the rule their values follow (other names: ``string``)
 PREDEFINED_RULES: dict[str, FieldRule] = {
@@ -58,9 +66,17 @@ class FieldMap:
     max_length: int | None = MAX_STRING
     #: an empty value rejects the row (the key is always required)
     required: bool = False
+    #: what an invalid value does; None: drop it, unless the field is required (then the row is rejected)
+    on_invalid: OnInvalid | None = None
+
+    @property
+    def policy(self) -> OnInvalid:
+        return "reject_row" if self.required else self.on_invalid or "drop_value"
 
     def __post_init__(self) -> None:
         problems = []
+        if self.on_invalid not in (None, *ON_INVALID):
+            problems.append(f"column {self.source!r}: on_invalid must be one of {', '.join(ON_INVALID)}")
         if self.rule not in RULES:
             problems.append(f"column {self.source!r}: unknown rule {self.rule!r} (rules: {', '.join(RULES)})")
         if self.max_length is not None and self.max_length < 1:
@@ -75,6 +91,8 @@ class SubscriptionMap:
 
     source: str
     subscription: str
+    #: what an invalid yes/no does (None: the value is dropped, the subscription left as it is)
+    on_invalid: OnInvalid | None = None
 
     @property
     def column(self) -> str:
@@ -161,10 +179,10 @@ def _fed_twice(what: str, names_and_sources: list[tuple[str, str]]) -> list[str]
 
 @dataclass(frozen=True)
 class MappedBatch:
-    #: string columns named by ``output_columns()``, values in Actito's formats, None for empty
+    #: string columns named by ``output_columns()``, values in Actito's formats, None for empty (or dropped)
     rows: pa.Table
-    #: row (1-based source row), column (source column), value (as read), reason — one row per
-    #: rejected source row, for the first field that failed
+    #: :data:`REJECTS_SCHEMA`: one line per invalid value — row (1-based source row), column (source
+    #: column), value (as read), reason, action (``row rejected`` or ``value dropped``)
     rejects: pa.Table
     #: int64, the source row number of each row of ``rows`` (to map Actito's report lines back)
     source_rows: pa.Array
@@ -178,9 +196,10 @@ class RowMapper:
         self.where = where
         self._next_row = 1
         key = mapping.key_field
-        #: key first: a row is explained by its key's problem before any other
+        #: key first: a row's problems are listed with its key's first
         self._steps = (replace(key, required=True), *(f for f in mapping.fields if f is not key),
-                       *(FieldMap(s.source, s.column, "yes_no", None) for s in mapping.subscriptions))
+                       *(FieldMap(s.source, s.column, "yes_no", None, on_invalid=s.on_invalid)
+                         for s in mapping.subscriptions))
         self._columns = mapping.output_columns()
 
     def map(self, batch: pa.RecordBatch | pa.Table) -> MappedBatch:
@@ -192,31 +211,20 @@ class RowMapper:
 
         written: dict[str, pa.Array] = {}
         texts: dict[str, pa.Array] = {}
-        reason, column, value = nulls(rows), nulls(rows), nulls(rows)
-        failing = False
+        problems = Problems(rows)
         for step in self._steps:
             raw = decoded(batch.column(names.index(step.source)))
             if step.source not in texts:
                 texts[step.source] = column_text(raw, step.source)
             out, why = checked(step.rule, raw, texts[step.source], step.max_length, step.required)
-            written[step.target] = out
-            if pc.any(pc.is_valid(why)).as_py():
-                failing = True
-                reason, new = first_reasons(reason, why, f"{step.source}: ")
-                column = pc.if_else(new, step.source, column)
-                value = pc.if_else(new, texts[step.source], value)
+            written[step.target] = out  # None where invalid: a dropped value is sent empty
+            problems.add(step.source, texts[step.source], why, step.policy)
 
         table = pa.table([written[name] for name in self._columns], names=self._columns)
-        if not failing:
-            numbers = pa.array(np.arange(first_row, first_row + rows), pa.int64())
-            return MappedBatch(table, REJECTS_SCHEMA.empty_table(), numbers)
-        keep = pc.is_null(reason)
-        kept = np.flatnonzero(keep.to_numpy(zero_copy_only=False))
-        dropped = np.flatnonzero(~keep.to_numpy(zero_copy_only=False))
-        dropped_rows = pa.array(dropped, pa.int64())
-        rejects = pa.table([pa.array(dropped + first_row, pa.int64()), column.take(dropped_rows),
-                            value.take(dropped_rows), reason.take(dropped_rows)], schema=REJECTS_SCHEMA)
-        return MappedBatch(table.filter(keep), rejects, pa.array(kept + first_row, pa.int64()))
+        keep = ~problems.rejected
+        numbers = np.arange(first_row, first_row + rows)
+        return MappedBatch(table.filter(pa.array(keep)) if problems.rejected.any() else table,
+                           problems.table(numbers), pa.array(numbers[keep], pa.int64()))
 
     def _check_columns(self, names: list[str]) -> None:
         needed = list(dict.fromkeys(step.source for step in self._steps))
@@ -240,11 +248,82 @@ class RowMapper:
             )
 
 
-def first_reasons(reason: pa.Array, why: pa.Array, prefix: str) -> tuple[pa.Array, pa.Array]:
-    """Each row keeps its first reason (fields checked in order): the reasons, and where ``why``
-    gave a row its first one (to record the value that failed beside it)."""
-    new = pc.and_(pc.is_null(reason), pc.is_valid(why))
-    return pc.if_else(new, concat(prefix, why), reason), new
+class Problems:
+    """Every invalid value of one chunk, each with what its column's policy made of it; which rows are rejected."""
+
+    def __init__(self, rows: int) -> None:
+        self.rejected = np.zeros(rows, bool)
+        self._lines: list[tuple[np.ndarray, str, pa.Array, pa.Array]] = []
+
+    def add(self, column: str, values: pa.Array, why: pa.Array, policy: OnInvalid) -> np.ndarray:
+        """``why``: a reason or None per row; returns the positions that had one."""
+        at = np.flatnonzero(pc.fill_null(pc.is_valid(why), False).to_numpy(zero_copy_only=False))
+        if len(at):
+            taken = pa.array(at, pa.int64())
+            self._lines.append((at, column, pc.cast(values.take(taken), pa.string()),
+                                concat(f"{column}: ", why.take(taken))))
+            if policy == "reject_row":
+                self.rejected[at] = True
+        return at
+
+    def table(self, numbers: np.ndarray) -> pa.Table:
+        """:data:`REJECTS_SCHEMA`, by row then in the order the problems were found; ``numbers``: each
+        position's source row number."""
+        if not self._lines:
+            return REJECTS_SCHEMA.empty_table()
+        at = np.concatenate([line[0] for line in self._lines])
+        order = pa.array(np.argsort(at, kind="stable"), pa.int64())
+        columns = pa.array(np.concatenate([np.full(len(line[0]), line[1], object) for line in self._lines]),
+                           pa.string())
+        actions = np.where(self.rejected[at], ROW_REJECTED, VALUE_DROPPED).astype(object)
+        table = pa.table([pa.array(numbers[at], pa.int64()), columns,
+                          pa.concat_arrays([line[2] for line in self._lines]),
+                          pa.concat_arrays([line[3] for line in self._lines]), pa.array(actions, pa.string())],
+                         schema=REJECTS_SCHEMA)
+        return table.take(order)
+
+
+def rows_rejected_later(rejects: pa.Table, rows: np.ndarray) -> pa.Table:
+    """Reject lines with ``rows`` (source row numbers) marked ``row rejected``: a later check rejected
+    rows whose earlier problems only dropped a value."""
+    if not len(rows) or not rejects.num_rows:
+        return rejects
+    later = pc.is_in(rejects.column("row"), value_set=pa.array(rows, pa.int64()))
+    action = pc.if_else(later, ROW_REJECTED, rejects.column("action"))
+    return rejects.set_column(rejects.schema.get_field_index("action"), "action", action)
+
+
+def reject_counts(rejects: pa.Table) -> tuple[int, int]:
+    """(rows rejected, values dropped) of reject lines; a line without ``action`` rejects its row."""
+    if "action" not in rejects.column_names:
+        return len(pc.unique(rejects.column("row"))) if rejects.num_rows else 0, 0
+    dropped = pc.equal(rejects.column("action"), VALUE_DROPPED)
+    count = int(pc.sum(dropped).as_py() or 0)
+    rejected_rows = rejects.column("row").filter(pc.invert(dropped))
+    return len(pc.unique(rejected_rows)), count
+
+
+def with_policy(mapping: Mapping, policies: cabc.Mapping[str, OnInvalid], default: OnInvalid) -> Mapping:
+    """``mapping`` with each column's ``on_invalid``: ``policies`` names a column of the query or the
+    attribute / subscription it feeds; the others get ``default`` (required fields keep rejecting)."""
+    names = {f.source for f in mapping.fields} | {f.target for f in mapping.fields}
+    names |= {s.source for s in mapping.subscriptions} | {s.subscription for s in mapping.subscriptions}
+    problems = [f"on_invalid.{name}: no column of the query nor attribute is named {name!r} "
+                f"(mapped: {listing(sorted({f.source for f in mapping.fields}))})"
+                for name in policies if name not in names]
+    for field in mapping.fields:
+        chosen = policies.get(field.source, policies.get(field.target))
+        if (field.required or field.target == mapping.key) and chosen == "drop_value":
+            problems.append(f"on_invalid.{field.source if field.source in policies else field.target}: "
+                            "the key or a required attribute cannot be dropped: an invalid one rejects its row")
+    if problems:
+        raise MappingError(problems, hint='on_invalid takes "reject_row" or "drop_value" per mapped column')
+    fields = tuple(field if field.required or field.target == mapping.key else
+                   replace(field, on_invalid=policies.get(field.source, policies.get(field.target, default)))
+                   for field in mapping.fields)
+    subscriptions = tuple(replace(s, on_invalid=policies.get(s.source, policies.get(s.subscription, default)))
+                          for s in mapping.subscriptions)
+    return replace(mapping, fields=fields, subscriptions=subscriptions)
 
 
 def explicit_mapping(

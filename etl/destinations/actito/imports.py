@@ -35,7 +35,7 @@ from etl.runtime.ledger import open_store
 from etl.runtime.results import Delivery
 from etl.runtime.runs import RunContext
 from etl.transform.delta import MappedRows, RowSnapshot, Staged, fingerprint
-from etl.transform.mapping import FieldMap, Mapping, RowMapper, explicit_mapping
+from etl.transform.mapping import FieldMap, Mapping, RowMapper, explicit_mapping, with_policy
 from etl.values.rules import FieldRule
 
 #: builds the mapping from the query's columns and the Actito table they go to
@@ -95,6 +95,8 @@ def preflight(
         if attribute is not None and field.rule == "string":
             # plain text bound for a typed attribute (a country, a date ...) is held to that type's rule
             field = dataclasses.replace(field, rule=rule_for(attribute))
+        if attribute is not None and attribute.mandatory and not field.required:
+            field = dataclasses.replace(field, required=True)  # Actito refuses its row without it: never dropped
         problem = _field_problem(field, attribute, table, custom=target.custom)
         if problem:
             problems.append(problem)
@@ -319,7 +321,10 @@ def import_plan(config: Config, name: str) -> ImportPlan:
         etl_id=activation.etl_id, compression=activation.compression,
         timeout_seconds=activation.import_timeout_minutes * 60.0, daily_budget=destination.daily_import_budget,
     )
-    return ImportPlan(activation.destination, target, _mapping_for(activation))
+    mapping_for = _mapping_for(activation)
+    policies, default = activation.invalid_policies()
+    return ImportPlan(activation.destination, target,
+                      lambda columns, table: with_policy(mapping_for(columns, table), policies, default))
 
 
 def _mapping_for(activation: ImportActivationBase) -> MappingFactory:

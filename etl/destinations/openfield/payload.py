@@ -13,13 +13,14 @@ import logging
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from etl.errors import MappingError
 from etl.transform.mapping import (MAX_STRING, QUALIFIO_OPTIN_PREFIX, SUBSCRIPTION_PREFIX, ColumnUse, FieldMap,
-                                   RowMapper, SubscriptionMap, first_reasons, qualifio_subscription_name,
-                                   sort_columns)
+                                   OnInvalid, Problems, RowMapper, SubscriptionMap, qualifio_subscription_name,
+                                   rows_rejected_later, sort_columns, with_policy)
 from etl.transform.mapping import Mapping as RowMapping
 from etl.values.countries import alpha3_of_alpha2
 from etl.values.rules import FieldRule
@@ -70,7 +71,7 @@ class Profile:
 @dataclass(frozen=True)
 class PayloadBatch:
     profiles: list[Profile]
-    #: row, value, reason: one row per rejected source row
+    #: etl.transform.mapping.REJECTS_SCHEMA: one line per invalid value, the row rejected or the value dropped
     rejects: pa.Table
 
 
@@ -85,9 +86,11 @@ class PayloadBuilder:
         party_version: int,
         language: str,
         services: Mapping[str, str] | None = None,
+        on_invalid: tuple[Mapping[str, OnInvalid], OnInvalid] = ({}, "drop_value"),
         where: str = "",
     ) -> None:
-        """``services``: source column → ServiceId, beside ``optin_<name>`` (ServiceId ``<Name>``, as in Qualifio)."""
+        """``services``: source column → ServiceId, beside ``optin_<name>`` (ServiceId ``<Name>``, as in Qualifio);
+        ``on_invalid``: the policy per named column, and of the others."""
         self.match_on = match_on
         self.party_version = party_version
         self.language = language.lower()
@@ -95,9 +98,12 @@ class PayloadBuilder:
         for column in self.dropped:
             log.warning("%s: column %r is not sent: passwords are never synced to OpenField "
                         "(leave it out of the SELECT to silence this)", where, column)
-        self._mapping = _row_mapping([c for c in columns if c not in self.dropped], match_on, dict(services or {}))
+        self._mapping = with_policy(_row_mapping([c for c in columns if c not in self.dropped], match_on,
+                                                 dict(services or {})), *on_invalid)
         self._mapper = RowMapper(self._mapping, where=where)
         self._source = {field.target: field.source for field in self._mapping.fields}
+        self._policy = {**{field.target: field.policy for field in self._mapping.fields},
+                        **{s.column: s.on_invalid or "drop_value" for s in self._mapping.subscriptions}}
         self._services = [(s.column, s.source, s.subscription) for s in self._mapping.subscriptions]
 
     @property
@@ -110,41 +116,38 @@ class PayloadBuilder:
         return [self._mapping, self.match_on, self.party_version, self.language]
 
     def build(self, batch: pa.RecordBatch) -> PayloadBatch:
+        """Map, then convert to OpenField's formats; a value OpenField cannot take follows its column's policy."""
         mapped = self._mapper.map(batch)
         rows = mapped.rows
         converted = {name: rows.column(name).combine_chunks() for name in rows.column_names}
-        reason, value = nulls(rows.num_rows), nulls(rows.num_rows)
+        problems = Problems(rows.num_rows)
         for target, check in _CONVERSIONS.items():
             if target not in converted:
                 continue
             written, why = check(converted[target])
-            converted[target] = written
-            reason, new = first_reasons(reason, why, f"{self._source[target]}: ")
-            value = pc.if_else(new, rows.column(target).combine_chunks(), value)
-        reason = self._undated_optins(rows, reason)
-        keep = pc.is_null(reason)
-        kept = rows.filter(keep)
-        later_rejects = pa.table({
-            "row": mapped.source_rows.filter(pc.invert(keep)),
-            "value": value.filter(pc.invert(keep)),
-            "reason": reason.filter(pc.invert(keep)),
-        })
+            at = problems.add(self._source[target], rows.column(target).combine_chunks(), why, self._policy[target])
+            converted[target] = _emptied(written, at)
+        self._undated_optins(converted, problems)
+        keep = pa.array(~problems.rejected)
+        numbers = mapped.source_rows.to_numpy(zero_copy_only=False)
+        rejects = pa.concat_tables([rows_rejected_later(mapped.rejects, numbers[problems.rejected]),
+                                    problems.table(numbers)])
         profiles = list(self._profiles({k: v.filter(keep) for k, v in converted.items()},
-                                       mapped.source_rows.filter(keep), kept.num_rows))
-        rejects = pa.concat_tables([mapped.rejects.select(["row", "value", "reason"]), later_rejects])
+                                       mapped.source_rows.filter(keep), int(keep.true_count)))
         return PayloadBatch(profiles, rejects.sort_by("row"))
 
-    def _undated_optins(self, rows: pa.Table, reason: pa.Array) -> pa.Array:
+    def _undated_optins(self, converted: dict[str, pa.Array], problems: Problems) -> None:
+        """An opt-in given without a participation time: OpenField needs the consent's time."""
         if not self._services:
-            return reason
-        when = rows.column("ActivationDate").combine_chunks()
+            return
+        when = converted["ActivationDate"]
         for column, source, _ in self._services:
-            given = pc.fill_null(pc.equal(rows.column(column).combine_chunks(), "Y"), False)
+            given = pc.fill_null(pc.equal(converted[column], "Y"), False)
             undated = pc.and_(given, pc.is_null(when))
-            reason = pc.if_else(pc.and_(pc.is_null(reason), undated),
-                                f"{source}: given, but {self._source['ActivationDate']} is empty: "
-                                "OpenField needs the consent time (ActivationDate)", reason)
-        return reason
+            why = pc.if_else(undated, f"given, but {self._source['ActivationDate']} is empty: "
+                                      "OpenField needs the consent time (ActivationDate)", pa.scalar(None, STRING))
+            at = problems.add(source, converted[column], why, self._policy[column])
+            converted[column] = _emptied(converted[column], at)
 
     def _profiles(self, columns: dict[str, pa.Array], source_rows: pa.Array, count: int) -> Iterator[Profile]:
         values = {name: array.to_pylist() for name, array in columns.items()}
@@ -171,6 +174,15 @@ class PayloadBuilder:
         if services:
             payload["Services"] = services
         return payload
+
+
+def _emptied(values: pa.Array, at: np.ndarray) -> pa.Array:
+    """``values`` with the positions ``at`` empty (invalid values are never sent)."""
+    if not len(at):
+        return values
+    mask = np.zeros(len(values), bool)
+    mask[at] = True
+    return pc.if_else(pa.array(mask), pa.scalar(None, values.type), values)
 
 
 def payload_text(payload: Mapping[str, object]) -> str:

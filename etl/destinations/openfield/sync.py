@@ -68,6 +68,7 @@ class OpenFieldProfiles:
         builder = PayloadBuilder(
             columns, match_on=destination.match_on, party_version=destination.party_version,
             language=destination.language, services=activation.subscriptions,
+            on_invalid=activation.invalid_policies(),
             where=str(context.config.path(activation.sql)),
         )
         context.details.update(openfield=destination.tenant_id, dropped_columns=builder.dropped)
