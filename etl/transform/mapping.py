@@ -19,7 +19,7 @@ import pyarrow.compute as pc
 
 from etl.errors import MappingError, TransformError
 from etl.values.rules import RULES, FieldRule, checked, column_text
-from etl.values.text import concat, decoded, listing, nulls
+from etl.values.text import concat, decoded, listing
 
 #: the longest string value sent (Actito's limit; a field's own ``maxLength`` may be lower)
 MAX_STRING = 255
