@@ -323,11 +323,16 @@ class ParkedSlots:
         atexit.register(self.release_parked)
 
     def release_parked(self) -> None:
+        """At exit, also waits for the reaper: a slot it has taken off the list but not yet given back
+        would otherwise die with the daemon thread and stay taken until its lease expires."""
         with self._lock:
             parked = list(self._parked)
             self._parked.clear()
+            reaper = self._reaper
         for lease in parked:
             self._ledger.release(lease)
+        if reaper is not None and reaper is not threading.current_thread():
+            reaper.join(timeout=5)
 
     @contextmanager
     def held(self) -> Iterator[Lease]:
