@@ -400,7 +400,8 @@ class _Progress:
 
 #: what a run's JSON line adds to the ledger's columns: after it, the audience's size (``members``) and
 #: its changes, so rows_delivered (what this run delivered) is never read as the size
-_JSON_DETAILS = ("members", "entered", "left", "unchanged", "refused_by_actito", "still_refused", "values_dropped")
+_JSON_DETAILS = ("members", "entered", "left", "unchanged", "refused_by_actito", "still_refused", "values_dropped",
+                 "retried", "retry_queue", "retries_expired")
 
 
 def _outcome_json(outcome: RunOutcome) -> dict[str, Any]:

@@ -22,7 +22,7 @@ from etl.extract import activation_batches
 from etl.files import RejectWriter
 from etl.runtime.activation_state import ROOT, ROWS, state_file
 from etl.runtime.runs import RunContext
-from etl.transform.delta import MappedRows, RowFormat, RowSnapshot, stage_changes
+from etl.transform.delta import MappedRows, RowFormat, RowSnapshot, refusal_retries, stage_changes
 from etl.transform.mapping import VALUE_DROPPED, Mapping
 
 KIND = "profiles"
@@ -53,7 +53,7 @@ def _deliver(context: RunContext, destination: RowDestination) -> None:
     delta = config.activation_of(name, ImportActivationBase).delta
     snapshot_path = state_file(config.state_dir, name, ROWS) if delta else None
     destination.recover(context, snapshot_path)
-    snapshot = RowSnapshot(snapshot_path, row_format.fingerprint) if snapshot_path else None
+    snapshot = RowSnapshot(snapshot_path, row_format.fingerprint, refusal_retries(context)) if snapshot_path else None
     rejects_path = context.run_dir / f"{name}.rejects.csv"
     context.details["rejects_file"] = str(rejects_path)
     with RejectWriter(rejects_path, by_field=True) as rejects:
@@ -117,7 +117,7 @@ def preview(config: Config, name: str, *, sample_size: int = 5, when: datetime |
         row_format, batches = _preview_preflight(context, destination)
         mapping = destination.mapping()
         last_sent = _last_sent(config, name)
-        snapshot = RowSnapshot(last_sent, row_format.fingerprint) if last_sent else None
+        snapshot = RowSnapshot(last_sent, row_format.fingerprint, refusal_retries(context)) if last_sent else None
         sampled, reasons = _Sampled(row_format, sample_size), _Reasons()
         stage_changes(context, batches, sampled, snapshot, reasons, lambda rows: None)
         where = destination.describe(context).where

@@ -108,7 +108,7 @@ def test_each_activation_has_its_facts_chart_and_last_runs(tmp_path: Path, store
     first = [text_of(td).strip() for td in rows[0]]
     assert first[0] == "succeeded dry run"
     assert [text_of(td).strip() for td in rows[1]][0] == "failed"
-    assert [text_of(td) for td in rows[1]][7] == "the warehouse is down"
+    assert [text_of(td) for td in rows[1]][8] == "the warehouse is down"
     newest_real = [text_of(td) for td in rows[2]]
     assert newest_real[1] == "2025-10-05 06:30ok4"
     assert newest_real[2:7] == ["42.0s", "1,065", "25", "—", "1,040"]  # an audience drops no value
@@ -181,8 +181,8 @@ def test_names_descriptions_and_errors_are_escaped_everywhere(tmp_path: Path, st
     part = section(root, evil_name)
     assert text_of(part).count(f"for {EVIL} & <b>friends</b>") == 1  # shown as text, as written
     rows = part.findall("./table/tbody/tr")
-    assert text_of(rows[1][7]) == f"bad value {EVIL}"
-    details = rows[0][7].find("details")
+    assert text_of(rows[1][8]) == f"bad value {EVIL}"
+    details = rows[0][8].find("details")
     assert details is not None  # a long error is truncated, the rest behind "more"
     summary = details.find("summary")
     assert summary is not None and len(text_of(summary)) <= 141 and text_of(summary).startswith(EVIL)

@@ -191,6 +191,9 @@ class ActitoWire(ConfigModel):
     error_statuses: frozenset[str] = frozenset({"ERROR"})
     #: a 429 whose message matches this (a regular expression) is the daily import quota, not a transient limit
     budget_message: str = r"daily\s+import\s+(limit|quota)"
+    #: a report line whose message matches this refused its row for something missing that may exist later
+    #: (a participation's profile): the row is sent again (``retry_refused_for``)
+    dependency_message: str = r"(?i)\b(profile|record)\s+not\s+found\b"
 
     @field_validator("success_statuses", "partial_statuses", "error_statuses")
     @classmethod
@@ -200,7 +203,7 @@ class ActitoWire(ConfigModel):
             raise ValueError("list at least one status, none empty")
         return frozenset(status.strip().upper() for status in value)
 
-    @field_validator("budget_message")
+    @field_validator("budget_message", "dependency_message")
     @classmethod
     def _pattern(cls, value: str) -> str:
         try:

@@ -225,6 +225,22 @@ class ImportActivationBase(ActivationBase):
     #: one policy for every optional column, or a table column -> policy (``default``: the other columns);
     #: the key and required attributes always reject their row
     on_invalid: InvalidPolicy | dict[str, InvalidPolicy] = Field(default_factory=dict)
+    #: a row the destination refuses for a missing dependency (its profile does not exist yet) is sent again
+    #: on every run, unchanged, for this long ("7d", "12h"; "off": it waits for a change like any refused row)
+    retry_refused_for: str = "7d"
+    #: at most this many rows wait to be sent again; beyond, the longest-waiting are given up
+    retry_queue_max: int = Field(default=100_000, ge=0)
+
+    @field_validator("retry_refused_for")
+    @classmethod
+    def _retry_window(cls, value: str) -> str:
+        if value.strip().lower() != "off":
+            parse_interval(value)
+        return value
+
+    def retry_seconds(self) -> int:
+        """0 when refused rows are not sent again unchanged."""
+        return 0 if self.retry_refused_for.strip().lower() == "off" else parse_interval(self.retry_refused_for)
 
     @field_validator("on_invalid", mode="before")
     @classmethod

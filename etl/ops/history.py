@@ -47,15 +47,16 @@ def size_after(record: RunRecord) -> int | None:
 
 def runs_table(records: Sequence[RunRecord]) -> str:
     return table(
-        ["run id", "activation", "status", "started (UTC)", "read", "rejected", "values dropped", "delivered", "time",
-         "error"],
+        ["run id", "activation", "status", "started (UTC)", "read", "rejected", "values dropped", "delivered",
+         "retry queue", "time", "error"],
         [
             [
                 r.run_id, r.activation, r.status + (" (dry)" if r.dry_run else "")
                 + (f" at {r.details['checkpoint']}"
                    if r.status == RunStatus.RUNNING and r.details.get("checkpoint") else ""),
                 f"{r.started_at:%Y-%m-%d %H:%M:%S}", count(r.rows_extracted), count(r.rows_rejected),
-                count(r.details.get("values_dropped")), count(r.rows_delivered), f"{r.duration_s:.1f}s" if r.duration_s is not None else "",
+                count(r.details.get("values_dropped")), count(r.rows_delivered), count(r.details.get("retry_queue")),
+                f"{r.duration_s:.1f}s" if r.duration_s is not None else "",
                 (r.error or "").splitlines()[0][:80] if r.error else "",
             ]
             for r in records
@@ -113,6 +114,10 @@ def show_run(record: RunRecord, *, rejects_shown: int = 10) -> str:
     for execution in details.get("executions", []):
         lines.append(f"import     {execution['id']} {execution['status']}  {count(execution.get('rows'))} rows, "
                      f"{count(execution.get('refused'))} refused by Actito")
+    if "retry_queue" in details:
+        lines.append(f"retries    {count(details.get('retried', 0))} sent again (refused before for a missing "
+                     f"dependency); {count(details['retry_queue'])} waiting for the next run"
+                     + (f"; {count(details['retries_expired'])} given up" if details.get("retries_expired") else ""))
     if "entered" in details:
         into = f" (table {details['membership_table']})" if "membership_table" in details else ""
         now = f"; {count(details['members'])} members now" if "members" in details else ""

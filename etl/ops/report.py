@@ -131,7 +131,7 @@ def _section(config: Config, name: str, anchor: str, recent: list[RunRecord], su
         parts += [
             "<table class=\"runs\"><thead><tr><th>Status</th><th>Started</th><th class=\"num\">Duration</th>"
             "<th class=\"num\">Read</th><th class=\"num\">Rejected</th><th class=\"num\">Values dropped</th>"
-            "<th class=\"num\">Delivered</th>"
+            "<th class=\"num\">Delivered</th><th class=\"num\">Retry queue</th>"
             "<th>Error</th></tr></thead><tbody>",
             *(_run_row(record) for record in recent),
             "</tbody></table>",
@@ -154,6 +154,7 @@ def _run_row(record: RunRecord) -> str:
         f"<td data-label=\"Rejected\" class=\"num\">{_count(record.rows_rejected)}</td>"
         f"<td data-label=\"Values dropped\" class=\"num\">{_count(record.details.get('values_dropped'))}</td>"
         f"<td data-label=\"Delivered\" class=\"num\">{_count(record.rows_delivered)}{_churn(record)}</td>"
+        f"<td data-label=\"Retry queue\" class=\"num\">{_count(record.details.get('retry_queue'))}</td>"
         f"<td data-label=\"Error\" class=\"error\">{_error(record.error)}</td>"
         "</tr>"
     )

@@ -293,10 +293,11 @@ class StateStore:
         with self._connect() as conn:
             return [ImportRecord(**dict(row._mapping)) for row in conn.execute(query)]
 
-    def import_statuses(self, run_id: str) -> dict[str, str]:
-        query = sa.select(imports.c.reference, imports.c.status).where(imports.c.run_id == run_id)
+    def import_outcomes(self, run_id: str) -> dict[str, tuple[str, str]]:
+        """Reference -> (status, execution id) of each import a run started."""
+        query = sa.select(imports.c.reference, imports.c.status, imports.c.execution_id).where(imports.c.run_id == run_id)
         with self._connect() as conn:
-            return {row.reference: row.status for row in conn.execute(query)}
+            return {row.reference: (row.status, row.execution_id) for row in conn.execute(query)}
 
     def claim_slot(self, activation: str, slot: str, claimed_by: str) -> bool:
         try:

@@ -8,6 +8,7 @@ our ledger, never burnt. The mapping is chosen here, so a job never names a part
 from __future__ import annotations
 
 import dataclasses
+import re
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import closing, contextmanager
 from dataclasses import dataclass
@@ -28,13 +29,14 @@ from etl.destinations.actito.presets import didomi_mapping, qualifio_interaction
 from etl.destinations.actito.recovery import (
     Landed, discard_sent, part_reference, recover_earlier_runs, stage_sent, upload_name,
 )
-from etl.destinations.actito.tables import Attribute, Execution, Table
+from etl.destinations.actito.refusals import Refusals
+from etl.destinations.actito.tables import Attribute, Execution, LineError, Table
 from etl.destinations.base import refuse_over_budget
 from etl.files import Compression, CsvFileWriter, RejectWriter, WrittenFile, final_file_name
 from etl.runtime.ledger import open_store
 from etl.runtime.results import Delivery
 from etl.runtime.runs import RunContext
-from etl.transform.delta import MappedRows, RowSnapshot, Staged, fingerprint
+from etl.transform.delta import MappedRows, RefusalRetries, RowSnapshot, Staged, fingerprint, refusal_retries
 from etl.transform.mapping import FieldMap, Mapping, RowMapper, explicit_mapping, with_policy
 from etl.values.rules import FieldRule
 
@@ -181,19 +183,21 @@ def import_parts(
     label: str = "",
     staged_hashes: pa.Table | None = None,
     staged_fingerprint: str = "",
-    refused_at: list[int] | None = None,
+    refusals: Refusals | None = None,
+    retry_note: str = "",
 ) -> tuple[int, int]:
     """Import each part in turn; return (rows accepted, rows refused by Actito).
 
     ``staged_hashes`` are saved before the first upload, so a successor can commit what landed if this process dies.
-    ``refused_at`` receives the staged positions of the refused rows, for the snapshot to remember them."""
+    ``refusals`` receives the staged positions of the refused rows, for the snapshot to remember them;
+    ``retry_note`` ends the reason of a refused row that will be sent again."""
     source_rows, keys = staged.all_source_rows(), staged.all_keys()
     if staged_hashes is not None:
         stage_sent(context, label, staged_hashes, written, staged_fingerprint)
     context.checkpoint("written")
     store = open_store(context.config)
     executions: list[dict[str, Any]] = []
-    accepted = rejected = 0
+    refusals = refusals if refusals is not None else Refusals(re.compile(client.wire.dependency_message))
     offset = 0
     try:
         for number, part in enumerate(written, start=1):
@@ -212,18 +216,15 @@ def import_parts(
             store.finish_import(reference, final.status, final.counts)
             context.checkpoint("confirmed")
             line_errors = client.report(final.id) if final.status != "SUCCESS" else []
-            rejects.write(_report_rejects(line_errors, offset, source_rows, keys))
-            if refused_at is not None:
-                refused_at.extend(offset + error.line - 2 for error in line_errors
-                                  if 0 <= offset + error.line - 2 < len(source_rows))
-            rejected += len(line_errors)
-            accepted += part.rows - len(line_errors)
-            executions.append(_execution_details(final, part, len(line_errors)))
+            before = len(refusals)
+            refusals.add(offset, line_errors, len(source_rows))
+            rejects.write(_report_rejects(line_errors, offset, source_rows, keys, refusals, retry_note))
+            executions.append(_execution_details(final, part, len(refusals) - before))
             offset += part.rows
     finally:
         store.close()
         context.details.setdefault("executions", []).extend(executions)
-    return accepted, rejected
+    return offset - len(refusals), len(refusals)
 
 
 def send_rows(
@@ -279,8 +280,10 @@ def _definition(
     }
 
 
-def _report_rejects(line_errors: Sequence[Any], offset: int, source_rows: np.ndarray, keys: pa.Array) -> pa.Table:
-    """Map Actito's line numbers (the header is line 1) back to warehouse rows."""
+def _report_rejects(line_errors: Sequence[LineError], offset: int, source_rows: np.ndarray, keys: pa.Array,
+                    refusals: Refusals, retry_note: str) -> pa.Table:
+    """Map Actito's line numbers (the header is line 1) back to warehouse rows; a row that waits for a
+    dependency says it will be sent again."""
     rows, values, reasons = [], [], []
     for error in line_errors:
         index = offset + error.line - 2
@@ -288,9 +291,17 @@ def _report_rejects(line_errors: Sequence[Any], offset: int, source_rows: np.nda
         rows.append(int(source_rows[index]) if inside else None)
         values.append(error.value if error.value is not None else (keys[index].as_py() if inside else None))
         column = f"{error.column}: " if error.column else ""
-        reasons.append(f"refused by Actito: {column}{error.message}")
+        retried = retry_note if inside and refusals.waiting_at.get(index) else ""
+        reasons.append(f"refused by Actito: {column}{error.message}{retried}")
     return pa.table({"row": pa.array(rows, pa.int64()), "value": pa.array(values, pa.string()),
                      "reason": pa.array(reasons, pa.string())})
+
+
+def _retry_note(context: RunContext) -> str:
+    window = context.config.activation_of(context.activation, ImportActivationBase).retry_refused_for
+    if window.strip().lower() == "off":
+        return ""
+    return f" (sent again on the next runs, for up to {window.strip()} after it was first refused)"
 
 
 def _execution_details(execution: Execution, part: WrittenFile, refused: int) -> dict[str, Any]:
@@ -402,8 +413,9 @@ class ActitoImports:
 
     def recover(self, context: RunContext, snapshot_path: Path | None) -> None:
         with context.step("recover"):
+            retries = refusal_retries(context)
             recover_earlier_runs(context, self._client, self._plan.target.timeout_seconds,
-                                 lambda landed: _commit_landed(snapshot_path, landed) if snapshot_path else None)
+                                 lambda landed: _commit_landed(snapshot_path, landed, retries) if snapshot_path else None)
 
     @contextmanager
     def staging(self, context: RunContext) -> Iterator[Callable[[pa.Table], None]]:
@@ -428,32 +440,41 @@ class ActitoImports:
             context.details["note"] = f"dry run: {len(self._parts)} file(s) written, nothing sent to Actito"
             return
         hashes = staged.hashes()
-        refused_at: list[int] = []
+        refusals = Refusals(re.compile(self._client.wire.dependency_message))
         with context.step("import"):
             accepted, refused = import_parts(
                 context, self._client, self._plan.target, self._table, self._mapping, self._parts, staged,
-                rejects, staged_hashes=hashes if snapshot else None,
-                staged_fingerprint=snapshot.fingerprint if snapshot else "", refused_at=refused_at)
+                rejects, staged_hashes=hashes if snapshot is not None else None,
+                staged_fingerprint=snapshot.fingerprint if snapshot is not None else "", refusals=refusals,
+                retry_note=_retry_note(context) if snapshot is not None else "")
         context.results["rows_delivered"] = accepted
         context.results["rows_rejected"] = context.results.get("rows_rejected", 0) + refused
         context.details["refused_by_actito"] = refused
         if snapshot is not None:
             # refused rows too, marked: resent unchanged they would be refused again, each costing a daily
-            # import; the next runs count them as rejected while they stay unchanged
-            flags = np.zeros(hashes.num_rows, bool)
-            flags[refused_at] = True
-            snapshot.stage(hashes.column("key").to_numpy(), hashes.column("row").to_numpy(), refused=flags)
+            # import; the next runs count them as rejected while they stay unchanged, except those that
+            # wait for a dependency, sent again until their window closes
+            flags, waiting = refusals.flags(hashes.num_rows)
+            snapshot.stage(hashes.column("key").to_numpy(), hashes.column("row").to_numpy(), flags, waiting)
             context.fence()
             snapshot.commit()
             discard_sent(context)
+            if snapshot.retries.seconds:
+                context.details["retry_queue"] = snapshot.queued()
 
     def describe(self, context: RunContext) -> Delivery:
         details = context.details
-        sent = f"{details.get('to_send', 0):,} changed rows sent" if not context.dry_run else "dry run, nothing sent"
+        retried = details.get("retried", 0)
+        sent = (f"{details.get('to_send', 0) - retried:,} changed rows sent" if not context.dry_run
+                else "dry run, nothing sent")
+        if retried and not context.dry_run:
+            sent += f" and {retried:,} sent again (refused before for a missing dependency)"
         if details.get("refused_by_actito"):
             sent += f" ({details['refused_by_actito']:,} refused by Actito, listed in the rejects file)"
         if details.get("still_refused"):
             sent += f", {details['still_refused']:,} refused before and unchanged (in the rejects file)"
+        if details.get("retry_queue"):
+            sent += f", {details['retry_queue']:,} waiting to be sent again"
         return Delivery("actito", f"Actito table '{details['table']}'",
                         f"{sent}, {details.get('unchanged', 0):,} unchanged")
 
@@ -461,8 +482,9 @@ class ActitoImports:
         self._client.close()
 
 
-def _commit_landed(snapshot_path: Path, landed: Landed) -> None:
+def _commit_landed(snapshot_path: Path, landed: Landed, retries: RefusalRetries) -> None:
     """Rows an earlier run got into Actito but never recorded: into the snapshot, as if it had finished."""
-    snapshot = RowSnapshot(snapshot_path, landed.fingerprint)
-    snapshot.stage(landed.rows.column("key").to_numpy(), landed.rows.column("row").to_numpy())
+    snapshot = RowSnapshot(snapshot_path, landed.fingerprint, retries)
+    refused, waiting = landed.refusals.flags(landed.rows.num_rows)
+    snapshot.stage(landed.rows.column("key").to_numpy(), landed.rows.column("row").to_numpy(), refused, waiting)
     snapshot.commit()

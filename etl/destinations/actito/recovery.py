@@ -9,6 +9,7 @@ that landed to the snapshot, so its own delta does not send them again.
 from __future__ import annotations
 
 import json
+import re
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -19,6 +20,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from etl.destinations.actito.client import ActitoClient
+from etl.destinations.actito.refusals import Refusals
 from etl.errors import ActitoImportError
 from etl.files import WrittenFile, create_private
 from etl.files.names import EXTENSIONS
@@ -54,6 +56,8 @@ class Landed:
     rows: pa.Table
     #: the snapshot fingerprint (mapping, mode ...) the rows were sent under
     fingerprint: str
+    #: which of ``rows`` Actito refused
+    refusals: Refusals
 
 
 def stage_sent(context: RunContext, label: str, rows: pa.Table, parts: Sequence[WrittenFile], fingerprint: str) -> None:
@@ -123,20 +127,27 @@ def _resolve(client: ActitoClient, store: StateStore, record: ImportRecord, time
 
 
 def _landed_rows(client: ActitoClient, store: StateStore, path: Path) -> Landed:
+    """The rows of every part that landed; those a partly refused part's report names are marked refused, as
+    the dead run would have, so a refusal for a missing dependency still goes to the retry queue."""
     table = pq.read_table(path)
     metadata = table.schema.metadata or {}
     label = metadata.get(_LABEL_KEY, b"").decode()
     run_id = path.parent.name
-    statuses = store.import_statuses(run_id)
-    landed_statuses = client.wire.success_statuses | client.wire.partial_statuses
-    slices, offset = [], 0
+    outcomes = store.import_outcomes(run_id)
+    wire = client.wire
+    slices, offset, landed = [], 0, 0
+    refusals = Refusals(re.compile(wire.dependency_message))
     for number, rows in enumerate(json.loads(metadata.get(_PARTS_KEY, b"[]")), start=1):
-        if statuses.get(part_reference(run_id, label, number), "").upper() in landed_statuses:
+        status, execution_id = outcomes.get(part_reference(run_id, label, number), ("", ""))
+        if status.upper() in wire.success_statuses | wire.partial_statuses:
             slices.append(table.slice(offset, rows))
+            if status.upper() in wire.partial_statuses:
+                refusals.add(landed, client.report(execution_id), landed + rows)
+            landed += rows
         offset += rows
     rows_landed = pa.concat_tables(slices) if slices else table.slice(0, 0)
     return Landed(run_id, label, rows_landed.replace_schema_metadata(None),
-                  metadata.get(_FINGERPRINT_KEY, b"").decode())
+                  metadata.get(_FINGERPRINT_KEY, b"").decode(), refusals)
 
 
 def _sent_path(run_dir: Path, activation: str, label: str) -> Path:

@@ -62,7 +62,10 @@ class LineError:
     line: int
     column: str | None
     value: str | None
+    #: the line's first problem
     message: str
+    #: every problem of the line, the first included, when the report lists them
+    other_messages: tuple[str, ...] = ()
 
 
 def list_in(body: Any, key: str) -> list[Any]:
