@@ -7,6 +7,7 @@
 #   bench/run.sh diff [diff_bench.py arguments]    # audience diffs, 10M vs 10M (no PostgreSQL needed)
 #   bench/run.sh config [config_scale.py args]     # 1,000 activations: load, validate, plan
 #   bench/run.sh startup [startup.py args]         # --help, validate, an empty audience's run (no PostgreSQL needed)
+#   bench/run.sh rows [row_snapshot.py args]       # an import's delta with its retry queue, 5M rows (no PostgreSQL)
 #
 # Environment: PYTHON (the interpreter for the venv, default python3, 3.11 or later),
 # BENCH_PG_URL (default postgresql+psycopg://postgres@127.0.0.1:5432/test); psql and gzip on PATH.
@@ -21,6 +22,7 @@ case "${1:-}" in
   diff) script="diff_bench.py"; shift ;;
   config) script="config_scale.py"; shift ;;
   startup) script="startup.py"; shift ;;
+  rows) script="row_snapshot.py"; shift ;;
   *) script="pg_audience.py" ;;
 esac
 
