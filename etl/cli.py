@@ -92,6 +92,11 @@ def _add_run_commands(command: _Command) -> None:
     validate.add_argument("--connect", action="store_true",
                           help="also connect to each warehouse and plan each query, reading no row")
 
+    retire = command("retire", "remove an activation's files and members from where it delivered them, and its "
+                               "local state; its history stays (NAME may have left the configuration)")
+    retire.add_argument("name", metavar="NAME")
+    retire.add_argument("--dry-run", action="store_true", help="list exactly what would be removed, remove nothing")
+
 
 def _add_inspect_commands(command: _Command, common: argparse.ArgumentParser) -> None:
     history = command("history", "recent runs")
@@ -233,7 +238,31 @@ def _validate(config: Config, args: argparse.Namespace) -> int:
     counted = ", ".join(f"{len(items)} {noun}{'' if len(items) == 1 else 's'}" for noun, items in (
         ("activation", config.activations), ("destination", config.destinations), ("warehouse", config.warehouses)))
     print(f"{config.source}: ok — {counted}" + (", every query planned by its warehouse" if args.connect else ""))
+    from etl.ops.retire import leftovers
+
+    for warning in leftovers(config):  # a warning: the exit code is unchanged
+        log.warning("%s", warning)
     return EXIT_OK
+
+
+def _retire(config: Config, args: argparse.Namespace) -> int:
+    from etl.ops.retire import as_json, as_text, pending, plan, retire
+    from etl.runtime.ledger import open_store
+
+    with open_store(config) as store:
+        retiring = plan(config, store, args.name)
+        if retiring.already is not None:
+            print(f"{args.name} was already retired (run {retiring.already.run_id}, "
+                  f"{retiring.already.started_at:%Y-%m-%d %H:%M} UTC) and has left nothing since: nothing to do")
+            return EXIT_OK
+        outcome = None if args.dry_run else retire(config, store, retiring)
+    lines = pending(retiring) if outcome is None else outcome.details.get("removed", [])
+    print(json.dumps(as_json(retiring, lines, outcome), default=str) if args.log_format == "json" else
+          as_text(retiring, lines, outcome))
+    if outcome is None or outcome.ok:
+        return EXIT_OK
+    print(f"audience-sync: retire {args.name}: {outcome.error}", file=sys.stderr)
+    return EXIT_LOCKED if outcome.status == RunStatus.LOCKED else EXIT_FAILED
 
 
 def _setup_sheet(config: Config, args: argparse.Namespace) -> int:
@@ -546,5 +575,5 @@ _WITHOUT_CONFIG: dict[str, Callable[[argparse.Namespace], int]] = {
 }
 _WITH_CONFIG: dict[str, Callable[[Config, argparse.Namespace], int]] = {
     "validate": _validate, "run": _run, "preview": _preview, "history": _history, "show": _show,
-    "setup-sheet": _setup_sheet, "k8s": _k8s, "report": _report, "actito": _actito,
+    "setup-sheet": _setup_sheet, "k8s": _k8s, "report": _report, "actito": _actito, "retire": _retire,
 }
