@@ -543,10 +543,10 @@ def _history(config: Config, args: argparse.Namespace) -> int:
     from etl.ops.history import runs_table, sizes_table
     from etl.runtime.ledger import open_store
 
-    if args.name:
-        _require(config, [args.name])
     with open_store(config) as store:
         records = store.runs(args.name, status=args.status, limit=args.limit, since=args.since)
+    if args.name and not records:  # a retired activation has left the configuration, not the ledger
+        _require(config, [args.name])
     if args.log_format == "json":
         for record in records:
             print(json.dumps(vars(record), default=str))

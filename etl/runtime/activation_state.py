@@ -13,8 +13,6 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-import pyarrow.parquet as pq
-
 from etl.files import _sync_directory, private_directory
 
 log = logging.getLogger("audience_sync.state")
@@ -52,6 +50,8 @@ def state_file(state_dir: Path, activation: str, kind: StateKind) -> Path:
 
 
 def _adopt(old: Path, new: Path, kind: StateKind) -> None:
+    import pyarrow.parquet as pq  # here: `validate` looks for activations' state without loading pyarrow
+
     try:
         columns = set(pq.read_schema(old).names)
     except FileNotFoundError:
@@ -72,6 +72,8 @@ def _adopt(old: Path, new: Path, kind: StateKind) -> None:
 def kept_state(state_dir: Path, activation: str) -> list[Path]:
     """What the activation keeps on this machine: its state directory, its runs' files, and flat snapshots of
     older versions that are its own (by their columns: ``vip.members.parquet`` may be ``vip.members``'s)."""
+    import pyarrow.parquet as pq  # here: see _adopt
+
     found = [path for path in (state_dir / ROOT / activation, state_dir / RUNS / activation)
              if path.exists() or path.is_symlink()]
     for kind in (MEMBERS, ROWS):

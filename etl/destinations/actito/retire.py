@@ -35,7 +35,7 @@ class MembershipRetirement:
     def pending(self) -> list[str]:
         """Read from the snapshot where it lies: a dry run must not create the activation's state directory."""
         members = MemberSnapshot(self._state_dir / ROOT / self._name / MEMBERS.name).size()
-        return [f"{members:,} members deleted from {self.target.shown} (keys {self._name}:…)"] if members else []
+        return [self._deleted(members)] if members else []
 
     def retire(self, context: RunContext) -> list[str]:
         snapshot = MemberSnapshot.of(context.config.state_dir, self._name)
@@ -43,10 +43,13 @@ class MembershipRetirement:
             pass
         membership = ActitoMembership(context.config, self._name, self._activation)
         diff = membership.deliver(context, [], snapshot, snapshot.diff(nobody, identifiers=True))
+        context.details.update(diff.counts(), members=0)  # as a run records them: `show`, `history --sizes`
         refused = int(context.details.get("refused") or 0)
-        return [f"{diff.left:,} members deleted from {self.target.shown}"
-                + (f" ({refused:,} refused by Actito: see {context.details.get('membership_rejects')})"
-                   if refused else "")] if diff.left else []
+        return [self._deleted(diff.left) + (f", {refused:,} of them refused by Actito" if refused else "")
+                ] if diff.left else []
+
+    def _deleted(self, members: int) -> str:
+        return f"{members:,} members deleted from {self.target.shown} (keys {self._name}:…)"
 
 
 def _destination_of(config: Config, target: Target) -> str:
