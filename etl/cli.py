@@ -240,25 +240,17 @@ def _validate(config: Config, args: argparse.Namespace) -> int:
     print(f"{config.source}: ok — {counted}" + (", every query planned by its warehouse" if args.connect else ""))
     from etl.ops.retire import leftovers
 
-    for warning in leftovers(config):  # a warning: the exit code is unchanged
+    for warning in leftovers(config, shared_ledger=args.connect):  # a warning: the exit code is unchanged
         log.warning("%s", warning)
     return EXIT_OK
 
 
 def _retire(config: Config, args: argparse.Namespace) -> int:
-    from etl.ops.retire import as_json, as_text, pending, plan, retire
-    from etl.runtime.ledger import open_store
+    from etl.ops.retire import retire_command
 
-    with open_store(config) as store:
-        retiring = plan(config, store, args.name)
-        if retiring.already is not None:
-            print(f"{args.name} was already retired (run {retiring.already.run_id}, "
-                  f"{retiring.already.started_at:%Y-%m-%d %H:%M} UTC) and has left nothing since: nothing to do")
-            return EXIT_OK
-        outcome = None if args.dry_run else retire(config, store, retiring)
-    lines = pending(retiring) if outcome is None else outcome.details.get("removed", [])
-    print(json.dumps(as_json(retiring, lines, outcome), default=str) if args.log_format == "json" else
-          as_text(retiring, lines, outcome))
+    said = retire_command(config, args.name, dry_run=args.dry_run)
+    print(json.dumps(said.json, default=str) if args.log_format == "json" else said.text)
+    outcome = said.outcome
     if outcome is None or outcome.ok:
         return EXIT_OK
     print(f"audience-sync: retire {args.name}: {outcome.error}", file=sys.stderr)

@@ -109,30 +109,47 @@ def summary(removed: list[str], runs: int) -> str:
             + f"; {runs:,} earlier run{'' if runs == 1 else 's'} kept in the ledger")
 
 
-def as_json(retiring: Retiring, removed: list[str], outcome: RunOutcome | None) -> dict[str, Any]:
-    return {"event": "retired" if outcome else "retire_planned", "activation": retiring.name,
-            "run_id": outcome.run_id if outcome else None, "status": outcome.status if outcome else None,
-            "removed" if outcome else "would_remove": removed, "notes": retiring.notes,
-            "error": outcome.error if outcome else None}
+@dataclass(frozen=True)
+class Said:
+    """What `retire` tells: as text, as one JSON object, and the retirement run (None: a dry run, or nothing to do)."""
+
+    text: str
+    json: dict[str, Any]
+    outcome: RunOutcome | None
 
 
-def as_text(retiring: Retiring, removed: list[str], outcome: RunOutcome | None) -> str:
+def retire_command(config: Config, name: str, *, dry_run: bool) -> Said:
+    with open_store(config) as store:
+        retiring = plan(config, store, name)
+        done = retiring.already
+        if done is not None:
+            text = (f"{name} was already retired (run {done.run_id}, {done.started_at:%Y-%m-%d %H:%M} UTC) and has "
+                    "left nothing since: nothing to do")
+            return Said(text, {"event": "already_retired", "activation": name, "run_id": done.run_id}, None)
+        outcome = None if dry_run else retire(config, store, retiring)
+    lines = pending(retiring) if outcome is None else list(outcome.details.get("removed", []))
     said = "would remove (dry run, nothing removed)" if outcome is None else "removed"
-    return "\n".join([f"{retiring.name}: {said}:", *(f"  {line}" for line in removed or ["nothing"]),
+    text = "\n".join([f"{name}: {said}:", *(f"  {line}" for line in lines or ["nothing"]),
                       *(f"kept: {note}" for note in retiring.notes),
                       f"kept: {retiring.runs:,} run{'' if retiring.runs == 1 else 's'} in the ledger (history)"
                       + ("; the retirement is recorded there" if outcome else "")])
+    return Said(text, {"event": "retired" if outcome else "retire_planned", "activation": name,
+                       "run_id": outcome.run_id if outcome else None, "status": outcome.status if outcome else None,
+                       "removed" if outcome else "would_remove": lines, "notes": retiring.notes,
+                       "error": outcome.error if outcome else None}, outcome)
 
 
-def leftovers(config: Config) -> list[str]:
+def leftovers(config: Config, *, shared_ledger: bool) -> list[str]:
     """State of activations no longer in the configuration, for `validate` to point at `retire`. Only a ledger
-    that exists is read: `validate` creates nothing."""
+    that exists is read (`validate` creates nothing), and a shared one (``state_url``) only when ``shared_ledger``
+    (`validate --connect`): without it, `validate` contacts no server."""
     names: dict[str, list[str]] = {}
     for kind, root in (("a state directory", "activations"), ("run files", "runs")):
         directory = config.state_dir / root
         for path in sorted(directory.iterdir()) if directory.is_dir() else []:
             names.setdefault(path.name, []).append(kind)
-    if config.settings.state_url or (config.state_dir / "state.db").is_file():
+    if (shared_ledger and config.settings.state_url) or (
+            not config.settings.state_url and (config.state_dir / "state.db").is_file()):
         try:
             with open_store(config) as store:
                 for name, last in store.latest_runs().items():
