@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from etl.runtime.ledger import RunRecord, StateStore
+from etl.runtime.ledger import RunRecord, StateStore, runs
 from etl.testing.actito.server import ActitoSandbox
 
 pytest_plugins = ["conftest_delivery"]
@@ -259,3 +259,26 @@ def test_a_location_no_destination_reaches_any_more_is_said_and_nothing_is_remov
     assert code == 2 and "no destination reaches sftp://actito@127.0.0.1" in err, out + err
     code, out, err = project("retire", "vip")
     assert code == 2 and listing(server.root / "in") == before and project.state("vip")
+
+
+def test_runs_that_recorded_no_target_are_retired_from_the_configuration_or_said(project: Project) -> None:
+    """Runs of versions before targets were recorded: the configuration says where, or `retire` says it cannot."""
+    assert project("run", "vip", "vip_all")[0] == 0
+    store = StateStore.in_directory(project.root / "state")
+    try:
+        with store.engine.begin() as conn:
+            for record in store.runs(limit=100):
+                conn.execute(runs.update().where(runs.c.run_id == record.run_id).values(
+                    details={key: value for key, value in record.details.items() if key != "target"}))
+    finally:
+        store.close()
+    outbox = project.root / "outbox"
+    code, out, err = project("retire", "vip")  # still configured: the configuration says where
+    assert code == 0, out + err
+    assert "still in the configuration" in out
+    left = listing(outbox)  # vip_all's file and manifest only
+    assert len(left) == 2 and all(re.fullmatch(r"vip_\d{6}\.(csv|manifest\.json)", name) for name in left)
+    project.configure("tracked")  # vip_all leaves without a target recorded: said, its files stay
+    code, out, err = project("retire", "vip_all")
+    assert code == 0, out + err
+    assert "delivered before deliveries recorded their target" in out and len(listing(outbox)) == 2
