@@ -21,7 +21,7 @@ from etl.config.load import valid_name
 from etl.destinations import open_audience, open_retirement
 from etl.destinations.base import Retirement, Target
 from etl.errors import AudienceSyncError, ConfigError, UsageError
-from etl.runtime.activation_state import kept_state, remove_state
+from etl.runtime.activation_state import ROOT, RUNS, kept_state, remove_state
 from etl.runtime.ledger import RunRecord, StateStore, open_store
 from etl.runtime.results import RETIRE_KIND as RETIRE, RunStatus
 from etl.runtime.runs import RunContext, RunOutcome, execute
@@ -34,7 +34,6 @@ class Retiring:
     """What retiring an activation would remove, and what it keeps."""
 
     name: str
-    in_config: bool
     retirements: list[Retirement]
     state: list[Path]
     #: runs in the ledger, kept
@@ -61,7 +60,7 @@ def plan(config: Config, store: StateStore, name: str) -> Retiring:
     if in_config and config.activations[name].kind == "audience":
         targets.insert(0, open_audience(config, name).target())
     unique = {(t.kind, t.where, t.pattern): t for t in reversed(targets)}  # the configuration's wins
-    retiring = Retiring(name, in_config, [open_retirement(config, name, t) for t in unique.values()], state,
+    retiring = Retiring(name, [open_retirement(config, name, t) for t in unique.values()], state,
                         len(records), done if done and not state else None)
     if in_config:
         retiring.notes.append(f"still in the configuration ({config.source}): its next run delivers it again; "
@@ -99,12 +98,12 @@ def retire(config: Config, store: StateStore, retiring: Retiring) -> RunOutcome:
             remove_state(state)
             removed += [f"{path} (local state)" for path in state]
         finally:
-            context.details.update(removed=removed, note=summary(removed, retiring.runs))
+            context.details.update(removed=removed, note=_summary(removed, retiring.runs))
 
     return execute(config, store, retiring.name, RETIRE, body, shown=True)
 
 
-def summary(removed: list[str], runs: int) -> str:
+def _summary(removed: list[str], runs: int) -> str:
     return (f"retired: {len(removed)} removed" + (f" ({'; '.join(removed)})" if removed else "")
             + f"; {runs:,} earlier run{'' if runs == 1 else 's'} kept in the ledger")
 
@@ -130,7 +129,7 @@ def retire_command(config: Config, name: str, *, dry_run: bool) -> Said:
     lines = pending(retiring) if outcome is None else list(outcome.details.get("removed", []))
     said = "would remove (dry run, nothing removed)" if outcome is None else "removed"
     text = "\n".join([f"{name}: {said}:", *(f"  {line}" for line in lines or ["nothing"]),
-                      *(f"kept: {note}" for note in retiring.notes),
+                      *(f"note: {note}" for note in retiring.notes),
                       f"kept: {retiring.runs:,} run{'' if retiring.runs == 1 else 's'} in the ledger (history)"
                       + ("; the retirement is recorded there" if outcome else "")])
     return Said(text, {"event": "retired" if outcome else "retire_planned", "activation": name,
@@ -144,7 +143,7 @@ def leftovers(config: Config, *, shared_ledger: bool) -> list[str]:
     that exists is read (`validate` creates nothing), and a shared one (``state_url``) only when ``shared_ledger``
     (`validate --connect`): without it, `validate` contacts no server."""
     names: dict[str, list[str]] = {}
-    for kind, root in (("a state directory", "activations"), ("run files", "runs")):
+    for kind, root in (("a state directory", ROOT), ("run files", RUNS)):
         directory = config.state_dir / root
         for path in sorted(directory.iterdir()) if directory.is_dir() else []:
             names.setdefault(path.name, []).append(kind)

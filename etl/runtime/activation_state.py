@@ -68,7 +68,6 @@ def _adopt(old: Path, new: Path, kind: StateKind) -> None:
     log.info("migrated %s to %s", old, new)
 
 
-
 def kept_state(state_dir: Path, activation: str) -> list[Path]:
     """What the activation keeps on this machine: its state directory, its runs' files, and flat snapshots of
     older versions that are its own (by their columns: ``vip.members.parquet`` may be ``vip.members``'s)."""
