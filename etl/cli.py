@@ -92,6 +92,11 @@ def _add_run_commands(command: _Command) -> None:
     validate.add_argument("--connect", action="store_true",
                           help="also connect to each warehouse and plan each query, reading no row")
 
+    retire = command("retire", "remove an activation's files and members from where it delivered them, and its "
+                               "local state; its history stays (NAME may have left the configuration)")
+    retire.add_argument("name", metavar="NAME")
+    retire.add_argument("--dry-run", action="store_true", help="list exactly what would be removed, remove nothing")
+
 
 def _add_inspect_commands(command: _Command, common: argparse.ArgumentParser) -> None:
     history = command("history", "recent runs")
@@ -233,7 +238,23 @@ def _validate(config: Config, args: argparse.Namespace) -> int:
     counted = ", ".join(f"{len(items)} {noun}{'' if len(items) == 1 else 's'}" for noun, items in (
         ("activation", config.activations), ("destination", config.destinations), ("warehouse", config.warehouses)))
     print(f"{config.source}: ok — {counted}" + (", every query planned by its warehouse" if args.connect else ""))
+    from etl.ops.retire import leftovers
+
+    for warning in leftovers(config, shared_ledger=args.connect):  # a warning: the exit code is unchanged
+        log.warning("%s", warning)
     return EXIT_OK
+
+
+def _retire(config: Config, args: argparse.Namespace) -> int:
+    from etl.ops.retire import retire_command
+
+    said = retire_command(config, args.name, dry_run=args.dry_run)
+    print(json.dumps(said.json, default=str) if args.log_format == "json" else said.text)
+    outcome = said.outcome
+    if outcome is None or outcome.ok:
+        return EXIT_OK
+    print(f"audience-sync: retire {args.name}: {outcome.error}", file=sys.stderr)
+    return EXIT_LOCKED if outcome.status == RunStatus.LOCKED else EXIT_FAILED
 
 
 def _setup_sheet(config: Config, args: argparse.Namespace) -> int:
@@ -515,10 +536,10 @@ def _history(config: Config, args: argparse.Namespace) -> int:
     from etl.ops.history import runs_table, sizes_table
     from etl.runtime.ledger import open_store
 
-    if args.name:
-        _require(config, [args.name])
     with open_store(config) as store:
         records = store.runs(args.name, status=args.status, limit=args.limit, since=args.since)
+    if args.name and not records:  # a retired activation has left the configuration, not the ledger
+        _require(config, [args.name])
     if args.log_format == "json":
         for record in records:
             print(json.dumps(vars(record), default=str))
@@ -547,5 +568,5 @@ _WITHOUT_CONFIG: dict[str, Callable[[argparse.Namespace], int]] = {
 }
 _WITH_CONFIG: dict[str, Callable[[Config, argparse.Namespace], int]] = {
     "validate": _validate, "run": _run, "preview": _preview, "history": _history, "show": _show,
-    "setup-sheet": _setup_sheet, "k8s": _k8s, "report": _report, "actito": _actito,
+    "setup-sheet": _setup_sheet, "k8s": _k8s, "report": _report, "actito": _actito, "retire": _retire,
 }

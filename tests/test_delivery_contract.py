@@ -18,6 +18,7 @@ from servers import PASSWORD, TEMP_PREFIX, DiskFull, Location, age, leftovers, w
 
 from etl.destinations.filedrop.base import temp_name
 from etl.errors import DeliveryError
+from etl.files import name_matcher
 
 pytest_plugins = ["conftest_delivery"]
 
@@ -165,6 +166,24 @@ def test_retention_needs_an_aware_cutoff(location: Location) -> None:
     connect, _ = location
     with connect() as deliverer, pytest.raises(ValueError, match="timezone-aware"):
         deliverer.apply_retention(lambda name: True, datetime.now())
+
+
+def test_a_retired_activation_s_files_go_temporary_ones_included_and_nothing_else(location: Location) -> None:
+    connect, directory = location
+    ours = ["vip_20240101.csv", "vip_20240501.csv.gz", "vip_20240501.manifest.json",
+            f"{TEMP_PREFIX}20240101T000000Z-abc-vip_20240101.csv.part"]
+    theirs = ["vip_2024.csv", "vip_notes.txt", "VIP_20240101.csv", f"{TEMP_PREFIX}20240101T000000Z-abc-other.csv.part"]
+    for name in ours + theirs:
+        (directory / name).write_bytes(b"x")
+    (directory / "vip_20240202.csv").mkdir()  # matches, but a directory: kept
+    is_ours = name_matcher("vip_$yyyyMMdd.csv")
+
+    with connect() as deliverer:
+        assert deliverer.owned(is_ours) == sorted(ours)
+        assert all((directory / name).exists() for name in ours)  # listing removes nothing
+        assert deliverer.remove_owned(is_ours) == sorted(ours)
+        assert deliverer.remove_owned(is_ours) == []
+    assert sorted(p.name for p in directory.iterdir()) == sorted([*theirs, "vip_20240202.csv"])
 
 
 # --------------------------------------------------------------------------- usage

@@ -24,6 +24,13 @@ from etl.errors import ConfigError
 CONFIG_ENV = "AUDIENCE_SYNC_CONFIG"
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
+
+
+def valid_name(name: str) -> bool:
+    """An activation, warehouse or destination name as the file may write it (never a path: no '/', no '..')."""
+    return bool(_NAME.fullmatch(name))
+
+
 _TABLES: dict[str, TypeAdapter[Any]] = {
     "warehouses": TypeAdapter(Warehouse),
     "destinations": TypeAdapter(AnyDestination),

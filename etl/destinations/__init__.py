@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from etl.config import AudienceActivation, Config, Destination, OpenFieldDestination
-from etl.destinations.base import AudienceDestination, RowDestination
+from etl.destinations.base import AudienceDestination, Retirement, RowDestination, Target
 
 
 def open_rows(config: Config, name: str) -> RowDestination:
@@ -29,3 +29,14 @@ def open_audience(config: Config, name: str) -> AudienceDestination:
     from etl.destinations.filedrop.factory import FileDrop
 
     return FileDrop(config, name)
+
+
+def open_retirement(config: Config, name: str, target: Target) -> Retirement:
+    """What a retired activation left at a target it delivered to; ``name`` may have left the configuration."""
+    if target.kind == "membership":
+        from etl.destinations.actito.retire import MembershipRetirement
+
+        return MembershipRetirement(config, name, target)
+    from etl.destinations.filedrop.retire import FilesRetirement
+
+    return FilesRetirement(config, name, target)

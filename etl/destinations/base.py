@@ -8,8 +8,9 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from contextlib import AbstractContextManager
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from etl.errors import AudienceSyncError
 from etl.runtime.results import Delivery
@@ -53,17 +54,63 @@ class RowDestination(Destination, Protocol):
         """Send (a dry run sends nothing), list the rows refused, then move the snapshot."""
 
 
+@dataclass(frozen=True)
+class Target:
+    """Where an audience goes, recorded in the ledger with each delivery: once its activation has left the
+    configuration, `retire` works from these facts, not from what the configuration says today."""
+
+    #: "files": a file location; "membership": an Actito table of members
+    kind: Literal["files", "membership"]
+    #: the destination's name when it was recorded (its credentials stay in the configuration)
+    destination: str
+    #: what the target really is: a location's identity (`etl.config.destinations`), or (Actito API, entity, table)
+    where: tuple[str, ...]
+    #: the target for people
+    shown: str
+    #: files: the file name pattern; membership: the identifier's column (emailAddress or profileId)
+    pattern: str
+
+    def as_details(self) -> dict[str, Any]:
+        return {"kind": self.kind, "destination": self.destination, "where": list(self.where), "shown": self.shown,
+                "pattern": self.pattern}
+
+    @classmethod
+    def from_details(cls, value: object) -> Target | None:
+        """None for a run recorded before targets were (or for anything else)."""
+        if not isinstance(value, dict) or value.get("kind") not in ("files", "membership"):
+            return None
+        return cls(value["kind"], str(value["destination"]), tuple(map(str, value["where"])), str(value["shown"]),
+                   str(value["pattern"]))
+
+
 class AudienceDestination(Destination, Protocol):
     """Where an audience goes: its file, or its members' entries and exits."""
 
     #: the members diff must carry who entered and left, not only how many
     wants_members: bool
 
+    def target(self) -> Target:
+        """Where the audience goes, as the configuration says today."""
+
     def accept(self, written: WrittenFile) -> None:
         """Refuse, before anything is delivered, an audience file the destination could not take."""
 
     def deliver(self, context: RunContext, files: list[Path], snapshot: MemberSnapshot, diff: MemberDiff) -> MemberDiff:
         """Deliver, then replace the members snapshot; return the diff delivered."""
+
+
+class Retirement(Protocol):
+    """What a retired activation left at one target, found and removed only while its lease is held."""
+
+    target: Target
+    #: what is deliberately left there, for people
+    notes: list[str]
+
+    def pending(self) -> list[str]:
+        """What retiring would remove there, one line each; changes nothing."""
+
+    def retire(self, context: RunContext) -> list[str]:
+        """Remove it (fenced by the context's lease); what was removed, one line each."""
 
 
 def refuse_over_budget(

@@ -8,7 +8,7 @@ from itertools import islice
 from pathlib import Path
 
 from etl.runtime.ledger import RunRecord
-from etl.runtime.results import RunStatus
+from etl.runtime.results import RETIRE_KIND, RunStatus
 from etl.runtime.runs import CHECKPOINTS
 
 
@@ -51,7 +51,8 @@ def runs_table(records: Sequence[RunRecord]) -> str:
          "retry queue", "time", "error"],
         [
             [
-                r.run_id, r.activation, r.status + (" (dry)" if r.dry_run else "")
+                r.run_id, r.activation, ("retired" if r.kind == RETIRE_KIND and r.status == RunStatus.SUCCEEDED
+                                         else r.status) + (" (dry)" if r.dry_run else "")
                 + (f" at {r.details['checkpoint']}"
                    if r.status == RunStatus.RUNNING and r.details.get("checkpoint") else ""),
                 f"{r.started_at:%Y-%m-%d %H:%M:%S}", count(r.rows_extracted), count(r.rows_rejected),

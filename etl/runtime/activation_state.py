@@ -9,16 +9,17 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
-
-import pyarrow.parquet as pq
 
 from etl.files import _sync_directory, private_directory
 
 log = logging.getLogger("audience_sync.state")
 
 ROOT = "activations"
+#: each run's own files, ``<state_dir>/runs/<activation>/<run id>/`` (etl.runtime.runs)
+RUNS = "runs"
 
 
 @dataclass(frozen=True)
@@ -49,6 +50,8 @@ def state_file(state_dir: Path, activation: str, kind: StateKind) -> Path:
 
 
 def _adopt(old: Path, new: Path, kind: StateKind) -> None:
+    import pyarrow.parquet as pq  # here: `validate` looks for activations' state without loading pyarrow
+
     try:
         columns = set(pq.read_schema(old).names)
     except FileNotFoundError:
@@ -64,3 +67,28 @@ def _adopt(old: Path, new: Path, kind: StateKind) -> None:
     _sync_directory(new.parent)
     log.info("migrated %s to %s", old, new)
 
+
+def kept_state(state_dir: Path, activation: str) -> list[Path]:
+    """What the activation keeps on this machine: its state directory, its runs' files, and flat snapshots of
+    older versions that are its own (by their columns: ``vip.members.parquet`` may be ``vip.members``'s)."""
+    import pyarrow.parquet as pq  # here: see _adopt
+
+    found = [path for path in (state_dir / ROOT / activation, state_dir / RUNS / activation)
+             if path.exists() or path.is_symlink()]
+    for kind in (MEMBERS, ROWS):
+        old = state_dir / "snapshots" / f"{activation}{kind.old_suffix}"
+        try:
+            if kind.columns <= set(pq.read_schema(old).names):
+                found.append(old)
+        except Exception:  # missing or unreadable: not known to be this activation's
+            continue
+    return found
+
+
+def remove_state(paths: list[Path]) -> None:
+    """A link is removed, never followed: what it points to is not the activation's."""
+    for path in paths:
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        else:
+            path.unlink(missing_ok=True)

@@ -250,6 +250,16 @@ class StateStore:
         with self._connect() as conn:
             return [_record(row._mapping) for row in conn.execute(query)]
 
+    def latest_runs(self) -> dict[str, RunRecord]:
+        """Each activation's latest run: what `validate` compares with the configuration."""
+        latest = (sa.select(runs.c.activation, sa.func.max(runs.c.started_at).label("at"))
+                  .group_by(runs.c.activation).subquery())
+        query = (sa.select(runs).join(latest, sa.and_(runs.c.activation == latest.c.activation,
+                                                      runs.c.started_at == latest.c.at))
+                 .order_by(runs.c.run_id))
+        with self._connect() as conn:
+            return {record.activation: record for record in (_record(row._mapping) for row in conn.execute(query))}
+
     def get_run(self, run_id: str) -> RunRecord | None:
         with self._connect() as conn:
             row = conn.execute(sa.select(runs).where(runs.c.run_id == run_id)).first()

@@ -8,6 +8,10 @@ from enum import StrEnum
 from typing import Any
 
 
+#: the ledger's kind of a retirement (``audience-sync retire``): recorded as a run of the activation, kept with its history
+RETIRE_KIND = "retire"
+
+
 class RunStatus(StrEnum):
     """``locked`` and ``skipped`` (``after`` an activation that did not succeed) are never written to the
     ledger: such a run never started."""

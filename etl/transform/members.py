@@ -60,6 +60,13 @@ class MemberSnapshot:
     def of(cls, state_dir: Path, activation: str) -> MemberSnapshot:
         return cls(state_file(state_dir, activation, MEMBERS))
 
+    def size(self) -> int:
+        """Members the snapshot holds (0 without one), read from its metadata alone."""
+        if not self.path.exists() and not self.path.is_symlink():
+            return 0
+        with self._reading():
+            return int(pq.ParquetFile(self.path).metadata.num_rows)
+
     def diff(self, current: StagedMembers, *, identifiers: bool = False) -> MemberDiff:
         """Compare the members staged by this run with the snapshot; ``identifiers``: also who entered and
         who left. Both sides are compared as whole sorted arrays (16 bytes a member), then the identifiers

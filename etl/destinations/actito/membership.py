@@ -18,7 +18,7 @@ from etl.destinations.actito.connect import open_client
 from etl.destinations.actito.imports import ImportTarget, preflight, rule_for, send_rows
 from etl.destinations.actito.recovery import Landed, discard_sent, recover_earlier_runs
 from etl.destinations.actito.tables import Table
-from etl.destinations.base import written_locally
+from etl.destinations.base import Target, written_locally
 from etl.extract import local_time
 from etl.files import RejectWriter, WrittenFile
 from etl.runtime.results import Delivery
@@ -33,9 +33,16 @@ class ActitoMembership:
 
     wants_members = True
 
-    def __init__(self, config: Config, name: str) -> None:
-        self._activation = config.activation_of(name, AudienceActivation)
-        self._target = membership_target(config, name)
+    def __init__(self, config: Config, name: str, activation: AudienceActivation | None = None) -> None:
+        """``activation``: as `retire` rebuilds it from its recorded target, once it left the configuration."""
+        self._activation = activation or config.activation_of(name, AudienceActivation)
+        self._target = membership_target(config, name, self._activation)
+        self._api = api_of(config.destination_of(self._activation.destination, Destination))
+
+    def target(self) -> Target:
+        entity, table = self._target.entity, self._target.table
+        return Target("membership", self._activation.destination, (self._api, entity, table),
+                      f"Actito table '{table}' of entity {entity}", HEADER[self._activation.identifier])
 
     def accept(self, written: WrittenFile) -> None:
         """Any size: the members go by imports, not as this file."""
@@ -46,6 +53,7 @@ class ActitoMembership:
         identifier = HEADER[activation.identifier]
         since = local_time(activation, context.started_at).date().isoformat()
         rejects_path = context.run_dir / f"{context.activation}.membership-rejects.csv"
+        context.details["target"] = self.target().as_details()  # before any member is sent: what retire relies on
         with context.step("deliver"), open_client(context.config, activation.destination) as client, \
                 RejectWriter(rejects_path) as rejects:
             diff = self._recover(context, client, snapshot, diff)
@@ -95,15 +103,20 @@ class ActitoMembership:
         """The client is opened and closed around the imports."""
 
 
-def membership_target(config: Config, name: str) -> ImportTarget:
+def membership_target(config: Config, name: str, activation: AudienceActivation | None = None) -> ImportTarget:
     """Where an audience's members land: its membership table, entered by upsert, left by DELETE."""
-    activation = config.activation_of(name, AudienceActivation)
+    activation = activation or config.activation_of(name, AudienceActivation)
     destination = config.destination_of(activation.destination, Destination)
     return ImportTarget(
         entity=destination.entity, table=activation.membership_table, custom=True, mode="CREATE_UPDATE",
         empty_values="keep", etl_id=None, compression="gzip", timeout_seconds=3600.0,
         daily_budget=destination.daily_import_budget,
     )
+
+
+def api_of(destination: Destination) -> str:
+    """Which Actito an entity is on: its environment, or the URL given instead."""
+    return destination.environment or destination.base_url or ""
 
 
 def membership_preflight(client: ActitoClient, target: ImportTarget, identifier: str) -> tuple[Table, Mapping, Mapping]:

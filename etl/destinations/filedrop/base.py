@@ -53,6 +53,16 @@ def temp_name_parts(name: str) -> tuple[str, str] | None:
     return (found[1], found[2]) if found else None
 
 
+def _with_temporaries(is_ours: Callable[[str], bool]) -> Callable[[str], bool]:
+    """``is_ours``, also for the temporary names of those files (a run's upload, maybe cut short)."""
+
+    def ours(name: str) -> bool:
+        parts = temp_name_parts(name)
+        return is_ours(parts[1] if parts else name)
+
+    return ours
+
+
 @dataclass(frozen=True)
 class DeliveredFile:
     """One file as it now exists at the location, for the run ledger and the run report."""
@@ -253,19 +263,34 @@ class Deliverer(abc.ABC):
         keep = set(current)
         stale = [name for name, _ in self._modified_files(
             lambda name: is_ours(name) and name not in keep and not is_temp_name(name))]
+        self._remove_all(stale, "left over from an earlier delivery",
+                         "the new files are in place; remove the old ones by hand or fix the permissions, the next "
+                         "run tries again")
+        return stale
+
+    def owned(self, is_ours: Callable[[str], bool]) -> list[str]:
+        """Every file of the activation here, temporary ones of its runs included, sorted."""
+        self._require_connected()
+        return sorted(name for name, _ in self._modified_files(_with_temporaries(is_ours)))
+
+    def remove_owned(self, is_ours: Callable[[str], bool]) -> list[str]:
+        """Remove every file of a retired activation; one that cannot be removed fails, after trying the others."""
+        names = self.owned(is_ours)
+        self._remove_all(names, "files of the retired activation",
+                         "fix the permissions or remove them by hand, then retire again")
+        return names
+
+    def _remove_all(self, names: Sequence[str], what: str, hint: str) -> None:
         failed: dict[str, DeliveryError] = {}
-        for name in stale:
+        for name in names:
             try:
                 self._remove(name)
             except DeliveryError as exc:
                 failed[name] = exc
         if failed:
             first = next(iter(failed.values()))
-            raise DeliveryError(f"cannot remove {', '.join(failed)}, left over from an earlier delivery: {first.what}",
-                                where=first.where,
-                                hint="the new files are in place; remove the old ones by hand or fix the "
-                                     "permissions, the next run tries again")
-        return stale
+            raise DeliveryError(f"cannot remove {', '.join(failed)}, {what}: {first.what}", where=first.where,
+                                hint=hint)
 
     def apply_retention(self, is_ours: Callable[[str], bool], older_than: datetime) -> list[str]:
         """Only ``is_ours`` files (the directory is shared); a failed removal is only logged, because
@@ -274,12 +299,8 @@ class Deliverer(abc.ABC):
         if older_than.tzinfo is None or older_than.utcoffset() is None:
             raise ValueError("older_than must be timezone-aware")
 
-        def candidate(name: str) -> bool:
-            parts = temp_name_parts(name)
-            return is_ours(parts[1] if parts else name)
-
         removed: list[str] = []
-        for name, modified in list(self._modified_files(candidate)):
+        for name, modified in list(self._modified_files(_with_temporaries(is_ours))):
             if modified >= older_than:
                 continue
             try:

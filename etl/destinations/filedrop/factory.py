@@ -8,7 +8,7 @@ from pathlib import Path
 from pydantic import SecretStr
 
 from etl.config import AudienceActivation, Config, Destination, FileLocation, FtpsLocation, LocalLocation, SftpLocation
-from etl.destinations.base import written_locally
+from etl.destinations.base import Target, written_locally
 from etl.destinations.filedrop.base import Deliverer
 from etl.errors import FileTooLarge
 from etl.files import WrittenFile, name_matcher
@@ -31,6 +31,12 @@ class FileDrop:
         location = config.destination_of(self._activation.destination, Destination).files
         assert location is not None  # validated: an audience destination has a files location
         self._location = location
+        self._base_dir = config.base_dir
+        self._pattern = config.file_name_pattern(name)
+
+    def target(self) -> Target:
+        identity, shown = self._location.identity(self._base_dir)
+        return Target("files", self._activation.destination, identity, shown, self._pattern)
 
     def accept(self, written: WrittenFile) -> None:
         """Too big is refused, never split: Actito takes the last file as the whole audience, so parts would replace."""
@@ -49,7 +55,8 @@ class FileDrop:
 
     def deliver(self, context: RunContext, files: list[Path], snapshot: MemberSnapshot, diff: MemberDiff) -> MemberDiff:
         """Deliver, then replace the snapshot: after a failed delivery the next run compares with the old members."""
-        is_ours = name_matcher(context.config.file_name_pattern(self._name))  # exactly this activation's names
+        is_ours = name_matcher(self._pattern)  # exactly this activation's names
+        context.details["target"] = self.target().as_details()  # before any file lands: what retire relies on
         with context.step("deliver"), open_deliverer(context.config, self._location) as deliverer:
             context.fence()  # removals and renames from here on: only while the activation is still ours
             leftovers = deliverer.discard_leftovers(is_ours, context.run_id)  # of a run killed mid-upload
