@@ -785,8 +785,8 @@ def test_qualifio_profile_columns_map_to_actito_names() -> None:
     assert mapping.key == "emailAddress"
     by_source = {f.source: (f.target, f.rule, f.max_length, f.required) for f in mapping.fields}
     assert by_source == {
-        "firstname": ("firstName", "string", 64, False),
-        "lastname": ("lastName", "string", 64, False),
+        "firstname": ("firstName", "name", 64, False),
+        "lastname": ("lastName", "name", 64, False),
         "email": ("emailAddress", "email", 255, True),
         "address": ("addressStreet", "string", 225, False),
         "number": ("addressNumber", "string", 10, False),

@@ -52,7 +52,9 @@ _COMPATIBLE: dict[str, frozenset[str]] = {
     "PHONE_NUMBER": frozenset({"phone"}),
     "ADDRESS_COUNTRY": frozenset({"country"}),
     "MOTHER_LANGUAGE": frozenset({"language"}),
-    "STRING": frozenset({"string", "email", "phone", "country", "language", "sex"}),
+    "FIRSTNAME": frozenset({"string", "name"}),
+    "LASTNAME": frozenset({"string", "name"}),
+    "STRING": frozenset({"string", "email", "phone", "country", "language", "sex", "name", "device"}),
     "INTEGER": frozenset({"integer"}),
     "DECIMAL": frozenset({"decimal", "integer"}),
     "BOOLEAN": frozenset({"boolean"}),
@@ -63,6 +65,7 @@ _RULE_WORDS: dict[str, str] = {
     "string": "text", "email": "an e-mail address", "date": "a date", "datetime": "a date-time", "sex": "M/F",
     "phone": "a phone number", "country": "a country code", "language": "a language code",
     "integer": "an integer", "decimal": "a decimal", "boolean": "a boolean", "yes_no": "Y/N",
+    "name": "a name", "device": "desktop/mobile",
 }
 
 

@@ -20,8 +20,8 @@ _NO_RULES: cabc.Mapping[str, FieldRule] = MappingProxyType({})
 
 #: Qualifio's variable → (Actito attribute, rule, max length), from Qualifio's integration page
 QUALIFIO_FIELDS: dict[str, tuple[str, FieldRule, int | None]] = {
-    "firstname": ("firstName", "string", 64),
-    "lastname": ("lastName", "string", 64),
+    "firstname": ("firstName", "name", 64),  # "no special characters": etl/values/people.py
+    "lastname": ("lastName", "name", 64),
     "email": ("emailAddress", "email", MAX_STRING),
     "address": ("addressStreet", "string", 225),
     "number": ("addressNumber", "string", 10),
@@ -140,7 +140,7 @@ QUALIFIO_INTERACTION_FIELDS: dict[str, tuple[FieldRule, int | None]] = {
     "surveyType": ("integer", None),
     "surveyDate": ("date", None),
     "motherLanguage": ("language", None),
-    "deviceName": ("string", MAX_STRING),
+    "deviceName": ("device", None),
     "userAgent": ("string", MAX_STRING),
 }
 #: accepted names of the participation id column (the interaction's key) and of the e-mail link
