@@ -79,7 +79,7 @@ class MappedColumn:
     target: str
     #: the format rule its values must meet (etl.values.rules)
     rule: str
-    #: "key" (rows are matched on it), "field" or "subscription"
+    #: "key" (rows are matched on it), "field", "subscription" or "data collection" (the import's, not a column)
     role: str
 
 
@@ -159,11 +159,12 @@ def _columns(mapping: Mapping) -> list[MappedColumn]:
     key = mapping.key_field
     return ([MappedColumn(key.source, key.target, key.rule, "key")]
             + [MappedColumn(f.source, f.target, f.rule, "field") for f in mapping.fields if f is not key]
-            + [MappedColumn(s.source, s.subscription, "yes_no", "subscription") for s in mapping.subscriptions])
+            + [MappedColumn(s.source, s.subscription, "yes_no", "subscription") for s in mapping.subscriptions]
+            + [MappedColumn(f.source, f.target, f.rule, "data collection") for f in mapping.collected])
 
 
 def _sources(mapping: Mapping) -> set[str]:
-    return {f.source for f in mapping.fields} | {s.source for s in mapping.subscriptions}
+    return {f.source for f in [*mapping.fields, *mapping.collected]} | {s.source for s in mapping.subscriptions}
 
 
 class _Sampled:

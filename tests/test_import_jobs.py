@@ -87,6 +87,8 @@ def test_qualifio_profiles_land_in_actito_exactly_as_mapped(config_path: Path, s
     for email, row in expected.items():
         attributes = stored[email]["attributes"]
         for column, value in row.items():
+            if column.startswith("dataCollection."):
+                continue  # the import's, not the profile's: test_qualifio_campaign_fields_are_the_imports_data_collection
             if column.startswith("subscription_"):
                 assert stored[email]["subscriptions"].get(column.removeprefix("subscription_")) == (value == "Y")
             elif value is not None:
@@ -251,3 +253,40 @@ def test_membership_delivery_imports_who_entered_and_deletes_who_left(
     after = {str(r["profileId"]) for r in sandbox.records("demo", "audience_members")}
     assert after == ({str(m) for m in members} - {str(p) for p in leaving}) | {str(p) for p in entering}
     assert all(r["audience"] == "vip_members" for r in sandbox.records("demo", "audience_members"))
+
+
+def test_qualifio_campaign_fields_are_the_imports_data_collection(config_path: Path, sandbox: ActitoSandbox) -> None:
+    """source / updateSource / way / date come from the rows (the latest participation's), not from this tool."""
+    import sqlite3
+
+    config = load(config_path)
+    profiles_run = run(config, "qualifio_profiles")
+    assert profiles_run.ok, profiles_run.error
+    warehouse = config_path.parent / "var" / "demo" / "warehouse.db"
+    with sqlite3.connect(warehouse) as db:
+        latest_campaign, latest = db.execute(
+            "SELECT campaign_id, participated_at FROM qualifio_participations "
+            "ORDER BY participated_at DESC, participation_id DESC LIMIT 1").fetchone()
+        campaigns = db.execute("SELECT COUNT(DISTINCT campaign_id) FROM qualifio_participations").fetchone()[0]
+    [execution] = [e for e in sandbox.executions("demo") if e["table"] == "customers"]
+    assert execution["dataCollection"] == {"source": "Qualifio", "updateSource": "Qualifio",
+                                           "way": str(latest_campaign), "date": latest}
+    assert profiles_run.details["data_collection_mixed"]["way"] == campaigns > 1  # said, not hidden
+    attributes = {a for p in sandbox.profiles("demo", "customers") for a in p["attributes"]}
+    assert not attributes & {"source", "updateSource", "way", "date"}  # no attribute of a profile
+    assert run(config, "qualifio_participations").ok
+    [interactions] = [e for e in sandbox.executions("demo") if e["table"] == "participations"]
+    assert interactions["dataCollection"]["source"] == "Qualifio"
+    assert {r["way"] for r in sandbox.records("demo", "participations")} == {"4101", "4102", "4103"}
+
+
+def test_without_campaign_fields_the_import_names_this_tool(config_path: Path, sandbox: ActitoSandbox) -> None:
+    sql = config_path.parent / "sql" / "qualifio_profiles.sql"
+    sql.write_text(re.sub(r",\s*'Qualifio' AS source.*AS date", "", sql.read_text(), flags=re.S))
+    outcome = run(load(config_path), "qualifio_profiles")
+    assert outcome.ok, outcome.error
+    [execution] = sandbox.executions("demo")
+    assert execution["dataCollection"]["source"] == "audience-sync"
+    assert execution["dataCollection"]["way"] == "qualifio_profiles"
+    assert "data_collection" not in outcome.details
+

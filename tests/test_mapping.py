@@ -823,9 +823,9 @@ def test_qualifio_optins_become_subscriptions_named_as_qualifio_shows(variable: 
 
 def test_qualifio_unknown_columns_are_listed() -> None:
     with pytest.raises(MappingError) as caught:
-        qualifio_mapping(["email", "firstame", "source", "optin-newsletter", "firstname"])
+        qualifio_mapping(["email", "firstame", "surveyName", "optin-newsletter", "firstname"])
     message = str(caught.value)
-    assert "'firstame', 'source', 'optin-newsletter' are not Qualifio variables" in message
+    assert "'firstame', 'surveyName', 'optin-newsletter' are not Qualifio variables" in message
     assert "actito_<name>" in message and "optin_<name>" in message
     with pytest.raises(MappingError, match="'nickname' is not a Qualifio variable"):
         qualifio_mapping(["email", "nickname"])
@@ -985,3 +985,19 @@ def test_qualifio_interaction_problems() -> None:
     assert "no participation id column" in problems
     assert "no e-mail column to link the participant" in problems
     assert "'campaign': not a campaign field of Qualifio's integration" in problems
+
+
+def test_qualifio_campaign_fields_of_a_profile_are_its_data_collection_not_attributes() -> None:
+    mapping = qualifio_mapping(["email", "firstname", "Source", "updateSource", "way", "date"])
+    assert [f.target for f in mapping.fields] == ["emailAddress", "firstName"]
+    assert [(f.source, f.target, f.rule) for f in mapping.collected] == [
+        ("Source", "source", "string"), ("updateSource", "updateSource", "string"), ("way", "way", "string"),
+        ("date", "date", "datetime")]
+    assert mapping.output_columns() == ["emailAddress", "firstName"]  # never a column of the file
+    batch = pa.table({"email": ["a@b.be", "c@d.be"], "firstname": ["Zoé", "Tom"], "Source": ["Qualifio"] * 2,
+                      "updateSource": ["Qualifio"] * 2, "way": ["4101", "4102"],
+                      "date": ["2026-11-20 10:00:00", "yesterday"]})
+    mapped = RowMapper(mapping).map(batch)
+    assert mapped.rows.column("dataCollection.way").to_pylist() == ["4101", "4102"]
+    assert mapped.rows.column("dataCollection.date").to_pylist() == ["2026-11-20 10:00:00", None]
+    assert mapped.rejects.column("action").to_pylist() == ["value dropped"]  # a bad date never loses the person

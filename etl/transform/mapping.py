@@ -53,6 +53,8 @@ PREDEFINED_RULES: dict[str, FieldRule] = {
 
 #: Qualifio's opt-in variables, ``optin_<name>``: a subscription in every destination
 QUALIFIO_OPTIN_PREFIX = "optin_"
+#: how a mapped row names a collected value (:attr:`Mapping.collected`): never a column of the file
+COLLECTED_PREFIX = "dataCollection."
 
 
 @dataclass(frozen=True)
@@ -108,10 +110,18 @@ class Mapping:
     key: str
     fields: tuple[FieldMap, ...]
     subscriptions: tuple[SubscriptionMap, ...] = ()
+    #: values that say how a row was collected rather than feed an attribute (Qualifio's campaign fields
+    #: of a profile: its ``target`` is the dataCollection entry): checked like fields, carried with each
+    #: mapped row as ``dataCollection.<target>``, never a column of the file
+    collected: tuple[FieldMap, ...] = ()
+    #: dataCollection entry → the attribute whose values also say it (an interaction's ``way`` column)
+    collection: tuple[tuple[str, str], ...] = ()
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "fields", tuple(self.fields))
         object.__setattr__(self, "subscriptions", tuple(self.subscriptions))
+        object.__setattr__(self, "collected", tuple(self.collected))
+        object.__setattr__(self, "collection", tuple(self.collection))
         problems = _mapping_problems(self)
         if problems:
             raise MappingError(
@@ -129,6 +139,10 @@ class Mapping:
         return [self.key] + [f.target for f in self.fields if f.target != self.key] + [
             s.column for s in self.subscriptions
         ]
+
+    def collection_columns(self) -> dict[str, str]:
+        """dataCollection entry → the column of the mapped rows holding each row's value of it."""
+        return {**dict(self.collection), **{f.target: COLLECTED_PREFIX + f.target for f in self.collected}}
 
     def definition_parts(self) -> dict[str, list[dict[str, str]]]:
         """The ``attributes`` and ``subscriptions`` of the import definition. Every column of the
@@ -199,8 +213,9 @@ class RowMapper:
         #: key first: a row's problems are listed with its key's first
         self._steps = (replace(key, required=True), *(f for f in mapping.fields if f is not key),
                        *(FieldMap(s.source, s.column, "yes_no", None, on_invalid=s.on_invalid)
-                         for s in mapping.subscriptions))
-        self._columns = mapping.output_columns()
+                         for s in mapping.subscriptions),
+                       *(replace(f, target=COLLECTED_PREFIX + f.target) for f in mapping.collected))
+        self._columns = mapping.output_columns() + [COLLECTED_PREFIX + f.target for f in mapping.collected]
 
     def map(self, batch: pa.RecordBatch | pa.Table) -> MappedBatch:
         names = batch.schema.names

@@ -22,6 +22,7 @@ from etl.config import (
     Config, Destination, ImportActivationBase, InteractionsActivation, ProfilesActivation, SubscriptionsActivation,
 )
 from etl.destinations.actito.client import ActitoClient
+from etl.destinations.actito.collection import CollectedValues, default_collection
 from etl.destinations.actito.connect import open_client
 from etl.errors import ActitoBudgetExhausted, ActitoPreflightError
 from etl.destinations.actito.presets import didomi_mapping, qualifio_interaction_mapping, qualifio_mapping
@@ -274,11 +275,9 @@ def _definition(
         "format": {"separator": ",", "encoding": "UTF-8", "compression": _COMPRESSION[target.compression]},
         "emptyValues": target.empty_values.upper(),
         **mapping.definition_parts(),
-        "dataCollection": {
-            "source": "audience-sync",
-            "way": context.activation,
-            "date": context.started_at.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S"),
-        },
+        # from the rows when the query says how they were collected (set at staging): collection.py
+        "dataCollection": context.details.get("data_collection")
+        or default_collection(context.activation, context.started_at),
     }
 
 
@@ -412,11 +411,21 @@ class ActitoImports:
     def staging(self, context: RunContext) -> Iterator[Callable[[pa.Table], None]]:
         assert self._mapping is not None  # after preflight
         compression = self._plan.target.compression
+        header = self._mapping.output_columns()
+        collected = CollectedValues(self._mapping.collection_columns())
+
+        def write(rows: pa.Table) -> None:
+            collected.add(rows)
+            writer.write(rows.select(header))  # collected values are no columns of the file
+
         with CsvFileWriter(context.run_dir, import_file_name(context.activation, compression),
-                           header=self._mapping.output_columns(), compression=compression) as writer:
-            yield writer.write
+                           header=header, compression=compression) as writer:
+            yield write
             context.checkpoint("extracted")
             self._parts = writer.close()
+        if self._mapping.collection_columns():
+            context.details["data_collection"] = collected.definition(context.activation, context.started_at)
+            context.details["data_collection_mixed"] = collected.mixed()
         context.details["files"] = [{"name": f.path.name, "rows": f.rows, "sha256": f.sha256} for f in self._parts]
         if self._parts:
             context.results.update(file_name=self._parts[0].path.name, sha256=self._parts[0].sha256)

@@ -45,13 +45,18 @@ def qualifio_mapping(
 
     ``actito_<name>`` → custom attribute ``<name>`` (``string`` unless ``rules`` says otherwise);
     ``optin_<name>`` → subscription. An unknown column is an error, so a typo never hides as an empty attribute.
+    The campaign fields ``source``, ``updateSource``, ``way`` and ``date`` are no attributes of a profile:
+    they say how it was collected, Actito's dataCollection of the import (see collection.py).
     """
-    fields, subscriptions, unknown, problems = sort_columns(columns, lambda column: _qualifio_use(column, key, rules))
+    collected = [_campaign_field(column) for column in columns if column.lower() in _COLLECTION_BY_LOWER]
+    fields, subscriptions, unknown, problems = sort_columns(
+        [column for column in columns if column.lower() not in _COLLECTION_BY_LOWER],
+        lambda column: _qualifio_use(column, key, rules))
     if unknown:
         problems.append(
             f"{listing(unknown)} {'is not a Qualifio variable' if len(unknown) == 1 else 'are not Qualifio variables'}"
             " "
-            f"(known: {', '.join(QUALIFIO_FIELDS)}, actito_<name>, optin_<name>)"
+            f"(known: {', '.join([*QUALIFIO_FIELDS, *QUALIFIO_COLLECTION])}, actito_<name>, optin_<name>)"
         )
     if key not in {f.target for f in fields}:
         source = next((v for v, (t, _, _) in QUALIFIO_FIELDS.items() if t == key), QUALIFIO_CUSTOM_PREFIX + key)
@@ -62,7 +67,13 @@ def qualifio_mapping(
             hint="rename a column actito_<name> to send it as the attribute <name>, optin_<name> for the "
             "subscription <Name>, or remove it from the SELECT",
         )
-    return Mapping(key=key, fields=tuple(fields), subscriptions=tuple(subscriptions))
+    return Mapping(key=key, fields=tuple(fields), subscriptions=tuple(subscriptions), collected=tuple(collected))
+
+
+def _campaign_field(column: str) -> FieldMap:
+    name = _COLLECTION_BY_LOWER[column.lower()]
+    rule, length = QUALIFIO_INTERACTION_FIELDS[name]
+    return FieldMap(column, name, rule, length)
 
 
 def _qualifio_use(column: str, key: str, rules: cabc.Mapping[str, FieldRule]) -> ColumnUse:
@@ -143,6 +154,9 @@ QUALIFIO_INTERACTION_FIELDS: dict[str, tuple[FieldRule, int | None]] = {
     "deviceName": ("device", None),
     "userAgent": ("string", MAX_STRING),
 }
+#: the campaign fields that are also Actito's dataCollection of an import, as the seed names them
+QUALIFIO_COLLECTION = ("source", "updateSource", "way", "date")
+_COLLECTION_BY_LOWER = {name.lower(): name for name in QUALIFIO_COLLECTION}
 #: accepted names of the participation id column (the interaction's key) and of the e-mail link
 QUALIFIO_PARTICIPATION_COLUMNS = ("participationId", "participation_id")
 QUALIFIO_EMAIL_COLUMNS = ("emailAddress", "email", "email_address")
@@ -185,5 +199,6 @@ def qualifio_interaction_mapping(
         )
     if problems:
         raise MappingError(problems, hint="alias the columns in the SQL to these names, or remove them from the SELECT")
-    return Mapping(key=key, fields=tuple(fields))
+    return Mapping(key=key, fields=tuple(fields),
+                   collection=tuple((f.target, f.target) for f in fields if f.target in QUALIFIO_COLLECTION))
 

@@ -193,10 +193,12 @@ class Execution:
         }
 
     def details(self, status: str) -> dict[str, Any]:
-        """What a test reads back: the view's facts with the per-line errors and the file name."""
+        """What a test reads back: the view's facts with the per-line errors, the file name and the
+        definition's dataCollection."""
         details = self.view(status)
         target = details.pop("target")
-        return {**details, "table": target["id"], "targetType": target["type"], "errors": copy.deepcopy(self.errors)}
+        return {**details, "table": target["id"], "targetType": target["type"], "errors": copy.deepcopy(self.errors),
+                "dataCollection": dict(self.definition.data_collection)}
 
     def fail(self, message: str, errors: list[dict[str, Any]], counts: dict[str, int]) -> None:
         """End in ERROR: a problem with the file as a whole, nothing applied."""

@@ -13,6 +13,8 @@ from etl.testing.actito.wire import HttpError
 
 #: attributes Actito sets itself: a profile import cannot write them
 TECHNICAL = frozenset({"profileId", "creationMoment", "updateMoment"})
+#: the entries of an import definition's dataCollection (V4's dataCollectionInformation, plus updateSource)
+DATA_COLLECTION = ("source", "updateSource", "way", "date")
 #: how the text of a file is decoded, by the definition's ``format.encoding``
 ENCODINGS = {"UTF-8": "utf-8", "ISO-8859-1": "iso-8859-1"}
 #: a subscription's or a boolean's accepted spellings
@@ -258,10 +260,16 @@ def _key(raw: Mapping[str, Any], table: ProfileTable | CustomTable | None, attri
 
 
 def _data_collection(raw: Mapping[str, Any], problems: _Problems) -> dict[str, Any]:
+    """``source``, ``updateSource``, ``way`` (texts up to 255 characters) and ``date``; nothing else."""
     collection = raw.get("dataCollection") or {}
     if not isinstance(collection, Mapping):
         problems.add("dataCollection", "must be an object")
         collection = {}
+    for name, value in collection.items():
+        if name not in DATA_COLLECTION:
+            problems.add(f"dataCollection.{name}", f"unknown entry (known: {', '.join(DATA_COLLECTION)})")
+        elif name != "date" and (not isinstance(value, str) or not 0 < len(value) <= 255):
+            problems.add(f"dataCollection.{name}", "must be a text of 1 to 255 characters")
     moment = collection.get("date")
     if moment is not None and (not isinstance(moment, str) or not _valid_timestamp(moment)):
         problems.add("dataCollection.date", "must be yyyy-MM-dd HH:mm:ss")
