@@ -290,3 +290,40 @@ def test_without_campaign_fields_the_import_names_this_tool(config_path: Path, s
     assert execution["dataCollection"]["way"] == "qualifio_profiles"
     assert "data_collection" not in outcome.details
 
+
+
+def test_incomplete_participations_are_left_out_unless_the_preset_option_says_push(
+    config_path: Path, sandbox: ActitoSandbox
+) -> None:
+    import sqlite3
+
+    config = load(config_path)
+    assert run(config, "qualifio_profiles").ok
+    left = run(config, "qualifio_participations")
+    assert left.ok, left.error
+    warehouse = config_path.parent / "var" / "demo" / "warehouse.db"
+    with sqlite3.connect(warehouse) as db:
+        stopped = {str(r[0]) for r in db.execute("SELECT participation_id FROM qualifio_participations "
+                                                 "WHERE completed = 0")}
+    held = {r["participationId"] for r in sandbox.records("demo", "participations")}
+    assert stopped and not held & stopped
+    assert left.details["left_out"] == len(stopped)  # every participation is within the query's 90 days
+    with open(left.details["rejects_file"], newline="", encoding="utf-8") as handle:
+        assert not [row for row in csv.DictReader(handle) if row["value"] in stopped]  # not rejected: left out
+
+    config_path.write_text(config_path.read_text().replace(
+        "incomplete_participations = false   # participations", "incomplete_participations = true   # participations"))
+    pushed = run(load(config_path), "qualifio_participations")
+    assert pushed.ok, pushed.error
+    assert "left_out" not in pushed.details
+    held = {r["participationId"] for r in sandbox.records("demo", "participations")}
+    assert stopped & held  # sent now (those of known profiles)
+
+
+def test_incomplete_participations_needs_the_qualifio_preset(config_path: Path) -> None:
+    from etl.errors import ConfigError
+
+    config_path.write_text(config_path.read_text().replace(
+        'preset = "qualifio"            # firstname', '# firstname', 1))
+    with pytest.raises(ConfigError, match=r'qualifio_profiles.*incomplete_participations is an option of preset'):
+        load(config_path)

@@ -7,7 +7,7 @@ import functools
 import re
 from datetime import UTC, date, datetime
 from pathlib import Path
-from typing import Annotated, Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, Self, TypeVar
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import Discriminator, Field, SecretStr, Tag, field_validator, model_validator
@@ -249,11 +249,27 @@ class ImportActivationBase(ActivationBase):
         return policies, default or ("reject_row" if self.empty_values == "clear" else "drop_value")
 
 
-class ProfilesActivation(ImportActivationBase):
+class _QualifioOption(ImportActivationBase):
+    """Qualifio's integration asks whether to push incomplete participations (people who did not finish
+    the campaign): the preset's option, read on a ``completed`` column of the query."""
+
+    preset: Literal["qualifio"] | None = None
+    #: false (Qualifio's integration off by default): rows whose ``completed`` is no are left out
+    incomplete_participations: bool = False
+
+    @model_validator(mode="after")
+    def _qualifio_only(self) -> Self:
+        """Without the preset nothing reads the option: set anyway, it would promise a filter that never runs."""
+        if "incomplete_participations" in self.model_fields_set and self.preset != "qualifio":
+            raise ValueError('incomplete_participations is an option of preset = "qualifio" '
+                             "(it reads the query's completed column): set the preset or remove the option")
+        return self
+
+
+class ProfilesActivation(_QualifioOption):
     kind: Literal["profiles"]
     key: str = "emailAddress"
     mode: ImportMode = "CREATE_UPDATE"
-    preset: Literal["qualifio"] | None = None
     subscriptions: dict[str, str] = Field(default_factory=dict)  # source column -> subscription name
 
 
@@ -269,9 +285,8 @@ class SubscriptionsActivation(ImportActivationBase):
     metadata: list[str] = Field(default_factory=list)  # source columns also sent as profile attributes
 
 
-class InteractionsActivation(ImportActivationBase):
+class InteractionsActivation(_QualifioOption):
     kind: Literal["interactions"]
-    preset: Literal["qualifio"] | None = None
 
 
 #: the activations' kinds, as written in the file

@@ -55,6 +55,8 @@ PREDEFINED_RULES: dict[str, FieldRule] = {
 QUALIFIO_OPTIN_PREFIX = "optin_"
 #: how a mapped row names a collected value (:attr:`Mapping.collected`): never a column of the file
 COLLECTED_PREFIX = "dataCollection."
+#: the step reading :attr:`Mapping.send_only_if` (a space: never an attribute's name)
+_GATE = " send only if"
 
 
 @dataclass(frozen=True)
@@ -116,6 +118,9 @@ class Mapping:
     collected: tuple[FieldMap, ...] = ()
     #: dataCollection entry → the attribute whose values also say it (an interaction's ``way`` column)
     collection: tuple[tuple[str, str], ...] = ()
+    #: a yes/no column: rows where it says no are left out — neither sent nor rejected, only counted
+    #: (Qualifio's incomplete participations, when the activation does not push them); never sent itself
+    send_only_if: str | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "fields", tuple(self.fields))
@@ -200,6 +205,8 @@ class MappedBatch:
     rejects: pa.Table
     #: int64, the source row number of each row of ``rows`` (to map Actito's report lines back)
     source_rows: pa.Array
+    #: rows left out by :attr:`Mapping.send_only_if` (not in ``rows``, nor in ``rejects``)
+    left_out: int = 0
 
 
 class RowMapper:
@@ -214,7 +221,10 @@ class RowMapper:
         self._steps = (replace(key, required=True), *(f for f in mapping.fields if f is not key),
                        *(FieldMap(s.source, s.column, "yes_no", None, on_invalid=s.on_invalid)
                          for s in mapping.subscriptions),
-                       *(replace(f, target=COLLECTED_PREFIX + f.target) for f in mapping.collected))
+                       *(replace(f, target=COLLECTED_PREFIX + f.target) for f in mapping.collected),
+                       # unreadable, it cannot say whether to send the row: the row is rejected
+                       *([FieldMap(mapping.send_only_if, _GATE, "boolean", None, on_invalid="reject_row")]
+                         if mapping.send_only_if else []))
         self._columns = mapping.output_columns() + [COLLECTED_PREFIX + f.target for f in mapping.collected]
 
     def map(self, batch: pa.RecordBatch | pa.Table) -> MappedBatch:
@@ -236,10 +246,15 @@ class RowMapper:
             problems.add(step.source, texts[step.source], why, step.policy)
 
         table = pa.table([written[name] for name in self._columns], names=self._columns)
-        keep = ~problems.rejected
+        left_out = (pc.fill_null(pc.equal(written[_GATE], "FALSE"), False).to_numpy(zero_copy_only=False)
+                    if _GATE in written else np.zeros(rows, bool))
+        keep = ~problems.rejected & ~left_out
         numbers = np.arange(first_row, first_row + rows)
-        return MappedBatch(table.filter(pa.array(keep)) if problems.rejected.any() else table,
-                           problems.table(numbers), pa.array(numbers[keep], pa.int64()))
+        rejects = problems.table(numbers)
+        if left_out.any():  # a row not meant to be sent has no problem to report
+            rejects = rejects.filter(pc.invert(pc.is_in(rejects.column("row"), pa.array(numbers[left_out]))))
+        return MappedBatch(table.filter(pa.array(keep)) if not keep.all() else table,
+                           rejects, pa.array(numbers[keep], pa.int64()), int(left_out.sum()))
 
     def _check_columns(self, names: list[str]) -> None:
         needed = list(dict.fromkeys(step.source for step in self._steps))

@@ -331,7 +331,8 @@ def import_plan(config: Config, name: str) -> ImportPlan:
 
 def _mapping_for(activation: ImportActivationBase) -> MappingFactory:
     if isinstance(activation, ProfilesActivation) and activation.preset == "qualifio":
-        return lambda columns, table: qualifio_mapping(columns, key=activation.key)
+        return lambda columns, table: qualifio_mapping(
+            columns, key=activation.key, incomplete_participations=activation.incomplete_participations)
     if isinstance(activation, SubscriptionsActivation):
         if activation.preset == "didomi":
             return lambda columns, table: didomi_mapping(
@@ -342,7 +343,8 @@ def _mapping_for(activation: ImportActivationBase) -> MappingFactory:
     if isinstance(activation, InteractionsActivation):
         if activation.preset == "qualifio":
             return lambda columns, table: qualifio_interaction_mapping(
-                columns, key=table.primary_key or "participationId")
+                columns, key=table.primary_key or "participationId",
+                incomplete_participations=activation.incomplete_participations)
         return lambda columns, table: _by_name(activation, table.primary_key or "", {})(columns, table)
     assert isinstance(activation, ProfilesActivation)
     return _by_name(activation, activation.key, activation.subscriptions)
@@ -372,9 +374,12 @@ class _TableRows:
         self.key_name = mapping.key
         self.fingerprint = fingerprint_
         self._mapper = RowMapper(mapping, where=where)
+        #: rows the mapping left out (Mapping.send_only_if): read, neither sent nor rejected
+        self.left_out = 0
 
     def map(self, batch: pa.RecordBatch) -> MappedRows:
         mapped = self._mapper.map(batch)
+        self.left_out += mapped.left_out
         return MappedRows(rows=mapped.rows, keys=mapped.rows.column(self.mapping.key),
                           source_rows=mapped.source_rows, rejects=mapped.rejects, hashed=mapped.rows)
 
@@ -387,6 +392,7 @@ class ActitoImports:
         self._client = open_client(config, self._plan.destination)
         self._table: Table | None = None
         self._mapping: Mapping | None = None
+        self._rows: _TableRows | None = None
         self._parts: list[WrittenFile] = []
 
     def preflight(self, context: RunContext, columns: list[str]) -> _TableRows:
@@ -395,8 +401,9 @@ class ActitoImports:
             self._table, self._mapping = preflight(self._client, target, self._plan.mapping_for, columns)
         context.details["table"] = self._table.id
         where = str(context.config.path(context.config.activations[context.activation].sql))
-        return _TableRows(self._mapping, fingerprint([self._table.id, target.mode, target.empty_values,
-                                                      self._mapping]), where)
+        self._rows = _TableRows(self._mapping, fingerprint([self._table.id, target.mode, target.empty_values,
+                                                            self._mapping]), where)
+        return self._rows
 
     def mapping(self) -> Mapping:
         assert self._mapping is not None  # after preflight
@@ -423,6 +430,8 @@ class ActitoImports:
             yield write
             context.checkpoint("extracted")
             self._parts = writer.close()
+        if self._rows is not None and self._rows.left_out:
+            context.details["left_out"] = self._rows.left_out
         if self._mapping.collection_columns():
             context.details["data_collection"] = collected.definition(context.activation, context.started_at)
             context.details["data_collection_mixed"] = collected.mixed()
@@ -464,6 +473,8 @@ class ActitoImports:
         sent = f"{details.get('to_send', 0):,} changed rows sent" if not context.dry_run else "dry run, nothing sent"
         if details.get("refused_by_actito"):
             sent += f" ({details['refused_by_actito']:,} refused by Actito, listed in the rejects file)"
+        if details.get("left_out"):
+            sent += f", {details['left_out']:,} incomplete participations left out (incomplete_participations = false)"
         if details.get("still_refused"):
             sent += f", {details['still_refused']:,} refused before and unchanged (in the rejects file)"
         return Delivery("actito", f"Actito table '{details['table']}'",

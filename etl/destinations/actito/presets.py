@@ -39,7 +39,8 @@ QUALIFIO_CUSTOM_PREFIX = "actito_"
 
 
 def qualifio_mapping(
-    columns: Sequence[str], *, key: str = "emailAddress", rules: cabc.Mapping[str, FieldRule] = _NO_RULES
+    columns: Sequence[str], *, key: str = "emailAddress", rules: cabc.Mapping[str, FieldRule] = _NO_RULES,
+    incomplete_participations: bool = False,
 ) -> Mapping:
     """Qualifio's variable names → Actito, as Qualifio's own integration maps them.
 
@@ -48,6 +49,7 @@ def qualifio_mapping(
     The campaign fields ``source``, ``updateSource``, ``way`` and ``date`` are no attributes of a profile:
     they say how it was collected, Actito's dataCollection of the import (see collection.py).
     """
+    completed, columns = _completion(columns)
     collected = [_campaign_field(column) for column in columns if column.lower() in _COLLECTION_BY_LOWER]
     fields, subscriptions, unknown, problems = sort_columns(
         [column for column in columns if column.lower() not in _COLLECTION_BY_LOWER],
@@ -67,7 +69,20 @@ def qualifio_mapping(
             hint="rename a column actito_<name> to send it as the attribute <name>, optin_<name> for the "
             "subscription <Name>, or remove it from the SELECT",
         )
-    return Mapping(key=key, fields=tuple(fields), subscriptions=tuple(subscriptions), collected=tuple(collected))
+    return Mapping(key=key, fields=tuple(fields), subscriptions=tuple(subscriptions), collected=tuple(collected),
+                   send_only_if=None if incomplete_participations else completed)
+
+
+#: the column saying whether a participation went to the end of the campaign (yes/no); never sent
+QUALIFIO_COMPLETED = "completed"
+
+
+def _completion(columns: Sequence[str]) -> tuple[str | None, list[str]]:
+    """(the completion column if the query has one, the other columns). Qualifio's integration pushes
+    incomplete participations only when told to (``incomplete_participations``): without the column,
+    the query's rows are taken as what should be pushed."""
+    found = next((column for column in columns if column.lower() == QUALIFIO_COMPLETED), None)
+    return found, [column for column in columns if column != found]
 
 
 def _campaign_field(column: str) -> FieldMap:
@@ -163,7 +178,8 @@ QUALIFIO_EMAIL_COLUMNS = ("emailAddress", "email", "email_address")
 
 
 def qualifio_interaction_mapping(
-    columns: Sequence[str], *, key: str = "participationId", email: str = "emailAddress"
+    columns: Sequence[str], *, key: str = "participationId", email: str = "emailAddress",
+    incomplete_participations: bool = False,
 ) -> Mapping:
     """One Qualifio participation → one record of an INTERACTIONS custom table, keyed by the participation id.
 
@@ -185,6 +201,7 @@ def qualifio_interaction_mapping(
             return FieldMap(column, known[lower], rule, length)
         return None
 
+    completed, columns = _completion(columns)
     fields, _, unknown, problems = sort_columns(columns, use)
     fields.sort(key=lambda field: rank.get(field.source.lower(), 2))
     ranks = {rank.get(field.source.lower()) for field in fields}
@@ -200,5 +217,6 @@ def qualifio_interaction_mapping(
     if problems:
         raise MappingError(problems, hint="alias the columns in the SQL to these names, or remove them from the SELECT")
     return Mapping(key=key, fields=tuple(fields),
-                   collection=tuple((f.target, f.target) for f in fields if f.target in QUALIFIO_COLLECTION))
+                   collection=tuple((f.target, f.target) for f in fields if f.target in QUALIFIO_COLLECTION),
+                   send_only_if=None if incomplete_participations else completed)
 
