@@ -327,3 +327,28 @@ def test_incomplete_participations_needs_the_qualifio_preset(config_path: Path) 
         'preset = "qualifio"            # firstname', '# firstname', 1))
     with pytest.raises(ConfigError, match=r'qualifio_profiles.*incomplete_participations is an option of preset'):
         load(config_path)
+
+
+def test_didomi_metadata_lands_in_existing_attributes_and_the_rest_is_listed(
+    config_path: Path, sandbox: ActitoSandbox
+) -> None:
+    config = load(config_path)
+    assert run(config, "qualifio_profiles").ok
+    outcome = run(config, "didomi_consents")
+    assert outcome.ok, outcome.error
+    # the extra column updated_at and the JSON property favouriteShop: no attribute of that name, not sent
+    assert outcome.details["metadata_not_in_table"] == ["updated_at", "metadata.favouriteShop"]
+    assert "not sent: updated_at, metadata.favouriteShop" in outcome.delivery.summary
+    profiles = sandbox.profiles("demo", "customers")
+    assert {p["attributes"].get("loyaltyTier") for p in profiles} >= {"bronze", "silver", "gold"}
+    assert {p["attributes"].get("gdprConsent") for p in profiles} >= {True, False}
+    assert not any("favouriteShop" in p["attributes"] or "updated_at" in p["attributes"] for p in profiles)
+    with open(outcome.details["rejects_file"], newline="", encoding="utf-8") as handle:
+        broken = [row for row in csv.DictReader(handle) if row["column"] == "metadata"]
+    assert broken and {row["action"] for row in broken} == {"value dropped"}
+
+
+def test_check_lists_metadata_the_table_has_no_attribute_for(config_path: Path) -> None:
+    report = check_destination(load(config_path), "actito_demo")
+    assert report.ok, report.text()
+    assert "! didomi_consents: column updated_at is metadata table 'Customers' has no attribute for" in report.text()

@@ -922,7 +922,37 @@ def test_didomi_key_column_and_problems() -> None:
     problems = "\n".join(caught.value.problems)
     assert "no column for the user key: expected 'organization_user_id' (Didomi's) or 'emailAddress'" in problems
     assert "column 'consent_sms' is not in the query" in problems
-    assert "'user', 'updated_at': neither the user key, a subscription nor a metadata column" in problems
+    assert len(caught.value.problems) == 2  # the extra column updated_at is metadata, not a mistake
+
+
+def test_didomi_metadata_goes_to_the_attributes_the_table_has() -> None:
+    table = ["emailAddress", "motherLanguage", "loyaltyTier", "gdprConsent", "profileId"]
+    mapping = didomi_mapping(["organization_user_id", "consent_newsletter", "motherlanguage", "updated_at",
+                              "metadata"], user_key="emailAddress", subscriptions={"consent_newsletter": "Newsletter"},
+                             table_attributes=table)
+    assert [(f.source, f.target) for f in mapping.fields] == [
+        ("organization_user_id", "emailAddress"), ("motherlanguage", "motherLanguage"),  # case folded by the warehouse
+        ("metadata.loyaltyTier", "loyaltyTier"), ("metadata.gdprConsent", "gdprConsent")]  # never profileId
+    assert mapping.ignored == ("updated_at",) and mapping.json_object == "metadata"
+    batch = pa.table({"organization_user_id": ["a@b.be", "c@d.be", "e@f.be", "g@h.be"],
+                      "consent_newsletter": ["true"] * 4, "motherlanguage": ["fr"] * 4, "updated_at": ["x"] * 4,
+                      "metadata": ['{"loyaltyTier": "gold", "gdprConsent": true, "favouriteShop": "Gent"}',
+                                   '{"favouriteShop": "Namur"}', None, "{oops"]})
+    mapped = RowMapper(mapping).map(batch)
+    assert mapped.rows.column("loyaltyTier").to_pylist() == ["gold", None, None, None]
+    assert mapped.rows.column("gdprConsent").to_pylist() == ["true", None, None, None]
+    assert dict(mapped.unread) == {"favouriteShop": 2}
+    assert mapped.rows.num_rows == 4  # a broken object drops its properties, not the person
+    assert mapped.rejects.to_pylist() == [{"row": 4, "column": "metadata", "value": "{oops", "action": "value dropped",
+                                           "reason": "metadata: '{oops' is not a JSON object: none of its "
+                                                     "properties is sent"}]
+
+
+def test_a_didomi_metadata_column_named_in_the_configuration_is_required_of_the_table() -> None:
+    mapping = didomi_mapping(["organization_user_id", "consent_newsletter", "shoeSize"], user_key="emailAddress",
+                             subscriptions={"consent_newsletter": "Newsletter"}, metadata_columns=["shoeSize"],
+                             table_attributes=["emailAddress"])
+    assert [f.target for f in mapping.fields] == ["emailAddress", "shoeSize"] and not mapping.ignored  # pre-flight fails
 
 
 # --------------------------------------------------------------------------- explicit mappings

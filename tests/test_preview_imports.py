@@ -97,8 +97,8 @@ def test_a_bad_value_is_counted_under_its_reason(demo_project: Path) -> None:
     sql = demo_project.parent / "sql" / "didomi_consents.sql"
     sql.write_text(sql.read_text().replace(
         "FROM didomi_consents\n",
-        "FROM didomi_consents\nUNION ALL SELECT 'zz.preview@example.com', 'perhaps', 'true', 'false', 'fr'\n"
-        "UNION ALL SELECT 'zz..preview@example.com', 'true', 'true', 'true', 'fr'\n"))
+        "FROM didomi_consents\nUNION ALL SELECT 'zz.preview@example.com', 'perhaps', 'true', 'false', 'fr', NULL, NULL\n"
+        "UNION ALL SELECT 'zz..preview@example.com', 'true', 'true', 'true', 'fr', NULL, NULL\n"))
     after = preview_json(demo_project, "didomi_consents")
     assert after["extracted"] == before["extracted"] + 2 and after["rejected"] == before["rejected"] + 1
     assert after["to_send"] == before["to_send"] + 1  # sent without its invalid consent

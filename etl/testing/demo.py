@@ -4,6 +4,7 @@ sample audiences are never empty."""
 
 from __future__ import annotations
 
+import json
 import random
 import sqlite3
 import unicodedata
@@ -179,7 +180,7 @@ def _build_participations(db: sqlite3.Connection, customers: list[DemoCustomer],
     db.execute(
         """CREATE TABLE didomi_consents (
                organization_user_id TEXT, consent_newsletter TEXT, consent_partners TEXT,
-               consent_promotions TEXT, preferred_language TEXT, updated_at TEXT)"""
+               consent_promotions TEXT, preferred_language TEXT, updated_at TEXT, metadata TEXT)"""
     )
     participation_id = 900_000
     # civility and password come from their own generator: the other columns' draws do not depend on them;
@@ -208,11 +209,26 @@ def _build_participations(db: sqlite3.Connection, customers: list[DemoCustomer],
             )
         if rng.random() < 0.6:
             db.execute(
-                "INSERT INTO didomi_consents VALUES (?,?,?,?,?,?)",
+                "INSERT INTO didomi_consents VALUES (?,?,?,?,?,?,?)",
                 (email if rng.random() < 0.95 else f"unknown{customer.customer_id}@example.com",
                  rng.choice(["true", "false", "true"]), rng.choice(["true", "false", None]),
-                 rng.choice(["1", "0"]), rng.choice(["fr", "nl", "en", "de"]), f"{today:%Y-%m-%d}"),
+                 rng.choice(["1", "0"]), rng.choice(["fr", "nl", "en", "de"]), f"{today:%Y-%m-%d}",
+                 _didomi_metadata(later, customer)),
             )
+
+
+def _didomi_metadata(rng: random.Random, customer: DemoCustomer) -> str | None:
+    """Didomi's user metadata object as JSON: properties the demo table has (loyaltyTier, gdprConsent),
+    one it has not (favouriteShop), sometimes none, once in a while not JSON at all."""
+    dice = rng.random()
+    if dice < 0.05:
+        return None
+    if dice < 0.06:
+        return "{loyaltyTier: gold"
+    metadata = {"loyaltyTier": customer.loyalty_tier, "gdprConsent": rng.random() < 0.8}
+    if rng.random() < 0.3:
+        metadata["favouriteShop"] = rng.choice(["Namur", "Liège", "Gent"])
+    return json.dumps(metadata, ensure_ascii=False)
 
 
 def _dirty_name(rng: random.Random, name: str) -> str:

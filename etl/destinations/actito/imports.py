@@ -8,6 +8,8 @@ our ledger, never burnt. The mapping is chosen here, so a job never names a part
 from __future__ import annotations
 
 import dataclasses
+import logging
+from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import closing, contextmanager
 from dataclasses import dataclass
@@ -24,7 +26,7 @@ from etl.config import (
 from etl.destinations.actito.client import ActitoClient
 from etl.destinations.actito.collection import CollectedValues, default_collection
 from etl.destinations.actito.connect import open_client
-from etl.errors import ActitoBudgetExhausted, ActitoPreflightError
+from etl.errors import ActitoBudgetExhausted, ActitoPreflightError, MappingError
 from etl.destinations.actito.presets import didomi_mapping, qualifio_interaction_mapping, qualifio_mapping
 from etl.destinations.actito.recovery import (
     Landed, discard_sent, part_reference, recover_earlier_runs, stage_sent, upload_name,
@@ -38,6 +40,8 @@ from etl.runtime.runs import RunContext
 from etl.transform.delta import MappedRows, RowSnapshot, Staged, fingerprint
 from etl.transform.mapping import FieldMap, Mapping, RowMapper, explicit_mapping, with_policy
 from etl.values.rules import FieldRule
+
+log = logging.getLogger("audience_sync.actito")
 
 #: builds the mapping from the query's columns and the Actito table they go to
 MappingFactory = Callable[[Sequence[str], Table], Mapping]
@@ -335,10 +339,10 @@ def _mapping_for(activation: ImportActivationBase) -> MappingFactory:
             columns, key=activation.key, incomplete_participations=activation.incomplete_participations)
     if isinstance(activation, SubscriptionsActivation):
         if activation.preset == "didomi":
-            return lambda columns, table: didomi_mapping(
+            return lambda columns, table: _erasing_nothing(activation, didomi_mapping(
                 columns, user_key=activation.key, subscriptions=activation.subscriptions,
-                metadata_columns=activation.metadata,
-            )
+                metadata_columns=activation.metadata, table_attributes=[a.name for a in table.attributes],
+            ))
         return _by_name(activation, activation.key, activation.subscriptions, extra=activation.metadata)
     if isinstance(activation, InteractionsActivation):
         if activation.preset == "qualifio":
@@ -348,6 +352,16 @@ def _mapping_for(activation: ImportActivationBase) -> MappingFactory:
         return lambda columns, table: _by_name(activation, table.primary_key or "", {})(columns, table)
     assert isinstance(activation, ProfilesActivation)
     return _by_name(activation, activation.key, activation.subscriptions)
+
+
+def _erasing_nothing(activation: ImportActivationBase, mapping: Mapping) -> Mapping:
+    """A JSON object's absent property is an empty cell: with ``empty_values = "clear"`` it would erase the
+    attribute, which Didomi, sending only the properties a user has, never does."""
+    if mapping.json_object and activation.empty_values == "clear":
+        raise MappingError([f"column {mapping.json_object!r}: a property a row does not have would be sent "
+                            'empty, and empty_values = "clear" would erase the attribute'],
+                           hint='keep empty_values = "keep", or select the properties as columns of their own')
+    return mapping
 
 
 def _by_name(
@@ -376,10 +390,13 @@ class _TableRows:
         self._mapper = RowMapper(mapping, where=where)
         #: rows the mapping left out (Mapping.send_only_if): read, neither sent nor rejected
         self.left_out = 0
+        #: properties of a JSON column that no attribute takes → rows holding each
+        self.unread: Counter[str] = Counter()
 
     def map(self, batch: pa.RecordBatch) -> MappedRows:
         mapped = self._mapper.map(batch)
         self.left_out += mapped.left_out
+        self.unread.update(mapped.unread)
         return MappedRows(rows=mapped.rows, keys=mapped.rows.column(self.mapping.key),
                           source_rows=mapped.source_rows, rejects=mapped.rejects, hashed=mapped.rows)
 
@@ -400,6 +417,7 @@ class ActitoImports:
         with context.step("preflight"):
             self._table, self._mapping = preflight(self._client, target, self._plan.mapping_for, columns)
         context.details["table"] = self._table.id
+        _not_in_table(context, self._table, self._mapping.ignored)
         where = str(context.config.path(context.config.activations[context.activation].sql))
         self._rows = _TableRows(self._mapping, fingerprint([self._table.id, target.mode, target.empty_values,
                                                             self._mapping]), where)
@@ -432,6 +450,8 @@ class ActitoImports:
             self._parts = writer.close()
         if self._rows is not None and self._rows.left_out:
             context.details["left_out"] = self._rows.left_out
+        if self._rows is not None and self._rows.unread and self._table is not None:
+            _not_in_table(context, self._table, [f"{self._mapping.json_object}.{name}" for name in self._rows.unread])
         if self._mapping.collection_columns():
             context.details["data_collection"] = collected.definition(context.activation, context.started_at)
             context.details["data_collection_mixed"] = collected.mixed()
@@ -475,6 +495,9 @@ class ActitoImports:
             sent += f" ({details['refused_by_actito']:,} refused by Actito, listed in the rejects file)"
         if details.get("left_out"):
             sent += f", {details['left_out']:,} incomplete participations left out (incomplete_participations = false)"
+        if details.get("metadata_not_in_table"):
+            sent += (f", not sent: {', '.join(details['metadata_not_in_table'])} "
+                     "(metadata with no attribute of that name in the table)")
         if details.get("still_refused"):
             sent += f", {details['still_refused']:,} refused before and unchanged (in the rejects file)"
         return Delivery("actito", f"Actito table '{details['table']}'",
@@ -482,6 +505,17 @@ class ActitoImports:
 
     def close(self) -> None:
         self._client.close()
+
+
+def _not_in_table(context: RunContext, table: Table, names: Sequence[str]) -> None:
+    """Metadata the table has no attribute for is not sent, as by Didomi, but said: a missing attribute
+    is something to create in Actito, or a property to stop collecting."""
+    if not names:
+        return
+    listed = context.details.setdefault("metadata_not_in_table", [])
+    listed.extend(name for name in names if name not in listed)
+    log.warning("metadata not sent: table '%s' has no attribute for %s", table.name, ", ".join(names),
+                extra={"fields": {"activation": context.activation}})
 
 
 def _commit_landed(snapshot_path: Path, landed: Landed) -> None:

@@ -111,6 +111,10 @@ def _qualifio_use(column: str, key: str, rules: cabc.Mapping[str, FieldRule]) ->
 
 #: the column Didomi matches users on
 DIDOMI_USER_ID = "organization_user_id"
+#: the column holding Didomi's user ``metadata`` object as JSON, if the query keeps it whole
+DIDOMI_METADATA = "metadata"
+#: attributes no import writes: set by Actito
+_NOT_IMPORTED = frozenset({"profileId", "creationMoment", "updateMoment"})
 
 
 def didomi_mapping(
@@ -119,41 +123,39 @@ def didomi_mapping(
     user_key: str,
     subscriptions: cabc.Mapping[str, str],
     metadata_columns: Sequence[str] = (),
+    table_attributes: Sequence[str] | None = None,
 ) -> Mapping:
-    """Consents as Didomi's integration sends them: the user's key, its subscriptions, its metadata.
+    """Consents as Didomi's integration sends them: the user's key, its subscriptions, and every
+    property of the user's metadata as a profile attribute.
 
-    Unlike Didomi, which sends every metadata property, only the listed ``metadata_columns`` are
-    attributes: an extra column is a mistake to point at, not an attribute to invent.
+    The metadata is each other column of the query, or the properties of a JSON column ``metadata``.
+    Like Didomi, a property is sent to the attribute of its name (case aside: warehouses fold unquoted
+    aliases) when ``table_attributes`` has one; the others are ``ignored`` and listed, never invented.
+    A column named in ``metadata_columns`` is meant: it goes to its attribute or fails the pre-flight.
     """
-    by_lower: dict[str, list[str]] = {}
-    for column in columns:
-        by_lower.setdefault(column.lower(), []).append(column)
-    problems: list[str] = []
-    key_column = next(
-        (by_lower[name.lower()][0] for name in (DIDOMI_USER_ID, user_key) if name.lower() in by_lower), None
-    )
+    key_column = next((column for name in (DIDOMI_USER_ID, user_key) for column in columns
+                       if column.lower() == name.lower()), None)
+    problems = [f"column {source!r} is not in the query (columns: {listing(list(columns)) or 'none'})"
+                for source in [*subscriptions, *metadata_columns] if source not in columns]
     if key_column is None:
-        problems.append(
-            f"no column for the user key: expected {DIDOMI_USER_ID!r} (Didomi's) or {user_key!r} "
-            f"(columns: {listing(list(columns)) or 'none'})"
-        )
-    for source in [*subscriptions, *metadata_columns]:
-        if source not in columns:
-            problems.append(f"column {source!r} is not in the query (columns: {listing(list(columns)) or 'none'})")
-    used = {key_column, *subscriptions, *metadata_columns}
-    unknown = [column for column in columns if column not in used]
-    if unknown:
-        problems.append(
-            f"{listing(unknown)}: neither the user key, a subscription nor a metadata column "
-            "(list it under metadata to send it as an attribute, or remove it from the SELECT)"
-        )
+        problems.insert(0, f"no column for the user key: expected {DIDOMI_USER_ID!r} (Didomi's) or {user_key!r} "
+                           f"(columns: {listing(list(columns)) or 'none'})")
     if problems:
         raise MappingError(problems)
     assert key_column is not None
+    attributes = {name.lower(): name for name in (table_attributes or ()) if name not in _NOT_IMPORTED}
+    json_column = next((column for column in columns if column.lower() == DIDOMI_METADATA
+                        and column not in (key_column, *subscriptions, *metadata_columns)), None)
+    extra = [column for column in columns if column not in (key_column, json_column, *subscriptions)]
     fields = [FieldMap(key_column, user_key, rule_of(user_key), required=True)]
-    fields += [FieldMap(column, column, "string") for column in metadata_columns]
-    return Mapping(key=user_key, fields=tuple(fields), subscriptions=subscription_maps(subscriptions))
-
+    fields += [FieldMap(column, attributes.get(column.lower(), column), "string") for column in extra
+               if column in metadata_columns or column.lower() in attributes]
+    if json_column is not None:
+        fed = {field.target for field in fields}
+        fields += [FieldMap(f"{json_column}.{name}", name, "string") for name in attributes.values() if name not in fed]
+    ignored = tuple(column for column in extra if column not in {field.source for field in fields})
+    return Mapping(key=user_key, fields=tuple(fields), subscriptions=subscription_maps(subscriptions),
+                   json_object=json_column, ignored=ignored)
 
 
 #: the campaign fields of Qualifio's integration: Actito question → (rule, max length)
