@@ -292,15 +292,21 @@ def test_without_campaign_fields_the_import_names_this_tool(config_path: Path, s
 
 
 
+def after_profiles(config: Config, name: str) -> RunOutcome:
+    """``name`` run once the participants it refers to are profiles, as the demo's ``after`` orders it."""
+    assert run(config, "qualifio_profiles").ok
+    outcome = run(config, name)
+    assert outcome.ok, outcome.error
+    return outcome
+
+
 def test_incomplete_participations_are_left_out_unless_the_preset_option_says_push(
     config_path: Path, sandbox: ActitoSandbox
 ) -> None:
     import sqlite3
 
     config = load(config_path)
-    assert run(config, "qualifio_profiles").ok
-    left = run(config, "qualifio_participations")
-    assert left.ok, left.error
+    left = after_profiles(config, "qualifio_participations")
     warehouse = config_path.parent / "var" / "demo" / "warehouse.db"
     with sqlite3.connect(warehouse) as db:
         stopped = {str(r[0]) for r in db.execute("SELECT participation_id FROM qualifio_participations "
@@ -332,10 +338,7 @@ def test_incomplete_participations_needs_the_qualifio_preset(config_path: Path) 
 def test_didomi_metadata_lands_in_existing_attributes_and_the_rest_is_listed(
     config_path: Path, sandbox: ActitoSandbox
 ) -> None:
-    config = load(config_path)
-    assert run(config, "qualifio_profiles").ok
-    outcome = run(config, "didomi_consents")
-    assert outcome.ok, outcome.error
+    outcome = after_profiles(load(config_path), "didomi_consents")
     # the extra column updated_at and the JSON property favouriteShop: no attribute of that name, not sent
     assert outcome.details["metadata_not_in_table"] == ["updated_at", "metadata.favouriteShop"]
     assert "not sent: updated_at, metadata.favouriteShop" in outcome.delivery.summary
@@ -352,3 +355,24 @@ def test_check_lists_metadata_the_table_has_no_attribute_for(config_path: Path) 
     report = check_destination(load(config_path), "actito_demo")
     assert report.ok, report.text()
     assert "! didomi_consents: column updated_at is metadata table 'Customers' has no attribute for" in report.text()
+
+
+def test_imports_name_the_technical_email_as_their_report_recipient(config_path: Path, sandbox: ActitoSandbox) -> None:
+    """technical_email receives Actito's import reports: one-shot definitions name it (field: a wire setting)."""
+    after_profiles(load(config_path), "qualifio_participations")
+    assert {tuple(e["reportRecipients"]) for e in sandbox.executions("demo")} == {("data-team@example.com",)}
+    config_path.write_text(config_path.read_text().replace(
+        "[destinations.actito_demo.files]", '[destinations.actito_demo.wire]\nreport_recipients_field = ""\n\n'
+                                            "[destinations.actito_demo.files]"))
+    assert run(load(config_path), "didomi_consents").ok
+    assert sandbox.executions("demo")[-1]["reportRecipients"] == []  # switched off: not sent
+
+
+def test_a_report_recipients_field_that_is_no_name_is_refused(config_path: Path) -> None:
+    from etl.errors import ConfigError
+
+    config_path.write_text(config_path.read_text().replace(
+        "[destinations.actito_demo.files]", '[destinations.actito_demo.wire]\nreport_recipients_field = "1 field"\n\n'
+                                            "[destinations.actito_demo.files]"))
+    with pytest.raises(ConfigError, match="report_recipients_field"):
+        load(config_path)

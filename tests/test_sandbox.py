@@ -787,3 +787,13 @@ def test_data_collection_takes_its_four_entries_only(sandbox: ActitoSandbox) -> 
         response = api.upload(data, profile_definition(dataCollection=wrong))
         assert response.status_code == 400 and response.json()["errors"][0]["field"] == field, wrong
     assert [e["dataCollection"] for e in sandbox.executions(E)] == [collection]
+
+
+def test_report_recipients_are_e_mail_addresses(sandbox: ActitoSandbox) -> None:
+    api = Api(sandbox)
+    data = csv_bytes("emailAddress", "a@b.be")
+    assert api.upload(data, profile_definition(reportRecipients=["data-team@example.com"])).status_code == 201
+    for wrong in (["not an address"], "data-team@example.com", [], ["a@b.be"] * 11):
+        response = api.upload(data, profile_definition(reportRecipients=wrong))
+        assert response.status_code == 400 and response.json()["errors"][0]["field"] == "reportRecipients", wrong
+    assert [e["reportRecipients"] for e in sandbox.executions(E)] == [["data-team@example.com"]]

@@ -191,6 +191,9 @@ class ActitoWire(ConfigModel):
     error_statuses: frozenset[str] = frozenset({"ERROR"})
     #: a 429 whose message matches this (a regular expression) is the daily import quota, not a transient limit
     budget_message: str = r"daily\s+import\s+(limit|quota)"
+    #: the definition field listing who receives Actito's report of an import (the destination's
+    #: technical_email); "" sends none, for a licence that refuses the field
+    report_recipients_field: str = Field(default="reportRecipients", pattern=r"^(|[A-Za-z_][A-Za-z0-9_.-]*)$")
 
     @field_validator("success_statuses", "partial_statuses", "error_statuses")
     @classmethod

@@ -108,7 +108,8 @@ class EmailAlerts(ConfigModel):
     username: str | None = None
     password: SecretStr | None = None
     sender: str
-    recipients: list[str] = Field(min_length=1)
+    #: empty: each alert goes to the technical_email of its activation's Actito destination
+    recipients: list[str] = Field(default_factory=list)
     security: Literal["starttls", "ssl", "none"] = "starttls"
     timeout: float = Field(default=30.0, gt=0)
 
@@ -341,6 +342,16 @@ class Config(ConfigModel):
 
     def sql_text(self, activation_name: str) -> str:
         return self.path(self.activations[activation_name].sql).read_text(encoding="utf-8")
+
+    def alert_recipients(self, activation_name: str) -> list[str]:
+        """Who gets an activation's e-mail alerts: the configured recipients, else the technical e-mail of
+        its Actito destination — the address that already receives Actito's import reports."""
+        if self.alerts.email is not None and self.alerts.email.recipients:
+            return list(self.alerts.email.recipients)
+        activation = self.activations.get(activation_name)
+        destination = self.destinations.get(activation.destination) if activation is not None else None
+        technical = destination.technical_email if isinstance(destination, Destination) else None
+        return [technical] if technical else []
 
     def activation_of(self, activation_name: str, kind: type[_KindT]) -> _KindT:
         activation = self.activations[activation_name]

@@ -87,6 +87,15 @@ class ImportTarget:
     compression: Compression
     timeout_seconds: float
     daily_budget: int
+    #: (definition field, address): who receives Actito's report of each import (the destination's
+    #: technical_email, under the wire's report_recipients_field); empty: nobody is named
+    report_to: tuple[tuple[str, str], ...] = ()
+
+
+def report_to(destination: Destination) -> tuple[tuple[str, str], ...]:
+    """Actito mails an import's report to the recipients its definition names [guess: docs/actito-wire.md]."""
+    field_name = destination.wire.report_recipients_field
+    return ((field_name, destination.technical_email),) if field_name and destination.technical_email else ()
 
 
 def preflight(
@@ -282,6 +291,7 @@ def _definition(
         # from the rows when the query says how they were collected (set at staging): collection.py
         "dataCollection": context.details.get("data_collection")
         or default_collection(context.activation, context.started_at),
+        **{name: [address] for name, address in target.report_to},
     }
 
 
@@ -326,6 +336,7 @@ def import_plan(config: Config, name: str) -> ImportPlan:
         custom=isinstance(activation, InteractionsActivation), mode=mode, empty_values=activation.empty_values,
         etl_id=activation.etl_id, compression=activation.compression,
         timeout_seconds=activation.import_timeout_minutes * 60.0, daily_budget=destination.daily_import_budget,
+        report_to=report_to(destination),
     )
     mapping_for = _mapping_for(activation)
     policies, default = activation.invalid_policies()

@@ -144,6 +144,7 @@ def parse_definition(raw: Any, entity: Entity) -> Definition:
     subscriptions = _subscription_columns(raw, table, custom, attributes, problems)
     key_column, key_attribute = _key(raw, table, attributes, problems)
     collection = _data_collection(raw, problems)
+    recipients = _report_recipients(raw, problems)
     if problems.found:
         listing = "; ".join(f"{p['field']}: {p['message']}" for p in problems.found)
         raise HttpError(400, f"invalid definition: {listing}", problems.found)
@@ -151,7 +152,7 @@ def parse_definition(raw: Any, entity: Entity) -> Definition:
     return Definition(custom=custom, table=table.id, mode=str(mode), key_column=str(key_column),
                       key_attribute=key_attribute, separator=str(separator), encoding=encoding,
                       compression=compression, empty_values=empty_values, attributes=attributes,
-                      subscriptions=subscriptions, data_collection=collection)
+                      subscriptions=subscriptions, data_collection=collection, report_recipients=recipients)
 
 
 def _target(raw: Mapping[str, Any], entity: Entity, problems: _Problems
@@ -257,6 +258,20 @@ def _key(raw: Mapping[str, Any], table: ProfileTable | CustomTable | None, attri
         unique = ", ".join(a.name for a in table.attributes.values() if a.unique)
         problems.add("keyColumn", f"must hold a unique attribute of table {table.id!r} ({unique})")
     return key_column, key_attribute
+
+
+def _report_recipients(raw: Mapping[str, Any], problems: _Problems) -> list[str]:
+    """``reportRecipients`` [guess]: a list of 1 to 10 e-mail addresses Actito mails the import's report to."""
+    recipients = raw.get("reportRecipients")
+    if recipients is None:
+        return []
+    if not isinstance(recipients, list) or not 0 < len(recipients) <= 10:
+        problems.add("reportRecipients", "must be a list of 1 to 10 e-mail addresses")
+        return []
+    bad = [r for r in recipients if not isinstance(r, str) or not _valid_email(r)]
+    for address in bad:
+        problems.add("reportRecipients", f"{address!r} is not an e-mail address")
+    return [] if bad else list(recipients)
 
 
 def _data_collection(raw: Mapping[str, Any], problems: _Problems) -> dict[str, Any]:
