@@ -272,6 +272,15 @@ def test_qualifio_campaign_fields_are_the_imports_data_collection(config_path: P
     assert execution["dataCollection"] == {"source": "Qualifio", "updateSource": "Qualifio",
                                            "way": str(latest_campaign), "date": latest}
     assert profiles_run.details["data_collection_mixed"]["way"] == campaigns > 1  # said, not hidden
+    from etl.ops.history import show_run
+
+    store = open_store(config)
+    try:
+        shown = show_run(store.runs("qualifio_profiles", limit=1)[0])
+    finally:
+        store.close()
+    assert f"collected  source Qualifio   way {latest_campaign} (latest of {campaigns})" in shown
+    assert re.search(r"left out   \d+ incomplete participations", shown)
     attributes = {a for p in sandbox.profiles("demo", "customers") for a in p["attributes"]}
     assert not attributes & {"source", "updateSource", "way", "date"}  # no attribute of a profile
     assert run(config, "qualifio_participations").ok

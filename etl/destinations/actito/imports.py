@@ -465,7 +465,8 @@ class ActitoImports:
             _not_in_table(context, self._table, [f"{self._mapping.json_object}.{name}" for name in self._rows.unread])
         if self._mapping.collection_columns():
             context.details["data_collection"] = collected.definition(context.activation, context.started_at)
-            context.details["data_collection_mixed"] = collected.mixed()
+            if collected.mixed():
+                context.details["data_collection_mixed"] = collected.mixed()
         context.details["files"] = [{"name": f.path.name, "rows": f.rows, "sha256": f.sha256} for f in self._parts]
         if self._parts:
             context.results.update(file_name=self._parts[0].path.name, sha256=self._parts[0].sha256)
