@@ -422,7 +422,7 @@ class _Progress:
 #: what a run's JSON line adds to the ledger's columns: after it, the audience's size (``members``) and
 #: its changes, so rows_delivered (what this run delivered) is never read as the size
 _JSON_DETAILS = ("members", "entered", "left", "unchanged", "refused_by_actito", "still_refused", "values_dropped",
-                 "retried", "retry_queue", "retries_expired")
+                 "retried", "retry_queue", "retries_expired", "left_out")
 
 
 def _outcome_json(outcome: RunOutcome) -> dict[str, Any]:
@@ -509,10 +509,12 @@ def _preview_rows(config: Config, args: argparse.Namespace) -> int:
     duplicates = f", {counts['duplicates']:,} of them duplicates" if counts["duplicates"] else ""
     unchanged = (f"; {counts['unchanged']:,} unchanged since the last run" if result.compared else
                  "; not compared with an earlier run: every row kept would be sent")
+    left_out = f", {counts['left_out']:,} incomplete participations left out" if counts["left_out"] else ""
     print(f"{name} → {result.where}: {counts['to_send']:,} rows would be sent ({counts['extracted']:,} read, "
-          f"{counts['rejected']:,} refused{duplicates}{unchanged})")
+          f"{counts['rejected']:,} refused{duplicates}{left_out}{unchanged})")
     print("mapped columns:")
-    targets = [f"subscription {c.target!r}" if c.role == "subscription" else c.target for c in result.columns]
+    targets = [f"subscription {c.target!r}" if c.role == "subscription" else
+               f"dataCollection.{c.target}" if c.role == "data collection" else c.target for c in result.columns]
     width = max((len(column.source) for column in result.columns), default=0)
     target_width = max(map(len, targets), default=0)
     for column, target in zip(result.columns, targets):

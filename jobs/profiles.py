@@ -79,7 +79,7 @@ class MappedColumn:
     target: str
     #: the format rule its values must meet (etl.values.rules)
     rule: str
-    #: "key" (rows are matched on it), "field" or "subscription"
+    #: "key" (rows are matched on it), "field", "subscription" or "data collection" (the import's, not a column)
     role: str
 
 
@@ -92,7 +92,8 @@ class RowsPreview:
     columns: list[MappedColumn]
     #: columns of the query that no field takes
     not_sent: list[str]
-    #: extracted, rejected (duplicates included), duplicates, unchanged, to_send
+    #: extracted, rejected (duplicates included), duplicates, unchanged, to_send, left_out (read, but
+    #: neither sent nor refused: Qualifio's incomplete participations)
     counts: dict[str, int]
     #: reason (the value it quoted replaced by '…') -> rows refused for it, most frequent first
     rejected_by_reason: dict[str, int]
@@ -121,11 +122,13 @@ def preview(config: Config, name: str, *, sample_size: int = 5, when: datetime |
         sampled, reasons = _Sampled(row_format, sample_size), _Reasons()
         stage_changes(context, batches, sampled, snapshot, reasons, lambda rows: None)
         where = destination.describe(context).where
+    kept = {"extracted": counts.get("extracted", 0), "rejected": counts.get("rejected", 0),
+            "duplicates": counts.get("duplicates", 0), "unchanged": counts.get("unchanged", 0),
+            "to_send": counts.get("sent", 0)}
+    # every row read is rejected, unchanged, to send, or left out by the mapping
+    kept["left_out"] = kept["extracted"] - kept["rejected"] - kept["unchanged"] - kept["to_send"]
     return RowsPreview(
-        where, _columns(mapping), [c for c in sampled.columns if c not in _sources(mapping)],
-        {"extracted": counts.get("extracted", 0), "rejected": counts.get("rejected", 0),
-         "duplicates": counts.get("duplicates", 0), "unchanged": counts.get("unchanged", 0),
-         "to_send": counts.get("sent", 0)},
+        where, _columns(mapping), [c for c in sampled.columns if c not in _sources(mapping)], kept,
         dict(reasons.counts.most_common()), reasons.examples, sampled.rows, snapshot is not None and len(snapshot) > 0,
         dict(reasons.dropped.most_common()),
     )
@@ -159,11 +162,12 @@ def _columns(mapping: Mapping) -> list[MappedColumn]:
     key = mapping.key_field
     return ([MappedColumn(key.source, key.target, key.rule, "key")]
             + [MappedColumn(f.source, f.target, f.rule, "field") for f in mapping.fields if f is not key]
-            + [MappedColumn(s.source, s.subscription, "yes_no", "subscription") for s in mapping.subscriptions])
+            + [MappedColumn(s.source, s.subscription, "yes_no", "subscription") for s in mapping.subscriptions]
+            + [MappedColumn(f.source, f.target, f.rule, "data collection") for f in mapping.collected])
 
 
 def _sources(mapping: Mapping) -> set[str]:
-    return {f.source for f in mapping.fields} | {s.source for s in mapping.subscriptions}
+    return {f.source for f in [*mapping.fields, *mapping.collected]} | {s.source for s in mapping.subscriptions}
 
 
 class _Sampled:

@@ -11,7 +11,8 @@ SELECT participation_id AS participationId,
        substr(participated_at, 1, 10) AS surveyDate,
        language AS motherLanguage,
        device AS deviceName,
-       user_agent AS userAgent
+       user_agent AS userAgent,
+       completed                -- read by the preset's incomplete_participations option, never sent
 FROM qualifio_participations
 WHERE participated_at >= date(:run_date, '-' || :since_days || ' days')
 ORDER BY participation_id

@@ -504,3 +504,55 @@ def test_a_login_asked_of_a_server_without_auth_is_a_problem(smtp: SmtpServer) -
     problems = send_alert(Alerts(email=settings), _alert())
     assert len(problems) == 1 and "does not offer to log in" in problems[0] and "STARTTLS" in problems[0]
     assert SMTP_PASSWORD not in problems[0] and smtp.inbox.messages == []
+
+
+# --------------------------------------------------------------------------- the technical e-mail as recipient
+
+
+def fails_on_actito(tmp_path: Path, smtp: SmtpServer, recipients: list[str]) -> None:
+    """One failed run of an activation whose Actito destination has a technical_email."""
+    from etl.config import AudienceActivation, Destination
+
+    subject = Activation(tmp_path, Alerts(email=email_settings(smtp.port, recipients=recipients)))
+    subject.config = subject.config.model_copy(update={
+        "destinations": {"actito": Destination(environment="sandbox", entity="demo",
+                                               technical_email="actito-reports@example.com")},
+        "activations": {ACTIVATION: AudienceActivation(sql=Path("a.sql"), destination="actito", identifier="email")},
+    })
+    try:
+        subject.run(fails())
+    finally:
+        subject.close()
+    assert not subject.problems
+
+
+def test_without_recipients_an_email_alert_goes_to_the_destinations_technical_email(
+    tmp_path: Path, smtp: SmtpServer
+) -> None:
+    fails_on_actito(tmp_path, smtp, [])
+    assert smtp.inbox.recipients == [["actito-reports@example.com"]]
+    assert str(smtp.inbox.messages[0]["To"]) == "actito-reports@example.com"
+
+
+def test_configured_recipients_win_over_the_technical_email(tmp_path: Path, smtp: SmtpServer) -> None:
+    fails_on_actito(tmp_path, smtp, ["oncall@example.com"])
+    assert smtp.inbox.recipients == [["oncall@example.com"]]
+
+
+def test_email_alerts_with_nobody_to_send_to_are_refused_by_validate(tmp_path: Path) -> None:
+    from etl.config import load_config
+    from etl.errors import ConfigError
+
+    (tmp_path / "a.sql").write_text("SELECT 'a@b.be' AS email")
+    (tmp_path / "schedules.toml").write_text(
+        '[warehouses.w]\nurl = "sqlite:///w.db"\n'
+        '[destinations.d]\nenvironment = "sandbox"\nentity = "demo"\nfiles = { type = "local", path = "out" }\n'
+        '[activations.a]\nsql = "a.sql"\ndestination = "d"\nidentifier = "email"\n'
+        '[alerts.email]\nhost = "127.0.0.1"\nsender = "audience-sync@example.com"\n')
+    with pytest.raises(ConfigError, match=r"\[alerts.email\] recipients: none listed, and a has no Actito destination "
+                                          r"with a technical_email"):
+        load_config(tmp_path / "schedules.toml", environ={})
+    text = (tmp_path / "schedules.toml").read_text().replace('entity = "demo"\n',
+                                                             'entity = "demo"\ntechnical_email = "t@example.com"\n')
+    (tmp_path / "schedules.toml").write_text(text)
+    assert load_config(tmp_path / "schedules.toml", environ={}).alert_recipients("a") == ["t@example.com"]

@@ -23,7 +23,7 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 #: the Qualifio variable of each attribute whose values the demo has bad ones of
 TARGET = {"phone": "telephoneNumber", "gender": "sex", "country": "addressCountry", "birthday": "birthDate",
-          "email": "emailAddress"}
+          "email": "emailAddress", "firstname": "firstName", "deviceName": "deviceName"}
 
 
 def cli(project: Path, *args: str) -> subprocess.CompletedProcess[str]:
@@ -60,18 +60,28 @@ def profiles(project: Path) -> dict[str, dict[str, Any]]:
             for p in state["entities"]["demo"]["profileTables"]["customers"]}
 
 
-def participants(project: Path) -> int:
-    """How many rows the qualifio_profiles query returns (one per participant)."""
+def incomplete(project: Path) -> set[int]:
+    """Rows of the qualifio_profiles query (1-based) of participants who never finished a campaign:
+    left out by incomplete_participations = false, neither sent nor rejected."""
     with sqlite3.connect(project / "var" / "demo" / "warehouse.db") as db:
-        return int(db.execute("SELECT COUNT(DISTINCT email) FROM qualifio_participations").fetchone()[0])
+        cursor = db.execute((project / "sql" / "qualifio_profiles.sql").read_text("utf-8"))
+        at = [column[0] for column in cursor.description].index("completed")
+        return {number for number, row in enumerate(cursor.fetchall(), start=1) if not row[at]}
 
 
-def sent_emails(result: dict[str, Any], rejected: set[int]) -> dict[int, str]:
+def participants(project: Path) -> int:
+    """How many rows the qualifio_profiles query returns (one per participant) that are meant to be sent."""
+    with sqlite3.connect(project / "var" / "demo" / "warehouse.db") as db:
+        everyone = int(db.execute("SELECT COUNT(DISTINCT email) FROM qualifio_participations").fetchone()[0])
+    return everyone - len(incomplete(project))
+
+
+def sent_emails(result: dict[str, Any], rejected: set[int], left_out: set[int]) -> dict[int, str]:
     """Source row → the e-mail as sent (normalised), from the run's import file: rows kept, in source order."""
     sent = Path(result["rejects_file"]).with_name(result["files"][0]["name"])
     with gzip.open(sent, "rt", encoding="utf-8", newline="") as handle:
         emails = [row["emailAddress"] for row in csv.DictReader(handle)]
-    kept = [row for row in range(1, result["rows_extracted"] + 1) if row not in rejected]
+    kept = [row for row in range(1, result["rows_extracted"] + 1) if row not in rejected | left_out]
     return dict(zip(kept, emails, strict=True))
 
 
@@ -87,12 +97,14 @@ def test_no_participant_with_a_valid_email_is_lost_for_an_optional_field(tmp_pat
 
     # only the key rejects a row (its other problems are listed with it); every other problem drops its value
     assert rejected and all(by_row[row][0]["column"] == "email" for row in rejected)
-    assert {line["column"] for line in dropped} == {"phone", "gender", "country", "birthday"}
+    assert {line["column"] for line in dropped} == {"phone", "gender", "country", "birthday", "firstname"}
     assert result["rows_rejected"] == len(rejected) and result["values_dropped"] == len(dropped) > 300
 
     held = profiles(project)
     assert len(held) == participants(project) - len(rejected) == result["rows_delivered"]
-    emails = sent_emails(result, rejected)
+    left_out = incomplete(project)
+    assert result["left_out"] == len(left_out) > 0 and not left_out & set(by_row)  # no problem reported
+    emails = sent_emails(result, rejected, left_out)
     for line in dropped:  # the person is there, without the bad value
         person = held[emails[int(line["row"])]]
         assert person.get(TARGET[line["column"]]) in (None, ""), line
@@ -151,7 +163,9 @@ def test_a_mandatory_attribute_still_rejects_the_row(tmp_path: Path) -> None:
     lines = rejects(result["rejects_file"])
     invalid = [line for line in lines if line["column"] == "email"]
     assert invalid and {line["action"] for line in invalid} == {"row rejected"}
-    assert result["values_dropped"] == 0
+    dropped = [line for line in lines if line["action"] == "value dropped"]
+    assert {line["column"] for line in dropped} == {"deviceName"}  # a tablet: not desktop nor mobile
+    assert result["values_dropped"] == len(dropped) and all(line["value"] == "tablet" for line in dropped)
 
 
 @pytest.mark.parametrize(("setting", "said"), [

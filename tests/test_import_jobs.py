@@ -87,6 +87,8 @@ def test_qualifio_profiles_land_in_actito_exactly_as_mapped(config_path: Path, s
     for email, row in expected.items():
         attributes = stored[email]["attributes"]
         for column, value in row.items():
+            if column.startswith("dataCollection."):
+                continue  # the import's, not the profile's: test_qualifio_campaign_fields_are_the_imports_data_collection
             if column.startswith("subscription_"):
                 assert stored[email]["subscriptions"].get(column.removeprefix("subscription_")) == (value == "Y")
             elif value is not None:
@@ -251,3 +253,135 @@ def test_membership_delivery_imports_who_entered_and_deletes_who_left(
     after = {str(r["profileId"]) for r in sandbox.records("demo", "audience_members")}
     assert after == ({str(m) for m in members} - {str(p) for p in leaving}) | {str(p) for p in entering}
     assert all(r["audience"] == "vip_members" for r in sandbox.records("demo", "audience_members"))
+
+
+def test_qualifio_campaign_fields_are_the_imports_data_collection(config_path: Path, sandbox: ActitoSandbox) -> None:
+    """source / updateSource / way / date come from the rows (the latest participation's), not from this tool."""
+    import sqlite3
+
+    config = load(config_path)
+    profiles_run = run(config, "qualifio_profiles")
+    assert profiles_run.ok, profiles_run.error
+    warehouse = config_path.parent / "var" / "demo" / "warehouse.db"
+    with sqlite3.connect(warehouse) as db:
+        latest_campaign, latest = db.execute(
+            "SELECT campaign_id, participated_at FROM qualifio_participations "
+            "ORDER BY participated_at DESC, participation_id DESC LIMIT 1").fetchone()
+        campaigns = db.execute("SELECT COUNT(DISTINCT campaign_id) FROM qualifio_participations").fetchone()[0]
+    [execution] = [e for e in sandbox.executions("demo") if e["table"] == "customers"]
+    assert execution["dataCollection"] == {"source": "Qualifio", "updateSource": "Qualifio",
+                                           "way": str(latest_campaign), "date": latest}
+    assert profiles_run.details["data_collection_mixed"]["way"] == campaigns > 1  # said, not hidden
+    from etl.ops.history import show_run
+
+    store = open_store(config)
+    try:
+        shown = show_run(store.runs("qualifio_profiles", limit=1)[0])
+    finally:
+        store.close()
+    assert f"collected  source Qualifio   way {latest_campaign} (latest of {campaigns})" in shown
+    assert re.search(r"left out   \d+ incomplete participations", shown)
+    attributes = {a for p in sandbox.profiles("demo", "customers") for a in p["attributes"]}
+    assert not attributes & {"source", "updateSource", "way", "date"}  # no attribute of a profile
+    assert run(config, "qualifio_participations").ok
+    [interactions] = [e for e in sandbox.executions("demo") if e["table"] == "participations"]
+    assert interactions["dataCollection"]["source"] == "Qualifio"
+    assert {r["way"] for r in sandbox.records("demo", "participations")} == {"4101", "4102", "4103"}
+
+
+def test_without_campaign_fields_the_import_names_this_tool(config_path: Path, sandbox: ActitoSandbox) -> None:
+    sql = config_path.parent / "sql" / "qualifio_profiles.sql"
+    sql.write_text(re.sub(r",\s*'Qualifio' AS source.*AS date", "", sql.read_text(), flags=re.S))
+    outcome = run(load(config_path), "qualifio_profiles")
+    assert outcome.ok, outcome.error
+    [execution] = sandbox.executions("demo")
+    assert execution["dataCollection"]["source"] == "audience-sync"
+    assert execution["dataCollection"]["way"] == "qualifio_profiles"
+    assert "data_collection" not in outcome.details
+
+
+
+def after_profiles(config: Config, name: str) -> RunOutcome:
+    """``name`` run once the participants it refers to are profiles, as the demo's ``after`` orders it."""
+    assert run(config, "qualifio_profiles").ok
+    outcome = run(config, name)
+    assert outcome.ok, outcome.error
+    return outcome
+
+
+def test_incomplete_participations_are_left_out_unless_the_preset_option_says_push(
+    config_path: Path, sandbox: ActitoSandbox
+) -> None:
+    import sqlite3
+
+    config = load(config_path)
+    left = after_profiles(config, "qualifio_participations")
+    warehouse = config_path.parent / "var" / "demo" / "warehouse.db"
+    with sqlite3.connect(warehouse) as db:
+        stopped = {str(r[0]) for r in db.execute("SELECT participation_id FROM qualifio_participations "
+                                                 "WHERE completed = 0")}
+    held = {r["participationId"] for r in sandbox.records("demo", "participations")}
+    assert stopped and not held & stopped
+    assert left.details["left_out"] == len(stopped)  # every participation is within the query's 90 days
+    with open(left.details["rejects_file"], newline="", encoding="utf-8") as handle:
+        assert not [row for row in csv.DictReader(handle) if row["value"] in stopped]  # not rejected: left out
+
+    config_path.write_text(config_path.read_text().replace(
+        "incomplete_participations = false   # participations", "incomplete_participations = true   # participations"))
+    pushed = run(load(config_path), "qualifio_participations")
+    assert pushed.ok, pushed.error
+    assert "left_out" not in pushed.details
+    held = {r["participationId"] for r in sandbox.records("demo", "participations")}
+    assert stopped & held  # sent now (those of known profiles)
+
+
+def test_incomplete_participations_needs_the_qualifio_preset(config_path: Path) -> None:
+    from etl.errors import ConfigError
+
+    config_path.write_text(config_path.read_text().replace(
+        'preset = "qualifio"            # firstname', '# firstname', 1))
+    with pytest.raises(ConfigError, match=r'qualifio_profiles.*incomplete_participations is an option of preset'):
+        load(config_path)
+
+
+def test_didomi_metadata_lands_in_existing_attributes_and_the_rest_is_listed(
+    config_path: Path, sandbox: ActitoSandbox
+) -> None:
+    outcome = after_profiles(load(config_path), "didomi_consents")
+    # the extra column updated_at and the JSON property favouriteShop: no attribute of that name, not sent
+    assert outcome.details["metadata_not_in_table"] == ["updated_at", "metadata.favouriteShop"]
+    assert "not sent: updated_at, metadata.favouriteShop" in outcome.delivery.summary
+    profiles = sandbox.profiles("demo", "customers")
+    assert {p["attributes"].get("loyaltyTier") for p in profiles} >= {"bronze", "silver", "gold"}
+    assert {p["attributes"].get("gdprConsent") for p in profiles} >= {True, False}
+    assert not any("favouriteShop" in p["attributes"] or "updated_at" in p["attributes"] for p in profiles)
+    with open(outcome.details["rejects_file"], newline="", encoding="utf-8") as handle:
+        broken = [row for row in csv.DictReader(handle) if row["column"] == "metadata"]
+    assert broken and {row["action"] for row in broken} == {"value dropped"}
+
+
+def test_check_lists_metadata_the_table_has_no_attribute_for(config_path: Path) -> None:
+    report = check_destination(load(config_path), "actito_demo")
+    assert report.ok, report.text()
+    assert "! didomi_consents: column updated_at is metadata table 'Customers' has no attribute for" in report.text()
+
+
+def test_imports_name_the_technical_email_as_their_report_recipient(config_path: Path, sandbox: ActitoSandbox) -> None:
+    """technical_email receives Actito's import reports: one-shot definitions name it (field: a wire setting)."""
+    after_profiles(load(config_path), "qualifio_participations")
+    assert {tuple(e["reportRecipients"]) for e in sandbox.executions("demo")} == {("data-team@example.com",)}
+    config_path.write_text(config_path.read_text().replace(
+        "[destinations.actito_demo.files]", '[destinations.actito_demo.wire]\nreport_recipients_field = ""\n\n'
+                                            "[destinations.actito_demo.files]"))
+    assert run(load(config_path), "didomi_consents").ok
+    assert sandbox.executions("demo")[-1]["reportRecipients"] == []  # switched off: not sent
+
+
+def test_a_report_recipients_field_that_is_no_name_is_refused(config_path: Path) -> None:
+    from etl.errors import ConfigError
+
+    config_path.write_text(config_path.read_text().replace(
+        "[destinations.actito_demo.files]", '[destinations.actito_demo.wire]\nreport_recipients_field = "1 field"\n\n'
+                                            "[destinations.actito_demo.files]"))
+    with pytest.raises(ConfigError, match="report_recipients_field"):
+        load(config_path)

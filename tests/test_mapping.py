@@ -785,8 +785,8 @@ def test_qualifio_profile_columns_map_to_actito_names() -> None:
     assert mapping.key == "emailAddress"
     by_source = {f.source: (f.target, f.rule, f.max_length, f.required) for f in mapping.fields}
     assert by_source == {
-        "firstname": ("firstName", "string", 64, False),
-        "lastname": ("lastName", "string", 64, False),
+        "firstname": ("firstName", "name", 64, False),
+        "lastname": ("lastName", "name", 64, False),
         "email": ("emailAddress", "email", 255, True),
         "address": ("addressStreet", "string", 225, False),
         "number": ("addressNumber", "string", 10, False),
@@ -823,9 +823,9 @@ def test_qualifio_optins_become_subscriptions_named_as_qualifio_shows(variable: 
 
 def test_qualifio_unknown_columns_are_listed() -> None:
     with pytest.raises(MappingError) as caught:
-        qualifio_mapping(["email", "firstame", "source", "optin-newsletter", "firstname"])
+        qualifio_mapping(["email", "firstame", "surveyName", "optin-newsletter", "firstname"])
     message = str(caught.value)
-    assert "'firstame', 'source', 'optin-newsletter' are not Qualifio variables" in message
+    assert "'firstame', 'surveyName', 'optin-newsletter' are not Qualifio variables" in message
     assert "actito_<name>" in message and "optin_<name>" in message
     with pytest.raises(MappingError, match="'nickname' is not a Qualifio variable"):
         qualifio_mapping(["email", "nickname"])
@@ -922,7 +922,37 @@ def test_didomi_key_column_and_problems() -> None:
     problems = "\n".join(caught.value.problems)
     assert "no column for the user key: expected 'organization_user_id' (Didomi's) or 'emailAddress'" in problems
     assert "column 'consent_sms' is not in the query" in problems
-    assert "'user', 'updated_at': neither the user key, a subscription nor a metadata column" in problems
+    assert len(caught.value.problems) == 2  # the extra column updated_at is metadata, not a mistake
+
+
+def test_didomi_metadata_goes_to_the_attributes_the_table_has() -> None:
+    table = ["emailAddress", "motherLanguage", "loyaltyTier", "gdprConsent", "profileId"]
+    mapping = didomi_mapping(["organization_user_id", "consent_newsletter", "motherlanguage", "updated_at",
+                              "metadata"], user_key="emailAddress", subscriptions={"consent_newsletter": "Newsletter"},
+                             table_attributes=table)
+    assert [(f.source, f.target) for f in mapping.fields] == [
+        ("organization_user_id", "emailAddress"), ("motherlanguage", "motherLanguage"),  # case folded by the warehouse
+        ("metadata.loyaltyTier", "loyaltyTier"), ("metadata.gdprConsent", "gdprConsent")]  # never profileId
+    assert mapping.ignored == ("updated_at",) and mapping.json_object == "metadata"
+    batch = pa.table({"organization_user_id": ["a@b.be", "c@d.be", "e@f.be", "g@h.be"],
+                      "consent_newsletter": ["true"] * 4, "motherlanguage": ["fr"] * 4, "updated_at": ["x"] * 4,
+                      "metadata": ['{"loyaltyTier": "gold", "gdprConsent": true, "favouriteShop": "Gent"}',
+                                   '{"favouriteShop": "Namur"}', None, "{oops"]})
+    mapped = RowMapper(mapping).map(batch)
+    assert mapped.rows.column("loyaltyTier").to_pylist() == ["gold", None, None, None]
+    assert mapped.rows.column("gdprConsent").to_pylist() == ["true", None, None, None]
+    assert dict(mapped.unread) == {"favouriteShop": 2}
+    assert mapped.rows.num_rows == 4  # a broken object drops its properties, not the person
+    assert mapped.rejects.to_pylist() == [{"row": 4, "column": "metadata", "value": "{oops", "action": "value dropped",
+                                           "reason": "metadata: '{oops' is not a JSON object: none of its "
+                                                     "properties is sent"}]
+
+
+def test_a_didomi_metadata_column_named_in_the_configuration_is_required_of_the_table() -> None:
+    mapping = didomi_mapping(["organization_user_id", "consent_newsletter", "shoeSize"], user_key="emailAddress",
+                             subscriptions={"consent_newsletter": "Newsletter"}, metadata_columns=["shoeSize"],
+                             table_attributes=["emailAddress"])
+    assert [f.target for f in mapping.fields] == ["emailAddress", "shoeSize"] and not mapping.ignored  # pre-flight fails
 
 
 # --------------------------------------------------------------------------- explicit mappings
@@ -985,3 +1015,19 @@ def test_qualifio_interaction_problems() -> None:
     assert "no participation id column" in problems
     assert "no e-mail column to link the participant" in problems
     assert "'campaign': not a campaign field of Qualifio's integration" in problems
+
+
+def test_qualifio_campaign_fields_of_a_profile_are_its_data_collection_not_attributes() -> None:
+    mapping = qualifio_mapping(["email", "firstname", "Source", "updateSource", "way", "date"])
+    assert [f.target for f in mapping.fields] == ["emailAddress", "firstName"]
+    assert [(f.source, f.target, f.rule) for f in mapping.collected] == [
+        ("Source", "source", "string"), ("updateSource", "updateSource", "string"), ("way", "way", "string"),
+        ("date", "date", "datetime")]
+    assert mapping.output_columns() == ["emailAddress", "firstName"]  # never a column of the file
+    batch = pa.table({"email": ["a@b.be", "c@d.be"], "firstname": ["Zoé", "Tom"], "Source": ["Qualifio"] * 2,
+                      "updateSource": ["Qualifio"] * 2, "way": ["4101", "4102"],
+                      "date": ["2026-11-20 10:00:00", "yesterday"]})
+    mapped = RowMapper(mapping).map(batch)
+    assert mapped.rows.column("dataCollection.way").to_pylist() == ["4101", "4102"]
+    assert mapped.rows.column("dataCollection.date").to_pylist() == ["2026-11-20 10:00:00", None]
+    assert mapped.rejects.column("action").to_pylist() == ["value dropped"]  # a bad date never loses the person

@@ -775,3 +775,25 @@ def test_finished_executions_leave_the_saved_state_after_two_weeks(tmp_path: Pat
     with ActitoSandbox(clock=lambda: T0 + 15 * 86400, state_file=state_file) as second:
         assert [e["id"] for e in second.executions(E)] == [recent["id"]]
         assert set(by_email(second)) == {"old@example.com", "recent@example.com"}  # the table is Actito's own
+
+
+def test_data_collection_takes_its_four_entries_only(sandbox: ActitoSandbox) -> None:
+    api = Api(sandbox)
+    data = csv_bytes("emailAddress", "a@b.be")
+    collection = {"source": "Qualifio", "updateSource": "Qualifio", "way": "4101", "date": "2027-01-15 08:00:00"}
+    assert api.upload(data, profile_definition(dataCollection=collection)).status_code == 201
+    for wrong, field in (({"campaign": "4101"}, "dataCollection.campaign"), ({"way": 4101}, "dataCollection.way"),
+                         ({"source": "x" * 256}, "dataCollection.source"), ({"date": "15/01/2027"}, "dataCollection.date")):
+        response = api.upload(data, profile_definition(dataCollection=wrong))
+        assert response.status_code == 400 and response.json()["errors"][0]["field"] == field, wrong
+    assert [e["dataCollection"] for e in sandbox.executions(E)] == [collection]
+
+
+def test_report_recipients_are_e_mail_addresses(sandbox: ActitoSandbox) -> None:
+    api = Api(sandbox)
+    data = csv_bytes("emailAddress", "a@b.be")
+    assert api.upload(data, profile_definition(reportRecipients=["data-team@example.com"])).status_code == 201
+    for wrong in (["not an address"], "data-team@example.com", [], ["a@b.be"] * 11):
+        response = api.upload(data, profile_definition(reportRecipients=wrong))
+        assert response.status_code == 400 and response.json()["errors"][0]["field"] == "reportRecipients", wrong
+    assert [e["reportRecipients"] for e in sandbox.executions(E)] == [["data-team@example.com"]]

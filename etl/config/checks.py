@@ -43,7 +43,20 @@ def cross_check(config: Config, declared: dict[str, set[str]], raw_activations: 
         if isinstance(raw.get("sql"), str):
             params = raw["params"] if isinstance(raw.get("params"), dict) else {}
             problems += _sql_problems(config.path(Path(raw["sql"])), set(params), where, sql_parameters)
-    return problems + _name_overlaps(claims) + _after_problems(config, raw_activations)
+    return problems + _name_overlaps(claims) + _after_problems(config, raw_activations) + _alert_problems(config)
+
+
+def _alert_problems(config: Config) -> list[Problem]:
+    """E-mail alerts without recipients go to each activation's technical_email: one without any would be lost."""
+    email = config.alerts.email
+    if email is None or email.recipients:
+        return []
+    orphans = [name for name in config.activations if not config.alert_recipients(name)]
+    if not orphans:
+        return []
+    return [("[alerts.email] recipients", f"none listed, and {', '.join(orphans[:3])}"
+             f"{' …' if len(orphans) > 3 else ''} has no Actito destination with a technical_email to send "
+             "its alerts to: list recipients, or set technical_email on the destination")]
 
 
 def _warehouse_problems(config: Config) -> list[Problem]:

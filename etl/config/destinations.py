@@ -194,6 +194,9 @@ class ActitoWire(ConfigModel):
     #: a report line whose message matches this refused its row for something missing that may exist later
     #: (a participation's profile): the row is sent again (``retry_refused_for``)
     dependency_message: str = r"(?i)\b(profile|record)\s+not\s+found\b"
+    #: the definition field listing who receives Actito's report of an import (the destination's
+    #: technical_email); "" sends none, for a licence that refuses the field
+    report_recipients_field: str = Field(default="reportRecipients", pattern=r"^(|[A-Za-z_][A-Za-z0-9_.-]*)$")
 
     @field_validator("success_statuses", "partial_statuses", "error_statuses")
     @classmethod

@@ -7,7 +7,7 @@ import functools
 import re
 from datetime import UTC, date, datetime
 from pathlib import Path
-from typing import Annotated, Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, Self, TypeVar
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import Discriminator, Field, SecretStr, Tag, field_validator, model_validator
@@ -108,7 +108,8 @@ class EmailAlerts(ConfigModel):
     username: str | None = None
     password: SecretStr | None = None
     sender: str
-    recipients: list[str] = Field(min_length=1)
+    #: empty: each alert goes to the technical_email of its activation's Actito destination
+    recipients: list[str] = Field(default_factory=list)
     security: Literal["starttls", "ssl", "none"] = "starttls"
     timeout: float = Field(default=30.0, gt=0)
 
@@ -265,11 +266,27 @@ class ImportActivationBase(ActivationBase):
         return policies, default or ("reject_row" if self.empty_values == "clear" else "drop_value")
 
 
-class ProfilesActivation(ImportActivationBase):
+class _QualifioOption(ImportActivationBase):
+    """Qualifio's integration asks whether to push incomplete participations (people who did not finish
+    the campaign): the preset's option, read on a ``completed`` column of the query."""
+
+    preset: Literal["qualifio"] | None = None
+    #: false (Qualifio's integration off by default): rows whose ``completed`` is no are left out
+    incomplete_participations: bool = False
+
+    @model_validator(mode="after")
+    def _qualifio_only(self) -> Self:
+        """Without the preset nothing reads the option: set anyway, it would promise a filter that never runs."""
+        if "incomplete_participations" in self.model_fields_set and self.preset != "qualifio":
+            raise ValueError('incomplete_participations is an option of preset = "qualifio" '
+                             "(it reads the query's completed column): set the preset or remove the option")
+        return self
+
+
+class ProfilesActivation(_QualifioOption):
     kind: Literal["profiles"]
     key: str = "emailAddress"
     mode: ImportMode = "CREATE_UPDATE"
-    preset: Literal["qualifio"] | None = None
     subscriptions: dict[str, str] = Field(default_factory=dict)  # source column -> subscription name
 
 
@@ -285,9 +302,8 @@ class SubscriptionsActivation(ImportActivationBase):
     metadata: list[str] = Field(default_factory=list)  # source columns also sent as profile attributes
 
 
-class InteractionsActivation(ImportActivationBase):
+class InteractionsActivation(_QualifioOption):
     kind: Literal["interactions"]
-    preset: Literal["qualifio"] | None = None
 
 
 #: the activations' kinds, as written in the file
@@ -342,6 +358,16 @@ class Config(ConfigModel):
 
     def sql_text(self, activation_name: str) -> str:
         return self.path(self.activations[activation_name].sql).read_text(encoding="utf-8")
+
+    def alert_recipients(self, activation_name: str) -> list[str]:
+        """Who gets an activation's e-mail alerts: the configured recipients, else the technical e-mail of
+        its Actito destination — the address that already receives Actito's import reports."""
+        if self.alerts.email is not None and self.alerts.email.recipients:
+            return list(self.alerts.email.recipients)
+        activation = self.activations.get(activation_name)
+        destination = self.destinations.get(activation.destination) if activation is not None else None
+        technical = destination.technical_email if isinstance(destination, Destination) else None
+        return [technical] if technical else []
 
     def activation_of(self, activation_name: str, kind: type[_KindT]) -> _KindT:
         activation = self.activations[activation_name]

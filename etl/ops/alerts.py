@@ -142,8 +142,11 @@ def _clip(text: str) -> str:
     return text if len(text) <= MAX_ERROR_CHARS else text[: MAX_ERROR_CHARS - 1] + "…"
 
 
-def send_alert(alerts: Alerts, alert: Alert, *, retry: RetryPolicy = WEBHOOK_RETRY) -> list[str]:
-    """Returns the problems met, each also logged. Never raises."""
+def send_alert(
+    alerts: Alerts, alert: Alert, *, retry: RetryPolicy = WEBHOOK_RETRY, recipients: list[str] | None = None
+) -> list[str]:
+    """Returns the problems met, each also logged. Never raises. ``recipients``: the e-mail's, when
+    ``alerts.email`` lists none (Config.alert_recipients: the destination's technical_email)."""
     if alert.event not in alerts.events:
         return []
     problems: list[str] = []
@@ -152,6 +155,8 @@ def send_alert(alerts: Alerts, alert: Alert, *, retry: RetryPolicy = WEBHOOK_RET
     if (webhook_url := alerts.webhook_url) is not None:
         channels.append(("webhook", lambda: _send_webhook(webhook_url.get_secret_value(), alert, retry)))
     if (email := alerts.email) is not None:
+        if not email.recipients and recipients:
+            email = email.model_copy(update={"recipients": recipients})
         channels.append(("e-mail", lambda: _send_email(email, alert)))
     secrets = _secrets_of(alerts)
     for channel, send in channels:
@@ -228,6 +233,8 @@ def email_message(email: EmailAlerts, alert: Alert) -> EmailMessage:
 def _send_email(email: EmailAlerts, alert: Alert) -> str | None:
     where = f"{email.host}:{email.port}"
     what = "e-mail alert not sent"
+    if not email.recipients:
+        return f"{what}: no recipient (list alerts.email.recipients, or set technical_email on the destination)"
     try:
         message = email_message(email, alert)
     except (ValueError, TypeError) as exc:

@@ -20,7 +20,7 @@ def announce(config: Config, store: StateStore, outcome: RunOutcome) -> None:
         return
     alert = alert_for(outcome, previous_status(store, outcome.activation, outcome.run_id))
     if alert is not None:
-        send_alert(config.alerts, alert)
+        send_alert(config.alerts, alert, recipients=config.alert_recipients(outcome.activation))
     metrics = config.metrics
     if metrics.textfile is not None:
         try:

@@ -6,6 +6,7 @@ import csv
 from collections.abc import Sequence
 from itertools import islice
 from pathlib import Path
+from typing import Any
 
 from etl.runtime.ledger import RunRecord
 from etl.runtime.results import RETIRE_KIND, RunStatus
@@ -82,6 +83,21 @@ def sizes_table(records: Sequence[RunRecord]) -> str:
             if rows else "no delivered runs yet")
 
 
+def _import_notes(details: dict[str, Any]) -> list[str]:
+    """What an import sent besides its rows, or chose not to send: nothing of it is in the reject file."""
+    lines = []
+    if details.get("data_collection"):
+        mixed = details.get("data_collection_mixed") or {}
+        lines.append("collected  " + "   ".join(
+            f"{entry} {value}" + (f" (latest of {mixed[entry]:,})" if entry in mixed else "")
+            for entry, value in details["data_collection"].items()))
+    if details.get("left_out"):
+        lines.append(f"left out   {count(details['left_out'])} incomplete participations (incomplete_participations = false)")
+    if details.get("metadata_not_in_table"):
+        lines.append(f"not sent   {', '.join(details['metadata_not_in_table'])}: no attribute of that name in the table")
+    return lines
+
+
 def show_run(record: RunRecord, *, rejects_shown: int = 10) -> str:
     details = record.details
     lines = [
@@ -108,6 +124,7 @@ def show_run(record: RunRecord, *, rejects_shown: int = 10) -> str:
         lines.append(f"recovered  import {resolved['reference']}: {resolved['status']}")
     for file in details.get("files", []):
         lines.append(f"file       {file['name']}  {count(file.get('rows'))} rows  sha256 {file.get('sha256', '')[:16]}…")
+    lines += _import_notes(details)
     for delivered in details.get("delivered", []):
         lines.append(f"delivered  {delivered['location']}")
     if details.get("leftovers_removed"):

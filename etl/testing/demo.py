@@ -4,6 +4,7 @@ sample audiences are never empty."""
 
 from __future__ import annotations
 
+import json
 import random
 import sqlite3
 import unicodedata
@@ -43,7 +44,7 @@ class DemoCustomer:
 
 
 #: bumped when the demo's tables change, so an older demo file is rebuilt
-DEMO_VERSION = 4
+DEMO_VERSION = 5
 
 
 def ensure_demo_warehouse(url: str) -> bool:
@@ -174,16 +175,18 @@ def _build_participations(db: sqlite3.Connection, customers: list[DemoCustomer],
                firstname TEXT, lastname TEXT, email TEXT, address TEXT, number TEXT, box TEXT, zip TEXT,
                locality TEXT, country TEXT, birthday TEXT, gender TEXT, function TEXT, phone TEXT,
                company TEXT, actito_footballTeam TEXT, optin_newsletter INTEGER, optin_partners INTEGER,
-               civility TEXT, password TEXT)"""
+               civility TEXT, password TEXT, completed INTEGER)"""
     )
     db.execute(
         """CREATE TABLE didomi_consents (
                organization_user_id TEXT, consent_newsletter TEXT, consent_partners TEXT,
-               consent_promotions TEXT, preferred_language TEXT, updated_at TEXT)"""
+               consent_promotions TEXT, preferred_language TEXT, updated_at TEXT, metadata TEXT)"""
     )
     participation_id = 900_000
-    # civility and password come from their own generator: the other columns' draws do not depend on them
+    # civility and password come from their own generator: the other columns' draws do not depend on them;
+    # so do the names, devices and completion added later
     sso = random.Random(SEED + 2)
+    later = random.Random(SEED + 3)
     for customer in customers[:2500]:
         email = customer.email.strip().lower() if customer.email else None
         if not email or "@" not in email or " " in email:
@@ -193,22 +196,53 @@ def _build_participations(db: sqlite3.Connection, customers: list[DemoCustomer],
             campaign, title, kind = rng.choice(_CAMPAIGNS)
             when = datetime.combine(today, time(9)) - timedelta(days=rng.randint(0, 60), seconds=rng.randint(0, 86_399))
             db.execute(
-                "INSERT INTO qualifio_participations VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                "INSERT INTO qualifio_participations VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 (participation_id, campaign, title, kind, f"{when:%Y-%m-%d %H:%M:%S}",
-                 rng.choice(["fr", "nl", "en"]), rng.choice(_DEVICES), "Mozilla/5.0 (demo)",
-                 customer.first_name, customer.last_name, email, "Rue de la Loi", str(rng.randint(1, 200)),
+                 rng.choice(["fr", "nl", "en"]), _dirty_device(later, rng.choice(_DEVICES)), "Mozilla/5.0 (demo)",
+                 _dirty_name(later, customer.first_name), customer.last_name, email, "Rue de la Loi",
+                 str(rng.randint(1, 200)),
                  None, str(rng.randint(1000, 9999)), "Bruxelles", _dirty_country(rng, customer.country),
                  _dirty_birthday(rng), gender := _dirty_gender(rng), None, _dirty_phone(rng), None,
                  rng.choice(_TEAMS), int(rng.random() < 0.7), int(rng.random() < 0.3),
-                 _dirty_civility(sso, gender), f"demo-secret-{sso.randrange(10**6):06d}"),
+                 _dirty_civility(sso, gender), f"demo-secret-{sso.randrange(10**6):06d}",
+                 int(later.random() >= 0.05)),  # 5 % stopped before the end of the campaign
             )
         if rng.random() < 0.6:
             db.execute(
-                "INSERT INTO didomi_consents VALUES (?,?,?,?,?,?)",
+                "INSERT INTO didomi_consents VALUES (?,?,?,?,?,?,?)",
                 (email if rng.random() < 0.95 else f"unknown{customer.customer_id}@example.com",
                  rng.choice(["true", "false", "true"]), rng.choice(["true", "false", None]),
-                 rng.choice(["1", "0"]), rng.choice(["fr", "nl", "en", "de"]), f"{today:%Y-%m-%d}"),
+                 rng.choice(["1", "0"]), rng.choice(["fr", "nl", "en", "de"]), f"{today:%Y-%m-%d}",
+                 _didomi_metadata(later, customer)),
             )
+
+
+def _didomi_metadata(rng: random.Random, customer: DemoCustomer) -> str | None:
+    """Didomi's user metadata object as JSON: properties the demo table has (loyaltyTier, gdprConsent),
+    one it has not (favouriteShop), sometimes none, once in a while not JSON at all."""
+    dice = rng.random()
+    if dice < 0.05:
+        return None
+    if dice < 0.06:
+        return "{loyaltyTier: gold"
+    metadata = {"loyaltyTier": customer.loyalty_tier, "gdprConsent": rng.random() < 0.8}
+    if rng.random() < 0.3:
+        metadata["favouriteShop"] = rng.choice(["Namur", "Liège", "Gent"])
+    return json.dumps(metadata, ensure_ascii=False)
+
+
+def _dirty_name(rng: random.Random, name: str) -> str:
+    """What a form lets through a first-name field: a digit, a smiley, a full stop (Qualifio's "no special
+    characters" drops them)."""
+    return rng.choice([f"{name}2", f"{name} :-)", f"{name[0]}.", "🙂"]) if rng.random() < 0.02 else name
+
+
+def _dirty_device(rng: random.Random, device: str) -> str:
+    """Devices as trackers write them: another case, a user agent, or one Qualifio does not send (tablet)."""
+    if rng.random() >= 0.06:
+        return device
+    return rng.choice([device.upper(), device.title(), "tablet",
+                       "Mozilla/5.0 (iPhone; CPU iPhone OS 17_0 like Mac OS X) AppleWebKit/605.1.15 Mobile/15E148"])
 
 
 def _dirty_birthday(rng: random.Random) -> str | None:

@@ -9,7 +9,8 @@ from __future__ import annotations
 import collections.abc as cabc
 import re
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from collections import Counter
+from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 from typing import Literal, get_args
 
@@ -18,6 +19,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from etl.errors import MappingError, TransformError
+from etl.transform.json_object import json_properties
 from etl.values.rules import RULES, FieldRule, checked, column_text
 from etl.values.text import concat, decoded, listing
 
@@ -53,6 +55,10 @@ PREDEFINED_RULES: dict[str, FieldRule] = {
 
 #: Qualifio's opt-in variables, ``optin_<name>``: a subscription in every destination
 QUALIFIO_OPTIN_PREFIX = "optin_"
+#: how a mapped row names a collected value (:attr:`Mapping.collected`): never a column of the file
+COLLECTED_PREFIX = "dataCollection."
+#: the step reading :attr:`Mapping.send_only_if` (a space: never an attribute's name)
+_GATE = " send only if"
 
 
 @dataclass(frozen=True)
@@ -108,10 +114,27 @@ class Mapping:
     key: str
     fields: tuple[FieldMap, ...]
     subscriptions: tuple[SubscriptionMap, ...] = ()
+    #: values that say how a row was collected rather than feed an attribute (Qualifio's campaign fields
+    #: of a profile: its ``target`` is the dataCollection entry): checked like fields, carried with each
+    #: mapped row as ``dataCollection.<target>``, never a column of the file
+    collected: tuple[FieldMap, ...] = ()
+    #: dataCollection entry → the attribute whose values also say it (an interaction's ``way`` column)
+    collection: tuple[tuple[str, str], ...] = ()
+    #: a yes/no column: rows where it says no are left out — neither sent nor rejected, only counted
+    #: (Qualifio's incomplete participations, when the activation does not push them); never sent itself
+    send_only_if: str | None = None
+    #: a column holding a JSON object per row (Didomi's user ``metadata``): a field reads its property
+    #: ``p`` as the column ``<json_object>.p``; the properties no field reads are counted, never sent
+    json_object: str | None = None
+    #: columns of the query this mapping sends nowhere on purpose (metadata the table has no attribute for)
+    ignored: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "fields", tuple(self.fields))
         object.__setattr__(self, "subscriptions", tuple(self.subscriptions))
+        object.__setattr__(self, "collected", tuple(self.collected))
+        object.__setattr__(self, "collection", tuple(self.collection))
+        object.__setattr__(self, "ignored", tuple(self.ignored))
         problems = _mapping_problems(self)
         if problems:
             raise MappingError(
@@ -129,6 +152,10 @@ class Mapping:
         return [self.key] + [f.target for f in self.fields if f.target != self.key] + [
             s.column for s in self.subscriptions
         ]
+
+    def collection_columns(self) -> dict[str, str]:
+        """dataCollection entry → the column of the mapped rows holding each row's value of it."""
+        return {**dict(self.collection), **{f.target: COLLECTED_PREFIX + f.target for f in self.collected}}
 
     def definition_parts(self) -> dict[str, list[dict[str, str]]]:
         """The ``attributes`` and ``subscriptions`` of the import definition. Every column of the
@@ -186,6 +213,10 @@ class MappedBatch:
     rejects: pa.Table
     #: int64, the source row number of each row of ``rows`` (to map Actito's report lines back)
     source_rows: pa.Array
+    #: rows left out by :attr:`Mapping.send_only_if` (not in ``rows``, nor in ``rejects``)
+    left_out: int = 0
+    #: properties of :attr:`Mapping.json_object` no field reads → rows holding each (not sent)
+    unread: Counter[str] = field(default_factory=Counter)
 
 
 class RowMapper:
@@ -199,19 +230,26 @@ class RowMapper:
         #: key first: a row's problems are listed with its key's first
         self._steps = (replace(key, required=True), *(f for f in mapping.fields if f is not key),
                        *(FieldMap(s.source, s.column, "yes_no", None, on_invalid=s.on_invalid)
-                         for s in mapping.subscriptions))
-        self._columns = mapping.output_columns()
+                         for s in mapping.subscriptions),
+                       *(replace(f, target=COLLECTED_PREFIX + f.target) for f in mapping.collected),
+                       # unreadable, it cannot say whether to send the row: the row is rejected
+                       *([FieldMap(mapping.send_only_if, _GATE, "boolean", None, on_invalid="reject_row")]
+                         if mapping.send_only_if else []))
+        self._columns = mapping.output_columns() + [COLLECTED_PREFIX + f.target for f in mapping.collected]
 
     def map(self, batch: pa.RecordBatch | pa.Table) -> MappedBatch:
+        rows = batch.num_rows
+        problems = Problems(rows)
+        unread: Counter[str] = Counter()
+        if self.mapping.json_object and self.mapping.json_object in batch.schema.names:
+            batch, unread = self._with_properties(batch, self.mapping.json_object, problems)
         names = batch.schema.names
         self._check_columns(names)
-        rows = batch.num_rows
         first_row = self._next_row
         self._next_row += rows
 
         written: dict[str, pa.Array] = {}
         texts: dict[str, pa.Array] = {}
-        problems = Problems(rows)
         for step in self._steps:
             raw = decoded(batch.column(names.index(step.source)))
             if step.source not in texts:
@@ -221,10 +259,29 @@ class RowMapper:
             problems.add(step.source, texts[step.source], why, step.policy)
 
         table = pa.table([written[name] for name in self._columns], names=self._columns)
-        keep = ~problems.rejected
+        left_out = (pc.fill_null(pc.equal(written[_GATE], "FALSE"), False).to_numpy(zero_copy_only=False)
+                    if _GATE in written else np.zeros(rows, bool))
+        keep = ~problems.rejected & ~left_out
         numbers = np.arange(first_row, first_row + rows)
-        return MappedBatch(table.filter(pa.array(keep)) if problems.rejected.any() else table,
-                           problems.table(numbers), pa.array(numbers[keep], pa.int64()))
+        rejects = problems.table(numbers)
+        if left_out.any():  # a row not meant to be sent has no problem to report
+            rejects = rejects.filter(pc.invert(pc.is_in(rejects.column("row"), pa.array(numbers[left_out]))))
+        return MappedBatch(table.filter(pa.array(keep)) if not keep.all() else table,
+                           rejects, pa.array(numbers[keep], pa.int64()), int(left_out.sum()), unread)
+
+    def _with_properties(
+        self, batch: pa.RecordBatch | pa.Table, column: str, problems: Problems
+    ) -> tuple[pa.Table, Counter[str]]:
+        """``batch`` with a column per property the steps read; a value that is no JSON object drops them all."""
+        prefix = column + "."
+        read = [step.source[len(prefix):] for step in self._steps if step.source.startswith(prefix)]
+        values = decoded(batch.column(batch.schema.names.index(column)))
+        properties, unread, why = json_properties(values, column, read)
+        problems.add(column, column_text(values, column), why, "drop_value")
+        table = pa.Table.from_batches([batch]) if isinstance(batch, pa.RecordBatch) else batch
+        for name, array in properties.items():
+            table = table.append_column(name, array)
+        return table, unread
 
     def _check_columns(self, names: list[str]) -> None:
         needed = list(dict.fromkeys(step.source for step in self._steps))

@@ -15,12 +15,13 @@ from etl.values.dates import date_rule, datetime_rule
 from etl.values.email import email_rule
 from etl.values.languages import language_rule
 from etl.values.numbers import decimal_rule, integer_rule
+from etl.values.people import device_rule, name_rule
 from etl.values.phone import phone_rule
 from etl.values.text import MISSING, NOT_UTF8, STRING, as_text, decoded, nulls, trim
 
 FieldRule = Literal[
     "string", "email", "date", "datetime", "sex", "phone", "country", "language", "integer", "decimal", "boolean",
-    "yes_no",
+    "yes_no", "name", "device",
 ]
 #: every rule, in the order of :data:`FieldRule`
 RULES: tuple[FieldRule, ...] = get_args(FieldRule)
@@ -46,6 +47,8 @@ RULE_FUNCTIONS: dict[FieldRule, RuleFunction] = {
     "decimal": decimal_rule,
     "boolean": boolean_rule,
     "yes_no": yes_no_rule,
+    "name": name_rule,
+    "device": device_rule,
 }
 
 

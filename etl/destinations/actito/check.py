@@ -16,17 +16,18 @@ from etl.transform.audience import HEADER
 
 @dataclass
 class CheckReport:
-    lines: list[tuple[bool, str]] = field(default_factory=list)
+    #: (passed, text); passed None is a warning: worth reading, not a reason to fail
+    lines: list[tuple[bool | None, str]] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
-        return all(passed for passed, _ in self.lines)
+        return all(passed is not False for passed, _ in self.lines)
 
-    def add(self, passed: bool, text: str) -> None:
+    def add(self, passed: bool | None, text: str) -> None:
         self.lines.append((passed, text))
 
     def text(self) -> str:
-        return "\n".join(f"{'✓' if passed else '✗'} {text}" for passed, text in self.lines)
+        return "\n".join(f"{'!' if passed is None else '✓' if passed else '✗'} {text}" for passed, text in self.lines)
 
 
 def check_destination(config: Config, destination: str) -> CheckReport:
@@ -79,6 +80,9 @@ def _check_activation(config: Config, client: ActitoClient, name: str, report: C
         return
     report.add(True, f"{name}: table '{table.name}', key {mapping.key}, "
                      f"{len(mapping.fields)} attributes, {len(mapping.subscriptions)} subscriptions")
+    for column in mapping.ignored:
+        report.add(None, f"{name}: column {column} is metadata table '{table.name}' has no attribute for: "
+                         "not sent (create the attribute in Actito to receive it, or remove the column)")
     for attribute in unmapped_mandatory(table, mapping, target.mode):
         report.add(False, f"{name}: attribute '{attribute}' of table '{table.name}' is mandatory but no column "
                           "feeds it: Actito refuses every row that would create a "

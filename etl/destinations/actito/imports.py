@@ -8,7 +8,9 @@ our ledger, never burnt. The mapping is chosen here, so a job never names a part
 from __future__ import annotations
 
 import dataclasses
+import logging
 import re
+from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import closing, contextmanager
 from dataclasses import dataclass
@@ -23,8 +25,9 @@ from etl.config import (
     Config, Destination, ImportActivationBase, InteractionsActivation, ProfilesActivation, SubscriptionsActivation,
 )
 from etl.destinations.actito.client import ActitoClient
+from etl.destinations.actito.collection import CollectedValues, default_collection
 from etl.destinations.actito.connect import open_client
-from etl.errors import ActitoBudgetExhausted, ActitoPreflightError
+from etl.errors import ActitoBudgetExhausted, ActitoPreflightError, MappingError
 from etl.destinations.actito.presets import didomi_mapping, qualifio_interaction_mapping, qualifio_mapping
 from etl.destinations.actito.recovery import (
     Landed, discard_sent, part_reference, recover_earlier_runs, stage_sent, upload_name,
@@ -40,6 +43,8 @@ from etl.transform.delta import MappedRows, RefusalRetries, RowSnapshot, Staged,
 from etl.transform.mapping import FieldMap, Mapping, RowMapper, explicit_mapping, with_policy
 from etl.values.rules import FieldRule
 
+log = logging.getLogger("audience_sync.actito")
+
 #: builds the mapping from the query's columns and the Actito table they go to
 MappingFactory = Callable[[Sequence[str], Table], Mapping]
 
@@ -54,7 +59,9 @@ _COMPATIBLE: dict[str, frozenset[str]] = {
     "PHONE_NUMBER": frozenset({"phone"}),
     "ADDRESS_COUNTRY": frozenset({"country"}),
     "MOTHER_LANGUAGE": frozenset({"language"}),
-    "STRING": frozenset({"string", "email", "phone", "country", "language", "sex"}),
+    "FIRSTNAME": frozenset({"string", "name"}),
+    "LASTNAME": frozenset({"string", "name"}),
+    "STRING": frozenset({"string", "email", "phone", "country", "language", "sex", "name", "device"}),
     "INTEGER": frozenset({"integer"}),
     "DECIMAL": frozenset({"decimal", "integer"}),
     "BOOLEAN": frozenset({"boolean"}),
@@ -65,6 +72,7 @@ _RULE_WORDS: dict[str, str] = {
     "string": "text", "email": "an e-mail address", "date": "a date", "datetime": "a date-time", "sex": "M/F",
     "phone": "a phone number", "country": "a country code", "language": "a language code",
     "integer": "an integer", "decimal": "a decimal", "boolean": "a boolean", "yes_no": "Y/N",
+    "name": "a name", "device": "desktop/mobile",
 }
 
 
@@ -81,6 +89,15 @@ class ImportTarget:
     compression: Compression
     timeout_seconds: float
     daily_budget: int
+    #: (definition field, address): who receives Actito's report of each import (the destination's
+    #: technical_email, under the wire's report_recipients_field); empty: nobody is named
+    report_to: tuple[tuple[str, str], ...] = ()
+
+
+def report_to(destination: Destination) -> tuple[tuple[str, str], ...]:
+    """Actito mails an import's report to the recipients its definition names [guess: docs/actito-wire.md]."""
+    field_name = destination.wire.report_recipients_field
+    return ((field_name, destination.technical_email),) if field_name and destination.technical_email else ()
 
 
 def preflight(
@@ -272,11 +289,10 @@ def _definition(
         "format": {"separator": ",", "encoding": "UTF-8", "compression": _COMPRESSION[target.compression]},
         "emptyValues": target.empty_values.upper(),
         **mapping.definition_parts(),
-        "dataCollection": {
-            "source": "audience-sync",
-            "way": context.activation,
-            "date": context.started_at.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S"),
-        },
+        # from the rows when the query says how they were collected (set at staging): collection.py
+        "dataCollection": context.details.get("data_collection")
+        or default_collection(context.activation, context.started_at),
+        **{name: [address] for name, address in target.report_to},
     }
 
 
@@ -331,6 +347,7 @@ def import_plan(config: Config, name: str) -> ImportPlan:
         custom=isinstance(activation, InteractionsActivation), mode=mode, empty_values=activation.empty_values,
         etl_id=activation.etl_id, compression=activation.compression,
         timeout_seconds=activation.import_timeout_minutes * 60.0, daily_budget=destination.daily_import_budget,
+        report_to=report_to(destination),
     )
     mapping_for = _mapping_for(activation)
     policies, default = activation.invalid_policies()
@@ -340,21 +357,33 @@ def import_plan(config: Config, name: str) -> ImportPlan:
 
 def _mapping_for(activation: ImportActivationBase) -> MappingFactory:
     if isinstance(activation, ProfilesActivation) and activation.preset == "qualifio":
-        return lambda columns, table: qualifio_mapping(columns, key=activation.key)
+        return lambda columns, table: qualifio_mapping(
+            columns, key=activation.key, incomplete_participations=activation.incomplete_participations)
     if isinstance(activation, SubscriptionsActivation):
         if activation.preset == "didomi":
-            return lambda columns, table: didomi_mapping(
+            return lambda columns, table: _erasing_nothing(activation, didomi_mapping(
                 columns, user_key=activation.key, subscriptions=activation.subscriptions,
-                metadata_columns=activation.metadata,
-            )
+                metadata_columns=activation.metadata, table_attributes=[a.name for a in table.attributes],
+            ))
         return _by_name(activation, activation.key, activation.subscriptions, extra=activation.metadata)
     if isinstance(activation, InteractionsActivation):
         if activation.preset == "qualifio":
             return lambda columns, table: qualifio_interaction_mapping(
-                columns, key=table.primary_key or "participationId")
+                columns, key=table.primary_key or "participationId",
+                incomplete_participations=activation.incomplete_participations)
         return lambda columns, table: _by_name(activation, table.primary_key or "", {})(columns, table)
     assert isinstance(activation, ProfilesActivation)
     return _by_name(activation, activation.key, activation.subscriptions)
+
+
+def _erasing_nothing(activation: ImportActivationBase, mapping: Mapping) -> Mapping:
+    """A JSON object's absent property is an empty cell: with ``empty_values = "clear"`` it would erase the
+    attribute, which Didomi, sending only the properties a user has, never does."""
+    if mapping.json_object and activation.empty_values == "clear":
+        raise MappingError([f"column {mapping.json_object!r}: a property a row does not have would be sent "
+                            'empty, and empty_values = "clear" would erase the attribute'],
+                           hint='keep empty_values = "keep", or select the properties as columns of their own')
+    return mapping
 
 
 def _by_name(
@@ -381,9 +410,15 @@ class _TableRows:
         self.key_name = mapping.key
         self.fingerprint = fingerprint_
         self._mapper = RowMapper(mapping, where=where)
+        #: rows the mapping left out (Mapping.send_only_if): read, neither sent nor rejected
+        self.left_out = 0
+        #: properties of a JSON column that no attribute takes → rows holding each
+        self.unread: Counter[str] = Counter()
 
     def map(self, batch: pa.RecordBatch) -> MappedRows:
         mapped = self._mapper.map(batch)
+        self.left_out += mapped.left_out
+        self.unread.update(mapped.unread)
         return MappedRows(rows=mapped.rows, keys=mapped.rows.column(self.mapping.key),
                           source_rows=mapped.source_rows, rejects=mapped.rejects, hashed=mapped.rows)
 
@@ -396,6 +431,7 @@ class ActitoImports:
         self._client = open_client(config, self._plan.destination)
         self._table: Table | None = None
         self._mapping: Mapping | None = None
+        self._rows: _TableRows | None = None
         self._parts: list[WrittenFile] = []
 
     def preflight(self, context: RunContext, columns: list[str]) -> _TableRows:
@@ -403,9 +439,11 @@ class ActitoImports:
         with context.step("preflight"):
             self._table, self._mapping = preflight(self._client, target, self._plan.mapping_for, columns)
         context.details["table"] = self._table.id
+        _not_in_table(context, self._table, self._mapping.ignored)
         where = str(context.config.path(context.config.activations[context.activation].sql))
-        return _TableRows(self._mapping, fingerprint([self._table.id, target.mode, target.empty_values,
-                                                      self._mapping]), where)
+        self._rows = _TableRows(self._mapping, fingerprint([self._table.id, target.mode, target.empty_values,
+                                                            self._mapping]), where)
+        return self._rows
 
     def mapping(self) -> Mapping:
         assert self._mapping is not None  # after preflight
@@ -421,11 +459,26 @@ class ActitoImports:
     def staging(self, context: RunContext) -> Iterator[Callable[[pa.Table], None]]:
         assert self._mapping is not None  # after preflight
         compression = self._plan.target.compression
+        header = self._mapping.output_columns()
+        collected = CollectedValues(self._mapping.collection_columns())
+
+        def write(rows: pa.Table) -> None:
+            collected.add(rows)
+            writer.write(rows.select(header))  # collected values are no columns of the file
+
         with CsvFileWriter(context.run_dir, import_file_name(context.activation, compression),
-                           header=self._mapping.output_columns(), compression=compression) as writer:
-            yield writer.write
+                           header=header, compression=compression) as writer:
+            yield write
             context.checkpoint("extracted")
             self._parts = writer.close()
+        if self._rows is not None and self._rows.left_out:
+            context.details["left_out"] = self._rows.left_out
+        if self._rows is not None and self._rows.unread and self._table is not None:
+            _not_in_table(context, self._table, [f"{self._mapping.json_object}.{name}" for name in self._rows.unread])
+        if self._mapping.collection_columns():
+            context.details["data_collection"] = collected.definition(context.activation, context.started_at)
+            if collected.mixed():
+                context.details["data_collection_mixed"] = collected.mixed()
         context.details["files"] = [{"name": f.path.name, "rows": f.rows, "sha256": f.sha256} for f in self._parts]
         if self._parts:
             context.results.update(file_name=self._parts[0].path.name, sha256=self._parts[0].sha256)
@@ -471,6 +524,11 @@ class ActitoImports:
             sent += f" and {retried:,} sent again (refused before for a missing dependency)"
         if details.get("refused_by_actito"):
             sent += f" ({details['refused_by_actito']:,} refused by Actito, listed in the rejects file)"
+        if details.get("left_out"):
+            sent += f", {details['left_out']:,} incomplete participations left out (incomplete_participations = false)"
+        if details.get("metadata_not_in_table"):
+            sent += (f", not sent: {', '.join(details['metadata_not_in_table'])} "
+                     "(metadata with no attribute of that name in the table)")
         if details.get("still_refused"):
             sent += f", {details['still_refused']:,} refused before and unchanged (in the rejects file)"
         if details.get("retry_queue"):
@@ -480,6 +538,17 @@ class ActitoImports:
 
     def close(self) -> None:
         self._client.close()
+
+
+def _not_in_table(context: RunContext, table: Table, names: Sequence[str]) -> None:
+    """Metadata the table has no attribute for is not sent, as by Didomi, but said: a missing attribute
+    is something to create in Actito, or a property to stop collecting."""
+    if not names:
+        return
+    listed = context.details.setdefault("metadata_not_in_table", [])
+    listed.extend(name for name in names if name not in listed)
+    log.warning("metadata not sent: table '%s' has no attribute for %s", table.name, ", ".join(names),
+                extra={"fields": {"activation": context.activation}})
 
 
 def _commit_landed(snapshot_path: Path, landed: Landed, retries: RefusalRetries) -> None:

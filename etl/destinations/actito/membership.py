@@ -15,7 +15,7 @@ import pyarrow.compute as pc
 from etl.config import AudienceActivation, Config, Destination
 from etl.destinations.actito.client import ActitoClient
 from etl.destinations.actito.connect import open_client
-from etl.destinations.actito.imports import ImportTarget, preflight, rule_for, send_rows
+from etl.destinations.actito.imports import ImportTarget, preflight, report_to, rule_for, send_rows
 from etl.destinations.actito.recovery import Landed, discard_sent, recover_earlier_runs
 from etl.destinations.actito.tables import Table
 from etl.destinations.base import Target, written_locally
@@ -110,7 +110,7 @@ def membership_target(config: Config, name: str, activation: AudienceActivation 
     return ImportTarget(
         entity=destination.entity, table=activation.membership_table, custom=True, mode="CREATE_UPDATE",
         empty_values="keep", etl_id=None, compression="gzip", timeout_seconds=3600.0,
-        daily_budget=destination.daily_import_budget,
+        daily_budget=destination.daily_import_budget, report_to=report_to(destination),
     )
 
 

@@ -138,6 +138,8 @@ class Definition:
     attributes: dict[str, str]
     subscriptions: dict[str, str]
     data_collection: dict[str, Any]
+    #: who Actito mails the import's report to (``reportRecipients`` [guess]; none: nobody)
+    report_recipients: list[str] = field(default_factory=list)
 
     @property
     def target_type(self) -> str:
@@ -153,6 +155,7 @@ class Definition:
             "attributes": [{"column": c, "attribute": a} for c, a in self.attributes.items()],
             "subscriptions": [{"column": c, "subscription": s} for c, s in self.subscriptions.items()],
             "dataCollection": dict(self.data_collection),
+            **({"reportRecipients": list(self.report_recipients)} if self.report_recipients else {}),
         }
 
 
@@ -193,10 +196,13 @@ class Execution:
         }
 
     def details(self, status: str) -> dict[str, Any]:
-        """What a test reads back: the view's facts with the per-line errors and the file name."""
+        """What a test reads back: the view's facts with the per-line errors, the file name, the
+        definition's dataCollection and report recipients."""
         details = self.view(status)
         target = details.pop("target")
-        return {**details, "table": target["id"], "targetType": target["type"], "errors": copy.deepcopy(self.errors)}
+        return {**details, "table": target["id"], "targetType": target["type"], "errors": copy.deepcopy(self.errors),
+                "dataCollection": dict(self.definition.data_collection),
+                "reportRecipients": list(self.definition.report_recipients)}
 
     def fail(self, message: str, errors: list[dict[str, Any]], counts: dict[str, int]) -> None:
         """End in ERROR: a problem with the file as a whole, nothing applied."""

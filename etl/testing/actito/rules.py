@@ -13,6 +13,8 @@ from etl.testing.actito.wire import HttpError
 
 #: attributes Actito sets itself: a profile import cannot write them
 TECHNICAL = frozenset({"profileId", "creationMoment", "updateMoment"})
+#: the entries of an import definition's dataCollection (V4's dataCollectionInformation, plus updateSource)
+DATA_COLLECTION = ("source", "updateSource", "way", "date")
 #: how the text of a file is decoded, by the definition's ``format.encoding``
 ENCODINGS = {"UTF-8": "utf-8", "ISO-8859-1": "iso-8859-1"}
 #: a subscription's or a boolean's accepted spellings
@@ -142,6 +144,7 @@ def parse_definition(raw: Any, entity: Entity) -> Definition:
     subscriptions = _subscription_columns(raw, table, custom, attributes, problems)
     key_column, key_attribute = _key(raw, table, attributes, problems)
     collection = _data_collection(raw, problems)
+    recipients = _report_recipients(raw, problems)
     if problems.found:
         listing = "; ".join(f"{p['field']}: {p['message']}" for p in problems.found)
         raise HttpError(400, f"invalid definition: {listing}", problems.found)
@@ -149,7 +152,7 @@ def parse_definition(raw: Any, entity: Entity) -> Definition:
     return Definition(custom=custom, table=table.id, mode=str(mode), key_column=str(key_column),
                       key_attribute=key_attribute, separator=str(separator), encoding=encoding,
                       compression=compression, empty_values=empty_values, attributes=attributes,
-                      subscriptions=subscriptions, data_collection=collection)
+                      subscriptions=subscriptions, data_collection=collection, report_recipients=recipients)
 
 
 def _target(raw: Mapping[str, Any], entity: Entity, problems: _Problems
@@ -257,11 +260,31 @@ def _key(raw: Mapping[str, Any], table: ProfileTable | CustomTable | None, attri
     return key_column, key_attribute
 
 
+def _report_recipients(raw: Mapping[str, Any], problems: _Problems) -> list[str]:
+    """``reportRecipients`` [guess]: a list of 1 to 10 e-mail addresses Actito mails the import's report to."""
+    recipients = raw.get("reportRecipients")
+    if recipients is None:
+        return []
+    if not isinstance(recipients, list) or not 0 < len(recipients) <= 10:
+        problems.add("reportRecipients", "must be a list of 1 to 10 e-mail addresses")
+        return []
+    bad = [r for r in recipients if not isinstance(r, str) or not _valid_email(r)]
+    for address in bad:
+        problems.add("reportRecipients", f"{address!r} is not an e-mail address")
+    return [] if bad else list(recipients)
+
+
 def _data_collection(raw: Mapping[str, Any], problems: _Problems) -> dict[str, Any]:
+    """``source``, ``updateSource``, ``way`` (texts up to 255 characters) and ``date``; nothing else."""
     collection = raw.get("dataCollection") or {}
     if not isinstance(collection, Mapping):
         problems.add("dataCollection", "must be an object")
         collection = {}
+    for name, value in collection.items():
+        if name not in DATA_COLLECTION:
+            problems.add(f"dataCollection.{name}", f"unknown entry (known: {', '.join(DATA_COLLECTION)})")
+        elif name != "date" and (not isinstance(value, str) or not 0 < len(value) <= 255):
+            problems.add(f"dataCollection.{name}", "must be a text of 1 to 255 characters")
     moment = collection.get("date")
     if moment is not None and (not isinstance(moment, str) or not _valid_timestamp(moment)):
         problems.add("dataCollection.date", "must be yyyy-MM-dd HH:mm:ss")
