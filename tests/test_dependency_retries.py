@@ -32,13 +32,18 @@ WAITING = "profile not found (sent again on the next runs"
 
 
 def project(tmp_path: Path, **activation_settings: str) -> Path:
-    """The demo in ``tmp_path``; each keyword adds a line (``name = "key = value"``) to that activation."""
+    """The demo in ``tmp_path``; each keyword sets a key of that activation (``name = "key = value"``)."""
     shutil.copytree(REPO / "sql", tmp_path / "sql")
     text = (REPO / "schedules.toml").read_text("utf-8")
     for name, line in activation_settings.items():
         header = f"[activations.{name}]\n"
         assert header in text
-        text = text.replace(header, header + line + "\n")
+        start = text.index(header) + len(header)
+        end = text.find("\n[", start) % (len(text) + 1)
+        key = line.split("=")[0].strip()
+        block = "".join(kept for kept in text[start:end].splitlines(keepends=True)
+                        if kept.split("=")[0].strip() != key)  # the shipped value, replaced
+        text = text[:start] + line + "\n" + block + text[end:]
     (tmp_path / "schedules.toml").write_text(text, "utf-8")
     return tmp_path / "schedules.toml"
 
