@@ -535,7 +535,8 @@ def test_a_partial_success_is_returned_with_its_rejected_lines(sandbox: ActitoSa
         final = client.wait_for(started.id, poll_initial=0.02)
         assert final.status == "PARTIAL_SUCCESS"
         assert final.counts["lines"] == 3 and final.counts["created"] == 2 and final.counts["rejected"] == 1
-        assert client.report(final.id) == [LineError(3, "emailAddress", "not-an-email", "invalid e-mail address")]
+        assert client.report(final.id) == [LineError(3, "emailAddress", "not-an-email", "invalid e-mail address",
+                                                    ("invalid e-mail address",))]
 
 
 def test_a_file_with_a_bom_ends_in_error_with_actitos_message(sandbox: ActitoSandbox, tmp_path: Path) -> None:

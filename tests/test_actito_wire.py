@@ -152,3 +152,20 @@ def test_check_covers_membership_tables_and_unmapped_mandatory_attributes(tmp_pa
     assert ("✗ qualifio_profiles: attribute 'loyaltyTier' of table 'Customers' is mandatory but no column feeds it"
             in done.stdout)
     assert "didomi_consents: attribute 'loyaltyTier'" not in done.stdout  # UPDATE_ONLY creates no profile
+
+
+def test_a_licence_naming_the_reference_otherwise_still_finds_a_lost_import(tmp_path: Path) -> None:
+    """With ``reference_field`` set as the licence names it, a run killed after its upload, before it
+    recorded Actito's answer, is resolved by its successor through that field: one import, not two."""
+    with ActitoSandbox(processing_seconds=0.05, reference_field="externalId") as renamed:
+        config = configured(tmp_path, renamed, '\n[destinations.actito_demo.wire]\nreference_field = "externalId"\n')
+        env = {**os.environ, "TEST_ACTITO_KEY": KEY, "PYTHONPATH": str(REPO), "AUDIENCE_SYNC_KILL_AT": "posted"}
+        killed = subprocess.run([sys.executable, "-m", "etl", "--config", str(config), "run", "qualifio_profiles"],
+                                capture_output=True, text=True, env=env, timeout=120, cwd=tmp_path)
+        assert killed.returncode == -9, killed.stdout + killed.stderr
+        done = cli(config, "--log-format", "json", "run", "qualifio_profiles")
+        assert done.returncode == 0, done.stdout + done.stderr
+        [execution] = renamed.executions(E)  # found again by our reference under its name, not sent twice
+        assert execution["reference"].endswith("-1")  # ours (the run id and part), not one the client made up
+        finished = [json.loads(line) for line in done.stdout.splitlines() if line.startswith('{"event"')][0]
+        assert finished["rows_delivered"] == 0 and finished["unchanged"] > 2000  # the dead run's rows landed

@@ -340,7 +340,7 @@ class ActitoClient(ApiClient):
                     column=opt_str(item.get("column")),
                     value=opt_str(item.get("value")),
                     message=str(item.get("message") or ""),
-                    other_messages=tuple(str(problem.get("message") or "") for problem in item.get("problems") or ()
+                    problems=tuple(str(problem.get("message") or "") for problem in item.get("problems") or ()
                                          if isinstance(problem, Mapping)),
                 )
             )

@@ -219,7 +219,7 @@ def import_parts(
     try:
         for number, part in enumerate(written, start=1):
             reference = part_reference(context.run_id, label, number)
-            definition = _definition(context, target, table, mapping, reference=reference)
+            definition = _definition(context, target, table, mapping, reference={client.wire.reference_field: reference})
             context.fence()  # a run taken over sends nothing more
             # the intent first: a process killed during the upload leaves a reference to look up
             store.intend_import(reference, context.run_id, context.activation, target.entity, table.id,
@@ -279,10 +279,12 @@ def import_file_name(stem: str, compression: Compression) -> str:
 
 
 def _definition(
-    context: RunContext, target: ImportTarget, table: Table, mapping: Mapping, *, reference: str
+    context: RunContext, target: ImportTarget, table: Table, mapping: Mapping, *, reference: dict[str, str]
 ) -> dict[str, Any]:
+    """``reference``: our idempotency key under the field the licence echoes back (wire.reference_field),
+    the one recovery looks an unanswered upload up by."""
     return {
-        "reference": reference,
+        **reference,
         "target": {"type": "CUSTOM_TABLE" if target.custom else "PROFILE_TABLE", "id": table.id},
         "mode": target.mode,
         "keyColumn": mapping.key,

@@ -31,7 +31,7 @@ class Refusals:
                 self.waiting_at[position] = self.waiting_at.get(position, True) and waits
 
     def waits(self, error: LineError) -> bool:
-        return all(self.dependency.search(message) for message in (error.message, *error.other_messages))
+        return all(self.dependency.search(message) for message in (error.message, *error.problems))
 
     def __len__(self) -> int:
         return len(self.waiting_at)

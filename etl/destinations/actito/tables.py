@@ -65,7 +65,7 @@ class LineError:
     #: the line's first problem
     message: str
     #: every problem of the line, the first included, when the report lists them
-    other_messages: tuple[str, ...] = ()
+    problems: tuple[str, ...] = ()
 
 
 def list_in(body: Any, key: str) -> list[Any]:

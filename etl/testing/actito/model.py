@@ -181,10 +181,10 @@ class Execution:
             return self.final
         return "PENDING" if now - self.started < processing / 2 else "RUNNING"
 
-    def view(self, status: str) -> dict[str, Any]:
+    def view(self, status: str, reference_field: str = "reference") -> dict[str, Any]:
         return {
             "id": self.id,
-            "reference": self.reference,
+            reference_field: self.reference,
             "status": status,
             "counts": dict(self.counts),
             "message": self.message,

@@ -145,9 +145,10 @@ class ApiRoutes:
         except (UnicodeDecodeError, ValueError) as exc:
             raise HttpError(400, f"the definition part is not valid JSON: {exc}") from None
         definition = parse_definition(raw, found)
-        reference = raw.get("reference")
+        field = self._settings.reference_field
+        reference = raw.get(field)
         if reference is not None and not isinstance(reference, str):
-            raise HttpError(400, "reference must be a string", [{"field": "reference", "message": "not a string"}])
+            raise HttpError(400, f"{field} must be a string", [{"field": field, "message": "not a string"}])
         return self._created(found, definition, reference, None, parts)
 
     def trigger(self, request: Request, licence: str, entity: str, etl: str) -> Response:
@@ -189,14 +190,15 @@ class ApiRoutes:
         _check_file_form(file_name, content_type, definition.compression)
         execution = self._engine.submit(entity, definition, reference, etl_id, file_name, payload)
         location = f"{self._url()}/mass-imports/v5/entities/{entity.name}/etl-executions/{execution.id}"
-        return Response(201, {"id": execution.id, "reference": reference, "status": "PENDING"},
+        return Response(201, {"id": execution.id, self._settings.reference_field: reference, "status": "PENDING"},
                         {"Location": location})
 
     def list_executions(self, request: Request, licence: str, entity: str) -> Response:
         found = self._state.licensed_entity(licence, entity)
-        wanted, named = request.query.get("reference"), request.query.get("fileName")
+        field = self._settings.reference_field
+        wanted, named = request.query.get(field), request.query.get("fileName")
         with self._state.lock:
-            listed = [e.view(self._engine.status(e)) for e in found.executions
+            listed = [e.view(self._engine.status(e), field) for e in found.executions
                       if (wanted is None or e.reference in wanted) and (named is None or e.file_name in named)]
         return Response(200, {"executions": listed})
 
@@ -211,7 +213,7 @@ class ApiRoutes:
     def get_execution(self, request: Request, licence: str, entity: str, execution: str) -> Response:
         found = self._execution(licence, entity, execution)
         with self._state.lock:
-            return Response(200, found.view(self._engine.status(found)))
+            return Response(200, found.view(self._engine.status(found), self._settings.reference_field))
 
     def get_report(self, request: Request, licence: str, entity: str, execution: str) -> Response:
         found = self._execution(licence, entity, execution)

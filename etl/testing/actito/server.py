@@ -37,13 +37,14 @@ class ActitoSandbox:
                  host: str = "127.0.0.1", port: int = 0, token_ttl_seconds: int = 900,
                  processing_seconds: float = 0.2, max_concurrent: int = 5, daily_imports_per_table: int = 24,
                  max_file_bytes: int = MAX_FILE_BYTES, fault_delay_seconds: float = 3.0,
-                 state_file: Path | None = None, latency_seconds: float = 0.0) -> None:
+                 state_file: Path | None = None, latency_seconds: float = 0.0,
+                 reference_field: str = "reference") -> None:
         """``clock`` drives token expiry and the daily budget's UTC date; import progress uses real time, so
         clients really have to poll. ``max_file_bytes`` lets a test check the 100 MB refusal with a small
         file; ``latency_seconds`` holds each request's concurrency slot, so concurrent clients really overlap.
         ``state_file`` keeps the state between processes if saved for this same fixture (see `StateFile`)."""
         self._settings = Settings(token_ttl_seconds, processing_seconds, max_concurrent, daily_imports_per_table,
-                                  max_file_bytes, fault_delay_seconds, latency_seconds)
+                                  max_file_bytes, fault_delay_seconds, latency_seconds, reference_field)
         raw = read_fixture(fixture)
         self._host = loopback_address(host)
         self._port = port

@@ -43,6 +43,9 @@ class Settings:
     max_file_bytes: int
     fault_delay_seconds: float
     latency_seconds: float
+    #: the definition field, query parameter and execution field carrying the client's reference: a licence
+    #: may name it otherwise (docs/actito-wire.md, wire.reference_field)
+    reference_field: str = "reference"
 
     def __post_init__(self) -> None:
         if (self.max_concurrent < 1 or self.daily_imports_per_table < 0 or self.token_ttl_seconds < 1
