@@ -288,3 +288,15 @@ def test_help_imports_none_of_the_heavy_libraries() -> None:
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_a_key_of_another_kind_of_activation_says_which_kinds_take_it(
+        project: Callable[[str], Path], cli: Callable[..., Shown]) -> None:
+    """Not a typo, so no "did you mean" the very same name: the kinds of activation it belongs to."""
+    config = project(one_audience().replace("identifier =", "retry_refused_for = \"7d\"\nidentifier ="))
+    shown = cli(config, "validate")
+    assert shown.code == 2, shown.said
+    assert ("[activations.a] retry_refused_for: unknown key here: 'retry_refused_for' is a key of "
+            'kind = "interactions" activations and kind = "profiles" activations and kind = "subscriptions" '
+            "activations only") in shown.said
+    assert "did you mean" not in shown.said

@@ -185,21 +185,38 @@ def _without_missing_of_typos(problems: list[Problem]) -> list[Problem]:
 
 
 def _did_you_mean(key: str) -> str:
-    """A key of the configuration close to ``key`` (a typo), else a pointer to the reference."""
-    close = difflib.get_close_matches(key, _known_keys(), n=1, cutoff=0.75)
-    return f": did you mean {close[0]!r}?" if close else " (check its spelling against the README's configuration reference)"
+    """A key of another kind of table (not a typo: said as such), a key close to ``key`` (a typo), else a
+    pointer to the reference."""
+    owners = _known_keys().get(key)
+    if owners:
+        return f" here: {key!r} is a key of {' and '.join(owners)} only"
+    close = difflib.get_close_matches(key, list(_known_keys()), n=1, cutoff=0.75)
+    return (f": did you mean {close[0]!r}?" if close
+            else " (check its spelling against the README's configuration reference)")
 
 
 @functools.cache
-def _known_keys() -> list[str]:
-    """Every key any table of the configuration accepts."""
+def _known_keys() -> dict[str, list[str]]:
+    """Every key any table of the configuration accepts -> the tables that declare it (an activation's by
+    its kind), e.g. 'incomplete_participations' -> 'kind = "profiles" activations', ..."""
     models: list[type[ConfigModel]] = [ConfigModel]
-    keys: set[str] = set()
+    owners: dict[str, set[str]] = {}
     while models:
         model = models.pop()
-        keys.update(model.model_fields)
-        models.extend(model.__subclasses__())
-    return sorted(keys)
+        subclasses = model.__subclasses__()
+        if not subclasses:  # a table one writes; its bases are only shared parts
+            for name in model.model_fields:
+                owners.setdefault(name, set()).add(_table_of(model))
+        models.extend(subclasses)
+    return {key: sorted(tables) for key, tables in sorted(owners.items())}
+
+
+def _table_of(model: type[ConfigModel]) -> str:
+    kind = model.model_fields.get("kind")
+    choices = getattr(kind.annotation, "__args__", ()) if kind is not None else ()
+    if len(choices) == 1 and isinstance(choices[0], str):
+        return f'kind = "{choices[0]}" activations'
+    return f"[{model.__name__}] tables"
 
 
 def _shows_input(error: Any, loc: list[str]) -> bool:
