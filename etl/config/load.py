@@ -213,7 +213,7 @@ def _known_keys() -> dict[str, list[str]]:
 
 def _table_of(model: type[ConfigModel]) -> str:
     kind = model.model_fields.get("kind")
-    choices = getattr(kind.annotation, "__args__", ()) if kind is not None else ()
+    choices: tuple[object, ...] = getattr(kind.annotation, "__args__", ()) if kind is not None else ()
     if len(choices) == 1 and isinstance(choices[0], str):
         return f'kind = "{choices[0]}" activations'
     return f"[{model.__name__}] tables"
