@@ -341,8 +341,8 @@ def test_an_import_actito_refuses_in_part_succeeds_and_lists_each_refused_row(
     actito_project: Path, sandbox: ActitoSandbox, cli: Callable[..., Shown]
 ) -> None:
     """Consents for profiles Actito does not have (UPDATE_ONLY): the others are applied, the refused
-    ones are in the reject file with their warehouse row, and an unchanged refused row is not sent
-    again (it would be refused again, and cost one of the table's 24 daily imports)."""
+    ones are in the reject file with their warehouse row; unchanged, only they are sent again (they wait
+    for their profile: tests/test_dependency_retries.py), in one import, the applied ones not."""
     assert run_in_process(actito_project, PROFILES).ok
     shown = cli(actito_project, "run", "didomi_consents")
     assert shown.code == 0, shown.said
@@ -356,8 +356,9 @@ def test_an_import_actito_refuses_in_part_succeeds_and_lists_each_refused_row(
     assert len(rows) == refused and all(row["row"].isdigit() and "@" in row["value"] for row in rows)
 
     second = run_in_process(actito_project, "didomi_consents")
-    assert second.ok and second.details["to_send"] == 0
-    assert len(sandbox.executions("demo")) == 2
+    assert second.ok and second.details["to_send"] == second.details["retried"] == refused
+    assert second.details["refused_by_actito"] == refused and second.results["rows_delivered"] == 0
+    assert len(sandbox.executions("demo")) == 3
 
 
 # --------------------------------------------------------------------------- the warehouse drops the connection mid-stream
