@@ -11,7 +11,7 @@ import signal
 import sys
 import threading
 from collections.abc import Callable, Sequence
-from datetime import date
+from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
@@ -81,12 +81,15 @@ def _add_run_commands(command: _Command) -> None:
     run.add_argument("--all", action="store_true", help="every enabled activation")
     run.add_argument("--dry-run", action="store_true", help="write the files locally, deliver nothing")
     run.add_argument("--force", action="store_true", help="deliver even if a safety guard (max_shrink) objects")
+    run.add_argument("--as-of", type=_day, metavar="YYYY-MM-DD",
+                     help="run as on that day: :run_date, :run_at and the file name's date (a backfill)")
 
     preview = command("preview", "what a run would deliver, nothing sent or written: an audience's counts and "
                                  "first identifiers; an import's mapped columns, rows refused by reason, first rows")
     preview.add_argument("name", metavar="NAME")
     preview.add_argument("--limit", type=_at_least_zero, metavar="N",
                          help="identifiers (default 10) or mapped rows (default 5) to show")
+    preview.add_argument("--as-of", type=_day, metavar="YYYY-MM-DD", help="preview as on that day (:run_date ...)")
 
     validate = command("validate", "check the configuration and report every problem")
     validate.add_argument("--connect", action="store_true",
@@ -151,6 +154,14 @@ def _add_tool_commands(command: _Command) -> None:
     sandbox.add_argument("--state-file", help="keep the sandbox's profiles, records and imports in this JSON file")
     sandbox.add_argument("--latency-seconds", type=float, default=0.0,
                          help="how long each API request takes to answer, as a real Actito's do (default 0)")
+
+
+def _day(text: str) -> date:
+    """A calendar day, as ISO 8601 writes it: refused by argparse, with exit 2, otherwise."""
+    try:
+        return date.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a day written YYYY-MM-DD (e.g. 2026-11-01)") from None
 
 
 def _at_least_zero(text: str) -> int:
@@ -376,7 +387,7 @@ def _run(config: Config, args: argparse.Namespace) -> int:
             return told(execute(
                 config, store, name, kind, job_for(kind),
                 dry_run=args.dry_run, progress=progress.update if progress else None, stop=stop, force=args.force,
-                finishers=(announce,), shown=not json_output,
+                finishers=(announce,), shown=not json_output, as_of=args.as_of,
             ))
 
         outcomes = run_in_order(names, dependencies(config, names), one,
@@ -422,7 +433,7 @@ class _Progress:
 #: what a run's JSON line adds to the ledger's columns: after it, the audience's size (``members``) and
 #: its changes, so rows_delivered (what this run delivered) is never read as the size
 _JSON_DETAILS = ("members", "entered", "left", "unchanged", "refused_by_actito", "still_refused", "values_dropped",
-                 "retried", "retry_queue", "retries_expired", "left_out")
+                 "retried", "retry_queue", "retries_expired", "left_out", "as_of")
 
 
 def _outcome_json(outcome: RunOutcome) -> dict[str, Any]:
@@ -459,6 +470,12 @@ def _summary(outcomes: Sequence[RunOutcome]) -> str:
     return text + ("\n\n" + "\n".join(notes) if notes else "")
 
 
+def _preview_time(config: Config, name: str, as_of: date | None) -> datetime:
+    from etl.runtime.runs import data_time
+
+    return data_time(config.activations[name], datetime.now(UTC), as_of)
+
+
 def _preview(config: Config, args: argparse.Namespace) -> int:
     from jobs import audience
 
@@ -466,7 +483,8 @@ def _preview(config: Config, args: argparse.Namespace) -> int:
     _require(config, [name])
     if config.activations[name].kind != "audience":
         return _preview_rows(config, args)
-    result = audience.preview(config, name, sample_size=10 if args.limit is None else args.limit)
+    result = audience.preview(config, name, sample_size=10 if args.limit is None else args.limit,
+                              when=_preview_time(config, name, args.as_of))
     counts = vars(result.counts)
     if json_output:
         print(json.dumps({"activation": name, **counts, "sample": result.sample,
@@ -496,7 +514,8 @@ def _preview_rows(config: Config, args: argparse.Namespace) -> int:
     from jobs import profiles
 
     name = args.name
-    result = profiles.preview(config, name, sample_size=5 if args.limit is None else args.limit)
+    result = profiles.preview(config, name, sample_size=5 if args.limit is None else args.limit,
+                              when=_preview_time(config, name, args.as_of))
     counts = result.counts
     if args.log_format == "json":
         print(json.dumps({"activation": name, "kind": config.activations[name].kind, "where": result.where,

@@ -67,7 +67,7 @@ def run(context: RunContext) -> None:
     with closing(open_audience(context.config, context.activation)) as destination:
         config, name = context.config, context.activation
         activation = config.activation_of(name, AudienceActivation)
-        file_name = final_file_name(config.file_name_pattern(name), local_time(activation, context.started_at),
+        file_name = final_file_name(config.file_name_pattern(name), local_time(activation, context.data_time),
                                     activation.file.compression)
         snapshot = MemberSnapshot.of(config.state_dir, name)
         with context.step("extract"), StagedMembers(context.run_dir / f"{name}.members.parquet") as members:
@@ -175,7 +175,7 @@ def _write_audience(
         ) as writer,
         RejectWriter(_rejects_path(context)) as rejects,
     ):
-        for cleaner, cleaned in cleaned_batches(context.config, context.activation, context.started_at):
+        for cleaner, cleaned in cleaned_batches(context.config, context.activation, context.data_time):
             writer.write(cleaned.identifiers)
             members.add(cleaned.identifiers, cleaned.hashes)
             rejects.write(cleaned.rejects)

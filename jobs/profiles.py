@@ -41,7 +41,7 @@ def deliver_rows(context: RunContext) -> None:
 
 def _preflighted(context: RunContext, destination: RowDestination) -> tuple[RowFormat, Iterator[pa.RecordBatch]]:
     """The destination checks the query's columns on its first chunk, before any row is mapped."""
-    batches = activation_batches(context.config, context.activation, context.started_at)
+    batches = activation_batches(context.config, context.activation, context.data_time)
     first = next(batches, None)
     row_format = destination.preflight(context, first.schema.names if first is not None else [])
     return row_format, chain([first] if first is not None else [], batches)

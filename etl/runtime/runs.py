@@ -14,11 +14,12 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
+from zoneinfo import ZoneInfo
 from pathlib import Path
 from typing import Any
 
-from etl.config import Config
+from etl.config import ActivationBase, Config
 from etl.errors import AudienceSyncError, LeaseLost, LockBusy
 from etl.files import private_directory
 from etl.runtime.leases import Lease, hold
@@ -43,6 +44,15 @@ def kill_point(name: str) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
     if os.environ.get(STALL_AT_ENV) == name:
         os.kill(os.getpid(), signal.SIGSTOP)
+
+
+def data_time(activation: ActivationBase, started_at: datetime, as_of: date | None) -> datetime:
+    """``started_at``, or ``as_of`` at the same wall-clock time in the activation's time zone (UTC)."""
+    if as_of is None:
+        return started_at
+    zone = ZoneInfo(activation.schedule.timezone) if activation.schedule else UTC
+    local = started_at.astimezone(zone)
+    return datetime.combine(as_of, local.time(), tzinfo=zone).astimezone(UTC)
 
 
 def new_run_id(started_at: datetime) -> str:
@@ -77,6 +87,15 @@ class RunContext:
     lease: Lease | None = None
     #: the destination's own account of what it delivered, set by the destination
     delivery: Delivery | None = None
+    #: `run --as-of DATE`: the day the data is read and named for, instead of today (a backfill)
+    as_of: date | None = None
+
+    @property
+    def data_time(self) -> datetime:
+        """The time the query's :run_date / :run_at and the file name's date are taken from: the run's
+        start, or with ``as_of`` that day at the same wall-clock time where the audience lives. Leases,
+        the ledger and every wait stay on the real clock."""
+        return data_time(self.config.activations[self.activation], self.started_at, self.as_of)
 
     def tick(self, counts: dict[str, int]) -> None:
         """Called between chunks: stops here if asked to, before anything is delivered."""
@@ -157,6 +176,7 @@ def execute(
     force: bool = False,
     finishers: Sequence[Finisher] = (),
     shown: bool = False,
+    as_of: date | None = None,
 ) -> RunOutcome:
     """Finishers are not called for a run that found the lock taken; never raises for a failed run.
 
@@ -170,7 +190,9 @@ def execute(
         with hold(store, activation, run_id, ttl) as lease:
             context = RunContext(config, activation, run_id, started_at, dry_run,
                                  config.state_dir / "runs" / activation / run_id, stop=stop, force=force,
-                                 store=store, lease=lease)
+                                 store=store, lease=lease, as_of=as_of)
+            if as_of is not None:
+                context.details["as_of"] = as_of.isoformat()
             if progress is not None:
                 context.progress = progress
             return _run_locked(context, store, kind, body, began, finishers, shown)

@@ -51,7 +51,7 @@ class ActitoMembership:
         """Import who entered, delete who left, then replace the members snapshot; return the diff sent."""
         activation, target = self._activation, self._target
         identifier = HEADER[activation.identifier]
-        since = local_time(activation, context.started_at).date().isoformat()
+        since = local_time(activation, context.data_time).date().isoformat()
         rejects_path = context.run_dir / f"{context.activation}.membership-rejects.csv"
         context.details["target"] = self.target().as_details()  # before any member is sent: what retire relies on
         with context.step("deliver"), open_client(context.config, activation.destination) as client, \
