@@ -19,6 +19,7 @@ from etl.ops.history import size_after
 from etl.runtime.ledger import open_store
 from etl.runtime.runs import RunContext
 from etl.transform.audience import HEADER, AudienceCleaner, AudienceCounts, CleanBatch
+from etl.transform.user_step import TransformContext, TransformStep
 from etl.transform.members import MemberDiff, MemberSnapshot, StagedMembers
 
 KIND = "audience"
@@ -41,11 +42,28 @@ def cleaned_batches(config: Config, name: str, when: datetime) -> Iterator[tuple
     cleaner = AudienceCleaner(
         activation.identifier, column=activation.identifier_column, where=str(config.path(activation.sql))
     )
+    step = _transform_step(config, name, when)
+
     def identifier_only(names: list[str]) -> list[int]:  # the other columns are never carried
         return [names.index(cleaner.identifier_column(names))]
 
-    for batch in activation_batches(config, name, when, columns=identifier_only):
-        yield cleaner, cleaner.clean(batch)
+    # a transform step sees every column: it may rename one to the identifier or filter on another
+    for batch in activation_batches(config, name, when, columns=None if step else identifier_only):
+        if step is None:
+            yield cleaner, cleaner.clean(batch)
+        else:
+            shaped = step.shape(batch, cleaner.identifier_column)
+            yield cleaner, cleaner.clean(shaped.table, shaped.rows)
+
+
+def _transform_step(config: Config, name: str, when: datetime) -> TransformStep | None:
+    """The activation's transform function, loaded once per run before any row is read."""
+    activation = config.activation_of(name, AudienceActivation)
+    if activation.transform_target is None:
+        return None
+    file, function = activation.transform_target
+    context = TransformContext(name, local_time(activation, when).date(), activation.params)
+    return TransformStep(config.path(file), function, context)
 
 
 def preview(config: Config, name: str, *, sample_size: int = 10, when: datetime | None = None) -> Preview:

@@ -6,6 +6,7 @@ import csv
 import gzip
 import io
 import json
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -47,6 +48,7 @@ def demo_run(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess[str]]:
     (root / "sql").mkdir()
     for sql in (repo / "sql").glob("*.sql"):
         (root / "sql" / sql.name).write_bytes(sql.read_bytes())
+    shutil.copytree(repo / "transforms", root / "transforms")
     (root / "schedules.toml").write_bytes((repo / "schedules.toml").read_bytes())
     return root, cli(root / "schedules.toml", "run", "--all")
 
@@ -54,7 +56,7 @@ def demo_run(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess[str]]:
 def test_the_demo_runs_every_activation_and_prints_a_summary(demo_run) -> None:
     root, done = demo_run
     assert done.returncode == 0, done.stderr
-    names = ("newsletter_engaged", "vip_customers", "lapsed_buyers",
+    names = ("newsletter_engaged", "vip_customers", "lapsed_buyers", "vip_scored",
              "qualifio_profiles", "qualifio_participations", "didomi_consents", "vip_members", "openfield_profiles")
     for name in names:
         assert name in done.stdout
@@ -105,7 +107,7 @@ def test_history_lists_the_runs(demo_run) -> None:
     root, _ = demo_run
     done = cli(root / "schedules.toml", "history")
     assert done.returncode == 0
-    assert done.stdout.count("succeeded") == 8  # one run per activation of the demo
+    assert done.stdout.count("succeeded") == 9  # one run per activation of the demo
 
 
 def test_setup_sheet_names_file_key_and_steps(demo_run) -> None:

@@ -11,8 +11,9 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
 from etl.config.base import Problem
-from etl.config.model import Config
+from etl.config.model import AudienceActivation, Config
 from etl.config.sql import BUILTIN_PARAMS, bind_parameter_names
+from etl.config.transform_ref import transform_problems
 from etl.files.names import Claim, name_pattern_problem, overlaps
 
 log = logging.getLogger("audience_sync.config")
@@ -40,10 +41,21 @@ def cross_check(config: Config, declared: dict[str, set[str]], raw_activations: 
         problems += _reference_problems(config, declared, raw, where)
         if raw.get("kind", "audience") == "audience":
             problems += _audience_file_problems(config, name, raw, where, claims)
+            problems += _transform_problems(config, name)
         if isinstance(raw.get("sql"), str):
             params = raw["params"] if isinstance(raw.get("params"), dict) else {}
-            problems += _sql_problems(config.path(Path(raw["sql"])), set(params), where, sql_parameters)
+            # a transform function reads params too: one the SQL leaves unused is not worth a warning
+            problems += _sql_problems(config.path(Path(raw["sql"])), set(params), where, sql_parameters,
+                                      warn_unused="transform" not in raw)
     return problems + _name_overlaps(claims) + _after_problems(config, raw_activations) + _alert_problems(config)
+
+
+def _transform_problems(config: Config, name: str) -> list[Problem]:
+    activation = config.activations.get(name)
+    target = activation.transform_target if isinstance(activation, AudienceActivation) else None
+    if target is None:
+        return []
+    return transform_problems(config.path(target[0]), target[1], f"[activations.{name}] transform")
 
 
 def _alert_problems(config: Config) -> list[Problem]:
@@ -131,8 +143,8 @@ def _overlap_text(first: Claim, second: Claim, example: str) -> str:
             "whose runs replace and remove it; give one of them another file name or another directory")
 
 
-def _sql_problems(sql_file: Path, declared_params: set[str], where: str, parsed: dict[Path, set[str] | str]
-                  ) -> list[Problem]:
+def _sql_problems(sql_file: Path, declared_params: set[str], where: str, parsed: dict[Path, set[str] | str],
+                  *, warn_unused: bool = True) -> list[Problem]:
     """Parameters used but not declared, or declared but unused; ``parsed`` caches each file across one load."""
     if sql_file not in parsed:
         parsed[sql_file] = _sql_parameters(sql_file)
@@ -144,7 +156,7 @@ def _sql_problems(sql_file: Path, declared_params: set[str], where: str, parsed:
         problems.append(
             (f"{where} params", f"{sql_file.name} uses :{', :'.join(sorted(missing))} which is not declared")
         )
-    if unused := declared_params - used:  # harmless to a run: said, not refused
+    if warn_unused and (unused := declared_params - used):  # harmless to a run: said, not refused
         log.warning("%s params: declared but unused in %s: %s", where, sql_file.name, ", ".join(sorted(unused)))
     return problems
 

@@ -195,6 +195,26 @@ class AudienceActivation(ActivationBase):
     #: refuse to deliver when the audience falls by more than this share of the last delivered run
     #: (1 turns the guard off); an empty audience after a non-empty one is always refused; `run --force` overrides
     max_shrink: float = Field(default=0.5, ge=0, le=1)
+    #: "transforms/vip.py:shape": a pandas function each chunk goes through between extract and cleaning
+    transform: str | None = None
+
+    @field_validator("transform")
+    @classmethod
+    def _file_and_function(cls, value: str | None) -> str | None:
+        """Said when the file is read, before anything tries to open the path or import the module."""
+        if value is not None:
+            path, _, function = value.rpartition(":")
+            if not path.endswith(".py") or not function.isidentifier():
+                raise ValueError('write transform = "path/to/file.py:function" (the path relative to this file)')
+        return value
+
+    @property
+    def transform_target(self) -> tuple[Path, str] | None:
+        """(file as written, function name), or None without a transform step."""
+        if self.transform is None:
+            return None
+        path, _, function = self.transform.rpartition(":")
+        return Path(path), function
 
     @property
     def delivers_file(self) -> bool:

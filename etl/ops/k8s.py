@@ -20,7 +20,7 @@ from typing import Any
 
 import yaml
 
-from etl.config import Config, parse_interval
+from etl.config import AudienceActivation, Config, parse_interval
 from etl.config.base import VARIABLE
 from etl.version import __version__
 from etl.errors import ConfigError
@@ -383,20 +383,24 @@ def _pod_path(path: Path) -> PurePosixPath:
 
 
 def _config_files(config: Config) -> tuple[list[_File], list[tuple[str, str]]]:
-    """Every SQL file the configuration references (the loader checks them all, whichever activation runs)."""
+    """Every SQL and transform file the configuration references (the loader checks them all, whichever
+    activation runs)."""
     files: dict[str, _File] = {}
     problems: list[tuple[str, str]] = []
     for name, activation in config.activations.items():
-        file = _File(activation.sql.name, config.path(activation.sql), _pod_path(activation.sql))
-        where = f"[activations.{name}] sql"
-        if not _CONFIGMAP_KEY.match(file.key) or file.key == CONFIG_KEY:
-            problems.append((where, f"{file.key!r} cannot be a ConfigMap key: name SQL files with letters, digits, "
-                                    "'-', '_' and '.' only"))
-        elif file.key in files and files[file.key].pod != file.pod:
-            problems.append((where, f"two SQL files are named {file.key!r} ({files[file.key].pod} and {file.pod}): "
-                                    "ConfigMap keys are file names, rename one"))
-        else:
-            files[file.key] = file
+        target = activation.transform_target if isinstance(activation, AudienceActivation) else None
+        referenced = [("sql", activation.sql)] + ([("transform", target[0])] if target else [])
+        for key, path in referenced:
+            file = _File(path.name, config.path(path), _pod_path(path))
+            where = f"[activations.{name}] {key}"
+            if not _CONFIGMAP_KEY.match(file.key) or file.key == CONFIG_KEY:
+                problems.append((where, f"{file.key!r} cannot be a ConfigMap key: name SQL and transform files with "
+                                        "letters, digits, '-', '_' and '.' only"))
+            elif file.key in files and files[file.key].pod != file.pod:
+                problems.append((where, f"two files are named {file.key!r} ({files[file.key].pod} and {file.pod}): "
+                                        "ConfigMap keys are file names, rename one"))
+            else:
+                files[file.key] = file
     return list(files.values()), problems
 
 

@@ -67,7 +67,9 @@ class AudienceCleaner:
         self._seen = SeenHashes()
         self._next_row = 1
 
-    def clean(self, batch: pa.RecordBatch | pa.Table) -> CleanBatch:
+    def clean(self, batch: pa.RecordBatch | pa.Table, source_rows: np.ndarray | None = None) -> CleanBatch:
+        """``source_rows``: each row's source row number, when a transform step stands between the query and this
+        batch; else rows are numbered in the order they come."""
         name = self.identifier_column(batch.schema.names)
         raw = decoded(batch.column(batch.schema.names.index(name)))
         _check_column_type(self.kind, name, raw.type, self.where)
@@ -97,7 +99,8 @@ class AudienceCleaner:
         reasons_out = pa.concat_arrays([reasons.filter(invalid), duplicates])
         order = np.argsort(positions, kind="stable")
         positions = positions[order]
-        rejects = pa.table([pa.array(positions + first_row, pa.int64()), text.take(pa.array(positions, pa.int64())),
+        numbers = source_rows[positions] if source_rows is not None else positions + first_row
+        rejects = pa.table([pa.array(numbers, pa.int64()), text.take(pa.array(positions, pa.int64())),
                             reasons_out.take(pa.array(order, pa.int64()))], schema=REJECTS_SCHEMA)
 
         self.counts.extracted += rows
