@@ -23,7 +23,7 @@ RUN useradd --uid 10001 --user-group --no-create-home --home-dir /nonexistent --
 COPY --from=build /wheels /wheels
 RUN pip install --no-cache-dir --no-index --find-links /wheels "audience-sync${EXTRAS:+[$EXTRAS]}==${VERSION}" \
     && rm -rf /wheels
-# schedules.toml, sql/ and transforms/ are mounted here (a ConfigMap); the state directory is a volume
+# schedules.toml, sql/ (queries and transform modules) are mounted here (a ConfigMap); the state directory is a volume
 WORKDIR /etc/audience-sync
 ENV AUDIENCE_SYNC_CONFIG=/etc/audience-sync/schedules.toml \
     PYTHONDONTWRITEBYTECODE=1 \

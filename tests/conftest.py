@@ -22,7 +22,6 @@ REPO = Path(__file__).resolve().parent.parent
 def project(tmp_path: Path) -> Callable[[str], Path]:
     """Write a schedules.toml (dedented) into a fresh directory holding a copy of sql/; return its path."""
     shutil.copytree(REPO / "sql", tmp_path / "sql")
-    shutil.copytree(REPO / "transforms", tmp_path / "transforms")
 
     def write(toml: str) -> Path:
         path = tmp_path / "schedules.toml"
@@ -36,7 +35,6 @@ def project(tmp_path: Path) -> Callable[[str], Path]:
 def demo_project(tmp_path: Path) -> Path:
     """The shipped schedules.toml and SQL, copied so that runs write under tmp_path."""
     shutil.copytree(REPO / "sql", tmp_path / "sql")
-    shutil.copytree(REPO / "transforms", tmp_path / "transforms")
     shutil.copy(REPO / "schedules.toml", tmp_path / "schedules.toml")
     return tmp_path / "schedules.toml"
 

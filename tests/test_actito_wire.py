@@ -42,7 +42,6 @@ def sandbox() -> Iterator[ActitoSandbox]:
 def configured(tmp_path: Path, sandbox: ActitoSandbox, extra: str = "") -> Path:
     """The shipped configuration, its Actito destination pointed at this test's sandbox, plus ``extra``."""
     shutil.copytree(REPO / "sql", tmp_path / "sql")
-    shutil.copytree(REPO / "transforms", tmp_path / "transforms")
     path = tmp_path / "schedules.toml"
     path.write_text(with_actito_sandbox((REPO / "schedules.toml").read_text(), sandbox.url) + extra)
     return path

@@ -26,7 +26,6 @@ PROFILES, PARTICIPATIONS, CONSENTS = "qualifio_profiles", "qualifio_participatio
 @pytest.fixture
 def demo(tmp_path: Path) -> Path:
     shutil.copytree(REPO / "sql", tmp_path / "sql")
-    shutil.copytree(REPO / "transforms", tmp_path / "transforms")
     shutil.copy(REPO / "schedules.toml", tmp_path / "schedules.toml")
     return tmp_path / "schedules.toml"
 

@@ -45,10 +45,7 @@ def read_identifiers(path: Path) -> tuple[bytes, list[str]]:
 def demo_run(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess[str]]:
     root = tmp_path_factory.mktemp("demo")
     repo = Path(__file__).resolve().parent.parent
-    (root / "sql").mkdir()
-    for sql in (repo / "sql").glob("*.sql"):
-        (root / "sql" / sql.name).write_bytes(sql.read_bytes())
-    shutil.copytree(repo / "transforms", root / "transforms")
+    shutil.copytree(repo / "sql", root / "sql")  # the queries and the demo's transform module
     (root / "schedules.toml").write_bytes((repo / "schedules.toml").read_bytes())
     return root, cli(root / "schedules.toml", "run", "--all")
 

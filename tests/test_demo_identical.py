@@ -98,7 +98,6 @@ def digests(project: Path) -> dict[str, str]:
 def run_demo(project: Path, faketime: str) -> subprocess.CompletedProcess[str]:
     shutil.copy(REPO / "schedules.toml", project / "schedules.toml")
     shutil.copytree(REPO / "sql", project / "sql")
-    shutil.copytree(REPO / "transforms", project / "transforms")
     return subprocess.run(
         [faketime, "-f", f"@{FAKE_START}", sys.executable, "-m", "etl", "--config", "schedules.toml", "run", "--all"],
         capture_output=True, text=True, timeout=600, cwd=project, env={**os.environ, "TZ": "UTC"},

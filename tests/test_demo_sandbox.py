@@ -34,7 +34,6 @@ def sandbox_state(project: Path) -> dict[str, Any]:
 def test_a_later_run_finds_the_profiles_an_earlier_process_created(tmp_path: Path) -> None:
     shutil.copy(REPO / "schedules.toml", tmp_path / "schedules.toml")
     shutil.copytree(REPO / "sql", tmp_path / "sql")
-    shutil.copytree(REPO / "transforms", tmp_path / "transforms")
     config = tmp_path / "schedules.toml"
 
     for _ in range(2):

@@ -34,7 +34,6 @@ WAITING = "profile not found (sent again on the next runs"
 def project(tmp_path: Path, **activation_settings: str) -> Path:
     """The demo in ``tmp_path``; each keyword sets a key of that activation (``name = "key = value"``)."""
     shutil.copytree(REPO / "sql", tmp_path / "sql")
-    shutil.copytree(REPO / "transforms", tmp_path / "transforms")
     text = (REPO / "schedules.toml").read_text("utf-8")
     for name, line in activation_settings.items():
         header = f"[activations.{name}]\n"

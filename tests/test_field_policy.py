@@ -39,7 +39,6 @@ def demo(tmp_path: Path, activation_lines: str = "") -> Path:
         text = text.replace(anchor, f"{activation_lines}\n\n{anchor}", 1)
     (tmp_path / "schedules.toml").write_text(text, "utf-8")
     shutil.copytree(REPO / "sql", tmp_path / "sql")
-    shutil.copytree(REPO / "transforms", tmp_path / "transforms")
     return tmp_path
 
 

@@ -103,7 +103,6 @@ def image_like(tmp_path: Path) -> Path:
     the working directory; a state volume elsewhere."""
     etc = tmp_path / "etc" / "audience-sync"
     shutil.copytree(REPO / "sql", etc / "sql")
-    shutil.copytree(REPO / "transforms", etc / "transforms")
     text = (REPO / "schedules.toml").read_text()
     state = tmp_path / "state"
     (etc / "schedules.toml").write_text(text.replace('state_dir = "var/state"', f'state_dir = "{state}"')

@@ -43,7 +43,6 @@ def demo_twice(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[str
     """The shipped demo run twice on the same data: its configuration, and each run's JSON lines."""
     root = tmp_path_factory.mktemp("demo")
     shutil.copytree(REPO / "sql", root / "sql")
-    shutil.copytree(REPO / "transforms", root / "transforms")
     shutil.copy(REPO / "schedules.toml", root / "schedules.toml")
     outputs = []
     for _ in range(2):
@@ -91,7 +90,6 @@ def test_a_membership_run_delivers_who_entered_and_left(demo_twice: tuple[Path, 
 
 def _unreachable(tmp_path: Path) -> Path:
     shutil.copytree(REPO / "sql", tmp_path / "sql")
-    shutil.copytree(REPO / "transforms", tmp_path / "transforms")
     (tmp_path / "schedules.toml").write_text(
         '[warehouses.dwh]\nurl = "postgresql+psycopg://etl@127.0.0.1:1/analytics"\n\n'
         '[destinations.d]\nenvironment = "sandbox"\nentity = "demo"\nfiles = { type = "local", path = "outbox" }\n\n'

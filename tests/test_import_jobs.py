@@ -42,7 +42,6 @@ def config_path(tmp_path: Path, sandbox: ActitoSandbox) -> Path:
 def _configured(tmp_path: Path, sandbox: ActitoSandbox) -> Path:
     """The shipped configuration, its destination pointed at this test's sandbox."""
     shutil.copytree(REPO / "sql", tmp_path / "sql")
-    shutil.copytree(REPO / "transforms", tmp_path / "transforms")
     text = with_actito_sandbox((REPO / "schedules.toml").read_text(), sandbox.url)
     path = tmp_path / "schedules.toml"
     path.write_text(text)

@@ -179,7 +179,7 @@ def test_every_scheduled_activation_of_the_shipped_configuration_is_a_valid_cron
             "name": "config", "mountPath": "/etc/audience-sync/sql/vip_customers.sql",
             "subPath": "vip_customers.sql", "readOnly": True}
         assert mounts["/etc/audience-sync/var/demo"]["name"] == "demo-warehouse"  # built on first use
-        assert mounts["/etc/audience-sync/transforms/vip_scored.py"]["subPath"] == "vip_scored.py"  # validate reads it
+        assert mounts["/etc/audience-sync/sql/vip_scored.py"]["subPath"] == "vip_scored.py"  # validate reads it
     by_name = {m["metadata"]["name"]: m["spec"]["schedule"] for m in manifests}
     assert by_name == {
         "newsletter-engaged": "30 6 * * *",
@@ -238,7 +238,7 @@ def test_the_configmap_holds_the_file_and_every_sql_file_the_cronjobs_mount(demo
     assert configmap["metadata"]["namespace"] == "marketing"
     assert configmap["data"][CONFIG_KEY] == demo_project.read_text(encoding="utf-8")
     assert configmap["data"]["vip_customers.sql"] == (demo_project.parent / "sql/vip_customers.sql").read_text()
-    assert configmap["data"]["vip_scored.py"] == (demo_project.parent / "transforms/vip_scored.py").read_text()
+    assert configmap["data"]["vip_scored.py"] == (demo_project.parent / "sql/vip_scored.py").read_text()
     for manifest in cronjob_manifests(config, scheduled_names(config), TRIAL):
         keys = [item["key"] for item in volume(manifest, "config")["configMap"]["items"]]
         assert set(keys) == set(configmap["data"])

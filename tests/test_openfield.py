@@ -347,7 +347,6 @@ def test_the_demo_activation_lands_in_the_sandbox_exactly_as_converted(tmp_path:
     (tmp_path / "schedules.toml").write_text((REPO / "schedules.toml").read_text("utf-8").rstrip()
                                              + '\non_invalid = "reject_row"\n', "utf-8")
     shutil.copytree(REPO / "sql", tmp_path / "sql")
-    shutil.copytree(REPO / "transforms", tmp_path / "transforms")
     done = subprocess.run([sys.executable, "-m", "etl", "--log-format", "json", "run", "openfield_profiles"],
                           capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert done.returncode == 0, done.stdout + done.stderr

@@ -48,7 +48,6 @@ def previewed(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str,
     """One copy of the shipped demo, every import activation of it previewed once."""
     root = tmp_path_factory.mktemp("demo")
     shutil.copytree(REPO / "sql", root / "sql")
-    shutil.copytree(REPO / "transforms", root / "transforms")
     shutil.copy(REPO / "schedules.toml", root / "schedules.toml")
     return root / "schedules.toml", {name: cli(root / "schedules.toml", "preview", name) for name in IMPORTS}
 

@@ -82,7 +82,6 @@ def test_every_file_a_run_writes_is_private(tmp_path: Path) -> None:
     """Audience files, rejects, manifests, snapshots, the ledger, the sandbox's state: 0600 in 0700
     directories, whatever the umask (the demo warehouse is the user's data, not ours)."""
     shutil.copytree(REPO / "sql", tmp_path / "sql")
-    shutil.copytree(REPO / "transforms", tmp_path / "transforms")
     shutil.copy(REPO / "schedules.toml", tmp_path / "schedules.toml")
     done = subprocess.run(
         [sys.executable, "-m", "etl", "--config", str(tmp_path / "schedules.toml"), "run",
