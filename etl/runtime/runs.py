@@ -95,6 +95,8 @@ class RunContext:
         """The time the query's :run_date / :run_at and the file name's date are taken from: the run's
         start, or with ``as_of`` that day at the same wall-clock time where the audience lives. Leases,
         the ledger and every wait stay on the real clock."""
+        if self.as_of is None:  # an activation being retired may have left the configuration
+            return self.started_at
         return data_time(self.config.activations[self.activation], self.started_at, self.as_of)
 
     def tick(self, counts: dict[str, int]) -> None:
