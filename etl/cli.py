@@ -379,7 +379,8 @@ def _run(config: Config, args: argparse.Namespace) -> int:
             if progress:
                 progress.clear()
             if json_output:
-                print(json.dumps(_outcome_json(outcome), default=str), flush=True)
+                for each in (*outcome.parts, outcome):  # a fan-out's deliveries are runs of their own
+                    print(json.dumps(_outcome_json(each), default=str), flush=True)
             return outcome
 
         def one(name: str) -> RunOutcome:
@@ -449,6 +450,7 @@ def _outcome_json(outcome: RunOutcome) -> dict[str, Any]:
 def _summary(outcomes: Sequence[RunOutcome]) -> str:
     from etl.ops.history import count, table
 
+    outcomes = [each for outcome in outcomes for each in (outcome, *outcome.parts)]
     rows = []
     for o in outcomes:
         r = o.results
@@ -558,7 +560,7 @@ def _history(config: Config, args: argparse.Namespace) -> int:
     from etl.runtime.ledger import open_store
 
     with open_store(config) as store:
-        records = store.runs(args.name, status=args.status, limit=args.limit, since=args.since)
+        records = store.runs(args.name, status=args.status, limit=args.limit, since=args.since, with_parts=True)
     if args.name and not records:  # a retired activation has left the configuration, not the ledger
         _require(config, [args.name])
     if args.log_format == "json":

@@ -14,7 +14,8 @@ Each carries *where* and *what to do*, so the CLI prints one line without a trac
     ├── FileWriteError
     │   └── FileTooLarge (Fatal)
     ├── DeliveryError
-    │   └── DeliveryInterrupted (Retriable)
+    │   ├── DeliveryInterrupted (Retriable)
+    │   └── DeliveryFailed
     ├── StateError
     ├── LockBusy
     ├── LeaseLost (Fatal)
@@ -127,6 +128,11 @@ class DeliveryError(AudienceSyncError):
 
 class DeliveryInterrupted(DeliveryError, Retriable):
     """The connection broke during a transfer; unlike a refusal, the same transfer may work at once."""
+
+
+class DeliveryFailed(DeliveryError):
+    """Some destinations of a fan-out were not delivered; each one's own run says why, and the others
+    were delivered all the same."""
 
 
 class StateError(AudienceSyncError):

@@ -4,19 +4,20 @@ from __future__ import annotations
 
 import hashlib
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import closing
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
 from etl.config import AudienceActivation, Config
 from etl.destinations import open_audience
-from etl.errors import GuardStop
+from etl.errors import DeliveryFailed, GuardStop
 from etl.extract import activation_batches, local_time
-from etl.files import CsvFileWriter, RejectWriter, WrittenFile, final_file_name, write_manifest
+from etl.files import CsvFileWriter, RejectWriter, WrittenFile, final_file_name, share_private, write_manifest
 from etl.ops.history import size_after
 from etl.runtime.ledger import open_store
+from etl.runtime.results import Delivery
 from etl.runtime.runs import RunContext
 from etl.transform.audience import HEADER, AudienceCleaner, AudienceCounts, CleanBatch
 from etl.transform.user_step import TransformContext, TransformStep
@@ -80,28 +81,96 @@ def preview(config: Config, name: str, *, sample_size: int = 10, when: datetime 
                    dict(reasons.most_common()))
 
 
+@dataclass(frozen=True)
+class Prepared:
+    """An audience extracted, cleaned and written once: what each delivery of it starts from."""
+
+    file_name: str
+    written: list[WrittenFile]
+    counts: AudienceCounts
+    #: the members staged for the snapshot, and the rows rejected, beside the file
+    members: Path
+    rejects: Path
+
+
 def run(context: RunContext) -> None:
-    """The body of an audience run: extract → clean → write → deliver → retention."""
-    with closing(open_audience(context.config, context.activation)) as destination:
-        config, name = context.config, context.activation
-        activation = config.activation_of(name, AudienceActivation)
-        file_name = final_file_name(config.file_name_pattern(name), local_time(activation, context.data_time),
-                                    activation.file.compression)
-        snapshot = MemberSnapshot.of(config.state_dir, name)
-        with context.step("extract"), StagedMembers(context.run_dir / f"{name}.members.parquet") as members:
-            written, counts = _write_audience(context, activation, file_name, members)
-        destination.accept(written[0])
-        manifest_path = _record_written(context, activation, file_name, written, counts)
+    """The body of an audience run: extract → clean → write → deliver → retention. A fan-out
+    (``destinations = [...]``) writes once, then delivers to each destination as a part of its own."""
+    activation = context.config.activation_of(context.activation, AudienceActivation)
+    prepared = _prepare(context, activation)
+    if activation.destinations:
+        _fan_out(context, activation, prepared)
+    else:
+        _deliver(context, activation, prepared)
+
+
+def _prepare(context: RunContext, activation: AudienceActivation) -> Prepared:
+    file_name = final_file_name(context.config.file_name_pattern(context.activation),
+                                local_time(activation, context.data_time), activation.file.compression)
+    with context.step("extract"), StagedMembers(context.run_dir / f"{context.activation}.members.parquet") as members:
+        written, counts = _write_audience(context, activation, file_name, members)
+    return Prepared(file_name, written, counts, members.path, _rejects_path(context))
+
+
+def _deliver(context: RunContext, activation: AudienceActivation, prepared: Prepared) -> None:
+    config, name = context.config, context.activation
+    with closing(open_audience(config, name)) as destination:
+        destination.accept(prepared.written[0])
+        manifest_path = _record_written(context, activation, prepared)
         context.checkpoint("written")
+        snapshot = MemberSnapshot.of(config.state_dir, name)
         with context.step("diff"):
-            diff = snapshot.diff(members, identifiers=destination.wants_members)
+            diff = snapshot.diff(prepared.members, identifiers=destination.wants_members)
         context.details.update(diff.counts())  # a dry run reports the would-be diff too
         if not context.dry_run:
             check_shrink(context, activation, diff.size, diff)
-            diff = destination.deliver(context, [f.path for f in written] + [manifest_path], snapshot, diff)
+            diff = destination.deliver(context, [f.path for f in prepared.written] + [manifest_path], snapshot, diff)
             context.details["members"] = diff.size
             context.results["rows_delivered"] = _delivered(context, diff, changes_only=destination.wants_members)
         context.delivery = destination.describe(context)
+
+
+def _fan_out(context: RunContext, activation: AudienceActivation, prepared: Prepared) -> None:
+    """Each destination gets the one written file as a delivery of its own: its guard, lease, snapshot and
+    ledger entry. One failing does not stop the others; the run fails if any did, naming them."""
+    assert context.run_part is not None
+    _record_counts(context, prepared.counts)
+    context.results.update(file_name=prepared.written[0].path.name, sha256=prepared.written[0].sha256)
+    outcomes = {}
+    for destination in activation.destinations:
+        part_config, part = context.config.delivery(context.activation, destination)
+        outcomes[destination] = context.run_part(part_config, part, _delivery_of(prepared))
+        context.parts.append(outcomes[destination])
+    context.details["destinations"] = {
+        destination: {"activation": o.activation, "run_id": o.run_id, "status": o.status, "error": o.error}
+        for destination, o in outcomes.items()}
+    context.results["rows_delivered"] = sum(o.results.rows_delivered or 0 for o in outcomes.values())
+    context.delivery = Delivery(", ".join(outcomes), f"{len(outcomes)} destinations ({', '.join(outcomes)})", "")
+    failed = [destination for destination, o in outcomes.items() if not o.ok]
+    if failed:
+        context.details["failed_destinations"] = failed
+        raise DeliveryFailed(
+            f"not delivered to {', '.join(failed)} ({len(failed)} of {len(outcomes)} destinations)"
+            + "".join(f"; {outcomes[d].activation}: {outcomes[d].error}" for d in failed),
+            where=context.activation,
+            hint="each destination's run says why (`audience-sync history`); the next run delivers to every "
+                 "destination again")
+
+
+def _delivery_of(prepared: Prepared) -> Callable[[RunContext], None]:
+    """The body of one destination's part: the fan-out's files shared into its own run directory."""
+
+    def deliver(context: RunContext) -> None:
+        activation = context.config.activation_of(context.activation, AudienceActivation)
+        written = [replace(file, path=context.run_dir / file.path.name) for file in prepared.written]
+        shared = replace(prepared, written=written, members=context.run_dir / f"{context.activation}.members.parquet",
+                         rejects=_rejects_path(context))
+        pairs = [(file.path, copy.path) for file, copy in zip(prepared.written, written)]
+        for source, path in [*pairs, (prepared.members, shared.members), (prepared.rejects, shared.rejects)]:
+            share_private(source, path)
+        _deliver(context, activation, shared)
+
+    return deliver
 
 
 def _delivered(context: RunContext, diff: MemberDiff, *, changes_only: bool) -> int:
@@ -112,13 +181,11 @@ def _delivered(context: RunContext, diff: MemberDiff, *, changes_only: bool) -> 
     return diff.entered + diff.left - int(context.details.get("refused") or 0)
 
 
-def _record_written(
-    context: RunContext, activation: AudienceActivation, file_name: str, written: list[WrittenFile],
-    counts: AudienceCounts,
-) -> Path:
+def _record_written(context: RunContext, activation: AudienceActivation, prepared: Prepared) -> Path:
     """The manifest beside the file, and what was written into the run's results; returns the manifest."""
+    written, counts = prepared.written, prepared.counts
     sql_sha256 = hashlib.sha256(context.config.path(activation.sql).read_bytes()).hexdigest()
-    manifest_path = context.run_dir / f"{_stem(file_name)}.manifest.json"
+    manifest_path = context.run_dir / f"{_stem(prepared.file_name)}.manifest.json"
     files = [{"name": f.path.name, "rows": f.rows, "bytes": f.size, "sha256": f.sha256} for f in written]
     write_manifest(manifest_path, {
         "activation": context.activation,
@@ -133,12 +200,17 @@ def _record_written(
         "sql_sha256": sql_sha256,
         "files": files,
     })
-    context.results.update(rows_extracted=counts.extracted, rows_rejected=counts.rejected,
-                           rows_duplicate=counts.duplicates, rows_delivered=0, file_name=written[0].path.name,
-                           sha256=written[0].sha256)
-    context.details.update(files=files, local_dir=str(context.run_dir), rejects_file=str(_rejects_path(context)),
-                           manifest=str(manifest_path), sql_sha256=sql_sha256)
+    _record_counts(context, counts)
+    context.results.update(rows_delivered=0, file_name=written[0].path.name, sha256=written[0].sha256)
+    context.details.update(files=files, local_dir=str(context.run_dir), manifest=str(manifest_path),
+                           sql_sha256=sql_sha256)
     return manifest_path
+
+
+def _record_counts(context: RunContext, counts: AudienceCounts) -> None:
+    context.results.update(rows_extracted=counts.extracted, rows_rejected=counts.rejected,
+                           rows_duplicate=counts.duplicates)
+    context.details["rejects_file"] = str(_rejects_path(context))
 
 
 def _rejects_path(context: RunContext) -> Path:

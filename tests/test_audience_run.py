@@ -53,7 +53,8 @@ def demo_run(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess[str]]:
 def test_the_demo_runs_every_activation_and_prints_a_summary(demo_run) -> None:
     root, done = demo_run
     assert done.returncode == 0, done.stderr
-    names = ("newsletter_engaged", "vip_customers", "lapsed_buyers", "vip_scored",
+    names = ("newsletter_engaged", "vip_customers", "lapsed_buyers", "vip_scored", "vip_everywhere",
+             "vip_everywhere@actito_demo", "vip_everywhere@actito_fr",  # a fan-out: its deliveries are runs too
              "qualifio_profiles", "qualifio_participations", "didomi_consents", "vip_members", "openfield_profiles")
     for name in names:
         assert name in done.stdout

@@ -90,14 +90,23 @@ def _reference_problems(config: Config, declared: dict[str, set[str]], raw: dict
                         ) -> list[Problem]:
     """The activation's warehouse and destination exist, and the destination takes what it delivers."""
     problems: list[Problem] = []
-    warehouse_ref, destination_ref = raw.get("warehouse"), raw.get("destination")
+    warehouse_ref = raw.get("warehouse")
     if isinstance(warehouse_ref, str) and warehouse_ref not in declared["warehouses"]:
         problems.append((f"{where} warehouse", f"no [warehouses.{warehouse_ref}] table"))
-    if isinstance(destination_ref, str) and destination_ref not in declared["destinations"]:
-        problems.append((f"{where} destination", f"no [destinations.{destination_ref}] table"))
-    elif isinstance(destination_ref, str) and destination_ref in config.destinations:
-        problems += config.destinations[destination_ref].activation_problems(destination_ref, raw, where)
+    key = "destinations" if "destinations" in raw else "destination"
+    for destination_ref in _destination_refs(raw):
+        if destination_ref not in declared["destinations"]:
+            problems.append((f"{where} {key}", f"no [destinations.{destination_ref}] table"))
+        elif destination_ref in config.destinations:
+            problems += config.destinations[destination_ref].activation_problems(destination_ref, raw, where)
     return problems
+
+
+def _destination_refs(raw: dict[str, Any]) -> list[str]:
+    """The destinations an activation names as written: one, or several for a fan-out."""
+    several = raw.get("destinations")
+    named = several if isinstance(several, list) else [raw.get("destination")]
+    return [name for name in named if isinstance(name, str)]
 
 
 def _audience_file_problems(config: Config, name: str, raw: dict[str, Any], where: str, claims: list[Claim]
@@ -111,20 +120,25 @@ def _audience_file_problems(config: Config, name: str, raw: dict[str, Any], wher
     if isinstance(pattern, str):
         if (problem := name_pattern_problem(pattern)) is not None:
             problems.append((f"{where} file.name", problem))
-        elif (claim := _file_claim(config, name, pattern, raw)) is not None:
-            claims.append(claim)
+        else:
+            claims += _file_claims(config, name, pattern, raw)
     return problems
 
 
-def _file_claim(config: Config, name: str, pattern: str, raw: dict[str, Any]) -> Claim | None:
-    """The names an audience file claims at its location; None without a file or for a destination already reported."""
-    destination_ref = raw.get("destination")
-    destination = config.destinations.get(destination_ref) if isinstance(destination_ref, str) else None
-    location = destination.file_location if destination is not None else None
-    if raw.get("delivery", "file") != "file" or location is None:
-        return None
-    identity, shown = location.identity(config.base_dir)
-    return Claim(name, pattern, identity, shown, str(destination_ref))
+def _file_claims(config: Config, name: str, pattern: str, raw: dict[str, Any]) -> list[Claim]:
+    """The names an audience file claims at each of its locations: none without a file, none at a
+    destination already reported. A fan-out claims its name at each destination's location, so two of
+    its destinations in one directory are found like two activations."""
+    if raw.get("delivery", "file") != "file":
+        return []
+    claims = []
+    for destination_ref in _destination_refs(raw):
+        destination = config.destinations.get(destination_ref)
+        location = destination.file_location if destination is not None else None
+        if location is not None:
+            identity, shown = location.identity(config.base_dir)
+            claims.append(Claim(name, pattern, identity, shown, destination_ref))
+    return claims
 
 
 def _name_overlaps(claims: list[Claim]) -> list[Problem]:
@@ -134,6 +148,10 @@ def _name_overlaps(claims: list[Claim]) -> list[Problem]:
 
 
 def _overlap_text(first: Claim, second: Claim, example: str) -> str:
+    if first.activation == second.activation:  # a fan-out whose destinations share a directory
+        return (f"[destinations.{first.destination}] and [destinations.{second.destination}] are one directory "
+                f"({second.shown}): both deliveries would write {example} there and remove each other's file; "
+                "give the destinations different directories")
     clash = (f"same file name as [activations.{first.activation}] ({first.pattern!r})"
              if first.pattern == second.pattern else
              f"{second.pattern!r} and {first.pattern!r} of [activations.{first.activation}] can both write {example}")

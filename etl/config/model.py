@@ -197,6 +197,24 @@ class AudienceActivation(ActivationBase):
     max_shrink: float = Field(default=0.5, ge=0, le=1)
     #: "transforms/vip.py:shape": a pandas function each chunk goes through between extract and cleaning
     transform: str | None = None
+    #: ["actito_be", "actito_fr"] instead of ``destination``: extracted and cleaned once, delivered to each
+    #: under its own lease, guard and ledger entry (`delivery_name`)
+    destinations: list[str] = Field(default_factory=list)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _one_or_several_destinations(cls, raw: Any) -> Any:
+        """``destination`` stays the one the run delivers to: a fan-out's first, for what reads one."""
+        if not isinstance(raw, dict) or "destinations" not in raw:
+            return raw
+        if "destination" in raw:
+            raise ValueError('give destination = "name" or destinations = ["a", "b"], not both')
+        several = raw["destinations"]
+        if isinstance(several, list) and several and all(isinstance(name, str) for name in several):
+            if len(set(several)) < len(several):
+                raise ValueError("destinations names one destination twice: each receives the audience once")
+            return {**raw, "destination": several[0]}
+        raise ValueError('destinations is a non-empty list of destination names, e.g. ["actito_be", "actito_fr"]')
 
     @field_validator("transform")
     @classmethod
@@ -353,6 +371,14 @@ _KindT = TypeVar("_KindT", AudienceActivation, ProfilesActivation, Subscriptions
 
 # --------------------------------------------------------------------------- the configuration
 
+#: between a fan-out activation's name and a destination's: never in a name the file may write
+DELIVERY_SEPARATOR = "@"
+
+
+def delivery_name(activation_name: str, destination: str) -> str:
+    return f"{activation_name}{DELIVERY_SEPARATOR}{destination}"
+
+
 
 class Config(ConfigModel):
     settings: Settings = Settings()
@@ -400,6 +426,30 @@ class Config(ConfigModel):
         if not isinstance(destination, kind):
             raise TypeError(f"{destination_name} is a {destination.type} destination")
         return destination
+
+    def destinations_of(self, activation_name: str) -> list[str]:
+        """Every destination an activation delivers to: several for a fan-out audience."""
+        activation = self.activations[activation_name]
+        if isinstance(activation, AudienceActivation) and activation.destinations:
+            return list(activation.destinations)
+        return [activation.destination]
+
+    def part_of(self, name: str) -> tuple[str, str] | None:
+        """(fan-out activation, destination) when ``name`` is one of the configured deliveries of a fan-out."""
+        activation_name, separator, destination = name.rpartition(DELIVERY_SEPARATOR)
+        if separator and activation_name in self.activations and destination in self.destinations_of(activation_name):
+            return activation_name, destination
+        return None
+
+    def delivery(self, activation_name: str, destination: str) -> tuple[Config, str]:
+        """A fan-out's delivery to one destination as an activation of its own, in a configuration that
+        holds it: its runs, lease, members snapshot and shrink guard are its own, its file name the
+        fan-out's."""
+        activation = self.activation_of(activation_name, AudienceActivation)
+        name = delivery_name(activation_name, destination)
+        file = activation.file.model_copy(update={"name": self.file_name_pattern(activation_name)})
+        part = activation.model_copy(update={"destination": destination, "destinations": [], "file": file})
+        return self.model_copy(update={"activations": {**self.activations, name: part}}), name
 
     def file_name_pattern(self, activation_name: str) -> str:
         activation = self.activation_of(activation_name, AudienceActivation)

@@ -54,6 +54,24 @@ def private_directory(path: Path, *, root: Path) -> Path:
     return path
 
 
+def share_private(source: Path, path: Path) -> None:
+    """``path`` holds what ``source`` holds: a hard link where the file system allows it (one written
+    file for every delivery of a fan-out, however large), else a private copy. Either way a new name,
+    never written through a link planted at ``path``."""
+    path.unlink(missing_ok=True)
+    try:
+        os.link(source, path, follow_symlinks=False)
+        return
+    except OSError:
+        pass
+    try:
+        with open(source, "rb") as given, create_private(path) as copy:
+            while block := given.read(1 << 20):
+                copy.write(block)
+    except OSError as exc:
+        raise write_error(path, exc) from exc
+
+
 def sync_close(handle: BinaryIO) -> None:
     handle.flush()
     os.fsync(handle.fileno())

@@ -52,6 +52,8 @@ class Alert:
 def alert_for(outcome: RunOutcome, previous_status: str | None) -> Alert | None:
     if outcome.dry_run or outcome.status not in ("succeeded", "failed", "interrupted"):
         return None
+    if outcome.details.get("failed_destinations"):  # each failed delivery of a fan-out alerted for itself
+        return None
     name = outcome.activation
     guard = _guard(outcome.details)
     if guard is not None:

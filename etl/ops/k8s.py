@@ -437,11 +437,12 @@ def _scratch_dirs(config: Config, name: str) -> Iterator[tuple[str, PurePosixPat
     database = url[len("sqlite:///"):]
     if warehouse.demo and url.startswith("sqlite:///") and database and not database.startswith(":memory:"):
         yield "demo-warehouse", _pod_path(Path(database)).parent
-    location = config.destinations[activation.destination].file_location
-    outbox = location.local_directory if location is not None and activation.delivers_file else None
-    if outbox is not None:
-        # a local "file transfer location" in a pod is only a placeholder: see docs/deploy.md
-        yield "outbox", _pod_path(outbox)
+    for index, destination in enumerate(config.destinations_of(name)):
+        location = config.destinations[destination].file_location
+        outbox = location.local_directory if location is not None and activation.delivers_file else None
+        if outbox is not None:
+            # a local "file transfer location" in a pod is only a placeholder: see docs/deploy.md
+            yield "outbox" + (f"-{index + 1}" if index else ""), _pod_path(outbox)
     if config.metrics.textfile is not None:
         # read relative to the working directory, which is CONFIG_DIR in the pod
         yield "metrics", _pod_path(config.metrics.textfile).parent
@@ -456,7 +457,7 @@ def _ephemeral_problems(config: Config, name: str, where: str, options: K8sOptio
         problems.append((where, "the state directory would be an emptyDir, lost after every run (the ledger, "
                                 "the snapshots, the shrink guard's memory): give --state-claim NAME, or "
                                 "--ephemeral-state to accept it"))
-    if any(volume == "outbox" for volume, _ in _scratch_dirs(config, name)):
+    if any(volume.startswith("outbox") for volume, _ in _scratch_dirs(config, name)):
         problems.append((where, "its destination is a local directory, which in a pod is an emptyDir Actito never "
                                 "sees: use an sftp or ftps location, or --ephemeral-state for a trial"))
     return problems
@@ -514,7 +515,7 @@ def _activation_variables(raw: dict[str, Any], config: Config, name: str) -> set
     nodes = [
         raw.get("settings"), raw.get("alerts"), raw.get("metrics"),
         (raw.get("warehouses") or {}).get(warehouse),
-        (raw.get("destinations") or {}).get(config.activations[name].destination),
+        *((raw.get("destinations") or {}).get(destination) for destination in config.destinations_of(name)),
         (raw.get("activations") or {}).get(name),
     ]
     return {var for node in nodes for var in _references(node)}

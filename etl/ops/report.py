@@ -112,7 +112,7 @@ def _section(config: Config, name: str, anchor: str, recent: list[RunRecord], su
     activation = config.activations[name]
     facts = [
         ("Kind", _e(activation.kind)),
-        ("Destination", _e(activation.destination)),
+        ("Destination", _e(", ".join(config.destinations_of(name)))),
         ("Schedule", _e(_schedule(activation.schedule))),
     ]
     if not activation.enabled:

@@ -18,6 +18,7 @@ from typing import Any
 
 from etl.config import Config
 from etl.config.load import valid_name
+from etl.config.model import DELIVERY_SEPARATOR
 from etl.destinations import open_audience, open_retirement
 from etl.destinations.base import Retirement, Target
 from etl.errors import AudienceSyncError, ConfigError, UsageError
@@ -45,11 +46,15 @@ class Retiring:
 
 def plan(config: Config, store: StateStore, name: str) -> Retiring:
     """Nothing is changed; a target no configured destination reaches is a ConfigError, before anything is removed."""
-    if not valid_name(name):
+    if not all(valid_name(each) for each in name.split(DELIVERY_SEPARATOR, 1)):
         raise UsageError(f"{name!r} is not an activation name", where="retire",
-                         hint="names use letters, digits, '_', '.', '-' only, at most 100 characters")
+                         hint="names use letters, digits, '_', '.', '-' only, at most 100 characters; a fan-out's "
+                              "delivery is ACTIVATION@DESTINATION")
     records = store.runs(name, limit=1_000_000)
     state = kept_state(config.state_dir, name)
+    part = config.part_of(name)
+    if part is not None:
+        config, _ = config.delivery(*part)
     in_config = name in config.activations
     if not (in_config or records or state):
         known = ", ".join(sorted(set(config.activations) | set(store.latest_runs()))) or "none"
@@ -152,13 +157,13 @@ def leftovers(config: Config, *, shared_ledger: bool) -> list[str]:
         try:
             with open_store(config) as store:
                 for name, last in store.latest_runs().items():
-                    if name not in config.activations and last.kind != RETIRE:
+                    if name not in config.activations and config.part_of(name) is None and last.kind != RETIRE:
                         names.setdefault(name, []).append(_unretired(store, name))
         except AudienceSyncError as exc:
             return [f"the ledger could not be read to find activations left unretired: {exc.message()}"]
     return [f"[activations.{name}] is no longer in the configuration but left {', '.join(kept)}: "
             f"`audience-sync retire {name}` removes them (`--dry-run` lists what)"
-            for name, kept in sorted(names.items()) if name not in config.activations]
+            for name, kept in sorted(names.items()) if name not in config.activations and config.part_of(name) is None]
 
 
 def _unretired(store: StateStore, name: str) -> str:

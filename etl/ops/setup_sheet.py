@@ -19,6 +19,8 @@ _SEPARATORS = {",": "comma (,)", ";": "semicolon (;)", "\t": "tab"}
 
 def setup_sheet(config: Config, name: str) -> str:
     activation = config.activation_of(name, AudienceActivation)
+    if activation.destinations:  # a fan-out: Actito is set up at each destination
+        return "\n\n".join(setup_sheet(*config.delivery(name, each)) for each in activation.destinations)
     destination = config.destination_of(activation.destination, Destination)
     key = HEADER[activation.identifier]
     pattern = config.file_name_pattern(name)

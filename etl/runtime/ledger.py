@@ -237,9 +237,14 @@ class StateStore:
         limit: int = 20,
         include_dry_runs: bool = True,
         since: date | None = None,
+        with_parts: bool = False,
     ) -> list[RunRecord]:
+        """``with_parts``: a fan-out's deliveries too (``NAME@destination``), which are runs of their own."""
         query = sa.select(runs).order_by(runs.c.started_at.desc(), runs.c.run_id.desc()).limit(limit)
-        if activation is not None:
+        if activation is not None and with_parts:
+            query = query.where(sa.or_(runs.c.activation == activation,
+                                       runs.c.activation.startswith(f"{activation}@", autoescape=True)))
+        elif activation is not None:
             query = query.where(runs.c.activation == activation)
         if status is not None:
             query = query.where(runs.c.status == status)

@@ -89,6 +89,11 @@ class RunContext:
     delivery: Delivery | None = None
     #: `run --as-of DATE`: the day the data is read and named for, instead of today (a backfill)
     as_of: date | None = None
+    #: runs a part of this run (a fan-out's delivery to one destination) as an activation of its own, with
+    #: this run's options, under its own lease and ledger entry; set by `execute`
+    run_part: Callable[[Config, str, JobBody], RunOutcome] | None = None
+    #: the parts' outcomes, in the order they ran
+    parts: list[RunOutcome] = field(default_factory=list)
 
     @property
     def data_time(self) -> datetime:
@@ -149,6 +154,8 @@ class RunOutcome:
     results: RunResults
     details: dict[str, Any]
     error: str | None = None
+    #: a fan-out's deliveries, each recorded under its own name (`delivery_name`)
+    parts: tuple[RunOutcome, ...] = ()
 
     @property
     def ok(self) -> bool:
@@ -197,6 +204,12 @@ def execute(
                 context.details["as_of"] = as_of.isoformat()
             if progress is not None:
                 context.progress = progress
+
+            def run_part(part_config: Config, part: str, part_body: JobBody) -> RunOutcome:
+                return execute(part_config, store, part, kind, part_body, dry_run=dry_run, progress=progress,
+                               stop=stop, force=force, finishers=finishers, shown=shown, as_of=as_of)
+
+            context.run_part = run_part
             return _run_locked(context, store, kind, body, began, finishers, shown)
     except LockBusy as busy:
         if not shown:
@@ -229,7 +242,8 @@ def _run_locked(context: RunContext, store: StateStore, kind: str, body: JobBody
     level = logging.INFO if status == RunStatus.SUCCEEDED or shown else logging.ERROR
     said = f": {error}" if error and not shown else ""
     log.log(level, "run %s%s", status, said, extra={"fields": {**fields, **results}})
-    outcome = RunOutcome(activation, run_id, status, dry_run, duration, results, context.details, error)
+    outcome = RunOutcome(activation, run_id, status, dry_run, duration, results, context.details, error,
+                         tuple(context.parts))
     for finish in finishers:
         finish(config, store, outcome)
     if status == RunStatus.INTERRUPTED and stop is None:  # Ctrl-C on a one-shot run ends the command too

@@ -67,11 +67,11 @@ class MemberSnapshot:
         with self._reading():
             return int(pq.ParquetFile(self.path).metadata.num_rows)
 
-    def diff(self, current: StagedMembers, *, identifiers: bool = False) -> MemberDiff:
-        """Compare the members staged by this run with the snapshot; ``identifiers``: also who entered and
-        who left. Both sides are compared as whole sorted arrays (16 bytes a member), then the identifiers
-        are found row group by row group."""
-        return self._diff(current.path, identifiers)
+    def diff(self, current: StagedMembers | Path, *, identifiers: bool = False) -> MemberDiff:
+        """Compare the members staged by this run (written, or shared from a fan-out's) with the snapshot;
+        ``identifiers``: also who entered and who left. Both sides are compared as whole sorted arrays
+        (16 bytes a member), then the identifiers are found row group by row group."""
+        return self._diff(current if isinstance(current, Path) else current.path, identifiers)
 
     def rediff(self, diff: MemberDiff) -> MemberDiff:
         """The same staged members compared again, after `apply_landed` changed the snapshot."""

@@ -53,10 +53,16 @@ def check_destination(config: Config, destination: str) -> CheckReport:
             report.add(False, f"entity '{entity}' not found for this API key (it sees: {', '.join(entities) or 'none'})")
             return report
         report.add(True, f"entity '{entity}'")
-        for name, activation in config.activations.items():
-            if activation.destination == destination:
-                _check_activation(config, client, name, report)
+        for name in config.activations:
+            if destination in config.destinations_of(name):
+                part_config, part = _as_delivery(config, name, destination)
+                _check_activation(part_config, client, part, report)
     return report
+
+
+def _as_delivery(config: Config, name: str, destination: str) -> tuple[Config, str]:
+    """A fan-out is checked as each of its deliveries, which writes to one destination."""
+    return config.delivery(name, destination) if len(config.destinations_of(name)) > 1 else (config, name)
 
 
 def _check_activation(config: Config, client: ActitoClient, name: str, report: CheckReport) -> None:
