@@ -29,14 +29,8 @@ from apscheduler.triggers.interval import IntervalTrigger
 from etl.runtime.leases import hold
 from etl.config import load_config
 from etl.errors import AudienceSyncError, ConfigError
-from etl.runtime.scheduler import (
-    Scheduler,
-    WholeDaysTrigger,
-    build_triggers,
-    main,
-    next_runs,
-    slot_key,
-)
+from etl.runtime.scheduler import Scheduler, main
+from etl.runtime.triggers import WholeDaysTrigger, build_triggers, next_runs, slot_key
 from etl.runtime.ledger import StateStore, slots
 from jobs import job_for
 
