@@ -46,11 +46,13 @@ def slot_of(trigger: BaseTrigger, fire_time: datetime) -> str:
 
 
 class WholeDaysTrigger(CalendarIntervalTrigger):  # type: ignore[misc]
-    """``every = "Nd"`` at 00:00 local, days counted from ``ANCHOR``. Replaces the stock next-time
-    rule, which skips a day whose midnight does not exist and returns a first time in the past."""
+    """``every = "Nd"`` at 00:00 local, days counted from ``ANCHOR`` (or at ``start_at``'s time, days counted
+    from its date). Replaces the stock next-time rule, which skips a day whose time does not exist and
+    returns a first time in the past."""
 
-    def __init__(self, days: int, *, timezone: tzinfo, hour: int = 0, minute: int = 0) -> None:
-        super().__init__(days=days, hour=hour, minute=minute, start_date=ANCHOR, timezone=timezone)
+    def __init__(self, days: int, *, timezone: tzinfo, hour: int = 0, minute: int = 0,
+                 start: date = ANCHOR) -> None:
+        super().__init__(days=days, hour=hour, minute=minute, start_date=start, timezone=timezone)
 
     def _at(self, day: date) -> datetime:
         return datetime.combine(day, self._time)  # fold=0: first of two, or the pre-transition offset
@@ -59,16 +61,22 @@ class WholeDaysTrigger(CalendarIntervalTrigger):  # type: ignore[misc]
         if previous_fire_time is not None:
             return self._at(previous_fire_time.date() + timedelta(days=self.days))
         today = now.astimezone(self.timezone).date()
-        day = today - timedelta(days=(today - self.start_date).days % self.days)
+        day = max(today - timedelta(days=(today - self.start_date).days % self.days), self.start_date)
         while self._at(day).timestamp() < now.timestamp():
             day += timedelta(days=self.days)
         return self._at(day)
 
 
 def _trigger(name: str, schedule: Schedule, source: str) -> BaseTrigger:
+    """``start_at`` both anchors the slots of ``every`` and is the earliest fire of any schedule: the
+    triggers' own start dates do both, so a future start needs no check at fire time."""
     zone = ZoneInfo(schedule.timezone)
+    start = schedule.start_at.replace(tzinfo=zone) if schedule.start_at is not None else None
     if schedule.cron is not None:
-        return CronTrigger.from_crontab(schedule.cron, timezone=zone)
+        if start is None:
+            return CronTrigger.from_crontab(schedule.cron, timezone=zone)
+        fields = dict(zip(("minute", "hour", "day", "month", "day_of_week"), schedule.cron.split(), strict=True))
+        return CronTrigger(**fields, start_date=start, timezone=zone)  # from_crontab takes no start date
     assert schedule.every is not None  # validated: exactly one of cron, every
     seconds = parse_interval(schedule.every)
     if seconds < 60:
@@ -78,8 +86,11 @@ def _trigger(name: str, schedule: Schedule, source: str) -> BaseTrigger:
             source=source,
         )
     if seconds % _DAY == 0:
-        return WholeDaysTrigger(seconds // _DAY, timezone=zone)
-    return IntervalTrigger(seconds=seconds, start_date=datetime.combine(ANCHOR, datetime.min.time(), zone),
+        if start is None:
+            return WholeDaysTrigger(seconds // _DAY, timezone=zone)
+        return WholeDaysTrigger(seconds // _DAY, timezone=zone, hour=start.hour, minute=start.minute,
+                                start=start.date())
+    return IntervalTrigger(seconds=seconds, start_date=start or datetime.combine(ANCHOR, datetime.min.time(), zone),
                            timezone=zone)
 
 
@@ -160,11 +171,17 @@ def _upcoming_of(triggers: dict[str, BaseTrigger], count: int, now: datetime) ->
 
 
 def describe(schedule: Schedule) -> str:
+    """What the operator wrote, in words, so the preview can be checked against ``schedules.toml``."""
+    start = schedule.start_at
     if schedule.cron is not None:
-        return f"cron {schedule.cron}"
-    assert schedule.every is not None
-    whole_days = parse_interval(schedule.every) % _DAY == 0
-    return f"every {schedule.every}" + (" at 00:00" if whole_days else "")
+        text = f"cron {schedule.cron}"
+    else:
+        assert schedule.every is not None
+        whole_days = parse_interval(schedule.every) % _DAY == 0
+        text = f"every {schedule.every}" + (f" at {start or ANCHOR:%H:%M}" if whole_days else "")
+    if start is not None:
+        text += f", starts {start:%Y-%m-%d %H:%M} {schedule.timezone}"
+    return text + (", runs once when created" if schedule.run_on_create else "")
 
 
 def format_preview(config: Config, count: int, now: datetime) -> str:
