@@ -48,6 +48,8 @@ ESCALATION_WAIT = 5.0
 POLL_SECONDS = 0.1
 #: the CLI's exit code for an interrupted command, used when runs had to be abandoned
 EXIT_INTERRUPTED = 130
+#: the ledger slot of a ``run_on_create`` run: one per activation, ever, whichever replica claims it first
+CREATED_SLOT = "created"
 
 
 # --------------------------------------------------------------------------- the scheduler
@@ -109,6 +111,8 @@ class Scheduler:
         self._state_lock = threading.Lock()
         self._stopping = False
         self._running: dict[str, str] = {}  # activation -> slot
+        self._created_checked: set[str] = set()  # run_on_create activations this process has looked at
+        self._automatic = True  # False when started paused: nothing runs unless a test fires it
         self._signals: list[int] = []  # appended by handlers, read by the main loop
 
     @property
@@ -134,8 +138,10 @@ class Scheduler:
         self._config = config
         self._aps.start(paused=True)
         self._install(triggers)
+        self._automatic = not paused
         if not paused:
             self._aps.resume()
+            self.run_created()
         log.info("scheduler started: %d scheduled activations", len(triggers),
                  extra={"fields": {"config": str(self.config_path), "replica": self._identity}})
 
@@ -155,7 +161,38 @@ class Scheduler:
         self._install(triggers)
         log.info("configuration reloaded: %d scheduled activations", len(triggers),
                  extra={"fields": {"scheduled": sorted(triggers)}})
+        if self._automatic:
+            self.run_created()
         return True
+
+    def run_created(self) -> list[str]:
+        """``run_on_create``: start each new scheduled activation now (in a thread, so that start-up and reloads
+        do not wait for it). "New" is read in the ledger, not in this process's memory, so a restart or a second
+        replica does not run it again; the ``created`` claim settles the race when both look at once. Returns
+        the activations started. ``start_at`` does not hold it back: it governs the schedule, this is no slot."""
+        config, store = self.config, self._store
+        assert store is not None
+        started: list[str] = []
+        for name in self._triggers:
+            schedule = config.activations[name].schedule
+            if schedule is None or not schedule.run_on_create or name in self._created_checked:
+                continue
+            self._created_checked.add(name)
+            fields: dict[str, Any] = {"activation": name, "slot": CREATED_SLOT, "replica": self._identity}
+            try:
+                ran_before = bool(store.runs(name, limit=1, include_dry_runs=False))
+            except AudienceSyncError as exc:
+                log.error("%s not run on creation: %s", name, exc.message(), extra={"fields": fields})
+                continue
+            if ran_before:
+                log.info("%s has run before: run_on_create does nothing", name, extra={"fields": fields})
+                continue
+            log.info("%s is new (no run in the ledger): running it once now (run_on_create)", name,
+                     extra={"fields": fields})
+            threading.Thread(target=self._start, args=(config, store, name, CREATED_SLOT),
+                             name=f"created-{name}", daemon=True).start()
+            started.append(name)
+        return started
 
     def close(self) -> None:
         if self._aps.running:
