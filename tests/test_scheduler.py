@@ -416,8 +416,8 @@ def test_preview_prints_the_next_runs_with_their_utc_offsets(tmp_path: Path, cap
 class Running:
     """The scheduler in a subprocess, its JSON log lines collected in a file."""
 
-    def __init__(self, config: Path) -> None:
-        self.log_path = config.parent / "scheduler.log"
+    def __init__(self, config: Path, *, log_name: str = "scheduler.log") -> None:
+        self.log_path = config.parent / log_name  # replicas in one directory need a log each
         self._log = self.log_path.open("w")
         env = {**os.environ, "PYTHONPATH": str(REPO)}
         self.process = subprocess.Popen(
