@@ -3,6 +3,7 @@
 APScheduler decides *when*; the ledger decides *whether*: every fire claims its slot (activation +
 scheduled local wall-clock time) with ``StateStore.claim_slot`` and only the first claimer runs. That
 one rule covers the fall-back night's double cron fire, a second replica, and a restart's catch-up.
+``run_on_create``'s first run uses the same claim, with the slot ``created``.
 
 When a slot is due (and its DST rules) is etl.runtime.triggers' business. No persistent job store: it
 pickles jobs and cannot be shared.
