@@ -7,7 +7,7 @@ times in a fresh process, for each repetition:
 - **load**: ``load_config`` (TOML, interpolation, pydantic models) — the first half of `validate`;
 - **validate**: the same call's cross-checks are part of it, so this is `audience-sync validate`
   end to end (``load_config`` then the summary line), SQL parameter checks included;
-- **plan**: ``format_preview`` of etl/runtime/scheduler.py, i.e. `audience-sync schedule --preview`
+- **plan**: ``format_preview`` of etl/runtime/triggers.py, i.e. `audience-sync schedule --preview`
   (triggers built and walked for the next 5 runs of each activation).
 
 Usage: ``bench/.venv/bin/python bench/config_scale.py [--activations 1000] [--repeat 3]``
@@ -102,7 +102,7 @@ import json, sys, time
 began = time.perf_counter()
 from datetime import UTC, datetime
 from etl.config import load_config
-from etl.runtime.scheduler import format_preview
+from etl.runtime.triggers import format_preview
 imported = time.perf_counter()
 path = sys.argv[1]
 load_s = []

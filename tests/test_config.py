@@ -183,7 +183,7 @@ def _config_scale_generator() -> Any:
 def test_a_thousand_activations_validate_and_plan_like_one(tmp_path: Path) -> None:
     from datetime import UTC, datetime
 
-    from etl.runtime.scheduler import _trigger, _upcoming, format_preview, next_runs
+    from etl.runtime.triggers import _trigger, _upcoming, format_preview, next_runs
 
     path = _config_scale_generator()(tmp_path, 1000)
     environ = {"ACTITO_API_KEY": "k", "SFTP_PASSWORD": "p"}

@@ -29,14 +29,8 @@ from apscheduler.triggers.interval import IntervalTrigger
 from etl.runtime.leases import hold
 from etl.config import load_config
 from etl.errors import AudienceSyncError, ConfigError
-from etl.runtime.scheduler import (
-    Scheduler,
-    WholeDaysTrigger,
-    build_triggers,
-    main,
-    next_runs,
-    slot_key,
-)
+from etl.runtime.scheduler import Scheduler, main
+from etl.runtime.triggers import WholeDaysTrigger, build_triggers, next_runs, slot_key
 from etl.runtime.ledger import StateStore, slots
 from jobs import job_for
 
@@ -422,8 +416,8 @@ def test_preview_prints_the_next_runs_with_their_utc_offsets(tmp_path: Path, cap
 class Running:
     """The scheduler in a subprocess, its JSON log lines collected in a file."""
 
-    def __init__(self, config: Path) -> None:
-        self.log_path = config.parent / "scheduler.log"
+    def __init__(self, config: Path, *, log_name: str = "scheduler.log") -> None:
+        self.log_path = config.parent / log_name  # replicas in one directory need a log each
         self._log = self.log_path.open("w")
         env = {**os.environ, "PYTHONPATH": str(REPO)}
         self.process = subprocess.Popen(

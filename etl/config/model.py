@@ -3,6 +3,7 @@ activations, and the whole configuration."""
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import re
 from datetime import UTC, date, datetime
@@ -10,7 +11,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Self, TypeVar
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import Discriminator, Field, SecretStr, Tag, field_validator, model_validator
+from pydantic import Discriminator, Field, SecretStr, Tag, ValidationInfo, field_validator, model_validator
 
 from etl.config.base import ConfigModel, anchored
 from etl.config.destinations import AnyDestination, Destination, OpenFieldDestination
@@ -24,11 +25,38 @@ _DestinationT = TypeVar("_DestinationT", Destination, OpenFieldDestination)
 
 
 class Schedule(ConfigModel):
-    """When an activation runs: a cron expression or a fixed interval, in an IANA time zone."""
+    """When an activation runs: a cron expression or a fixed interval, in an IANA time zone.
+
+    ``start_at`` is kept as a naive local wall-clock time: slots are named by wall clock, and an offset
+    would pin one side of a DST change that the zone alone must decide. ``run_on_create`` lives here,
+    not on the activation, because only the scheduler daemon acts on it."""
 
     cron: str | None = None
     every: str | None = None
     timezone: str = "UTC"
+    start_at: datetime | None = None
+    run_on_create: bool = False
+
+    @field_validator("start_at", mode="before")
+    @classmethod
+    def _start_at(cls, value: object) -> object:
+        return _parse_start_at(value)
+
+    @field_validator("start_at")
+    @classmethod
+    def _local_start(cls, start: datetime | None, info: ValidationInfo) -> datetime | None:
+        """An offset is accepted only when the zone agrees with it, then dropped (see the class). Declared
+        after ``timezone`` so that the zone is known here; an unknown zone is reported on its own."""
+        zone = info.data.get("timezone")
+        if start is None or start.tzinfo is None or zone is None:
+            return start
+        local = start.astimezone(ZoneInfo(zone))
+        if local.utcoffset() != start.utcoffset():
+            raise ValueError(
+                f"start_at {start.isoformat(timespec='minutes')} has an offset that {zone} does not have "
+                f"at that time ({local.isoformat(timespec='minutes')}): write the local time without an offset, "
+                f"e.g. start_at = \"{local.replace(tzinfo=None).isoformat(timespec='minutes')}\"")
+        return local.replace(tzinfo=None)
 
     @field_validator("every")
     @classmethod
@@ -70,6 +98,23 @@ def _crontab_problem(expression: str) -> str | None:
     except ValueError as exc:
         return f"{expression!r} is not a valid cron expression ({exc})"
     return None
+
+
+def _parse_start_at(value: object) -> object:
+    """A schedule's ``start_at`` as a datetime: TOML's own date-time or date, or an ISO string; a date alone
+    means its midnight. Slots are whole minutes, so seconds are refused rather than silently dropped."""
+    parsed = value
+    if isinstance(value, str):
+        with contextlib.suppress(ValueError):
+            parsed = datetime.fromisoformat(value.strip())
+    if not isinstance(parsed, date):
+        raise ValueError(f"start_at {value!r} is not a date-time: write a local time such as "
+                         f"\"2026-12-05T08:00\" or a date such as \"2026-12-05\" (midnight)")
+    start = parsed if isinstance(parsed, datetime) else datetime.combine(parsed, datetime.min.time())
+    if start.second or start.microsecond:
+        raise ValueError(f"start_at {start.isoformat()} has seconds: slots are whole minutes, "
+                         f"write {start.isoformat(timespec='minutes')[:16]!r}")
+    return start
 
 
 _INTERVAL = re.compile(r"^\s*(\d+)\s*([smhd])\s*$")

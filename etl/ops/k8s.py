@@ -100,18 +100,24 @@ def cronjob_manifests(config: Config, names: Sequence[str], options: K8sOptions)
         manifests.append(_cronjob(config, name, k8s_name, schedule, variables, files, options))
     if problems:
         raise ConfigError(problems, source=config.source)
-    _warn_of_after(config, names)
+    _warn_of_unhonoured(config, names)
     return manifests
 
 
-def _warn_of_after(config: Config, names: Sequence[str]) -> None:
-    """Separate CronJobs start on their own schedules: said, as ``after`` is not honoured between them."""
+def _warn_of_unhonoured(config: Config, names: Sequence[str]) -> None:
+    """Separate CronJobs start on their own schedules and only at their slots: said, as neither ``after``
+    between them nor ``run_on_create`` is honoured (neither is wrong enough to refuse the manifests)."""
     unordered = [f"{name} after {', '.join(config.activations[name].after)}" for name in dict.fromkeys(names)
                  if config.activations[name].after and config.activations[name].enabled]
     if unordered:
         log.warning("each CronJob runs one activation on its own schedule, so `after` does not order them (%s): "
                     "run those activations in one pod with `audience-sync run A B` or with `audience-sync "
                     "schedule` (docs/deploy.md, \"Activation order\")", "; ".join(unordered))
+    created = [name for name in dict.fromkeys(names)
+               if (schedule := config.activations[name].schedule) is not None and schedule.run_on_create]
+    if created:
+        log.warning("a CronJob waits for its first slot: run_on_create is not honoured (%s); start a first run "
+                    "with `kubectl create job --from=cronjob/NAME`", ", ".join(created))
 
 
 class _Refused(Exception):
@@ -140,6 +146,10 @@ def _schedule(config: Config, name: str, where: str, seen: dict[str, str]) -> tu
         raise _Refused(where, f"its Kubernetes name {k8s_name!r} is also the one of [activations.{seen[k8s_name]}]: "
                               "rename one of them")
     seen[k8s_name] = name
+    if activation.schedule.start_at is not None:
+        raise _Refused(f"{where} schedule.start_at",
+                       "a CronJob has no start time: it would run before start_at and, for `every`, in other slots. "
+                       "Remove start_at for Kubernetes, or run the activation with `audience-sync schedule`")
     schedule = activation.schedule.cron
     if schedule is not None and (problem := _cron_problem(schedule)) is not None:
         raise _Refused(f"{where} schedule.cron", problem)

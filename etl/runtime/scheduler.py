@@ -3,11 +3,10 @@
 APScheduler decides *when*; the ledger decides *whether*: every fire claims its slot (activation +
 scheduled local wall-clock time) with ``StateStore.claim_slot`` and only the first claimer runs. That
 one rule covers the fall-back night's double cron fire, a second replica, and a restart's catch-up.
+``run_on_create``'s first run uses the same claim, with the slot ``created``.
 
-DST rules (pinned by tests/test_scheduler.py): ``cron`` runs a non-existent time at the shifted
-instant and a repeated one once; whole-day ``every`` runs at 00:00 local on days counted from
-``ANCHOR``; shorter ``every`` is elapsed time, so its repeated hour is a distinct slot (skipping it
-would leave a hole). No persistent job store: it pickles jobs and cannot be shared.
+When a slot is due (and its DST rules) is etl.runtime.triggers' business. No persistent job store: it
+pickles jobs and cannot be shared.
 ``misfire_grace_time`` comes from settings: APScheduler's 1 s default drops a run 2 s late.
 """
 
@@ -21,33 +20,27 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from datetime import UTC, date, datetime, timedelta, tzinfo
+from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
 from typing import Any
-from zoneinfo import ZoneInfo
 
 from apscheduler.executors.pool import ThreadPoolExecutor
 from apscheduler.job import Job
 from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.base import BaseTrigger
-from apscheduler.triggers.calendarinterval import CalendarIntervalTrigger
-from apscheduler.triggers.cron import CronTrigger
-from apscheduler.triggers.interval import IntervalTrigger
 
-from etl.config import Config, Schedule, load_config, parse_interval
+from etl.config import Config, load_config
 from etl.config import config_path as resolve_config_path
-from etl.errors import AudienceSyncError, ConfigError
+from etl.errors import AudienceSyncError
 from etl.runtime.ledger import StateStore, open_store
 from etl.runtime.order import dependencies, linked, run_in_order
 from etl.runtime.results import RunStatus
 from etl.runtime.runs import Finisher, JobBody, execute
+from etl.runtime.triggers import build_triggers, describe, first_fire, format_preview, slot_key, slot_of
 
 log = logging.getLogger("audience_sync.scheduler")
 
-#: whole-day and interval schedules count their slots from this local date, the same in every process
-ANCHOR = date(2000, 1, 1)
 #: runs that may execute at once (threads are created only when needed)
 MAX_WORKERS = 16
 #: after a second SIGTERM/SIGINT, how long running runs get to record themselves interrupted
@@ -56,171 +49,8 @@ ESCALATION_WAIT = 5.0
 POLL_SECONDS = 0.1
 #: the CLI's exit code for an interrupted command, used when runs had to be abandoned
 EXIT_INTERRUPTED = 130
-
-_DAY = 86_400
-
-
-# --------------------------------------------------------------------------- slots and triggers
-
-
-def slot_key(fire_time: datetime) -> str:
-    """Local wall-clock minute, without offset. ``fire_time`` must *not* be normalized: both 02:30s
-    of the fall-back night must give the same key, so the ledger lets only the first one run."""
-    return fire_time.strftime("%Y-%m-%dT%H:%M")
-
-
-def _slot_of(trigger: BaseTrigger, fire_time: datetime) -> str:
-    """``slot_key``, but an interval's second pass through a repeated hour is its own slot (distinct instants)."""
-    key = slot_key(fire_time)
-    if isinstance(trigger, IntervalTrigger) and fire_time.fold:
-        key += fire_time.strftime("%z")
-    return key
-
-
-class WholeDaysTrigger(CalendarIntervalTrigger):  # type: ignore[misc]
-    """``every = "Nd"`` at 00:00 local, days counted from ``ANCHOR``. Replaces the stock next-time
-    rule, which skips a day whose midnight does not exist and returns a first time in the past."""
-
-    def __init__(self, days: int, *, timezone: tzinfo, hour: int = 0, minute: int = 0) -> None:
-        super().__init__(days=days, hour=hour, minute=minute, start_date=ANCHOR, timezone=timezone)
-
-    def _at(self, day: date) -> datetime:
-        return datetime.combine(day, self._time)  # fold=0: first of two, or the pre-transition offset
-
-    def get_next_fire_time(self, previous_fire_time: datetime | None, now: datetime) -> datetime | None:
-        if previous_fire_time is not None:
-            return self._at(previous_fire_time.date() + timedelta(days=self.days))
-        today = now.astimezone(self.timezone).date()
-        day = today - timedelta(days=(today - self.start_date).days % self.days)
-        while self._at(day).timestamp() < now.timestamp():
-            day += timedelta(days=self.days)
-        return self._at(day)
-
-
-def _trigger(name: str, schedule: Schedule, source: str) -> BaseTrigger:
-    zone = ZoneInfo(schedule.timezone)
-    if schedule.cron is not None:
-        return CronTrigger.from_crontab(schedule.cron, timezone=zone)
-    assert schedule.every is not None  # validated: exactly one of cron, every
-    seconds = parse_interval(schedule.every)
-    if seconds < 60:
-        raise ConfigError(
-            [(f"[activations.{name}] schedule.every",
-              f"{schedule.every!r} is shorter than a minute: scheduled slots are whole minutes (use at least '1m')")],
-            source=source,
-        )
-    if seconds % _DAY == 0:
-        return WholeDaysTrigger(seconds // _DAY, timezone=zone)
-    return IntervalTrigger(seconds=seconds, start_date=datetime.combine(ANCHOR, datetime.min.time(), zone),
-                           timezone=zone)
-
-
-def build_triggers(config: Config) -> dict[str, BaseTrigger]:
-    """One trigger per scheduled activation; ConfigError lists every schedule that cannot be honoured."""
-    triggers: dict[str, BaseTrigger] = {}
-    problems: list[tuple[str, str]] = []
-    # triggers are stateless, so activations with the same schedule share one
-    shared: dict[Schedule, BaseTrigger] = {}
-    for name, activation in config.activations.items():
-        if not activation.enabled or activation.schedule is None:
-            continue
-        try:
-            if activation.schedule not in shared:
-                shared[activation.schedule] = _trigger(name, activation.schedule, config.source)
-            triggers[name] = shared[activation.schedule]
-        except ConfigError as exc:
-            problems.extend(exc.problems)
-    if problems:
-        raise ConfigError(problems, source=config.source)
-    return triggers
-
-
-@dataclass(frozen=True)
-class Upcoming:
-    """One future run: its slot, the real instant (normalized, in the activation's zone), and a note."""
-
-    slot: str
-    at: datetime
-    note: str = ""
-
-
-def _upcoming(trigger: BaseTrigger, count: int, now: datetime) -> list[Upcoming]:
-    """Walk the trigger as APScheduler does (each fire becomes the next ``previous``), one entry per slot."""
-    found: list[Upcoming] = []
-    repeated: set[str] = set()
-    previous: datetime | None = None
-    cursor = now
-    for _ in range(count * 3 + 10):  # duplicates are rare: at most one per slot
-        if len(found) >= count:
-            break
-        fire_time: datetime | None = trigger.get_next_fire_time(previous, cursor)
-        if fire_time is None:
-            break
-        key = _slot_of(trigger, fire_time)
-        if any(entry.slot == key for entry in found):
-            repeated.add(key)
-        else:
-            found.append(Upcoming(key, datetime.fromtimestamp(fire_time.timestamp(), fire_time.tzinfo)))
-        previous = cursor = fire_time
-    return [_annotated(entry, entry.slot in repeated) for entry in found]
-
-
-def _annotated(entry: Upcoming, repeated: bool) -> Upcoming:
-    wall = entry.slot[11:16]
-    if entry.at.strftime("%H:%M") != wall:
-        return Upcoming(entry.slot, entry.at, f"{wall} does not exist that day (clocks go forward)")
-    if repeated:
-        return Upcoming(entry.slot, entry.at, f"{wall} happens twice that night: runs once")
-    return entry
-
-
-def next_runs(config: Config, count: int, now: datetime) -> dict[str, list[datetime]]:
-    """The next ``count`` real instants of each scheduled activation, one per slot (as the ledger runs them)."""
-    upcoming = _upcoming_of(build_triggers(config), count, now)
-    return {name: [entry.at for entry in entries] for name, entries in upcoming.items()}
-
-
-def _upcoming_of(triggers: dict[str, BaseTrigger], count: int, now: datetime) -> dict[str, list[Upcoming]]:
-    walked: dict[int, list[Upcoming]] = {}
-    for trigger in triggers.values():
-        if id(trigger) not in walked:
-            walked[id(trigger)] = _upcoming(trigger, count, now)
-    return {name: walked[id(trigger)] for name, trigger in triggers.items()}
-
-
-# --------------------------------------------------------------------------- preview
-
-
-def _describe(schedule: Schedule) -> str:
-    if schedule.cron is not None:
-        return f"cron {schedule.cron}"
-    assert schedule.every is not None
-    whole_days = parse_interval(schedule.every) % _DAY == 0
-    return f"every {schedule.every}" + (" at 00:00" if whole_days else "")
-
-
-def format_preview(config: Config, count: int, now: datetime) -> str:
-    triggers = build_triggers(config)
-    rows: list[list[str]] = []
-    for name, entries in _upcoming_of(triggers, count, now).items():
-        schedule = config.activations[name].schedule
-        assert schedule is not None
-        first = [name, _describe(schedule), schedule.timezone]
-        for index, entry in enumerate(entries):
-            cells = first if index == 0 else ["", "", ""]
-            rows.append([*cells, f"{entry.at:%Y-%m-%d %H:%M %z}", entry.note])
-    headers = ["activation", "schedule", "time zone", "next runs", ""]
-    widths = [max([len(headers[i]), *(len(row[i]) for row in rows)]) for i in range(len(headers))]
-    lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths)).rstrip(),
-             "  ".join("-" * w for w in widths[:4])]
-    lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in rows]
-    if not rows:
-        lines = ["no activation is scheduled"]
-    idle = [f"{name} ({'disabled' if not a.enabled else 'no schedule'})"
-            for name, a in config.activations.items() if name not in triggers]
-    if idle:
-        lines += ["", "not scheduled: " + ", ".join(idle)]
-    return "\n".join(lines)
+#: the ledger slot of a ``run_on_create`` run: one per activation, ever, whichever replica claims it first
+CREATED_SLOT = "created"
 
 
 # --------------------------------------------------------------------------- the scheduler
@@ -282,6 +112,8 @@ class Scheduler:
         self._state_lock = threading.Lock()
         self._stopping = False
         self._running: dict[str, str] = {}  # activation -> slot
+        self._created_checked: set[str] = set()  # run_on_create activations this process has looked at
+        self._automatic = True  # False when started paused: nothing runs unless a test fires it
         self._signals: list[int] = []  # appended by handlers, read by the main loop
 
     @property
@@ -307,8 +139,10 @@ class Scheduler:
         self._config = config
         self._aps.start(paused=True)
         self._install(triggers)
+        self._automatic = not paused
         if not paused:
             self._aps.resume()
+            self.run_created()
         log.info("scheduler started: %d scheduled activations", len(triggers),
                  extra={"fields": {"config": str(self.config_path), "replica": self._identity}})
 
@@ -328,7 +162,38 @@ class Scheduler:
         self._install(triggers)
         log.info("configuration reloaded: %d scheduled activations", len(triggers),
                  extra={"fields": {"scheduled": sorted(triggers)}})
+        if self._automatic:
+            self.run_created()
         return True
+
+    def run_created(self) -> list[str]:
+        """``run_on_create``: start each new scheduled activation now (in a thread, so that start-up and reloads
+        do not wait for it). "New" is read in the ledger, not in this process's memory, so a restart or a second
+        replica does not run it again; the ``created`` claim settles the race when both look at once. Returns
+        the activations started. ``start_at`` does not hold it back: it governs the schedule, this is no slot."""
+        config, store = self.config, self._store
+        assert store is not None
+        started: list[str] = []
+        for name in self._triggers:
+            schedule = config.activations[name].schedule
+            if schedule is None or not schedule.run_on_create or name in self._created_checked:
+                continue
+            self._created_checked.add(name)
+            fields: dict[str, Any] = {"activation": name, "slot": CREATED_SLOT, "replica": self._identity}
+            try:
+                ran_before = bool(store.runs(name, limit=1, include_dry_runs=False))
+            except AudienceSyncError as exc:
+                log.error("%s not run on creation: %s", name, exc.message(), extra={"fields": fields})
+                continue
+            if ran_before:
+                log.info("%s has run before: run_on_create does nothing", name, extra={"fields": fields})
+                continue
+            log.info("%s is new (no run in the ledger): running it once now (run_on_create)", name,
+                     extra={"fields": fields})
+            threading.Thread(target=self._start, args=(config, store, name, CREATED_SLOT),
+                             name=f"created-{name}", daemon=True).start()
+            started.append(name)
+        return started
 
     def close(self) -> None:
         if self._aps.running:
@@ -361,7 +226,7 @@ class Scheduler:
             if existing is not None and repr(self._triggers.get(name)) == repr(trigger):
                 existing.modify(**options)
                 continue
-            first = _first_fire(trigger, now, grace)
+            first = first_fire(trigger, now, grace)
             if first is None:
                 log.warning("no future run: not scheduled", extra={"fields": {"activation": name}})
                 continue
@@ -369,8 +234,8 @@ class Scheduler:
                               replace_existing=True, next_run_time=first, **options)
             schedule = config.activations[name].schedule
             assert schedule is not None
-            log.info("scheduled %s: %s (%s), first slot %s", name, _describe(schedule), schedule.timezone,
-                     _slot_of(trigger, first), extra={"fields": {"activation": name}})
+            log.info("scheduled %s: %s (%s), first slot %s", name, describe(schedule), schedule.timezone,
+                     slot_of(trigger, first), extra={"fields": {"activation": name}})
         self._triggers = {name: trigger for name, trigger in triggers.items() if self._aps.get_job(name)}
 
     def _fired(self, name: str, scheduled: datetime | None = None) -> None:
@@ -385,7 +250,7 @@ class Scheduler:
         config, store = self.config, self._store
         assert store is not None
         trigger = self._triggers.get(name)
-        slot = _slot_of(trigger, scheduled) if trigger is not None else slot_key(scheduled)
+        slot = slot_of(trigger, scheduled) if trigger is not None else slot_key(scheduled)
         fields: dict[str, Any] = {"activation": name, "slot": slot, "replica": self._identity}
         activation = config.activations.get(name)
         if activation is None or not activation.enabled or activation.schedule is None:
@@ -413,7 +278,7 @@ class Scheduler:
         for other in linked(every, dependencies(config, every), name):
             fire_time = self._triggers[other].get_next_fire_time(None, scheduled) if other != name else None
             if fire_time is not None and fire_time.timestamp() == scheduled.timestamp():
-                due[other] = _slot_of(self._triggers[other], fire_time)
+                due[other] = slot_of(self._triggers[other], fire_time)
         after = dependencies(config, list(due))
         return {member: due[member] for member in linked(list(due), after, name)}, after
 
@@ -537,17 +402,6 @@ class Scheduler:
             handler.flush()
         sys.stderr.flush()
         os._exit(EXIT_INTERRUPTED)  # worker threads would otherwise be joined at interpreter exit
-
-
-def _first_fire(trigger: BaseTrigger, now: datetime, grace_seconds: int) -> datetime | None:
-    """The latest slot at most ``grace_seconds`` old, else the next one (the ledger says if it ran)."""
-    fire_time: datetime | None = trigger.get_next_fire_time(None, now - timedelta(seconds=grace_seconds))
-    while fire_time is not None and fire_time.timestamp() <= now.timestamp():
-        following: datetime | None = trigger.get_next_fire_time(fire_time, fire_time)
-        if following is None or following.timestamp() > now.timestamp():
-            break
-        fire_time = following
-    return fire_time
 
 
 # --------------------------------------------------------------------------- the command
