@@ -17,6 +17,7 @@ import pytest
 
 from etl.config import load_config
 from etl.errors import ConfigError
+from etl.extract import query_columns
 from etl.ops.k8s import K8sOptions, configmap_manifest, cronjob_manifests
 
 DBT = Path(sys.executable).parent / "dbt"
@@ -91,8 +92,9 @@ def delivered(config: Path) -> tuple[list[str], dict[str, object]]:
 
 def test_a_dbt_model_is_delivered_as_the_audience(tmp_path: Path, analytics: Path) -> None:
     config = job(tmp_path, analytics)
-    checked = cli(config, "validate")
-    assert checked.returncode == 0, checked.stdout + checked.stderr
+    for checks in (["validate"], ["validate", "--connect"]):  # --connect: the relation planned on the warehouse
+        checked = cli(config, *checks)
+        assert checked.returncode == 0, checked.stdout + checked.stderr
     done = cli(config, "run", "vip")
     assert done.returncode == 0, done.stdout + done.stderr
     identifiers, manifest = delivered(config)
@@ -176,3 +178,12 @@ def test_a_pod_mounts_the_models_manifest(tmp_path: Path, analytics: Path) -> No
             "readOnly": True} in mounts
     data = configmap_manifest(config, K8sOptions())["data"]
     assert json.loads(data["manifest.json"])["nodes"]["model.analytics.vip_customers"]
+
+
+def test_other_kinds_read_a_dbt_model_through_the_same_extract(tmp_path: Path, analytics: Path) -> None:
+    file = job(tmp_path, analytics)
+    file.write_text(file.read_text().replace('identifier = "email"\n', 'kind = "profiles"\ntable = "profiles"\n'
+                                                                         'attributes = { email = "emailAddress" }\n'))
+    config = load_config(file)
+    assert config.query("vip").record["dbt_model"] == "model.analytics.vip_customers"
+    assert query_columns(config, "vip") == ["email"]
