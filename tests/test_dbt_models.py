@@ -39,6 +39,8 @@ def analytics(tmp_path_factory: pytest.TempPathFactory) -> Path:
     (root / "seeds" / "customers.csv").write_text(CUSTOMERS)
     (root / "models" / "vip_customers.sql").write_text(
         "select email from {{ ref('customers') }} where spend >= 100 order by email\n")
+    (root / "models" / "small_spenders.sql").write_text(  # no relation: only its compiled code can be run
+        "{{ config(materialized='ephemeral') }}\nselect email from {{ ref('customers') }} where spend < 100\n")
     env = {**os.environ, "DBT_PROFILES_DIR": str(root), "DO_NOT_TRACK": "1", "DBT_SEND_ANONYMOUS_USAGE_STATS": "0"}
     done = subprocess.run([str(DBT), "build"], cwd=root, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout + done.stderr
@@ -187,3 +189,25 @@ def test_other_kinds_read_a_dbt_model_through_the_same_extract(tmp_path: Path, a
     config = load_config(file)
     assert config.query("vip").record["dbt_model"] == "model.analytics.vip_customers"
     assert query_columns(config, "vip") == ["email"]
+
+
+def test_an_ephemeral_model_runs_only_as_compiled_code(tmp_path: Path, analytics: Path) -> None:
+    config = job(tmp_path / "as relation", analytics)
+    config.write_text(config.read_text().replace('"vip_customers"', '"small_spenders"'))
+    _refused(config, "[activations.vip] dbt model", "model.analytics.small_spenders is ephemeral",
+             "add compiled = true")
+    config = job(tmp_path / "compiled", analytics, ", compiled = true")
+    config.write_text(config.read_text().replace('"vip_customers"', '"small_spenders"'))
+    done = cli(config, "run", "vip")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert delivered(config)[0] == ["bob@example.com"]
+
+
+def test_validate_says_a_stale_manifest_with_the_configurations_other_problems(tmp_path: Path,
+                                                                               analytics: Path) -> None:
+    config = job(tmp_path, analytics)
+    os.utime(tmp_path / "analytics" / "models" / "vip_customers.sql")
+    config.write_text(config.read_text().replace('identifier = "email"', 'identifier = "email"\nmax_shrink = 2'))
+    done = cli(config, "validate")
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert "2 problems" in done.stderr and "was changed after" in done.stderr and "max_shrink" in done.stderr

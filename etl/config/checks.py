@@ -7,11 +7,12 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from pydantic import ValidationError
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
 from etl.config.base import Problem
-from etl.config.dbt import DbtError, dbt_source
+from etl.config.dbt import DbtError, DbtModel, dbt_source
 from etl.config.model import AudienceActivation, Config
 from etl.config.sql import BUILTIN_PARAMS, bind_parameter_names
 from etl.config.transform_ref import transform_problems
@@ -51,7 +52,7 @@ def cross_check(config: Config, declared: dict[str, set[str]], raw_activations: 
             if sql_file not in sql_parameters:
                 sql_parameters[sql_file] = _sql_parameters(sql_file)
             problems += _param_problems(sql_parameters[sql_file], sql_file.name, params, where, warn_unused)
-        problems += _dbt_problems(config, name, params, where, warn_unused)
+        problems += _dbt_problems(config, raw.get("dbt"), params, where, warn_unused)
     return problems + _name_overlaps(claims) + _after_problems(config, raw_activations) + _alert_problems(config)
 
 
@@ -162,19 +163,23 @@ def _param_problems(used: set[str] | str, query: str, declared_params: set[str],
     return problems
 
 
-def _dbt_problems(config: Config, name: str, declared_params: set[str], where: str, warn_unused: bool
+def _dbt_problems(config: Config, raw_dbt: Any, declared_params: set[str], where: str, warn_unused: bool
                   ) -> list[Problem]:
-    """A dbt model's manifest, read as the run will read it; its query binds no parameter unless its
-    compiled code happens to (dbt renders its own Jinja variables)."""
-    activation = config.activations.get(name)
-    if activation is None or activation.dbt is None:
+    """A dbt model's manifest, read as the run will read it, even when another key of the activation is
+    wrong (read raw, like a SQL file); its query binds no parameter unless its compiled code happens to
+    (dbt renders its own Jinja variables)."""
+    try:
+        dbt = DbtModel.model_validate(raw_dbt) if isinstance(raw_dbt, dict) else None
+    except ValidationError:  # said by the activation's own validation
+        return []
+    if dbt is None:
         return []
     try:
-        source = dbt_source(config.dbt_project(activation.dbt), activation.dbt, f"{where} dbt")
+        source = dbt_source(config.dbt_project(dbt), dbt, f"{where} dbt")
     except DbtError as exc:
         return [exc.problem]
-    return _param_problems(bind_parameter_names(source.text), f"dbt model {activation.dbt.model}", declared_params,
-                           where, warn_unused)
+    return _param_problems(bind_parameter_names(source.text), f"dbt model {dbt.model}", declared_params, where,
+                           warn_unused)
 
 
 def _sql_parameters(sql_file: Path) -> set[str] | str:

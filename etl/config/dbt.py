@@ -91,10 +91,10 @@ def _manifest(file: Path, key: str) -> dict[str, Any]:
     return _read_manifest(file, stat.st_mtime_ns, stat.st_size)
 
 
-@functools.lru_cache(maxsize=8)
+@functools.lru_cache(maxsize=2)
 def _read_manifest(file: Path, mtime_ns: int, size: int) -> dict[str, Any]:
     """Parsed once per version of the file: a large project's manifest is tens of megabytes, and every
-    command reads it (the configuration's checks, then the run)."""
+    command reads it (the configuration's checks, then the run); few are kept, as each is large in memory."""
     del mtime_ns, size  # the cache key only
     try:
         manifest = json.loads(file.read_bytes())

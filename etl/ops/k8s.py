@@ -391,8 +391,8 @@ def _pod_path(path: Path) -> PurePosixPath:
 
 
 def _config_files(config: Config) -> tuple[list[_File], list[tuple[str, str]]]:
-    """Every SQL and transform file the configuration references (the loader checks them all, whichever
-    activation runs)."""
+    """Every SQL file, dbt manifest and transform file the configuration references (the loader checks them
+    all, whichever activation runs)."""
     files: dict[str, _File] = {}
     problems: list[tuple[str, str]] = []
     for name, activation in config.activations.items():
