@@ -211,3 +211,13 @@ def test_validate_says_a_stale_manifest_with_the_configurations_other_problems(t
     done = cli(config, "validate")
     assert done.returncode == 2 and "Traceback" not in done.stderr
     assert "2 problems" in done.stderr and "was changed after" in done.stderr and "max_shrink" in done.stderr
+
+
+def test_a_manifest_too_large_for_a_configmap_is_said(tmp_path: Path, analytics: Path) -> None:
+    config = load_config(job(tmp_path, analytics))
+    manifest_file = tmp_path / "analytics" / "target" / "manifest.json"
+    manifest = json.loads(manifest_file.read_text())
+    manifest["docs"] = {"padding": "x" * 1_100_000}  # a large project's manifest
+    manifest_file.write_text(json.dumps(manifest))
+    with pytest.raises(ConfigError, match=r"--with-config: .* a ConfigMap holds at most 1,048,576"):
+        configmap_manifest(config, K8sOptions())
