@@ -316,7 +316,7 @@ def _check_queries(config: Config) -> None:
         activation = config.activations[name]
         if isinstance(activation, AudienceActivation):  # the identifier column must be found by name
             AudienceCleaner(activation.identifier, column=activation.identifier_column,
-                            where=str(config.path(activation.sql))).identifier_column(columns)
+                            where=config.query_where(name)).identifier_column(columns)
 
     problems = check_queries(config, choose)
     if problems:

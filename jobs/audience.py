@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import closing
@@ -41,7 +40,7 @@ def cleaned_batches(config: Config, name: str, when: datetime) -> Iterator[tuple
     """Extract and clean the audience chunk by chunk; the cleaner carries counts and the dedupe memory."""
     activation = config.activation_of(name, AudienceActivation)
     cleaner = AudienceCleaner(
-        activation.identifier, column=activation.identifier_column, where=str(config.path(activation.sql))
+        activation.identifier, column=activation.identifier_column, where=config.query_where(name)
     )
     step = _transform_step(config, name, when)
 
@@ -184,7 +183,7 @@ def _delivered(context: RunContext, diff: MemberDiff, *, changes_only: bool) -> 
 def _record_written(context: RunContext, activation: AudienceActivation, prepared: Prepared) -> Path:
     """The manifest beside the file, and what was written into the run's results; returns the manifest."""
     written, counts = prepared.written, prepared.counts
-    sql_sha256 = hashlib.sha256(context.config.path(activation.sql).read_bytes()).hexdigest()
+    query = context.config.query(context.activation).record  # the SQL file or the dbt model, and its hash
     manifest_path = context.run_dir / f"{_stem(prepared.file_name)}.manifest.json"
     files = [{"name": f.path.name, "rows": f.rows, "bytes": f.size, "sha256": f.sha256} for f in written]
     write_manifest(manifest_path, {
@@ -196,14 +195,13 @@ def _record_written(context: RunContext, activation: AudienceActivation, prepare
         "rows_extracted": counts.extracted,
         "rows_rejected": counts.rejected,
         "rows_duplicate": counts.duplicates,
-        "sql_file": activation.sql.as_posix(),
-        "sql_sha256": sql_sha256,
+        **query,
         "files": files,
     })
     _record_counts(context, counts)
     context.results.update(rows_delivered=0, file_name=written[0].path.name, sha256=written[0].sha256)
     context.details.update(files=files, local_dir=str(context.run_dir), manifest=str(manifest_path),
-                           sql_sha256=sql_sha256)
+                           sql_sha256=query["sql_sha256"])
     return manifest_path
 
 

@@ -7,10 +7,12 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from pydantic import ValidationError
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
 from etl.config.base import Problem
+from etl.config.dbt import DbtError, DbtModel, dbt_source
 from etl.config.model import AudienceActivation, Config
 from etl.config.sql import BUILTIN_PARAMS, bind_parameter_names
 from etl.config.transform_ref import transform_problems
@@ -42,11 +44,15 @@ def cross_check(config: Config, declared: dict[str, set[str]], raw_activations: 
         if raw.get("kind", "audience") == "audience":
             problems += _audience_file_problems(config, name, raw, where, claims)
             problems += _transform_problems(config, name)
+        params = set(raw["params"]) if isinstance(raw.get("params"), dict) else set()
+        # a transform function reads params too: one the SQL leaves unused is not worth a warning
+        warn_unused = "transform" not in raw
         if isinstance(raw.get("sql"), str):
-            params = raw["params"] if isinstance(raw.get("params"), dict) else {}
-            # a transform function reads params too: one the SQL leaves unused is not worth a warning
-            problems += _sql_problems(config.path(Path(raw["sql"])), set(params), where, sql_parameters,
-                                      warn_unused="transform" not in raw)
+            sql_file = config.path(Path(raw["sql"]))
+            if sql_file not in sql_parameters:
+                sql_parameters[sql_file] = _sql_parameters(sql_file)
+            problems += _param_problems(sql_parameters[sql_file], sql_file.name, params, where, warn_unused)
+        problems += _dbt_problems(config, raw.get("dbt"), params, where, warn_unused)
     return problems + _name_overlaps(claims) + _after_problems(config, raw_activations) + _alert_problems(config)
 
 
@@ -161,22 +167,37 @@ def _overlap_text(first: Claim, second: Claim, example: str) -> str:
             "whose runs replace and remove it; give one of them another file name or another directory")
 
 
-def _sql_problems(sql_file: Path, declared_params: set[str], where: str, parsed: dict[Path, set[str] | str],
-                  *, warn_unused: bool = True) -> list[Problem]:
-    """Parameters used but not declared, or declared but unused; ``parsed`` caches each file across one load."""
-    if sql_file not in parsed:
-        parsed[sql_file] = _sql_parameters(sql_file)
-    used = parsed[sql_file]
+def _param_problems(used: set[str] | str, query: str, declared_params: set[str], where: str, warn_unused: bool
+                    ) -> list[Problem]:
+    """Parameters ``query`` uses but are not declared, or declared but unused; ``used`` may be the problem
+    that prevented reading the query."""
     if isinstance(used, str):
         return [(f"{where} sql", used)]
     problems = []
     if missing := used - declared_params - BUILTIN_PARAMS:
-        problems.append(
-            (f"{where} params", f"{sql_file.name} uses :{', :'.join(sorted(missing))} which is not declared")
-        )
+        problems.append((f"{where} params", f"{query} uses :{', :'.join(sorted(missing))} which is not declared"))
     if warn_unused and (unused := declared_params - used):  # harmless to a run: said, not refused
-        log.warning("%s params: declared but unused in %s: %s", where, sql_file.name, ", ".join(sorted(unused)))
+        log.warning("%s params: declared but unused in %s: %s", where, query, ", ".join(sorted(unused)))
     return problems
+
+
+def _dbt_problems(config: Config, raw_dbt: Any, declared_params: set[str], where: str, warn_unused: bool
+                  ) -> list[Problem]:
+    """A dbt model's manifest, read as the run will read it, even when another key of the activation is
+    wrong (read raw, like a SQL file); its query binds no parameter unless its compiled code happens to
+    (dbt renders its own Jinja variables)."""
+    try:
+        dbt = DbtModel.model_validate(raw_dbt) if isinstance(raw_dbt, dict) else None
+    except ValidationError:  # said by the activation's own validation
+        return []
+    if dbt is None:
+        return []
+    try:
+        source = dbt_source(config.dbt_project(dbt), dbt, f"{where} dbt")
+    except DbtError as exc:
+        return [exc.problem]
+    return _param_problems(bind_parameter_names(source.text), f"dbt model {dbt.model}", declared_params, where,
+                           warn_unused)
 
 
 def _sql_parameters(sql_file: Path) -> set[str] | str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import hashlib
 import re
 from datetime import UTC, date, datetime
 from pathlib import Path
@@ -14,6 +15,8 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from pydantic import Discriminator, Field, SecretStr, Tag, ValidationInfo, field_validator, model_validator
 
 from etl.config.base import ConfigModel, anchored
+from etl.config.dbt import DbtError, DbtModel, QuerySource, dbt_source, dbt_where
+from etl.errors import ConfigError
 from etl.config.destinations import AnyDestination, Destination, OpenFieldDestination
 
 DEFAULT_CONFIG = "schedules.toml"
@@ -196,7 +199,9 @@ ParamValue = str | int | float | bool | date | datetime
 
 class ActivationBase(ConfigModel):
     description: str = ""
-    sql: Path
+    #: the query: a SQL file, or a dbt model (exactly one of the two)
+    sql: Path | None = None
+    dbt: DbtModel | None = None
     warehouse: str | None = None
     destination: str
     params: dict[str, ParamValue] = Field(default_factory=dict)
@@ -215,6 +220,13 @@ class ActivationBase(ConfigModel):
                 if isinstance(value, int) and not isinstance(value, bool) and not -(2**63) <= value < 2**63:
                     raise ValueError(f"{name} = {value} does not fit a 64-bit integer: no warehouse can bind it")
         return params
+
+    @model_validator(mode="after")
+    def _one_query(self) -> Self:
+        if (self.sql is None) == (self.dbt is None):
+            raise ValueError('give exactly one of sql = "sql/audience.sql" or '
+                             'dbt = { project_dir = "../analytics", model = "NAME" }')
+        return self
 
     @property
     def delivers_file(self) -> bool:
@@ -447,8 +459,34 @@ class Config(ConfigModel):
         chosen = self.activations[activation_name].warehouse or next(iter(self.warehouses))
         return chosen, self.warehouses[chosen]
 
-    def sql_text(self, activation_name: str) -> str:
-        return self.path(self.activations[activation_name].sql).read_text(encoding="utf-8")
+    def dbt_project(self, dbt: DbtModel) -> Path:
+        """The project's directory, ``..`` resolved: messages name it, and the analyst runs dbt there."""
+        return self.path(dbt.project_dir).resolve()
+
+    def query_where(self, activation_name: str) -> str:
+        """Where a message about an activation's query points, known without reading anything."""
+        activation = self.activations[activation_name]
+        if activation.dbt is not None:
+            return dbt_where(self.dbt_project(activation.dbt), activation.dbt)
+        assert activation.sql is not None  # one of the two, by the activation's validator
+        return str(self.path(activation.sql))
+
+    def query(self, activation_name: str) -> QuerySource:
+        """The query an activation runs, from its SQL file or its dbt model's manifest.
+
+        Raises ConfigError when a dbt model cannot be used (the manifest went missing or stale since the
+        configuration was loaded)."""
+        activation = self.activations[activation_name]
+        if activation.dbt is not None:
+            try:
+                return dbt_source(self.dbt_project(activation.dbt), activation.dbt,
+                                  f"[activations.{activation_name}] dbt")
+            except DbtError as exc:
+                raise ConfigError([exc.problem], source=self.source) from None
+        assert activation.sql is not None
+        file = self.path(activation.sql)
+        return QuerySource(file.read_text(encoding="utf-8"), str(file), {
+            "sql_file": activation.sql.as_posix(), "sql_sha256": hashlib.sha256(file.read_bytes()).hexdigest()})
 
     def alert_recipients(self, activation_name: str) -> list[str]:
         """Who gets an activation's e-mail alerts: the configured recipients, else the technical e-mail of

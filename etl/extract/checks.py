@@ -20,12 +20,13 @@ def query_columns(config: Config, name: str) -> list[str]:
     """The column names of an activation's query, without reading its rows (the query is wrapped in
     a subquery that selects nothing, which every tested dialect plans without executing the scan)."""
     activation = config.activations[name]
+    query = config.query(name)
     engine = activation_engine(config, name)
-    sql = config.sql_text(name).strip().rstrip(";")
+    sql = query.text.strip().rstrip(";")
     probe = f"SELECT * FROM (\n{sql}\n) audience_sync_probe WHERE 1 = 0"
     try:
         batches = stream_batches(engine, probe, query_params(activation, datetime.now(UTC)), chunk_size=1,
-                                 where=str(config.path(activation.sql)))
+                                 where=query.where)
         with closing(batches):
             first = next(batches, None)
         return first.schema.names if first is not None else []
@@ -62,6 +63,12 @@ def check_queries(config: Config, choose: Callable[[str, list[str]], None]) -> l
         try:
             choose(name, query_columns(config, name))
         except AudienceSyncError as exc:
-            problems.append((f"[activations.{name}] sql ({config.activations[name].sql})",
+            problems.append((f"[activations.{name}] {_query_key(config, name)}",
                              f"{exc.what}{f' — {exc.hint}' if exc.hint else ''}"))
     return problems
+
+
+def _query_key(config: Config, name: str) -> str:
+    """The activation's key that holds its query, as written: ``sql (sql/x.sql)`` or ``dbt (model x)``."""
+    activation = config.activations[name]
+    return f"dbt (model {activation.dbt.model})" if activation.dbt is not None else f"sql ({activation.sql})"

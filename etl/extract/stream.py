@@ -123,13 +123,14 @@ def activation_batches(
     """Stream an activation's query from its warehouse (only ``columns``, if given); the connection is
     released as soon as the consumer stops, even when a later step fails."""
     activation = config.activations[name]
+    query = config.query(name)
     engine = activation_engine(config, name)
     batches = stream_batches(
         engine,
-        config.sql_text(name),
+        query.text,
         query_params(activation, when),
         chunk_size=config.chunk_size_for(name),
-        where=str(config.path(activation.sql)),
+        where=query.where,
         columns=columns,
         connect_where=f"[warehouses.{config.warehouse_for(name)[0]}] url",
     )

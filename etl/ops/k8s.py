@@ -22,6 +22,7 @@ import yaml
 
 from etl.config import AudienceActivation, Config, parse_interval
 from etl.config.base import VARIABLE
+from etl.config.dbt import MANIFEST
 from etl.version import __version__
 from etl.errors import ConfigError
 
@@ -31,6 +32,8 @@ log = logging.getLogger("audience_sync.k8s")
 CONFIG_DIR = PurePosixPath("/etc/audience-sync")
 #: the ConfigMap key (and file name in the pod) of the configuration file, whatever its name locally
 CONFIG_KEY = "schedules.toml"
+#: Kubernetes refuses a ConfigMap whose data is larger than 1 MiB
+_CONFIGMAP_MAX_BYTES = 1_048_576
 CONTAINER_NAME = "audience-sync"
 #: the CLI's exit codes the pod failure policy is keyed on (etl.cli: EXIT_CONFIG, EXIT_LOCKED, EXIT_FAILED)
 EXIT_FAILED, EXIT_CONFIG, EXIT_LOCKED = 1, 2, 3
@@ -183,6 +186,11 @@ def configmap_manifest(config: Config, options: K8sOptions) -> dict[str, Any]:
     data = {CONFIG_KEY: _config_file(config).read_text(encoding="utf-8")}
     for file in files:
         data[file.key] = file.local.read_text(encoding="utf-8")
+    if (size := sum(len(text.encode("utf-8")) for text in data.values())) > _CONFIGMAP_MAX_BYTES:
+        raise ConfigError([("--with-config", f"the configuration and its files take {size:,} bytes; a ConfigMap "
+                                             f"holds at most {_CONFIGMAP_MAX_BYTES:,} (a dbt manifest.json is often "
+                                             "larger): create the ConfigMap yourself, e.g. from a volume")],
+                          source=config.source)
     return {
         "apiVersion": "v1",
         "kind": "ConfigMap",
@@ -393,14 +401,17 @@ def _pod_path(path: Path) -> PurePosixPath:
 
 
 def _config_files(config: Config) -> tuple[list[_File], list[tuple[str, str]]]:
-    """Every SQL and transform file the configuration references (the loader checks them all, whichever
-    activation runs)."""
+    """Every SQL file, dbt manifest and transform file the configuration references (the loader checks them
+    all, whichever activation runs)."""
     files: dict[str, _File] = {}
     problems: list[tuple[str, str]] = []
     for name, activation in config.activations.items():
         target = activation.transform_target if isinstance(activation, AudienceActivation) else None
-        referenced = [("sql", activation.sql)] + ([("transform", target[0])] if target else [])
+        # a dbt model is read from its project's manifest: the pod needs that file, not the project
+        query = ("sql", activation.sql) if activation.dbt is None else ("dbt", activation.dbt.project_dir / MANIFEST)
+        referenced = [query] + ([("transform", target[0])] if target else [])
         for key, path in referenced:
+            assert path is not None  # an activation has a SQL file or a dbt model, by its validator
             file = _File(path.name, config.path(path), _pod_path(path))
             where = f"[activations.{name}] {key}"
             if not _CONFIGMAP_KEY.match(file.key) or file.key == CONFIG_KEY:

@@ -442,7 +442,7 @@ class ActitoImports:
             self._table, self._mapping = preflight(self._client, target, self._plan.mapping_for, columns)
         context.details["table"] = self._table.id
         _not_in_table(context, self._table, self._mapping.ignored)
-        where = str(context.config.path(context.config.activations[context.activation].sql))
+        where = context.config.query_where(context.activation)
         self._rows = _TableRows(self._mapping, fingerprint([self._table.id, target.mode, target.empty_values,
                                                             self._mapping]), where)
         return self._rows

@@ -69,7 +69,7 @@ class OpenFieldProfiles:
             columns, match_on=destination.match_on, party_version=destination.party_version,
             language=destination.language, services=activation.subscriptions,
             on_invalid=activation.invalid_policies(),
-            where=str(context.config.path(activation.sql)),
+            where=context.config.query_where(context.activation),
         )
         context.details.update(openfield=destination.tenant_id, dropped_columns=builder.dropped)
         self._builder = builder
