@@ -105,7 +105,7 @@ def test_history_lists_the_runs(demo_run) -> None:
     root, _ = demo_run
     done = cli(root / "schedules.toml", "history")
     assert done.returncode == 0
-    assert done.stdout.count("succeeded") == 9  # one run per activation of the demo
+    assert done.stdout.count("succeeded") == 12  # one run per activation of the demo, and vip_everywhere's deliveries
 
 
 def test_setup_sheet_names_file_key_and_steps(demo_run) -> None:

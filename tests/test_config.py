@@ -66,7 +66,7 @@ params = { min_value = 1 }
 def test_the_shipped_configuration_is_valid(demo_project: Path) -> None:
     config = load_config(demo_project)
     assert set(config.activations) == {
-        "newsletter_engaged", "vip_customers", "lapsed_buyers", "vip_scored",
+        "newsletter_engaged", "vip_customers", "lapsed_buyers", "vip_scored", "vip_everywhere",
         "qualifio_profiles", "qualifio_participations", "didomi_consents", "vip_members", "openfield_profiles",
     }
 

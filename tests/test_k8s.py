@@ -186,6 +186,7 @@ def test_every_scheduled_activation_of_the_shipped_configuration_is_a_valid_cron
         "vip-customers": "0 */6 * * *",
         "lapsed-buyers": "0 7 * * 1",
         "vip-scored": "0 */6 * * *",
+        "vip-everywhere": "0 */6 * * *",
         "qualifio-profiles": "0 * * * *",
         "qualifio-participations": "0 * * * *",
         "didomi-consents": "*/15 * * * *",
