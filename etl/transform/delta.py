@@ -268,6 +268,7 @@ def stage_changes(
               "dropped": 0, "retried": 0, "retries_expired": 0}
     staged = Staged()
     seen_keys = SeenHashes()
+    expired_reason = _expired_reason(snapshot)
     for batch in batches:
         mapped = row_format.map(batch)
         counts["extracted"] += batch.num_rows
@@ -280,7 +281,7 @@ def stage_changes(
         duplicates = _reject(rejects, mapped, ~first, f"duplicate {row_format.key_name}: an earlier row has it")
         compared = snapshot.compare(key_hash, row_hash) if snapshot is not None else Compared.unseen(len(key_hash))
         send = first & (compared.changed | compared.retry)
-        expired = _reject(rejects, mapped, first & compared.expired, _expired_reason(snapshot))
+        expired = _reject(rejects, mapped, first & compared.expired, expired_reason)
         still_refused = expired + _reject(rejects, mapped, first & compared.refused & ~compared.expired,
                                           "refused by the destination when last sent, unchanged since: not sent "
                                           "again until it changes")
