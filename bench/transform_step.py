@@ -23,34 +23,9 @@ import tempfile
 import time
 from pathlib import Path
 
+from _sandbox import audience, sqlite_config
+
 REPO = Path(__file__).resolve().parent.parent
-
-CONFIG = """
-[settings]
-state_dir = "state"
-chunk_size = {chunk_size}
-
-[warehouses.wh]
-url = "sqlite:///audience.db"
-
-[destinations.d]
-environment = "sandbox"
-entity = "demo"
-files = {{ type = "local", path = "outbox" }}
-
-[activations.baseline]
-sql = "audience.sql"
-destination = "d"
-identifier = "email"
-max_shrink = 1
-
-[activations.identity]
-sql = "audience.sql"
-destination = "d"
-identifier = "email"
-max_shrink = 1
-transform = "identity.py:shape"
-"""
 
 
 def build(root: Path, rows: int, chunk_size: int) -> Path:
@@ -61,7 +36,9 @@ def build(root: Path, rows: int, chunk_size: int) -> Path:
     (root / "audience.sql").write_text("SELECT email, country, orders FROM c")
     (root / "identity.py").write_text("def shape(chunk, context):\n    return chunk\n")
     config = root / "schedules.toml"
-    config.write_text(CONFIG.format(chunk_size=chunk_size))
+    config.write_text(sqlite_config("audience.db", audience("baseline", sql="audience.sql"),
+                                    audience("identity", 'transform = "identity.py:shape"', sql="audience.sql"),
+                                    chunk_size=chunk_size))
     return config
 
 

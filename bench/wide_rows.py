@@ -26,26 +26,9 @@ import tempfile
 import time
 from pathlib import Path
 
+from _sandbox import audience, sqlite_config
+
 REPO = Path(__file__).resolve().parent.parent
-
-CONFIG = """
-[settings]
-state_dir = "state"
-
-[warehouses.wh]
-url = "sqlite:///wide.db"
-
-[destinations.d]
-environment = "sandbox"
-entity = "demo"
-files = {{ type = "local", path = "outbox" }}
-
-[activations.{name}]
-sql = "{name}.sql"
-destination = "d"
-identifier = "email"
-max_shrink = 1
-"""
 
 
 def build(directory: Path, rows: int, columns: int) -> None:
@@ -82,7 +65,7 @@ def main() -> None:
         results = {}
         for name, sql in (("narrow", "SELECT email FROM w"), ("wide", "SELECT * FROM w")):
             (directory / f"{name}.sql").write_text(sql)
-            (directory / f"{name}.toml").write_text(CONFIG.format(name=name))
+            (directory / f"{name}.toml").write_text(sqlite_config("wide.db", audience(name)))
             # each case in its own process tree, so RUSAGE_CHILDREN's maximum is that case's
             measured = [_isolated(directory, name, args.source) for _ in range(args.repeat)]
             results[name] = {"wall_s": round(statistics.median(m[0] for m in measured), 2),

@@ -10,12 +10,60 @@ import textwrap
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
 from etl.cli import main as cli_main
 
+if TYPE_CHECKING:
+    from servers import SftpServer
+
+    from etl.testing.actito.server import ActitoSandbox
+
 REPO = Path(__file__).resolve().parent.parent
+
+#: the head of a configuration the real CLI runs in a child process: the SQLite warehouse ``wh``
+#: (wh.db, in the project's directory) and the sandbox destination ``d`` delivering to ``files``
+SANDBOX_HEAD = """
+[settings]
+state_dir = "state"
+{settings}
+[warehouses.wh]
+url = "sqlite:///wh.db"
+
+[destinations.d]
+environment = "sandbox"
+entity = "demo"
+files = {files}
+"""
+
+
+def sandbox_config(files: str, *settings: str, activations: str = "") -> str:
+    """A configuration over ``wh`` and ``d`` (SANDBOX_HEAD): ``settings`` are more lines of [settings],
+    ``activations`` the TOML of its activations."""
+    return SANDBOX_HEAD.format(files=files, settings="".join(f"{line}\n" for line in settings)) + activations
+
+
+def sandbox_state(root: Path) -> ActitoSandbox:
+    """The Actito sandbox as the runs of the project in ``root`` left it (read from its state file)."""
+    from etl.testing.actito.server import ActitoSandbox  # only the tests that run one pay for its import
+
+    return ActitoSandbox(state_file=root / "state" / "sandbox" / "state.json")
+
+
+def sftp_files(server: SftpServer, directory: Path) -> str:
+    """The ``files`` of a destination delivering into ``in`` on the loopback SFTP ``server``, whose host key
+    it trusts (known_hosts, written into ``directory``); the password is ``${TEST_SFTP_PASSWORD}``."""
+    known_hosts = server.write_known_hosts(directory / "known_hosts")
+    return (f'{{ type = "sftp", host = "127.0.0.1", port = {server.port}, username = "actito", '
+            f'password = "${{TEST_SFTP_PASSWORD}}", known_hosts = "{known_hosts}", remote_dir = "in" }}')
+
+
+def emails_sql(first: int, last: int) -> str:
+    """A query of the people numbered ``first`` to ``last``, by e-mail (no warehouse table needed)."""
+    return (f"WITH RECURSIVE n(i) AS (SELECT {first} UNION ALL SELECT i + 1 FROM n WHERE i < {last}) "
+            "SELECT 'person' || i || '@example.com' AS email FROM n")
 
 
 @pytest.fixture

@@ -43,23 +43,12 @@ from etl.testing.actito.server import ActitoSandbox
 
 pytest_plugins = ["conftest_delivery"]
 
+from conftest import emails_sql, sandbox_config, sandbox_state, sftp_files  # noqa: E402
 from servers import PASSWORD, Location, SftpBehaviour, SftpServer  # noqa: E402
 
 KILLED = -signal.SIGKILL
 
-CONFIG = """
-[settings]
-state_dir = "state"
-chunk_size = {chunk}
-
-[warehouses.wh]
-url = "sqlite:///wh.db"
-
-[destinations.d]
-environment = "sandbox"
-entity = "demo"
-files = {files}
-
+ACTIVATIONS = """
 [activations.members]
 sql = "members.sql"
 destination = "d"
@@ -81,11 +70,6 @@ max_shrink = 1
 """
 
 
-def members_sql(first: int, last: int) -> str:
-    return (f"WITH RECURSIVE n(i) AS (SELECT {first} UNION ALL SELECT i + 1 FROM n WHERE i < {last}) "
-            "SELECT 'person' || i || '@example.com' AS email FROM n")
-
-
 def people_sql(count: int, renamed_below: int) -> str:
     """``count`` profiles; those numbered below ``renamed_below`` carry a changed first name."""
     return (f"WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < {count}) "
@@ -100,9 +84,9 @@ class Project:
         self.root = root
         (root / "wh.db").touch()
         self.config = root / "schedules.toml"
-        self.config.write_text(CONFIG.format(chunk=chunk, files=files))
+        self.config.write_text(sandbox_config(files, f"chunk_size = {chunk}", activations=ACTIVATIONS))
         self.env: dict[str, str] = {}
-        self.sql("members", members_sql(1, 10))
+        self.sql("members", emails_sql(1, 10))
         self.sql("people", people_sql(10, 0))
 
     def copy(self, root: Path) -> Project:
@@ -219,11 +203,11 @@ AUDIENCE_KILL_POINTS = ["chunk", "extracted", "written", "delivered", "confirmed
 def test_a_local_audience_killed_at_each_step_converges_on_the_rerun(
     baseline: Callable[..., Project], tmp_path: Path, kill_at: str
 ) -> None:
-    project = baseline("members", "members", members_sql(1, 500), into=tmp_path / "p")
+    project = baseline("members", "members", emails_sql(1, 500), into=tmp_path / "p")
     outbox = project.root / "outbox"
     previous = sha256(outbox / "members.csv")
 
-    project.sql("members", members_sql(1, 600))
+    project.sql("members", emails_sql(1, 600))
     code, output = project.run("members", kill_at)
     assert code == KILLED, output
     replaced = kill_at in ("confirmed", "recorded")
@@ -252,9 +236,7 @@ def test_a_local_audience_killed_at_each_step_converges_on_the_rerun(
 @pytest.fixture
 def sftp(tmp_path: Path, make_sftp_server: Callable[..., SftpServer]) -> tuple[Project, SftpServer]:
     server = make_sftp_server(SftpBehaviour())
-    known_hosts = server.write_known_hosts(tmp_path / "known_hosts")
-    files = (f'{{ type = "sftp", host = "127.0.0.1", port = {server.port}, username = "actito", '
-             f'password = "${{TEST_SFTP_PASSWORD}}", known_hosts = "{known_hosts}", remote_dir = "in" }}')
+    files = sftp_files(server, tmp_path)
     (tmp_path / "project").mkdir()
     project = Project(tmp_path / "project", files=files, chunk=5000)
     project.env["TEST_SFTP_PASSWORD"] = PASSWORD
@@ -267,11 +249,11 @@ def test_an_sftp_audience_killed_during_delivery_converges_on_the_rerun(
 ) -> None:
     project, server = sftp
     remote = server.root / "in"
-    project.sql("members", members_sql(1, 500))
+    project.sql("members", emails_sql(1, 500))
     assert project.run("members")[0] == 0
     previous = sha256(remote / "members.csv")
 
-    project.sql("members", members_sql(1, 30000))  # about 750 kB: many SFTP writes
+    project.sql("members", emails_sql(1, 30000))  # about 750 kB: many SFTP writes
     if kill_at == "mid-upload":
         server.behaviour.write_delay = 0.02
         process = project.start("members")
@@ -313,11 +295,6 @@ def _wait_for_partial_upload(remote: Path, process: subprocess.Popen[str]) -> bo
 IMPORT_KILL_POINTS = ["chunk", "extracted", "written", "posted", "delivered", "confirmed", "recorded"]
 
 
-def sandbox_state(project: Project) -> ActitoSandbox:
-    """The sandbox as the killed and the rerun processes left it (read from its state file)."""
-    return ActitoSandbox(state_file=project.root / "state" / "sandbox" / "state.json")
-
-
 @pytest.mark.parametrize("kill_at", IMPORT_KILL_POINTS)
 def test_a_profiles_import_killed_at_each_step_is_never_sent_twice(
     baseline: Callable[..., Project], tmp_path: Path, kill_at: str
@@ -330,7 +307,7 @@ def test_a_profiles_import_killed_at_each_step_is_never_sent_twice(
     code, output = project.run("people")
     assert code == 0, output
 
-    sandbox = sandbox_state(project)
+    sandbox = sandbox_state(project.root)
     executions = sandbox.executions("demo")
     assert len(executions) == 2, executions  # the first run's, and one for the changed rows: never twice
     assert all(e["status"] == "SUCCESS" for e in executions)
@@ -359,7 +336,7 @@ def test_a_crash_loop_converges_too(baseline: Callable[..., Project], tmp_path: 
     assert project.run("people", "posted")[0] == KILLED
     assert project.run("people", "chunk")[0] == KILLED
     assert project.run("people")[0] == 0
-    assert len(sandbox_state(project).executions("demo")) == 2
+    assert len(sandbox_state(project.root).executions("demo")) == 2
     last, second, first, _ = project.runs("people")
     assert (last.status, second.status, first.status) == ("succeeded", "interrupted", "interrupted")
     assert "died after 'written'" in (first.error or "") and "died after 'starting'" in (second.error or "")
@@ -370,15 +347,15 @@ def test_a_crash_loop_converges_too(baseline: Callable[..., Project], tmp_path: 
 def test_a_membership_delivery_killed_mid_import_converges(
     baseline: Callable[..., Project], tmp_path: Path, kill_at: str
 ) -> None:
-    project = baseline("tracked", "members", members_sql(1, 40), into=tmp_path / "p")
+    project = baseline("tracked", "members", emails_sql(1, 40), into=tmp_path / "p")
 
-    project.sql("members", members_sql(11, 50))  # 10 left, 10 entered
+    project.sql("members", emails_sql(11, 50))  # 10 left, 10 entered
     code, output = project.run("tracked", kill_at)
     assert code == KILLED, output
     code, output = project.run("tracked")
     assert code == 0, output
 
-    sandbox = sandbox_state(project)
+    sandbox = sandbox_state(project.root)
     references = sorted(e["reference"].split("-", 2)[2] for e in sandbox.executions("demo"))
     assert references == ["entered-1", "entered-1", "left-1"]  # the first run's, then once each
     members = sorted(r["memberKey"] for r in sandbox.records("demo", "audience_members"))

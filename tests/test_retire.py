@@ -22,20 +22,8 @@ from etl.testing.actito.server import ActitoSandbox
 
 pytest_plugins = ["conftest_delivery"]
 
+from conftest import emails_sql, sandbox_config, sandbox_state, sftp_files  # noqa: E402
 from servers import PASSWORD, SftpBehaviour, SftpServer  # noqa: E402
-
-HEAD = """
-[settings]
-state_dir = "state"
-
-[warehouses.wh]
-url = "sqlite:///wh.db"
-
-[destinations.d]
-environment = "sandbox"
-entity = "demo"
-files = {files}
-"""
 
 #: two activations sharing one directory with names that look alike but never meet, and a membership one
 ACTIVATIONS = {
@@ -46,24 +34,19 @@ ACTIVATIONS = {
 }
 
 
-def people(first: int, last: int) -> str:
-    return (f"WITH RECURSIVE n(i) AS (SELECT {first} UNION ALL SELECT i + 1 FROM n WHERE i < {last}) "
-            "SELECT 'person' || i || '@example.com' AS email FROM n")
-
-
 class Project:
     def __init__(self, root: Path, files: str = '{ type = "local", path = "outbox" }') -> None:
         self.root, self.files, self.env = root, files, dict(os.environ)
         root.mkdir(exist_ok=True)
         (root / "wh.db").touch()
-        (root / "vip.sql").write_text(people(1, 30))
-        (root / "all.sql").write_text(people(20, 60))
+        (root / "vip.sql").write_text(emails_sql(1, 30))
+        (root / "all.sql").write_text(emails_sql(20, 60))
         self.configure(*ACTIVATIONS)
 
     def configure(self, *names: str) -> None:
         """The configuration with only these activations: the others were removed from it."""
         tables = "".join(f"\n[activations.{name}]\n{ACTIVATIONS[name]}\n" for name in names)
-        (self.root / "schedules.toml").write_text(HEAD.format(files=self.files) + tables)
+        (self.root / "schedules.toml").write_text(sandbox_config(self.files, activations=tables))
 
     def start(self, *args: str) -> subprocess.Popen[str]:
         return subprocess.Popen([sys.executable, "-m", "etl", "--config", str(self.root / "schedules.toml"), *args],
@@ -87,7 +70,7 @@ class Project:
                                   self.root / "state" / "runs" / activation) if path.exists()]
 
     def sandbox(self) -> ActitoSandbox:
-        return ActitoSandbox(state_file=self.root / "state" / "sandbox" / "state.json")
+        return sandbox_state(self.root)
 
 
 def listing(directory: Path) -> list[str]:
@@ -217,9 +200,7 @@ def test_a_membership_activation_leaves_its_table_and_only_it(project: Project) 
 @pytest.fixture
 def over_sftp(tmp_path: Path, make_sftp_server: Callable[..., SftpServer]) -> tuple[Project, SftpServer]:
     server = make_sftp_server(SftpBehaviour())
-    known_hosts = server.write_known_hosts(tmp_path / "known_hosts")
-    files = (f'{{ type = "sftp", host = "127.0.0.1", port = {server.port}, username = "actito", '
-             f'password = "${{TEST_SFTP_PASSWORD}}", known_hosts = "{known_hosts}", remote_dir = "in" }}')
+    files = sftp_files(server, tmp_path)
     project = Project(tmp_path / "project", files)
     project.env["TEST_SFTP_PASSWORD"] = PASSWORD
     return project, server

@@ -84,6 +84,12 @@ class Compared:
     #: of ``refused``, those that waited for a dependency past the window (or the queue's bound)
     expired: np.ndarray
 
+    @classmethod
+    def unseen(cls, count: int) -> Compared:
+        """``count`` rows no snapshot knows (there is none, or it is empty): every one changed."""
+        nothing = np.zeros(count, dtype=bool)
+        return cls(np.ones(count, dtype=bool), nothing, nothing, nothing)
+
 
 class RowSnapshot:
     def __init__(self, path: Path, mapping_fingerprint: str, retries: RefusalRetries = RefusalRetries()) -> None:
@@ -121,8 +127,7 @@ class RowSnapshot:
 
     def compare(self, keys: np.ndarray, values: np.ndarray) -> Compared:
         if not len(self._keys):
-            nothing = np.zeros(len(keys), dtype=bool)
-            return Compared(np.ones(len(keys), dtype=bool), nothing, nothing, nothing)
+            return Compared.unseen(len(keys))
         position = np.searchsorted(self._keys, keys)
         position[position == len(self._keys)] = 0
         known = self._keys[position] == keys
@@ -263,6 +268,7 @@ def stage_changes(
               "dropped": 0, "retried": 0, "retries_expired": 0}
     staged = Staged()
     seen_keys = SeenHashes()
+    expired_reason = _expired_reason(snapshot)
     for batch in batches:
         mapped = row_format.map(batch)
         counts["extracted"] += batch.num_rows
@@ -273,9 +279,9 @@ def stage_changes(
         key_hash, row_hash = key_hashes(mapped.keys), row_hashes(mapped.hashed)
         first = seen_keys.add_new(key_hash)
         duplicates = _reject(rejects, mapped, ~first, f"duplicate {row_format.key_name}: an earlier row has it")
-        compared = _compare(snapshot, key_hash, row_hash)
+        compared = snapshot.compare(key_hash, row_hash) if snapshot is not None else Compared.unseen(len(key_hash))
         send = first & (compared.changed | compared.retry)
-        expired = _reject(rejects, mapped, first & compared.expired, _expired_reason(snapshot))
+        expired = _reject(rejects, mapped, first & compared.expired, expired_reason)
         still_refused = expired + _reject(rejects, mapped, first & compared.refused & ~compared.expired,
                                           "refused by the destination when last sent, unchanged since: not sent "
                                           "again until it changes")
@@ -298,13 +304,6 @@ def stage_changes(
         context.details.update(retried=counts["retried"], retries_expired=counts["retries_expired"],
                                retry_queue=snapshot.queued())
     return staged
-
-
-def _compare(snapshot: RowSnapshot | None, key_hash: np.ndarray, row_hash: np.ndarray) -> Compared:
-    if snapshot is not None:
-        return snapshot.compare(key_hash, row_hash)
-    nothing = np.zeros(len(key_hash), bool)
-    return Compared(np.ones(len(key_hash), bool), nothing, nothing, nothing)
 
 
 def _expired_reason(snapshot: RowSnapshot | None) -> str:
