@@ -18,7 +18,8 @@ import signal
 import time
 from pathlib import Path
 
-from test_kill_recovery import Project, members_sql, sha256
+from conftest import emails_sql
+from test_kill_recovery import Project, sha256
 
 KILLS = 30
 
@@ -40,12 +41,12 @@ def test_thirty_random_kills_each_end_in_a_consistent_location_after_the_rerun(t
     chance = random.Random(seed)
     project = Project(tmp_path, chunk=500)
     outbox = tmp_path / "outbox"
-    project.sql("members", members_sql(1, 2000))
+    project.sql("members", emails_sql(1, 2000))
     code, output = project.run("members")
     assert code == 0, output
     # how long a whole run takes here: kills are spread over it (and a little past it)
     began = time.monotonic()
-    project.sql("members", members_sql(1, 2100))
+    project.sql("members", emails_sql(1, 2100))
     assert project.run("members")[0] == 0
     span = (time.monotonic() - began) * 1.1
 
@@ -53,7 +54,7 @@ def test_thirty_random_kills_each_end_in_a_consistent_location_after_the_rerun(t
     plain = project.config.read_text()
     for attempt in range(KILLS):
         rows = chance.randint(1900, 4000)
-        project.sql("members", members_sql(1, rows))
+        project.sql("members", emails_sql(1, rows))
         # the delivered name changes too (members.csv, .csv.gz, .zip): the clean-up of the previous
         # delivery's files is killed as well
         compression = chance.choice(["none", "gzip", "zip"])

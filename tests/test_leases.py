@@ -30,7 +30,8 @@ from dbservers import faketime, postgres_url
 from etl.errors import LockBusy
 from etl.runtime.leases import hold
 from etl.runtime.ledger import StateStore
-from test_kill_recovery import Project, assert_delivered, members_sql
+from conftest import emails_sql
+from test_kill_recovery import Project, assert_delivered
 
 pytest_plugins = ["conftest_delivery"]
 
@@ -151,15 +152,15 @@ def _short_lease(project: Project) -> None:
 
 def _stall_then_take_over(project: Project, location: Path) -> None:
     _short_lease(project)
-    project.sql("members", members_sql(1, 100))
+    project.sql("members", emails_sql(1, 100))
     assert project.run("members")[0] == 0
-    project.sql("members", members_sql(1, 120))
+    project.sql("members", emails_sql(1, 120))
     project.env["AUDIENCE_SYNC_STALL_AT"] = "written"  # A writes its 120 rows, then freezes
     stalled = project.start("members")
     del project.env["AUDIENCE_SYNC_STALL_AT"]
     try:
         assert _stalled(stalled), "the run never reached 'written'"
-        project.sql("members", members_sql(1, 150))
+        project.sql("members", emails_sql(1, 150))
         time.sleep(7)  # A's lease (6 s) runs out while it is frozen
         code, output = project.run("members")  # B takes over and delivers 150 rows
         assert code == 0, output

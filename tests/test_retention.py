@@ -8,7 +8,8 @@ from datetime import timedelta
 from pathlib import Path
 
 from etl.runtime.ledger import runs, utcnow
-from test_kill_recovery import Project, members_sql
+from conftest import emails_sql
+from test_kill_recovery import Project
 
 
 def _age(project: Project, run_id: str, days: int) -> None:
@@ -22,7 +23,7 @@ def _age(project: Project, run_id: str, days: int) -> None:
 
 def test_run_files_older_than_the_retention_are_removed_and_the_history_stays(tmp_path: Path) -> None:
     project = Project(tmp_path)
-    project.sql("members", members_sql(1, 50) + " UNION ALL SELECT 'not an address'")  # a reject each run
+    project.sql("members", emails_sql(1, 50) + " UNION ALL SELECT 'not an address'")  # a reject each run
     for _ in range(3):
         assert project.run("members")[0] == 0
     first, second, third = reversed([r.run_id for r in project.runs("members")])
