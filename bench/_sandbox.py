@@ -6,6 +6,14 @@ A bench imports it as a sibling: ``python bench/NAME.py`` puts bench/ first on s
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+
 HEAD = """
 [settings]
 state_dir = "state"
@@ -32,3 +40,16 @@ def sqlite_config(database: str, *activations: str, chunk_size: int | None = Non
     directory; ``chunk_size``: the settings' chunk size, else the default."""
     settings = "" if chunk_size is None else f"chunk_size = {chunk_size}\n"
     return HEAD.format(database=database, settings=settings) + "".join(activations)
+
+
+def measure(config: Path, *names: str) -> tuple[float, float]:
+    """(seconds, peak RSS in MB) of one `run NAME…` in a fresh process: the whole command, as a user waits."""
+    started = time.perf_counter()
+    process = subprocess.Popen([sys.executable, "-m", "etl", "--config", str(config), "run", *names],
+                               cwd=config.parent, env={**os.environ, "PYTHONPATH": str(REPO)},
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    _, status, usage = os.wait4(process.pid, 0)
+    elapsed = time.perf_counter() - started
+    if status != 0:
+        raise SystemExit(f"{' '.join(names)} failed: {process.stderr.read().decode() if process.stderr else ''}")
+    return elapsed, usage.ru_maxrss / 1024

@@ -14,18 +14,12 @@ Usage: ``python bench/transform_step.py [--rows 1000000] [--chunk-size 50000] [-
 from __future__ import annotations
 
 import argparse
-import os
 import sqlite3
 import statistics
-import subprocess
-import sys
 import tempfile
-import time
 from pathlib import Path
 
-from _sandbox import audience, sqlite_config
-
-REPO = Path(__file__).resolve().parent.parent
+from _sandbox import audience, measure, sqlite_config
 
 
 def build(root: Path, rows: int, chunk_size: int) -> Path:
@@ -40,19 +34,6 @@ def build(root: Path, rows: int, chunk_size: int) -> Path:
                                     audience("identity", 'transform = "identity.py:shape"', sql="audience.sql"),
                                     chunk_size=chunk_size))
     return config
-
-
-def measure(config: Path, name: str) -> tuple[float, float]:
-    """(seconds, peak RSS in MB) of one `run NAME` in a fresh process."""
-    started = time.perf_counter()
-    process = subprocess.Popen([sys.executable, "-m", "etl", "--config", str(config), "run", name],
-                               cwd=config.parent, env={**os.environ, "PYTHONPATH": str(REPO)},
-                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    _, status, usage = os.wait4(process.pid, 0)
-    elapsed = time.perf_counter() - started
-    if status != 0:
-        raise SystemExit(f"{name} failed: {process.stderr.read().decode() if process.stderr else ''}")
-    return elapsed, usage.ru_maxrss / 1024
 
 
 def main() -> None:
