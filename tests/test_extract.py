@@ -479,7 +479,10 @@ PASSWORD = "Sup3r-S3cret"
         (f"postgresql+psycopg2://u:{PASSWORD}@db.example/test", None, "postgresql+psycopg://"),
         (f"mysql://u:{PASSWORD}@db.example/test", None, "audience-sync[mysql]"),
         (f"mssql+pyodbc://u:{PASSWORD}@db.example/test", None, "'pyodbc'"),
-        (f"snowflake://u:{PASSWORD}@account/db", None, "pip install snowflake-sqlalchemy"),
+        (f"snowflake://u:{PASSWORD}@account/db", "snowflake.sqlalchemy", "pip install 'audience-sync[snowflake]'"),
+        (f"snowflake://u:{PASSWORD}@account/db", "snowflake.connector", "pip install 'audience-sync[snowflake]'"),
+        (f"bigquery://u:{PASSWORD}@project/dataset", "sqlalchemy_bigquery", "'audience-sync[bigquery]'"),
+        (f"trino://u:{PASSWORD}@db.example/hive", "trino", "pip install trino"),
     ],
 )
 def test_missing_driver_names_what_to_install(

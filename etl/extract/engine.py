@@ -17,16 +17,20 @@ from etl.logs import redact
 from etl.runtime.doubles import ensure_demo_warehouse
 
 #: what to install for a missing driver module: the project's extra when we ship one
-_EXTRA_FOR_MODULE = {"psycopg": "postgres", "pymysql": "mysql", "duckdb": "duckdb", "duckdb_engine": "duckdb"}
+_EXTRA_FOR_MODULE = {
+    "psycopg": "postgres", "pymysql": "mysql", "duckdb": "duckdb", "duckdb_engine": "duckdb", "snowflake": "snowflake",
+}
 #: the URL form our extras support, for a dialect asked for with another driver (``postgresql+psycopg2``)
 _SUPPORTED_URL = {
     "postgresql": ("postgresql+psycopg://", "postgres"),
     "mysql": ("mysql+pymysql://", "mysql"),
     "mariadb": ("mariadb+pymysql://", "mysql"),
     "duckdb": ("duckdb:///", "duckdb"),
+    "snowflake": ("snowflake://", "snowflake"),
+    "bigquery": ("bigquery://", "bigquery"),
 }
 #: packages providing third-party dialects the README documents
-_DIALECT_PACKAGES = {"snowflake": "snowflake-sqlalchemy", "bigquery": "sqlalchemy-bigquery", "trino": "trino"}
+_DIALECT_PACKAGES = {"trino": "trino"}
 #: file-backed dialects: a missing file means a wrong path, not a new empty warehouse
 _FILE_DIALECTS = ("sqlite", "duckdb")
 
@@ -88,8 +92,12 @@ def safe_url(url: URL) -> str:
 
 
 def _first_line(text: str, url: URL) -> str:
+    """The message's first line; one that announces the next ends with a colon, and takes it along
+    (Snowflake's "SQL compilation error:" says what is wrong on its second line)."""
     lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
     line = lines[0] if lines else "(no message)"
+    if line.endswith(":") and len(lines) > 1:
+        line = f"{line} {lines[1]}"
     password = url.password
     if password:
         line = line.replace(str(password), "***")
