@@ -480,7 +480,6 @@ PASSWORD = "Sup3r-S3cret"
         (f"mysql://u:{PASSWORD}@db.example/test", None, "audience-sync[mysql]"),
         (f"mssql+pyodbc://u:{PASSWORD}@db.example/test", None, "'pyodbc'"),
         (f"snowflake://u:{PASSWORD}@account/db", "snowflake.sqlalchemy", "pip install 'audience-sync[snowflake]'"),
-        (f"snowflake://u:{PASSWORD}@account/db", "snowflake.connector", "pip install 'audience-sync[snowflake]'"),
         (f"bigquery://u:{PASSWORD}@project/dataset", "sqlalchemy_bigquery", "'audience-sync[bigquery]'"),
         (f"trino://u:{PASSWORD}@db.example/hive", "trino", "pip install trino"),
     ],

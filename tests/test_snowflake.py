@@ -1,8 +1,7 @@
 """Snowflake through the real connector and snowflake-sqlalchemy dialect, against fakesnow's HTTP server.
 
-The server runs in a process of its own, with the Python of ``.venv-fakesnow`` (``.ci/run`` builds
-it; ``AUDIENCE_SYNC_FAKESNOW_PYTHON`` points elsewhere): fakesnow needs connector 4, the dialect
-connector 5 (see tests/fakesnow_server.py). Without it the tests skip, and fail under CI.
+The server (``snowflake_url``, tests/conftest.py and dbservers.py) runs in a process of its own, with
+the Python of ``.venv-fakesnow``: fakesnow needs connector 4, the dialect connector 5.
 
 What fakesnow cannot show: Snowflake's chunked results (it answers every query in one Arrow chunk,
 so chunk_size is met by cutting that chunk) and the download of later chunks an early stop avoids.
@@ -11,15 +10,13 @@ so chunk_size is met by cutting that chunk) and the download of later chunks an 
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from datetime import date, datetime
 from decimal import Decimal
 from pathlib import Path
-from urllib.parse import quote
+from typing import Any
 
 import pyarrow as pa
 import pytest
@@ -30,61 +27,7 @@ from etl.errors import ExtractError
 from etl.extract import create_warehouse_engine, stream, stream_batches
 from test_extract import ROWS, SQL_FILE, _assert_query_error, _people, _read, _rows
 
-HERE = Path(__file__).resolve().parent
-REPO = HERE.parent
-PASSWORD = "snow-Pa55"
-
-
-def _server_python() -> str:
-    python = os.environ.get("AUDIENCE_SYNC_FAKESNOW_PYTHON") or str(REPO / ".venv-fakesnow" / "bin" / "python")
-    if not Path(python).is_file():
-        message = (f"no fakesnow server Python at {python}: python3 -m venv .venv-fakesnow && "
-                   ".venv-fakesnow/bin/pip install 'fakesnow[server]==0.12.1' 'snowflake-connector-python<5'")
-        if dbservers.in_ci():
-            pytest.fail(message + " (.ci/run builds it)", pytrace=False)
-        pytest.skip(message)
-    return python
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
-
-
-def _wait_for(port: int, server: subprocess.Popen[bytes], log: Path) -> None:
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and server.poll() is None:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            return
-        except OSError:
-            time.sleep(0.2)
-    pytest.fail(f"the fakesnow server did not come up on port {port}:\n{log.read_text()[-2000:]}")
-
-
-@pytest.fixture(scope="module")
-def snowflake_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A snowflake:// URL to fakesnow's server, in the form a user writes: the account's server named by
-    ``server_url`` (snowflake-sqlalchemy 2 refuses ``host`` and ``protocol`` in a URL)."""
-    port = _free_port()
-    log = tmp_path_factory.mktemp("fakesnow") / "server.log"
-    with log.open("wb") as out:
-        server = subprocess.Popen([_server_python(), str(HERE / "fakesnow_server.py"), str(port)],
-                                  stdout=out, stderr=subprocess.STDOUT)
-    try:
-        _wait_for(port, server, log)
-        url = f"snowflake://fake:{PASSWORD}@fakesnow/audiences/public?server_url={quote(f'http://127.0.0.1:{port}')}"
-        loader = sa.create_engine(url)
-        with loader.begin() as connection:
-            connection.exec_driver_sql("CREATE DATABASE IF NOT EXISTS audiences")
-            connection.exec_driver_sql("CREATE SCHEMA IF NOT EXISTS audiences.public")
-        loader.dispose()
-        yield url
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
+PASSWORD = dbservers.FAKESNOW_PASSWORD
 
 
 @pytest.fixture
@@ -118,7 +61,12 @@ def test_the_fast_path_streams_bounded_chunks_with_bound_parameters(
     engine, table = people
     taken: list[str] = []
     fast = stream._FAST_PATHS["snowflake"]
-    monkeypatch.setitem(stream._FAST_PATHS, "snowflake", lambda *a: (taken.append("fast"), (yield from fast(*a))))
+
+    def spied(*args: Any) -> Iterator[pa.RecordBatch]:
+        taken.append("fast")
+        yield from fast(*args)
+
+    monkeypatch.setitem(stream._FAST_PATHS, "snowflake", spied)
     sql = f"SELECT id, name, score, born, :run_date AS run_date FROM {table} WHERE id >= :min_id ORDER BY id"
     params = {"run_date": date(2026, 1, 15), "min_id": 3}
     batches = _read(engine, sql, params, chunk_size=4)
@@ -197,11 +145,22 @@ def test_an_early_stop_releases_the_connection(people: tuple[sa.Engine, str], mo
     probe.close()
     close = cursor_class.close
     monkeypatch.setattr(cursor_class, "close", lambda self, *a: (closed.append(True), close(self, *a))[1])
+    fetched: list[str] = []
+    fetch = cursor_class.fetch_arrow_batches
+
+    def counted(self: Any, *args: Any) -> Iterator[pa.Table]:
+        for table in fetch(self, *args):
+            fetched.append("chunk")
+            yield table
+        fetched.append("end")
+
+    monkeypatch.setattr(cursor_class, "fetch_arrow_batches", counted)
     batches = stream_batches(engine, f"SELECT id, name FROM {table} ORDER BY id", {}, chunk_size=5, where=SQL_FILE)
     assert next(batches).num_rows == 5
     assert engine.pool.checkedout() == 1  # type: ignore[attr-defined]
     batches.close()
     assert closed and engine.pool.checkedout() == 0  # type: ignore[attr-defined]
+    assert fetched == ["chunk"]  # no further chunk asked for (fakesnow sends one; Snowflake, many)
 
     def consume() -> None:
         for batch in stream_batches(engine, f"SELECT id FROM {table}", {}, chunk_size=5, where=SQL_FILE):
@@ -269,17 +228,21 @@ def test_an_audience_runs_through_the_cli(snowflake_url: str, tmp_path: Path) ->
     (tmp_path / "born_before.sql").write_text(
         f"SELECT email FROM {table.name} WHERE born < :before AND born <= :run_date ORDER BY id")
     (tmp_path / "schedules.toml").write_text(CONFIG)
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "etl", "--config", str(tmp_path / "schedules.toml"), *args],
+                              capture_output=True, text=True, timeout=300, cwd=tmp_path,
+                              env={**os.environ, "SNOWFLAKE_URL": snowflake_url})
+
     try:
-        done = subprocess.run(
-            [sys.executable, "-m", "etl", "--config", str(tmp_path / "schedules.toml"), "run", "born_before"],
-            capture_output=True, text=True, timeout=300, cwd=tmp_path,
-            env={**os.environ, "SNOWFLAKE_URL": snowflake_url})
+        checked = cli("validate", "--connect")  # the query planned through the fast path, no row read
+        done = cli("run", "born_before")
     finally:
         with loader.begin() as connection:
             table.drop(connection)
         loader.dispose()
+    assert checked.returncode == 0, checked.stdout + checked.stderr
     assert done.returncode == 0, done.stdout + done.stderr
-    assert PASSWORD not in done.stdout + done.stderr
+    assert PASSWORD not in checked.stdout + checked.stderr + done.stdout + done.stderr
     files = [path for path in (tmp_path / "outbox").iterdir() if path.name.endswith(".csv")]
     assert len(files) == 1
     header, *emails = files[0].read_text("utf-8").splitlines()
