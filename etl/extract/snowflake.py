@@ -56,7 +56,8 @@ def _result_name(dialect: sa.Dialect, name: str) -> str:
 
 
 def _as_batches(table: pa.Table | pa.RecordBatch) -> list[pa.RecordBatch]:
-    """Connector 4 yields record batches' tables, 5 yields tables: either way, record batches."""
+    """The connector wraps each chunk in a table (typed as such); a record batch is taken as it is,
+    should a version hand those over."""
     if isinstance(table, pa.RecordBatch):
         return [table]
     return table.to_batches()
