@@ -29,11 +29,11 @@ def snowflake_batches(
     Snowflake's chunks (their size is the server's choice) without copying."""
     compiled = statement.compile(dialect=connection.dialect)
     params = dict(compiled.construct_params(values))
+    # without parameters the connector does no %-formatting: pyformat's %% escape is undone here
     sql = compiled.string if params else compiled.string.replace("%%", "%")
     raw: Any = connection.connection.driver_connection
     cursor = raw.cursor()
     try:
-        # without parameters the connector does no %-formatting: %% (pyformat's escape) is undone above
         cursor.execute(sql, params or None)
         names = [_result_name(connection.dialect, column[0]) for column in cursor.description or ()]
         empty = True
