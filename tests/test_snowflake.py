@@ -261,3 +261,12 @@ def test_snowflakes_two_line_messages_keep_their_second_line() -> None:
     url = sa.make_url(f"snowflake://u:{PASSWORD}@account/db")
     assert database_message(error, url) == (
         "001003 (42000): SQL compilation error: syntax error line 1 at position 0 unexpected 'SELEC'.")
+
+
+def test_a_url_naming_host_or_protocol_says_to_use_server_url() -> None:
+    url = f"snowflake://u:{PASSWORD}@account/db/schema?host=127.0.0.1&protocol=http"
+    with pytest.raises(ExtractError) as caught:
+        create_warehouse_engine(url, where="[warehouses.snow] url")
+    assert caught.value.where == "[warehouses.snow] url"
+    assert "'host' cannot be set via the URL" in caught.value.what and "server_url=" in caught.value.hint
+    assert PASSWORD not in str(caught.value)

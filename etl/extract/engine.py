@@ -31,6 +31,11 @@ _SUPPORTED_URL = {
 }
 #: packages providing third-party dialects the README documents
 _DIALECT_PACKAGES = {"trino": "trino"}
+#: what to do about a URL a dialect refuses, where the dialect's own words point at code, not at the URL
+_URL_HINTS = {
+    "snowflake": "snowflake-sqlalchemy takes no host or protocol in the URL: name the account in the URL's "
+                 "host part, or a server with ?server_url=https://HOST:PORT",
+}
 #: file-backed dialects: a missing file means a wrong path, not a new empty warehouse
 _FILE_DIALECTS = ("sqlite", "duckdb")
 
@@ -74,7 +79,15 @@ def create_warehouse_engine(url: str, *, where: str) -> sa.Engine:
         ) from None
     except (sa.exc.ArgumentError, TypeError, ValueError) as exc:
         raise ExtractError(
-            f"unusable warehouse URL {safe}: {_first_line(str(exc), parsed)}", where=where
+            f"unusable warehouse URL {safe}: {_first_line(str(exc), parsed)}", where=where,
+            hint=_URL_HINTS.get(parsed.get_backend_name(), ""),
+        ) from None
+    except Exception as exc:  # a third-party dialect failing as it sets up: BigQuery without credentials
+        raise ExtractError(
+            f"the {parsed.get_backend_name()} dialect cannot use URL {safe}: "
+            f"{type(exc).__name__}: {_first_line(str(exc), parsed)}",
+            where=where,
+            hint="check the URL's options and the credentials its dialect reads (its documentation says where)",
         ) from None
     if engine.dialect.name == "sqlite":
         sa.event.listen(engine, "connect", _lenient_sqlite_text)
