@@ -66,6 +66,15 @@ def emails_sql(first: int, last: int) -> str:
             "SELECT 'person' || i || '@example.com' AS email FROM n")
 
 
+@pytest.fixture(scope="session")
+def snowflake_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """fakesnow's Snowflake server, one per session (skipped, under CI failed, without its venv)."""
+    import dbservers
+
+    with dbservers.fakesnow_url(tmp_path_factory.mktemp("fakesnow") / "server.log") as url:
+        yield url
+
+
 @pytest.fixture
 def project(tmp_path: Path) -> Callable[[str], Path]:
     """Write a schedules.toml (dedented) into a fresh directory holding a copy of sql/; return its path."""

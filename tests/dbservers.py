@@ -1,4 +1,5 @@
-"""The PostgreSQL and MariaDB servers the tests use, or a skip (a failure under CI) when one is down.
+"""The PostgreSQL and MariaDB servers the tests use, or a skip (a failure under CI) when one is down;
+and fakesnow's Snowflake server, which the tests start (``fakesnow_url``).
 
 ``postgres_url()`` and ``mariadb_url()`` return a SQLAlchemy URL for a server that answered a
 ``SELECT 1``. When it does not answer (or its driver is missing) the calling test is skipped with
@@ -12,11 +13,18 @@ uniquely named tables (``unique_name``), so tests may share a database and run i
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import shutil
+import socket
+import subprocess
 import threading
+import time
 import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from urllib.parse import quote
 
 import pytest
 import sqlalchemy as sa
@@ -28,6 +36,9 @@ MARIADB_URL = os.environ.get("AUDIENCE_SYNC_TEST_MARIADB_URL", "mysql+pymysql://
 
 #: seconds to wait for a server before calling it unreachable
 CONNECT_TIMEOUT = 3
+#: the password in fakesnow URLs (it accepts any): tests check it is never shown
+FAKESNOW_PASSWORD = "snow-Pa55"
+_TESTS = Path(__file__).resolve().parent
 
 
 def postgres_url() -> str:
@@ -121,3 +132,61 @@ class PoolWatch:
     def __exit__(self, *exc: object) -> None:
         sa.event.remove(sa.pool.Pool, "checkout", self._out)
         sa.event.remove(sa.pool.Pool, "checkin", self._back)
+
+
+@contextlib.contextmanager
+def fakesnow_url(log: Path) -> Iterator[str]:
+    """A snowflake:// URL to fakesnow's server, started here (``log`` gets its output) and stopped on exit,
+    in the form a user writes: the account's server named by ``server_url`` (snowflake-sqlalchemy 2
+    refuses ``host`` and ``protocol`` in a URL). Its database ``audiences`` is shared by every connection."""
+    # connector 5 probes cloud metadata addresses (AWS, GCP, Azure) at connect, for its telemetry: no
+    # test sends traffic off this machine, so the probes are off (CLI runs inherit the environment)
+    os.environ["SNOWFLAKE_DISABLE_PLATFORM_DETECTION"] = "true"
+    os.environ["AWS_EC2_METADATA_DISABLED"] = "true"
+    port = _free_port()
+    with log.open("wb") as out:
+        server = subprocess.Popen([_fakesnow_python(), str(_TESTS / "fakesnow_server.py"), str(port)],
+                                  stdout=out, stderr=subprocess.STDOUT)
+    try:
+        _wait_for(port, server, log)
+        url = (f"snowflake://fake:{FAKESNOW_PASSWORD}@fakesnow/audiences/public"
+               f"?server_url={quote(f'http://127.0.0.1:{port}')}")
+        loader = sa.create_engine(url)
+        with loader.begin() as connection:
+            connection.exec_driver_sql("CREATE DATABASE IF NOT EXISTS audiences")
+            connection.exec_driver_sql("CREATE SCHEMA IF NOT EXISTS audiences.public")
+        loader.dispose()
+        yield url
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+def _fakesnow_python() -> str:
+    """fakesnow needs connector 4, the snowflake extra connector 5: its server has a venv of its own."""
+    python = os.environ.get("AUDIENCE_SYNC_FAKESNOW_PYTHON") or str(_TESTS.parent / ".venv-fakesnow" / "bin" / "python")
+    if not Path(python).is_file():
+        message = (f"no fakesnow server Python at {python}: python3 -m venv .venv-fakesnow && "
+                   ".venv-fakesnow/bin/pip install 'fakesnow[server]==0.12.1' 'snowflake-connector-python<5'")
+        if in_ci():
+            pytest.fail(message + " (.ci/run builds it)", pytrace=False)
+        pytest.skip(message)
+    return python
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+def _wait_for(port: int, server: subprocess.Popen[bytes], log: Path) -> None:
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and server.poll() is None:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            time.sleep(0.2)
+    pytest.fail(f"the fakesnow server did not come up on port {port}:\n{log.read_text()[-2000:]}", pytrace=False)

@@ -78,9 +78,13 @@ file = {{ separator = ";" }}
 """
 
 
-@pytest.mark.parametrize("kind", ["sqlite", "duckdb", "postgres", "mariadb"])
-def test_files_are_byte_identical_across_warehouses(kind: str, tmp_path: Path, reference_files) -> None:
-    url = _warehouse_url(kind, tmp_path)
+@pytest.mark.parametrize("kind", ["sqlite", "duckdb", "postgres", "mariadb", "snowflake"])
+def test_files_are_byte_identical_across_warehouses(
+    kind: str, tmp_path: Path, reference_files, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Snowflake: fakesnow's server, one per session (tests/conftest.py)
+    url = request.getfixturevalue("snowflake_url") if kind == "snowflake" else _warehouse_url(kind, tmp_path)
+    monkeypatch.setenv("WAREHOUSE_URL", url)  # a URL with a password is never written in a configuration
     table_name = f"xcust_{uuid.uuid4().hex[:8]}"
     engine = sa.create_engine(url)
     table = _table(table_name)
@@ -88,7 +92,7 @@ def test_files_are_byte_identical_across_warehouses(kind: str, tmp_path: Path, r
     try:
         with engine.begin() as conn:
             conn.execute(table.insert(), [dataclasses.asdict(row) for row in ROWS])
-        files = _run_both(tmp_path, url, table_name)
+        files = _run_both(tmp_path, "${WAREHOUSE_URL}", table_name)
     finally:
         table.drop(engine)
         engine.dispose()

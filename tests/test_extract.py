@@ -479,7 +479,9 @@ PASSWORD = "Sup3r-S3cret"
         (f"postgresql+psycopg2://u:{PASSWORD}@db.example/test", None, "postgresql+psycopg://"),
         (f"mysql://u:{PASSWORD}@db.example/test", None, "audience-sync[mysql]"),
         (f"mssql+pyodbc://u:{PASSWORD}@db.example/test", None, "'pyodbc'"),
-        (f"snowflake://u:{PASSWORD}@account/db", None, "pip install snowflake-sqlalchemy"),
+        (f"snowflake://u:{PASSWORD}@account/db", "snowflake.sqlalchemy", "pip install 'audience-sync[snowflake]'"),
+        (f"bigquery://u:{PASSWORD}@project/dataset", "sqlalchemy_bigquery", "'audience-sync[bigquery]'"),
+        (f"trino://u:{PASSWORD}@db.example/hive", "trino", "pip install trino"),
     ],
 )
 def test_missing_driver_names_what_to_install(
@@ -516,6 +518,25 @@ def test_bad_urls_are_reported_without_the_password(url: str) -> None:
     assert caught.value.where == "[warehouses.wh] url"
     for part in (PASSWORD, "x@db"):
         assert part not in str(caught.value)
+
+
+def test_a_dialect_failing_as_it_sets_up_is_an_extract_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    """BigQuery's dialect asks Google for credentials when the engine is made; without them it raised
+    its own error, a traceback to the user."""
+
+    class DefaultCredentialsError(Exception):
+        pass
+
+    def refused(url: sa.URL, **kwargs: Any) -> sa.Engine:
+        raise DefaultCredentialsError(f"Your default credentials were not found ({url.password})\nsee the docs")
+
+    monkeypatch.setattr(sa, "create_engine", refused)
+    with pytest.raises(ExtractError) as caught:
+        create_warehouse_engine(f"bigquery://u:{PASSWORD}@project/dataset", where="[warehouses.bq] url")
+    assert caught.value.where == "[warehouses.bq] url"
+    assert caught.value.what == ("the bigquery dialect cannot use URL bigquery://u:***@project/dataset: "
+                                 "DefaultCredentialsError: Your default credentials were not found (***)")
+    assert "credentials" in caught.value.hint
 
 
 def test_missing_database_file_is_not_created(tmp_path: Path) -> None:

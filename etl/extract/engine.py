@@ -17,16 +17,25 @@ from etl.logs import redact
 from etl.runtime.doubles import ensure_demo_warehouse
 
 #: what to install for a missing driver module: the project's extra when we ship one
-_EXTRA_FOR_MODULE = {"psycopg": "postgres", "pymysql": "mysql", "duckdb": "duckdb", "duckdb_engine": "duckdb"}
+_EXTRA_FOR_MODULE = {
+    "psycopg": "postgres", "pymysql": "mysql", "duckdb": "duckdb", "duckdb_engine": "duckdb", "snowflake": "snowflake",
+}
 #: the URL form our extras support, for a dialect asked for with another driver (``postgresql+psycopg2``)
 _SUPPORTED_URL = {
     "postgresql": ("postgresql+psycopg://", "postgres"),
     "mysql": ("mysql+pymysql://", "mysql"),
     "mariadb": ("mariadb+pymysql://", "mysql"),
     "duckdb": ("duckdb:///", "duckdb"),
+    "snowflake": ("snowflake://", "snowflake"),
+    "bigquery": ("bigquery://", "bigquery"),
 }
 #: packages providing third-party dialects the README documents
-_DIALECT_PACKAGES = {"snowflake": "snowflake-sqlalchemy", "bigquery": "sqlalchemy-bigquery", "trino": "trino"}
+_DIALECT_PACKAGES = {"trino": "trino"}
+#: what to do about a URL a dialect refuses, where the dialect's own words point at code, not at the URL
+_URL_HINTS = {
+    "snowflake": "snowflake-sqlalchemy takes no host or protocol in the URL: name the account in the URL's "
+                 "host part, or a server with ?server_url=https://HOST:PORT",
+}
 #: file-backed dialects: a missing file means a wrong path, not a new empty warehouse
 _FILE_DIALECTS = ("sqlite", "duckdb")
 
@@ -70,7 +79,15 @@ def create_warehouse_engine(url: str, *, where: str) -> sa.Engine:
         ) from None
     except (sa.exc.ArgumentError, TypeError, ValueError) as exc:
         raise ExtractError(
-            f"unusable warehouse URL {safe}: {_first_line(str(exc), parsed)}", where=where
+            f"unusable warehouse URL {safe}: {_first_line(str(exc), parsed)}", where=where,
+            hint=_URL_HINTS.get(parsed.get_backend_name(), ""),
+        ) from None
+    except Exception as exc:  # a third-party dialect failing as it sets up: BigQuery without credentials
+        raise ExtractError(
+            f"the {parsed.get_backend_name()} dialect cannot use URL {safe}: "
+            f"{type(exc).__name__}: {_first_line(str(exc), parsed)}",
+            where=where,
+            hint="check the URL's options and the credentials its dialect reads (its documentation says where)",
         ) from None
     if engine.dialect.name == "sqlite":
         sa.event.listen(engine, "connect", _lenient_sqlite_text)
@@ -88,8 +105,12 @@ def safe_url(url: URL) -> str:
 
 
 def _first_line(text: str, url: URL) -> str:
+    """The message's first line; one that announces the next ends with a colon, and takes it along
+    (Snowflake's "SQL compilation error:" says what is wrong on its second line)."""
     lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
     line = lines[0] if lines else "(no message)"
+    if line.endswith(":") and len(lines) > 1:
+        line = f"{line} {lines[1]}"
     password = url.password
     if password:
         line = line.replace(str(password), "***")

@@ -19,6 +19,7 @@ from etl.extract.engine import (activation_engine, database_errors, database_mes
 from etl.extract.generic import Batches, ColumnChoice, FastPath, sqlalchemy_batches
 from etl.extract.params import bound_values, query_params
 from etl.extract.postgres import postgres_batches
+from etl.extract.snowflake import snowflake_batches
 
 
 def stream_batches(
@@ -112,7 +113,9 @@ def _abandon_pymysql(connection: sa.Connection, dbapi_connection: Any) -> None:
 
 
 #: per-dialect fast paths, by SQLAlchemy dialect name; the rest use ``sqlalchemy_batches``
-_FAST_PATHS: dict[str, FastPath] = {"duckdb": duckdb_batches, "postgresql": postgres_batches}
+_FAST_PATHS: dict[str, FastPath] = {
+    "duckdb": duckdb_batches, "postgresql": postgres_batches, "snowflake": snowflake_batches,
+}
 #: per-driver handling of a result left unread (consumer stopped early, or an error): by driver name
 _ABANDON: dict[str, Callable[[sa.Connection, Any], None]] = {"pymysql": _abandon_pymysql}
 
