@@ -14,6 +14,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from datetime import datetime
@@ -21,6 +22,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
+from etl.runtime.order import run_in_order
 
 REPO = Path(__file__).resolve().parent.parent
 #: the manifest's fields that name the run or its time: every other byte of the outboxes is the same
@@ -202,3 +205,24 @@ def test_sigterm_stops_the_running_and_starts_no_more(demo: Path, sandbox: str) 
     ended = [json.loads(line) for line in stdout.splitlines() if line.startswith('{"event"')]
     assert 1 <= len(ended) < len(names)  # the ones not started yet were left out
     assert all(record["status"] != "running" for record in history(demo))  # each run that started is recorded
+
+
+def test_at_most_n_run_at_once_and_waiting_for_after_holds_no_place() -> None:
+    lock, running, peak = threading.Lock(), [0], [0]
+
+    def run(name: str) -> str:
+        with lock:
+            running[0] += 1
+            peak[0] = max(peak[0], running[0])
+        time.sleep(0.05)
+        with lock:
+            running[0] -= 1
+        return "succeeded"
+
+    names = ["a", "b", "c", "d", "e", "f"]
+    after = {"b": ["a"], "c": ["b"], "f": ["a"]}  # with one place, a waiting b must not keep a from running
+    for at_most in (1, 2):
+        peak[0] = 0
+        done = run_in_order(names, after, lambda name: (name, run(name)), lambda name, reason: (name, "skipped"),
+                            lambda result: result[1], parallel=True, at_most=at_most)
+        assert [name for name, _ in done] == names and peak[0] == at_most
