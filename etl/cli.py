@@ -83,6 +83,9 @@ def _add_run_commands(command: _Command) -> None:
     run.add_argument("--force", action="store_true", help="deliver even if a safety guard (max_shrink) objects")
     run.add_argument("--as-of", type=_day, metavar="YYYY-MM-DD",
                      help="run as on that day: :run_date, :run_at and the file name's date (a backfill)")
+    run.add_argument("--jobs", "-j", type=_at_least_one, default=1, metavar="N",
+                     help="run up to N activations at once (default 1), within each warehouse's max_connections "
+                          "and each licence's limits; `after` is kept; no live progress line when N > 1")
 
     preview = command("preview", "what a run would deliver, nothing sent or written: an audience's counts and "
                                  "first identifiers; an import's mapped columns, rows refused by reason, first rows")
@@ -164,15 +167,23 @@ def _day(text: str) -> date:
         raise argparse.ArgumentTypeError(f"{text!r} is not a day written YYYY-MM-DD (e.g. 2026-11-01)") from None
 
 
-def _at_least_zero(text: str) -> int:
-    """A negative count would slice rows from the end: refused by argparse, with exit 2."""
-    try:
-        number = int(text)
-    except ValueError:
-        number = -1
-    if number < 0:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a count (0 or more)")
+def _at_least(minimum: int, what: str) -> Callable[[str], int]:
+    """A whole number refused by argparse, with exit 2, below ``minimum`` (a negative --limit would slice
+    rows from the end; --jobs 0 would run nothing)."""
+    def number(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = minimum - 1
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {what} ({minimum} or more)")
+        return value
+
     return number
+
+
+_at_least_zero = _at_least(0, "a count")
+_at_least_one = _at_least(1, "a number of activations to run at once")
 
 
 def _date(text: str) -> date:
@@ -363,6 +374,7 @@ def _require(config: Config, names: Sequence[str], *, kind: str | None = None) -
 
 def _run(config: Config, args: argparse.Namespace) -> int:
     from etl.ops.announce import announce
+    from etl.ops.run_output import Progress, outcome_json, summary
     from etl.runtime.ledger import open_store
     from etl.runtime.order import dependencies, run_in_order, skipped
     from etl.runtime.runs import execute
@@ -371,7 +383,9 @@ def _run(config: Config, args: argparse.Namespace) -> int:
     names = _chosen(config, args, "run", "the activations to run",
                     [n for n, a in config.activations.items() if a.enabled])
     json_output = args.log_format == "json"
-    progress = _Progress(sys.stderr) if sys.stderr.isatty() and not json_output else None
+    shown_live = sys.stderr.isatty() and not json_output and args.jobs == 1  # one \r line cannot show several
+    progress = Progress(sys.stderr) if shown_live else None
+    printing = threading.Lock()  # parallel runs end together: each JSON line whole, once
     with open_store(config) as store:
         stop = _stop_on_sigterm()
 
@@ -379,8 +393,9 @@ def _run(config: Config, args: argparse.Namespace) -> int:
             if progress:
                 progress.clear()
             if json_output:
-                for each in (*outcome.parts, outcome):  # a fan-out's deliveries are runs of their own
-                    print(json.dumps(_outcome_json(each), default=str), flush=True)
+                with printing:
+                    for each in (*outcome.parts, outcome):  # a fan-out's deliveries are runs of their own
+                        print(json.dumps(outcome_json(each), default=str), flush=True)
             return outcome
 
         def one(name: str) -> RunOutcome:
@@ -393,9 +408,10 @@ def _run(config: Config, args: argparse.Namespace) -> int:
 
         outcomes = run_in_order(names, dependencies(config, names), one,
                                 lambda name, reason: told(skipped(name, reason, dry_run=args.dry_run)),
-                                lambda outcome: outcome.status, stop=stop)
+                                lambda outcome: outcome.status, parallel=args.jobs > 1, at_most=args.jobs,
+                                stop=stop)
     if not json_output:
-        print(_summary(outcomes))
+        print(summary(outcomes))
     if stop.is_set():
         return EXIT_INTERRUPTED
     if any(o.status in (RunStatus.FAILED, RunStatus.INTERRUPTED) for o in outcomes):
@@ -409,67 +425,6 @@ def _stop_on_sigterm() -> threading.Event:
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, lambda signum, frame: stop.set())
     return stop
-
-
-class _Progress:
-
-    def __init__(self, stream: TextIO) -> None:
-        self.stream = stream
-        self.width = 0
-
-    def update(self, activation: str, counts: dict[str, int]) -> None:
-        line = (f"{activation}: {counts['extracted']:,} rows read · {counts['kept']:,} kept · "
-                f"{counts['rejected']:,} rejected · {counts['duplicates']:,} duplicates")
-        self.width = max(self.width, len(line))
-        self.stream.write("\r" + line.ljust(self.width))
-        self.stream.flush()
-
-    def clear(self) -> None:
-        if self.width:
-            self.stream.write("\r" + " " * self.width + "\r")
-            self.stream.flush()
-            self.width = 0
-
-
-#: what a run's JSON line adds to the ledger's columns: after it, the audience's size (``members``) and
-#: its changes, so rows_delivered (what this run delivered) is never read as the size
-_JSON_DETAILS = ("members", "entered", "left", "unchanged", "refused_by_actito", "still_refused", "values_dropped",
-                 "retried", "retry_queue", "retries_expired", "left_out", "as_of")
-
-
-def _outcome_json(outcome: RunOutcome) -> dict[str, Any]:
-    return {
-        "event": "run_finished", "activation": outcome.activation, "run_id": outcome.run_id,
-        "status": outcome.status, "dry_run": outcome.dry_run, "duration_s": outcome.duration_s,
-        **outcome.results, "error": outcome.error,
-        **{key: outcome.details[key] for key in _JSON_DETAILS if key in outcome.details},
-        "files": outcome.details.get("files", []), "rejects_file": outcome.details.get("rejects_file"),
-    }
-
-
-def _summary(outcomes: Sequence[RunOutcome]) -> str:
-    from etl.ops.history import count, table
-
-    outcomes = [each for outcome in outcomes for each in (outcome, *outcome.parts)]
-    rows = []
-    for o in outcomes:
-        r = o.results
-        rows.append([
-            o.activation, o.status + (" (dry run)" if o.dry_run else ""),
-            count(r.rows_extracted), count(r.rows_rejected), count(o.details.get("values_dropped")),
-            count(r.rows_duplicate), count(r.rows_delivered), r.file_name, f"{o.duration_s:.1f}s",
-        ])
-    text = table(["activation", "status", "read", "rejected", "values dropped", "duplicates", "delivered", "file",
-                  "time"], rows)
-    notes = []
-    for o in outcomes:
-        if o.status == RunStatus.SKIPPED:
-            notes.append(f"– {o.activation}: skipped: {o.error}")
-        elif o.error:
-            notes.append(f"✗ {o.activation}: {o.error}")  # said here only: the run's log line leaves it out
-        elif o.ok:
-            notes.append(f"✓ {o.activation}: {o.delivery or 'delivered'}  (rejects: {o.details.get('rejects_file')})")
-    return text + ("\n\n" + "\n".join(notes) if notes else "")
 
 
 def _preview_time(config: Config, name: str, as_of: date | None) -> datetime:

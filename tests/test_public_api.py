@@ -62,7 +62,7 @@ def test_run_results_are_the_columns_a_job_set() -> None:
 
 
 def test_a_run_records_its_delivery_and_tells_its_finishers(tmp_path: Path) -> None:
-    from etl.cli import _summary
+    from etl.ops.run_output import summary
     from etl.config import Settings
 
     config = etl.Config(settings=Settings(state_dir=tmp_path / "state"), warehouses={}, destinations={},
@@ -81,4 +81,4 @@ def test_a_run_records_its_delivery_and_tells_its_finishers(tmp_path: Path) -> N
     assert finished == [outcome] and outcome.status is etl.RunStatus.SUCCEEDED
     assert outcome.results == {"rows_extracted": 3, "rows_delivered": 3} and outcome.delivery == delivery
     assert (record.status, record.rows_delivered, record.details["delivery"]) == ("succeeded", 3, delivery.as_details())
-    assert "✓ orders: Actito table 'orders': 3 changed rows sent, 0 unchanged  (rejects: None)" in _summary([outcome])
+    assert "✓ orders: Actito table 'orders': 3 changed rows sent, 0 unchanged  (rejects: None)" in summary([outcome])

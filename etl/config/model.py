@@ -182,6 +182,8 @@ class Warehouse(ConfigModel):
     url: SecretStr
     demo: bool = False
     chunk_size: int | None = Field(default=None, ge=100, le=5_000_000)
+    #: extracts of this process reading from it at once (`run --jobs`, the scheduler): the others wait
+    max_connections: int = Field(default=4, ge=1, le=1000)
 
 
 # --------------------------------------------------------------------------- activations

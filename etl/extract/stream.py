@@ -13,6 +13,7 @@ import sqlalchemy as sa
 from etl.config import Config
 from etl.config.sql import text_statement
 from etl.errors import ExtractError
+from etl.extract.budget import connection_budget
 from etl.extract.duckdb_reader import duckdb_batches
 from etl.extract.engine import (activation_engine, database_errors, database_message, end_read_only, query_error,
                                 read_only, safe_url)
@@ -124,21 +125,24 @@ def activation_batches(
     config: Config, name: str, when: datetime, *, columns: ColumnChoice | None = None
 ) -> Iterator[pa.RecordBatch]:
     """Stream an activation's query from its warehouse (only ``columns``, if given); the connection is
-    released as soon as the consumer stops, even when a later step fails."""
+    released as soon as the consumer stops, even when a later step fails. The warehouse's connection budget
+    is held for the whole stream, the time its connection is open."""
     activation = config.activations[name]
     query = config.query(name)
-    engine = activation_engine(config, name)
-    batches = stream_batches(
-        engine,
-        query.text,
-        query_params(activation, when),
-        chunk_size=config.chunk_size_for(name),
-        where=query.where,
-        columns=columns,
-        connect_where=f"[warehouses.{config.warehouse_for(name)[0]}] url",
-    )
-    try:
-        with closing(batches):
-            yield from batches
-    finally:
-        engine.dispose()
+    warehouse_name, warehouse = config.warehouse_for(name)
+    with connection_budget(warehouse_name, warehouse.max_connections).held(name):
+        engine = activation_engine(config, name)
+        batches = stream_batches(
+            engine,
+            query.text,
+            query_params(activation, when),
+            chunk_size=config.chunk_size_for(name),
+            where=query.where,
+            columns=columns,
+            connect_where=f"[warehouses.{warehouse_name}] url",
+        )
+        try:
+            with closing(batches):
+                yield from batches
+        finally:
+            engine.dispose()

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Mapping, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from typing import TypeVar
 
 from etl.config import Config
@@ -65,37 +66,75 @@ def skip_reason(name: str, after: Mapping[str, Sequence[str]], statuses: Mapping
 
 def run_in_order(names: Sequence[str], after: Mapping[str, Sequence[str]], run: Callable[[str], T],
                  skip: Callable[[str, str], T], status_of: Callable[[T], str], *, parallel: bool = False,
-                 stop: threading.Event | None = None) -> list[T]:
+                 at_most: int | None = None, stop: threading.Event | None = None) -> list[T]:
     """Each name runs once what it waits for ended, or is skipped with the reason; ``parallel``: a thread per
-    name, so that those with no ``after`` between them run side by side. Results in start order; with
-    ``stop`` set, the names not started yet are left out."""
+    name, so that those with no ``after`` between them run side by side, at most ``at_most`` of them at once
+    (``run --jobs``). Results in start order, whatever order they end in; with ``stop`` set, the names not
+    started yet are left out."""
     order = in_order(names, after)
     statuses: dict[str, str] = {}
     results: dict[str, T] = {}
     ended = {name: threading.Event() for name in order}
+    # taken only around ``run``, never while waiting for ``after``: a waiting thread holds no place
+    places: AbstractContextManager[object] = (threading.BoundedSemaphore(at_most) if parallel and at_most
+                                              else nullcontext())
+
+    def stopped() -> bool:
+        return stop is not None and stop.is_set()
 
     def turn(name: str) -> None:
         try:
             for other in after.get(name, ()):
                 ended[other].wait()
+            if stopped():
+                return
             reason = skip_reason(name, after, statuses)
-            results[name] = skip(name, reason) if reason else run(name)
+            if reason:
+                results[name] = skip(name, reason)
+            else:
+                with places:
+                    if stopped():  # asked while it waited for a place: not started, as sequentially
+                        return
+                    results[name] = run(name)
             statuses[name] = status_of(results[name])
         finally:
             ended[name].set()
 
     if parallel:
-        threads = [threading.Thread(target=turn, args=(name,), name=f"after-{name}") for name in order]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
+        _in_threads(order, turn, stop)
     else:
         for name in order:
-            if stop is not None and stop.is_set():
+            if stopped():
                 break
             turn(name)
     return [results[name] for name in order if name in results]
+
+
+def _in_threads(order: Sequence[str], turn: Callable[[str], None], stop: threading.Event | None) -> None:
+    """A thread per name. Ctrl-C reaches the main thread only: it asks the running ones to stop at their
+    next chunk (as SIGTERM does) and still waits for them, so that each ends recorded. An error of a thread
+    is raised here, in the caller's thread, as a sequential run would raise it."""
+    failures: list[BaseException] = []
+
+    def guarded(name: str) -> None:
+        try:
+            turn(name)
+        except BaseException as exc:
+            failures.append(exc)
+
+    threads = [threading.Thread(target=guarded, args=(name,), name=f"after-{name}") for name in order]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        while thread.is_alive():
+            try:
+                thread.join()
+            except KeyboardInterrupt:
+                if stop is None:
+                    raise
+                stop.set()
+    if failures:
+        raise failures[0]
 
 
 def skipped(activation: str, reason: str, *, dry_run: bool) -> RunOutcome:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import random
 import sqlite3
+import threading
 import unicodedata
 from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta
@@ -47,20 +48,25 @@ class DemoCustomer:
 DEMO_VERSION = 5
 
 
+#: parallel runs (`run --jobs`) reach the demo warehouse together: one builds it, the others wait for it
+_building = threading.Lock()
+
+
 def ensure_demo_warehouse(url: str) -> bool:
     """Create the demo database behind a ``sqlite:///`` URL if it is missing or older; True if created."""
     database = sa.make_url(url).database
     if not database or database == ":memory:":
         return False
     path = Path(database)
-    if path.exists() and _version(path) == DEMO_VERSION:
-        return False
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(path.name + ".building")
-    partial.unlink(missing_ok=True)
-    _build(partial, date.today())
-    partial.replace(path)  # a half-built demo file is never picked up
-    return True
+    with _building:
+        if path.exists() and _version(path) == DEMO_VERSION:
+            return False
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_name(path.name + ".building")
+        partial.unlink(missing_ok=True)
+        _build(partial, date.today())
+        partial.replace(path)  # a half-built demo file is never picked up
+        return True
 
 
 def demo_customers(today: date, count: int = CUSTOMERS) -> list[DemoCustomer]:
