@@ -4,7 +4,7 @@ rows converted to Arrow."""
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable, Generator, Sequence
+from collections.abc import Callable, Generator, Iterable, Sequence
 from typing import Any
 
 import pyarrow as pa
@@ -58,6 +58,19 @@ def _rows_to_batch(names: list[str], rows: Sequence[Sequence[Any]], keep: list[i
 def selected(batch: pa.RecordBatch, columns: ColumnChoice | None) -> pa.RecordBatch:
     """The columns the consumer uses, for the paths that read Arrow batches whole."""
     return batch if columns is None else batch.select(columns(batch.schema.names))
+
+
+def with_columns(source: Iterable[pa.RecordBatch], names: list[str], columns: ColumnChoice | None) -> Batches:
+    """The batches of a path that reads Arrow whole (only the used columns); an empty result may come
+    as no batch at all, or as empty ones: it gives one empty batch with the column names, null-typed,
+    as the generic path gives it, so the consumer still sees them."""
+    empty = True
+    for batch in source:
+        if batch.num_rows:
+            empty = False
+            yield selected(batch, columns)
+    if empty:
+        yield selected(pa.RecordBatch.from_arrays([pa.array([]) for _ in names], names=names), columns)
 
 
 def to_array(values: Sequence[Any]) -> pa.Array:
