@@ -197,3 +197,57 @@ def test_errors_carry_bigquerys_message_without_the_sql(
     assert engine.pool.checkedout() == 0  # type: ignore[attr-defined]
     fake.answer = PEOPLE
     assert len(_rows(_read(engine, "SELECT id FROM people"))) == 25  # the engine is still good
+
+
+# --------------------------------------------------------------------------- the Storage Read API
+
+
+def _storage_engine(fake: FakeBigQuery, storage: Any) -> sa.Engine:
+    """The DB-API connection given a real BigQueryReadClient on the local gRPC double; the REST double
+    still runs the job and answers its first page."""
+    return _engine(fake, prefer_bqstorage_client=True, bqstorage_client=storage.client())
+
+
+def test_a_result_beyond_its_first_page_is_read_through_the_storage_read_api(fake: FakeBigQuery) -> None:
+    from bigquery_storage import FakeStorage
+
+    schema = pa.schema([("id", pa.int64()), ("email", pa.string())])
+    ids = list(range(1, 26))
+    streams = [[pa.record_batch([pa.array(ids[i:i + 9]), pa.array([f"p{n}" for n in ids[i:i + 9]])], schema=schema)
+                for i in range(start, start + 18, 9) if i < 25] for start in (0, 18)]
+    storage = FakeStorage(schema, streams)
+    engine = _storage_engine(fake, storage)
+    fake.answer = PEOPLE
+    try:
+        batches = list(stream_batches(engine, "SELECT id, email FROM people", {}, chunk_size=4, where=SQL_FILE,
+                                      columns=lambda names: [names.index("email")]))
+    finally:
+        engine.dispose()
+        storage.close()
+    assert len(fake.pages) == 1  # the first REST page only: the rest came from the Storage Read API
+    [session] = storage.sessions
+    [job_id] = fake.jobs
+    assert session.read_session.table == f"projects/{PROJECT}/datasets/_anonymous/tables/anon_{job_id}"
+    assert session.read_session.data_format.name == "ARROW"
+    assert all(batch.num_rows <= 4 and batch.schema.names == ["email"] for batch in batches)
+    assert sorted(_rows(batches)) == sorted((f"p{n}",) for n in ids)  # two streams: no order promised
+
+
+def test_an_early_stop_ends_the_storage_read(fake: FakeBigQuery) -> None:
+    from bigquery_storage import FakeStorage
+
+    schema = pa.schema([("id", pa.int64())])
+    stream_ = [pa.record_batch([pa.array(range(n * 20_000, (n + 1) * 20_000))], schema=schema) for n in range(40)]
+    storage = FakeStorage(schema, [stream_])
+    engine = _storage_engine(fake, storage)
+    fake.answer = Answer(fields=[("id", "INTEGER")], rows=[[str(i)] for i in range(800_000)])
+    try:
+        batches = stream_batches(engine, "SELECT id FROM big", {}, chunk_size=1000, where=SQL_FILE)
+        assert next(batches).column(0).to_pylist() == list(range(1000))
+        batches.close()
+        assert engine.pool.checkedout() == 0  # type: ignore[attr-defined]
+        assert storage.ended.wait(10)  # the read stream cancelled, not read to its end
+        assert storage.sent[0] < len(stream_) / 2, storage.sent
+    finally:
+        engine.dispose()
+        storage.close()
