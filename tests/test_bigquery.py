@@ -24,8 +24,8 @@ from google.cloud import bigquery
 
 from bigquery_rest import PROJECT, Answer, FakeBigQuery
 from etl.errors import ExtractError
-from etl.extract import stream, stream_batches
-from test_extract import SQL_FILE, _assert_query_error, _read, _rows
+from etl.extract import stream_batches
+from test_extract import SQL_FILE, _assert_query_error, _read, _rows, _spy_fast_path
 
 PEOPLE = Answer(fields=[("id", "INTEGER"), ("email", "STRING")],
                 rows=[[str(i), f"person{i}@example.com"] for i in range(1, 26)])
@@ -74,14 +74,7 @@ def engine(fake: FakeBigQuery) -> Iterator[sa.Engine]:
 def test_the_fast_path_sends_the_sql_with_query_parameters(
     fake: FakeBigQuery, engine: sa.Engine, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    taken: list[str] = []
-    fast = stream._FAST_PATHS["bigquery"]
-
-    def spied(*args: Any) -> Iterator[pa.RecordBatch]:
-        taken.append("fast")
-        yield from fast(*args)
-
-    monkeypatch.setitem(stream._FAST_PATHS, "bigquery", spied)
+    taken = _spy_fast_path(monkeypatch, "bigquery")
     fake.answer = PEOPLE
     sql = "SELECT id, email FROM people -- no :comment\nWHERE born <= :run_date AND note = :note OR id = :id"
     params = {"run_date": date(2026, 1, 15), "note": "O'Brien's 100% \"x\" :id %(id)s", "id": 7, "unused": 1}

@@ -21,7 +21,7 @@ from typing import Any
 import pyarrow as pa
 import sqlalchemy as sa
 
-from etl.extract.generic import Batches, ColumnChoice, with_columns
+from etl.extract.generic import Batches, ColumnChoice, null_schema, with_columns
 
 #: the REST call an HTTP error names before the service's own words ("POST https://…/jobs: Access Denied")
 _CALL_PREFIX = re.compile(r"^[A-Z]+ https?://\S+: ")
@@ -43,7 +43,7 @@ def bigquery_batches(
     # the Storage Read API when the connection has a client for it and the result is more than its first page
     arrow = rows.to_arrow_iterable(bqstorage_client=raw._bqstorage_client)
     try:
-        yield from with_columns(_translated(arrow), names, columns)
+        yield from with_columns(_translated(arrow), columns, empty=null_schema(names))
     finally:
         # an early stop: no further page is asked for, and the Storage Read API's download threads stop
         close = getattr(arrow, "close", None)

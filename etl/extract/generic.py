@@ -60,17 +60,22 @@ def selected(batch: pa.RecordBatch, columns: ColumnChoice | None) -> pa.RecordBa
     return batch if columns is None else batch.select(columns(batch.schema.names))
 
 
-def with_columns(source: Iterable[pa.RecordBatch], names: list[str], columns: ColumnChoice | None) -> Batches:
-    """The batches of a path that reads Arrow whole (only the used columns); an empty result may come
-    as no batch at all, or as empty ones: it gives one empty batch with the column names, null-typed,
-    as the generic path gives it, so the consumer still sees them."""
-    empty = True
+def with_columns(source: Iterable[pa.RecordBatch], columns: ColumnChoice | None, *, empty: pa.Schema) -> Batches:
+    """The batches of a path that reads Arrow whole, only the used columns. An empty result may come as
+    no batch at all, or as empty ones: it gives one empty batch of schema ``empty``, so the consumer
+    still sees the column names."""
+    rows = False
     for batch in source:
         if batch.num_rows:
-            empty = False
+            rows = True
             yield selected(batch, columns)
-    if empty:
-        yield selected(pa.RecordBatch.from_arrays([pa.array([]) for _ in names], names=names), columns)
+    if not rows:
+        yield selected(pa.RecordBatch.from_pylist([], schema=empty), columns)
+
+
+def null_schema(names: list[str]) -> pa.Schema:
+    """The columns of a result known only by name, null-typed as the generic path gives an empty result."""
+    return pa.schema([(name, pa.null()) for name in names])
 
 
 def to_array(values: Sequence[Any]) -> pa.Array:

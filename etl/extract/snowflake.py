@@ -16,7 +16,7 @@ from typing import Any
 import pyarrow as pa
 import sqlalchemy as sa
 
-from etl.extract.generic import Batches, ColumnChoice, with_columns
+from etl.extract.generic import Batches, ColumnChoice, null_schema, with_columns
 
 
 def snowflake_batches(
@@ -37,7 +37,7 @@ def snowflake_batches(
         cursor.execute(sql, params or None)
         names = [_result_name(connection.dialect, column[0]) for column in cursor.description or ()]
         chunks = (batch.rename_columns(names) for table in cursor.fetch_arrow_batches() for batch in _as_batches(table))
-        yield from with_columns(chunks, names, columns)
+        yield from with_columns(chunks, columns, empty=null_schema(names))
     finally:
         cursor.close()
 
