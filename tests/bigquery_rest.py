@@ -96,9 +96,12 @@ class FakeBigQuery:
         end = start + size
         body: dict[str, Any] = {
             "kind": "bigquery#getQueryResultsResponse", "jobReference": job.resource["jobReference"],
-            "jobComplete": True, "totalRows": str(len(answer.rows)),
-            "schema": {"fields": [{"name": name, "type": type_, "mode": "NULLABLE"} for name, type_ in answer.fields]},
+            "jobComplete": True,
         }
+        if not answer.fields:  # DDL or DML: BigQuery sends neither a schema nor totalRows
+            return 200, body
+        body["totalRows"] = str(len(answer.rows))
+        body["schema"] = {"fields": [{"name": name, "type": type_, "mode": "NULLABLE"} for name, type_ in answer.fields]}
         if size > 0:
             body["rows"] = [{"f": [{"v": value} for value in row]} for row in answer.rows[start:end]]
             if end < len(answer.rows):

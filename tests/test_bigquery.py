@@ -145,6 +145,14 @@ def test_an_empty_result_gives_one_empty_batch_with_the_columns(fake: FakeBigQue
     assert [(batch.num_rows, batch.schema.names) for batch in batches] == [(0, ["id", "full_name"])]
 
 
+def test_a_statement_without_rows_is_no_audience_query(fake: FakeBigQuery, engine: sa.Engine) -> None:
+    fake.answer = Answer()  # what BigQuery answers a DDL or DML job: no schema
+    with pytest.raises(ExtractError) as caught:
+        _read(engine, "DELETE FROM people WHERE TRUE")
+    assert caught.value.what == "the query returns no rows (is it a SELECT?)"
+    assert engine.pool.checkedout() == 0  # type: ignore[attr-defined]
+
+
 def test_an_early_stop_reads_no_further_page(fake: FakeBigQuery, engine: sa.Engine) -> None:
     fake.answer = PEOPLE
     batches = stream_batches(engine, "SELECT id, email FROM people", {}, chunk_size=5, where=SQL_FILE)

@@ -1,8 +1,9 @@
 """BigQuery's fast path: the query job's result as Arrow, through the Storage Read API when it can.
 
 The generic path goes through the DB-API cursor, which turns every value into a Python object; the
-client library can hand the result over as Arrow record batches instead, one page (REST) or one
-stream message (Storage Read API) at a time, so memory stays bounded by a page, not by the result.
+client library can hand the result over as Arrow record batches instead, a page (REST) or a stream
+message (Storage Read API) at a time, so memory is bounded by a page (or one message per read stream,
+the Storage Read API downloading its streams in parallel), not by the result.
 
 BigQuery has no read-only transaction and no rollback: a DML or DDL statement in audience SQL would
 run. The service account of the URL should hold only BigQuery Data Viewer (on the datasets read) and
@@ -40,8 +41,10 @@ def bigquery_batches(
     with _as_dbapi_errors():
         rows = raw._client.query(sql, job_config=config).result(page_size=chunk_size)
     names = [field.name for field in rows.schema or ()]
+    if not names:  # DDL or DML: BigQuery has run it (no transaction), but it is no audience query
+        raise sa.exc.ResourceClosedError("the statement returns no rows")
     # the Storage Read API when the connection has a client for it and the result is more than its first page
-    arrow = rows.to_arrow_iterable(bqstorage_client=raw._bqstorage_client)
+    arrow = rows.to_arrow_iterable(bqstorage_client=getattr(raw, "_bqstorage_client", None))
     try:
         yield from with_columns(_translated(arrow), columns, empty=null_schema(names))
     finally:
