@@ -53,10 +53,10 @@ def fake() -> Iterator[FakeBigQuery]:
         service.close()
 
 
-def _engine(fake: FakeBigQuery, **connect_args: Any) -> sa.Engine:
+def _engine(fake: FakeBigQuery, credentials: Any = None, **connect_args: Any) -> sa.Engine:
     """As the dialect makes it for a ``bigquery://project/dataset`` URL, but with a client of ours: the
     dialect's own would ask google.auth.default() for credentials. REST only unless a test says otherwise."""
-    client = bigquery.Client(project=PROJECT, credentials=AnonymousCredentials(),
+    client = bigquery.Client(project=PROJECT, credentials=credentials or AnonymousCredentials(),
                              client_options={"api_endpoint": fake.endpoint})
     return sa.create_engine(f"bigquery://{PROJECT}/audiences?user_supplied_client=true",
                             connect_args={"client": client, "prefer_bqstorage_client": False, **connect_args})
@@ -199,6 +199,25 @@ def test_errors_carry_bigquerys_message_without_the_sql(
     fake.answer = PEOPLE
     assert len(_rows(_read(engine, "SELECT id FROM people"))) == 25  # the engine is still good
 
+
+
+def test_refused_credentials_are_an_extract_error(fake: FakeBigQuery) -> None:
+    """Expired or revoked credentials fail as the client refreshes them, before any call is sent."""
+    from google.auth import credentials
+    from google.auth.exceptions import RefreshError
+
+    class Refused(credentials.Credentials):
+        def refresh(self, request: Any) -> None:
+            raise RefreshError("invalid_grant: Token has been expired or revoked.")
+
+    engine = _engine(fake, Refused())
+    try:
+        with pytest.raises(ExtractError) as caught:
+            _read(engine, "SELECT id FROM people")
+    finally:
+        engine.dispose()
+    assert caught.value.what == "RefreshError: invalid_grant: Token has been expired or revoked."
+    assert fake.queries == []
 
 # --------------------------------------------------------------------------- the Storage Read API
 
