@@ -1,5 +1,5 @@
 """A local stand-in for BigQuery's REST API, enough for the real google-cloud-bigquery client to run a
-query job and page through its result: jobs.insert, jobs.get, jobs.getQueryResults.
+query job and page through its result: jobs.insert, jobs.get, jobs.getQueryResults, jobs.cancel.
 
 It is a contract double, not an emulator: it runs no SQL. A test says what the next query answers
 (a schema and rows, or an error as BigQuery reports it) and reads back what the client sent (the SQL,
@@ -48,6 +48,7 @@ class FakeBigQuery:
         self.queries: list[dict[str, Any]] = []  # the configuration.query of each jobs.insert
         self.pages: list[dict[str, str]] = []  # the query string of each getQueryResults asking for rows
         self.jobs: dict[str, _Job] = {}
+        self.cancelled: list[str] = []  # the jobs.cancel calls' job ids
         self._lock = threading.Lock()
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
@@ -118,6 +119,9 @@ class FakeBigQuery:
                 body = json.loads(self.rfile.read(length) or b"{}")
                 if parts[-1] == "jobs":
                     self._send(*fake._insert(parts[-2], body))
+                elif parts[-1] == "cancel":
+                    fake.cancelled.append(parts[-2])
+                    self._send(200, {"kind": "bigquery#jobCancelResponse", "job": fake.jobs[parts[-2]].resource})
                 else:
                     self._send(*_error(404, "notFound", f"no such call: POST {self.path}"))
 

@@ -172,6 +172,20 @@ def test_an_early_stop_reads_no_further_page(fake: FakeBigQuery, engine: sa.Engi
     assert len(fake.pages) == 2
 
 
+def test_an_interrupted_wait_cancels_the_job(
+    fake: FakeBigQuery, engine: sa.Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def interrupted(self: Any, *args: Any, **kwargs: Any) -> Any:
+        raise KeyboardInterrupt  # Ctrl-C while BigQuery still runs the query
+
+    monkeypatch.setattr(bigquery.QueryJob, "result", interrupted)
+    fake.answer = PEOPLE
+    with pytest.raises(KeyboardInterrupt):
+        _read(engine, "SELECT id FROM people")
+    assert fake.cancelled == list(fake.jobs)
+    assert engine.pool.checkedout() == 0  # type: ignore[attr-defined]
+
+
 @pytest.mark.parametrize(("answer", "fragment"), [
     # a query BigQuery rejects: the finished job's errorResult, which the client raises as BadRequest / NotFound
     (Answer(error=(400, "invalidQuery", 'Syntax error: Unexpected identifier "SELEC" at [1:1]')),

@@ -39,7 +39,8 @@ def bigquery_batches(
     raw: Any = connection.connection.driver_connection
     sql, config = _query(connection.dialect, statement, values)
     with _as_dbapi_errors():
-        rows = raw._client.query(sql, job_config=config).result(page_size=chunk_size)
+        job = raw._client.query(sql, job_config=config)
+        rows = _finished(job, chunk_size)
     names = [field.name for field in rows.schema or ()]
     if not names:  # DDL or DML: BigQuery has run it (no transaction), but it is no audience query
         raise sa.exc.ResourceClosedError("the statement returns no rows")
@@ -52,6 +53,23 @@ def bigquery_batches(
         close = getattr(arrow, "close", None)
         if close is not None:
             close()
+
+
+def _finished(job: Any, chunk_size: int) -> Any:
+    """The job's result, once it is done. A wait interrupted from our side (Ctrl-C, a stop) cancels the job:
+    BigQuery would otherwise run, and bill, a query nobody reads. A job that failed needs no cancel."""
+    from google.api_core.exceptions import GoogleAPIError
+
+    try:
+        return job.result(page_size=chunk_size)
+    except GoogleAPIError:
+        raise
+    except BaseException:
+        try:
+            job.cancel()
+        except GoogleAPIError:
+            pass  # best effort: the interruption is what the caller must see
+        raise
 
 
 def _query(dialect: sa.Dialect, statement: sa.TextClause, values: dict[str, Any]) -> tuple[str, Any]:
