@@ -207,6 +207,7 @@ def test_errors_carry_bigquerys_message_without_the_sql(
         _read(engine, sql, {"run_date": date(2026, 1, 15)})
     _assert_query_error(caught.value, fragment)
     assert caught.value.what == fragment
+    assert ("lacks a permission" in caught.value.hint) == ("Forbidden" in fragment)
     for echo in ("secret_marker", "SELEC id", "127.0.0.1", "2026-01-15", "Job ID"):
         assert echo not in str(caught.value)
     assert engine.pool.checkedout() == 0  # type: ignore[attr-defined]
