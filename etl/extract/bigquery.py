@@ -7,7 +7,8 @@ the Storage Read API downloading its streams in parallel), not by the result.
 
 BigQuery has no read-only transaction and no rollback: a DML or DDL statement in audience SQL would
 run. The service account of the URL should hold only BigQuery Data Viewer (on the datasets read) and
-BigQuery Job User (on the project the jobs run in), which lets it read and run queries, nothing more.
+BigQuery Job User (on the project the jobs run in), which lets it read and run queries, nothing more;
+and BigQuery Read Session User for the Storage Read API, which only reads.
 
 google-cloud-bigquery is imported here only when a BigQuery engine uses this path: it is an extra.
 """
@@ -75,7 +76,8 @@ def _finished(job: Any, chunk_size: int) -> Any:
 def _query(dialect: sa.Dialect, statement: sa.TextClause, values: dict[str, Any]) -> tuple[str, Any]:
     """The statement in the dialect's pyformat, turned into BigQuery's ``@name`` parameters by the DB-API's
     own helpers, so a value is typed exactly as on the generic path (a date a DATE, text a STRING) and a
-    quote or a % in it stays part of the one value."""
+    quote or a % in it stays part of the one value. They are private names of google-cloud-bigquery: a
+    version that moves them fails tests/test_bigquery.py, not silently."""
     from google.cloud.bigquery import QueryJobConfig
     from google.cloud.bigquery.dbapi._helpers import to_query_parameters
     from google.cloud.bigquery.dbapi.cursor import _format_operation
