@@ -234,6 +234,15 @@ def test_refused_credentials_are_an_extract_error(fake: FakeBigQuery) -> None:
     assert caught.value.what == "RefreshError: invalid_grant: Token has been expired or revoked."
     assert fake.queries == []
 
+def test_a_permission_refusal_hints_at_the_grants_not_the_query() -> None:
+    """PostgreSQL's words too: the hint is the generic error path's, not BigQuery's."""
+    from etl.extract.engine import query_error
+
+    url = sa.make_url("postgresql+psycopg://u@db/warehouse")
+    error = query_error(Exception("permission denied for table customers"), url, SQL_FILE, "SELECT 1")
+    assert error.what == "permission denied for table customers" and "lacks a permission" in error.hint
+    assert "fix the query" in query_error(Exception("syntax error"), url, SQL_FILE, "SELECT 1").hint
+
 # --------------------------------------------------------------------------- the Storage Read API
 
 

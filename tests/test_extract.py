@@ -897,11 +897,3 @@ def test_postgres_fast_path_errors_carry_the_database_message(pg_engine: sa.Engi
     assert caught.value.where == SQL_FILE and "date" in caught.value.what
     assert copies and pg_engine.pool.checkedout() == 0  # type: ignore[attr-defined]
 
-
-def test_a_permission_refusal_hints_at_the_grants_not_the_query() -> None:
-    from etl.extract.engine import query_error
-
-    url = sa.make_url(f"postgresql+psycopg://u:{PASSWORD}@db/warehouse")
-    error = query_error(Exception("permission denied for table customers"), url, SQL_FILE, "SELECT 1")
-    assert error.what == "permission denied for table customers" and "lacks a permission" in error.hint
-    assert "fix the query" in query_error(Exception("syntax error"), url, SQL_FILE, "SELECT 1").hint
