@@ -896,4 +896,3 @@ def test_postgres_fast_path_errors_carry_the_database_message(pg_engine: sa.Engi
         _read(pg_engine, "SELECT 'infinity'::date AS d")
     assert caught.value.where == SQL_FILE and "date" in caught.value.what
     assert copies and pg_engine.pool.checkedout() == 0  # type: ignore[attr-defined]
-
