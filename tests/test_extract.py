@@ -116,6 +116,19 @@ def _read(
     return list(stream_batches(engine, sql, params or {}, chunk_size=chunk_size, where=SQL_FILE))
 
 
+def _spy_fast_path(monkeypatch: pytest.MonkeyPatch, dialect: str) -> list[str]:
+    """A list that gets "fast" each time the dialect's fast path is taken."""
+    taken: list[str] = []
+    fast = stream._FAST_PATHS[dialect]
+
+    def spied(*args: Any) -> Iterator[pa.RecordBatch]:
+        taken.append("fast")
+        yield from fast(*args)
+
+    monkeypatch.setitem(stream._FAST_PATHS, dialect, spied)
+    return taken
+
+
 def _rows(batches: list[pa.RecordBatch]) -> list[tuple[Any, ...]]:
     rows: list[tuple[Any, ...]] = []
     for batch in batches:

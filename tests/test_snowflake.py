@@ -25,7 +25,7 @@ import sqlalchemy as sa
 import dbservers
 from etl.errors import ExtractError
 from etl.extract import create_warehouse_engine, stream, stream_batches
-from test_extract import ROWS, SQL_FILE, _assert_query_error, _people, _read, _rows
+from test_extract import ROWS, SQL_FILE, _assert_query_error, _people, _read, _rows, _spy_fast_path
 
 PASSWORD = dbservers.FAKESNOW_PASSWORD
 
@@ -59,14 +59,7 @@ def test_the_fast_path_streams_bounded_chunks_with_bound_parameters(
     people: tuple[sa.Engine, str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     engine, table = people
-    taken: list[str] = []
-    fast = stream._FAST_PATHS["snowflake"]
-
-    def spied(*args: Any) -> Iterator[pa.RecordBatch]:
-        taken.append("fast")
-        yield from fast(*args)
-
-    monkeypatch.setitem(stream._FAST_PATHS, "snowflake", spied)
+    taken = _spy_fast_path(monkeypatch, "snowflake")
     sql = f"SELECT id, name, score, born, :run_date AS run_date FROM {table} WHERE id >= :min_id ORDER BY id"
     params = {"run_date": date(2026, 1, 15), "min_id": 3}
     batches = _read(engine, sql, params, chunk_size=4)

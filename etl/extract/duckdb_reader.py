@@ -4,10 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-import pyarrow as pa
 import sqlalchemy as sa
 
-from etl.extract.generic import Batches, ColumnChoice, selected
+from etl.extract.generic import Batches, ColumnChoice, with_columns
 
 
 def duckdb_batches(
@@ -34,13 +33,7 @@ def duckdb_batches(
         else:  # DuckDB 1.x
             reader = relation.fetch_arrow_reader(chunk_size)
         try:
-            empty = True
-            for batch in reader:
-                if batch.num_rows:
-                    empty = False
-                    yield selected(batch, columns)
-            if empty:
-                yield selected(pa.RecordBatch.from_pylist([], schema=reader.schema), columns)
+            yield from with_columns(reader, columns, empty=reader.schema)
         finally:
             reader.close()
     finally:

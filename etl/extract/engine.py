@@ -214,6 +214,11 @@ _CAST_AFTER_PARAMETER = re.compile(r"(?<![:\w\\]):(\w+)::(\w+)")
 _READ_ONLY_REFUSALS = ("read-only transaction", "read only transaction", "readonly database",
                        "attempt to write a readonly", "query_only")
 
+#: what a missing permission says (BigQuery's 403, PostgreSQL's "permission denied for table"): not the SQL's fault
+_PERMISSION_REFUSALS = ("access denied", "permission denied")
+_PERMISSION_HINT = ("the warehouse user lacks a permission: grant it what the query reads (BigQuery: the roles "
+                    "the README names), then try it with `audience-sync preview NAME`")
+
 
 def database_errors(engine: sa.Engine) -> tuple[type[BaseException], ...]:
     """What a database call may raise: SQLAlchemy's errors, the driver's own (fast paths call it directly)."""
@@ -243,6 +248,8 @@ def query_error(exc: BaseException, url: URL, where: str, sql: str) -> ExtractEr
             hint="audience SQL runs in a read-only transaction: keep it to one SELECT (or WITH … SELECT); "
                  "build tables with your warehouse's own tools (dbt, scheduled SQL)",
         )
+    if any(refusal in message.lower() for refusal in _PERMISSION_REFUSALS):
+        return ExtractError(message, where=where, hint=_PERMISSION_HINT)
     casts = _CAST_AFTER_PARAMETER.findall(sql)
     if casts:
         name, type_ = casts[0]

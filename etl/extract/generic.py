@@ -4,7 +4,7 @@ rows converted to Arrow."""
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable, Generator, Sequence
+from collections.abc import Callable, Generator, Iterable, Sequence
 from typing import Any
 
 import pyarrow as pa
@@ -58,6 +58,24 @@ def _rows_to_batch(names: list[str], rows: Sequence[Sequence[Any]], keep: list[i
 def selected(batch: pa.RecordBatch, columns: ColumnChoice | None) -> pa.RecordBatch:
     """The columns the consumer uses, for the paths that read Arrow batches whole."""
     return batch if columns is None else batch.select(columns(batch.schema.names))
+
+
+def with_columns(source: Iterable[pa.RecordBatch], columns: ColumnChoice | None, *, empty: pa.Schema) -> Batches:
+    """The batches of a path that reads Arrow whole, only the used columns. An empty result may come as
+    no batch at all, or as empty ones: it gives one empty batch of schema ``empty``, so the consumer
+    still sees the column names."""
+    rows = False
+    for batch in source:
+        if batch.num_rows:
+            rows = True
+            yield selected(batch, columns)
+    if not rows:
+        yield selected(pa.RecordBatch.from_pylist([], schema=empty), columns)
+
+
+def null_schema(names: list[str]) -> pa.Schema:
+    """The columns of a result known only by name, null-typed as the generic path gives an empty result."""
+    return pa.schema([(name, pa.null()) for name in names])
 
 
 def to_array(values: Sequence[Any]) -> pa.Array:

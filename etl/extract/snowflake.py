@@ -16,7 +16,7 @@ from typing import Any
 import pyarrow as pa
 import sqlalchemy as sa
 
-from etl.extract.generic import Batches, ColumnChoice, selected
+from etl.extract.generic import Batches, ColumnChoice, null_schema, with_columns
 
 
 def snowflake_batches(
@@ -36,14 +36,8 @@ def snowflake_batches(
     try:
         cursor.execute(sql, params or None)
         names = [_result_name(connection.dialect, column[0]) for column in cursor.description or ()]
-        empty = True
-        for table in cursor.fetch_arrow_batches():
-            for batch in _as_batches(table):
-                if batch.num_rows:
-                    empty = False
-                    yield selected(batch.rename_columns(names), columns)
-        if empty:
-            yield selected(_empty_batch(names), columns)
+        chunks = (batch.rename_columns(names) for table in cursor.fetch_arrow_batches() for batch in _as_batches(table))
+        yield from with_columns(chunks, columns, empty=null_schema(names))
     finally:
         cursor.close()
 
@@ -62,8 +56,3 @@ def _as_batches(table: pa.Table | pa.RecordBatch) -> list[pa.RecordBatch]:
         return [table]
     return table.to_batches()
 
-
-def _empty_batch(names: list[str]) -> pa.RecordBatch:
-    """An empty result may come with no chunk at all: its columns from the cursor's description,
-    null-typed, as the generic path gives them."""
-    return pa.RecordBatch.from_arrays([pa.array([]) for _ in names], names=names)

@@ -13,6 +13,7 @@ import sqlalchemy as sa
 from etl.config import Config
 from etl.config.sql import text_statement
 from etl.errors import ExtractError
+from etl.extract.bigquery import bigquery_batches
 from etl.extract.budget import connection_budget
 from etl.extract.duckdb_reader import duckdb_batches
 from etl.extract.engine import (activation_engine, database_errors, database_message, end_read_only, query_error,
@@ -116,6 +117,7 @@ def _abandon_pymysql(connection: sa.Connection, dbapi_connection: Any) -> None:
 #: per-dialect fast paths, by SQLAlchemy dialect name; the rest use ``sqlalchemy_batches``
 _FAST_PATHS: dict[str, FastPath] = {
     "duckdb": duckdb_batches, "postgresql": postgres_batches, "snowflake": snowflake_batches,
+    "bigquery": bigquery_batches,
 }
 #: per-driver handling of a result left unread (consumer stopped early, or an error): by driver name
 _ABANDON: dict[str, Callable[[sa.Connection, Any], None]] = {"pymysql": _abandon_pymysql}
