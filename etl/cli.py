@@ -268,15 +268,18 @@ def _validate(config: Config, args: argparse.Namespace) -> int:
 
 
 def _retire(config: Config, args: argparse.Namespace) -> int:
-    from etl.ops.retire import retire_command
+    from etl.ops.retire import deliveries_left, retire_command
 
-    said = retire_command(config, args.name, dry_run=args.dry_run)
-    print(json.dumps(said.json, default=str) if args.log_format == "json" else said.text)
-    outcome = said.outcome
-    if outcome is None or outcome.ok:
-        return EXIT_OK
-    print(f"audience-sync: retire {args.name}: {outcome.error}", file=sys.stderr)
-    return EXIT_LOCKED if outcome.status == RunStatus.LOCKED else EXIT_FAILED
+    codes = [EXIT_OK]
+    # a fan-out that left the configuration: its deliveries, each an activation of its own, go with it
+    for name in [args.name, *deliveries_left(config, args.name)]:
+        said = retire_command(config, name, dry_run=args.dry_run)
+        print(json.dumps(said.json, default=str) if args.log_format == "json" else said.text)
+        outcome = said.outcome
+        if outcome is not None and not outcome.ok:
+            print(f"audience-sync: retire {name}: {outcome.error}", file=sys.stderr)
+            codes.append(EXIT_LOCKED if outcome.status == RunStatus.LOCKED else EXIT_FAILED)
+    return EXIT_FAILED if EXIT_FAILED in codes else max(codes)
 
 
 def _setup_sheet(config: Config, args: argparse.Namespace) -> int:

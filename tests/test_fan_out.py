@@ -178,3 +178,20 @@ def test_a_fan_out_killed_during_its_deliveries_converges_on_the_rerun(demo: Pat
         (demo.parent / "var" / "outbox" / f"{FAN_OUT}.csv").read_bytes()
     interrupted = {record["activation"] for record in history(demo, FAN_OUT) if record["status"] == "interrupted"}
     assert interrupted == dead
+
+
+def test_retiring_a_fan_out_that_left_the_configuration_retires_its_deliveries(demo: Path) -> None:
+    assert cli(demo, "run", FAN_OUT).returncode == 0
+    text = demo.read_text("utf-8")
+    head, table = text.split(f"[activations.{FAN_OUT}]\n", 1)
+    demo.write_text(head + table.split("\n\n", 1)[1], "utf-8")  # the whole table removed
+    left = cli(demo, "validate")
+    assert left.returncode == 0
+    for name in (FAN_OUT, f"{FAN_OUT}@actito_demo", f"{FAN_OUT}@actito_fr"):
+        assert f"`audience-sync retire {name}`" in left.stdout + left.stderr
+    retired = cli(demo, "retire", FAN_OUT)
+    assert retired.returncode == 0, retired.stdout + retired.stderr
+    assert not (demo.parent / "var" / "outbox" / f"{FAN_OUT}.csv").exists()
+    assert not (demo.parent / "var" / "outbox_fr" / f"{FAN_OUT}.csv").exists()
+    after = cli(demo, "validate")
+    assert "is no longer in the configuration" not in after.stdout + after.stderr

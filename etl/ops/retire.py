@@ -78,6 +78,21 @@ def plan(config: Config, store: StateStore, name: str) -> Retiring:
     return retiring
 
 
+def deliveries_left(config: Config, name: str) -> list[str]:
+    """The deliveries (``NAME@destination``) a fan-out no longer in the configuration left in the ledger
+    or the state directory: retired with it, as nothing delivers to them any more."""
+    if name in config.activations:
+        return []
+    prefix = f"{name}{DELIVERY_SEPARATOR}"
+    known: set[str] = set()
+    for root in (ROOT, RUNS):
+        directory = config.state_dir / root
+        known |= {path.name for path in directory.iterdir()} if directory.is_dir() else set()
+    with open_store(config) as store:
+        known |= set(store.latest_runs())
+    return sorted(part for part in known if part.startswith(prefix))
+
+
 def recorded_targets(records: list[RunRecord]) -> list[Target]:
     """Newest first, every target a delivery recorded (a location can change over an activation's life)."""
     found = (Target.from_details(record.details.get("target")) for record in records if not record.dry_run)
