@@ -31,7 +31,7 @@ log = logging.getLogger("audience_sync.k8s")
 PORT = 9108
 NAME = "audience-sync"
 LABELS = {"app.kubernetes.io/name": "audience-sync", "app.kubernetes.io/component": "scheduler"}
-#: liveness is only checked once /healthz has answered: a slow start (a ledger migration) is not a hang
+#: liveness is only checked once /healthz has answered: a slow start (a slow ledger) is not a hang
 STARTUP_PROBE = {"periodSeconds": 5, "timeoutSeconds": 5, "failureThreshold": 60}
 #: a restart interrupts the runs in progress, so a hung loop is only assumed after 3 minutes of silence
 LIVENESS_PROBE = {"periodSeconds": 60, "timeoutSeconds": 10, "failureThreshold": 3}
