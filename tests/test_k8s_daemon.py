@@ -18,6 +18,22 @@ from etl.ops.k8s import K8sOptions, cronjob_manifests, render_yaml, scheduled_na
 from etl.ops.k8s_daemon import PORT, daemon_manifests
 from test_k8s import OTHER_TABLES, PVC, SECRET_VALUES, TRIAL, WITH_SECRETS, check_pod, container_of, validated
 
+#: a third local outbox, its activation's first destination: in its CronJob its volume is "outbox" too
+DUTCH_ONLY = """
+[destinations.actito_nl]
+environment = "sandbox"
+entity = "demo_nl"
+technical_email = "data-team@example.com"
+files = { type = "local", path = "var/outbox_nl" }
+
+[activations.dutch_only]
+sql = "sql/vip_customers.sql"
+destination = "actito_nl"
+identifier = "profileId"
+params = { min_value = 500 }
+schedule = { every = "6h" }
+"""
+OUTBOX = "/etc/audience-sync/var/outbox"
 SHARED_LEDGER = '[settings]\nstate_url = "postgresql+psycopg://etl:${STATE_PASSWORD}@ledger.internal:5432/etl"\n'
 
 
@@ -73,6 +89,20 @@ def test_the_shipped_configuration_is_a_deployment_sharing_the_cronjobs_pod(demo
     assert mounts == {(m["mountPath"], m.get("subPath")) for c in cronjobs for m in container_of(c)["volumeMounts"]}
     cronjob_pods = [c["spec"]["jobTemplate"]["spec"]["template"]["metadata"]["labels"] for c in cronjobs]
     assert all(not service["spec"]["selector"].items() <= labels.items() for labels in cronjob_pods)
+
+
+def test_directories_several_activations_write_to_are_mounted_once_each_under_its_own_volume(
+        demo_project: Path) -> None:
+    demo_project.write_text(demo_project.read_text() + DUTCH_ONLY)
+    config = load_config(demo_project)
+    (dutch,) = cronjob_manifests(config, ["dutch_only"], TRIAL)
+    assert {m["mountPath"]: m["name"] for m in container_of(dutch)["volumeMounts"]}[OUTBOX + "_nl"] == "outbox"
+    deployment, _ = check_daemon(daemon_manifests(config, TRIAL))
+    volumes = [v["name"] for v in pod_of(deployment)["volumes"]]
+    assert len(volumes) == len(set(volumes))
+    mounts = {m["mountPath"]: m["name"] for m in pod_of(deployment)["containers"][0]["volumeMounts"]}
+    assert {path: mounts[path] for path in (OUTBOX, OUTBOX + "_fr", OUTBOX + "_nl")} == {
+        OUTBOX: "outbox", OUTBOX + "_fr": "outbox-2", OUTBOX + "_nl": "outbox-3"}
 
 
 def test_every_variable_of_the_file_is_wired_and_no_value_is_written(project) -> None:
