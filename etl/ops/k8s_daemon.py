@@ -60,7 +60,7 @@ def daemon_manifests(config: Config, options: K8sOptions, replicas: int = 1) -> 
         if config.activations[name].needs_lasting_state and options.state_volume_claim is None:
             problems.append((where, LASTING_STATE))
         problems += ephemeral_problems(config, name, where, options, state=False)
-    problems += _replica_problems(config, options, replicas)
+    problems += _replica_problems(config, replicas)
     if problems:
         raise ConfigError(problems, source=config.source)
     if replicas > 1 and options.state_volume_claim is not None:
@@ -76,7 +76,7 @@ def daemon_manifests(config: Config, options: K8sOptions, replicas: int = 1) -> 
     return [_deployment(config, template, options, replicas), _service(options)]
 
 
-def _replica_problems(config: Config, options: K8sOptions, replicas: int) -> list[tuple[str, str]]:
+def _replica_problems(config: Config, replicas: int) -> list[tuple[str, str]]:
     """Replicas share the work through the ledger's leases and slot claims, so they must share one ledger."""
     if replicas < 1:
         return [("--replicas", "1 or more")]
