@@ -133,7 +133,7 @@ def _add_deploy_commands(command: _Command) -> None:
     schedule.add_argument("--preview", action="store_true", help="print each activation's next run times and exit")
     schedule.add_argument("--count", type=int, default=5, help="run times to preview (default 5)")
 
-    k8s = command("k8s", "Kubernetes CronJob manifests (YAML on stdout)")
+    k8s = command("k8s", "Kubernetes CronJobs, or with --daemon a Deployment and Service (YAML on stdout)")
     k8s.add_argument("names", nargs="*", metavar="NAME")
     k8s.add_argument("--all", action="store_true", help="every activation with a schedule")
     k8s.add_argument("--image", help="the container image (default: audience-sync:VERSION, as the Dockerfile "
@@ -145,6 +145,9 @@ def _add_deploy_commands(command: _Command) -> None:
     k8s.add_argument("--ephemeral-state", action="store_true",
                      help="accept a state directory and a local outbox that vanish with each pod (a trial)")
     k8s.add_argument("--with-config", action="store_true", help="also emit the ConfigMap of schedules.toml and sql/")
+    k8s.add_argument("--daemon", action="store_true", help="a Deployment running `schedule --listen` and its "
+                     "Service, instead of CronJobs (no NAME: it runs every enabled scheduled activation)")
+    k8s.add_argument("--replicas", type=int, help="the Deployment's replicas (default 1; more need settings.state_url)")
 
 
 def _add_tool_commands(command: _Command) -> None:
@@ -310,11 +313,22 @@ def _actito(config: Config, args: argparse.Namespace) -> int:
 def _k8s(config: Config, args: argparse.Namespace) -> int:
     from etl.ops.k8s import DEFAULT_IMAGE, K8sOptions, configmap_manifest, cronjob_manifests, render_yaml, scheduled_names
 
-    names = _chosen(config, args, "k8s", "the activations", scheduled_names(config))
     options = K8sOptions(image=args.image or DEFAULT_IMAGE, namespace=args.namespace, secret_name=args.secret,
                          state_volume_claim=args.state_claim, all_secrets=args.all_secrets,
                          ephemeral_state=args.ephemeral_state)
-    manifests = cronjob_manifests(config, names, options)
+    if args.daemon:
+        from etl.ops.k8s_daemon import daemon_manifests
+
+        if args.names:
+            raise UsageError("the daemon runs every enabled scheduled activation: name none", where="k8s --daemon",
+                             hint="audience-sync k8s --daemon [--replicas N]")
+        manifests = daemon_manifests(config, options, 1 if args.replicas is None else args.replicas)
+    elif args.replicas is not None:
+        raise UsageError("--replicas is for the daemon's Deployment", where="k8s",
+                         hint="audience-sync k8s --daemon --replicas N")
+    else:
+        manifests = cronjob_manifests(config, _chosen(config, args, "k8s", "the activations", scheduled_names(config)),
+                                      options)
     if args.with_config:
         manifests.insert(0, configmap_manifest(config, options))
     print(render_yaml(manifests), end="")

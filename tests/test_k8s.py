@@ -101,6 +101,11 @@ def check_cronjob(manifest: dict[str, Any]) -> None:
         assert ("onExitCodes" in rule) != ("onPodConditions" in rule)
         if "onExitCodes" in rule:
             assert rule["onExitCodes"]["operator"] in ("In", "NotIn") and 0 not in rule["onExitCodes"]["values"]
+    check_pod(pod, manifest["metadata"]["labels"])
+
+
+def check_pod(pod: dict[str, Any], labels: dict[str, str]) -> None:
+    """What the client models do not check of a pod: names, mounts, and that it runs as no one special."""
     (container,) = pod["containers"]
     assert DNS_LABEL.match(container["name"])
     volumes = {v["name"] for v in pod["volumes"]}
@@ -110,7 +115,7 @@ def check_cronjob(manifest: dict[str, Any]) -> None:
     assert len(paths) == len(set(paths)) and all(p.startswith("/") and ".." not in p for p in paths)
     assert pod["securityContext"]["runAsNonRoot"] is True
     assert container["securityContext"]["readOnlyRootFilesystem"] is True
-    for key, value in manifest["metadata"]["labels"].items():
+    for key, value in labels.items():
         assert len(value) <= 63 and re.match(r"^[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$", value), (key, value)
 
 

@@ -82,10 +82,8 @@ def scheduled_names(config: Config) -> list[str]:
 
 def cronjob_manifests(config: Config, names: Sequence[str], options: K8sOptions) -> list[dict[str, Any]]:
     """One CronJob per named activation, in the order given; ConfigError lists every problem."""
-    problems = _option_problems(options)
+    files, problems = files_and_problems(config, options)
     raw = _raw_config(config)
-    files, file_problems = _config_files(config)
-    problems += file_problems
     every_variable = _variables(raw)
     seen: dict[str, str] = {}
     manifests: list[dict[str, Any]] = []
@@ -94,8 +92,8 @@ def cronjob_manifests(config: Config, names: Sequence[str], options: K8sOptions)
         try:
             k8s_name, schedule = _schedule(config, name, where, seen)
             if config.activations[name].needs_lasting_state and options.state_volume_claim is None:
-                raise _Refused(where, _LASTING_STATE)
-            problems += _ephemeral_problems(config, name, where, options)
+                raise _Refused(where, LASTING_STATE)
+            problems += ephemeral_problems(config, name, where, options)
             variables = _pod_variables(raw, config, name, every_variable, where, options)
         except _Refused as refused:
             problems.append(refused.problem)
@@ -131,9 +129,9 @@ class _Refused(Exception):
         self.problem = (where, what)
 
 
-_LASTING_STATE = ('delivery = "membership" compares each run with the members the previous run kept in the state '
-                  "directory: on an emptyDir, members who leave would never be removed. Give a "
-                  "PersistentVolumeClaim for it (--state-claim NAME)")
+LASTING_STATE = ('delivery = "membership" compares each run with the members the previous run kept in the state '
+                 "directory: on an emptyDir, members who leave would never be removed. Give a "
+                 "PersistentVolumeClaim for it (--state-claim NAME)")
 
 
 def _schedule(config: Config, name: str, where: str, seen: dict[str, str]) -> tuple[str, str]:
@@ -178,6 +176,17 @@ def _pod_variables(raw: dict[str, Any], config: Config, name: str, every_variabl
     return sorted(own)
 
 
+def files_and_problems(config: Config, options: K8sOptions) -> tuple[list[_File], list[tuple[str, str]]]:
+    """The files every pod mounts, and the problems of the options and of those files, to list with the others."""
+    files, problems = _config_files(config)
+    return files, _option_problems(options) + problems
+
+
+def every_variable(config: Config) -> list[str]:
+    """Every variable the file references: the daemon loads and runs the whole file, so it needs them all."""
+    return sorted(_variables(_raw_config(config)))
+
+
 def configmap_manifest(config: Config, options: K8sOptions) -> dict[str, Any]:
     """The configuration file and its SQL files; a ConfigMap is safe as the loader refuses literal secrets."""
     files, problems = _config_files(config)
@@ -194,7 +203,7 @@ def configmap_manifest(config: Config, options: K8sOptions) -> dict[str, Any]:
     return {
         "apiVersion": "v1",
         "kind": "ConfigMap",
-        "metadata": _metadata(options.config_map, options, {"app.kubernetes.io/name": "audience-sync"}),
+        "metadata": object_metadata(options.config_map, options, {"app.kubernetes.io/name": "audience-sync"}),
         "data": data,
     }
 
@@ -286,17 +295,15 @@ def _cronjob(config: Config, name: str, k8s_name: str, schedule: str, variables:
         annotations["audience-sync/every"] = activation.schedule.every
     if activation.after:  # said, not honoured: another CronJob is not waited for (docs/deploy.md)
         annotations["audience-sync/after-not-enforced"] = ", ".join(activation.after)
-    volumes, mounts = _volumes(config, name, files, options)
     job_spec = {
         "backoffLimit": options.backoff_limit,
         "podFailurePolicy": {"rules": _pod_failure_rules()},
-        "template": {"metadata": {"labels": dict(labels)},
-                     "spec": _pod_spec(config, _container(name, variables, mounts, options), volumes)},
+        "template": pod_template(config, [name], labels, ["run", name], variables, files, options),
     }
     return {
         "apiVersion": "batch/v1",
         "kind": "CronJob",
-        "metadata": _metadata(k8s_name, options, labels, annotations),
+        "metadata": object_metadata(k8s_name, options, labels, annotations),
         "spec": {
             "schedule": schedule,
             "timeZone": activation.schedule.timezone,
@@ -310,11 +317,23 @@ def _cronjob(config: Config, name: str, k8s_name: str, schedule: str, variables:
     }
 
 
-def _container(name: str, variables: list[str], mounts: list[dict[str, Any]], options: K8sOptions) -> dict[str, Any]:
+def pod_template(config: Config, names: Sequence[str], labels: dict[str, str], arguments: list[str],
+                 variables: list[str], files: list[_File], options: K8sOptions,
+                 restart_policy: str = "Never") -> dict[str, Any]:
+    """One builder for a CronJob's pod and the daemon's, so the daemon never drifts from the CronJobs' security
+    context, mounts and Secret wiring; ``names`` are the activations the pod may run (their scratch dirs)."""
+    volumes, mounts = _volumes(config, names, files, options)
+    command = ["audience-sync", "--log-format", "json", "--config", str(CONFIG_DIR / CONFIG_KEY), *arguments]
+    container = _container(command, variables, mounts, options)
+    return {"metadata": {"labels": dict(labels)}, "spec": _pod_spec(config, container, volumes, restart_policy)}
+
+
+def _container(command: list[str], variables: list[str], mounts: list[dict[str, Any]],
+               options: K8sOptions) -> dict[str, Any]:
     container: dict[str, Any] = {
         "name": CONTAINER_NAME,
         "image": options.image,
-        "command": ["audience-sync", "--log-format", "json", "--config", str(CONFIG_DIR / CONFIG_KEY), "run", name],
+        "command": command,
         # paths some settings read relative to the working directory then mean the same as on a server
         "workingDir": str(CONFIG_DIR),
     }
@@ -340,11 +359,12 @@ def _container(name: str, variables: list[str], mounts: list[dict[str, Any]], op
     return container
 
 
-def _pod_spec(config: Config, container: dict[str, Any], volumes: list[dict[str, Any]]) -> dict[str, Any]:
+def _pod_spec(config: Config, container: dict[str, Any], volumes: list[dict[str, Any]],
+              restart_policy: str) -> dict[str, Any]:
     return {
-        "restartPolicy": "Never",
+        "restartPolicy": restart_policy,
         "automountServiceAccountToken": False,
-        # a one-shot run gets its shutdown grace to finish, then some time to record how it ended
+        # a run (the daemon's runs, on SIGTERM) gets its shutdown grace to finish, then time to record how it ended
         "terminationGracePeriodSeconds": config.settings.shutdown_grace_seconds + 30,
         "securityContext": {
             "runAsNonRoot": True,
@@ -373,8 +393,8 @@ def _pod_failure_rules() -> list[dict[str, Any]]:
     ]
 
 
-def _metadata(name: str, options: K8sOptions, labels: dict[str, str],
-              annotations: dict[str, str] | None = None) -> dict[str, Any]:
+def object_metadata(name: str, options: K8sOptions, labels: dict[str, str],
+                    annotations: dict[str, str] | None = None) -> dict[str, Any]:
     metadata: dict[str, Any] = {"name": name}
     if options.namespace is not None:
         metadata["namespace"] = options.namespace
@@ -425,7 +445,7 @@ def _config_files(config: Config) -> tuple[list[_File], list[tuple[str, str]]]:
     return list(files.values()), problems
 
 
-def _volumes(config: Config, name: str, files: list[_File],
+def _volumes(config: Config, names: Sequence[str], files: list[_File],
              options: K8sOptions) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     items = [{"key": CONFIG_KEY, "path": CONFIG_KEY}] + [{"key": f.key, "path": f.key} for f in files]
     volumes: list[dict[str, Any]] = [{"name": "config", "configMap": {"name": options.config_map, "items": items}}]
@@ -442,9 +462,16 @@ def _volumes(config: Config, name: str, files: list[_File],
     mounts.append({"name": "state", "mountPath": str(state_dir)})
     volumes.append({"name": "tmp", "emptyDir": {}})
     mounts.append({"name": "tmp", "mountPath": "/tmp"})
-    for volume, path in _scratch_dirs(config, name):
-        if path.is_relative_to(state_dir):
+    # the daemon's pod runs every activation: a directory is mounted once, a volume name taken gets a suffix
+    mounted = {PurePosixPath(m["mountPath"]) for m in mounts}
+    for volume, path in (dirs for name in names for dirs in _scratch_dirs(config, name)):
+        if path.is_relative_to(state_dir) or path in mounted:
             continue
+        base, suffix = volume, 1
+        while volume in {v["name"] for v in volumes}:
+            suffix += 1
+            volume = f"{base}-{suffix}"
+        mounted.add(path)
         volumes.append({"name": volume, "emptyDir": {}})
         mounts.append({"name": volume, "mountPath": str(path)})
     return volumes, mounts
@@ -469,12 +496,14 @@ def _scratch_dirs(config: Config, name: str) -> Iterator[tuple[str, PurePosixPat
         yield "metrics", _pod_path(config.metrics.textfile).parent
 
 
-def _ephemeral_problems(config: Config, name: str, where: str, options: K8sOptions) -> list[tuple[str, str]]:
-    """What would silently vanish with each pod, unless asked for (``--ephemeral-state``)."""
+def ephemeral_problems(config: Config, name: str, where: str, options: K8sOptions,
+                       state: bool = True) -> list[tuple[str, str]]:
+    """What would silently vanish with each pod, unless asked for (``--ephemeral-state``); the daemon's one
+    pod says its state directory once (``state=False``), not once per activation."""
     if options.ephemeral_state:
         return []
     problems = []
-    if options.state_volume_claim is None:
+    if options.state_volume_claim is None and state:
         problems.append((where, "the state directory would be an emptyDir, lost after every run (the ledger, "
                                 "the snapshots, the shrink guard's memory): give --state-claim NAME, or "
                                 "--ephemeral-state to accept it"))
