@@ -87,6 +87,12 @@ def _add_run_commands(command: _Command) -> None:
                      help="run up to N activations at once (default 1), within each warehouse's max_connections "
                           "and each licence's limits; `after` is kept; no live progress line when N > 1")
 
+    replay = command("replay", "deliver again exactly the files an audience run delivered (checked against their "
+                               "sha256), as a new run: to restore a past audience")
+    replay.add_argument("run_id", metavar="RUN_ID")
+    replay.add_argument("--dry-run", action="store_true", help="check and stage everything, deliver nothing")
+    replay.add_argument("--force", action="store_true", help="deliver even if the shrink guard objects")
+
     preview = command("preview", "what a run would deliver, nothing sent or written: an audience's counts and "
                                  "first identifiers; an import's mapped columns, rows refused by reason, first rows")
     preview.add_argument("name", metavar="NAME")
@@ -429,11 +435,30 @@ def _run(config: Config, args: argparse.Namespace) -> int:
                                 stop=stop)
     if not json_output:
         print(summary(outcomes))
-    if stop.is_set():
-        return EXIT_INTERRUPTED
+    return EXIT_INTERRUPTED if stop.is_set() else _exit_code(outcomes)
+
+
+def _exit_code(outcomes: Sequence[RunOutcome]) -> int:
     if any(o.status in (RunStatus.FAILED, RunStatus.INTERRUPTED) for o in outcomes):
         return EXIT_FAILED
     return EXIT_LOCKED if any(o.status == RunStatus.LOCKED for o in outcomes) else EXIT_OK
+
+
+def _replay(config: Config, args: argparse.Namespace) -> int:
+    """Checked before anything runs (exit 2, nothing recorded), then one run of the activation."""
+    from etl.ops.announce import announce
+    from etl.ops.run_output import outcome_json, summary
+    from etl.runtime.ledger import open_store
+    from etl.runtime.runs import execute
+    from jobs.replay import replay_plan, replaying
+
+    json_output = args.log_format == "json"
+    with open_store(config) as store:
+        replay_config, record = replay_plan(config, store, args.run_id)
+        outcome = execute(replay_config, store, record.activation, record.kind, replaying(record),
+                          dry_run=args.dry_run, force=args.force, finishers=(announce,), shown=not json_output)
+    print(json.dumps(outcome_json(outcome), default=str) if json_output else summary([outcome]))
+    return _exit_code([outcome])
 
 
 def _stop_on_sigterm() -> threading.Event:
@@ -564,4 +589,5 @@ _WITHOUT_CONFIG: dict[str, Callable[[argparse.Namespace], int]] = {
 _WITH_CONFIG: dict[str, Callable[[Config, argparse.Namespace], int]] = {
     "validate": _validate, "run": _run, "preview": _preview, "history": _history, "show": _show,
     "setup-sheet": _setup_sheet, "k8s": _k8s, "report": _report, "actito": _actito, "retire": _retire,
+    "replay": _replay,
 }

@@ -8,6 +8,7 @@ from contextlib import closing
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from etl.config import AudienceActivation, Config
 from etl.destinations import open_audience
@@ -90,6 +91,8 @@ class Prepared:
     #: the members staged for the snapshot, and the rows rejected, beside the file
     members: Path
     rejects: Path
+    #: what the manifest says of the query, when it is not the configuration's today (a replay's)
+    query: dict[str, Any] | None = None
 
 
 def run(context: RunContext) -> None:
@@ -100,7 +103,7 @@ def run(context: RunContext) -> None:
     if activation.destinations:
         _fan_out(context, activation, prepared)
     else:
-        _deliver(context, activation, prepared)
+        deliver(context, activation, prepared)
 
 
 def _prepare(context: RunContext, activation: AudienceActivation) -> Prepared:
@@ -111,7 +114,9 @@ def _prepare(context: RunContext, activation: AudienceActivation) -> Prepared:
     return Prepared(file_name, written, counts, members.path, _rejects_path(context))
 
 
-def _deliver(context: RunContext, activation: AudienceActivation, prepared: Prepared) -> None:
+def deliver(context: RunContext, activation: AudienceActivation, prepared: Prepared) -> None:
+    """From a written audience to its destination: the check, the manifest, the diff, the shrink guard, the
+    delivery; shared by a run, each delivery of a fan-out and a replay."""
     config, name = context.config, context.activation
     with closing(open_audience(config, name)) as destination:
         destination.accept(prepared.written[0])
@@ -159,7 +164,7 @@ def _fan_out(context: RunContext, activation: AudienceActivation, prepared: Prep
 def _delivery_of(prepared: Prepared) -> Callable[[RunContext], None]:
     """The body of one destination's part: the fan-out's files shared into its own run directory."""
 
-    def deliver(context: RunContext) -> None:
+    def body(context: RunContext) -> None:
         activation = context.config.activation_of(context.activation, AudienceActivation)
         written = [replace(file, path=context.run_dir / file.path.name) for file in prepared.written]
         shared = replace(prepared, written=written, members=context.run_dir / f"{context.activation}.members.parquet",
@@ -167,9 +172,9 @@ def _delivery_of(prepared: Prepared) -> Callable[[RunContext], None]:
         pairs = [(file.path, copy.path) for file, copy in zip(prepared.written, written)]
         for source, path in [*pairs, (prepared.members, shared.members), (prepared.rejects, shared.rejects)]:
             share_private(source, path)
-        _deliver(context, activation, shared)
+        deliver(context, activation, shared)
 
-    return deliver
+    return body
 
 
 def _delivered(context: RunContext, diff: MemberDiff, *, changes_only: bool) -> int:
@@ -183,7 +188,8 @@ def _delivered(context: RunContext, diff: MemberDiff, *, changes_only: bool) -> 
 def _record_written(context: RunContext, activation: AudienceActivation, prepared: Prepared) -> Path:
     """The manifest beside the file, and what was written into the run's results; returns the manifest."""
     written, counts = prepared.written, prepared.counts
-    query = context.config.query(context.activation).record  # the SQL file or the dbt model, and its hash
+    # the SQL file or the dbt model, and its hash
+    query = prepared.query or context.config.query(context.activation).record
     manifest_path = context.run_dir / f"{_stem(prepared.file_name)}.manifest.json"
     files = [{"name": f.path.name, "rows": f.rows, "bytes": f.size, "sha256": f.sha256} for f in written]
     write_manifest(manifest_path, {
@@ -201,7 +207,7 @@ def _record_written(context: RunContext, activation: AudienceActivation, prepare
     _record_counts(context, counts)
     context.results.update(rows_delivered=0, file_name=written[0].path.name, sha256=written[0].sha256)
     context.details.update(files=files, local_dir=str(context.run_dir), manifest=str(manifest_path),
-                           sql_sha256=query["sql_sha256"])
+                           sql_sha256=query.get("sql_sha256"))
     return manifest_path
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import signal
 import subprocess
 import sys
@@ -19,7 +18,6 @@ from typing import Any
 
 import pytest
 
-REPO = Path(__file__).resolve().parent.parent
 FAN_OUT = "vip_everywhere"
 
 
@@ -35,10 +33,8 @@ def finished(done: subprocess.CompletedProcess[str]) -> dict[str, dict[str, Any]
 
 
 @pytest.fixture
-def demo(tmp_path: Path) -> Path:
-    shutil.copytree(REPO / "sql", tmp_path / "sql")
-    shutil.copy(REPO / "schedules.toml", tmp_path / "schedules.toml")
-    return tmp_path / "schedules.toml"
+def demo(demo_project: Path) -> Path:
+    return demo_project
 
 
 def set_activation(config: Path, **values: str) -> None:

@@ -55,6 +55,7 @@ def runs_table(records: Sequence[RunRecord]) -> str:
                 r.run_id, r.activation, ("retired" if r.kind == RETIRE_KIND and r.status == RunStatus.SUCCEEDED
                                          else r.status) + (" (dry)" if r.dry_run else "")
                 + (f" as of {r.details['as_of']}" if r.details.get("as_of") else "")
+                + (f" replay of {r.details['replay_of']}" if r.details.get("replay_of") else "")
                 + (f" at {r.details['checkpoint']}"
                    if r.status == RunStatus.RUNNING and r.details.get("checkpoint") else ""),
                 f"{r.started_at:%Y-%m-%d %H:%M:%S}", count(r.rows_extracted), count(r.rows_rejected),
@@ -105,7 +106,8 @@ def show_run(record: RunRecord, *, rejects_shown: int = 10) -> str:
         f"run {record.run_id} — {record.activation} ({record.kind}){' — dry run' if record.dry_run else ''}",
         f"status     {record.status}"
         + (f"   as of {details['as_of']} (a backfill: :run_date and the file's date are that day's)"
-           if details.get("as_of") else ""),
+           if details.get("as_of") else "")
+        + (f"   replay of run {details['replay_of']} (its files, delivered again)" if details.get("replay_of") else ""),
         f"started    {record.started_at:%Y-%m-%d %H:%M:%S} UTC"
         + (f"   finished {record.finished_at:%H:%M:%S}" if record.finished_at else "")
         + (f"   ({record.duration_s:.2f}s)" if record.duration_s is not None else ""),
