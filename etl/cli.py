@@ -83,6 +83,10 @@ def _add_run_commands(command: _Command) -> None:
     run.add_argument("--force", action="store_true", help="deliver even if a safety guard (max_shrink) objects")
     run.add_argument("--as-of", type=_day, metavar="YYYY-MM-DD",
                      help="run as on that day: :run_date, :run_at and the file name's date (a backfill)")
+    run.add_argument("--full", action="store_true",
+                     help="imports: send every row, not only those changed, and rebuild the snapshot from what the "
+                          "destination took (after Actito lost data); says what it will send and asks first")
+    run.add_argument("--yes", action="store_true", help="with --full: send without asking (no terminal to ask on)")
     run.add_argument("--jobs", "-j", type=_at_least_one, default=1, metavar="N",
                      help="run up to N activations at once (default 1), within each warehouse's max_connections "
                           "and each licence's limits; `after` is kept; no live progress line when N > 1")
@@ -397,7 +401,7 @@ def _require(config: Config, names: Sequence[str], *, kind: str | None = None) -
 
 def _run(config: Config, args: argparse.Namespace) -> int:
     from etl.ops.announce import announce
-    from etl.ops.run_output import Progress, outcome_json, summary
+    from etl.ops.run_output import Progress, full_run_confirmation, outcome_json, summary
     from etl.runtime.ledger import open_store
     from etl.runtime.order import dependencies, run_in_order, skipped
     from etl.runtime.runs import execute
@@ -405,6 +409,7 @@ def _run(config: Config, args: argparse.Namespace) -> int:
 
     names = _chosen(config, args, "run", "the activations to run",
                     [n for n, a in config.activations.items() if a.enabled])
+    confirm = full_run_confirmation(config, names, full=args.full, yes=args.yes)
     json_output = args.log_format == "json"
     shown_live = sys.stderr.isatty() and not json_output and args.jobs == 1  # one \r line cannot show several
     progress = Progress(sys.stderr) if shown_live else None
@@ -426,7 +431,8 @@ def _run(config: Config, args: argparse.Namespace) -> int:
             return told(execute(
                 config, store, name, kind, job_for(kind),
                 dry_run=args.dry_run, progress=progress.update if progress else None, stop=stop, force=args.force,
-                finishers=(announce,), shown=not json_output, as_of=args.as_of,
+                finishers=(announce,), shown=not json_output, as_of=args.as_of, full=args.full,
+                confirm=(lambda plan: confirm(name, plan)) if confirm else None,
             ))
 
         outcomes = run_in_order(names, dependencies(config, names), one,

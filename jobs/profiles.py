@@ -21,7 +21,7 @@ from etl.errors import AudienceSyncError, ServiceError
 from etl.extract import activation_batches
 from etl.files import RejectWriter
 from etl.runtime.activation_state import ROOT, ROWS, state_file
-from etl.runtime.runs import RunContext
+from etl.runtime.runs import RunContext, RunInterrupted
 from etl.transform.delta import MappedRows, RowFormat, RowSnapshot, refusal_retries, stage_changes
 from etl.transform.mapping import VALUE_DROPPED, Mapping
 
@@ -53,7 +53,8 @@ def _deliver(context: RunContext, destination: RowDestination) -> None:
     delta = config.activation_of(name, ImportActivationBase).delta
     snapshot_path = state_file(config.state_dir, name, ROWS) if delta else None
     destination.recover(context, snapshot_path)
-    snapshot = RowSnapshot(snapshot_path, row_format.fingerprint, refusal_retries(context)) if snapshot_path else None
+    snapshot = (RowSnapshot(snapshot_path, row_format.fingerprint, refusal_retries(context), fresh=context.full)
+                if snapshot_path else None)
     rejects_path = context.run_dir / f"{name}.rejects.csv"
     context.details["rejects_file"] = str(rejects_path)
     with RejectWriter(rejects_path, by_field=True) as rejects:
@@ -63,7 +64,9 @@ def _deliver(context: RunContext, destination: RowDestination) -> None:
             context.results["rows_delivered"] = 0
             context.details["note"] = "nothing changed since the last successful run: nothing sent"
             return
-        destination.reserve(context, staged)
+        plan = destination.reserve(context, staged)
+        if context.full and not context.dry_run and not context.confirm(plan):
+            raise RunInterrupted(f"not confirmed: nothing was sent (it would have sent {plan})")
         destination.send(context, staged, snapshot, rejects)
 
 

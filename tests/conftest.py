@@ -3,14 +3,17 @@ run in this process as a user would see it."""
 
 from __future__ import annotations
 
+import json
 import logging
 import shutil
 import signal
+import subprocess
+import sys
 import textwrap
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
@@ -43,6 +46,20 @@ def sandbox_config(files: str, *settings: str, activations: str = "") -> str:
     """A configuration over ``wh`` and ``d`` (SANDBOX_HEAD): ``settings`` are more lines of [settings],
     ``activations`` the TOML of its activations."""
     return SANDBOX_HEAD.format(files=files, settings="".join(f"{line}\n" for line in settings)) + activations
+
+
+def cli_process(config: Path, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+    """The real CLI in a child process, in the configuration's directory, as a user runs it."""
+    return subprocess.run([sys.executable, "-m", "etl", "--config", str(config), *args], capture_output=True,
+                          text=True, timeout=300, cwd=config.parent, input=stdin)
+
+
+def json_run(config: Path, *args: str) -> dict[str, Any]:
+    """The first run_finished line of a command that must succeed (``args`` after ``--log-format json``)."""
+    done = cli_process(config, "--log-format", "json", *args)
+    assert done.returncode == 0, done.stdout + done.stderr
+    line: dict[str, Any] = json.loads(next(x for x in done.stdout.splitlines() if x.startswith('{"event"')))
+    return line
 
 
 def sandbox_state(root: Path) -> ActitoSandbox:

@@ -6,27 +6,22 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from conftest import cli_process, json_run
+
 NAME = "lapsed_buyers"
 SHIPPED_PARAMS = "params = { min_days = 180, max_days = 365 }"
 
 
-def cli(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "etl", "--config", str(config), *args], capture_output=True,
-                          text=True, timeout=300, cwd=config.parent)
+cli = cli_process
 
 
 def run(config: Path, *args: str) -> dict[str, Any]:
-    done = cli(config, "--log-format", "json", *args)
-    assert done.returncode == 0, done.stdout + done.stderr
-    line: dict[str, Any] = json.loads(next(x for x in done.stdout.splitlines() if x.startswith('{"event"')))
-    return line
+    return json_run(config, *args)
 
 
 @pytest.fixture

@@ -47,8 +47,9 @@ class RowDestination(Destination, Protocol):
     def staging(self, context: RunContext) -> AbstractContextManager[Callable[[pa.Table], None]]:
         """Where the rows to send are written while the query streams."""
 
-    def reserve(self, context: RunContext, staged: Staged) -> None:
-        """Refuse, before anything is sent, a run that today's budget cannot carry through."""
+    def reserve(self, context: RunContext, staged: Staged) -> str:
+        """Refuse, before anything is sent, a run that today's budget cannot carry through; else say what
+        the run will send (``run --full`` asks before sending it)."""
 
     def send(self, context: RunContext, staged: Staged, snapshot: RowSnapshot | None, rejects: RejectWriter) -> None:
         """Send (a dry run sends nothing), list the rows refused, then move the snapshot."""

@@ -56,6 +56,7 @@ def runs_table(records: Sequence[RunRecord]) -> str:
                                          else r.status) + (" (dry)" if r.dry_run else "")
                 + (f" as of {r.details['as_of']}" if r.details.get("as_of") else "")
                 + (f" replay of {r.details['replay_of']}" if r.details.get("replay_of") else "")
+                + (" (full)" if r.details.get("full") else "")
                 + (f" at {r.details['checkpoint']}"
                    if r.status == RunStatus.RUNNING and r.details.get("checkpoint") else ""),
                 f"{r.started_at:%Y-%m-%d %H:%M:%S}", count(r.rows_extracted), count(r.rows_rejected),

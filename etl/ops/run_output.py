@@ -1,12 +1,15 @@
 """What ``run`` shows of its outcomes: the live progress line on a terminal, a JSON line per run, and the
-summary table. Apart from the CLI so that the command module stays about wiring; the table's helpers are
+summary table; and what it asks: the confirmation of a ``--full`` run. Apart from the CLI so that the command module stays about wiring; the table's helpers are
 the history's."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import sys
+from collections.abc import Callable, Sequence
 from typing import Any, TextIO
 
+from etl.config import Config
+from etl.errors import UsageError
 from etl.ops.history import count, table
 from etl.runtime.results import RunStatus
 from etl.runtime.runs import RunOutcome
@@ -71,3 +74,26 @@ def summary(outcomes: Sequence[RunOutcome]) -> str:
         elif o.ok:
             notes.append(f"✓ {o.activation}: {o.delivery or 'delivered'}  (rejects: {o.details.get('rejects_file')})")
     return text + ("\n\n" + "\n".join(notes) if notes else "")
+
+
+def full_run_confirmation(config: Config, names: Sequence[str], *, full: bool, yes: bool
+                          ) -> Callable[[str, str], bool] | None:
+    """``--full`` asks on the terminal before each activation sends everything; without a terminal it needs
+    ``--yes``, said before anything runs. A membership audience is not rebuilt by it (yet): refused too."""
+    if not full:
+        return None
+    membership = [name for name in names if getattr(config.activations[name], "delivery", "") == "membership"]
+    if membership:
+        raise UsageError(f"--full does not rebuild a membership audience yet ({', '.join(membership)})", where="run",
+                         hint="run it without --full; a file audience is always sent whole")
+    if yes:
+        return lambda name, plan: True
+    if not sys.stdin.isatty():
+        raise UsageError("--full sends every row again and there is no terminal to confirm it on", where="run",
+                         hint="add --yes to send without asking")
+
+    def ask(name: str, plan: str) -> bool:
+        answer = input(f"{name}: --full will send {plan}. Send? [y/N] ")
+        return answer.strip().lower() in ("y", "yes")
+
+    return ask

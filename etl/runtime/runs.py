@@ -94,6 +94,10 @@ class RunContext:
     run_part: Callable[[Config, str, JobBody], RunOutcome] | None = None
     #: the parts' outcomes, in the order they ran
     parts: list[RunOutcome] = field(default_factory=list)
+    #: `run --full`: compare with no snapshot, send every row, rebuild the snapshot from what was taken
+    full: bool = False
+    #: asked, with what a full run will send, before it sends anything; False: nothing is sent
+    confirm: Callable[[str], bool] = lambda plan: True
 
     @property
     def data_time(self) -> datetime:
@@ -186,6 +190,8 @@ def execute(
     finishers: Sequence[Finisher] = (),
     shown: bool = False,
     as_of: date | None = None,
+    full: bool = False,
+    confirm: Callable[[str], bool] | None = None,
 ) -> RunOutcome:
     """Finishers are not called for a run that found the lock taken; never raises for a failed run.
 
@@ -199,7 +205,11 @@ def execute(
         with hold(store, activation, run_id, ttl) as lease:
             context = RunContext(config, activation, run_id, started_at, dry_run,
                                  config.state_dir / "runs" / activation / run_id, stop=stop, force=force,
-                                 store=store, lease=lease, as_of=as_of)
+                                 store=store, lease=lease, as_of=as_of, full=full)
+            if confirm is not None:
+                context.confirm = confirm
+            if full:
+                context.details["full"] = True
             if as_of is not None:
                 context.details["as_of"] = as_of.isoformat()
             if progress is not None:

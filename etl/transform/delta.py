@@ -92,7 +92,10 @@ class Compared:
 
 
 class RowSnapshot:
-    def __init__(self, path: Path, mapping_fingerprint: str, retries: RefusalRetries = RefusalRetries()) -> None:
+    def __init__(self, path: Path, mapping_fingerprint: str, retries: RefusalRetries = RefusalRetries(), *,
+                 fresh: bool = False) -> None:
+        """``fresh`` (`run --full`): the file is not read, so every row is sent, and is replaced by what
+        this run sends."""
         self.path = path
         self.fingerprint = mapping_fingerprint
         self.retries = retries
@@ -102,7 +105,8 @@ class RowSnapshot:
         #: when each row refused for a missing dependency was first refused (epoch seconds), else 0
         self._waiting = np.empty(0, np.int64)
         self._staged: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = []
-        self._load()
+        if not fresh:
+            self._load()
 
     def __len__(self) -> int:
         return len(self._keys)

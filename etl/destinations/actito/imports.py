@@ -485,9 +485,11 @@ class ActitoImports:
         if self._parts:
             context.results.update(file_name=self._parts[0].path.name, sha256=self._parts[0].sha256)
 
-    def reserve(self, context: RunContext, staged: Staged) -> None:
+    def reserve(self, context: RunContext, staged: Staged) -> str:
         assert self._table is not None  # after preflight
         check_budget(context, self._plan.target, self._table, len(self._parts))
+        return (f"{staged.count:,} rows in {len(self._parts)} import{'' if len(self._parts) == 1 else 's'} "
+                f"into Actito table '{self._table.name}'")
 
     def send(self, context: RunContext, staged: Staged, snapshot: RowSnapshot | None, rejects: RejectWriter) -> None:
         assert self._table is not None and self._mapping is not None  # after preflight

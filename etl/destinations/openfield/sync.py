@@ -92,7 +92,7 @@ class OpenFieldProfiles:
 
             yield write
 
-    def reserve(self, context: RunContext, staged: Staged) -> None:
+    def reserve(self, context: RunContext, staged: Staged) -> str:
         """Every attempt counts: the requests of the day (UTC) are summed from the ledger."""
         config, name = context.config, self._activation.destination
         needed = staged.count * REQUESTS_PER_PROFILE
@@ -108,6 +108,7 @@ class OpenFieldProfiles:
             where=f"[destinations.{name}] daily_request_budget",
             hint="wait for tomorrow (UTC), or raise daily_request_budget if your OpenField contract allows more",
         )
+        return f"{staged.count:,} profiles in up to {needed:,} requests to OpenField"
 
     def send(self, context: RunContext, staged: Staged, snapshot: RowSnapshot | None, rejects: RejectWriter) -> None:
         if context.dry_run:
