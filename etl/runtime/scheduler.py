@@ -139,6 +139,12 @@ class Scheduler:
         return self._stopping
 
     @property
+    def firing(self) -> bool:
+        """APScheduler's timer thread is alive (paused while stopping counts: it is there)."""
+        thread = getattr(self._aps, "_thread", None)
+        return bool(self._aps.running) and (thread is None or thread.is_alive())
+
+    @property
     def heartbeat_age(self) -> float | None:
         """Seconds since the main loop's latest turn (it turns every POLL_SECONDS): a loop stuck or dead
         handles no signal, so a probe reads this rather than trusting that the process answers."""
