@@ -17,6 +17,7 @@ import sys
 import urllib.error
 import urllib.request
 import uuid
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +27,9 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from dbservers import in_ci, postgres_url
 from etl.errors import UsageError
-from etl.ops.status_server import DEFAULT_HOST, parse_listen
+from etl.ops.status_server import DEFAULT_HOST, ROUTES, StatusServer, health, parse_listen
+from etl.runtime.scheduler import Scheduler
+from jobs import job_for
 from test_scheduler import REPO, Running, activation, ledger, wait_for, write_config
 
 FAR_CRON = 'cron = "0 3 1 1 *"'
@@ -246,6 +249,32 @@ def test_readiness_fails_when_the_postgresql_ledger_is_dropped(tmp_path: Path, s
         with admin.connect() as conn:
             conn.execute(sa.text(f"DROP DATABASE IF EXISTS {database} WITH (FORCE)"))
         admin.dispose()
+
+
+# --------------------------------------------------------------------------- in process: start-up and lag
+
+
+def test_a_scheduler_whose_loop_has_not_turned_is_not_healthy_and_a_late_fire_shows_its_lag(tmp_path: Path) -> None:
+    server = StatusServer("127.0.0.1", 0)
+    scheduler = Scheduler(write_config(tmp_path, activation("quick", FAR_CRON)), job_for)
+    try:
+        for route in ROUTES:  # bound, no scheduler yet
+            assert server.answer(route)[0] == 503
+        server.scheduler = scheduler
+        assert server.answer("/")[0] == 503 and server.answer("/metrics")[0] == 503  # nothing loaded
+        scheduler.start(paused=True)  # loaded, but run_forever's loop never turns
+        status, _, body = health(scheduler)
+        assert status == 503 and json.loads(body)["status"] == "starting"
+        assert server.answer("/readyz")[0] == 200 and server.answer("/")[0] == 200
+
+        (job,) = scheduler.jobs  # APScheduler's own call, 90 s late
+        job.func(*job.args, scheduled=datetime.now(UTC) - timedelta(seconds=90))
+        families = {f.name: f for f in text_string_to_metric_families(server.answer("/metrics")[2].decode())}
+        (lag,) = families["audience_sync_scheduler_lag_seconds"].samples
+        assert 90 <= lag.value < 120
+    finally:
+        scheduler.close()
+        server.close()
 
 
 # --------------------------------------------------------------------------- the flag

@@ -16,7 +16,7 @@ import logging
 import socket
 import threading
 from collections.abc import Iterable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from datetime import UTC, datetime
 from http import HTTPStatus
@@ -107,12 +107,12 @@ class StatusServer:
         scheduler = self.scheduler
         if route not in ROUTES:
             return _json(HTTPStatus.NOT_FOUND, {"status": "not found", "routes": list(ROUTES)})
-        if scheduler is None:
-            return _json(HTTPStatus.SERVICE_UNAVAILABLE, {"status": "starting"})
-        if route == "/healthz":
+        if scheduler is not None and route == "/healthz":
             return health(scheduler)
-        if route == "/readyz":
+        if scheduler is not None and route == "/readyz":
             return readiness(scheduler, self._probe)
+        if scheduler is None or not scheduler.loaded:
+            return _json(HTTPStatus.SERVICE_UNAVAILABLE, {"status": "starting"})
         if route == "/metrics":
             return HTTPStatus.OK, CONTENT_TYPE_LATEST, metrics_text(scheduler)
         return HTTPStatus.OK, "text/html; charset=utf-8", render_page(scheduler, self._probe.problem).encode()
@@ -202,18 +202,19 @@ def _not_ready(reason: str) -> Answer:
 
 class _LedgerProbe:
     """One cheap ledger query at a time, waited for READY_TIMEOUT_SECONDS: a ledger that hangs (a firewall
-    dropping packets) answers "not ready" in time, and probes do not pile threads up behind it."""
+    dropping packets) answers "not ready" in time, and probes do not pile threads up behind it. The query
+    runs in a daemon thread (an executor's would be joined at exit: a hung query would hold the daemon)."""
 
     def __init__(self) -> None:
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ledger-probe")
         self._lock = threading.Lock()
-        self._pending: Future[None] | None = None
+        self._pending: Future[object] | None = None
         self.problem: str | None = None  # the latest check's, shown on the page without asking again
 
     def check(self, store: StateStore) -> str | None:
         with self._lock:
             if self._pending is None or self._pending.done():
-                self._pending = self._pool.submit(store.runs, limit=1)  # type: ignore[arg-type]
+                self._pending = Future()
+                threading.Thread(target=_query, args=(store, self._pending), name="ledger-probe", daemon=True).start()
             pending = self._pending
         try:
             pending.result(timeout=READY_TIMEOUT_SECONDS)
@@ -223,6 +224,13 @@ class _LedgerProbe:
         except Exception as exc:
             self.problem = f"the ledger is unreachable: {redact(_first_line(exc))}"
         return self.problem
+
+
+def _query(store: StateStore, answer: Future[object]) -> None:
+    try:
+        answer.set_result(store.runs(limit=1))
+    except Exception as exc:
+        answer.set_exception(exc)
 
 
 def _first_line(exc: BaseException) -> str:
