@@ -34,7 +34,7 @@ from etl.ops.status_page import render_page
 from etl.runtime.ledger import StateStore
 from etl.runtime.scheduler import Scheduler
 
-log = logging.getLogger("audience_sync.status")
+log = logging.getLogger("audience_sync.scheduler.status")  # at INFO with the scheduler's own lines
 
 DEFAULT_PORT = 9108
 DEFAULT_HOST = "127.0.0.1"
@@ -95,6 +95,9 @@ class StatusServer:
         self._thread.start()
         log.info("serving /healthz, /readyz, /metrics and the status page on http://%s/", self.address,
                  extra={"fields": {"listen": self.address}})
+        if not _loopback(self._http.server_address[0]):
+            log.warning("the status server listens beyond this machine (%s) and has no authentication: keep the "
+                        "port inside the cluster or behind a proxy", self.address)
 
     def close(self) -> None:
         if self._thread is not None:
@@ -160,6 +163,13 @@ class _Handler(BaseHTTPRequestHandler):
         log.debug("status server: " + format, *args)  # probes every few seconds would flood the log
 
 
+def _loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
+
+
 def _json(status: int, body: dict[str, Any]) -> Answer:
     return status, "application/json", (json.dumps(body, sort_keys=True) + "\n").encode()
 
@@ -193,7 +203,7 @@ def readiness(scheduler: Scheduler, probe: _LedgerProbe) -> Answer:
     reason = probe.check(store)
     if reason is not None:
         return _not_ready(reason)
-    return _json(HTTPStatus.OK, {"status": "ready", "scheduled": len(scheduler.jobs), "ledger": store.shown()})
+    return _json(HTTPStatus.OK, {"status": "ready", "scheduled": len(scheduler.jobs)})
 
 
 def _not_ready(reason: str) -> Answer:
