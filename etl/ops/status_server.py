@@ -76,15 +76,16 @@ class StatusServer:
 
     def __init__(self, host: str, port: int) -> None:
         server_class = type("_Server6", (_Server,), {"address_family": socket.AF_INET6}) if ":" in host else _Server
+        shown_host = f"[{host}]" if ":" in host else host
         try:
             self._http = server_class((host, port), _Handler)
         except OSError as exc:
             raise UsageError(
-                f"cannot listen on {host}:{port}: {exc.strerror or exc}", where="--listen",
+                f"cannot listen on {shown_host}:{port}: {exc.strerror or exc}", where="--listen",
                 hint="choose a free port (another daemon may hold this one) and a host of this machine",
             ) from None
         self._http.status = self
-        self.address = f"{host}:{self._http.server_address[1]}"
+        self.address = f"{shown_host}:{self._http.server_address[1]}"
         self.scheduler: Scheduler | None = None
         self._probe = _LedgerProbe()
         self._thread: threading.Thread | None = None
