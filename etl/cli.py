@@ -142,6 +142,9 @@ def _add_deploy_commands(command: _Command) -> None:
     schedule = command("schedule", "run the scheduler daemon (SIGTERM stops, SIGHUP reloads)")
     schedule.add_argument("--preview", action="store_true", help="print each activation's next run times and exit")
     schedule.add_argument("--count", type=int, default=5, help="run times to preview (default 5)")
+    schedule.add_argument("--listen", metavar="HOST:PORT",
+                          help="serve /healthz, /readyz, /metrics and a status page (e.g. :9108, loopback; "
+                          "0.0.0.0:9108 in a container)")
 
     k8s = command("k8s", "Kubernetes CronJobs, or with --daemon a Deployment and Service (YAML on stdout)")
     k8s.add_argument("names", nargs="*", metavar="NAME")
@@ -263,8 +266,17 @@ def _schedule(args: argparse.Namespace) -> int:
     from etl.runtime.scheduler import main as schedule_main
     from jobs import job_for
 
-    return schedule_main(Path(args.config) if args.config else None, job_for, preview=args.preview,
-                         count=args.count, finishers=(announce,))
+    server = None
+    if args.listen and not args.preview:  # bound first: a port in use is exit 2 before any run starts
+        from etl.ops.status_server import StatusServer, parse_listen
+
+        server = StatusServer(*parse_listen(args.listen))
+    try:
+        return schedule_main(Path(args.config) if args.config else None, job_for, preview=args.preview,
+                             count=args.count, finishers=(announce,), on_start=server.attach if server else None)
+    finally:
+        if server is not None:
+            server.close()
 
 
 def _validate(config: Config, args: argparse.Namespace) -> int:

@@ -121,6 +121,27 @@ def _update(samples: Samples, outcome: RunOutcome, now: float, store: StateStore
     _set(samples, FAILURES, {"activation": name}, counted)
 
 
+def ledger_samples(store: StateStore, activations: Iterable[str]) -> Samples:
+    """The series the textfile holds for these activations, read from the ledger alone: what the scheduler's
+    ``/metrics`` serves, so one dashboard reads either. Raises StateError when the ledger cannot be read."""
+    samples: Samples = {}
+    for name in activations:
+        recent = [r for r in store.runs(name, limit=20, include_dry_runs=False) if r.status in STATUSES]
+        if recent:
+            last = recent[0]
+            if last.duration_s is not None:
+                _set(samples, DURATION, {"activation": name}, last.duration_s)
+            _set(samples, LAST_RUN, {"activation": name}, _timestamp(last))
+            for status in STATUSES:
+                _set(samples, STATUS, {"activation": name, "status": status}, 1 if status == last.status else 0)
+        success = store.last_success(name)
+        if success is not None:
+            _set(samples, LAST_SUCCESS, {"activation": name}, _timestamp(success))
+            _set_rows(samples, vars(success), activation=name)
+        _set(samples, FAILURES, {"activation": name}, _failures(store, name))
+    return samples
+
+
 def _set_rows(samples: Samples, results: Mapping[str, object], **labels: str) -> None:
     for key, stage in STAGES.items():
         value = results.get(key)

@@ -53,7 +53,7 @@ def _document(config: Config, generated: datetime, overview: list[str], sections
     body = [
         "<header>",
         "<h1>audience-sync</h1>",
-        f"<p class=\"meta\">Activations of <code>{_e(config.source)}</code> · generated "
+        f"<p class=\"meta\">Activations of <code>{escape(config.source)}</code> · generated "
         f"{generated:%Y-%m-%d %H:%M} UTC · times in UTC</p>",
         "</header>",
         "<main>",
@@ -69,7 +69,7 @@ def _document(config: Config, generated: datetime, overview: list[str], sections
         ]
     else:
         body.append("<p class=\"empty\">No activation is configured.</p>")
-    body += ["</main>", f"<footer>audience-sync {_e(__version__)}</footer>"]
+    body += ["</main>", f"<footer>audience-sync {escape(__version__)}</footer>"]
     return "\n".join([
         "<!DOCTYPE html>",
         "<html lang=\"en\">",
@@ -78,7 +78,7 @@ def _document(config: Config, generated: datetime, overview: list[str], sections
         "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\" />",
         "<meta name=\"generator\" content=\"audience-sync\" />",
         "<title>audience-sync report</title>",
-        f"<style>{_CSS}</style>",
+        f"<style>{CSS}</style>",
         "</head>",
         "<body>",
         *body,
@@ -95,15 +95,15 @@ def _overview_row(config: Config, name: str, anchor: str, recent: list[RunRecord
     success = successes[0] if successes else None
     size = size_after(success) if success is not None else None
     disabled = "" if activation.enabled else ' <span class="tag">disabled</span>'
-    last_run = _status(last) if last else '<span class="muted">never run</span>'
-    last_success = _e(_when(success.started_at)) if success else "—"
+    last_run = status_badge(last) if last else '<span class="muted">never run</span>'
+    last_success = escape(at_minute(success.started_at)) if success else "—"
     return (
         "<tr>"
-        f"<td data-label=\"Activation\"><a href=\"#{_e(anchor)}\">{_e(name)}</a>{disabled}</td>"
-        f"<td data-label=\"Kind\">{_e(activation.kind)}</td>"
+        f"<td data-label=\"Activation\"><a href=\"#{escape(anchor)}\">{escape(name)}</a>{disabled}</td>"
+        f"<td data-label=\"Kind\">{escape(activation.kind)}</td>"
         f"<td data-label=\"Last run\">{last_run}</td>"
         f"<td data-label=\"Last success\">{last_success}</td>"
-        f"<td data-label=\"Size\" class=\"num\">{_count(size)}</td>"
+        f"<td data-label=\"Size\" class=\"num\">{count_cell(size)}</td>"
         "</tr>"
     )
 
@@ -111,19 +111,19 @@ def _overview_row(config: Config, name: str, anchor: str, recent: list[RunRecord
 def _section(config: Config, name: str, anchor: str, recent: list[RunRecord], successes: list[RunRecord]) -> str:
     activation = config.activations[name]
     facts = [
-        ("Kind", _e(activation.kind)),
-        ("Destination", _e(", ".join(config.destinations_of(name)))),
-        ("Schedule", _e(_schedule(activation.schedule))),
+        ("Kind", escape(activation.kind)),
+        ("Destination", escape(", ".join(config.destinations_of(name)))),
+        ("Schedule", escape(describe_schedule(activation.schedule))),
     ]
     if not activation.enabled:
         facts.append(("State", "disabled"))
     parts = [
-        f"<section class=\"activation\" id=\"{_e(anchor)}\">",
-        f"<h2>{_e(name)}</h2>",
-        f"<p class=\"description\">{_e(activation.description)}</p>" if activation.description else "",
+        f"<section class=\"activation\" id=\"{escape(anchor)}\">",
+        f"<h2>{escape(name)}</h2>",
+        f"<p class=\"description\">{escape(activation.description)}</p>" if activation.description else "",
         "<dl>" + "".join(f"<dt>{label}</dt><dd>{value}</dd>" for label, value in facts) + "</dl>",
         f"<h3>{'Audience size' if activation.kind == 'audience' else 'Rows in the table (sent + unchanged)'}</h3>",
-        _chart(name, list(reversed(successes)), "Audience size" if activation.kind == "audience"
+        size_chart(name, list(reversed(successes)), "Audience size" if activation.kind == "audience"
                else "Rows in the table"),
         "<h3>Last runs</h3>",
     ]
@@ -146,15 +146,15 @@ def _run_row(record: RunRecord) -> str:
     duration = f"{record.duration_s:.1f}s" if record.duration_s is not None else "—"
     return (
         "<tr>"
-        f"<td data-label=\"Status\">{_status(record)}</td>"
-        f"<td data-label=\"Started\">{_e(_when(record.started_at))}<br /><code class=\"run-id\">"
-        f"{_e(record.run_id)}</code></td>"
+        f"<td data-label=\"Status\">{status_badge(record)}</td>"
+        f"<td data-label=\"Started\">{escape(at_minute(record.started_at))}<br /><code class=\"run-id\">"
+        f"{escape(record.run_id)}</code></td>"
         f"<td data-label=\"Duration\" class=\"num\">{duration}</td>"
-        f"<td data-label=\"Read\" class=\"num\">{_count(record.rows_extracted)}</td>"
-        f"<td data-label=\"Rejected\" class=\"num\">{_count(record.rows_rejected)}</td>"
-        f"<td data-label=\"Values dropped\" class=\"num\">{_count(record.details.get('values_dropped'))}</td>"
-        f"<td data-label=\"Delivered\" class=\"num\">{_count(record.rows_delivered)}{_churn(record)}</td>"
-        f"<td data-label=\"Retry queue\" class=\"num\">{_count(record.details.get('retry_queue'))}</td>"
+        f"<td data-label=\"Read\" class=\"num\">{count_cell(record.rows_extracted)}</td>"
+        f"<td data-label=\"Rejected\" class=\"num\">{count_cell(record.rows_rejected)}</td>"
+        f"<td data-label=\"Values dropped\" class=\"num\">{count_cell(record.details.get('values_dropped'))}</td>"
+        f"<td data-label=\"Delivered\" class=\"num\">{count_cell(record.rows_delivered)}{_churn(record)}</td>"
+        f"<td data-label=\"Retry queue\" class=\"num\">{count_cell(record.details.get('retry_queue'))}</td>"
         f"<td data-label=\"Error\" class=\"error\">{_error(record.error)}</td>"
         "</tr>"
     )
@@ -169,9 +169,9 @@ def _churn(record: RunRecord) -> str:
             f"+{entered:,} / −{left:,}</span>")
 
 
-def _status(record: RunRecord) -> str:
+def status_badge(record: RunRecord) -> str:
     dry = " <span class=\"tag\">dry run</span>" if record.dry_run else ""
-    return f"<span class=\"status s-{record.status}\">{_e(record.status)}</span>{dry}"
+    return f"<span class=\"status s-{record.status}\">{escape(record.status)}</span>{dry}"
 
 
 def _error(error: str | None) -> str:
@@ -179,19 +179,19 @@ def _error(error: str | None) -> str:
         return ""
     text = redact(error)
     if len(text) <= ERROR_PREVIEW_CHARS:
-        return _e(text)
+        return escape(text)
     full = text if len(text) <= MAX_ERROR_CHARS else text[:MAX_ERROR_CHARS] + "…"
-    return f"<details><summary>{_e(text[:ERROR_PREVIEW_CHARS])}…</summary>{_e(full)}</details>"
+    return f"<details><summary>{escape(text[:ERROR_PREVIEW_CHARS])}…</summary>{escape(full)}</details>"
 
 
-def _schedule(schedule: Schedule | None) -> str:
+def describe_schedule(schedule: Schedule | None) -> str:
     if schedule is None:
         return "not scheduled (run on demand)"
     rule = f"cron {schedule.cron}" if schedule.cron else f"every {schedule.every}"
     return f"{rule} ({schedule.timezone})"
 
 
-def _chart(name: str, points: Sequence[RunRecord], measure: str) -> str:
+def size_chart(name: str, points: Sequence[RunRecord], measure: str) -> str:
     data = [(record.started_at, size) for record in points if (size := size_after(record)) is not None]
     if not data:
         return "<p class=\"empty\">No successful run yet: nothing to chart.</p>"
@@ -210,29 +210,29 @@ def _chart(name: str, points: Sequence[RunRecord], measure: str) -> str:
 
     coordinates = [(round(x(i), 1), round(y(count), 1)) for i, (_, count) in enumerate(data)]
     label = (f"{measure} of {name} over its last {len(data)} successful runs: "
-             f"from {data[0][1]:,} on {_when(data[0][0])} to {data[-1][1]:,} on {_when(data[-1][0])}")
+             f"from {data[0][1]:,} on {at_minute(data[0][0])} to {data[-1][1]:,} on {at_minute(data[-1][0])}")
     parts = [
-        f"<svg class=\"chart\" viewBox=\"0 0 {_W} {_H}\" role=\"img\" aria-label=\"{_e(label)}\" "
+        f"<svg class=\"chart\" viewBox=\"0 0 {_W} {_H}\" role=\"img\" aria-label=\"{escape(label)}\" "
         "xmlns=\"http://www.w3.org/2000/svg\" preserveAspectRatio=\"xMidYMid meet\">",
-        f"<title>{_e(label)}</title>",
+        f"<title>{escape(label)}</title>",
     ]
     for fraction in (0.0, 0.5, 1.0):
         level = _TOP + plot_h - fraction * plot_h
         parts.append(f"<line class=\"grid\" x1=\"{_LEFT}\" y1=\"{level:.1f}\" x2=\"{_W - _RIGHT}\" y2=\"{level:.1f}\" />")
         parts.append(f"<text class=\"axis\" x=\"{_LEFT - 6}\" y=\"{level + 4:.1f}\" text-anchor=\"end\">"
-                     f"{_e(_short(round(top * fraction)))}</text>")
+                     f"{escape(_short(round(top * fraction)))}</text>")
     # runs of one day are told apart by their time
     when = "%Y-%m-%d" if data[0][0].date() != data[-1][0].date() else "%Y-%m-%d %H:%M"
     parts.append(f"<text class=\"axis\" x=\"{_LEFT}\" y=\"{_H - 10}\" text-anchor=\"start\">"
-                 f"{_e(data[0][0].strftime(when))}</text>")
+                 f"{escape(data[0][0].strftime(when))}</text>")
     if len(data) > 1:
         parts.append(f"<text class=\"axis\" x=\"{_W - _RIGHT}\" y=\"{_H - 10}\" text-anchor=\"end\">"
-                     f"{_e(data[-1][0].strftime(when))}</text>")
+                     f"{escape(data[-1][0].strftime(when))}</text>")
         path = " ".join(f"{cx},{cy}" for cx, cy in coordinates)
         parts.append(f"<polyline class=\"line\" points=\"{path}\" />")
     for (cx, cy), (moment, count) in zip(coordinates, data):
         parts.append(f"<circle class=\"point\" cx=\"{cx}\" cy=\"{cy}\" r=\"3\">"
-                     f"<title>{_e(_when(moment))}: {count:,}</title></circle>")
+                     f"<title>{escape(at_minute(moment))}: {count:,}</title></circle>")
     parts.append("</svg>")
     return "\n".join(parts)
 
@@ -256,15 +256,15 @@ def _short(value: int) -> str:
     return str(value)
 
 
-def _e(value: object) -> str:
+def escape(value: object) -> str:
     return html.escape(str(value), quote=True)
 
 
-def _when(moment: datetime) -> str:
+def at_minute(moment: datetime) -> str:
     return f"{moment:%Y-%m-%d %H:%M}"
 
 
-def _count(value: int | None) -> str:
+def count_cell(value: int | None) -> str:
     return f"{value:,}" if isinstance(value, int) else "—"
 
 
@@ -273,7 +273,7 @@ def _write_atomically(path: Path, text: str) -> None:
     replace_text(path, text, mode=0o600)  # run errors may quote rows: its owner publishes it, if anyone
 
 
-_CSS = """
+CSS = """
 :root { color-scheme: light dark; --fg: #1d2330; --muted: #667085; --line: #d0d5dd; --bg: #ffffff;
   --card: #f8f9fb; --ok: #1a7f37; --ko: #c62828; --warn: #b26a00; --accent: #2457c5; }
 @media (prefers-color-scheme: dark) { :root { --fg: #e6e8ec; --muted: #98a2b3; --line: #344054; --bg: #101318;

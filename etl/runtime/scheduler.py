@@ -115,12 +115,45 @@ class Scheduler:
         self._created_checked: set[str] = set()  # run_on_create activations this process has looked at
         self._automatic = True  # False when started paused: nothing runs unless a test fires it
         self._signals: list[int] = []  # appended by handlers, read by the main loop
+        self._heartbeat: float | None = None  # time.monotonic() of the main loop's latest turn
+        self._lag: float | None = None  # seconds between the latest fire's scheduled time and its start
+        self.loaded_at: datetime | None = None  # when the configuration in use was (re)loaded
 
     @property
     def config(self) -> Config:
         if self._config is None:
             raise RuntimeError("the scheduler is not started")
         return self._config
+
+    @property
+    def loaded(self) -> bool:
+        return self._config is not None
+
+    @property
+    def store(self) -> StateStore | None:
+        """The ledger new runs use (a reload may replace it); None before ``start``."""
+        return self._store
+
+    @property
+    def stopping(self) -> bool:
+        return self._stopping
+
+    @property
+    def firing(self) -> bool:
+        """APScheduler's timer thread is alive (paused while stopping counts: it is there)."""
+        thread = getattr(self._aps, "_thread", None)
+        return bool(self._aps.running) and (thread is None or thread.is_alive())
+
+    @property
+    def heartbeat_age(self) -> float | None:
+        """Seconds since the main loop's latest turn (it turns every POLL_SECONDS): a loop stuck or dead
+        handles no signal, so a probe reads this rather than trusting that the process answers."""
+        return None if self._heartbeat is None else time.monotonic() - self._heartbeat
+
+    @property
+    def lag(self) -> float | None:
+        """How late the latest fire started after its scheduled time (a saturated pool or host shows here)."""
+        return self._lag
 
     @property
     def jobs(self) -> list[Job]:
@@ -136,7 +169,7 @@ class Scheduler:
         config = load_config(self.config_path)
         triggers = build_triggers(config)
         self._store = open_store(config)
-        self._config = config
+        self._config, self.loaded_at = config, _utcnow()
         self._aps.start(paused=True)
         self._install(triggers)
         self._automatic = not paused
@@ -158,7 +191,7 @@ class Scheduler:
             return False
         if store is not self._store and self._store is not None:
             self._old_stores.append(self._store)
-        self._store, self._config = store, config
+        self._store, self._config, self.loaded_at = store, config, _utcnow()
         self._install(triggers)
         log.info("configuration reloaded: %d scheduled activations", len(triggers),
                  extra={"fields": {"scheduled": sorted(triggers)}})
@@ -242,6 +275,7 @@ class Scheduler:
         """``scheduled`` defaults to None because APScheduler checks the signature before any run time exists."""
         if scheduled is None:
             raise RuntimeError("a scheduled job ran without its scheduled time (not through _SlotExecutor)")
+        self._lag = max(0.0, (_utcnow() - scheduled).total_seconds())
         self.fire(name, scheduled)
 
     def fire(self, name: str, scheduled: datetime) -> None:
@@ -351,6 +385,7 @@ class Scheduler:
         grace_ends: float | None = None
         give_up_at: float | None = None
         while True:
+            self._heartbeat = time.monotonic()
             time.sleep(POLL_SECONDS)
             while seen < len(self._signals):
                 signum = self._signals[seen]
@@ -408,8 +443,10 @@ class Scheduler:
 
 
 def main(config_path: Path | None, job_for: Callable[[str], JobBody], *, preview: bool, count: int = 5,
-         now: datetime | None = None, finishers: Sequence[Finisher] = ()) -> int:
-    """``audience-sync schedule``; errors are left to the CLI to print."""
+         now: datetime | None = None, finishers: Sequence[Finisher] = (),
+         on_start: Callable[[Scheduler], None] | None = None) -> int:
+    """``audience-sync schedule``; errors are left to the CLI to print. ``on_start`` receives the scheduler
+    before it starts: what watches it (the status server, in etl.ops) sits above the runtime."""
     path = Path(resolve_config_path(config_path))
     if count < 1:
         raise AudienceSyncError("--count must be at least 1", where="schedule")
@@ -421,4 +458,7 @@ def main(config_path: Path | None, job_for: Callable[[str], JobBody], *, preview
         logger = logging.getLogger(name)
         if logger.getEffectiveLevel() > logging.INFO:
             logger.setLevel(logging.INFO)
-    return Scheduler(path, job_for, finishers=finishers).run_forever()
+    scheduler = Scheduler(path, job_for, finishers=finishers)
+    if on_start is not None:
+        on_start(scheduler)
+    return scheduler.run_forever()
