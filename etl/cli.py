@@ -281,7 +281,9 @@ def _schedule(args: argparse.Namespace) -> int:
 
 def _validate(config: Config, args: argparse.Namespace) -> int:
     if args.connect:
-        _check_queries(config)
+        from etl.ops.connect_check import check_queries_connected
+
+        check_queries_connected(config)
     counted = ", ".join(f"{len(items)} {noun}{'' if len(items) == 1 else 's'}" for noun, items in (
         ("activation", config.activations), ("destination", config.destinations), ("warehouse", config.warehouses)))
     print(f"{config.source}: ok — {counted}" + (", every query planned by its warehouse" if args.connect else ""))
@@ -355,22 +357,6 @@ def _k8s(config: Config, args: argparse.Namespace) -> int:
         manifests.insert(0, configmap_manifest(config, options))
     print(render_yaml(manifests), end="")
     return EXIT_OK
-
-
-def _check_queries(config: Config) -> None:
-    from etl.config import AudienceActivation
-    from etl.extract import check_queries
-    from etl.transform.audience import AudienceCleaner
-
-    def choose(name: str, columns: list[str]) -> None:
-        activation = config.activations[name]
-        if isinstance(activation, AudienceActivation):  # the identifier column must be found by name
-            AudienceCleaner(activation.identifier, column=activation.identifier_column,
-                            where=config.query_where(name)).identifier_column(columns)
-
-    problems = check_queries(config, choose)
-    if problems:
-        raise ConfigError(problems, source=config.source)
 
 
 def _init(args: argparse.Namespace) -> int:
@@ -494,6 +480,7 @@ def _preview_time(config: Config, name: str, as_of: date | None) -> datetime:
 
 
 def _preview(config: Config, args: argparse.Namespace) -> int:
+    from etl.ops.run_output import print_reasons
     from jobs import audience
 
     name, json_output = args.name, args.log_format == "json"
@@ -511,23 +498,13 @@ def _preview(config: Config, args: argparse.Namespace) -> int:
           f"({counts['extracted']:,} rows read, {counts['rejected']:,} rejected, {counts['duplicates']:,} duplicates)")
     for value in result.sample:
         print(f"  {value}")
-    _print_reasons("not kept, by reason:", result.rejected_by_reason)
+    print_reasons("not kept, by reason:", result.rejected_by_reason)
     return EXIT_OK
-
-
-def _print_reasons(title: str, by_reason: dict[str, int], examples: dict[str, str] | None = None) -> None:
-    """Most frequent first; a reason whose value was generalised to '…' shows the first value refused for it."""
-    if not by_reason:
-        return
-    print(title)
-    width = max(len(f"{count:,}") for count in by_reason.values())
-    for reason, count in by_reason.items():
-        example = (examples or {}).get(reason)
-        print(f"  {count:>{width},}  {reason}" + (f"  [first: {example!r}]" if example and "'…'" in reason else ""))
 
 
 def _preview_rows(config: Config, args: argparse.Namespace) -> int:
     """An import activation: mapped columns, what would be sent and refused, and the first rows as mapped."""
+    from etl.ops.run_output import print_reasons
     from jobs import profiles
 
     name = args.name
@@ -558,8 +535,8 @@ def _preview_rows(config: Config, args: argparse.Namespace) -> int:
               + ("  (key)" if column.role == "key" else ""))
     if result.not_sent:
         print(f"not sent: {', '.join(result.not_sent)}")
-    _print_reasons("refused, by reason:", result.rejected_by_reason, result.examples)
-    _print_reasons("values dropped (the row is sent without them), by reason:", result.dropped_by_reason,
+    print_reasons("refused, by reason:", result.rejected_by_reason, result.examples)
+    print_reasons("values dropped (the row is sent without them), by reason:", result.dropped_by_reason,
                    result.examples)
     if result.sample:
         print(f"first {len(result.sample)} rows as mapped:")

@@ -131,6 +131,8 @@ def test_every_route_while_a_run_is_in_flight_and_after_a_failure(tmp_path: Path
     (failed,) = store.runs("broken")
 
     assert daemon.logged(f"status page on http://127.0.0.1:{daemon.port}/")
+    # the failed run is recorded before its thread ends (alerts, metrics): it leaves "running" just after
+    wait_for(lambda: daemon.json("/healthz")[1]["running"] == 1, 10, "the failed run to leave the running ones")
     status, health = daemon.json("/healthz")
     assert status == 200 and health["status"] == "ok" and health["running"] == 1
     assert 0 <= health["heartbeat_age_seconds"] < 5

@@ -97,3 +97,14 @@ def full_run_confirmation(config: Config, names: Sequence[str], *, full: bool, y
         return answer.strip().lower() in ("y", "yes")
 
     return ask
+
+
+def print_reasons(title: str, by_reason: dict[str, int], examples: dict[str, str] | None = None) -> None:
+    """Most frequent first; a reason whose value was generalised to '…' shows the first value refused for it."""
+    if not by_reason:
+        return
+    print(title)
+    width = max(len(f"{count:,}") for count in by_reason.values())
+    for reason, count in by_reason.items():
+        example = (examples or {}).get(reason)
+        print(f"  {count:>{width},}  {reason}" + (f"  [first: {example!r}]" if example and "'…'" in reason else ""))
