@@ -48,6 +48,7 @@ def test_full_restores_every_profile_a_normal_run_would_not_send_again(demo: Pat
     assert run(demo)["rows_delivered"] == 0  # the snapshot rebuilt from what was taken
     shown = cli(demo, "--log-format", "json", "history", NAME)
     assert json.loads(shown.stdout.splitlines()[1])["details"]["full"] is True
+    assert "(full)" in cli(demo, "history", NAME).stdout
 
 
 def test_full_needs_a_confirmation(demo: Path) -> None:

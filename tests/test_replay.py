@@ -57,6 +57,9 @@ def test_a_replay_restores_the_previous_audience_byte_for_byte(demo: Path) -> No
     assert (again["entered"], again["left"]) == (0, 0)
     shown = cli(demo, "history", NAME)
     assert f"replay of {good['run_id']}" in shown.stdout
+    report = demo.parent / "report.html"
+    assert cli(demo, "report", "--output", str(report)).returncode == 0
+    assert f"replay of {good['run_id']}" in report.read_text()
 
 
 def test_a_replay_whose_files_were_pruned_is_refused_before_anything_runs(demo: Path) -> None:

@@ -170,8 +170,16 @@ def _churn(record: RunRecord) -> str:
 
 
 def status_badge(record: RunRecord) -> str:
-    dry = " <span class=\"tag\">dry run</span>" if record.dry_run else ""
-    return f"<span class=\"status s-{record.status}\">{escape(record.status)}</span>{dry}"
+    """The status and what kind of run it was: a dry run, a backfill, a replay, a full run."""
+    details = record.details
+    tags = [text for text, shown in (
+        ("dry run", record.dry_run),
+        (f"as of {details.get('as_of')}", bool(details.get("as_of"))),
+        (f"replay of {details.get('replay_of')}", bool(details.get("replay_of"))),
+        ("full", bool(details.get("full"))),
+    ) if shown]
+    return (f"<span class=\"status s-{record.status}\">{escape(record.status)}</span>"
+            + "".join(f" <span class=\"tag\">{escape(tag)}</span>" for tag in tags))
 
 
 def _error(error: str | None) -> str:
