@@ -407,7 +407,7 @@ def _run(config: Config, args: argparse.Namespace) -> int:
 
     names = _chosen(config, args, "run", "the activations to run",
                     [n for n, a in config.activations.items() if a.enabled])
-    confirm = full_run_confirmation(config, names, full=args.full, yes=args.yes)
+    confirm = full_run_confirmation(full=args.full, yes=args.yes)
     json_output = args.log_format == "json"
     shown_live = sys.stderr.isatty() and not json_output and args.jobs == 1  # one \r line cannot show several
     progress = Progress(sys.stderr) if shown_live else None

@@ -18,7 +18,7 @@ from etl.files import CsvFileWriter, RejectWriter, WrittenFile, final_file_name,
 from etl.ops.history import size_after
 from etl.runtime.ledger import open_store
 from etl.runtime.results import Delivery
-from etl.runtime.runs import RunContext
+from etl.runtime.runs import RunContext, RunInterrupted
 from etl.transform.audience import HEADER, AudienceCleaner, AudienceCounts, CleanBatch
 from etl.transform.user_step import TransformContext, TransformStep
 from etl.transform.members import MemberDiff, MemberSnapshot, StagedMembers
@@ -128,6 +128,9 @@ def deliver(context: RunContext, activation: AudienceActivation, prepared: Prepa
         context.details.update(diff.counts())  # a dry run reports the would-be diff too
         if not context.dry_run:
             check_shrink(context, activation, diff.size, diff)
+            full_plan = f"all {diff.size:,} members again, and the removal of {diff.left:,} who left"
+            if context.full and destination.wants_members and not context.confirm(full_plan):
+                raise RunInterrupted(f"not confirmed: nothing was sent (it would have sent {full_plan})")
             diff = destination.deliver(context, [f.path for f in prepared.written] + [manifest_path], snapshot, diff)
             context.details["members"] = diff.size
             context.results["rows_delivered"] = _delivered(context, diff, changes_only=destination.wants_members)

@@ -67,3 +67,21 @@ def test_full_over_the_daily_budget_is_refused_before_anything_is_sent(demo: Pat
     assert refused.returncode == 1 and "daily_import_budget" in refused.stdout + refused.stderr
     assert customers(demo) == []
     assert len(sandbox_state(demo.parent / "var").executions("demo")) <= executions
+
+
+def test_full_sends_a_membership_audience_whole_again(demo: Path) -> None:
+    def members() -> set[str]:
+        return {record["profileId"] for record in
+                sandbox_state(demo.parent / "var").records("demo", "audience_members")}
+
+    first = json_run(demo, "run", "vip_members")
+    assert first["entered"] == first["members"] > 1000
+    kept = members()
+    assert len(kept) == first["members"]
+    actito_lost_everything(demo)
+    assert members() == set()
+    assert json_run(demo, "run", "vip_members")["entered"] == 0  # the snapshot believes they are there
+    full = json_run(demo, "run", "vip_members", "--full", "--yes")
+    assert (full["entered"], full["left"]) == (first["members"], 0)
+    assert members() == kept
+    assert json_run(demo, "run", "vip_members")["entered"] == 0

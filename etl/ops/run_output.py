@@ -8,7 +8,6 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any, TextIO
 
-from etl.config import Config
 from etl.errors import UsageError
 from etl.ops.history import count, table
 from etl.runtime.results import RunStatus
@@ -76,16 +75,11 @@ def summary(outcomes: Sequence[RunOutcome]) -> str:
     return text + ("\n\n" + "\n".join(notes) if notes else "")
 
 
-def full_run_confirmation(config: Config, names: Sequence[str], *, full: bool, yes: bool
-                          ) -> Callable[[str, str], bool] | None:
+def full_run_confirmation(*, full: bool, yes: bool) -> Callable[[str, str], bool] | None:
     """``--full`` asks on the terminal before each activation sends everything; without a terminal it needs
-    ``--yes``, said before anything runs. A membership audience is not rebuilt by it (yet): refused too."""
+    ``--yes``, said before anything runs."""
     if not full:
         return None
-    membership = [name for name in names if getattr(config.activations[name], "delivery", "") == "membership"]
-    if membership:
-        raise UsageError(f"--full does not rebuild a membership audience yet ({', '.join(membership)})", where="run",
-                         hint="run it without --full; a file audience is always sent whole")
     if yes:
         return lambda name, plan: True
     if not sys.stdin.isatty():

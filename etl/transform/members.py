@@ -50,6 +50,13 @@ class MemberDiff:
         return {"entered": self.entered, "left": self.left}
 
 
+def everyone_entered(diff: MemberDiff) -> MemberDiff:
+    """`run --full`: every current member is sent again (the destination lost them), and those who left
+    since the last delivery still leave. Holds the whole audience's identifiers, as a first run does."""
+    members = pq.read_table(diff.staged, columns=[MEMBER]).column(MEMBER).combine_chunks()
+    return replace(diff, entered=len(members), entered_members=members)
+
+
 class MemberSnapshot:
     """The identifiers an activation last delivered, on disk."""
 

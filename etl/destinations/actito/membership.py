@@ -25,7 +25,7 @@ from etl.runtime.results import Delivery
 from etl.runtime.runs import RunContext
 from etl.transform.audience import HEADER
 from etl.transform.mapping import Mapping, explicit_mapping
-from etl.transform.members import MemberDiff, MemberSnapshot
+from etl.transform.members import MemberDiff, MemberSnapshot, everyone_entered
 
 
 class ActitoMembership:
@@ -57,6 +57,9 @@ class ActitoMembership:
         with context.step("deliver"), open_client(context.config, activation.destination) as client, \
                 RejectWriter(rejects_path) as rejects:
             diff = self._recover(context, client, snapshot, diff)
+            if context.full:
+                diff = everyone_entered(diff)
+                context.details.update(diff.counts())
             entered, left = diff.entered_members, diff.left_members
             assert entered is not None and left is not None  # asked for: see wants_members
             table, adding, removing = membership_preflight(client, target, identifier)
