@@ -18,7 +18,7 @@ from etl.files import CsvFileWriter, RejectWriter, WrittenFile, final_file_name,
 from etl.ops.history import size_after
 from etl.runtime.ledger import open_store
 from etl.runtime.results import Delivery
-from etl.runtime.runs import RunContext, RunInterrupted
+from etl.runtime.runs import RunContext
 from etl.transform.audience import HEADER, AudienceCleaner, AudienceCounts, CleanBatch
 from etl.transform.user_step import TransformContext, TransformStep
 from etl.transform.members import MemberDiff, MemberSnapshot, StagedMembers
@@ -128,9 +128,8 @@ def deliver(context: RunContext, activation: AudienceActivation, prepared: Prepa
         context.details.update(diff.counts())  # a dry run reports the would-be diff too
         if not context.dry_run:
             check_shrink(context, activation, diff.size, diff)
-            full_plan = f"all {diff.size:,} members again, and the removal of {diff.left:,} who left"
-            if context.full and destination.wants_members and not context.confirm(full_plan):
-                raise RunInterrupted(f"not confirmed: nothing was sent (it would have sent {full_plan})")
+            if destination.wants_members:  # a file is sent whole anyway: --full changes nothing for it
+                context.confirm_full(f"all {diff.size:,} members again, and the removal of {diff.left:,} who left")
             diff = destination.deliver(context, [f.path for f in prepared.written] + [manifest_path], snapshot, diff)
             context.details["members"] = diff.size
             context.results["rows_delivered"] = _delivered(context, diff, changes_only=destination.wants_members)
@@ -152,9 +151,10 @@ def _fan_out(context: RunContext, activation: AudienceActivation, prepared: Prep
         destination: {"activation": o.activation, "run_id": o.run_id, "status": o.status, "error": o.error}
         for destination, o in outcomes.items()}
     context.results["rows_delivered"] = sum(o.results.rows_delivered or 0 for o in outcomes.values())
-    context.delivery = Delivery(", ".join(outcomes), f"{len(outcomes)} destinations ({', '.join(outcomes)})", "")
     failed = [destination for destination, o in outcomes.items() if not o.ok]
-    if failed:
+    if not failed:
+        context.delivery = Delivery(", ".join(outcomes), f"{len(outcomes)} destinations ({', '.join(outcomes)})", "")
+    else:
         context.details["failed_destinations"] = failed
         raise DeliveryFailed(
             f"not delivered to {', '.join(failed)} ({len(failed)} of {len(outcomes)} destinations)"

@@ -21,7 +21,7 @@ from etl.errors import AudienceSyncError, ServiceError
 from etl.extract import activation_batches
 from etl.files import RejectWriter
 from etl.runtime.activation_state import ROOT, ROWS, state_file
-from etl.runtime.runs import RunContext, RunInterrupted
+from etl.runtime.runs import RunContext
 from etl.transform.delta import MappedRows, RowFormat, RowSnapshot, refusal_retries, stage_changes
 from etl.transform.mapping import VALUE_DROPPED, Mapping
 
@@ -64,9 +64,7 @@ def _deliver(context: RunContext, destination: RowDestination) -> None:
             context.results["rows_delivered"] = 0
             context.details["note"] = "nothing changed since the last successful run: nothing sent"
             return
-        plan = destination.reserve(context, staged)
-        if context.full and not context.dry_run and not context.confirm(plan):
-            raise RunInterrupted(f"not confirmed: nothing was sent (it would have sent {plan})")
+        context.confirm_full(destination.reserve(context, staged))
         destination.send(context, staged, snapshot, rejects)
 
 

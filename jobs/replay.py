@@ -7,7 +7,6 @@ guard, members snapshot and ownership of names at the location."""
 from __future__ import annotations
 
 import gzip
-import hashlib
 import json
 import zipfile
 from collections.abc import Callable, Iterator
@@ -21,7 +20,7 @@ import pyarrow.csv as pacsv
 from etl.config import AudienceActivation, Config
 from etl.destinations import open_audience
 from etl.errors import UsageError
-from etl.files import WrittenFile, name_matcher, share_private
+from etl.files import WrittenFile, file_sha256, name_matcher, share_private
 from etl.runtime.ledger import RunRecord, StateStore
 from etl.runtime.results import RunStatus
 from etl.runtime.runs import RunContext
@@ -38,10 +37,17 @@ def replay_plan(config: Config, store: StateStore, run_id: str) -> tuple[Config,
     record = store.get_run(run_id)
     if record is None:
         raise UsageError(f"no run {run_id!r} in the ledger", where="replay", hint="see `audience-sync history`")
+    deliveries = record.details.get("destinations")
+    if isinstance(deliveries, dict):  # a fan-out's own run wrote the file; its deliveries delivered it
+        runs = ", ".join(f"{d['activation']} {d['run_id']}" for d in deliveries.values() if d.get("run_id"))
+        raise UsageError(f"run {run_id} of {record.activation} is a fan-out's extract: each destination got its "
+                         f"files in a run of its own ({runs})", where="replay",
+                         hint="replay the run of the destination to restore")
     if record.kind != KIND or record.dry_run or record.status != RunStatus.SUCCEEDED or "files" not in record.details:
-        raise UsageError(f"run {run_id} of {record.activation} is not a delivered audience (a {record.kind} run, "
-                         f"{record.status}{', dry' if record.dry_run else ''}): only what an audience run "
-                         "delivered can be delivered again", where="replay", hint=_HINT)
+        state = ("a dry run" if record.dry_run else f"{record.status}" if record.kind == KIND
+                 else f"a {record.kind} run")
+        raise UsageError(f"run {run_id} of {record.activation} is not a delivered audience ({state}): only what "
+                         "an audience run delivered can be delivered again", where="replay", hint=_HINT)
     part = config.part_of(record.activation)
     if part is not None:
         config, _ = config.delivery(*part)
@@ -90,18 +96,10 @@ def _manifest(record: RunRecord) -> dict[str, Any]:
 def _check_files(record: RunRecord) -> None:
     for file in record.details["files"]:
         path = Path(record.details["local_dir"]) / file["name"]
-        if not path.is_file() or _sha256(path) != file["sha256"]:
+        if not path.is_file() or file_sha256(path) != file["sha256"]:
             what = "is gone" if not path.is_file() else "no longer has its recorded sha256"
             raise UsageError(f"{path} of run {record.run_id} {what}: it cannot be delivered as it was",
                              where="replay", hint=_HINT)
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        while block := handle.read(1 << 20):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def replaying(record: RunRecord) -> Callable[[RunContext], None]:

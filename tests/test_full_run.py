@@ -4,6 +4,9 @@ real CLI against the Actito sandbox the demo runs (its state kept in a file betw
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -85,3 +88,19 @@ def test_full_sends_a_membership_audience_whole_again(demo: Path) -> None:
     assert (full["entered"], full["left"]) == (first["members"], 0)
     assert members() == kept
     assert json_run(demo, "run", "vip_members")["entered"] == 0
+
+
+def test_full_asks_on_a_terminal_and_a_no_sends_nothing(demo: Path) -> None:
+    run(demo)
+    actito_lost_everything(demo)
+    main, terminal = os.openpty()  # stdin a terminal, as a person running it
+    try:
+        os.write(main, b"n\n")
+        done = subprocess.run([sys.executable, "-m", "etl", "--config", str(demo), "run", NAME, "--full"],
+                              stdin=terminal, capture_output=True, text=True, timeout=300, cwd=demo.parent)
+    finally:
+        os.close(main)
+        os.close(terminal)
+    assert "--full will send 2,334 rows in 1 import into Actito table 'Customers'. Send? [y/N]" in done.stdout
+    assert done.returncode == 1 and "not confirmed: nothing was sent" in done.stdout + done.stderr
+    assert customers(demo) == []

@@ -109,6 +109,8 @@ def test_a_fan_out_delivery_is_replayed_at_its_destination_only(demo: Path) -> N
     runs = {line["activation"]: line for line in map(json.loads, done.stdout.splitlines()) if "event" in line}
     fr_files, demo_files = delivered(demo, fan_out, "outbox_fr"), delivered(demo, fan_out)
     (demo.parent / "var" / "outbox_fr" / f"{fan_out}.csv").unlink()  # the French location was wiped
+    extract = cli(demo, "replay", runs[fan_out]["run_id"])  # the fan-out's own run delivered nothing itself
+    assert extract.returncode == 2 and runs[f"{fan_out}@actito_fr"]["run_id"] in extract.stderr
     replayed = run(demo, "replay", runs[f"{fan_out}@actito_fr"]["run_id"])
     assert replayed["activation"] == f"{fan_out}@actito_fr"
     assert delivered(demo, fan_out, "outbox_fr") == fr_files and delivered(demo, fan_out) == demo_files

@@ -2,11 +2,21 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Mapping
 from pathlib import Path
 
 from etl.files.private import replace_text, write_error
+
+
+def file_sha256(path: Path) -> str:
+    """The digest a manifest records of a file, read a megabyte at a time (files can be gigabytes)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def write_manifest(path: Path, manifest: Mapping[str, object]) -> None:

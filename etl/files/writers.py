@@ -9,7 +9,6 @@ few hundred KB, so with a small ``max_bytes`` zip parts come out well below it (
 
 from __future__ import annotations
 
-import hashlib
 import os
 import zipfile
 from collections.abc import Callable, Sequence
@@ -25,6 +24,7 @@ import pyarrow.csv as pacsv
 from isal import igzip, isal_zlib
 
 from etl.errors import FileWriteError
+from etl.files.manifest import file_sha256
 from etl.files.names import Compression
 from etl.files.private import FILE_MODE, _sync_directory, create_private, sync_close, write_error
 
@@ -80,14 +80,6 @@ def _offsets(lines: pa.Array) -> np.ndarray:
     dtype = np.int64 if pa.types.is_large_string(lines.type) else np.int32
     raw = np.frombuffer(lines.buffers()[1], dtype=dtype)
     return raw[lines.offset : lines.offset + len(lines) + 1].astype(np.int64)
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while chunk := handle.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _deflate_bound(size: int) -> int:
@@ -415,7 +407,7 @@ class CsvFileWriter(ClosingWriter):
         _sync_directory(self.directory)
         for part, name in zip(parts, names, strict=True):
             final = self.directory / name
-            written.append(WrittenFile(final, part.rows, final.stat().st_size, _sha256(final)))
+            written.append(WrittenFile(final, part.rows, final.stat().st_size, file_sha256(final)))
         return written
 
     def _abort(self) -> None:

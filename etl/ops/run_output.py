@@ -87,7 +87,10 @@ def full_run_confirmation(*, full: bool, yes: bool) -> Callable[[str, str], bool
                          hint="add --yes to send without asking")
 
     def ask(name: str, plan: str) -> bool:
-        answer = input(f"{name}: --full will send {plan}. Send? [y/N] ")
+        try:
+            answer = input(f"{name}: --full will send {plan}. Send? [y/N] ")
+        except EOFError:  # Ctrl-D: no answer is no
+            return False
         return answer.strip().lower() in ("y", "yes")
 
     return ask

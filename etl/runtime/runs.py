@@ -117,6 +117,11 @@ class RunContext:
         self.progress(self.activation, counts)
         kill_point("chunk")
 
+    def confirm_full(self, plan: str) -> None:
+        """Before a ``--full`` run sends ``plan`` (everything again): asked, and stopped here if declined."""
+        if self.full and not self.dry_run and not self.confirm(plan):
+            raise RunInterrupted(f"not confirmed: nothing was sent (it would have sent {plan})")
+
     def fault_point(self, name: str) -> None:
         """Where a destination lets the fault-injection variables crash or stall the run."""
         kill_point(name)
@@ -217,7 +222,8 @@ def execute(
 
             def run_part(part_config: Config, part: str, part_body: JobBody) -> RunOutcome:
                 return execute(part_config, store, part, kind, part_body, dry_run=dry_run, progress=progress,
-                               stop=stop, force=force, finishers=finishers, shown=shown, as_of=as_of)
+                               stop=stop, force=force, finishers=finishers, shown=shown, as_of=as_of, full=full,
+                               confirm=confirm)
 
             context.run_part = run_part
             return _run_locked(context, store, kind, body, began, finishers, shown)
