@@ -37,24 +37,33 @@ class Preview:
     rejected_by_reason: dict[str, int]
 
 
-def cleaned_batches(config: Config, name: str, when: datetime) -> Iterator[tuple[AudienceCleaner, CleanBatch]]:
-    """Extract and clean the audience chunk by chunk; the cleaner carries counts and the dedupe memory."""
+def cleaned_batches(
+    config: Config, name: str, when: datetime, *, spill_dir: Path | None = None
+) -> Iterator[tuple[AudienceCleaner, CleanBatch]]:
+    """Extract and clean the audience chunk by chunk; the cleaner carries counts and the dedupe memory
+    (spilled to ``spill_dir`` past its budget)."""
     activation = config.activation_of(name, AudienceActivation)
     cleaner = AudienceCleaner(
-        activation.identifier, column=activation.identifier_column, where=config.query_where(name)
+        activation.identifier, column=activation.identifier_column, where=config.query_where(name),
+        spill_dir=spill_dir,
     )
     step = _transform_step(config, name, when)
 
     def identifier_only(names: list[str]) -> list[int]:  # the other columns are never carried
         return [names.index(cleaner.identifier_column(names))]
 
-    # a transform step sees every column: it may rename one to the identifier or filter on another
-    for batch in activation_batches(config, name, when, columns=None if step else identifier_only):
-        if step is None:
-            yield cleaner, cleaner.clean(batch)
-        else:
-            shaped = step.shape(batch, cleaner.identifier_column)
-            yield cleaner, cleaner.clean(shaped.table, shaped.rows)
+    try:
+        # a transform step sees every column: it may rename one to the identifier or filter on another
+        for batch in activation_batches(config, name, when, columns=None if step else identifier_only):
+            if step is None:
+                yield cleaner, cleaner.clean(batch)
+            else:
+                shaped = step.shape(batch, cleaner.identifier_column)
+                yield cleaner, cleaner.clean(shaped.table, shaped.rows)
+        for deferred in cleaner.finish():
+            yield cleaner, deferred
+    finally:
+        cleaner.close()
 
 
 def _transform_step(config: Config, name: str, when: datetime) -> TransformStep | None:
@@ -272,7 +281,8 @@ def _write_audience(
         ) as writer,
         RejectWriter(_rejects_path(context)) as rejects,
     ):
-        for cleaner, cleaned in cleaned_batches(context.config, context.activation, context.data_time):
+        for cleaner, cleaned in cleaned_batches(context.config, context.activation, context.data_time,
+                                                spill_dir=context.run_dir):
             writer.write(cleaned.identifiers)
             members.add(cleaned.identifiers, cleaned.hashes)
             rejects.write(cleaned.rejects)

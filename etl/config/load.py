@@ -43,6 +43,25 @@ def config_path(explicit: str | Path | None = None) -> Path:
     return Path(explicit or os.environ.get(CONFIG_ENV) or DEFAULT_CONFIG)
 
 
+#: the environment variable that sets how many identifiers the dedupe and each pass of the diff hold
+IDS_IN_MEMORY_ENV = "AUDIENCE_SYNC_IDS_IN_MEMORY"
+#: its default: 2,097,152 identifiers, 16 MB of hashes (plus the dedupe's 8 MB bitmap): a 50M-row audience
+#: then peaks at 271 MB (docs/benchmarks.md)
+IDS_IN_MEMORY = 1 << 21
+
+
+def ids_in_memory(environ: Mapping[str, str] = os.environ) -> int:
+    """The budget, from the environment: lower it for a pod with little memory, raise it to spill less.
+    Checked when the configuration is loaded, so a typo stops every command before anything runs."""
+    raw = environ.get(IDS_IN_MEMORY_ENV, "").replace("_", "").replace(",", "")
+    if not raw:
+        return IDS_IN_MEMORY
+    if not raw.isdigit() or int(raw) < 1024:
+        raise ConfigError([(IDS_IN_MEMORY_ENV, f"{environ[IDS_IN_MEMORY_ENV]!r} is not a number of "
+                            "identifiers of at least 1024 (e.g. 2097152, 16 MB of hashes)")], source="environment")
+    return int(raw)
+
+
 def load_config(
     path: str | Path | None = None, environ: Mapping[str, str] | None = None, *, ledger_only: bool = False
 ) -> Config:
@@ -50,7 +69,7 @@ def load_config(
 
     ``ledger_only``: unset variables stay as written unless ``[settings]`` needs them; history needs no keys."""
     file = config_path(path)
-    environ = os.environ if environ is None else environ
+    environ = given = os.environ if environ is None else environ
     raw = _read_toml(file)
     problems: list[Problem] = []
     if ledger_only:
@@ -62,6 +81,10 @@ def load_config(
                 for table in _TABLES}
     raw_activations = resolved.get("activations") if isinstance(resolved.get("activations"), dict) else {}
     problems.extend(cross_check(config, declared, raw_activations))
+    try:
+        ids_in_memory(given)
+    except ConfigError as exc:
+        problems.extend(exc.problems)
     if problems:
         raise ConfigError(problems, source=str(file))
     register_secrets(config)

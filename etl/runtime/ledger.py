@@ -116,7 +116,7 @@ def database_now(conn: sa.Connection) -> datetime:
     query = _DATABASE_NOW.get(conn.dialect.name)
     if query is None:
         return utcnow()
-    value = conn.execute(sa.text(query)).scalar_one()
+    value: object = conn.execute(sa.text(query)).scalar_one()
     return value if isinstance(value, datetime) else datetime.fromisoformat(str(value))
 
 

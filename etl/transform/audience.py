@@ -4,7 +4,9 @@ file accounts for every dropped row."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Literal
 
 import numpy as np
@@ -12,7 +14,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from etl.errors import TransformError
-from etl.transform.dedupe import SeenHashes, hash_identifiers
+from etl.transform.dedupe import StreamDedupe, hash_identifiers
 from etl.values.email import email_rejection_reasons, normalise_emails
 from etl.values.ids import profile_ids
 from etl.values.text import as_text, decoded, listing
@@ -31,6 +33,8 @@ ALIASES: dict[IdentifierKind, tuple[str, ...]] = {
 DUPLICATE = "duplicate"
 
 REJECTS_SCHEMA = pa.schema([("row", pa.int64()), ("value", pa.string()), ("reason", pa.string())])
+#: a row the dedupe defers: its identifier, and what the reject file says if it turns out a duplicate
+_DEFERRED_SCHEMA = pa.schema([("identifier", pa.string()), ("value", pa.string()), ("row", pa.int64())])
 
 
 @dataclass
@@ -56,7 +60,10 @@ class CleanBatch:
 class AudienceCleaner:
     """Turn the chunks of one audience query into clean, unique identifiers (stateful)."""
 
-    def __init__(self, kind: IdentifierKind, *, column: str | None = None, where: str = "") -> None:
+    def __init__(self, kind: IdentifierKind, *, column: str | None = None, where: str = "",
+                 spill_dir: Path | None = None, memory_hashes: int | None = None) -> None:
+        """``spill_dir``: where the dedupe spills past ``memory_hashes`` distinct identifiers (the run's
+        directory, so a big audience never fills a small /tmp); the system's temporary directory if None."""
         if kind not in HEADER:
             raise ValueError(f"unknown identifier kind {kind!r}: use one of {', '.join(HEADER)}")
         self.kind: IdentifierKind = kind
@@ -64,7 +71,7 @@ class AudienceCleaner:
         self.where = where
         self.counts = AudienceCounts()
         self.column_used: str | None = None
-        self._seen = SeenHashes()
+        self._dedupe = StreamDedupe(spill_dir=spill_dir, memory_hashes=memory_hashes)
         self._next_row = 1
 
     def clean(self, batch: pa.RecordBatch | pa.Table, source_rows: np.ndarray | None = None) -> CleanBatch:
@@ -88,9 +95,15 @@ class AudienceCleaner:
         valid_positions = np.flatnonzero(valid.to_numpy(zero_copy_only=False))
         candidates = identifiers.take(pa.array(valid_positions, pa.int64()))
         candidate_hashes = hash_identifiers(candidates)
-        keep = self._seen.add_new(candidate_hashes)
+
+        def spilled() -> pa.Table:
+            numbers = source_rows[valid_positions] if source_rows is not None else valid_positions + first_row
+            return pa.table([candidates, text.take(pa.array(valid_positions, pa.int64())),
+                             pa.array(numbers, pa.int64())], schema=_DEFERRED_SCHEMA)
+
+        keep, deferred = self._dedupe.add(candidate_hashes, spilled)
         kept = candidates.filter(pa.array(keep))
-        duplicate_positions = valid_positions[~keep]
+        duplicate_positions = valid_positions[~keep & ~deferred]
 
         invalid = pc.invert(valid)
         invalid_positions = np.flatnonzero(invalid.to_numpy(zero_copy_only=False))
@@ -108,6 +121,21 @@ class AudienceCleaner:
         self.counts.duplicates += len(duplicate_positions)
         self.counts.kept += len(kept)
         return CleanBatch(identifiers=kept, rejects=rejects, hashes=candidate_hashes[keep])
+
+    def close(self) -> None:
+        self._dedupe.close()
+
+    def finish(self) -> Iterator[CleanBatch]:
+        """After the last chunk: the rows the dedupe deferred (a very large audience), now decided."""
+        for deferred, hashes, first in self._dedupe.resolved():
+            later = pa.array(~first)
+            duplicates = len(deferred) - int(first.sum())
+            rejects = pa.table([deferred.column("row").filter(later), deferred.column("value").filter(later),
+                                pa.array([DUPLICATE] * duplicates, pa.string())], schema=REJECTS_SCHEMA)
+            self.counts.duplicates += duplicates
+            self.counts.kept += len(deferred) - duplicates
+            identifiers = deferred.column("identifier").filter(pa.array(first)).combine_chunks()
+            yield CleanBatch(identifiers=identifiers, rejects=rejects, hashes=hashes[first])
 
     def identifier_column(self, names: list[str]) -> str:
         """The column holding the identifiers, chosen once by name (the first chunk's)."""

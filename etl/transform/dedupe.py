@@ -3,9 +3,16 @@ Python object per value) and the set of those kept, 8 bytes each whatever their 
 
 from __future__ import annotations
 
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+
+from etl.config.load import ids_in_memory
 
 
 def _splitmix64(seed: int, count: int) -> list[int]:
@@ -159,3 +166,123 @@ def _unique_first(hashes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     ordered = hashes[order]
     starts = np.flatnonzero(np.concatenate(([True], ordered[1:] != ordered[:-1])))
     return ordered[starts], np.minimum.reduceat(order, starts)
+
+
+class StreamDedupe:
+    """First occurrences over a whole stream in bounded memory. Up to ``memory_hashes`` distinct hashes are
+    kept in memory and decided at once (as `SeenHashes`). Past that, a row not already known is *deferred*:
+    spilled with its payload to a private directory, and decided after the stream, a range of hashes at a
+    time, so peak memory stays flat however many people the audience holds. Deferred rows come out after
+    the others, in their own order, which only moves them down the file."""
+
+    def __init__(self, *, memory_hashes: int | None = None, spill_dir: Path | None = None) -> None:
+        """``memory_hashes``: distinct hashes decided in memory (`ids_in_memory` if None); the deferred are
+        resolved half as many at a time (16 bytes each with their position)."""
+        self._seen = SeenHashes()
+        self._memory_hashes = ids_in_memory() if memory_hashes is None else memory_hashes
+        self._spill_parent = spill_dir
+        self._spill: _Spill | None = None
+
+    @property
+    def deferred_rows(self) -> int:
+        return self._spill.rows if self._spill else 0
+
+    def add(self, hashes: np.ndarray, payload: Callable[[], pa.Table]) -> tuple[np.ndarray, np.ndarray]:
+        """Masks over ``hashes``: the first occurrences decided now, and those deferred (spilled with their
+        row of ``payload()``, made only when needed); every other row is a duplicate."""
+        if self._spill is None and len(self._seen) + len(hashes) <= self._memory_hashes:
+            return self._seen.add_new(hashes), np.zeros(len(hashes), dtype=bool)
+        if self._spill is None:
+            self._spill = _Spill(Path(tempfile.mkdtemp(prefix=".dedupe-", dir=self._spill_parent)))
+        deferred = np.zeros(len(hashes), dtype=bool)
+        if len(hashes):
+            unique, first = _unique_first(hashes)
+            new = ~self._seen.contains(unique)
+            deferred[first[new]] = True
+            self._spill.write(hashes[deferred], payload().filter(pa.array(deferred)))
+        return np.zeros(len(hashes), dtype=bool), deferred
+
+    def close(self) -> None:
+        """Remove the spill of a stream that stopped early (a failed run): nothing of it outlives the run."""
+        if self._spill is not None:
+            self._spill.remove()
+            self._spill = None
+
+    def resolved(self) -> Iterator[tuple[pa.Table, np.ndarray, np.ndarray]]:
+        """After the stream: the deferred rows spill batch by spill batch, with their hashes and whether each
+        is the first of its hash among them. The spill is removed once read (or when the reader stops)."""
+        if self._spill is None:
+            return
+        self._seen = SeenHashes()  # decided rows are all out: their memory goes before the passes
+        spill, self._spill = self._spill, None
+        try:
+            later = spill.later_occurrences(max(1, self._memory_hashes // 2))
+            yield from spill.read(later)
+        finally:
+            spill.remove()
+
+
+class _Spill:
+    """Deferred rows on disk: their payload (Arrow IPC, batch by batch) and their hashes (raw, in order)."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self.rows = 0
+        self._hashes = open(directory / "hashes.u64", "wb")  # noqa: SIM115 - held until the stream ends
+        self._payload: pa.ipc.RecordBatchFileWriter | None = None
+
+    def write(self, hashes: np.ndarray, payload: pa.Table) -> None:
+        if self._payload is None:
+            self._payload = pa.ipc.new_file(str(self.directory / "payload.arrow"), payload.schema)
+        hashes.astype("<u8").tofile(self._hashes)
+        self._payload.write_table(payload)
+        self.rows += len(hashes)
+
+    def later_occurrences(self, pass_hashes: int) -> np.ndarray:
+        """Sorted positions of the deferred rows whose hash an earlier deferred row has: one scan of the
+        hashes per range of the hash space, each range small enough to sort in ``pass_hashes``."""
+        self._hashes.close()
+        if self._payload is not None:
+            self._payload.close()
+        passes = 1 << max(0, (self.rows - 1) // pass_hashes).bit_length()
+        shift = np.uint64(64 - (passes.bit_length() - 1)) if passes > 1 else None
+        later = [np.empty(0, np.int64)]
+        for part in range(passes):
+            hashes, positions = self._range(part, shift)
+            order = np.argsort(hashes, kind="stable")  # positions rise: the first of each hash leads
+            ordered = hashes[order]
+            repeated = np.concatenate(([False], ordered[1:] == ordered[:-1]))
+            later.append(positions[order[repeated]])
+        return np.sort(np.concatenate(later))
+
+    def _range(self, part: int, shift: np.uint64 | None) -> tuple[np.ndarray, np.ndarray]:
+        """The hashes whose top bits are ``part``, and their positions, read a block at a time."""
+        hashes, positions = [], []
+        block = 1 << 20
+        for start in range(0, self.rows, block):
+            chunk = np.fromfile(self.directory / "hashes.u64", dtype="<u8", count=block, offset=start * 8)
+            inside = np.ones(len(chunk), bool) if shift is None else (chunk >> shift) == part
+            hashes.append(chunk[inside])
+            positions.append(np.flatnonzero(inside) + start)
+        return np.concatenate(hashes or [np.empty(0, np.uint64)]), np.concatenate(positions or [np.empty(0, np.int64)])
+
+    def read(self, later: np.ndarray) -> Iterator[tuple[pa.Table, np.ndarray, np.ndarray]]:
+        if self._payload is None:
+            return
+        with pa.OSFile(str(self.directory / "payload.arrow")) as source:
+            reader = pa.ipc.open_file(source)
+            start = 0
+            for index in range(reader.num_record_batches):
+                batch = pa.Table.from_batches([reader.get_batch(index)])
+                hashes = np.fromfile(self.directory / "hashes.u64", dtype="<u8", count=len(batch), offset=start * 8)
+                low, high = np.searchsorted(later, [start, start + len(batch)])
+                first = np.ones(len(batch), dtype=bool)
+                first[later[low:high] - start] = False
+                yield batch, hashes, first
+                start += len(batch)
+
+    def remove(self) -> None:
+        self._hashes.close()
+        if self._payload is not None:
+            self._payload.close()
+        shutil.rmtree(self.directory, ignore_errors=True)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+import tempfile
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -20,7 +21,7 @@ import pyarrow.parquet as pq
 from etl.runtime.activation_state import MEMBERS, state_file
 from etl.errors import StateError
 from etl.files import create_private, write_error
-from etl.transform.dedupe import hash_identifiers
+from etl.transform.dedupe import hash_identifiers, ids_in_memory
 
 MEMBER, HASH = "member", "hash"
 _SCHEMA = pa.schema([(MEMBER, pa.string()), (HASH, pa.uint64())])
@@ -104,15 +105,21 @@ class MemberSnapshot:
             return self._compare(staged, identifiers)
 
     def _compare(self, staged: Path, identifiers: bool) -> MemberDiff:
-        current_sorted, previous_sorted = _sorted_hashes(staged), _sorted_hashes(self.path)
-        entered = current_sorted[~_sorted_present(current_sorted, previous_sorted)]
-        left = previous_sorted[~_sorted_present(previous_sorted, current_sorted)]
-        diff = MemberDiff(len(current_sorted), len(entered), len(left), staged, compared=self.path.exists())
-        del current_sorted, previous_sorted
+        """A range of the hash space at a time (`_hash_ranges`): memory stays flat whatever the sizes."""
+        size, entered_count, left_count = _rows(staged), 0, 0
+        entered_parts, left_parts = [np.empty(0, np.uint64)], [np.empty(0, np.uint64)]
+        for current_sorted, previous_sorted in _hash_ranges(staged, self.path, size + _rows(self.path)):
+            entered = current_sorted[~_sorted_present(current_sorted, previous_sorted)]
+            left = previous_sorted[~_sorted_present(previous_sorted, current_sorted)]
+            entered_count, left_count = entered_count + len(entered), left_count + len(left)
+            if identifiers:  # ranges come in order, each sorted: their concatenation is sorted
+                entered_parts.append(entered)
+                left_parts.append(left)
+        diff = MemberDiff(size, entered_count, left_count, staged, compared=self.path.exists())
         if not identifiers:
             return diff
-        return replace(diff, entered_members=_members_among(staged, entered),
-                       left_members=_members_among(self.path, left))
+        return replace(diff, entered_members=_members_among(staged, np.concatenate(entered_parts)),
+                       left_members=_members_among(self.path, np.concatenate(left_parts)))
 
     def apply_landed(self, added: pa.Array, removed: pa.Array) -> None:
         """Members a run that died got into (or out of) Actito: applied to the snapshot, so the next diff is
@@ -221,6 +228,43 @@ def _sorted_hashes(path: Path) -> np.ndarray:
         start += len(group)
     hashes.sort()
     return hashes
+
+
+def _rows(path: Path) -> int:
+    return int(pq.ParquetFile(path).metadata.num_rows) if path.exists() else 0
+
+
+def _hash_ranges(current: Path, previous: Path, total: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Both files' hashes, sorted, a range of the hash space at a time: all at once when ``total`` fits
+    `ids_in_memory`; else each file is first split by the hashes' top bits into files next to ``current``
+    (removed after), so no pass holds more than about that many (8 bytes each, as much again to sort)."""
+    passes = 1 << max(0, (total - 1) // ids_in_memory()).bit_length()
+    if passes == 1:
+        yield _sorted_hashes(current), _sorted_hashes(previous)
+        return
+    with tempfile.TemporaryDirectory(prefix=".diff-", dir=current.parent) as spill:
+        sides = [_split_by_range(path, passes, Path(spill) / side)
+                 for path, side in ((current, "current"), (previous, "previous"))]
+        for part in range(passes):
+            yield tuple(np.sort(np.fromfile(files[part], dtype="<u8")) for files in sides)  # type: ignore[misc]
+
+
+def _split_by_range(path: Path, passes: int, directory: Path) -> list[Path]:
+    """One file of raw hashes per range (the top bits), written a row group at a time."""
+    directory.mkdir()
+    files = [directory / str(part) for part in range(passes)]
+    shift = np.uint64(64 - (passes.bit_length() - 1))
+    handles = [open(file, "wb") for file in files]  # noqa: SIM115 - closed below, whatever happens
+    try:
+        for group in (_row_groups(path) if path.exists() else ()):
+            ordered = np.sort(group)
+            bounds = np.searchsorted(ordered >> shift, np.arange(passes + 1, dtype=np.uint64))
+            for part, handle in enumerate(handles):
+                ordered[bounds[part]:bounds[part + 1]].astype("<u8").tofile(handle)
+    finally:
+        for handle in handles:
+            handle.close()
+    return files
 
 
 def _row_groups(path: Path) -> Iterator[np.ndarray]:
