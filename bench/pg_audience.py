@@ -6,6 +6,7 @@ query is timed four ways, each in a process of its own so that its peak RSS is i
 
     psql           psql \\copy (query) TO STDOUT CSV | gzip -1           the floor: no Python at all
     audience-sync  python -m etl run: extract, validate, dedupe, gzip file, local delivery
+    audience-sync-warehouse   the same with clean_in = "warehouse": PostgreSQL normalises and dedupes
     pandas         pandas.read_sql(query) then DataFrame.to_csv(gzip level 1)
     dlt            dlt sql_table (pyarrow backend) -> filesystem destination, csv (gzip)
 
@@ -39,7 +40,7 @@ import sqlalchemy as sa
 
 URL = os.environ.get("BENCH_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 QUERY = "SELECT email FROM {table} WHERE newsletter_optin AND orders_count >= 1 ORDER BY customer_id"
-CASES = ("psql", "audience-sync", "pandas", "dlt")
+CASES = ("psql", "audience-sync", "audience-sync-warehouse", "pandas", "dlt")
 ROOT = Path(__file__).resolve().parent.parent
 #: bump when GENERATE changes: a table made by another version is regenerated
 GENERATOR_VERSION = 2
@@ -171,6 +172,7 @@ sql = "audience.sql"
 destination = "d"
 identifier = "email"
 file = {{ compression = "gzip" }}
+clean_in = "{clean_in}"
 """
 
 
@@ -183,9 +185,10 @@ def run_case(case: str, source: Path, table: str) -> dict[str, float]:
             dsn = sa.make_url(URL).set(drivername="postgresql").render_as_string(hide_password=False)
             command = f"set -o pipefail; psql -X -q '{dsn}' -c \"\\copy ({query}) TO STDOUT CSV HEADER\" | gzip -1 > {work}/out.csv.gz"
             wall, rss = measure(command, shell=True)
-        elif case == "audience-sync":
+        elif case.startswith("audience-sync"):
             (work / "audience.sql").write_text(query + "\n")
-            (work / "schedules.toml").write_text(AUDIENCE_CONFIG.format(url=URL))
+            clean_in = "warehouse" if case.endswith("-warehouse") else "client"
+            (work / "schedules.toml").write_text(AUDIENCE_CONFIG.format(url=URL, clean_in=clean_in))
             # the tree to time, ahead of any installed copy (and run from elsewhere: -m puts the cwd first)
             env["PYTHONPATH"] = str(source)
             command = [sys.executable, "-m", "etl", "--config", str(work / "schedules.toml"), "run", "bench"]
@@ -269,7 +272,7 @@ def main() -> None:
         return
     if "psql" not in args.cases:
         args.cases.insert(0, "psql")  # the reference of the ratios
-    if "audience-sync" in args.cases:
+    if any(case.startswith("audience-sync") for case in args.cases):
         # bytecode, as an installed package has it (pip compiles at install time): a tree run in place
         # is otherwise compiled at every start when PYTHONDONTWRITEBYTECODE is set (0.2-0.6 s)
         for package in ("etl", "jobs"):

@@ -256,6 +256,13 @@ def test_a_growing_audience_is_refused_whole_then_delivered_compressed_replacing
     holds_exactly_its_manifest(remote, "a.manifest.json", 2000)
     assert listing(remote) == {"a.csv.gz", "a.manifest.json"} and rows_in(remote / "a.csv.gz") == 2000
 
+    set_rows(tmp_path, "a", 20_000)  # compressed and still too large: compression is no longer the answer
+    shown = cli(config, "run", "a")
+    assert shown.code == 1 and "already compressed" in shown.said and 'delivery = "membership"' in shown.said
+    assert 'set compression = "gzip"' not in shown.said, shown.said
+    holds_exactly_its_manifest(remote, "a.manifest.json", 2000)
+
+    set_rows(tmp_path, "a", 2000)
     set_file(config, '{ max_bytes = 10000, compression = "gzip" }', "{}")  # and back to plain
     assert cli(config, "run", "a").code == 0
     assert listing(remote) == {"a.csv", "a.manifest.json"}

@@ -48,9 +48,7 @@ class FileDrop:
             f"file.max_bytes = {limit:,}; an audience is always delivered as one file (Actito reads the last file "
             f"as the whole audience) and Actito refuses files over {ACTITO_MAX_BYTES:,} bytes (100 MB)",
             where=f"[activations.{name}] file.max_bytes",
-            hint='set compression = "gzip" in [activations.' + name + '.file] (identifiers shrink several times)'
-                 + ("" if limit >= ACTITO_MAX_BYTES else f" or raise file.max_bytes (at most {ACTITO_MAX_BYTES:,})")
-                 + "; the previous delivery is still in place",
+            hint=_too_large_hint(name, self._activation.file.compression, limit),
         )
 
     def deliver(self, context: RunContext, files: list[Path], snapshot: MemberSnapshot, diff: MemberDiff) -> MemberDiff:
@@ -128,3 +126,15 @@ def open_deliverer(config: Config, location: FileLocation) -> Deliverer:
             timeout=location.timeout,
         )
     raise AssertionError(f"unhandled location {location!r}")
+
+
+def _too_large_hint(name: str, compression: str, limit: int) -> str:
+    """What shrinks the file: compression first; a compressed audience this large has outgrown one file."""
+    if compression == "none":
+        way = f'set compression = "gzip" in [activations.{name}.file] (identifiers shrink several times)'
+    else:
+        way = (f'the file is already compressed: deliver it as delivery = "membership" in [activations.{name}] '
+               "(only who entered and left is imported), or split the audience over several activations")
+    if limit < ACTITO_MAX_BYTES:
+        way += f" or raise file.max_bytes (at most {ACTITO_MAX_BYTES:,})"
+    return way + "; the previous delivery is still in place"
