@@ -1,0 +1,345 @@
+"""``clean_in = "warehouse"``: the warehouse's normalisation and deduplication give the audience, the
+counts and the rejects that cleaning on the client gives, on every dialect that has the SQL.
+
+The heart is a property over generated dirty data (seeded, thousands of values: Unicode whitespace of
+every kind Arrow trims, ``mailto:`` prefixes in mixed case repeated with spaces, upper case, the Kelvin
+sign and the dotted capital I, other non-ASCII letters, NULL, empty, duplicates after normalisation,
+invalid shapes, long values) loaded into each dialect's table and run through both modes. It also
+proves that no key the warehouse sends is one the client normalises otherwise (``disagreements``).
+"""
+
+from __future__ import annotations
+
+import random
+import subprocess
+from collections import Counter
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pytest
+import sqlalchemy as sa
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import dbservers
+from conftest import cli_process, json_run
+from etl.config import load_config
+from etl.errors import ConfigError
+from etl.extract.pushdown import ASCII_FOLDS, COUNT_COLUMN, WHITESPACE, audience_statement
+from etl.transform.audience import AudienceCleaner
+from etl.values.email import normalise_emails
+from jobs.audience import cleaned_batches
+from test_email_properties import EDGY_TEXT, few
+
+WHEN = datetime(2026, 1, 15, 6, tzinfo=UTC)
+
+CONFIG = """
+[settings]
+state_dir = "state"
+chunk_size = {chunk_size}
+
+[warehouses.wh]
+url = "{url}"
+
+[destinations.d]
+environment = "sandbox"
+entity = "demo"
+files = {{ type = "local", path = "outbox" }}
+
+[activations.client]
+sql = "audience.sql"
+destination = "d"
+identifier = "email"
+params = {{ min_id = 0 }}
+max_shrink = 1
+
+[activations.warehouse]
+sql = "audience.sql"
+destination = "d"
+identifier = "email"
+clean_in = "warehouse"
+params = {{ min_id = 0 }}
+max_shrink = 1
+file = {{ name = "warehouse.csv" }}
+"""
+
+# --------------------------------------------------------------------------- the generated dirt
+
+_NON_ASCII = "éßıΩçøÅ\u00ad\u200b\ufeffΚ"  # letters, a soft hyphen, zero-width space and BOM (not trimmed)
+_DOMAINS = ("example.com", "Example.COM", "mail.be", "test.org", "xn--p1ai.ru", "kelvin.com", "sub.domain.fr",
+            "nodot", "bad..dots.com", "-lead.com", "x.zzzzqq", "ex.c")
+
+
+def _address(rng: random.Random) -> str:
+    local = "".join(rng.choice("abcdefghijklmnopqrstuvwxyzIK0123456789._+-") for _ in range(rng.randint(1, 12)))
+    shape = rng.random()
+    if shape < 0.05:
+        return local  # no @
+    if shape < 0.08:
+        return f"{local}@{local}@{rng.choice(_DOMAINS)}"
+    return f"{local}@{rng.choice(_DOMAINS)}"
+
+
+def _dirty(rng: random.Random, address: str) -> str:
+    """One way a warehouse holds ``address``: in any case, with look-alikes, prefixes and whitespace."""
+    text = "".join(c.upper() if rng.random() < 0.3 else c for c in address)
+    if rng.random() < 0.15:
+        text = text.replace("k", "\u212a").replace("K", "\u212a")
+    if rng.random() < 0.1:
+        text = text.replace("i", "\u0130")
+    if rng.random() < 0.08:
+        spot = rng.randrange(len(text) + 1)
+        text = text[:spot] + rng.choice(_NON_ASCII) + text[spot:]
+    for _ in range(rng.choice((0, 0, 0, 1, 1, 2, 3))):
+        prefix = "".join(c.upper() if rng.random() < 0.5 else c for c in "mailto:")
+        text = _space(rng) + prefix + _space(rng) + text
+    return _space(rng) + text + _space(rng)
+
+
+def _space(rng: random.Random) -> str:
+    return "".join(rng.choice(WHITESPACE) for _ in range(rng.choice((0, 0, 1, 2, 4))))
+
+
+def dirty_values(count: int, seed: int = 20260115) -> list[str | None]:
+    """``count`` values: about a third are new addresses, the rest other spellings of earlier ones, NULL,
+    empty, whitespace, bare prefixes, long and random edgy text."""
+    rng = random.Random(seed)
+    addresses: list[str] = []
+    values: list[str | None] = []
+    for _ in range(count):
+        roll = rng.random()
+        if roll < 0.03:
+            values.append(None)
+        elif roll < 0.05:
+            values.append(rng.choice(("", " ", "mailto:", " MailTo: \u3000", "\u00a0\t")))
+        elif roll < 0.07:
+            values.append(_dirty(rng, "a" * rng.randint(240, 300) + "@example.com"))
+        elif roll < 0.35 or not addresses:
+            addresses.append(_address(rng))
+            values.append(_dirty(rng, addresses[-1]))
+        else:
+            values.append(_dirty(rng, rng.choice(addresses)))
+    return values
+
+
+# --------------------------------------------------------------------------- running both modes
+
+
+def _url(kind: str, tmp_path: Path, request: pytest.FixtureRequest) -> str:
+    if kind == "sqlite":
+        return f"sqlite:///{tmp_path / 'wh.db'}"
+    if kind == "duckdb":
+        return f"duckdb:///{tmp_path / 'wh.duckdb'}"
+    if kind == "snowflake":
+        url: str = request.getfixturevalue("snowflake_url")
+        return url
+    return dbservers.postgres_url() if kind == "postgres" else dbservers.mariadb_url()
+
+
+def _load(url: str, table: str, values: list[str | None]) -> sa.Table:
+    people = sa.Table(table, sa.MetaData(), sa.Column("id", sa.Integer, primary_key=True, autoincrement=False),
+                      sa.Column("email_address", sa.String(1000)), sa.Column("other", sa.Integer),
+                      mysql_charset="utf8mb4")
+    engine = sa.create_engine(url)
+    try:
+        people.create(engine)
+        with engine.begin() as connection:
+            connection.execute(people.insert(), [{"id": i, "email_address": v, "other": i % 7}
+                                                 for i, v in enumerate(values)])
+    finally:
+        engine.dispose()
+    return people
+
+
+def _drop(url: str, table: sa.Table) -> None:
+    engine = sa.create_engine(url)
+    try:
+        table.drop(engine)
+    finally:
+        engine.dispose()
+
+
+@pytest.fixture
+def warehouse(tmp_path: Path, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+              ) -> Callable[[str, list[str | None]], Iterator[Path]]:
+    """``warehouse(kind, values)``: a project whose two activations read ``values`` from a table of that
+    warehouse, ``client`` cleaning on the client and ``warehouse`` in the warehouse."""
+    tables: list[tuple[str, sa.Table]] = []
+
+    def make(kind: str, values: list[str | None], chunk_size: int = 700) -> Path:
+        url = _url(kind, tmp_path, request)
+        monkeypatch.setenv("WAREHOUSE_URL", url)  # fakesnow's URL holds a password
+        table = dbservers.unique_name("aud")
+        tables.append((url, _load(url, table, values)))
+        # other columns around the identifier, a parameter, an ORDER BY: the query is wrapped as written
+        (tmp_path / "audience.sql").write_text(
+            f"SELECT other, email_address AS email, id FROM {table} WHERE id >= :min_id ORDER BY id;\n")
+        (tmp_path / "schedules.toml").write_text(CONFIG.format(url="${WAREHOUSE_URL}", chunk_size=chunk_size))
+        return tmp_path / "schedules.toml"
+
+    yield make  # type: ignore[misc]
+    for url, table in tables:
+        _drop(url, table)
+
+
+def _run(config_path: Path, name: str) -> tuple[AudienceCleaner, list[str], Counter[tuple[Any, Any]]]:
+    """The activation cleaned as a run cleans it: (cleaner, kept identifiers in order, rejects as a
+    multiset of (value normalised by the client, reason))."""
+    config = load_config(config_path)
+    kept: list[str] = []
+    rejects: Counter[tuple[Any, Any]] = Counter()
+    cleaner: AudienceCleaner | None = None
+    for cleaner, batch in cleaned_batches(config, name, WHEN):
+        kept += batch.identifiers.to_pylist()
+        values = normalise_emails(batch.rejects.column("value").combine_chunks()).to_pylist()
+        rejects.update(zip(values, batch.rejects.column("reason").to_pylist()))
+    assert cleaner is not None
+    return cleaner, kept, rejects
+
+
+def _assert_same_audience(config_path: Path, values: list[str | None]) -> None:
+    client, client_kept, client_rejects = _run(config_path, "client")
+    cleaner, kept, rejects = _run(config_path, "warehouse")
+    assert cleaner.disagreements == 0  # the warehouse's keys are the client's normalisation
+    assert len(kept) == len(set(kept))
+    assert set(kept) == set(client_kept)
+    assert vars(cleaner.counts) == vars(client.counts)
+    assert cleaner.counts.extracted == len(values) == (
+        cleaner.counts.kept + cleaner.counts.rejected + cleaner.counts.duplicates)
+    assert rejects == client_rejects
+
+
+DIALECTS = ["sqlite", "duckdb", "postgres", "mariadb", "snowflake"]
+
+
+@pytest.mark.parametrize("kind", DIALECTS)
+def test_the_warehouse_cleans_generated_dirt_as_the_client_does(kind: str, warehouse: Any) -> None:
+    values = dirty_values(4000)
+    config_path = warehouse(kind, values)
+    _assert_same_audience(config_path, values)
+
+
+def test_the_generated_dirt_holds_what_it_must() -> None:
+    values = dirty_values(4000)
+    text = [v for v in values if v]
+    normalised = normalise_emails(pa.array(values)).to_pylist()
+    assert None in values and "" in values
+    assert sum(1 for v in text if v != v.strip()) > 1000
+    assert sum(1 for v in text if any(c in v for c in "\x1c\x85\u3000\u2028\u202f")) > 100
+    assert sum(1 for v in text if "mailto:" in v.lower().replace(" ", "")) > 500
+    assert sum(1 for v in text if "\u212a" in v) > 100 and sum(1 for v in text if "\u0130" in v) > 50
+    assert any(len(v) > 255 for v in text)
+    kept = set(AudienceCleaner("email").clean(pa.table({"email": values})).identifiers.to_pylist())
+    assert 500 < len(kept) < len({n for n in normalised if n})  # valid ones, and duplicates after normalising
+    assert any(v and "\u212a" in v and normalise_emails(pa.array([v]))[0].as_py() in kept for v in values)
+
+
+# --------------------------------------------------------------------------- the SQL's pieces
+
+
+def test_whitespace_is_what_arrow_trims() -> None:
+    code_points = [c for c in range(0x110000) if not 0xD800 <= c < 0xE000]
+    trimmed = pc.utf8_trim_whitespace(pa.array([f"{chr(c)}x{chr(c)}" for c in code_points])).to_pylist()
+    assert {chr(c) for c, t in zip(code_points, trimmed) if t == "x"} == set(WHITESPACE)
+
+
+def test_the_folds_are_every_non_ascii_character_whose_lowercase_is_ascii() -> None:
+    code_points = [c for c in range(0x80, 0x110000) if not 0xD800 <= c < 0xE000]
+    lowered = pc.utf8_lower(pa.array([chr(c) for c in code_points])).to_pylist()
+    assert {chr(c): low for c, low in zip(code_points, lowered) if low.isascii()} == ASCII_FOLDS
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "duckdb"])
+@given(st.lists(EDGY_TEXT | st.sampled_from([" mAiLtO:\u2003MAILTO:  A@B.com\u3000", "\u212aim@x.com"]),
+                min_size=1, max_size=30))
+@few(60)
+def test_any_text_gives_the_clients_audience(kind: str, values: list[str]) -> None:
+    """Hypothesis' edgy text, on the file-backed dialects (a table per example)."""
+    values = [v.replace("\x00", "") for v in values]  # no warehouse stores NUL in text
+    keys = _keys(kind, values)
+    normalised = normalise_emails(pa.array(values)).to_pylist()
+    for value, key in zip(normalised, keys):
+        assert normalise_emails(pa.array([key])).to_pylist() == [value]
+
+
+def _keys(kind: str, values: list[str]) -> list[str | None]:
+    """The warehouse's key of each value, in order (one group per row: the row's id is grouped too)."""
+    url = "sqlite://" if kind == "sqlite" else "duckdb:///:memory:"
+    engine = sa.create_engine(url)
+    try:
+        with engine.begin() as connection:
+            connection.exec_driver_sql("CREATE TABLE v (id INTEGER, email TEXT)")
+            connection.execute(sa.text("INSERT INTO v VALUES (:id, :email)"),
+                               [{"id": i, "email": v} for i, v in enumerate(values)])
+            keys = []
+            for i in range(len(values)):
+                statement = audience_statement(f"SELECT email FROM v WHERE id = {i}", "email", kind)
+                (row,) = connection.execute(statement).all()
+                keys.append(row[0])
+                assert row[1] == 1
+            return keys
+    finally:
+        engine.dispose()
+
+
+def test_the_statement_wraps_the_query_and_keeps_its_parameters() -> None:
+    statement = audience_statement("SELECT mail FROM t WHERE d >= :since -- a comment", "mail", "postgresql")
+    from sqlalchemy.dialects import postgresql
+
+    compiled = statement.compile(dialect=postgresql.dialect())
+    assert "since" in compiled.params
+    assert f"count(*) AS {COUNT_COLUMN}" in str(compiled)
+    assert "GROUP BY audience_sync_keys.k" in str(compiled)
+
+
+# --------------------------------------------------------------------------- configuration
+
+
+def _project(tmp_path: Path, activation: str, url: str = "sqlite:///wh.db") -> Path:
+    (tmp_path / "audience.sql").write_text("SELECT email FROM people")
+    (tmp_path / "shape.py").write_text("def shape(frame, context):\n    return frame\n")
+    (tmp_path / "wh.db").touch()
+    path = tmp_path / "schedules.toml"
+    path.write_text(f"""
+[warehouses.wh]
+url = "{url}"
+
+[destinations.d]
+environment = "sandbox"
+entity = "demo"
+files = {{ type = "local", path = "outbox" }}
+
+[activations.a]
+sql = "audience.sql"
+destination = "d"
+clean_in = "warehouse"
+{activation}
+""")
+    return path
+
+
+@pytest.mark.parametrize(("activation", "url", "said"), [
+    ('identifier = "email"\ntransform = "shape.py:shape"', "sqlite:///wh.db",
+     'clean_in = "warehouse" cannot go with a transform step'),
+    ('identifier = "profileId"', "sqlite:///wh.db", 'clean_in = "warehouse" cleans e-mail addresses only'),
+    ('identifier = "email"', "bigquery://project/dataset",
+     'clean_in = "warehouse" is not available for bigquery yet; use client'),
+])
+def test_what_the_warehouse_cannot_clean_is_a_config_error(tmp_path: Path, activation: str, url: str,
+                                                            said: str) -> None:
+    with pytest.raises(ConfigError) as raised:
+        load_config(_project(tmp_path, activation, url))
+    ((where, what),) = raised.value.problems
+    assert where == "[activations.a] clean_in" and said in what
+
+
+def test_clean_in_is_client_or_warehouse(tmp_path: Path) -> None:
+    path = _project(tmp_path, 'identifier = "email"')
+    path.write_text(path.read_text().replace('clean_in = "warehouse"', 'clean_in = "server"'))
+    with pytest.raises(ConfigError) as raised:
+        load_config(path)
+    assert "clean_in" in str(raised.value)
