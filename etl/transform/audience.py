@@ -154,10 +154,9 @@ class AudienceCleaner:
         if len(self._seen):
             keep[np.flatnonzero(keep)[self._seen.contains(agreeing)]] = False
         candidates = np.flatnonzero(changed)
-        fresh = ~np.isin(hashes[candidates], agreeing)
-        new = np.zeros(len(candidates), dtype=bool)
-        new[fresh] = self._seen.add_new(hashes[candidates[fresh]])
-        keep[candidates[new]] = True
+        # each remembered, the twin of an agreeing key of this batch too: a later changed one may come
+        new = self._seen.add_new(hashes[candidates])
+        keep[candidates[new & ~np.isin(hashes[candidates], agreeing)]] = True
         return keep
 
     def check_type(self, schema: pa.Schema) -> str:
