@@ -437,3 +437,18 @@ def test_a_disagreement_is_said_with_the_activation_and_dialect(
     assert kept == [["a@b.com", "b@c.com"], ["d@c.com"]]
     (record,) = [r for r in caplog.records if "otherwise than the client" in r.getMessage()]
     assert record.getMessage().startswith("a: the sqlite warehouse")
+
+
+def test_a_column_that_cannot_hold_addresses_is_refused_before_the_wrapped_query_runs(tmp_path: Path) -> None:
+    """The probe's column types, where the dialect tells them without a row (DuckDB, PostgreSQL): the
+    same refusal as client mode, not an audience of rejected numbers."""
+    from etl.errors import TransformError
+
+    engine = sa.create_engine(f"duckdb:///{tmp_path / 'wh.duckdb'}")
+    with engine.begin() as connection:
+        connection.exec_driver_sql("CREATE TABLE people AS SELECT 42 AS email")
+    engine.dispose()
+    path = _project(tmp_path, 'identifier = "email"', url=f"duckdb:///{tmp_path / 'wh.duckdb'}")
+    config = load_config(path)
+    with pytest.raises(TransformError, match="has type int32, which cannot hold e-mail addresses"):
+        list(cleaned_batches(config, "a", WHEN))
