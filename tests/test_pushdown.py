@@ -349,6 +349,7 @@ clean_in = "warehouse"
     ('identifier = "profileId"', "sqlite:///wh.db", 'clean_in = "warehouse" cleans e-mail addresses only'),
     ('identifier = "email"', "bigquery://project/dataset",
      'clean_in = "warehouse" is not available for bigquery yet; use client'),
+    ('identifier = "email"', "trino://host:8080/hive", 'clean_in = "warehouse" is not available for trino yet'),
 ])
 def test_what_the_warehouse_cannot_clean_is_a_config_error(tmp_path: Path, activation: str, url: str,
                                                             said: str) -> None:

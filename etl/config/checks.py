@@ -65,8 +65,8 @@ def _transform_problems(config: Config, name: str) -> list[Problem]:
     return transform_problems(config.path(target[0]), target[1], f"[activations.{name}] transform")
 
 
-#: warehouses whose SQL `etl.extract.pushdown` does not write yet, by SQLAlchemy dialect name
-_NO_PUSHDOWN = ("bigquery",)
+#: the warehouses `etl.extract.pushdown` writes SQL for, by SQLAlchemy dialect name (BigQuery: not yet)
+PUSHDOWN_DIALECTS = ("postgresql", "mysql", "mariadb", "sqlite", "duckdb", "snowflake")
 
 
 def _clean_in_problems(config: Config, name: str, raw: dict[str, Any], where: str) -> list[Problem]:
@@ -86,7 +86,7 @@ def _clean_in_problems(config: Config, name: str, raw: dict[str, Any], where: st
         dialect = make_url(warehouse).get_backend_name()
     except (ArgumentError, ValueError):
         return []  # said at the warehouse's url
-    if dialect in _NO_PUSHDOWN:
+    if dialect not in PUSHDOWN_DIALECTS:
         return [(key, f'clean_in = "warehouse" is not available for {dialect} yet; use client')]
     return []
 

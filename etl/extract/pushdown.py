@@ -22,6 +22,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import mysql
 
 from etl.config import Config
+from etl.config.checks import PUSHDOWN_DIALECTS
 from etl.config.sql import text_statement
 from etl.errors import ExtractError
 from etl.extract.checks import query_schema
@@ -46,9 +47,6 @@ _TRAILING = f"{_SPACE}+$"
 #: SQLite has no regular expressions: a ``mailto:`` is stripped per nested level, up to this many
 SQLITE_MAILTO_LEVELS = 8
 
-#: dialects whose SQL is written below (by SQLAlchemy dialect name)
-SUPPORTED = ("postgresql", "mysql", "mariadb", "sqlite", "duckdb", "snowflake")
-
 
 def warehouse_batches(
     config: Config, name: str, when: datetime, choose: Callable[[pa.Schema], str]
@@ -70,7 +68,7 @@ def audience_statement(sql: str, column: str, dialect: str, *, where: str = "") 
     a server binding them itself could not prove equal to the selected one. The query's parameters stay
     its own; its trailing semicolons go, and a line break ends it, or a last ``--`` comment would hide
     the closing parenthesis."""
-    if dialect not in SUPPORTED:
+    if dialect not in PUSHDOWN_DIALECTS:  # refused by the configuration's check already
         raise ExtractError(f'clean_in = "warehouse" is not available for {dialect} yet', where=where,
                            hint='use clean_in = "client"')
     text = text_statement(without_trailing_semicolons(sql) + "\n")
