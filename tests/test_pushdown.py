@@ -219,6 +219,7 @@ def _assert_same_audience(config_path: Path, values: list[str | None]) -> None:
     client, client_kept, client_rejects = _run(config_path, "client")
     cleaner, kept, rejects = _run(config_path, "warehouse")
     assert cleaner.disagreements == 0  # the warehouse's keys are the client's normalisation
+    assert len(cleaner._seen) == 0  # no dedupe memory: it grows only for keys the SQL got wrong
     assert len(kept) == len(set(kept))
     assert set(kept) == set(client_kept)
     assert vars(cleaner.counts) == vars(client.counts)
