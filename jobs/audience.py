@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import closing
@@ -14,6 +15,7 @@ from etl.config import AudienceActivation, Config
 from etl.destinations import open_audience
 from etl.errors import DeliveryFailed, GuardStop
 from etl.extract import activation_batches, local_time
+from etl.extract.pushdown import COUNT_COLUMN, warehouse_batches, warehouse_dialect
 from etl.files import CsvFileWriter, RejectWriter, WrittenFile, final_file_name, share_private, write_manifest
 from etl.ops.history import size_after
 from etl.runtime.ledger import open_store
@@ -22,6 +24,8 @@ from etl.runtime.runs import RunContext
 from etl.transform.audience import HEADER, AudienceCleaner, AudienceCounts, CleanBatch
 from etl.transform.user_step import TransformContext, TransformStep
 from etl.transform.members import MemberDiff, MemberSnapshot, StagedMembers
+
+log = logging.getLogger("audience_sync.audience")
 
 KIND = "audience"
 #: a writer's max_bytes that never cuts a part: an audience file is one file (its destination may refuse it)
@@ -47,6 +51,9 @@ def cleaned_batches(
         activation.identifier, column=activation.identifier_column, where=config.query_where(name),
         spill_dir=spill_dir,
     )
+    if activation.clean_in == "warehouse":
+        yield from _warehouse_cleaned(config, name, when, cleaner)
+        return
     step = _transform_step(config, name, when)
 
     def identifier_only(names: list[str]) -> list[int]:  # the other columns are never carried
@@ -64,6 +71,24 @@ def cleaned_batches(
             yield cleaner, deferred
     finally:
         cleaner.close()
+
+
+def _warehouse_cleaned(
+    config: Config, name: str, when: datetime, cleaner: AudienceCleaner
+) -> Iterator[tuple[AudienceCleaner, CleanBatch]]:
+    """``clean_in = "warehouse"``: the warehouse sends each normalised key once with its row count; the
+    cleaner checks them all again. A key the client normalises otherwise is a bug of the dialect's SQL:
+    handled (`AudienceCleaner.clean_counted`), and said once per run, as the audience may hold a duplicate."""
+    warned = False
+    for batch in warehouse_batches(config, name, when, cleaner.check_type):
+        cleaned = cleaner.clean_counted(batch, COUNT_COLUMN)
+        if cleaner.disagreements and not warned:
+            warned = True
+            log.warning("%s: the %s warehouse normalised e-mail addresses otherwise than the client "
+                        "(clean_in = \"warehouse\"): such keys are deduplicated by the client, but one "
+                        "identical to a key sent earlier may be delivered twice; please report it, and use "
+                        "clean_in = \"client\" meanwhile", name, warehouse_dialect(config, name))
+        yield cleaner, cleaned
 
 
 def _transform_step(config: Config, name: str, when: datetime) -> TransformStep | None:

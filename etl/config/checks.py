@@ -44,6 +44,7 @@ def cross_check(config: Config, declared: dict[str, set[str]], raw_activations: 
         if raw.get("kind", "audience") == "audience":
             problems += _audience_file_problems(config, name, raw, where, claims)
             problems += _transform_problems(config, name)
+            problems += _clean_in_problems(config, name, raw, where)
         params = set(raw["params"]) if isinstance(raw.get("params"), dict) else set()
         # a transform function reads params too: one the SQL leaves unused is not worth a warning
         warn_unused = "transform" not in raw
@@ -62,6 +63,32 @@ def _transform_problems(config: Config, name: str) -> list[Problem]:
     if target is None:
         return []
     return transform_problems(config.path(target[0]), target[1], f"[activations.{name}] transform")
+
+
+#: the warehouses `etl.extract.pushdown` writes SQL for, by SQLAlchemy dialect name (BigQuery: not yet)
+PUSHDOWN_DIALECTS = ("postgresql", "mysql", "mariadb", "sqlite", "duckdb", "snowflake")
+
+
+def _clean_in_problems(config: Config, name: str, raw: dict[str, Any], where: str) -> list[Problem]:
+    """What the warehouse cannot clean: a transform step sees raw rows, profile ids are canonical by their
+    column's type (a float 7.0, a text "007"), and some dialects have no SQL written for them."""
+    if raw.get("clean_in") != "warehouse" or not isinstance(config.activations.get(name), AudienceActivation):
+        return []
+    key = f"{where} clean_in"
+    if "transform" in raw:
+        return [(key, 'clean_in = "warehouse" cannot go with a transform step, which sees the raw rows the '
+                      'warehouse no longer sends: remove transform, or use clean_in = "client"')]
+    if raw.get("identifier") != "email":
+        return [(key, 'clean_in = "warehouse" cleans e-mail addresses only (a profile id is canonical by its '
+                      'column\'s type, which the warehouse does not tell): use clean_in = "client"')]
+    warehouse = config.warehouse_for(name)[1].url.get_secret_value()
+    try:
+        dialect = make_url(warehouse).get_backend_name()
+    except (ArgumentError, ValueError):
+        return []  # said at the warehouse's url
+    if dialect not in PUSHDOWN_DIALECTS:
+        return [(key, f'clean_in = "warehouse" is not available for {dialect} yet; use client')]
+    return []
 
 
 def _alert_problems(config: Config) -> list[Problem]:

@@ -256,6 +256,9 @@ class AudienceActivation(ActivationBase):
     max_shrink: float = Field(default=0.5, ge=0, le=1)
     #: "transforms/vip.py:shape": a pandas function each chunk goes through between extract and cleaning
     transform: str | None = None
+    #: "warehouse": the query is wrapped so the warehouse normalises and deduplicates the e-mail addresses
+    #: (no dedupe memory here, however large the audience); "client": rows are cleaned here one by one
+    clean_in: Literal["client", "warehouse"] = "client"
     #: ["actito_be", "actito_fr"] instead of ``destination``: extracted and cleaned once, delivered to each
     #: under its own lease, guard and ledger entry (`delivery_name`)
     destinations: list[str] = Field(default_factory=list)

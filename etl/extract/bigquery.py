@@ -23,14 +23,14 @@ from typing import Any
 import pyarrow as pa
 import sqlalchemy as sa
 
-from etl.extract.generic import Batches, ColumnChoice, null_schema, with_columns
+from etl.extract.generic import Batches, ColumnChoice, Query, null_schema, with_columns
 
 #: the REST call an HTTP error names before the service's own words ("POST https://…/jobs: Access Denied")
 _CALL_PREFIX = re.compile(r"^[A-Z]+ https?://\S+: ")
 
 
 def bigquery_batches(
-    connection: sa.Connection, statement: sa.TextClause, values: dict[str, Any], chunk_size: int,
+    connection: sa.Connection, statement: Query, values: dict[str, Any], chunk_size: int,
     columns: ColumnChoice | None,
 ) -> Batches:
     """Run on the client the pooled DB-API connection wraps (its project, location, default dataset and
@@ -73,7 +73,7 @@ def _finished(job: Any, chunk_size: int) -> Any:
         raise
 
 
-def _query(dialect: sa.Dialect, statement: sa.TextClause, values: dict[str, Any]) -> tuple[str, Any]:
+def _query(dialect: sa.Dialect, statement: Query, values: dict[str, Any]) -> tuple[str, Any]:
     """The statement in the dialect's pyformat, turned into BigQuery's ``@name`` parameters by the DB-API's
     own helpers, so a value is typed exactly as on the generic path (a date a DATE, text a STRING) and a
     quote or a % in it stays part of the one value. They are private names of google-cloud-bigquery: a

@@ -7,6 +7,7 @@ from collections.abc import Callable
 from contextlib import closing
 from datetime import UTC, datetime
 
+import pyarrow as pa
 import sqlalchemy as sa
 
 from etl.config import Config
@@ -19,17 +20,23 @@ from etl.extract.stream import stream_batches
 def query_columns(config: Config, name: str) -> list[str]:
     """The column names of an activation's query, without reading its rows (the query is wrapped in
     a subquery that selects nothing, which every tested dialect plans without executing the scan)."""
+    return query_schema(config, name).names
+
+
+def query_schema(config: Config, name: str, when: datetime | None = None) -> pa.Schema:
+    """The columns of an activation's query as its first (empty) batch has them, bound as at ``when``: a
+    column's type is null where the dialect's path cannot tell it without a row."""
     activation = config.activations[name]
     query = config.query(name)
     engine = activation_engine(config, name)
     sql = query.text.strip().rstrip(";")
     probe = f"SELECT * FROM (\n{sql}\n) audience_sync_probe WHERE 1 = 0"
     try:
-        batches = stream_batches(engine, probe, query_params(activation, datetime.now(UTC)), chunk_size=1,
+        batches = stream_batches(engine, probe, query_params(activation, when or datetime.now(UTC)), chunk_size=1,
                                  where=query.where)
         with closing(batches):
             first = next(batches, None)
-        return first.schema.names if first is not None else []
+        return first.schema if first is not None else pa.schema([])
     finally:
         engine.dispose()
 

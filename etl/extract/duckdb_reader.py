@@ -6,11 +6,11 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from etl.extract.generic import Batches, ColumnChoice, with_columns
+from etl.extract.generic import Batches, ColumnChoice, Query, with_columns
 
 
 def duckdb_batches(
-    connection: sa.Connection, statement: sa.TextClause, values: dict[str, Any], chunk_size: int,
+    connection: sa.Connection, statement: Query, values: dict[str, Any], chunk_size: int,
     columns: ColumnChoice | None,
 ) -> Batches:
     """Compiled for the dialect (text()'s parameter rules hold) and run as a relation: ``execute()``'s

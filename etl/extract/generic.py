@@ -13,8 +13,12 @@ import sqlalchemy as sa
 Batches = Generator[pa.RecordBatch, None, None]
 #: which of the result's columns the consumer uses, from their names (positions); None: all of them
 ColumnChoice = Callable[[list[str]], list[int]]
+#: what a path runs: the query's text, or a SELECT built around it (`etl.extract.pushdown`)
+Query = sa.TextClause | sa.Select[Any]
 #: a dialect's own way to stream: (connection, statement, bound values, chunk size, columns) -> batches
-FastPath = Callable[[sa.Connection, sa.TextClause, dict[str, Any], int, ColumnChoice | None], Batches]
+FastPath = Callable[[sa.Connection, Query, dict[str, Any], int, ColumnChoice | None], Batches]
+#: turns the query's SQL into the statement run, once the dialect is known
+Wrap = Callable[[str, sa.Dialect], Query]
 #: about the most memory the rows of one chunk may take while being read on the generic path: a chunk
 #: of a wide result (``SELECT *`` of hundreds of columns) holds fewer rows than ``chunk_size``
 CHUNK_BYTES = 64 << 20
@@ -23,7 +27,7 @@ _PROBE_ROWS = 500
 
 
 def sqlalchemy_batches(
-    connection: sa.Connection, statement: sa.TextClause, values: dict[str, Any], chunk_size: int,
+    connection: sa.Connection, statement: Query, values: dict[str, Any], chunk_size: int,
     columns: ColumnChoice | None,
 ) -> Batches:
     """A server-side cursor (``stream_results``) read a chunk at a time, only the used columns converted.

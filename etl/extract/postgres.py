@@ -22,7 +22,8 @@ import pyarrow as pa
 import sqlalchemy as sa
 
 from etl.config.sql import QUOTED_OR_COMMENT
-from etl.extract.generic import CHUNK_BYTES, Batches, ColumnChoice, selected, sqlalchemy_batches, to_array
+from etl.extract.generic import (CHUNK_BYTES, Batches, ColumnChoice, Query, selected, sqlalchemy_batches,
+                                 to_array)
 
 log = logging.getLogger("audience_sync.extract")
 
@@ -44,7 +45,7 @@ _PG_ARROW_TYPES: dict[int, pa.DataType] = {
 
 
 def postgres_batches(
-    connection: sa.Connection, statement: sa.TextClause, values: dict[str, Any], chunk_size: int,
+    connection: sa.Connection, statement: Query, values: dict[str, Any], chunk_size: int,
     columns: ColumnChoice | None,
 ) -> Batches:
     """The query's rows by COPY, on the pooled connection the generic path would use, in its
@@ -98,7 +99,7 @@ def _csv_copy_reader(
     from psycopg import sql as pgsql
 
     # pyformat escapes a literal % as %%; psycopg undoes it only when it merges parameters
-    body = _without_trailing_semicolons(query if params else query.replace("%%", "%"))
+    body = without_trailing_semicolons(query if params else query.replace("%%", "%"))
     copy_sql = pgsql.SQL("COPY (\n{}\n) TO STDOUT (FORMAT csv)").format(pgsql.SQL(body))
     parse = _pg_csv_parser(raw, columns)
     cancel = getattr(raw, "cancel_safe", None) or raw.cancel
@@ -262,7 +263,7 @@ def _adbc_reader(
         statement = adbc_driver_manager.AdbcStatement(session)
         opened.append(statement)
         statement.set_options(**{"adbc.postgresql.batch_size_hint_bytes": str(_adbc_batch_bytes(chunk_size))})
-        statement.set_sql_query(_without_trailing_semicolons(bound))
+        statement.set_sql_query(without_trailing_semicolons(bound))
     except adbc_driver_manager.Error as exc:
         _close_all(opened)
         lines = str(exc).strip().splitlines() or [type(exc).__name__]
@@ -410,7 +411,7 @@ def _pg_csv_parser(raw: Any, columns: list[tuple[str, int]]) -> Callable[[bytear
     return parse
 
 
-def _without_trailing_semicolons(sql: str) -> str:
+def without_trailing_semicolons(sql: str) -> str:
     """The query without the trailing semicolons, white space and comments ``COPY (...)`` refuses (a ``;``
     or ``--`` inside quoted text stays)."""
     comment_starts = {match.end(): match.start() for match in QUOTED_OR_COMMENT.finditer(sql)

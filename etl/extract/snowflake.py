@@ -16,11 +16,11 @@ from typing import Any
 import pyarrow as pa
 import sqlalchemy as sa
 
-from etl.extract.generic import Batches, ColumnChoice, null_schema, with_columns
+from etl.extract.generic import Batches, ColumnChoice, Query, null_schema, with_columns
 
 
 def snowflake_batches(
-    connection: sa.Connection, statement: sa.TextClause, values: dict[str, Any], chunk_size: int,
+    connection: sa.Connection, statement: Query, values: dict[str, Any], chunk_size: int,
     columns: ColumnChoice | None,
 ) -> Batches:
     """Compiled for the dialect (its pyformat, which the connector binds client-side, escaping the

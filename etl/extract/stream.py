@@ -18,7 +18,7 @@ from etl.extract.budget import connection_budget
 from etl.extract.duckdb_reader import duckdb_batches
 from etl.extract.engine import (activation_engine, database_errors, database_message, end_read_only, query_error,
                                 read_only, safe_url)
-from etl.extract.generic import Batches, ColumnChoice, FastPath, sqlalchemy_batches
+from etl.extract.generic import Batches, ColumnChoice, FastPath, Query, Wrap, sqlalchemy_batches
 from etl.extract.params import bound_values, query_params
 from etl.extract.postgres import postgres_batches
 from etl.extract.snowflake import snowflake_batches
@@ -33,21 +33,23 @@ def stream_batches(
     where: str,
     columns: ColumnChoice | None = None,
     connect_where: str | None = None,
+    wrap: Wrap | None = None,
 ) -> Batches:
     """Yield the rows of ``sql`` in Arrow batches of at most ``chunk_size`` rows, only ``columns`` (an
     audience needs one column of what may be a ``SELECT *``). An empty result yields one empty batch, so the
     consumer still sees the column names. A consumer that may stop early should close the generator
-    (``contextlib.closing``) to give the connection back at once, not at garbage collection."""
+    (``contextlib.closing``) to give the connection back at once, not at garbage collection. ``wrap``
+    builds the statement run around the query's text (its parameters stay the query's)."""
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be at least 1, not {chunk_size}")
     values = bound_values(sql, params, where)
-    return _guarded_batches(engine, text_statement(sql), values, chunk_size, where, sql, columns,
-                            connect_where or where)
+    statement = text_statement(sql) if wrap is None else wrap(sql, engine.dialect)
+    return _guarded_batches(engine, statement, values, chunk_size, where, sql, columns, connect_where or where)
 
 
 def _guarded_batches(
     engine: sa.Engine,
-    statement: sa.TextClause,
+    statement: Query,
     values: dict[str, Any],
     chunk_size: int,
     where: str,
@@ -124,7 +126,7 @@ _ABANDON: dict[str, Callable[[sa.Connection, Any], None]] = {"pymysql": _abandon
 
 
 def activation_batches(
-    config: Config, name: str, when: datetime, *, columns: ColumnChoice | None = None
+    config: Config, name: str, when: datetime, *, columns: ColumnChoice | None = None, wrap: Wrap | None = None
 ) -> Iterator[pa.RecordBatch]:
     """Stream an activation's query from its warehouse (only ``columns``, if given); the connection is
     released as soon as the consumer stops, even when a later step fails. The warehouse's connection budget
@@ -142,6 +144,7 @@ def activation_batches(
             where=query.where,
             columns=columns,
             connect_where=f"[warehouses.{warehouse_name}] url",
+            wrap=wrap,
         )
         try:
             with closing(batches):
