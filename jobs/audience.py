@@ -81,7 +81,8 @@ def _warehouse_cleaned(
     handled (`AudienceCleaner.clean_counted`), and said once per run, as the audience may hold a duplicate."""
     warned = False
     for batch in warehouse_batches(config, name, when, cleaner.check_type):
-        cleaned = cleaner.clean_counted(batch, COUNT_COLUMN)
+        parts = cleaner.clean_counted(batch, COUNT_COLUMN)
+        cleaned = next(parts)
         if cleaner.disagreements and not warned:
             warned = True
             log.warning("%s: the %s warehouse normalised e-mail addresses otherwise than the client "
@@ -89,6 +90,8 @@ def _warehouse_cleaned(
                         "identical to a key sent earlier may be delivered twice; please report it, and use "
                         "clean_in = \"client\" meanwhile", name, warehouse_dialect(config, name))
         yield cleaner, cleaned
+        for rejects_only in parts:
+            yield cleaner, rejects_only
 
 
 def _transform_step(config: Config, name: str, when: datetime) -> TransformStep | None:

@@ -32,7 +32,7 @@ from conftest import cli_process, json_run
 from etl.config import load_config
 from etl.errors import ConfigError
 from etl.extract.pushdown import ASCII_FOLDS, COUNT_COLUMN, WHITESPACE, audience_statement, warehouse_batches
-from etl.transform.audience import AudienceCleaner
+from etl.transform.audience import REJECT_LINES, AudienceCleaner, CleanBatch
 from etl.values.email import normalise_emails
 from jobs.audience import cleaned_batches
 from test_email_properties import EDGY_TEXT, few
@@ -402,25 +402,47 @@ def _counted(*rows: tuple[str | None, int]) -> pa.Table:
                      COUNT_COLUMN: pa.array([r[1] for r in rows], pa.int64())})
 
 
+def _cleaned(cleaner: AudienceCleaner, table: pa.Table) -> CleanBatch:
+    """Every part `clean_counted` gives for one batch, as one."""
+    parts = list(cleaner.clean_counted(table, COUNT_COLUMN))
+    return CleanBatch(identifiers=parts[0].identifiers, hashes=parts[0].hashes,
+                      rejects=pa.concat_tables([part.rejects for part in parts]))
+
+
 def test_a_key_the_client_normalises_otherwise_is_deduplicated_apart() -> None:
     cleaner = AudienceCleaner("email")
-    first = cleaner.clean_counted(_counted((" A@b.com", 2), ("a@b.com", 1), ("x", 3), (None, 2)), COUNT_COLUMN)
+    first = _cleaned(cleaner, _counted((" A@b.com", 2), ("a@b.com", 1), ("x", 3), (None, 2)))
     assert first.identifiers.to_pylist() == ["a@b.com"]
     assert first.rejects.column("reason").to_pylist().count("duplicate") == 2
     assert first.rejects.column("row").null_count == first.rejects.num_rows == 7
-    later = cleaner.clean_counted(_counted(("A@B.COM", 1), ("C@d.com", 1)), COUNT_COLUMN)
+    later = _cleaned(cleaner, _counted(("A@B.COM", 1), ("C@d.com", 1)))
     assert later.identifiers.to_pylist() == ["c@d.com"]
-    assert cleaner.clean_counted(_counted(("c@d.com", 4)), COUNT_COLUMN).identifiers.to_pylist() == []
+    assert _cleaned(cleaner, _counted(("c@d.com", 4))).identifiers.to_pylist() == []
     assert cleaner.disagreements == 3
     assert vars(cleaner.counts) == {"extracted": 14, "rejected": 5, "duplicates": 7, "kept": 2}
+
+
+def test_a_placeholder_on_many_rows_is_rejected_line_by_line_in_bounded_parts() -> None:
+    """One key for 200,000 rows (a placeholder such as 'unknown'), then a valid one for 70,000: every row
+    has its reject line, and no part holds more than REJECT_LINES of them."""
+    cleaner = AudienceCleaner("email")
+    parts = list(cleaner.clean_counted(_counted(("unknown", 200_000), ("a@b.com", 70_000), ("c@d.com", 1)),
+                                       COUNT_COLUMN))
+    assert parts[0].identifiers.to_pylist() == ["a@b.com", "c@d.com"]
+    assert all(len(part.identifiers) == 0 for part in parts[1:])
+    assert max(part.rejects.num_rows for part in parts) == REJECT_LINES
+    reasons = pa.concat_tables([part.rejects for part in parts]).column("reason").to_pylist()
+    assert len(reasons) == 269_999
+    assert reasons[:200_000] == ["no @"] * 200_000 and set(reasons[200_000:]) == {"duplicate"}
+    assert vars(cleaner.counts) == {"extracted": 270_001, "rejected": 200_000, "duplicates": 69_999, "kept": 2}
 
 
 def test_the_known_limit_an_agreeing_key_before_its_changed_twin_is_kept_twice() -> None:
     """The client remembers only changed keys: an agreeing one of an earlier chunk is not found again.
     The property test above proves no dialect sends a changed key for the generated data."""
     cleaner = AudienceCleaner("email")
-    assert cleaner.clean_counted(_counted(("e@f.com", 1)), COUNT_COLUMN).identifiers.to_pylist() == ["e@f.com"]
-    assert cleaner.clean_counted(_counted(("E@f.com", 1)), COUNT_COLUMN).identifiers.to_pylist() == ["e@f.com"]
+    assert _cleaned(cleaner, _counted(("e@f.com", 1))).identifiers.to_pylist() == ["e@f.com"]
+    assert _cleaned(cleaner, _counted(("E@f.com", 1))).identifiers.to_pylist() == ["e@f.com"]
 
 
 def test_a_disagreement_is_said_with_the_activation_and_dialect(

@@ -31,6 +31,8 @@ ALIASES: dict[IdentifierKind, tuple[str, ...]] = {
 }
 
 DUPLICATE = "duplicate"
+#: reject lines of grouped keys (`AudienceCleaner.clean_counted`) made at a time
+REJECT_LINES = 65_536
 
 REJECTS_SCHEMA = pa.schema([("row", pa.int64()), ("value", pa.string()), ("reason", pa.string())])
 #: a row the dedupe defers: its identifier, and what the reject file says if it turns out a duplicate
@@ -141,11 +143,13 @@ class AudienceCleaner:
             identifiers = deferred.column("identifier").filter(pa.array(first)).combine_chunks()
             yield CleanBatch(identifiers=identifiers, rejects=rejects, hashes=hashes[first])
 
-    def clean_counted(self, batch: pa.RecordBatch | pa.Table, count_column: str) -> CleanBatch:
+    def clean_counted(self, batch: pa.RecordBatch | pa.Table, count_column: str) -> Iterator[CleanBatch]:
         """A batch of keys the warehouse normalised and grouped (``clean_in = "warehouse"``), each with the
         number of source rows it stands for: every key is validated again, a valid one counts as kept once
         and its other rows as duplicates, an invalid one rejects all its rows. Rejects carry no row number
-        (the warehouse numbered none) and the key as value, one line per source row as in client mode."""
+        (the warehouse numbered none) and the key as value, one line per source row as in client mode:
+        the first part holds the kept keys, the reject lines follow REJECT_LINES at a time, so a
+        placeholder address on millions of rows never sits in memory as millions of lines."""
         name = self.identifier_column([n for n in batch.schema.names if n != count_column])
         keys = as_text(decoded(batch.column(batch.schema.names.index(name))), "the identifier column")
         rows = pc.cast(batch.column(batch.schema.names.index(count_column)), pa.int64()).to_numpy(
@@ -160,17 +164,17 @@ class AudienceCleaner:
             keep = self._keep_agreeing(hashes, keep, changed)
         rejected_rows = np.where(~valid, rows, 0)
         duplicate_rows = np.where(valid, rows - keep, 0)
-        positions = np.repeat(np.arange(len(rows)), rejected_rows + duplicate_rows)
-        kinds = np.repeat(np.where(valid, 1, 0), rejected_rows + duplicate_rows)
-        why = pc.if_else(pa.array(kinds.astype(bool)), DUPLICATE, reasons.take(pa.array(positions, pa.int64())))
-        rejects = pa.table([pa.nulls(len(positions), pa.int64()), keys.take(pa.array(positions, pa.int64())),
-                            why], schema=REJECTS_SCHEMA)
         kept = identifiers.filter(pa.array(keep))
         self.counts.extracted += int(rows.sum())
         self.counts.rejected += int(rejected_rows.sum())
         self.counts.duplicates += int(duplicate_rows.sum())
         self.counts.kept += len(kept)
-        return CleanBatch(identifiers=kept, rejects=rejects, hashes=hashes[keep])
+        why = pc.if_else(pa.array(valid), DUPLICATE, reasons)
+        parts = _repeated(rejected_rows + duplicate_rows, REJECT_LINES)
+        yield CleanBatch(identifiers=kept, rejects=_counted_rejects(keys, why, next(parts, None)),
+                         hashes=hashes[keep])
+        for positions in parts:
+            yield CleanBatch(identifiers=kept.slice(0, 0), rejects=_counted_rejects(keys, why, positions))
 
     def _keep_agreeing(self, hashes: np.ndarray, keep: np.ndarray, changed: np.ndarray) -> np.ndarray:
         """Which keys to keep once some key disagreed: a changed key is kept if no key of this batch, and
@@ -246,6 +250,25 @@ class AudienceCleaner:
             where=self.where,
             hint=hint,
         )
+
+
+def _repeated(counts: np.ndarray, size: int) -> Iterator[np.ndarray]:
+    """``np.repeat(np.arange(len(counts)), counts)``, ``size`` values at a time."""
+    ends = np.cumsum(counts)
+    total = int(ends[-1]) if len(ends) else 0
+    for start in range(0, total, size):
+        stop = min(start + size, total)
+        first, last = np.searchsorted(ends, [start, stop - 1], side="right")
+        spanned = np.arange(first, last + 1)
+        lines = np.minimum(ends[spanned], stop) - np.maximum(ends[spanned] - counts[spanned], start)
+        yield np.repeat(spanned, np.maximum(lines, 0))
+
+
+def _counted_rejects(keys: pa.Array, why: pa.Array, positions: np.ndarray | None) -> pa.Table:
+    if positions is None:
+        return REJECTS_SCHEMA.empty_table()
+    taken = pa.array(positions, pa.int64())
+    return pa.table([pa.nulls(len(positions), pa.int64()), keys.take(taken), why.take(taken)], schema=REJECTS_SCHEMA)
 
 
 def _holds_text(kind: pa.DataType) -> bool:
