@@ -18,6 +18,7 @@ import pyarrow as pa
 import pytest
 
 from conftest import json_run, sandbox_config
+from etl.errors import FileWriteError
 from etl.transform.audience import AudienceCleaner
 from etl.transform.members import MemberSnapshot, StagedMembers
 
@@ -76,6 +77,16 @@ def test_a_run_that_stops_mid_stream_leaves_no_spill(tmp_path: Path) -> None:
     assert len(list(tmp_path.iterdir())) == 1
     cleaner.close()
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_spill_that_cannot_be_written_is_said_with_where_and_what_to_do(tmp_path: Path) -> None:
+    """A full disk or a run directory gone: the same kind of error as any file the run writes."""
+    not_a_directory = tmp_path / "file"
+    not_a_directory.write_text("")
+    cleaner = AudienceCleaner("email", memory_hashes=10, spill_dir=not_a_directory)
+    with pytest.raises(FileWriteError) as raised:
+        cleaner.clean(pa.record_batch([pa.array([f"p{i}@example.be" for i in range(100)])], names=["email"]))
+    assert raised.value.where == str(not_a_directory) and "free space" in (raised.value.hint or "")
 
 
 def staged(path: Path, members: list[str]) -> Path:

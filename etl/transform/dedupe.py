@@ -6,6 +6,7 @@ from __future__ import annotations
 import shutil
 import tempfile
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +14,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from etl.config.load import ids_in_memory
+from etl.files import write_error
 
 
 def _splitmix64(seed: int, count: int) -> list[int]:
@@ -192,14 +194,15 @@ class StreamDedupe:
         row of ``payload()``, made only when needed); every other row is a duplicate."""
         if self._spill is None and len(self._seen) + len(hashes) <= self._memory_hashes:
             return self._seen.add_new(hashes), np.zeros(len(hashes), dtype=bool)
-        if self._spill is None:
-            self._spill = _Spill(Path(tempfile.mkdtemp(prefix=".dedupe-", dir=self._spill_parent)))
-        deferred = np.zeros(len(hashes), dtype=bool)
-        if len(hashes):
-            unique, first = _unique_first(hashes)
-            new = ~self._seen.contains(unique)
-            deferred[first[new]] = True
-            self._spill.write(hashes[deferred], payload().filter(pa.array(deferred)))
+        with _on_disk(self._spill.directory if self._spill else self._spill_parent or Path(tempfile.gettempdir())):
+            if self._spill is None:
+                self._spill = _Spill(Path(tempfile.mkdtemp(prefix=".dedupe-", dir=self._spill_parent)))
+            deferred = np.zeros(len(hashes), dtype=bool)
+            if len(hashes):
+                unique, first = _unique_first(hashes)
+                new = ~self._seen.contains(unique)
+                deferred[first[new]] = True
+                self._spill.write(hashes[deferred], payload().filter(pa.array(deferred)))
         return np.zeros(len(hashes), dtype=bool), deferred
 
     def close(self) -> None:
@@ -216,10 +219,20 @@ class StreamDedupe:
         self._seen = SeenHashes()  # decided rows are all out: their memory goes before the passes
         spill, self._spill = self._spill, None
         try:
-            later = spill.later_occurrences(max(1, self._memory_hashes // 2))
+            with _on_disk(spill.directory):
+                later = spill.later_occurrences(max(1, self._memory_hashes // 2))
             yield from spill.read(later)
         finally:
             spill.remove()
+
+
+@contextmanager
+def _on_disk(path: Path) -> Iterator[None]:
+    """A full disk while spilling is the user's to fix (room for the audience in the run directory)."""
+    try:
+        yield
+    except OSError as exc:
+        raise write_error(path, exc) from exc
 
 
 class _Spill:

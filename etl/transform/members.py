@@ -7,9 +7,9 @@ hide one entry or departure for one run."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
 import tempfile
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -251,20 +251,28 @@ def _hash_ranges(current: Path, previous: Path, total: int) -> Iterator[tuple[np
 
 def _split_by_range(path: Path, passes: int, directory: Path) -> list[Path]:
     """One file of raw hashes per range (the top bits), written a row group at a time."""
-    directory.mkdir()
     files = [directory / str(part) for part in range(passes)]
     shift = np.uint64(64 - (passes.bit_length() - 1))
-    handles = [open(file, "wb") for file in files]  # noqa: SIM115 - closed below, whatever happens
-    try:
+    with ExitStack() as stack:
+        with _spilling(directory):
+            directory.mkdir()
+            handles = [stack.enter_context(open(file, "wb")) for file in files]
         for group in (_row_groups(path) if path.exists() else ()):
             ordered = np.sort(group)
             bounds = np.searchsorted(ordered >> shift, np.arange(passes + 1, dtype=np.uint64))
-            for part, handle in enumerate(handles):
-                ordered[bounds[part]:bounds[part + 1]].astype("<u8").tofile(handle)
-    finally:
-        for handle in handles:
-            handle.close()
+            with _spilling(directory):
+                for part, handle in enumerate(handles):
+                    ordered[bounds[part]:bounds[part + 1]].astype("<u8").tofile(handle)
     return files
+
+
+@contextmanager
+def _spilling(directory: Path) -> Iterator[None]:
+    """A full disk is said as such, never taken for a damaged snapshot (which `_reading` would say)."""
+    try:
+        yield
+    except OSError as exc:
+        raise write_error(directory, exc) from exc
 
 
 def _row_groups(path: Path) -> Iterator[np.ndarray]:
