@@ -200,9 +200,14 @@ def test_a_reload_that_adds_an_activation_shows_on_the_page_and_in_the_metrics(t
     store = ledger(tmp_path)
     wait_for(lambda: [r for r in store.runs("added") if r.status == "succeeded"], 30, "the added activation's run")
 
+    def added_row() -> str | None:
+        """The run is in the ledger a moment before the scheduler has let its slot go: the page is awaited."""
+        _, page, _ = daemon.get("/")
+        return next((line for line in page.splitlines() if ">added<" in line and "s-succeeded" in line), None)
+
+    row = wait_for(added_row, 10, "the added activation's succeeded row on the page")
+    assert ">7<" in row  # its audience size
     _, page, _ = daemon.get("/")
-    row = next(line for line in page.splitlines() if ">added<" in line)
-    assert "s-succeeded" in row and ">7<" in row  # its audience size
     metrics = daemon.metrics()
     assert metrics["audience_sync_rows"][(("activation", "added"), ("stage", "delivered"))] == 7
     assert (("activation", "added"),) in metrics["audience_sync_scheduler_next_run_timestamp_seconds"]
