@@ -33,7 +33,7 @@ SANDBOX_HEAD = """
 state_dir = "state"
 {settings}
 [warehouses.wh]
-url = "sqlite:///wh.db"
+url = "{url}"
 
 [destinations.d]
 environment = "sandbox"
@@ -42,10 +42,10 @@ files = {files}
 """
 
 
-def sandbox_config(files: str, *settings: str, activations: str = "") -> str:
-    """A configuration over ``wh`` and ``d`` (SANDBOX_HEAD): ``settings`` are more lines of [settings],
-    ``activations`` the TOML of its activations."""
-    return SANDBOX_HEAD.format(files=files, settings="".join(f"{line}\n" for line in settings)) + activations
+def sandbox_config(files: str, *settings: str, activations: str = "", url: str = "sqlite:///wh.db") -> str:
+    """A configuration over ``wh`` (``url``) and ``d`` (SANDBOX_HEAD): ``settings`` are more lines of
+    [settings], ``activations`` the TOML of its activations."""
+    return SANDBOX_HEAD.format(files=files, url=url, settings="".join(f"{line}\n" for line in settings)) + activations
 
 
 def cli_process(config: Path, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:

@@ -28,7 +28,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import dbservers
-from conftest import cli_process, json_run
+from conftest import cli_process, json_run, sandbox_config
 from etl.config import load_config
 from etl.errors import ConfigError
 from etl.extract.pushdown import ASCII_FOLDS, COUNT_COLUMN, WHITESPACE, audience_statement, warehouse_batches
@@ -39,24 +39,14 @@ from test_email_properties import EDGY_TEXT, few
 
 WHEN = datetime(2026, 1, 15, 6, tzinfo=UTC)
 
-CONFIG = """
-[settings]
-state_dir = "state"
-chunk_size = {chunk_size}
+OUTBOX = '{ type = "local", path = "outbox" }'
 
-[warehouses.wh]
-url = "{url}"
-
-[destinations.d]
-environment = "sandbox"
-entity = "demo"
-files = {{ type = "local", path = "outbox" }}
-
+ACTIVATIONS = """
 [activations.client]
 sql = "audience.sql"
 destination = "d"
 identifier = "email"
-params = {{ min_id = 0 }}
+params = { min_id = 0 }
 max_shrink = 1
 
 [activations.warehouse]
@@ -64,9 +54,9 @@ sql = "audience.sql"
 destination = "d"
 identifier = "email"
 clean_in = "warehouse"
-params = {{ min_id = 0 }}
+params = { min_id = 0 }
 max_shrink = 1
-file = {{ name = "warehouse.csv" }}
+file = { name = "warehouse.csv" }
 """
 
 # --------------------------------------------------------------------------- the generated dirt
@@ -192,7 +182,8 @@ def warehouse(tmp_path: Path, request: pytest.FixtureRequest, monkeypatch: pytes
         # other columns around the identifier, a parameter, an ORDER BY: the query is wrapped as written
         (tmp_path / "audience.sql").write_text(
             f"SELECT other, email_address AS email, id FROM {table} WHERE id >= :min_id ORDER BY id;\n")
-        (tmp_path / "schedules.toml").write_text(CONFIG.format(url="${WAREHOUSE_URL}", chunk_size=chunk_size))
+        config = sandbox_config(OUTBOX, f"chunk_size = {chunk_size}", activations=ACTIVATIONS, url="${WAREHOUSE_URL}")
+        (tmp_path / "schedules.toml").write_text(config)
         return tmp_path / "schedules.toml"
 
     yield make  # type: ignore[misc]
@@ -326,21 +317,13 @@ def _project(tmp_path: Path, activation: str, url: str = "sqlite:///wh.db") -> P
     (tmp_path / "shape.py").write_text("def shape(frame, context):\n    return frame\n")
     (tmp_path / "wh.db").touch()
     path = tmp_path / "schedules.toml"
-    path.write_text(f"""
-[warehouses.wh]
-url = "{url}"
-
-[destinations.d]
-environment = "sandbox"
-entity = "demo"
-files = {{ type = "local", path = "outbox" }}
-
+    path.write_text(sandbox_config(OUTBOX, activations=f"""
 [activations.a]
 sql = "audience.sql"
 destination = "d"
 clean_in = "warehouse"
 {activation}
-""")
+""", url=url))
     return path
 
 
