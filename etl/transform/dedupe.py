@@ -185,23 +185,19 @@ class StreamDedupe:
         self._spill_parent = spill_dir
         self._spill: _Spill | None = None
 
-    @property
-    def deferred_rows(self) -> int:
-        return self._spill.rows if self._spill else 0
-
     def add(self, hashes: np.ndarray, payload: Callable[[], pa.Table]) -> tuple[np.ndarray, np.ndarray]:
         """Masks over ``hashes``: the first occurrences decided now, and those deferred (spilled with their
         row of ``payload()``, made only when needed); every other row is a duplicate."""
         if self._spill is None and len(self._seen) + len(hashes) <= self._memory_hashes:
             return self._seen.add_new(hashes), np.zeros(len(hashes), dtype=bool)
-        with _on_disk(self._spill.directory if self._spill else self._spill_parent or Path(tempfile.gettempdir())):
-            if self._spill is None:
+        if self._spill is None:
+            with _on_disk(self._spill_parent or Path(tempfile.gettempdir())):
                 self._spill = _Spill(Path(tempfile.mkdtemp(prefix=".dedupe-", dir=self._spill_parent)))
-            deferred = np.zeros(len(hashes), dtype=bool)
-            if len(hashes):
-                unique, first = _unique_first(hashes)
-                new = ~self._seen.contains(unique)
-                deferred[first[new]] = True
+        deferred = np.zeros(len(hashes), dtype=bool)
+        if len(hashes):
+            unique, first = _unique_first(hashes)
+            deferred[first[~self._seen.contains(unique)]] = True
+            with _on_disk(self._spill.directory):
                 self._spill.write(hashes[deferred], payload().filter(pa.array(deferred)))
         return np.zeros(len(hashes), dtype=bool), deferred
 
@@ -224,6 +220,19 @@ class StreamDedupe:
             yield from spill.read(later)
         finally:
             spill.remove()
+
+
+def hash_ranges(count: int, per_pass: int) -> int:
+    """How many ranges of the hash space (a power of two, split by the top bits) to work through so that
+    each holds about ``per_pass`` of ``count`` uniformly spread hashes at most."""
+    return 1 << max(0, (count - 1) // per_pass).bit_length()
+
+
+def range_of(hashes: np.ndarray, ranges: int) -> np.ndarray:
+    """The range (of `hash_ranges`) each hash falls in: its top bits."""
+    if ranges == 1:
+        return np.zeros(len(hashes), np.uint64)
+    return hashes >> np.uint64(64 - (ranges.bit_length() - 1))
 
 
 @contextmanager
@@ -257,24 +266,23 @@ class _Spill:
         self._hashes.close()
         if self._payload is not None:
             self._payload.close()
-        passes = 1 << max(0, (self.rows - 1) // pass_hashes).bit_length()
-        shift = np.uint64(64 - (passes.bit_length() - 1)) if passes > 1 else None
+        passes = hash_ranges(self.rows, pass_hashes)
         later = [np.empty(0, np.int64)]
         for part in range(passes):
-            hashes, positions = self._range(part, shift)
+            hashes, positions = self._range(part, passes)
             order = np.argsort(hashes, kind="stable")  # positions rise: the first of each hash leads
             ordered = hashes[order]
             repeated = np.concatenate(([False], ordered[1:] == ordered[:-1]))
             later.append(positions[order[repeated]])
         return np.sort(np.concatenate(later))
 
-    def _range(self, part: int, shift: np.uint64 | None) -> tuple[np.ndarray, np.ndarray]:
-        """The hashes whose top bits are ``part``, and their positions, read a block at a time."""
+    def _range(self, part: int, passes: int) -> tuple[np.ndarray, np.ndarray]:
+        """The hashes in range ``part`` of ``passes``, and their positions, read a block at a time."""
         hashes, positions = [], []
         block = 1 << 20
         for start in range(0, self.rows, block):
             chunk = np.fromfile(self.directory / "hashes.u64", dtype="<u8", count=block, offset=start * 8)
-            inside = np.ones(len(chunk), bool) if shift is None else (chunk >> shift) == part
+            inside = range_of(chunk, passes) == part
             hashes.append(chunk[inside])
             positions.append(np.flatnonzero(inside) + start)
         return np.concatenate(hashes or [np.empty(0, np.uint64)]), np.concatenate(positions or [np.empty(0, np.int64)])

@@ -21,7 +21,8 @@ import pyarrow.parquet as pq
 from etl.runtime.activation_state import MEMBERS, state_file
 from etl.errors import StateError
 from etl.files import create_private, write_error
-from etl.transform.dedupe import hash_identifiers, ids_in_memory
+from etl.config.load import ids_in_memory
+from etl.transform.dedupe import hash_identifiers, hash_ranges, range_of
 
 MEMBER, HASH = "member", "hash"
 _SCHEMA = pa.schema([(MEMBER, pa.string()), (HASH, pa.uint64())])
@@ -238,7 +239,7 @@ def _hash_ranges(current: Path, previous: Path, total: int) -> Iterator[tuple[np
     """Both files' hashes, sorted, a range of the hash space at a time: all at once when ``total`` fits
     `ids_in_memory`; else each file is first split by the hashes' top bits into files next to ``current``
     (removed after), so no pass holds more than about that many (8 bytes each, as much again to sort)."""
-    passes = 1 << max(0, (total - 1) // ids_in_memory()).bit_length()
+    passes = hash_ranges(total, ids_in_memory())
     if passes == 1:
         yield _sorted_hashes(current), _sorted_hashes(previous)
         return
@@ -252,14 +253,13 @@ def _hash_ranges(current: Path, previous: Path, total: int) -> Iterator[tuple[np
 def _split_by_range(path: Path, passes: int, directory: Path) -> list[Path]:
     """One file of raw hashes per range (the top bits), written a row group at a time."""
     files = [directory / str(part) for part in range(passes)]
-    shift = np.uint64(64 - (passes.bit_length() - 1))
     with ExitStack() as stack:
         with _spilling(directory):
             directory.mkdir()
             handles = [stack.enter_context(open(file, "wb")) for file in files]
         for group in (_row_groups(path) if path.exists() else ()):
             ordered = np.sort(group)
-            bounds = np.searchsorted(ordered >> shift, np.arange(passes + 1, dtype=np.uint64))
+            bounds = np.searchsorted(range_of(ordered, passes), np.arange(passes + 1, dtype=np.uint64))
             with _spilling(directory):
                 for part, handle in enumerate(handles):
                     ordered[bounds[part]:bounds[part + 1]].astype("<u8").tofile(handle)
