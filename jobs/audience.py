@@ -12,10 +12,11 @@ from pathlib import Path
 from typing import Any
 
 from etl.config import AudienceActivation, Config
+from etl.config.checks import warehouse_dialect
 from etl.destinations import open_audience
 from etl.errors import DeliveryFailed, GuardStop
 from etl.extract import activation_batches, local_time
-from etl.extract.pushdown import COUNT_COLUMN, warehouse_batches, warehouse_dialect
+from etl.extract.pushdown import COUNT_COLUMN, warehouse_batches
 from etl.files import CsvFileWriter, RejectWriter, WrittenFile, final_file_name, share_private, write_manifest
 from etl.ops.history import size_after
 from etl.runtime.ledger import open_store

@@ -69,6 +69,15 @@ def _transform_problems(config: Config, name: str) -> list[Problem]:
 PUSHDOWN_DIALECTS = ("postgresql", "mysql", "mariadb", "sqlite", "duckdb", "snowflake")
 
 
+def warehouse_dialect(config: Config, name: str) -> str | None:
+    """The SQLAlchemy dialect name of the activation's warehouse, from its URL (no connection); None for a
+    URL that cannot be parsed (said at the warehouse's url)."""
+    try:
+        return make_url(config.warehouse_for(name)[1].url.get_secret_value()).get_backend_name()
+    except (ArgumentError, ValueError):
+        return None
+
+
 def _clean_in_problems(config: Config, name: str, raw: dict[str, Any], where: str) -> list[Problem]:
     """What the warehouse cannot clean: a transform step sees raw rows, profile ids are canonical by their
     column's type (a float 7.0, a text "007"), and some dialects have no SQL written for them."""
@@ -81,10 +90,8 @@ def _clean_in_problems(config: Config, name: str, raw: dict[str, Any], where: st
     if raw.get("identifier") != "email":
         return [(key, 'clean_in = "warehouse" cleans e-mail addresses only (a profile id is canonical by its '
                       'column\'s type, which the warehouse does not tell): use clean_in = "client"')]
-    warehouse = config.warehouse_for(name)[1].url.get_secret_value()
-    try:
-        dialect = make_url(warehouse).get_backend_name()
-    except (ArgumentError, ValueError):
+    dialect = warehouse_dialect(config, name)
+    if dialect is None:
         return []  # said at the warehouse's url
     if dialect not in PUSHDOWN_DIALECTS:
         return [(key, f'clean_in = "warehouse" is not available for {dialect} yet; use client')]

@@ -116,12 +116,3 @@ def _fold(text: sa.ColumnElement[Any]) -> sa.ColumnElement[Any]:
     for character, ascii_letter in ASCII_FOLDS.items():
         text = sa.func.replace(text, character, ascii_letter)
     return text
-
-
-def warehouse_dialect(config: Config, name: str) -> str:
-    """The SQLAlchemy dialect name of the activation's warehouse, from its URL (no connection)."""
-    url = config.warehouse_for(name)[1].url.get_secret_value()
-    try:
-        return sa.make_url(url).get_backend_name()
-    except (sa.exc.ArgumentError, ValueError):
-        return "unknown"

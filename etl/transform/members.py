@@ -18,10 +18,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from etl.runtime.activation_state import MEMBERS, state_file
+from etl.config.load import ids_in_memory
 from etl.errors import StateError
 from etl.files import create_private, write_error
-from etl.config.load import ids_in_memory
+from etl.runtime.activation_state import MEMBERS, state_file
 from etl.transform.dedupe import hash_identifiers, hash_ranges, range_of
 
 MEMBER, HASH = "member", "hash"
