@@ -102,10 +102,12 @@ class AudienceCleaner:
         candidates = identifiers.take(pa.array(valid_positions, pa.int64()))
         candidate_hashes = hash_identifiers(candidates)
 
+        def numbered(positions: np.ndarray) -> pa.Array:
+            return pa.array(source_rows[positions] if source_rows is not None else positions + first_row, pa.int64())
+
         def spilled() -> pa.Table:
-            numbers = source_rows[valid_positions] if source_rows is not None else valid_positions + first_row
-            return pa.table([candidates, text.take(pa.array(valid_positions, pa.int64())),
-                             pa.array(numbers, pa.int64())], schema=_DEFERRED_SCHEMA)
+            return pa.table([candidates, text.take(pa.array(valid_positions, pa.int64())), numbered(valid_positions)],
+                            schema=_DEFERRED_SCHEMA)
 
         keep, deferred = self._dedupe.add(candidate_hashes, spilled)
         kept = candidates.filter(pa.array(keep))
@@ -118,8 +120,7 @@ class AudienceCleaner:
         reasons_out = pa.concat_arrays([reasons.filter(invalid), duplicates])
         order = np.argsort(positions, kind="stable")
         positions = positions[order]
-        numbers = source_rows[positions] if source_rows is not None else positions + first_row
-        rejects = pa.table([pa.array(numbers, pa.int64()), text.take(pa.array(positions, pa.int64())),
+        rejects = pa.table([numbered(positions), text.take(pa.array(positions, pa.int64())),
                             reasons_out.take(pa.array(order, pa.int64()))], schema=REJECTS_SCHEMA)
 
         self.counts.extracted += rows
