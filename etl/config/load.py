@@ -45,8 +45,8 @@ def config_path(explicit: str | Path | None = None) -> Path:
 
 #: the environment variable that sets how many identifiers the dedupe and each pass of the diff hold
 IDS_IN_MEMORY_ENV = "AUDIENCE_SYNC_IDS_IN_MEMORY"
-#: its default: 2,097,152 identifiers, 16 MB of hashes (plus the dedupe's 8 MB bitmap): a 50M-row audience
-#: then peaks at 271 MB (docs/benchmarks.md)
+#: its default: 2,097,152 identifiers, 16 MB of hashes (plus the dedupe's 8 MB bitmap): a 28.6M-row
+#: audience then peaks at 276 MB (docs/benchmarks.md)
 IDS_IN_MEMORY = 1 << 21
 
 
@@ -69,9 +69,13 @@ def load_config(
 
     ``ledger_only``: unset variables stay as written unless ``[settings]`` needs them; history needs no keys."""
     file = config_path(path)
-    environ = given = os.environ if environ is None else environ
+    environ = os.environ if environ is None else environ
     raw = _read_toml(file)
     problems: list[Problem] = []
+    try:
+        ids_in_memory(environ)
+    except ConfigError as exc:
+        problems.extend(exc.problems)
     if ledger_only:
         environ = LeftAsWritten(environ, needed=set(VARIABLE.findall(str(raw.get("settings", "")))))
     resolved = interpolate(raw, (), environ, problems)
@@ -81,10 +85,6 @@ def load_config(
                 for table in _TABLES}
     raw_activations = resolved.get("activations") if isinstance(resolved.get("activations"), dict) else {}
     problems.extend(cross_check(config, declared, raw_activations))
-    try:
-        ids_in_memory(given)
-    except ConfigError as exc:
-        problems.extend(exc.problems)
     if problems:
         raise ConfigError(problems, source=str(file))
     register_secrets(config)
