@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
 import signal
 import subprocess
@@ -48,15 +49,18 @@ def sandbox_config(files: str, *settings: str, activations: str = "", url: str =
     return SANDBOX_HEAD.format(files=files, url=url, settings="".join(f"{line}\n" for line in settings)) + activations
 
 
-def cli_process(config: Path, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
-    """The real CLI in a child process, in the configuration's directory, as a user runs it."""
+def cli_process(config: Path, *args: str, stdin: str | None = None,
+                env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """The real CLI in a child process, in the configuration's directory, as a user runs it (``env``: more
+    environment variables)."""
     return subprocess.run([sys.executable, "-m", "etl", "--config", str(config), *args], capture_output=True,
-                          text=True, timeout=300, cwd=config.parent, input=stdin)
+                          text=True, timeout=300, cwd=config.parent, input=stdin,
+                          env=None if env is None else {**os.environ, **env})
 
 
-def json_run(config: Path, *args: str) -> dict[str, Any]:
+def json_run(config: Path, *args: str, env: dict[str, str] | None = None) -> dict[str, Any]:
     """The first run_finished line of a command that must succeed (``args`` after ``--log-format json``)."""
-    done = cli_process(config, "--log-format", "json", *args)
+    done = cli_process(config, "--log-format", "json", *args, env=env)
     assert done.returncode == 0, done.stdout + done.stderr
     line: dict[str, Any] = json.loads(next(x for x in done.stdout.splitlines() if x.startswith('{"event"')))
     return line

@@ -5,19 +5,15 @@ entered and left the same: compared here with a budget the audience exceeds many
 
 from __future__ import annotations
 
-import json
-import os
 import random
 import sqlite3
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
 import pytest
 
-from conftest import emails_sql, json_run, sandbox_config, sandbox_state
+from conftest import cli_process, emails_sql, json_run, sandbox_config, sandbox_state
 from etl.errors import FileWriteError
 from etl.transform.audience import AudienceCleaner
 from etl.transform.members import MemberSnapshot, StagedMembers
@@ -171,18 +167,12 @@ def test_a_run_over_its_memory_budget_delivers_the_same_audience(tmp_path: Path)
 
 
 def spilled_run(config: Path, name: str = "big") -> dict[str, Any]:
-    env = {**os.environ, "AUDIENCE_SYNC_IDS_IN_MEMORY": SMALLEST_BUDGET}
-    done = subprocess.run([sys.executable, "-m", "etl", "--config", str(config), "--log-format", "json", "run", name],
-                          capture_output=True, text=True, timeout=300, cwd=config.parent, env=env)
-    assert done.returncode == 0, done.stdout + done.stderr
-    return next(json.loads(line) for line in done.stdout.splitlines() if line.startswith('{"event"'))
+    return json_run(config, "run", name, env={"AUDIENCE_SYNC_IDS_IN_MEMORY": SMALLEST_BUDGET})
 
 
 def test_a_budget_that_is_not_a_number_is_said_before_anything_runs(tmp_path: Path) -> None:
     config = project(tmp_path / "p", ["a@example.be"])
-    env = {**os.environ, "AUDIENCE_SYNC_IDS_IN_MEMORY": "lots"}
-    done = subprocess.run([sys.executable, "-m", "etl", "--config", str(config), "run", "big"],
-                          capture_output=True, text=True, timeout=120, cwd=config.parent, env=env)
+    done = cli_process(config, "run", "big", env={"AUDIENCE_SYNC_IDS_IN_MEMORY": "lots"})
     assert done.returncode == 2, done.stdout + done.stderr
     assert "AUDIENCE_SYNC_IDS_IN_MEMORY" in done.stderr and "Traceback" not in done.stderr
     assert not (config.parent / "outbox").exists() or not list((config.parent / "outbox").iterdir())
