@@ -91,8 +91,8 @@ def _add_run_commands(command: _Command) -> None:
                      help="run up to N activations at once (default 1), within each warehouse's max_connections "
                           "and each licence's limits; `after` is kept; no live progress line when N > 1")
 
-    replay = command("replay", "deliver again exactly the files an audience run delivered (checked against their "
-                               "sha256), as a new run: to restore a past audience")
+    replay = command("replay", "deliver again exactly the files a run delivered (checked against their sha256), "
+                               "as a new run: to restore a past audience, or the values a past import set")
     replay.add_argument("run_id", metavar="RUN_ID")
     replay.add_argument("--dry-run", action="store_true", help="check and stage everything, deliver nothing")
     replay.add_argument("--force", action="store_true", help="deliver even if the shrink guard objects")

@@ -56,7 +56,9 @@ def _deliver(context: RunContext, destination: RowDestination) -> None:
     snapshot = (RowSnapshot(snapshot_path, row_format.fingerprint, refusal_retries(context), fresh=context.full)
                 if snapshot_path else None)
     rejects_path = context.run_dir / f"{name}.rejects.csv"
-    context.details["rejects_file"] = str(rejects_path)
+    # what `replay` checks its files against: the mapping they were written by, and where they are
+    context.details.update(rejects_file=str(rejects_path), mapping_fingerprint=row_format.fingerprint,
+                           local_dir=str(context.run_dir))
     with RejectWriter(rejects_path, by_field=True) as rejects:
         with context.step("extract"), destination.staging(context) as write:
             staged = stage_changes(context, batches, row_format, snapshot, rejects, write)

@@ -1,8 +1,11 @@
-"""Replaying an audience run: the files a past run delivered, delivered again as they were — to restore
-yesterday's audience after a bad query slipped through. Checked before anything runs (the files are
-still there with their recorded sha256, and the activation still delivers the same thing to the same
-place), then delivered by a new run through the activation's own delivery: its lease, fencing, shrink
-guard, members snapshot and ownership of names at the location."""
+"""Replaying a run: the files a past run delivered, delivered again as they were — to restore
+yesterday's audience after a bad query slipped through, or the profile values an import set before a
+bad one overwrote them. Checked before anything runs (the files are still there with their recorded
+sha256, and the activation still delivers the same thing to the same place), then delivered by a new
+run through the activation's own delivery: its lease and fencing; for an audience its shrink guard,
+members snapshot and ownership of names at the location; for an import the daily budget, and the
+delta snapshot forgetting the rows replayed (the warehouse's rows are sent again by the next run
+wherever they differ)."""
 
 from __future__ import annotations
 
@@ -10,21 +13,27 @@ import gzip
 import json
 import zipfile
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any, cast
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.csv as pacsv
 
-from etl.config import AudienceActivation, Config
-from etl.destinations import open_audience
+from etl.config import AudienceActivation, Config, ImportActivationBase
+from etl.destinations import open_audience, open_rows
+from etl.destinations.base import RowDestination
 from etl.errors import UsageError
-from etl.files import WrittenFile, file_sha256, name_matcher, share_private
+from etl.extract.checks import query_schema
+from etl.files import RejectWriter, WrittenFile, file_sha256, name_matcher, share_private
+from etl.runtime.activation_state import ROWS, state_file
 from etl.runtime.ledger import RunRecord, StateStore
 from etl.runtime.results import RunStatus
 from etl.runtime.runs import RunContext
 from etl.transform.audience import HEADER, AudienceCounts
+from etl.transform.delta import RowFormat, RowSnapshot, Staged, key_hashes, refusal_retries
 from etl.transform.members import StagedMembers
 from jobs.audience import KIND, Prepared, deliver
 
@@ -43,11 +52,16 @@ def replay_plan(config: Config, store: StateStore, run_id: str) -> tuple[Config,
         raise UsageError(f"run {run_id} of {record.activation} is a fan-out's extract: each destination got its "
                          f"files in a run of its own ({runs})", where="replay",
                          hint="replay the run of the destination to restore")
-    if record.kind != KIND or record.dry_run or record.status != RunStatus.SUCCEEDED or "files" not in record.details:
-        state = ("a dry run" if record.dry_run else f"{record.status}" if record.kind == KIND
-                 else f"a {record.kind} run")
-        raise UsageError(f"run {run_id} of {record.activation} is not a delivered audience ({state}): only what "
-                         "an audience run delivered can be delivered again", where="replay", hint=_HINT)
+    if record.dry_run or record.status != RunStatus.SUCCEEDED or not record.details.get("files"):
+        state = ("a dry run" if record.dry_run else f"{record.status}" if record.status != RunStatus.SUCCEEDED
+                 else "it sent no file")
+        raise UsageError(f"run {run_id} of {record.activation} is not a delivery ({state}): only the files a "
+                         "run delivered can be delivered again", where="replay",
+                         hint=_HINT if record.kind == KIND else
+                         f"{_HINT}; `audience-sync run {record.activation} --full` sends every row again")
+    if record.kind != KIND:
+        _check_import(config, record)
+        return config, record
     part = config.part_of(record.activation)
     if part is not None:
         config, _ = config.delivery(*part)
@@ -104,17 +118,19 @@ def _check_files(record: RunRecord) -> None:
 
 def replaying(record: RunRecord) -> Callable[[RunContext], None]:
     """The body of the replay run: the past files shared into its directory, checked again under the
-    lease (retention may have removed them since the plan), their members staged for the diff."""
+    lease (retention may have removed them since the plan), then delivered as the activation delivers."""
+    return _replaying_audience(record) if record.kind == KIND else _replaying_import(record)
+
+
+def _replaying_audience(record: RunRecord) -> Callable[[RunContext], None]:
+    """An audience's members are staged from the file for the diff."""
 
     def body(context: RunContext) -> None:
         activation = context.config.activation_of(context.activation, AudienceActivation)
         context.details["replay_of"] = record.run_id
         _check_files(record)
         source = Path(record.details["local_dir"])
-        written = []
-        for file in record.details["files"]:
-            share_private(source / file["name"], context.run_dir / file["name"])
-            written.append(WrittenFile(context.run_dir / file["name"], file["rows"], file["bytes"], file["sha256"]))
+        written = _shared_files(record, context)
         rejects = context.run_dir / f"{context.activation}.rejects.csv"
         if (source / rejects.name).is_file():
             share_private(source / rejects.name, rejects)
@@ -153,3 +169,103 @@ def _opened(path: Path) -> Iterator[IO[bytes]]:
     else:
         with path.open("rb") as plain:
             yield plain
+
+
+# --------------------------------------------------------------------------------------------- imports
+
+
+def _check_import(config: Config, record: RunRecord) -> None:
+    """The import's files were written by a mapping (columns to attributes, each value to its attribute's
+    rule, the table, the mode): replayed under another, they would set what no mapping says today."""
+    activation = config.activations.get(record.activation)
+    if not isinstance(activation, ImportActivationBase) or activation.kind != record.kind:
+        raise UsageError(f"{record.activation} is no longer a {record.kind} activation of {config.source}",
+                         where="replay", hint="a retired activation's runs cannot be delivered again")
+    if "mapping_fingerprint" not in record.details:
+        raise UsageError(f"run {record.run_id} was recorded by an older audience-sync, which kept no account of "
+                         "the mapping its files were written by", where="replay",
+                         hint=f"`audience-sync run {record.activation} --full` sends every row again")
+    _check_files(record)
+    context = RunContext(config, record.activation, "replay-check", datetime.now(UTC), True,
+                         config.state_dir / "runs" / record.activation / "replay-check")
+    with closing(open_rows(config, record.activation)) as destination:
+        _check_mapping(record, _row_format(context, destination).fingerprint)
+
+
+def _row_format(context: RunContext, destination: RowDestination) -> RowFormat:
+    """The mapping as a run would build it now, from the query's columns (a query selecting no row)."""
+    columns = query_schema(context.config, context.activation, context.data_time).names
+    return destination.preflight(context, columns)
+
+
+def _check_mapping(record: RunRecord, current: str) -> None:
+    if current != record.details["mapping_fingerprint"]:
+        raise UsageError(f"run {record.run_id} cannot be replayed: {record.activation} now maps its rows "
+                         "differently (its columns, attributes, mode, table or the table's attributes changed), and "
+                         "its files hold the rows as the mapping of then wrote them", where="replay",
+                         hint="replaying it would set what the configuration no longer describes; run the "
+                              "activation instead (with --full to send every row)")
+
+
+def _replaying_import(record: RunRecord) -> Callable[[RunContext], None]:
+    """The files imported again by the activation's destination, within today's budget. The delta
+    snapshot forgets the replayed rows before anything is sent, so whatever happens next, the next run
+    compares them as never sent."""
+
+    def body(context: RunContext) -> None:
+        context.details["replay_of"] = record.run_id
+        with closing(open_rows(context.config, context.activation)) as destination:
+            row_format = _row_format(context, destination)
+            _check_mapping(record, row_format.fingerprint)
+            _check_files(record)
+            parts = _shared_files(record, context)
+            staged = _staged_keys(parts, row_format.key_name)
+            snapshot_path = _snapshot_path(context)
+            destination.recover(context, snapshot_path)
+            destination.restage(context, parts)
+            context.details.update(files=record.details["files"], local_dir=str(context.run_dir),
+                                   mapping_fingerprint=row_format.fingerprint, to_send=staged.count)
+            if "data_collection" in record.details:
+                context.details["data_collection"] = record.details["data_collection"]
+            destination.reserve(context, staged)
+            if snapshot_path is not None and not context.dry_run:
+                _forget(context, snapshot_path, row_format.fingerprint, staged)
+            rejects = context.run_dir / f"{context.activation}.rejects.csv"
+            context.details["rejects_file"] = str(rejects)
+            with RejectWriter(rejects, by_field=True) as writer:
+                destination.send(context, staged, None, writer)
+            context.delivery = destination.describe(context)
+
+    return body
+
+
+def _shared_files(record: RunRecord, context: RunContext) -> list[WrittenFile]:
+    source = Path(record.details["local_dir"])
+    for file in record.details["files"]:
+        share_private(source / file["name"], context.run_dir / file["name"])
+    return [WrittenFile(context.run_dir / f["name"], f["rows"], (context.run_dir / f["name"]).stat().st_size,
+                        f["sha256"]) for f in record.details["files"]]
+
+
+def _staged_keys(parts: list[WrittenFile], key: str) -> Staged:
+    """The files' keys, numbered by their line among the files' rows: a row Actito refuses is named by
+    it in the rejects file (the warehouse's row numbers belong to the run replayed)."""
+    staged, line = Staged(), 0
+    for part in parts:
+        for keys in _identifiers(part.path, key, ","):
+            # no row hash: the snapshot forgets these rows rather than remembering them
+            staged.add(np.arange(line + 1, line + len(keys) + 1), keys, key_hashes(keys), np.zeros(len(keys), np.uint64))
+            line += len(keys)
+    return staged
+
+
+def _snapshot_path(context: RunContext) -> Path | None:
+    activation = context.config.activation_of(context.activation, ImportActivationBase)
+    return state_file(context.config.state_dir, context.activation, ROWS) if activation.delta else None
+
+
+def _forget(context: RunContext, path: Path, fingerprint: str, staged: Staged) -> None:
+    snapshot = RowSnapshot(path, fingerprint, refusal_retries(context))
+    snapshot.forget(np.concatenate([np.empty(0, np.uint64), *staged.key_hashes]))
+    context.fence()
+    snapshot.commit()

@@ -86,7 +86,7 @@ def test_a_replay_the_configuration_no_longer_describes_is_refused(demo: Path) -
 def test_only_a_delivered_audience_can_be_replayed(demo: Path) -> None:
     dry = run(demo, "run", NAME, "--dry-run")
     refused = cli(demo, "replay", dry["run_id"])
-    assert refused.returncode == 2 and "not a delivered audience" in refused.stderr
+    assert refused.returncode == 2 and "not a delivery (a dry run)" in refused.stderr
     assert cli(demo, "replay", "20260101T000000Z-000000").returncode == 2
 
 

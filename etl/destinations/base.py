@@ -54,6 +54,10 @@ class RowDestination(Destination, Protocol):
     def send(self, context: RunContext, staged: Staged, snapshot: RowSnapshot | None, rejects: RejectWriter) -> None:
         """Send (a dry run sends nothing), list the rows refused, then move the snapshot."""
 
+    def restage(self, context: RunContext, parts: list[WrittenFile]) -> None:
+        """A replay: ``reserve`` and ``send`` carry these files, a past run's (checked against their
+        sha256), instead of rows staged from the query. A destination that sends no files refuses."""
+
 
 @dataclass(frozen=True)
 class Target:

@@ -157,6 +157,13 @@ class RowSnapshot:
             since = np.where(waits & same, self._waiting[position], since)
         self._staged.append((keys, values, refused, since))
 
+    def forget(self, keys: np.ndarray) -> None:
+        """A replay sends these keys' rows as a past run had them: what the destination holds of them is
+        no longer what this snapshot says, so until ``commit`` the next run sees them as never sent."""
+        kept = ~np.isin(self._keys, keys)
+        self._keys, self._values = self._keys[kept], self._values[kept]
+        self._refused, self._waiting = self._refused[kept], self._waiting[kept]
+
     def commit(self) -> None:
         """Merge the staged rows (newest wins), bound the retry queue, and replace the file atomically."""
         keys = np.concatenate([self._keys, *(s[0] for s in self._staged)])

@@ -485,6 +485,9 @@ class ActitoImports:
         if self._parts:
             context.results.update(file_name=self._parts[0].path.name, sha256=self._parts[0].sha256)
 
+    def restage(self, context: RunContext, parts: list[WrittenFile]) -> None:
+        self._parts = parts
+
     def reserve(self, context: RunContext, staged: Staged) -> str:
         assert self._table is not None  # after preflight
         check_budget(context, self._plan.target, self._table, len(self._parts))
@@ -521,6 +524,8 @@ class ActitoImports:
 
     def describe(self, context: RunContext) -> Delivery:
         details = context.details
+        if details.get("replay_of"):
+            return self._describe_replay(context)
         retried = details.get("retried", 0)
         sent = (f"{details.get('to_send', 0) - retried:,} changed rows sent" if not context.dry_run
                 else "dry run, nothing sent")
@@ -539,6 +544,16 @@ class ActitoImports:
             sent += f", {details['retry_queue']:,} waiting to be sent again"
         return Delivery("actito", f"Actito table '{details['table']}'",
                         f"{sent}, {details.get('unchanged', 0):,} unchanged")
+
+    def _describe_replay(self, context: RunContext) -> Delivery:
+        details = context.details
+        files = f"the {len(self._parts)} file(s) of run {details['replay_of']}"
+        if context.dry_run:
+            return Delivery("actito", f"Actito table '{details['table']}'", f"dry run: {files} checked, nothing sent")
+        refused = details.get("refused_by_actito", 0)
+        return Delivery("actito", f"Actito table '{details['table']}'",
+                        f"{files} imported again: {context.results.get('rows_delivered', 0):,} rows taken"
+                        + (f", {refused:,} refused by Actito (in the rejects file)" if refused else ""))
 
     def close(self) -> None:
         self._client.close()

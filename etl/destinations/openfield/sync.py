@@ -24,9 +24,9 @@ from etl.config import Config, OpenFieldDestination, ProfilesActivation
 from etl.destinations.base import refuse_over_budget
 from etl.destinations.openfield.client import OpenFieldClient, Outcome
 from etl.destinations.openfield.connect import open_client
-from etl.errors import OpenFieldBudgetExhausted, OpenFieldRefused
+from etl.errors import OpenFieldBudgetExhausted, OpenFieldRefused, UsageError
 from etl.destinations.openfield.payload import PayloadBuilder, Profile, payload_text
-from etl.files import RejectWriter, create_private
+from etl.files import RejectWriter, WrittenFile, create_private
 from etl.runtime.ledger import open_store
 from etl.runtime.results import Delivery
 from etl.runtime.runs import RunContext
@@ -109,6 +109,11 @@ class OpenFieldProfiles:
             hint="wait for tomorrow (UTC), or raise daily_request_budget if your OpenField contract allows more",
         )
         return f"{staged.count:,} profiles in up to {needed:,} requests to OpenField"
+
+    def restage(self, context: RunContext, parts: list[WrittenFile]) -> None:
+        raise UsageError(f"{context.activation} sends its profiles to OpenField one request at a time: no run "
+                         "of it has files to deliver again", where="replay",
+                         hint=f"`audience-sync run {context.activation} --full` sends every profile again")
 
     def send(self, context: RunContext, staged: Staged, snapshot: RowSnapshot | None, rejects: RejectWriter) -> None:
         if context.dry_run:
