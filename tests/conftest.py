@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -56,6 +57,19 @@ def cli_process(config: Path, *args: str, stdin: str | None = None,
     return subprocess.run([sys.executable, "-m", "etl", "--config", str(config), *args], capture_output=True,
                           text=True, timeout=300, cwd=config.parent, input=stdin,
                           env=None if env is None else {**os.environ, **env})
+
+
+def stopped_itself(process: subprocess.Popen[str], timeout: float = 60) -> bool:
+    """True once ``process`` has stopped itself (state T in /proc: AUDIENCE_SYNC_STALL_AT reached)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            return False
+        state = Path(f"/proc/{process.pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        if state in ("T", "t"):
+            return True
+        time.sleep(0.05)
+    return False
 
 
 def json_run(config: Path, *args: str, env: dict[str, str] | None = None) -> dict[str, Any]:

@@ -30,7 +30,7 @@ from dbservers import faketime, postgres_url
 from etl.errors import LockBusy
 from etl.runtime.leases import hold
 from etl.runtime.ledger import StateStore
-from conftest import emails_sql
+from conftest import emails_sql, stopped_itself
 from test_kill_recovery import Project, assert_delivered
 
 pytest_plugins = ["conftest_delivery"]
@@ -131,19 +131,6 @@ def test_a_replica_whose_clock_runs_six_hours_ahead_cannot_take_a_live_lease() -
 # --------------------------------------------------------------------------- a stalled run taken over
 
 
-def _stalled(process: subprocess.Popen[str], timeout: float = 60) -> bool:
-    """True once ``process`` has stopped itself (state T in /proc)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            return False
-        state = Path(f"/proc/{process.pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-        if state in ("T", "t"):
-            return True
-        time.sleep(0.05)
-    return False
-
-
 def _short_lease(project: Project) -> None:
     """A lease of six seconds (renewed every two while the run lives), so a stall outlives it quickly."""
     text = project.config.read_text()
@@ -159,7 +146,7 @@ def _stall_then_take_over(project: Project, location: Path) -> None:
     stalled = project.start("members")
     del project.env["AUDIENCE_SYNC_STALL_AT"]
     try:
-        assert _stalled(stalled), "the run never reached 'written'"
+        assert stopped_itself(stalled), "the run never reached 'written'"
         project.sql("members", emails_sql(1, 150))
         time.sleep(7)  # A's lease (6 s) runs out while it is frozen
         code, output = project.run("members")  # B takes over and delivers 150 rows

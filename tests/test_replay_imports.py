@@ -3,11 +3,15 @@ into the Actito sandbox through the real CLI on the demo, with the delta snapsho
 
 from __future__ import annotations
 
+import os
 import shutil
+import signal
+import subprocess
+import sys
 from pathlib import Path
 import pytest
 
-from conftest import cli_process, json_run, sandbox_state
+from conftest import cli_process, json_run, sandbox_state, stopped_itself
 
 NAME = "qualifio_profiles"
 SQL = "sql/qualifio_profiles.sql"
@@ -112,3 +116,22 @@ def test_an_openfield_run_is_refused_with_what_to_do(demo: Path) -> None:
     sent = json_run(demo, "run", "openfield_profiles")
     refused = cli(demo, "replay", sent["run_id"])
     assert refused.returncode == 2 and "--full" in refused.stderr and "Traceback" not in refused.stderr
+
+
+def test_a_replay_never_overlaps_a_run_of_its_activation(demo: Path) -> None:
+    good = json_run(demo, "run", NAME)
+    bad_query(demo)
+    running = subprocess.Popen([sys.executable, "-m", "etl", "--config", str(demo), "run", NAME], cwd=demo.parent,
+                               env={**os.environ, "AUDIENCE_SYNC_STALL_AT": "extracted"}, text=True,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        assert stopped_itself(running), "the run never reached 'extracted'"
+        before = imports(demo)
+        locked = cli(demo, "replay", good["run_id"])
+        assert locked.returncode == 3, locked.stdout + locked.stderr
+        assert imports(demo) == before
+    finally:
+        running.send_signal(signal.SIGCONT)
+    out, err = running.communicate(timeout=120)
+    assert running.returncode == 0, out + err
+    assert set(first_names(demo).values()) == {"Oops"}  # the run's import alone, nothing of the replay
