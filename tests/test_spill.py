@@ -67,6 +67,16 @@ def test_a_spilled_dedupe_keeps_and_rejects_exactly_what_memory_does(tmp_path: P
     assert list(tmp_path.iterdir()) == []  # the spill is gone
 
 
+def test_a_small_spill_whose_hash_ranges_are_partly_empty_is_resolved(tmp_path: Path) -> None:
+    """A budget of two identifiers splits a handful of deferred rows into ranges some of which hold none."""
+    for people in range(3, 40):
+        values: list[str | None] = [f"person{i}@example.be" for i in range(people)]
+        values += [value.upper() for value in values[::3] if value]  # some twice
+        spilled = clean_all(values, 2, tmp_path)
+        assert sorted(spilled["kept"]) == sorted(f"person{i}@example.be" for i in range(people))
+        assert spilled["counts"] == clean_all(values, None, tmp_path)["counts"]
+
+
 def test_a_run_that_stops_mid_stream_leaves_no_spill(tmp_path: Path) -> None:
     cleaner = AudienceCleaner("email", memory_hashes=10, spill_dir=tmp_path)
     cleaner.clean(pa.record_batch([pa.array([f"p{i}@example.be" for i in range(100)])], names=["email"]))

@@ -272,8 +272,7 @@ class _Spill:
             hashes, positions = self._range(part, passes)
             order = np.argsort(hashes, kind="stable")  # positions rise: the first of each hash leads
             ordered = hashes[order]
-            repeated = np.concatenate(([False], ordered[1:] == ordered[:-1]))
-            later.append(positions[order[repeated]])
+            later.append(positions[order[1:][ordered[1:] == ordered[:-1]]])  # an empty range too
         return np.sort(np.concatenate(later))
 
     def _range(self, part: int, passes: int) -> tuple[np.ndarray, np.ndarray]:
