@@ -135,3 +135,14 @@ def test_a_replay_never_overlaps_a_run_of_its_activation(demo: Path) -> None:
     out, err = running.communicate(timeout=120)
     assert running.returncode == 0, out + err
     assert set(first_names(demo).values()) == {"Oops"}  # the run's import alone, nothing of the replay
+
+
+def test_an_interactions_replay_keeps_how_the_rows_were_collected(demo: Path) -> None:
+    json_run(demo, "run", NAME)
+    sent = json_run(demo, "run", "qualifio_participations")
+    replayed = json_run(demo, "replay", sent["run_id"])
+    assert replayed["rows_delivered"] == sent["rows_delivered"] > 0
+    original, again = sandbox_state(demo.parent / "var").executions("demo")[-2:]
+    assert again["table"] == original["table"] == "participations"
+    # the campaign's source and date the rows were collected by, not the replay's own run
+    assert again["dataCollection"] == original["dataCollection"] and original["dataCollection"]
