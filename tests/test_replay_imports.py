@@ -113,6 +113,8 @@ def test_a_replay_over_the_daily_budget_is_refused_before_anything_is_sent(demo:
 
 
 def test_an_openfield_run_is_refused_with_what_to_do(demo: Path) -> None:
+    sql = demo.parent / "sql" / "openfield_profiles.sql"
+    sql.write_text(sql.read_text() + "LIMIT 20\n")  # a few profiles: each is a request of its own
     sent = json_run(demo, "run", "openfield_profiles")
     refused = cli(demo, "replay", sent["run_id"])
     assert refused.returncode == 2 and "--full" in refused.stderr and "Traceback" not in refused.stderr
