@@ -289,9 +289,10 @@ def _keys(kind: str, values: list[str]) -> list[str | None]:
             connection.execute(sa.text("INSERT INTO v VALUES (:id, :email)"),
                                [{"id": i, "email": v} for i, v in enumerate(values)])
             keys = []
+            # one statement, bound per row: compiled once (SQLite's nested levels are slow to compile)
+            statement = audience_statement("SELECT email FROM v WHERE id = :id", "email", kind)
             for i in range(len(values)):
-                statement = audience_statement(f"SELECT email FROM v WHERE id = {i}", "email", kind)
-                (row,) = connection.execute(statement).all()
+                (row,) = connection.execute(statement, {"id": i}).all()
                 keys.append(row[0])
                 assert row[1] == 1
             return keys
