@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING
 from etl.files.manifest import file_sha256, write_manifest
 from etl.files.names import Compression, final_file_name, name_matcher, name_pattern_problem, render_file_name
 from etl.files.private import (_sync_directory, create_private, private_directory, replace_text, share_private,
-                               write_error)
+                               write_error, writing)
 
 if TYPE_CHECKING:
     from etl.files.writers import ZIP_DATE_TIME, CsvFileWriter, RejectWriter, WrittenFile
@@ -14,7 +14,7 @@ if TYPE_CHECKING:
 __all__ = [
     "ZIP_DATE_TIME", "Compression", "CsvFileWriter", "RejectWriter", "WrittenFile", "_sync_directory", "file_sha256",
     "create_private", "final_file_name", "name_matcher", "name_pattern_problem", "private_directory", "share_private",
-    "render_file_name", "replace_text", "write_error", "write_manifest",
+    "render_file_name", "replace_text", "write_error", "write_manifest", "writing",
 ]
 
 _WRITERS = frozenset({"ZIP_DATE_TIME", "CsvFileWriter", "RejectWriter", "WrittenFile"})

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO
 
@@ -94,6 +96,16 @@ def _sync_directory(directory: Path) -> None:
 def write_error(path: Path, exc: OSError) -> FileWriteError:
     reason = exc.strerror or str(exc)
     return FileWriteError(f"cannot write the file: {reason}", where=str(path), hint="check free space and permissions")
+
+
+@contextmanager
+def writing(path: Path) -> Iterator[None]:
+    """A full disk or a permission problem is the user's to fix: said as such, with the file or directory
+    written (never taken for a damaged file, nor shown as an internal error)."""
+    try:
+        yield
+    except OSError as exc:
+        raise write_error(path, exc) from exc
 
 
 def replace_text(path: Path, text: str, *, mode: int) -> None:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import shutil
 import tempfile
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +13,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from etl.config.load import ids_in_memory
-from etl.files import write_error
+from etl.files import writing
 
 
 def _splitmix64(seed: int, count: int) -> list[int]:
@@ -191,13 +190,13 @@ class StreamDedupe:
         if self._spill is None and len(self._seen) + len(hashes) <= self._memory_hashes:
             return self._seen.add_new(hashes), np.zeros(len(hashes), dtype=bool)
         if self._spill is None:
-            with _on_disk(self._spill_parent or Path(tempfile.gettempdir())):
+            with writing(self._spill_parent or Path(tempfile.gettempdir())):
                 self._spill = _Spill(Path(tempfile.mkdtemp(prefix=".dedupe-", dir=self._spill_parent)))
         deferred = np.zeros(len(hashes), dtype=bool)
         if len(hashes):
             unique, first = _unique_first(hashes)
             deferred[first[~self._seen.contains(unique)]] = True
-            with _on_disk(self._spill.directory):
+            with writing(self._spill.directory):
                 self._spill.write(hashes[deferred], payload().filter(pa.array(deferred)))
         return np.zeros(len(hashes), dtype=bool), deferred
 
@@ -215,7 +214,7 @@ class StreamDedupe:
         self._seen = SeenHashes()  # decided rows are all out: their memory goes before the passes
         spill, self._spill = self._spill, None
         try:
-            with _on_disk(spill.directory):
+            with writing(spill.directory):
                 later = spill.later_occurrences(max(1, self._memory_hashes // 2))
             yield from spill.read(later)
         finally:
@@ -233,15 +232,6 @@ def range_of(hashes: np.ndarray, ranges: int) -> np.ndarray:
     if ranges == 1:
         return np.zeros(len(hashes), np.uint64)
     return hashes >> np.uint64(64 - (ranges.bit_length() - 1))
-
-
-@contextmanager
-def _on_disk(path: Path) -> Iterator[None]:
-    """A full disk while spilling is the user's to fix (room for the audience in the run directory)."""
-    try:
-        yield
-    except OSError as exc:
-        raise write_error(path, exc) from exc
 
 
 class _Spill:

@@ -20,7 +20,7 @@ import pyarrow.parquet as pq
 
 from etl.config.load import ids_in_memory
 from etl.errors import StateError
-from etl.files import create_private, write_error
+from etl.files import create_private, writing
 from etl.runtime.activation_state import MEMBERS, state_file
 from etl.transform.dedupe import hash_identifiers, hash_ranges, range_of
 
@@ -157,7 +157,7 @@ class StagedMembers:
         self._pending: list[pa.Array] = []
         self._pending_hashes: list[np.ndarray] = []
         self._pending_rows = 0
-        with self._writing():
+        with writing(self.path):
             path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
             self._handle = create_private(path)
             check = {_HASH_CHECK: hash_identifiers(_PROBES).tobytes()}
@@ -165,14 +165,6 @@ class StagedMembers:
             # min/max statistics nobody filters on are wasted work
             self._writer = pq.ParquetWriter(self._handle, _SCHEMA.with_metadata(check), use_dictionary=False,
                                             compression={MEMBER: "zstd", HASH: "none"}, write_statistics=False)
-
-    @contextmanager
-    def _writing(self) -> Iterator[None]:
-        """A full disk or a permission problem is the user's to fix: said as such, with the file."""
-        try:
-            yield
-        except OSError as exc:
-            raise write_error(self.path, exc) from exc
 
     def add(self, members: pa.Array | pa.ChunkedArray, hashes: np.ndarray | None = None) -> None:
         """``hashes``: `hash_identifiers` of ``members`` if the caller has them (the cleaner does)."""
@@ -198,13 +190,13 @@ class StagedMembers:
         order = np.argsort(hashes)
         # one row group, whatever its size (pyarrow would split one of over 1,048,576 rows, and the
         # halves would no longer be sorted on their own)
-        with self._writing():
+        with writing(self.path):
             self._writer.write_table(pa.table([members.take(pa.array(order)), hashes[order]], schema=_SCHEMA),
                                      row_group_size=len(members))
 
     def close(self) -> None:
         if not self._handle.closed:
-            with self._writing():
+            with writing(self.path):
                 try:
                     self._flush()
                     self._writer.close()
@@ -254,25 +246,16 @@ def _split_by_range(path: Path, passes: int, directory: Path) -> list[Path]:
     """One file of raw hashes per range (the top bits), written a row group at a time."""
     files = [directory / str(part) for part in range(passes)]
     with ExitStack() as stack:
-        with _spilling(directory):
+        with writing(directory):
             directory.mkdir()
             handles = [stack.enter_context(open(file, "wb")) for file in files]
         for group in (_row_groups(path) if path.exists() else ()):
             ordered = np.sort(group)
             bounds = np.searchsorted(range_of(ordered, passes), np.arange(passes + 1, dtype=np.uint64))
-            with _spilling(directory):
+            with writing(directory):
                 for part, handle in enumerate(handles):
                     ordered[bounds[part]:bounds[part + 1]].astype("<u8").tofile(handle)
     return files
-
-
-@contextmanager
-def _spilling(directory: Path) -> Iterator[None]:
-    """A full disk is said as such, never taken for a damaged snapshot (which `_reading` would say)."""
-    try:
-        yield
-    except OSError as exc:
-        raise write_error(directory, exc) from exc
 
 
 def _row_groups(path: Path) -> Iterator[np.ndarray]:
