@@ -39,6 +39,12 @@ def deliver_rows(context: RunContext) -> None:
         context.delivery = destination.describe(context)
 
 
+def row_snapshot_path(config: Config, name: str) -> Path | None:
+    """Where a delta activation remembers the rows the destination holds; None without a delta."""
+    delta = config.activation_of(name, ImportActivationBase).delta
+    return state_file(config.state_dir, name, ROWS) if delta else None
+
+
 def _preflighted(context: RunContext, destination: RowDestination) -> tuple[RowFormat, Iterator[pa.RecordBatch]]:
     """The destination checks the query's columns on its first chunk, before any row is mapped."""
     batches = activation_batches(context.config, context.activation, context.data_time)
@@ -50,8 +56,7 @@ def _preflighted(context: RunContext, destination: RowDestination) -> tuple[RowF
 def _deliver(context: RunContext, destination: RowDestination) -> None:
     config, name = context.config, context.activation
     row_format, batches = _preflighted(context, destination)
-    delta = config.activation_of(name, ImportActivationBase).delta
-    snapshot_path = state_file(config.state_dir, name, ROWS) if delta else None
+    snapshot_path = row_snapshot_path(config, name)
     destination.recover(context, snapshot_path)
     snapshot = (RowSnapshot(snapshot_path, row_format.fingerprint, refusal_retries(context), fresh=context.full)
                 if snapshot_path else None)

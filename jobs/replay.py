@@ -28,7 +28,6 @@ from etl.destinations.base import RowDestination
 from etl.errors import UsageError
 from etl.extract.checks import query_schema
 from etl.files import RejectWriter, WrittenFile, file_sha256, name_matcher, share_private
-from etl.runtime.activation_state import ROWS, state_file
 from etl.runtime.ledger import RunRecord, StateStore
 from etl.runtime.results import RunStatus
 from etl.runtime.runs import RunContext
@@ -36,6 +35,7 @@ from etl.transform.audience import HEADER, AudienceCounts
 from etl.transform.delta import RowFormat, RowSnapshot, Staged, key_hashes, refusal_retries
 from etl.transform.members import StagedMembers
 from jobs.audience import KIND, Prepared, deliver
+from jobs.profiles import row_snapshot_path
 
 _HINT = "replay a run whose files are still kept (`audience-sync history NAME`), or run the activation again"
 
@@ -220,11 +220,11 @@ def _replaying_import(record: RunRecord) -> Callable[[RunContext], None]:
             _check_files(record)
             parts = _shared_files(record, context)
             staged = _staged_keys(parts, row_format.key_name)
-            snapshot_path = _snapshot_path(context)
+            snapshot_path = row_snapshot_path(context.config, context.activation)
             destination.recover(context, snapshot_path)
             destination.restage(context, parts)
             context.details.update(files=record.details["files"], local_dir=str(context.run_dir),
-                                   mapping_fingerprint=row_format.fingerprint, to_send=staged.count)
+                                   mapping_fingerprint=row_format.fingerprint)
             if "data_collection" in record.details:
                 context.details["data_collection"] = record.details["data_collection"]
             destination.reserve(context, staged)
@@ -257,11 +257,6 @@ def _staged_keys(parts: list[WrittenFile], key: str) -> Staged:
             staged.add(np.arange(line + 1, line + len(keys) + 1), keys, key_hashes(keys), np.zeros(len(keys), np.uint64))
             line += len(keys)
     return staged
-
-
-def _snapshot_path(context: RunContext) -> Path | None:
-    activation = context.config.activation_of(context.activation, ImportActivationBase)
-    return state_file(context.config.state_dir, context.activation, ROWS) if activation.delta else None
 
 
 def _forget(context: RunContext, path: Path, fingerprint: str, staged: Staged) -> None:
